@@ -1,1 +1,48 @@
-fn main() {}
+use clap::Parser;
+
+use pgward::cli::args::{Cli, Command};
+use pgward::cli::{resolve, run, EXIT_ARCHIVE_GET_FATAL};
+use pgward::error::Error;
+
+fn main() {
+    let cli = Cli::parse();
+    let is_archive_get = matches!(cli.command, Command::ArchiveGet { .. });
+    let code = match resolve(cli.global.clone()) {
+        Err(e) => report(&e),
+        Ok(resolved) => {
+            init_logging(resolved.global.log_level.as_deref(), resolved.global.log_format.as_deref());
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+            match runtime.block_on(run(cli, resolved)) {
+                Ok(()) => 0,
+                Err(e) => report(&e),
+            }
+        }
+    };
+    // restore_command: "not there" (1) ends archive recovery; anything else must stop it.
+    let code = if is_archive_get && code != 0 && code != 1 { EXIT_ARCHIVE_GET_FATAL } else { code };
+    std::process::exit(code);
+}
+
+fn report(e: &Error) -> i32 {
+    eprintln!("pgward: error [{}]: {e}", e.kind.name());
+    if let Some(hint) = &e.hint {
+        eprintln!("HINT: {hint}");
+    }
+    e.kind.exit_code()
+}
+
+fn init_logging(level: Option<&str>, format: Option<&str>) {
+    let filter = tracing_subscriber::EnvFilter::try_new(format!("pgward={}", level.unwrap_or("info")))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("pgward=info"));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal());
+    if format == Some("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

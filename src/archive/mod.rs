@@ -1,0 +1,4 @@
+//! `archive-push` and `archive-get`: PostgreSQL's archive_command and restore_command.
+
+pub mod get;
+pub mod push;

@@ -1,0 +1,153 @@
+//! `backup`: a physical backup of a running cluster with the non-exclusive API.
+//!
+//! Order of crash-safe steps: lock the stanza; remove bundles that earlier, interrupted
+//! backups left (no manifest names them); start the backup; copy files into new
+//! bundles; stop the backup; wait until the WAL from start to stop is archived; write
+//! the manifest last. Until the manifest exists nothing lists the backup, so a kill at
+//! any point leaves the repository as it was plus unreferenced bundles.
+
+pub mod copy;
+pub mod walk;
+pub mod wait_wal;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::db::{self, ConnOptions};
+use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::pg::backup_label::parse_backup_label;
+use crate::pg::control::parse_control_file;
+use crate::pg::datadir::CONTROL_FILE;
+use crate::pipeline::Compression;
+use crate::repo::label::{new_label, BackupType};
+use crate::repo::manifest::{bundle_key, Manifest};
+use crate::repo::stanza::check_same_cluster;
+use crate::repo::{Repo, FORMAT_VERSION};
+
+pub struct BackupOptions {
+    pub backup_type: BackupType,
+    pub pgdata: Option<PathBuf>,
+    pub compression: Compression,
+    pub jobs: usize,
+    pub start_fast: bool,
+    pub archive_timeout: Duration,
+    pub annotations: BTreeMap<String, String>,
+}
+
+pub async fn backup(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> Result<Manifest> {
+    let started = Instant::now();
+    let _lock = repo.lock("backup")?;
+    let stanza = repo.stanza_info().await?;
+    let client = db::connect(conn).await?;
+    let server = db::server_info(&client).await?;
+    check_same_cluster(&stanza, &server.identity)?;
+
+    if opts.backup_type != BackupType::Full {
+        tracing::warn!("{} backups are not implemented yet: taking a full backup", opts.backup_type);
+    }
+    remove_orphans(repo).await?;
+
+    let pgdata = opts.pgdata.clone().unwrap_or_else(|| server.data_directory.clone());
+    check_data_directory(&pgdata, server.identity.system_identifier)?;
+
+    let label = new_label(BackupType::Full, chrono::Utc::now(), &repo.backup_labels().await?);
+    tracing::info!(%label, pgdata = %pgdata.display(), "starting backup");
+    let start_time = chrono::Utc::now();
+    let start_lsn = db::backup_start(&client, server.version_num, &format!("pgward {label}"), opts.start_fast).await?;
+    tracing::info!(%start_lsn, "backup started");
+
+    let walk_root = pgdata.clone();
+    let listing = tokio::task::spawn_blocking(move || walk::walk_data_dir(&walk_root)).await.expect("walk panicked")?;
+    let progress = Arc::new(copy::Progress::default());
+    let settings = copy::CopySettings {
+        label: label.clone(),
+        compression: opts.compression,
+        verify_pages_before: stanza.data_checksums.then_some(start_lsn),
+        jobs: opts.jobs,
+        first_bundle: 0,
+    };
+    // pg_control goes last, after every other file, as pg_basebackup does.
+    let (control, others): (Vec<_>, Vec<_>) = listing.files.into_iter().partition(|f| f.rel_path == CONTROL_FILE);
+    let mut copied = copy::copy_files(repo, others, settings.clone(), progress.clone()).await?;
+    copied.merge(copy::copy_files(repo, control, copy::CopySettings { jobs: 1, first_bundle: settings.jobs, ..settings }, progress).await?);
+
+    let stop = db::backup_stop(&client, server.version_num).await?;
+    let stop_time = chrono::Utc::now();
+    let label_file = parse_backup_label(&stop.backup_label)
+        .map_err(|e| Error::new(ErrorKind::Database, format!("the server returned a backup_label pgward cannot read: {e}")))?;
+    tracing::info!(stop_lsn = %stop.lsn, "backup stopped; waiting for WAL to be archived");
+    wait_wal::wait_for_archived(repo, label_file.start_timeline, start_lsn, stop.lsn, stanza.wal_segment_size, opts.archive_timeout).await?;
+
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        label: label.clone(),
+        backup_type: BackupType::Full,
+        reference: None,
+        system_identifier: stanza.system_identifier,
+        pg_major: server.identity.pg_major,
+        pg_version_num: server.version_num,
+        timeline: label_file.start_timeline,
+        start_lsn,
+        stop_lsn: stop.lsn,
+        start_time,
+        stop_time,
+        wal_segment_size: stanza.wal_segment_size,
+        data_checksums: stanza.data_checksums,
+        from_standby: server.in_recovery,
+        compression: opts.compression,
+        backup_label: stop.backup_label,
+        tablespace_map: stop.tablespace_map,
+        tablespaces: listing.tablespaces,
+        annotations: opts.annotations,
+        directories: listing.dirs,
+        database_size: copied.files.iter().map(|f| f.size).sum(),
+        stored_size: copied.stored_size,
+        bundles: copied.bundles,
+        checksum_failures: copied.checksum_failures,
+        files: copied.files,
+    };
+    repo.save_manifest(&manifest).await?;
+    if !manifest.checksum_failures.is_empty() {
+        let pages: usize = manifest.checksum_failures.iter().map(|f| f.blocks.len()).sum();
+        tracing::warn!("{pages} page(s) in {} file(s) failed checksum verification; see `pgward info --set {label}`", manifest.checksum_failures.len());
+    }
+    tracing::info!(%label, seconds = started.elapsed().as_secs_f64(), files = manifest.files.len(), "backup complete");
+    Ok(manifest)
+}
+
+/// Deletes bundles that no manifest references. Safe only under the backup lock.
+async fn remove_orphans(repo: &Repo) -> Result<()> {
+    for bundle in repo.orphan_bundles().await? {
+        tracing::info!(%bundle, "removing bundle left by an interrupted backup");
+        repo.storage.delete(&bundle_key(repo, &bundle)).await?;
+    }
+    Ok(())
+}
+
+/// The directory we copy must be the cluster we are connected to.
+fn check_data_directory(pgdata: &Path, system_identifier: u64) -> Result<()> {
+    let control_path = pgdata.join("global/pg_control");
+    // The server may be rewriting pg_control as we read it: retry a torn read.
+    let mut attempt = 0;
+    let control = loop {
+        let bytes = std::fs::read(&control_path).at("reading", &control_path).map_err(|e| {
+            e.hint("pass the cluster's data directory with --pgdata (or PGDATA), readable by this user")
+        })?;
+        match parse_control_file(&bytes) {
+            Ok(control) => break control,
+            Err(_) if attempt < 5 => attempt += 1,
+            Err(e) => return Err(Error::new(ErrorKind::Corrupt, format!("{}: {e}", control_path.display()))),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    if control.system_identifier != system_identifier {
+        return Err(Error::new(
+            ErrorKind::Conflict,
+            format!("{} belongs to cluster {}, but the server pgward connected to is cluster {system_identifier}", pgdata.display(), control.system_identifier),
+        )
+        .hint("--pgdata and the connection options must name the same cluster"));
+    }
+    Ok(())
+}

@@ -1,0 +1,114 @@
+//! Walks the data directory (and the tablespaces linked from `pg_tblspc`) and decides
+//! what a base backup copies, following PostgreSQL's rules in `pg::datadir`.
+
+use std::collections::HashSet;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, IoContext, Result};
+use crate::pg::datadir::{relation_file, skip_dir_contents, skip_file, Fork, PG_WAL_EMPTY_SUBDIRS};
+use crate::repo::manifest::{DirEntry, Tablespace};
+
+#[derive(Clone, Debug)]
+pub struct SourceFile {
+    pub rel_path: String,
+    pub abs_path: PathBuf,
+    pub size: u64,
+    pub mtime: i64,
+    pub mode: u32,
+    /// Block number of the file's first page, for relation files (page checksums).
+    pub first_block: Option<u32>,
+}
+
+#[derive(Debug, Default)]
+pub struct DataDirListing {
+    pub dirs: Vec<DirEntry>,
+    pub files: Vec<SourceFile>,
+    pub tablespaces: Vec<Tablespace>,
+}
+
+pub fn walk_data_dir(pgdata: &Path) -> Result<DataDirListing> {
+    let mut listing = DataDirListing::default();
+    walk(pgdata, "", &mut listing)?;
+    listing.files.sort_by(|a, b| a.rel_path.cmp(&b.rel_path));
+    Ok(listing)
+}
+
+fn walk(dir: &Path, rel_dir: &str, out: &mut DataDirListing) -> Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        // A database dropped during the backup: WAL replay removes it anyway.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !rel_dir.is_empty() => return Ok(()),
+        Err(e) => return Err(Error::io("listing", dir, e)),
+    };
+    let mut names: Vec<String> = Vec::new();
+    for entry in entries {
+        let entry = entry.at("listing", dir)?;
+        match entry.file_name().into_string() {
+            Ok(name) => names.push(name),
+            Err(name) => return Err(Error::config(format!("{}: file name {name:?} is not UTF-8", dir.display()))),
+        }
+    }
+    names.sort();
+    let unlogged = unlogged_relfilenodes(&names);
+    for name in names {
+        let rel = if rel_dir.is_empty() { name.clone() } else { format!("{rel_dir}/{name}") };
+        let path = dir.join(&name);
+        let link_meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io("reading metadata of", &path, e)),
+        };
+        if link_meta.file_type().is_symlink() && rel_dir == "pg_tblspc" {
+            let oid: u32 = name.parse().map_err(|_| Error::config(format!("{}: unexpected entry in pg_tblspc", path.display())))?;
+            let target = std::fs::read_link(&path).at("reading link", &path)?;
+            out.tablespaces.push(Tablespace { oid, location: target.display().to_string() });
+            let meta = std::fs::metadata(&path).at("reading metadata of", &path)?;
+            out.dirs.push(DirEntry { path: rel.clone(), mode: meta.permissions().mode() & 0o7777 });
+            walk(&path, &rel, out)?;
+            continue;
+        }
+        // Other links (pg_wal on another disk, linked config files) are followed.
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io("reading metadata of", &path, e)),
+        };
+        if meta.is_dir() {
+            out.dirs.push(DirEntry { path: rel.clone(), mode: meta.permissions().mode() & 0o7777 });
+            if skip_dir_contents(&rel) {
+                if rel == "pg_wal" {
+                    for sub in PG_WAL_EMPTY_SUBDIRS {
+                        out.dirs.push(DirEntry { path: sub.into(), mode: meta.permissions().mode() & 0o7777 });
+                    }
+                }
+                continue;
+            }
+            walk(&path, &rel, out)?;
+        } else if meta.is_file() {
+            if skip_file(&rel) {
+                continue;
+            }
+            let relation = relation_file(&rel);
+            if let Some(r) = &relation {
+                if unlogged.contains(&r.relfilenode) && !matches!(r.fork, Fork::Init) {
+                    continue;
+                }
+            }
+            out.files.push(SourceFile {
+                rel_path: rel,
+                abs_path: path,
+                size: meta.len(),
+                mtime: meta.mtime(),
+                mode: meta.permissions().mode() & 0o7777,
+                first_block: relation.map(|r| r.first_block()),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Relations with an init fork are unlogged: only the init fork is backed up.
+fn unlogged_relfilenodes(names: &[String]) -> HashSet<u32> {
+    names.iter().filter_map(|n| n.strip_suffix("_init")).filter_map(|n| n.parse().ok()).collect()
+}

@@ -1,0 +1,169 @@
+//! Command-line definitions. Every option can also come from the environment
+//! (`PGWARD_*`, libpq's `PG*`) or the configuration file; see `config.rs`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::restore::target::TargetAction;
+
+#[derive(Parser, Debug)]
+#[command(name = "pgward", version, about = "PostgreSQL backup and point-in-time recovery",
+    after_help = "Example:\n  pgward --repo /var/lib/pgward --stanza main stanza-create\n  pgward --repo /var/lib/pgward --stanza main backup\n  pgward --repo /var/lib/pgward --stanza main restore --pgdata /srv/pg/restored --target-time '2026-11-21 12:00:00+00'")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Default, Clone)]
+pub struct GlobalArgs {
+    /// Configuration file (TOML) [default: /etc/pgward/pgward.toml when it exists]
+    #[arg(long, env = "PGWARD_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Repository: a local directory, e.g. /var/lib/pgward
+    #[arg(long, env = "PGWARD_REPO", global = true)]
+    pub repo: Option<String>,
+    /// Stanza: the name of this cluster in the repository, e.g. main
+    #[arg(long, env = "PGWARD_STANZA", global = true)]
+    pub stanza: Option<String>,
+    /// The cluster's data directory [default: asked from the server]
+    #[arg(long, env = "PGDATA", global = true)]
+    pub pgdata: Option<PathBuf>,
+    /// Server host or socket directory [env: PGHOST]
+    #[arg(long, global = true)]
+    pub pg_host: Option<String>,
+    /// Server port [env: PGPORT]
+    #[arg(long, global = true)]
+    pub pg_port: Option<u16>,
+    /// Database user [env: PGUSER]
+    #[arg(long, global = true)]
+    pub pg_user: Option<String>,
+    /// Database to connect to [env: PGDATABASE; default: postgres]
+    #[arg(long, global = true)]
+    pub pg_database: Option<String>,
+    /// Parallel workers for copying and checking [default: number of cores]
+    #[arg(long, env = "PGWARD_JOBS", global = true)]
+    pub jobs: Option<usize>,
+    /// Compression of stored files: zstd, lz4, gzip or none [default: zstd]
+    #[arg(long, env = "PGWARD_COMPRESS", global = true)]
+    pub compress: Option<String>,
+    /// Compression level (zstd 1-22, gzip 0-9)
+    #[arg(long, env = "PGWARD_COMPRESS_LEVEL", global = true)]
+    pub compress_level: Option<i32>,
+    /// Log level: error, warn, info, debug, trace [default: info]
+    #[arg(long, env = "PGWARD_LOG_LEVEL", global = true)]
+    pub log_level: Option<String>,
+    /// Log format: text or json [default: text]
+    #[arg(long, env = "PGWARD_LOG_FORMAT", global = true)]
+    pub log_format: Option<String>,
+    /// Report format for commands that report: text or json
+    #[arg(long, value_enum, global = true, default_value = "text")]
+    pub output: OutputFormat,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Record the cluster in the repository (idempotent)
+    StanzaCreate,
+    /// Archive a WAL file: archive_command = 'pgward --repo R --stanza S archive-push %p'
+    #[command(alias = "wal-push")]
+    ArchivePush {
+        /// Path of the WAL file (%p)
+        path: PathBuf,
+    },
+    /// Fetch a WAL file: restore_command = 'pgward --repo R --stanza S archive-get %f "%p"'.
+    /// Exit 0: written; 1: not in the archive; 126: unusable (recovery must stop)
+    #[command(alias = "wal-fetch")]
+    ArchiveGet {
+        /// WAL file name (%f)
+        name: String,
+        /// Destination path (%p)
+        dest: PathBuf,
+    },
+    /// Take a backup of the running cluster
+    #[command(alias = "backup-push")]
+    Backup(BackupArgs),
+    /// Restore a backup into an empty directory, with optional point-in-time target
+    Restore(RestoreArgs),
+    /// Show backups, the archive and the recoverable window
+    #[command(alias = "backup-list")]
+    Info,
+    /// Re-read every stored file and check checksums and WAL continuity
+    Verify,
+}
+
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    /// full, diff or incr (diff and incr fall back to full for now)
+    #[arg(long = "type", value_enum, default_value = "full")]
+    pub backup_type: BackupTypeArg,
+    /// Ask for an immediate checkpoint instead of waiting for the next one
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub start_fast: bool,
+    /// Seconds to wait for the backup's WAL to reach the archive
+    #[arg(long, default_value_t = 60)]
+    pub archive_timeout: u64,
+    /// Attach KEY=VALUE to the backup (repeatable)
+    #[arg(long = "annotation", value_parser = parse_key_value)]
+    pub annotations: Vec<(String, String)>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum BackupTypeArg {
+    Full,
+    Diff,
+    Incr,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// Backup label to restore [default: the newest that ends before the target]
+    #[arg(long)]
+    pub set: Option<String>,
+    /// Restore a tablespace elsewhere: OID=DIR (repeatable)
+    #[arg(long = "tablespace-map", value_parser = parse_key_value)]
+    pub tablespace_map: Vec<(String, String)>,
+    /// Recover until this time, e.g. '2026-11-21 12:00:00+00'
+    #[arg(long, group = "recovery_target")]
+    pub target_time: Option<String>,
+    /// Recover until this transaction id
+    #[arg(long, group = "recovery_target")]
+    pub target_xid: Option<u64>,
+    /// Recover until this WAL position, e.g. 0/3000060
+    #[arg(long, group = "recovery_target")]
+    pub target_lsn: Option<String>,
+    /// Recover until this named restore point (pg_create_restore_point)
+    #[arg(long, group = "recovery_target")]
+    pub target_name: Option<String>,
+    /// 'immediate': stop as soon as the backup is consistent
+    #[arg(long, group = "recovery_target", value_parser = ["immediate"])]
+    pub target: Option<String>,
+    /// What the server does at the target [default: PostgreSQL's, pause]
+    #[arg(long, value_enum)]
+    pub target_action: Option<TargetAction>,
+    /// Timeline to recover along: latest, current or a number
+    #[arg(long)]
+    pub target_timeline: Option<String>,
+    /// Stop just before the target instead of just after it
+    #[arg(long)]
+    pub target_exclusive: bool,
+    /// Archive mode of the restored cluster: 'preserve' keeps the source's archive_command, 'off' disables archiving
+    #[arg(long, default_value = "preserve", value_parser = ["preserve", "off"])]
+    pub archive_mode: String,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}

@@ -1,0 +1,206 @@
+//! The command-line layer: parse, resolve configuration, run one library call, print.
+
+pub mod args;
+pub mod config;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use args::{BackupTypeArg, Cli, Command, GlobalArgs, OutputFormat, RestoreArgs};
+
+use crate::archive::push::PushOutcome;
+use crate::db::ConnOptions;
+use crate::error::{Error, Result};
+use crate::pipeline::compress::{Codec, Compression};
+use crate::repo::label::BackupType;
+use crate::repo::{shell_quote, Repo};
+use crate::restore::target::{parse_target_time, RecoveryTarget};
+
+/// Exit status of archive-get when a file exists but cannot be used: above 125, so
+/// PostgreSQL stops recovery instead of treating it as the end of the archive.
+pub const EXIT_ARCHIVE_GET_FATAL: i32 = 126;
+
+pub struct Resolved {
+    pub global: GlobalArgs,
+}
+
+impl Resolved {
+    fn repo(&self) -> Result<Repo> {
+        let url = self.global.repo.as_deref().ok_or_else(|| {
+            Error::config("no repository given").hint("pass --repo DIR, set PGWARD_REPO, or set repo in the configuration file")
+        })?;
+        let stanza = self.global.stanza.as_deref().ok_or_else(|| {
+            Error::config("no stanza given").hint("pass --stanza NAME, set PGWARD_STANZA, or set stanza in the configuration file")
+        })?;
+        let storage = crate::storage::open(url)?;
+        Repo::new(storage, stanza)
+    }
+
+    fn conn(&self) -> ConnOptions {
+        ConnOptions {
+            host: self.global.pg_host.clone(),
+            port: self.global.pg_port,
+            user: self.global.pg_user.clone(),
+            database: self.global.pg_database.clone(),
+        }
+    }
+
+    fn jobs(&self) -> usize {
+        self.global.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+    }
+
+    fn compression(&self) -> Result<Compression> {
+        let codec: Codec = self.global.compress.as_deref().unwrap_or("zstd").parse().map_err(|e: String| Error::config(e))?;
+        Compression::new(codec, self.global.compress_level).map_err(Error::config)
+    }
+
+    /// The command a restored cluster uses to fetch WAL: this binary, this repository.
+    fn restore_command(&self, repo: &Repo) -> String {
+        let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "pgward".into());
+        let config = self.global.config.as_ref().map(|c| format!(" --config {}", shell_quote(&c.display().to_string()))).unwrap_or_default();
+        format!("{}{config} {} archive-get %f \"%p\"", shell_quote(&exe), repo.cli_options())
+    }
+}
+
+pub fn resolve(mut global: GlobalArgs) -> Result<Resolved> {
+    config::apply_config_file(&mut global)?;
+    if global.jobs == Some(0) {
+        return Err(Error::config("--jobs must be at least 1"));
+    }
+    Ok(Resolved { global })
+}
+
+pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
+    let json = resolved.global.output == OutputFormat::Json;
+    match cli.command {
+        Command::StanzaCreate => {
+            let repo = resolved.repo()?;
+            let client = crate::db::connect(&resolved.conn()).await?;
+            let server = crate::db::server_info(&client).await?;
+            let (info, created) = repo.stanza_create(&server.identity).await?;
+            println!(
+                "stanza {:?} {} (system identifier {}, PostgreSQL {}, data checksums {})",
+                info.stanza,
+                if created { "created" } else { "already exists for this cluster" },
+                info.system_identifier,
+                info.pg_major,
+                if info.data_checksums { "on" } else { "off" }
+            );
+        }
+        Command::ArchivePush { path } => {
+            let repo = resolved.repo()?;
+            match crate::archive::push::archive_push(&repo, &path, resolved.compression()?).await? {
+                PushOutcome::Stored { stored_size } => tracing::debug!(path = %path.display(), stored_size, "archived"),
+                PushOutcome::AlreadyArchived => tracing::info!(path = %path.display(), "already archived with identical contents"),
+            }
+        }
+        Command::ArchiveGet { name, dest } => {
+            let repo = resolved.repo()?;
+            // A missing stanza must stop recovery, not look like the end of the archive.
+            repo.stanza_info().await?;
+            crate::archive::get::archive_get(&repo, &name, &dest).await?;
+        }
+        Command::Backup(args) => {
+            let repo = resolved.repo()?;
+            let opts = crate::backup::BackupOptions {
+                backup_type: match args.backup_type {
+                    BackupTypeArg::Full => BackupType::Full,
+                    BackupTypeArg::Diff => BackupType::Diff,
+                    BackupTypeArg::Incr => BackupType::Incr,
+                },
+                pgdata: resolved.global.pgdata.clone(),
+                compression: resolved.compression()?,
+                jobs: resolved.jobs(),
+                start_fast: args.start_fast,
+                archive_timeout: Duration::from_secs(args.archive_timeout),
+                annotations: args.annotations.into_iter().collect(),
+            };
+            let m = crate::backup::backup(&repo, &resolved.conn(), opts).await?;
+            if json {
+                println!("{}", serde_json::json!({"label": m.label, "type": m.backup_type, "start_lsn": m.start_lsn, "stop_lsn": m.stop_lsn,
+                    "database_size": m.database_size, "stored_size": m.stored_size, "checksum_failures": m.checksum_failures}));
+            } else {
+                println!("backup {} complete: {} files, {} read, {} stored, WAL {} .. {}",
+                    m.label, m.files.len(), crate::info::human_bytes(m.database_size), crate::info::human_bytes(m.stored_size), m.start_lsn, m.stop_lsn);
+            }
+        }
+        Command::Restore(args) => {
+            let repo = resolved.repo()?;
+            let pgdata = resolved.global.pgdata.clone().ok_or_else(|| {
+                Error::config("restore needs a destination").hint("pass --pgdata DIR (an empty or new directory)")
+            })?;
+            let opts = restore_options(&resolved, &repo, pgdata, args)?;
+            let m = crate::restore::restore(&repo, opts).await?;
+            println!("restored backup {} ({} files); start the cluster to recover", m.label, m.files.len());
+        }
+        Command::Info => {
+            let repo = resolved.repo()?;
+            let report = crate::info::info(&repo).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));
+            } else {
+                print!("{}", crate::info::render_text(&report));
+            }
+        }
+        Command::Verify => {
+            let repo = resolved.repo()?;
+            let report = crate::verify::verify(&repo, resolved.jobs()).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));
+            } else {
+                println!("checked {} backup(s), {} stored extent(s), {} archived WAL file(s), {} read",
+                    report.backups_checked, report.extents_checked, report.wal_files_checked, crate::info::human_bytes(report.bytes_read));
+                for p in &report.problems {
+                    println!("PROBLEM: {}\n  breaks: {}", p.problem, p.breaks);
+                }
+            }
+            if !report.problems.is_empty() {
+                return Err(Error::corrupt(format!("verify found {} problem(s)", report.problems.len())));
+            }
+            if !json {
+                println!("no problems found");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn restore_options(resolved: &Resolved, repo: &Repo, pgdata: PathBuf, args: RestoreArgs) -> Result<crate::restore::RestoreOptions> {
+    let target = if let Some(t) = &args.target_time {
+        RecoveryTarget::Time(parse_target_time(t)?)
+    } else if let Some(x) = args.target_xid {
+        RecoveryTarget::Xid(x)
+    } else if let Some(l) = &args.target_lsn {
+        RecoveryTarget::Lsn(l.parse().map_err(|e: crate::pg::lsn::ParseLsnError| Error::config(format!("--target-lsn: {e}")))?)
+    } else if let Some(n) = &args.target_name {
+        RecoveryTarget::Name(n.clone())
+    } else if args.target.is_some() {
+        RecoveryTarget::Immediate
+    } else {
+        RecoveryTarget::EndOfArchive
+    };
+    let mut tablespace_map = BTreeMap::new();
+    for (oid, dir) in args.tablespace_map {
+        let oid: u32 = oid.parse().map_err(|_| Error::config(format!("--tablespace-map {oid}={dir}: {oid} is not a tablespace OID")))?;
+        tablespace_map.insert(oid, PathBuf::from(dir));
+    }
+    if let Some(tl) = &args.target_timeline {
+        let ok = tl == "latest" || tl == "current" || tl.parse::<u32>().is_ok() || tl.starts_with("0x");
+        if !ok {
+            return Err(Error::config(format!("--target-timeline {tl:?}: expected latest, current or a timeline number")));
+        }
+    }
+    Ok(crate::restore::RestoreOptions {
+        set: args.set,
+        pgdata,
+        tablespace_map,
+        target,
+        target_action: args.target_action,
+        target_timeline: args.target_timeline,
+        target_exclusive: args.target_exclusive,
+        jobs: resolved.jobs(),
+        restore_command: resolved.restore_command(repo),
+        archive_off: args.archive_mode == "off",
+    })
+}

@@ -1,0 +1,176 @@
+//! Talking to PostgreSQL: connection settings resolved like libpq (flags, then the PG*
+//! environment variables, then `.pgpass`), and the version-neutral queries pgward needs.
+
+use std::path::{Path, PathBuf};
+
+use tokio_postgres::{Client, NoTls};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::pg::Lsn;
+use crate::repo::stanza::ClusterIdentity;
+
+#[derive(Clone, Debug, Default)]
+pub struct ConnOptions {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub user: Option<String>,
+    pub database: Option<String>,
+}
+
+impl ConnOptions {
+    /// Fills what flags left unset from libpq's environment variables and defaults.
+    fn resolved(&self) -> (String, u16, String, String) {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let host = self.host.clone().or_else(|| env("PGHOST")).unwrap_or_else(|| {
+            if Path::new("/var/run/postgresql").is_dir() { "/var/run/postgresql".into() } else { "localhost".into() }
+        });
+        let port = self.port.or_else(|| env("PGPORT").and_then(|p| p.parse().ok())).unwrap_or(5432);
+        let user = self.user.clone().or_else(|| env("PGUSER")).unwrap_or_else(os_user);
+        let database = self.database.clone().or_else(|| env("PGDATABASE")).unwrap_or_else(|| "postgres".into());
+        (host, port, user, database)
+    }
+
+    pub fn describe(&self) -> String {
+        let (host, port, user, db) = self.resolved();
+        format!("host={host} port={port} user={user} dbname={db}")
+    }
+}
+
+fn os_user() -> String {
+    std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| {
+        // SAFETY: geteuid has no preconditions; getpwuid's result is read at once.
+        unsafe {
+            let pw = libc::getpwuid(libc::geteuid());
+            if pw.is_null() { "postgres".into() } else { std::ffi::CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned() }
+        }
+    })
+}
+
+pub async fn connect(opts: &ConnOptions) -> Result<Client> {
+    let (host, port, user, database) = opts.resolved();
+    let mut config = tokio_postgres::Config::new();
+    config.host(&host).port(port).user(&user).dbname(&database).application_name("pgward");
+    let password = std::env::var("PGPASSWORD").ok().or_else(|| pgpass_lookup(&host, port, &database, &user));
+    if let Some(password) = password {
+        config.password(password);
+    }
+    let (client, connection) = config.connect(NoTls).await.map_err(|e| {
+        Error::new(ErrorKind::Database, format!("cannot connect to PostgreSQL at {}: {e}", opts.describe()))
+            .hint("check --pg-host/--pg-port/--pg-user (or PGHOST, PGPORT, PGUSER) and that the server is running")
+    })?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!("connection closed: {e}");
+        }
+    });
+    Ok(client)
+}
+
+/// The password for a connection from PGPASSFILE or ~/.pgpass (libpq's rules: `*`
+/// matches anything, `\` escapes, unix-socket hosts match "localhost").
+fn pgpass_lookup(host: &str, port: u16, database: &str, user: &str) -> Option<String> {
+    let path = std::env::var_os("PGPASSFILE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pgpass")))?;
+    let text = std::fs::read_to_string(path).ok()?;
+    let host = if host.starts_with('/') { "localhost" } else { host };
+    let port = port.to_string();
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        let fields = split_pgpass(line);
+        if fields.len() != 5 {
+            return None;
+        }
+        let matches = |field: &str, value: &str| field == "*" || field == value;
+        (matches(&fields[0], host) && matches(&fields[1], &port) && matches(&fields[2], database) && matches(&fields[3], user))
+            .then(|| fields[4].clone())
+    })
+}
+
+fn split_pgpass(line: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => fields.last_mut().unwrap().extend(chars.next()),
+            ':' => fields.push(String::new()),
+            c => fields.last_mut().unwrap().push(c),
+        }
+    }
+    fields
+}
+
+/// What pgward needs to know about a running server.
+#[derive(Clone, Debug)]
+pub struct ServerInfo {
+    pub identity: ClusterIdentity,
+    pub version_num: u32,
+    pub data_directory: PathBuf,
+    pub in_recovery: bool,
+}
+
+pub async fn server_info(client: &Client) -> Result<ServerInfo> {
+    let row = client
+        .query_one(
+            "SELECT (SELECT system_identifier::text FROM pg_control_system()),
+                    current_setting('server_version_num'),
+                    current_setting('data_checksums'),
+                    (SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'),
+                    current_setting('data_directory'),
+                    pg_is_in_recovery()",
+            &[],
+        )
+        .await?;
+    let parse = |s: String, what: &str| -> Result<u64> {
+        s.parse().map_err(|_| Error::new(ErrorKind::Database, format!("server reported an unreadable {what}: {s:?}")))
+    };
+    let version_num = parse(row.get(1), "server_version_num")? as u32;
+    Ok(ServerInfo {
+        identity: ClusterIdentity {
+            system_identifier: parse(row.get(0), "system identifier")?,
+            pg_major: version_num / 10000,
+            data_checksums: row.get::<_, String>(2) == "on",
+            wal_segment_size: parse(row.get(3), "wal_segment_size")?,
+        },
+        version_num,
+        data_directory: PathBuf::from(row.get::<_, String>(4)),
+        in_recovery: row.get(5),
+    })
+}
+
+/// Starts a non-exclusive backup on this session; returns the start LSN.
+pub async fn backup_start(client: &Client, version_num: u32, label: &str, fast: bool) -> Result<Lsn> {
+    let sql = if version_num >= 150000 {
+        "SELECT pg_backup_start($1, $2)::text"
+    } else {
+        "SELECT pg_start_backup($1, $2, false)::text"
+    };
+    let lsn: String = client.query_one(sql, &[&label, &fast]).await?.get(0);
+    parse_lsn(&lsn)
+}
+
+pub struct BackupStop {
+    pub lsn: Lsn,
+    pub backup_label: String,
+    pub tablespace_map: Option<String>,
+}
+
+/// Ends the backup started on this same session. WAL archiving is waited for by the
+/// caller, against the repository, not by the server.
+pub async fn backup_stop(client: &Client, version_num: u32) -> Result<BackupStop> {
+    let sql = if version_num >= 150000 {
+        "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)"
+    } else {
+        "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, false)"
+    };
+    let row = client.query_one(sql, &[]).await?;
+    let map: Option<String> = row.get(2);
+    Ok(BackupStop {
+        lsn: parse_lsn(&row.get::<_, String>(0))?,
+        backup_label: row.get(1),
+        tablespace_map: map.filter(|m| !m.is_empty()),
+    })
+}
+
+pub fn parse_lsn(s: &str) -> Result<Lsn> {
+    s.parse().map_err(|e| Error::new(ErrorKind::Database, format!("server returned an unreadable LSN: {e}")))
+}

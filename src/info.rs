@@ -1,0 +1,234 @@
+//! `info`: what the repository holds and what it can restore. Built as a plain report
+//! struct (serialized for `--output json`) and rendered as text separately.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::pg::{Lsn, TimelineId, WalFileName, WalSegment};
+use crate::repo::archive::ArchivedFile;
+use crate::repo::label::BackupType;
+use crate::repo::manifest::Manifest;
+use crate::repo::Repo;
+
+#[derive(Debug, Serialize)]
+pub struct InfoReport {
+    pub stanza: String,
+    pub repository: String,
+    pub system_identifier: String,
+    pub pg_major: u32,
+    pub data_checksums: bool,
+    pub format_version: u32,
+    pub backups: Vec<BackupSummary>,
+    pub archive: Vec<TimelineArchive>,
+    pub recoverable_window: Option<RecoverableWindow>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BackupSummary {
+    pub label: String,
+    #[serde(rename = "type")]
+    pub backup_type: BackupType,
+    pub reference: Option<String>,
+    pub timeline: TimelineId,
+    pub start_time: DateTime<Utc>,
+    pub stop_time: DateTime<Utc>,
+    pub start_lsn: Lsn,
+    pub stop_lsn: Lsn,
+    pub duration_seconds: f64,
+    pub database_size: u64,
+    pub stored_size: u64,
+    pub file_count: usize,
+    pub checksum_failures: usize,
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TimelineArchive {
+    pub timeline: TimelineId,
+    pub first_segment: String,
+    pub last_segment: String,
+    pub segments: usize,
+    pub partial_segments: usize,
+    /// Missing ranges `[first, last]` between the first and last segment.
+    pub gaps: Vec<(String, String)>,
+    pub stored_size: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RecoverableWindow {
+    /// The earliest consistent point: the end of the oldest restorable backup.
+    pub earliest_time: DateTime<Utc>,
+    pub earliest_lsn: Lsn,
+    pub earliest_backup: String,
+    /// The end of the newest WAL reachable without a gap from that backup.
+    pub latest_lsn: Lsn,
+    pub latest_timeline: TimelineId,
+    /// When that WAL was archived: recovery can reach at least this time.
+    pub latest_archived_time: DateTime<Utc>,
+}
+
+pub async fn info(repo: &Repo) -> Result<InfoReport> {
+    let stanza = repo.stanza_info().await?;
+    let manifests = repo.load_manifests().await?;
+    let archived = repo.list_archive().await?;
+    let seg_size = stanza.wal_segment_size;
+    Ok(InfoReport {
+        stanza: repo.stanza.clone(),
+        repository: repo.storage.location(),
+        system_identifier: stanza.system_identifier.to_string(),
+        pg_major: stanza.pg_major,
+        data_checksums: stanza.data_checksums,
+        format_version: stanza.format_version,
+        backups: manifests.iter().map(summarize).collect(),
+        archive: timelines(&archived, seg_size),
+        recoverable_window: window(&manifests, &archived, seg_size),
+    })
+}
+
+fn summarize(m: &Manifest) -> BackupSummary {
+    BackupSummary {
+        label: m.label.clone(),
+        backup_type: m.backup_type,
+        reference: m.reference.clone(),
+        timeline: m.timeline,
+        start_time: m.start_time,
+        stop_time: m.stop_time,
+        start_lsn: m.start_lsn,
+        stop_lsn: m.stop_lsn,
+        duration_seconds: (m.stop_time - m.start_time).num_milliseconds() as f64 / 1000.0,
+        database_size: m.database_size,
+        stored_size: m.stored_size,
+        file_count: m.files.len(),
+        checksum_failures: m.checksum_failures.iter().map(|f| f.blocks.len()).sum(),
+        annotations: m.annotations.clone(),
+    }
+}
+
+/// Segment numbers of complete segments archived on `timeline`, ascending.
+pub fn segments_on(archived: &[ArchivedFile], timeline: TimelineId, seg_size: u64) -> Vec<u64> {
+    let mut v: Vec<u64> = archived
+        .iter()
+        .filter_map(|f| match f.name {
+            WalFileName::Segment(s) if s.timeline == timeline => Some(s.segno(seg_size)),
+            _ => None,
+        })
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+fn timelines(archived: &[ArchivedFile], seg_size: u64) -> Vec<TimelineArchive> {
+    let mut tls: Vec<TimelineId> = archived.iter().filter(|f| f.name.segment().is_some()).map(|f| f.name.timeline()).collect();
+    tls.sort();
+    tls.dedup();
+    tls.into_iter()
+        .filter_map(|tl| {
+            let segs = segments_on(archived, tl, seg_size);
+            let name = |n: u64| WalSegment::from_segno(tl, n, seg_size).to_string();
+            let gaps = segs.windows(2).filter(|w| w[1] > w[0] + 1).map(|w| (name(w[0] + 1), name(w[1] - 1))).collect();
+            Some(TimelineArchive {
+                timeline: tl,
+                first_segment: name(*segs.first()?),
+                last_segment: name(*segs.last()?),
+                segments: segs.len(),
+                partial_segments: archived.iter().filter(|f| matches!(f.name, WalFileName::Partial(s) if s.timeline == tl)).count(),
+                gaps,
+                stored_size: archived.iter().filter(|f| f.name.segment().is_some() && f.name.timeline() == tl).map(|f| f.stored_size).sum(),
+            })
+        })
+        .collect()
+}
+
+/// Last segment number of the gap-free run starting at `from` on `timeline`, if `from` is there.
+pub fn contiguous_end(segs: &[u64], from: u64) -> Option<u64> {
+    let start = segs.binary_search(&from).ok()?;
+    let mut end = from;
+    for &s in &segs[start + 1..] {
+        if s != end + 1 {
+            break;
+        }
+        end = s;
+    }
+    Some(end)
+}
+
+fn window(manifests: &[Manifest], archived: &[ArchivedFile], seg_size: u64) -> Option<RecoverableWindow> {
+    let restorable = |m: &&Manifest| {
+        let segs = segments_on(archived, m.timeline, seg_size);
+        let needed_end = m.stop_lsn.prev_segment_number(seg_size);
+        contiguous_end(&segs, m.start_lsn.segment_number(seg_size)).is_some_and(|end| end >= needed_end)
+    };
+    let oldest = manifests.iter().find(restorable)?;
+    let newest = manifests.iter().rev().find(restorable)?;
+    let segs = segments_on(archived, newest.timeline, seg_size);
+    let end = contiguous_end(&segs, newest.start_lsn.segment_number(seg_size))?;
+    let last = WalSegment::from_segno(newest.timeline, end, seg_size);
+    let archived_at = archived.iter().find(|f| f.name == WalFileName::Segment(last)).map_or(0, |f| f.archived_at);
+    Some(RecoverableWindow {
+        earliest_time: oldest.stop_time,
+        earliest_lsn: oldest.stop_lsn,
+        earliest_backup: oldest.label.clone(),
+        latest_lsn: Lsn((end + 1) * seg_size),
+        latest_timeline: newest.timeline,
+        latest_archived_time: Utc.timestamp_opt(archived_at, 0).single().unwrap_or_default(),
+    })
+}
+
+pub fn human_bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < units.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", units[u]) }
+}
+
+pub fn render_text(r: &InfoReport) -> String {
+    let mut s = format!(
+        "stanza {} (PostgreSQL {}, system identifier {}, data checksums {})\nrepository {} (format {})\n",
+        r.stanza, r.pg_major, r.system_identifier, if r.data_checksums { "on" } else { "off" }, r.repository, r.format_version
+    );
+    s.push_str(&format!("\nbackups: {}\n", r.backups.len()));
+    for b in &r.backups {
+        s.push_str(&format!(
+            "  {}  {}  timeline {}  {} .. {}  {} .. {}  {:.1}s  database {}  stored {}{}\n",
+            b.label, b.backup_type, b.timeline,
+            b.start_time.format("%Y-%m-%d %H:%M:%S"), b.stop_time.format("%H:%M:%S UTC"),
+            b.start_lsn, b.stop_lsn, b.duration_seconds, human_bytes(b.database_size), human_bytes(b.stored_size),
+            if b.checksum_failures > 0 { format!("  {} page checksum failure(s)", b.checksum_failures) } else { String::new() }
+        ));
+    }
+    s.push_str("\narchive:\n");
+    if r.archive.is_empty() {
+        s.push_str("  (no WAL archived yet)\n");
+    }
+    for t in &r.archive {
+        s.push_str(&format!("  timeline {}: {} .. {}  {} segment(s), {} stored", t.timeline, t.first_segment, t.last_segment, t.segments, human_bytes(t.stored_size)));
+        if t.partial_segments > 0 {
+            s.push_str(&format!(", {} partial", t.partial_segments));
+        }
+        if t.gaps.is_empty() {
+            s.push_str(", no gaps\n");
+        } else {
+            s.push('\n');
+            for (a, b) in &t.gaps {
+                s.push_str(&format!("    gap: {a} .. {b} missing\n"));
+            }
+        }
+    }
+    match &r.recoverable_window {
+        Some(w) => s.push_str(&format!(
+            "\nrecoverable window: {} ({}, end of backup {}) .. {} on timeline {} (archived {})\n",
+            w.earliest_time.format("%Y-%m-%d %H:%M:%S UTC"), w.earliest_lsn, w.earliest_backup,
+            w.latest_lsn, w.latest_timeline, w.latest_archived_time.format("%Y-%m-%d %H:%M:%S UTC")
+        )),
+        None => s.push_str("\nrecoverable window: none (no backup with its WAL archived)\n"),
+    }
+    s
+}

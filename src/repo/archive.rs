@@ -1,0 +1,124 @@
+//! The WAL archive's layout. A stored file's name carries the checksum of its original
+//! content and its codec: `<wal name>-<blake3 hex>[.zst|.lz4|.gz]`, so listing a
+//! directory tells what is archived, whether a re-push is identical, and how to verify
+//! it, without opening anything. Other suffixes are reserved (per-segment block-change
+//! summaries will sit beside their segment as `<wal name>-<blake3>.summary`).
+
+use super::Repo;
+use crate::error::Result;
+use crate::pg::{TimelineId, WalFileName};
+use crate::pipeline::compress::Codec;
+
+const HISTORY_DIR: &str = "history";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArchivedFile {
+    pub name: WalFileName,
+    /// BLAKE3 of the original (uncompressed) file.
+    pub checksum: String,
+    pub codec: Codec,
+    pub stored_size: u64,
+    /// When it was archived (seconds since the epoch).
+    pub archived_at: i64,
+}
+
+impl ArchivedFile {
+    pub fn file_name(&self) -> String {
+        stored_name(&self.name, &self.checksum, self.codec)
+    }
+}
+
+pub fn stored_name(name: &WalFileName, checksum: &str, codec: Codec) -> String {
+    format!("{name}-{checksum}{}", codec.extension())
+}
+
+/// Parses `<wal name>-<64 hex>[.ext]`; anything else (sidecars, strays) is None.
+pub fn parse_stored_name(stored: &str) -> Option<(WalFileName, String, Codec)> {
+    let (name, rest) = stored.split_once('-')?;
+    if rest.len() < 64 {
+        return None;
+    }
+    let (checksum, ext) = rest.split_at(64);
+    if !checksum.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return None;
+    }
+    let codec = Codec::from_extension(ext)?;
+    Some((WalFileName::parse(name).ok()?, checksum.to_string(), codec))
+}
+
+/// Directory (relative to the stanza's archive) that holds files for `name`.
+pub fn archive_subdir(name: &WalFileName) -> String {
+    match name.segment() {
+        Some(seg) => seg.log_prefix(),
+        None => HISTORY_DIR.to_string(),
+    }
+}
+
+impl Repo {
+    pub fn archive_dir_key(&self, subdir: &str) -> String {
+        self.key(&format!("archive/{subdir}"))
+    }
+
+    pub fn archived_file_key(&self, file: &ArchivedFile) -> String {
+        format!("{}/{}", self.archive_dir_key(&archive_subdir(&file.name)), file.file_name())
+    }
+
+    /// Every stored copy of `name` (normally zero or one).
+    pub async fn find_archived(&self, name: &WalFileName) -> Result<Vec<ArchivedFile>> {
+        let listing = self.storage.list(&self.archive_dir_key(&archive_subdir(name))).await?;
+        Ok(parse_listing(listing).into_iter().filter(|f| &f.name == name).collect())
+    }
+
+    /// Everything in the archive, sorted by name (timeline, then position).
+    pub async fn list_archive(&self) -> Result<Vec<ArchivedFile>> {
+        let top = self.storage.list(&self.key("archive")).await?;
+        let mut files = Vec::new();
+        for dir in top.dirs {
+            files.extend(parse_listing(self.storage.list(&self.archive_dir_key(&dir)).await?));
+        }
+        files.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(files)
+    }
+
+    /// Timeline history files in the archive, parsed lazily by callers.
+    pub async fn history_files(&self) -> Result<Vec<ArchivedFile>> {
+        Ok(parse_listing(self.storage.list(&self.archive_dir_key(HISTORY_DIR)).await?))
+    }
+}
+
+fn parse_listing(listing: crate::storage::Listing) -> Vec<ArchivedFile> {
+    listing
+        .files
+        .into_iter()
+        .filter_map(|f| {
+            let (name, checksum, codec) = parse_stored_name(&f.name)?;
+            Some(ArchivedFile { name, checksum, codec, stored_size: f.size, archived_at: f.modified })
+        })
+        .collect()
+}
+
+/// The timeline a history file's name describes, for sorting.
+pub fn history_timeline(file: &ArchivedFile) -> Option<TimelineId> {
+    match file.name {
+        WalFileName::History(t) => Some(t),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_names_round_trip_and_reject_strays() {
+        let name = WalFileName::parse("000000010000000000000002.00000028.backup").unwrap();
+        let sum = "ab".repeat(32);
+        let stored = stored_name(&name, &sum, Codec::Lz4);
+        assert_eq!(parse_stored_name(&stored), Some((name.clone(), sum.clone(), Codec::Lz4)));
+        assert_eq!(parse_stored_name(&stored_name(&name, &sum, Codec::None)).unwrap().2, Codec::None);
+        assert_eq!(parse_stored_name(&format!("{name}-{sum}.summary")), None);
+        assert_eq!(parse_stored_name("000000010000000000000002"), None);
+        assert_eq!(archive_subdir(&WalFileName::parse("00000003.history").unwrap()), "history");
+        assert_eq!(archive_subdir(&WalFileName::parse("000000030000000A000000FF.partial").unwrap()), "000000030000000A");
+    }
+}

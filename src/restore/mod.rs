@@ -1,0 +1,125 @@
+//! `restore`, as a sequence of named phases: select the backup, validate the
+//! destination, lay out directories and tablespace links, copy every file once from the
+//! backup that holds each extent, write `backup_label`/`tablespace_map` and the recovery
+//! settings, then fsync everything. Nothing is started: a plain `pg_ctl start` recovers.
+
+pub mod files;
+pub mod recovery;
+pub mod target;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::repo::manifest::Manifest;
+use crate::repo::Repo;
+use crate::storage::local::{create_dir_durable, sync_dir};
+use target::{RecoveryTarget, TargetAction};
+
+pub struct RestoreOptions {
+    pub set: Option<String>,
+    pub pgdata: PathBuf,
+    pub tablespace_map: BTreeMap<u32, PathBuf>,
+    pub target: RecoveryTarget,
+    pub target_action: Option<TargetAction>,
+    pub target_timeline: Option<String>,
+    pub target_exclusive: bool,
+    pub jobs: usize,
+    /// The restore_command written into the recovery settings.
+    pub restore_command: String,
+    /// Turn archiving off in the restored cluster (a copy must not archive into its source's stanza by accident).
+    pub archive_off: bool,
+}
+
+pub async fn restore(repo: &Repo, opts: RestoreOptions) -> Result<Manifest> {
+    let manifests = repo.load_manifests().await?;
+    let manifest = target::select_backup(&manifests, opts.set.as_deref(), &opts.target)?.clone();
+    tracing::info!(label = %manifest.label, pgdata = %opts.pgdata.display(), "restoring backup");
+
+    let tablespaces = resolve_tablespaces(&manifest, &opts.tablespace_map)?;
+    prepare_empty_dir(&opts.pgdata, "the data directory")?;
+    for (_, location) in &tablespaces {
+        prepare_empty_dir(location, "tablespace directory")?;
+    }
+    layout(&opts.pgdata, &manifest, &tablespaces)?;
+
+    files::restore_files(repo, &manifest, &opts.pgdata, opts.jobs).await?;
+
+    recovery::write_backup_files(&opts.pgdata, &manifest, &tablespaces)?;
+    recovery::write_recovery_settings(&opts.pgdata, &manifest, &opts)?;
+    sync_tree(&opts.pgdata, &tablespaces)?;
+    tracing::info!(label = %manifest.label, "restore complete; start the cluster to recover");
+    Ok(manifest)
+}
+
+/// Where each tablespace goes: its original location unless remapped.
+fn resolve_tablespaces(manifest: &Manifest, remap: &BTreeMap<u32, PathBuf>) -> Result<Vec<(u32, PathBuf)>> {
+    for oid in remap.keys() {
+        if !manifest.tablespaces.iter().any(|t| t.oid == *oid) {
+            return Err(Error::config(format!("--tablespace-map names tablespace {oid}, which backup {} does not have", manifest.label))
+                .hint(format!("its tablespaces: {:?}", manifest.tablespaces.iter().map(|t| t.oid).collect::<Vec<_>>())));
+        }
+    }
+    Ok(manifest
+        .tablespaces
+        .iter()
+        .map(|t| (t.oid, remap.get(&t.oid).cloned().unwrap_or_else(|| PathBuf::from(&t.location))))
+        .collect())
+}
+
+/// The destination must be empty (or absent): restoring over a cluster would mix two.
+fn prepare_empty_dir(dir: &Path, what: &str) -> Result<()> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(Error::new(ErrorKind::Conflict, format!("{what} {} is not empty", dir.display()))
+                    .hint("restore into an empty or new directory; stop and move away the old cluster first"));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_dir_durable(dir).at("creating", dir)?,
+        Err(e) => return Err(Error::io("opening", dir, e)),
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).at("setting permissions of", dir)
+}
+
+fn layout(pgdata: &Path, manifest: &Manifest, tablespaces: &[(u32, PathBuf)]) -> Result<()> {
+    let links: BTreeMap<String, &PathBuf> = tablespaces.iter().map(|(oid, loc)| (format!("pg_tblspc/{oid}"), loc)).collect();
+    let mut dirs: Vec<_> = manifest.directories.iter().collect();
+    dirs.sort_by(|a, b| a.path.cmp(&b.path));
+    for dir in dirs {
+        let path = pgdata.join(&dir.path);
+        if let Some(target) = links.get(&dir.path) {
+            std::os::unix::fs::symlink(target, &path).at("creating tablespace link", &path)?;
+            continue;
+        }
+        match std::fs::create_dir(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::io("creating", &path, e)),
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(dir.mode)).at("setting permissions of", &path)?;
+    }
+    Ok(())
+}
+
+/// fsync every directory of the restored cluster (files were synced as written).
+fn sync_tree(pgdata: &Path, tablespaces: &[(u32, PathBuf)]) -> Result<()> {
+    fn walk(dir: &Path) -> Result<()> {
+        for entry in std::fs::read_dir(dir).at("listing", dir)? {
+            let entry = entry.at("listing", dir)?;
+            if entry.file_type().at("reading", entry.path())?.is_dir() {
+                walk(&entry.path())?;
+            }
+        }
+        sync_dir(dir).at("syncing", dir)
+    }
+    walk(pgdata)?;
+    for (_, location) in tablespaces {
+        walk(location)?;
+    }
+    if let Some(parent) = pgdata.parent() {
+        sync_dir(parent).at("syncing", parent)?;
+    }
+    Ok(())
+}

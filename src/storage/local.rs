@@ -1,0 +1,190 @@
+//! Local-filesystem storage. Crash safety: write to a temporary name in the target
+//! directory, fsync the file, rename over the key, fsync the directory. Directories
+//! created on the way are fsynced into their parents too.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use async_trait::async_trait;
+use tokio::io::{AsyncSeekExt, AsyncWrite, AsyncWriteExt, AsyncReadExt};
+
+use super::{Listing, ObjectInfo, ObjectWriter, Reader, Storage};
+use crate::error::{Error, IoContext, Result};
+
+/// Suffix of in-flight files; listings never show them.
+pub const TEMP_SUFFIX: &str = ".pgward-tmp";
+
+#[derive(Debug, Clone)]
+pub struct LocalStorage {
+    root: PathBuf,
+}
+
+impl LocalStorage {
+    pub fn new(root: impl Into<PathBuf>) -> LocalStorage {
+        LocalStorage { root: root.into() }
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+}
+
+/// fsync a directory so that entries created or renamed in it survive a crash.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Creates `dir` and any missing parents, fsyncing each new entry into its parent.
+pub fn create_dir_durable(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_dir_durable(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    if let Some(parent) = dir.parent() {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Storage for LocalStorage {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn local_root(&self) -> Option<PathBuf> {
+        Some(self.root.clone())
+    }
+
+    async fn list(&self, dir: &str) -> Result<Listing> {
+        let path = self.path(dir);
+        tokio::task::spawn_blocking(move || list_dir(&path)).await.expect("list task panicked")
+    }
+
+    async fn read(&self, key: &str) -> Result<Reader> {
+        let path = self.path(key);
+        let file = tokio::fs::File::open(&path).await.at("opening", &path)?;
+        Ok(Box::new(tokio::io::BufReader::with_capacity(1 << 20, file)))
+    }
+
+    async fn read_range(&self, key: &str, offset: u64, len: u64) -> Result<Reader> {
+        let path = self.path(key);
+        let mut file = tokio::fs::File::open(&path).await.at("opening", &path)?;
+        file.seek(io::SeekFrom::Start(offset)).await.at("seeking in", &path)?;
+        Ok(Box::new(tokio::io::BufReader::with_capacity(1 << 20, file.take(len))))
+    }
+
+    async fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>> {
+        let target = self.path(key);
+        let dir = target.parent().expect("keys have a parent").to_path_buf();
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let temp = PathBuf::from(format!("{}.{}-{n}{TEMP_SUFFIX}", target.display(), std::process::id()));
+        let file = tokio::task::spawn_blocking({
+            let (dir, temp) = (dir.clone(), temp.clone());
+            move || -> Result<std::fs::File> {
+                create_dir_durable(&dir).at("creating directory", &dir)?;
+                std::fs::File::create(&temp).at("creating", &temp)
+            }
+        })
+        .await
+        .expect("create task panicked")?;
+        Ok(Box::new(LocalWriter { file: Some(tokio::fs::File::from_std(file)), temp, target, dir }))
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let path = self.path(key);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("removing", &path, e)),
+        }
+    }
+}
+
+fn list_dir(path: &Path) -> Result<Listing> {
+    let mut listing = Listing::default();
+    let entries = match std::fs::read_dir(path) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(listing),
+        Err(e) => return Err(Error::io("listing", path, e)),
+    };
+    for entry in entries {
+        let entry = entry.at("listing", path)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(TEMP_SUFFIX) {
+            continue;
+        }
+        let meta = match entry.metadata() {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue, // removed meanwhile
+            Err(e) => return Err(Error::io("reading metadata of", entry.path(), e)),
+        };
+        if meta.is_dir() {
+            listing.dirs.push(name);
+        } else {
+            use std::os::unix::fs::MetadataExt;
+            listing.files.push(ObjectInfo { name, size: meta.len(), modified: meta.mtime() });
+        }
+    }
+    listing.files.sort_by(|a, b| a.name.cmp(&b.name));
+    listing.dirs.sort();
+    Ok(listing)
+}
+
+struct LocalWriter {
+    file: Option<tokio::fs::File>,
+    temp: PathBuf,
+    target: PathBuf,
+    dir: PathBuf,
+}
+
+impl LocalWriter {
+    fn file(&mut self) -> &mut tokio::fs::File {
+        self.file.as_mut().expect("writer used after finish")
+    }
+}
+
+impl AsyncWrite for LocalWriter {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(self.file()).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(self.file()).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(self.file()).poll_shutdown(cx)
+    }
+}
+
+#[async_trait]
+impl ObjectWriter for LocalWriter {
+    async fn finish(mut self: Box<Self>) -> Result<()> {
+        let mut file = self.file.take().expect("finish called once");
+        file.flush().await.at("writing", &self.temp)?;
+        file.sync_all().await.at("syncing", &self.temp)?;
+        drop(file);
+        tokio::fs::rename(&self.temp, &self.target).await.at("renaming into place", &self.target)?;
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || sync_dir(&dir).at("syncing directory", &dir))
+            .await
+            .expect("sync task panicked")
+    }
+}
+
+impl Drop for LocalWriter {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
+}

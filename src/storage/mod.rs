@@ -1,0 +1,113 @@
+//! Where the repository lives. One async trait; the local filesystem implements it now,
+//! object storage later. Keys are relative, '/'-separated paths. A writer's object is
+//! invisible under its key until `finish` returns, and dropping an unfinished writer
+//! leaves nothing behind under that key.
+
+pub mod local;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::error::{Error, Result};
+
+pub use local::LocalStorage;
+
+#[derive(Clone, Debug)]
+pub struct ObjectInfo {
+    /// Name within the listed directory.
+    pub name: String,
+    pub size: u64,
+    /// Seconds since the epoch when the object was written.
+    pub modified: i64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Listing {
+    pub files: Vec<ObjectInfo>,
+    pub dirs: Vec<String>,
+}
+
+pub type Reader = Box<dyn AsyncRead + Send + Unpin>;
+
+#[async_trait]
+pub trait ObjectWriter: AsyncWrite + Send + Unpin {
+    /// Makes the object durable and visible under its key.
+    async fn finish(self: Box<Self>) -> Result<()>;
+}
+
+#[async_trait]
+pub trait Storage: Send + Sync + std::fmt::Debug {
+    /// How to name this storage in messages and in generated commands (`/var/lib/pgward`).
+    fn location(&self) -> String;
+
+    /// Files and subdirectories directly under `dir`, sorted by name; a missing dir is empty.
+    async fn list(&self, dir: &str) -> Result<Listing>;
+
+    /// Opens a whole object; `ErrorKind::NotFound` when it is absent.
+    async fn read(&self, key: &str) -> Result<Reader>;
+
+    /// Opens `len` bytes starting at `offset`.
+    async fn read_range(&self, key: &str, offset: u64, len: u64) -> Result<Reader>;
+
+    /// Starts writing an object that replaces any object under `key` once finished.
+    async fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>>;
+
+    /// Removes an object; absent is fine.
+    async fn delete(&self, key: &str) -> Result<()>;
+
+    /// A local directory backing this storage, for host-local locks.
+    fn local_root(&self) -> Option<std::path::PathBuf> {
+        None
+    }
+
+    async fn read_all(&self, key: &str) -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        self.read(key).await?.read_to_end(&mut buf).await.map_err(|e| Error::io("reading", key, e))?;
+        Ok(buf)
+    }
+
+    async fn put(&self, key: &str, bytes: &[u8]) -> Result<()> {
+        let mut writer = self.create(key).await?;
+        writer.write_all(bytes).await.map_err(|e| Error::io("writing", key, e))?;
+        writer.finish().await
+    }
+}
+
+pub type SharedStorage = Arc<dyn Storage>;
+
+/// Opens the storage a repository URL names. Only local paths exist so far.
+pub fn open(repo: &str) -> Result<SharedStorage> {
+    if repo.contains("://") {
+        return Err(Error::config(format!("repository {repo:?}: only local directories are supported so far"))
+            .hint("give a directory path, for example --repo /var/lib/pgward"));
+    }
+    Ok(Arc::new(LocalStorage::new(repo)))
+}
+
+/// Writes an object from a blocking closure (compression and hashing are CPU work and
+/// belong on blocking threads); the object becomes visible only if `produce` succeeds.
+pub async fn write_blocking<T: Send + 'static>(
+    storage: &dyn Storage,
+    key: &str,
+    produce: impl FnOnce(&mut dyn std::io::Write) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let writer = storage.create(key).await?;
+    let key_owned = key.to_string();
+    let (writer, out) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let mut buffered = std::io::BufWriter::with_capacity(1 << 20, tokio_util::io::SyncIoBridge::new(writer));
+        let out = produce(&mut buffered)?;
+        let bridge = buffered.into_inner().map_err(|e| Error::io("writing", &key_owned, e.into_error()))?;
+        Ok((bridge.into_inner(), out))
+    })
+    .await
+    .expect("writer task panicked")?;
+    writer.finish().await?;
+    Ok(out)
+}
+
+/// A blocking `Read` over an object reader; use only on blocking threads.
+pub fn blocking_reader(reader: Reader) -> impl std::io::Read + Send {
+    tokio_util::io::SyncIoBridge::new(reader)
+}

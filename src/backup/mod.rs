@@ -123,6 +123,12 @@ async fn remove_orphans(repo: &Repo) -> Result<()> {
         tracing::info!(%bundle, "removing bundle left by an interrupted backup");
         repo.storage.delete(&bundle_key(repo, &bundle)).await?;
     }
+    for dir in ["bundles", "backups"] {
+        let removed = repo.storage.remove_incomplete(&repo.key(dir)).await?;
+        if removed > 0 {
+            tracing::info!(removed, "removed partly written files left by an interrupted backup");
+        }
+    }
     Ok(())
 }
 

@@ -101,6 +101,28 @@ impl Storage for LocalStorage {
         Ok(Box::new(LocalWriter { file: Some(tokio::fs::File::from_std(file)), temp, target, dir }))
     }
 
+    async fn remove_incomplete(&self, dir: &str) -> Result<usize> {
+        let path = self.path(dir);
+        tokio::task::spawn_blocking(move || -> Result<usize> {
+            let entries = match std::fs::read_dir(&path) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+                Err(e) => return Err(Error::io("listing", &path, e)),
+            };
+            let mut removed = 0;
+            for entry in entries {
+                let entry = entry.at("listing", &path)?;
+                if entry.file_name().to_string_lossy().ends_with(TEMP_SUFFIX) {
+                    std::fs::remove_file(entry.path()).at("removing", entry.path())?;
+                    removed += 1;
+                }
+            }
+            Ok(removed)
+        })
+        .await
+        .expect("cleanup task panicked")
+    }
+
     async fn delete(&self, key: &str) -> Result<()> {
         let path = self.path(key);
         match tokio::fs::remove_file(&path).await {

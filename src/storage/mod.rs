@@ -57,6 +57,10 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// Removes an object; absent is fine.
     async fn delete(&self, key: &str) -> Result<()>;
 
+    /// Removes what interrupted writers left in `dir` (never visible to readers). Only
+    /// safe while no writer may be working in `dir`: callers hold the stanza's lock.
+    async fn remove_incomplete(&self, dir: &str) -> Result<usize>;
+
     /// A local directory backing this storage, for host-local locks.
     fn local_root(&self) -> Option<std::path::PathBuf> {
         None

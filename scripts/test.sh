@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: installs every PostgreSQL version the tests
+# need, then runs unit and integration tests (servers run as the 'postgres' user when
+# started as root).
+#   scripts/test.sh                  default tier: PostgreSQL 14, 15 and 17 (what CI runs)
+#   scripts/test.sh --all-versions   second tier: also 13, 16 and 18
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = "--all-versions" ]; then
+    bash scripts/install-test-deps.sh all
+    export PGWARD_REQUIRE_VERSIONS=13,14,15,16,17,18
+    cargo test --all-targets -- --include-ignored
+else
+    bash scripts/install-test-deps.sh 14 17
+    export PGWARD_REQUIRE_VERSIONS=14,15,17
+    cargo test --all-targets
+fi

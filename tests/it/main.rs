@@ -1,0 +1,11 @@
+//! pgward's integration tests: one test binary, real PostgreSQL clusters driven through
+//! `harness`, pgward run as the unprivileged user exactly as PostgreSQL would run it.
+
+mod harness;
+mod harness_selftest;
+mod setup;
+
+mod archive;
+mod backup_restore;
+mod pitr;
+mod versions;

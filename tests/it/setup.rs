@@ -1,0 +1,103 @@
+//! A cluster archiving into a fresh pgward repository, with helpers to run pgward
+//! against it and to restore and start copies of it.
+
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use super::harness::*;
+
+pub struct Source {
+    pub cluster: Cluster,
+    pub repo: PathBuf,
+    pub stanza: String,
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+impl Source {
+    /// initdb (data checksums on), archive_command = pgward archive-push, start, stanza-create.
+    pub fn start(name: &str, major: u32) -> Source {
+        Self::start_with(name, ClusterOptions { major, ..Default::default() })
+    }
+
+    pub fn start_with(name: &str, mut opts: ClusterOptions) -> Source {
+        let repo = work_dir(&format!("{name}-repo"));
+        let stanza = "main".to_string();
+        opts.archive_command = Some(format!("{} --repo {} --stanza {stanza} archive-push %p", pgward_bin().display(), repo.display()));
+        let cluster = Cluster::init(name, opts);
+        cluster.start();
+        let source = Source { cluster, repo, stanza };
+        source.ok(&["stanza-create"]);
+        source
+    }
+
+    /// pgward with this cluster's connection environment, --repo and --stanza.
+    pub fn pgward(&self, args: &[&str]) -> Output {
+        let repo = self.repo.display().to_string();
+        let mut full = vec!["--repo", &repo, "--stanza", &self.stanza];
+        full.extend_from_slice(args);
+        pgward(&full, &self.cluster.env())
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        assert_success(&self.pgward(args), &format!("pgward {}", args.join(" ")))
+    }
+
+    /// Expects failure with exit `code`; returns stderr.
+    pub fn fails(&self, args: &[&str], code: i32) -> String {
+        let out = self.pgward(args);
+        assert_eq!(out.status.code(), Some(code), "pgward {} should exit {code}; stderr:\n{}", args.join(" "), stderr(&out));
+        stderr(&out)
+    }
+
+    pub fn sql(&self, sql: &str) -> String {
+        self.cluster.psql("postgres", sql)
+    }
+
+    /// Full backup; returns its label.
+    pub fn backup(&self, extra: &[&str]) -> String {
+        let mut args = vec!["--output", "json", "backup"];
+        args.extend_from_slice(extra);
+        let out = self.ok(&args);
+        let v: serde_json::Value = serde_json::from_str(out.trim()).expect("backup --output json");
+        v["label"].as_str().unwrap().to_string()
+    }
+
+    pub fn info_json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["--output", "json", "info"])).expect("info json")
+    }
+
+    /// Switches WAL and waits until the finished segment is archived.
+    pub fn archive_current_wal(&self) {
+        let segment = self.sql("SELECT pg_walfile_name(pg_switch_wal())");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let last = self.sql("SELECT coalesce(left(last_archived_wal, 24), '') FROM pg_stat_archiver");
+            if last.as_str() >= segment.as_str() && last.len() == 24 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{segment} not archived; last archived {last:?}\n{}", self.cluster.log_tail(20));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Restores into a fresh directory with `args` (archiving off in the copy), starts it
+    /// beside the source and waits for recovery to end.
+    pub fn restore_and_start(&self, name: &str, args: &[&str]) -> Cluster {
+        let dir = work_dir(&format!("{name}-pgdata")).join("data");
+        let dir_s = dir.display().to_string();
+        let mut full = vec!["restore", "--pgdata", &dir_s, "--archive-mode", "off"];
+        full.extend_from_slice(args);
+        self.ok(&full);
+        assert!(dir.join("backup_label").is_file(), "restore must leave backup_label in place");
+        assert!(dir.join("recovery.signal").is_file());
+        let restored = Cluster::from_existing(name, self.cluster.major, dir);
+        restored.start();
+        let end = restored.wait_for_recovery_end(Duration::from_secs(120));
+        assert_eq!(end, RecoveryEnd::Promoted, "restored cluster did not promote:\n{}", restored.log_tail(30));
+        restored
+    }
+}

@@ -21,12 +21,31 @@ impl ConnOptions {
     /// Fills what flags left unset from libpq's environment variables and defaults.
     fn resolved(&self) -> (String, u16, String, String) {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let host = self.host.clone().or_else(|| env("PGHOST")).unwrap_or_else(|| {
-            if Path::new("/var/run/postgresql").is_dir() { "/var/run/postgresql".into() } else { "localhost".into() }
-        });
-        let port = self.port.or_else(|| env("PGPORT").and_then(|p| p.parse().ok())).unwrap_or(5432);
-        let user = self.user.clone().or_else(|| env("PGUSER")).unwrap_or_else(os_user);
-        let database = self.database.clone().or_else(|| env("PGDATABASE")).unwrap_or_else(|| "postgres".into());
+        let host = self
+            .host
+            .clone()
+            .or_else(|| env("PGHOST"))
+            .unwrap_or_else(|| {
+                if Path::new("/var/run/postgresql").is_dir() {
+                    "/var/run/postgresql".into()
+                } else {
+                    "localhost".into()
+                }
+            });
+        let port = self
+            .port
+            .or_else(|| env("PGPORT").and_then(|p| p.parse().ok()))
+            .unwrap_or(5432);
+        let user = self
+            .user
+            .clone()
+            .or_else(|| env("PGUSER"))
+            .unwrap_or_else(os_user);
+        let database = self
+            .database
+            .clone()
+            .or_else(|| env("PGDATABASE"))
+            .unwrap_or_else(|| "postgres".into());
         (host, port, user, database)
     }
 
@@ -37,20 +56,36 @@ impl ConnOptions {
 }
 
 fn os_user() -> String {
-    std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| {
-        // SAFETY: geteuid has no preconditions; getpwuid's result is read at once.
-        unsafe {
-            let pw = libc::getpwuid(libc::geteuid());
-            if pw.is_null() { "postgres".into() } else { std::ffi::CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned() }
-        }
-    })
+    std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| {
+            // SAFETY: geteuid has no preconditions; getpwuid's result is read at once.
+            unsafe {
+                let pw = libc::getpwuid(libc::geteuid());
+                if pw.is_null() {
+                    "postgres".into()
+                } else {
+                    std::ffi::CStr::from_ptr((*pw).pw_name)
+                        .to_string_lossy()
+                        .into_owned()
+                }
+            }
+        })
 }
 
 pub async fn connect(opts: &ConnOptions) -> Result<Client> {
     let (host, port, user, database) = opts.resolved();
     let mut config = tokio_postgres::Config::new();
-    config.host(&host).port(port).user(&user).dbname(&database).application_name("pgward");
-    let password = std::env::var("PGPASSWORD").ok().or_else(|| pgpass_lookup(&host, port, &database, &user));
+    config
+        .host(&host)
+        .port(port)
+        .user(&user)
+        .dbname(&database)
+        .application_name("pgward");
+    let password = std::env::var("PGPASSWORD")
+        .ok()
+        .or_else(|| pgpass_lookup(&host, port, &database, &user));
     if let Some(password) = password {
         config.password(password);
     }
@@ -73,17 +108,26 @@ fn pgpass_lookup(host: &str, port: u16, database: &str, user: &str) -> Option<St
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pgpass")))?;
     let text = std::fs::read_to_string(path).ok()?;
-    let host = if host.starts_with('/') { "localhost" } else { host };
+    let host = if host.starts_with('/') {
+        "localhost"
+    } else {
+        host
+    };
     let port = port.to_string();
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
-        let fields = split_pgpass(line);
-        if fields.len() != 5 {
-            return None;
-        }
-        let matches = |field: &str, value: &str| field == "*" || field == value;
-        (matches(&fields[0], host) && matches(&fields[1], &port) && matches(&fields[2], database) && matches(&fields[3], user))
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let fields = split_pgpass(line);
+            if fields.len() != 5 {
+                return None;
+            }
+            let matches = |field: &str, value: &str| field == "*" || field == value;
+            (matches(&fields[0], host)
+                && matches(&fields[1], &port)
+                && matches(&fields[2], database)
+                && matches(&fields[3], user))
             .then(|| fields[4].clone())
-    })
+        })
 }
 
 fn split_pgpass(line: &str) -> Vec<String> {
@@ -121,7 +165,12 @@ pub async fn server_info(client: &Client) -> Result<ServerInfo> {
         )
         .await?;
     let parse = |s: String, what: &str| -> Result<u64> {
-        s.parse().map_err(|_| Error::new(ErrorKind::Database, format!("server reported an unreadable {what}: {s:?}")))
+        s.parse().map_err(|_| {
+            Error::new(
+                ErrorKind::Database,
+                format!("server reported an unreadable {what}: {s:?}"),
+            )
+        })
     };
     let version_num = parse(row.get(1), "server_version_num")? as u32;
     Ok(ServerInfo {
@@ -138,7 +187,12 @@ pub async fn server_info(client: &Client) -> Result<ServerInfo> {
 }
 
 /// Starts a non-exclusive backup on this session; returns the start LSN.
-pub async fn backup_start(client: &Client, version_num: u32, label: &str, fast: bool) -> Result<Lsn> {
+pub async fn backup_start(
+    client: &Client,
+    version_num: u32,
+    label: &str,
+    fast: bool,
+) -> Result<Lsn> {
     let sql = if version_num >= 150000 {
         "SELECT pg_backup_start($1, $2)::text"
     } else {
@@ -172,5 +226,10 @@ pub async fn backup_stop(client: &Client, version_num: u32) -> Result<BackupStop
 }
 
 pub fn parse_lsn(s: &str) -> Result<Lsn> {
-    s.parse().map_err(|e| Error::new(ErrorKind::Database, format!("server returned an unreadable LSN: {e}")))
+    s.parse().map_err(|e| {
+        Error::new(
+            ErrorKind::Database,
+            format!("server returned an unreadable LSN: {e}"),
+        )
+    })
 }

@@ -66,7 +66,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
-        Error { kind, message: message.into(), hint: None, source: None }
+        Error {
+            kind,
+            message: message.into(),
+            hint: None,
+            source: None,
+        }
     }
 
     pub fn hint(mut self, hint: impl Into<String>) -> Error {
@@ -80,13 +85,18 @@ impl Error {
     }
 
     pub fn io(action: &str, path: impl AsRef<Path>, err: std::io::Error) -> Error {
-        let kind = if err.kind() == std::io::ErrorKind::NotFound { ErrorKind::NotFound } else { ErrorKind::Io };
+        let kind = if err.kind() == std::io::ErrorKind::NotFound {
+            ErrorKind::NotFound
+        } else {
+            ErrorKind::Io
+        };
         Error::new(kind, format!("{action} {}", path.as_ref().display())).source(err)
     }
 
     pub fn corrupt(message: impl Into<String>) -> Error {
-        Error::new(ErrorKind::Corrupt, message)
-            .hint("the repository copy is damaged; run `pgward verify` to see everything it affects")
+        Error::new(ErrorKind::Corrupt, message).hint(
+            "the repository copy is damaged; run `pgward verify` to see everything it affects",
+        )
     }
 
     pub fn config(message: impl Into<String>) -> Error {

@@ -122,22 +122,37 @@ pub fn segments_on(archived: &[ArchivedFile], timeline: TimelineId, seg_size: u6
 }
 
 fn timelines(archived: &[ArchivedFile], seg_size: u64) -> Vec<TimelineArchive> {
-    let mut tls: Vec<TimelineId> = archived.iter().filter(|f| f.name.segment().is_some()).map(|f| f.name.timeline()).collect();
+    let mut tls: Vec<TimelineId> = archived
+        .iter()
+        .filter(|f| f.name.segment().is_some())
+        .map(|f| f.name.timeline())
+        .collect();
     tls.sort();
     tls.dedup();
     tls.into_iter()
         .filter_map(|tl| {
             let segs = segments_on(archived, tl, seg_size);
             let name = |n: u64| WalSegment::from_segno(tl, n, seg_size).to_string();
-            let gaps = segs.windows(2).filter(|w| w[1] > w[0] + 1).map(|w| (name(w[0] + 1), name(w[1] - 1))).collect();
+            let gaps = segs
+                .windows(2)
+                .filter(|w| w[1] > w[0] + 1)
+                .map(|w| (name(w[0] + 1), name(w[1] - 1)))
+                .collect();
             Some(TimelineArchive {
                 timeline: tl,
                 first_segment: name(*segs.first()?),
                 last_segment: name(*segs.last()?),
                 segments: segs.len(),
-                partial_segments: archived.iter().filter(|f| matches!(f.name, WalFileName::Partial(s) if s.timeline == tl)).count(),
+                partial_segments: archived
+                    .iter()
+                    .filter(|f| matches!(f.name, WalFileName::Partial(s) if s.timeline == tl))
+                    .count(),
                 gaps,
-                stored_size: archived.iter().filter(|f| f.name.segment().is_some() && f.name.timeline() == tl).map(|f| f.stored_size).sum(),
+                stored_size: archived
+                    .iter()
+                    .filter(|f| f.name.segment().is_some() && f.name.timeline() == tl)
+                    .map(|f| f.stored_size)
+                    .sum(),
             })
         })
         .collect()
@@ -156,25 +171,36 @@ pub fn contiguous_end(segs: &[u64], from: u64) -> Option<u64> {
     Some(end)
 }
 
-fn window(manifests: &[Manifest], archived: &[ArchivedFile], seg_size: u64) -> Option<RecoverableWindow> {
+fn window(
+    manifests: &[Manifest],
+    archived: &[ArchivedFile],
+    seg_size: u64,
+) -> Option<RecoverableWindow> {
     let restorable = |m: &&Manifest| {
         let segs = segments_on(archived, m.timeline, seg_size);
         let needed_end = m.stop_lsn.prev_segment_number(seg_size);
-        contiguous_end(&segs, m.start_lsn.segment_number(seg_size)).is_some_and(|end| end >= needed_end)
+        contiguous_end(&segs, m.start_lsn.segment_number(seg_size))
+            .is_some_and(|end| end >= needed_end)
     };
     let oldest = manifests.iter().find(restorable)?;
     let newest = manifests.iter().rev().find(restorable)?;
     let segs = segments_on(archived, newest.timeline, seg_size);
     let end = contiguous_end(&segs, newest.start_lsn.segment_number(seg_size))?;
     let last = WalSegment::from_segno(newest.timeline, end, seg_size);
-    let archived_at = archived.iter().find(|f| f.name == WalFileName::Segment(last)).map_or(0, |f| f.archived_at);
+    let archived_at = archived
+        .iter()
+        .find(|f| f.name == WalFileName::Segment(last))
+        .map_or(0, |f| f.archived_at);
     Some(RecoverableWindow {
         earliest_time: oldest.stop_time,
         earliest_lsn: oldest.stop_lsn,
         earliest_backup: oldest.label.clone(),
         latest_lsn: Lsn((end + 1) * seg_size),
         latest_timeline: newest.timeline,
-        latest_archived_time: Utc.timestamp_opt(archived_at, 0).single().unwrap_or_default(),
+        latest_archived_time: Utc
+            .timestamp_opt(archived_at, 0)
+            .single()
+            .unwrap_or_default(),
     })
 }
 
@@ -186,7 +212,11 @@ pub fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", units[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
 }
 
 pub fn render_text(r: &InfoReport) -> String {
@@ -198,10 +228,21 @@ pub fn render_text(r: &InfoReport) -> String {
     for b in &r.backups {
         s.push_str(&format!(
             "  {}  {}  timeline {}  {} .. {}  {} .. {}  {:.1}s  database {}  stored {}{}\n",
-            b.label, b.backup_type, b.timeline,
-            b.start_time.format("%Y-%m-%d %H:%M:%S"), b.stop_time.format("%H:%M:%S UTC"),
-            b.start_lsn, b.stop_lsn, b.duration_seconds, human_bytes(b.database_size), human_bytes(b.stored_size),
-            if b.checksum_failures > 0 { format!("  {} page checksum failure(s)", b.checksum_failures) } else { String::new() }
+            b.label,
+            b.backup_type,
+            b.timeline,
+            b.start_time.format("%Y-%m-%d %H:%M:%S"),
+            b.stop_time.format("%H:%M:%S UTC"),
+            b.start_lsn,
+            b.stop_lsn,
+            b.duration_seconds,
+            human_bytes(b.database_size),
+            human_bytes(b.stored_size),
+            if b.checksum_failures > 0 {
+                format!("  {} page checksum failure(s)", b.checksum_failures)
+            } else {
+                String::new()
+            }
         ));
     }
     s.push_str("\narchive:\n");
@@ -209,7 +250,14 @@ pub fn render_text(r: &InfoReport) -> String {
         s.push_str("  (no WAL archived yet)\n");
     }
     for t in &r.archive {
-        s.push_str(&format!("  timeline {}: {} .. {}  {} segment(s), {} stored", t.timeline, t.first_segment, t.last_segment, t.segments, human_bytes(t.stored_size)));
+        s.push_str(&format!(
+            "  timeline {}: {} .. {}  {} segment(s), {} stored",
+            t.timeline,
+            t.first_segment,
+            t.last_segment,
+            t.segments,
+            human_bytes(t.stored_size)
+        ));
         if t.partial_segments > 0 {
             s.push_str(&format!(", {} partial", t.partial_segments));
         }
@@ -223,11 +271,13 @@ pub fn render_text(r: &InfoReport) -> String {
         }
     }
     match &r.recoverable_window {
-        Some(w) => s.push_str(&format!(
+        Some(w) => {
+            s.push_str(&format!(
             "\nrecoverable window: {} ({}, end of backup {}) .. {} on timeline {} (archived {})\n",
             w.earliest_time.format("%Y-%m-%d %H:%M:%S UTC"), w.earliest_lsn, w.earliest_backup,
             w.latest_lsn, w.latest_timeline, w.latest_archived_time.format("%Y-%m-%d %H:%M:%S UTC")
-        )),
+        ))
+        }
         None => s.push_str("\nrecoverable window: none (no backup with its WAL archived)\n"),
     }
     s

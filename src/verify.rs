@@ -38,7 +38,10 @@ pub async fn verify(repo: &Repo, jobs: usize) -> Result<VerifyReport> {
     for label in repo.backup_labels().await? {
         match repo.load_manifest(&label).await {
             Ok(m) => manifests.push(m),
-            Err(e) => report.problems.push(Problem { problem: e.to_string(), breaks: format!("backup {label} cannot be restored") }),
+            Err(e) => report.problems.push(Problem {
+                problem: e.to_string(),
+                breaks: format!("backup {label} cannot be restored"),
+            }),
         }
     }
     report.backups_checked = manifests.len();
@@ -51,8 +54,19 @@ pub async fn verify(repo: &Repo, jobs: usize) -> Result<VerifyReport> {
                 if extent.backup != m.label {
                     continue; // checked with the backup that holds it
                 }
-                let what = format!("{} (backup {}, bundle {} at {})", file.path, m.label, extent.bundle, extent.bundle_offset);
-                checks.push((what, format!("backup {} cannot be restored", m.label), bundle_key(repo, &extent.bundle), Some((extent.bundle_offset, extent.stored_length)), m.compression.codec, extent.checksum.clone(), Some(extent.length)));
+                let what = format!(
+                    "{} (backup {}, bundle {} at {})",
+                    file.path, m.label, extent.bundle, extent.bundle_offset
+                );
+                checks.push((
+                    what,
+                    format!("backup {} cannot be restored", m.label),
+                    bundle_key(repo, &extent.bundle),
+                    Some((extent.bundle_offset, extent.stored_length)),
+                    m.compression.codec,
+                    extent.checksum.clone(),
+                    Some(extent.length),
+                ));
             }
         }
     }
@@ -61,14 +75,35 @@ pub async fn verify(repo: &Repo, jobs: usize) -> Result<VerifyReport> {
     // Every archived file.
     let archived = repo.list_archive().await?;
     let dependants = |f: &ArchivedFile| -> String {
-        let Some(seg) = f.name.segment() else { return "following this timeline switch during recovery".into() };
+        let Some(seg) = f.name.segment() else {
+            return "following this timeline switch during recovery".into();
+        };
         let lsn = seg.start_lsn(stanza.wal_segment_size);
-        let needing: Vec<&str> = manifests.iter().filter(|m| m.timeline == seg.timeline && m.stop_lsn > lsn).map(|m| m.label.as_str()).collect();
-        format!("point-in-time recovery past {lsn} on timeline {}{}", seg.timeline,
-            if needing.is_empty() { String::new() } else { format!(" (backups {})", needing.join(", ")) })
+        let needing: Vec<&str> = manifests
+            .iter()
+            .filter(|m| m.timeline == seg.timeline && m.stop_lsn > lsn)
+            .map(|m| m.label.as_str())
+            .collect();
+        format!(
+            "point-in-time recovery past {lsn} on timeline {}{}",
+            seg.timeline,
+            if needing.is_empty() {
+                String::new()
+            } else {
+                format!(" (backups {})", needing.join(", "))
+            }
+        )
     };
     for f in &archived {
-        checks.push((format!("archived {}", f.file_name()), dependants(f), repo.archived_file_key(f), None, f.codec, f.checksum.clone(), None));
+        checks.push((
+            format!("archived {}", f.file_name()),
+            dependants(f),
+            repo.archived_file_key(f),
+            None,
+            f.codec,
+            f.checksum.clone(),
+            None,
+        ));
     }
     report.wal_files_checked = archived.len();
 
@@ -81,12 +116,22 @@ pub async fn verify(repo: &Repo, jobs: usize) -> Result<VerifyReport> {
                     None => storage.read(&key).await,
                 };
                 let result = match reader {
-                    Ok(reader) => tokio::task::spawn_blocking(move || check_content(reader, codec, &checksum, length)).await.expect("verify task panicked"),
+                    Ok(reader) => tokio::task::spawn_blocking(move || {
+                        check_content(reader, codec, &checksum, length)
+                    })
+                    .await
+                    .expect("verify task panicked"),
                     Err(e) => Err(e),
                 };
                 match result {
                     Ok(bytes) => (None, bytes),
-                    Err(e) => (Some(Problem { problem: format!("{what}: {e}"), breaks }), 0),
+                    Err(e) => (
+                        Some(Problem {
+                            problem: format!("{what}: {e}"),
+                            breaks,
+                        }),
+                        0,
+                    ),
                 }
             }
         })
@@ -98,30 +143,50 @@ pub async fn verify(repo: &Repo, jobs: usize) -> Result<VerifyReport> {
         report.problems.extend(problem);
     }
 
-    check_wal_continuity(&manifests, &archived, stanza.wal_segment_size, &mut report.problems);
+    check_wal_continuity(
+        &manifests,
+        &archived,
+        stanza.wal_segment_size,
+        &mut report.problems,
+    );
     Ok(report)
 }
 
 fn check_content(reader: Reader, codec: Codec, checksum: &str, length: Option<u64>) -> Result<u64> {
-    let mut decoder = codec.decoder(storage::blocking_reader(reader)).map_err(|e| Error::corrupt("cannot decompress").source(e))?;
+    let mut decoder = codec
+        .decoder(storage::blocking_reader(reader))
+        .map_err(|e| Error::corrupt("cannot decompress").source(e))?;
     let mut hasher = blake3::Hasher::new();
-    let n = std::io::copy(&mut decoder, &mut hasher).map_err(|e| Error::corrupt("cannot decompress").source(e))?;
+    let n = std::io::copy(&mut decoder, &mut hasher)
+        .map_err(|e| Error::corrupt("cannot decompress").source(e))?;
     if length.is_some_and(|l| l != n) {
-        return Err(Error::corrupt(format!("holds {n} bytes, the manifest says {}", length.unwrap())));
+        return Err(Error::corrupt(format!(
+            "holds {n} bytes, the manifest says {}",
+            length.unwrap()
+        )));
     }
     let found = hasher.finalize().to_hex();
     if found.as_str() != checksum {
-        return Err(Error::corrupt(format!("checksum mismatch (expected {checksum}, found {found})")));
+        return Err(Error::corrupt(format!(
+            "checksum mismatch (expected {checksum}, found {found})"
+        )));
     }
     Ok(n)
 }
 
 /// From each backup's start to the newest archived segment of its timeline, no segment
 /// may be missing.
-fn check_wal_continuity(manifests: &[Manifest], archived: &[ArchivedFile], seg_size: u64, problems: &mut Vec<Problem>) {
+fn check_wal_continuity(
+    manifests: &[Manifest],
+    archived: &[ArchivedFile],
+    seg_size: u64,
+    problems: &mut Vec<Problem>,
+) {
     let mut by_timeline: HashMap<_, Vec<u64>> = HashMap::new();
     for m in manifests {
-        let segs = by_timeline.entry(m.timeline).or_insert_with(|| segments_on(archived, m.timeline, seg_size));
+        let segs = by_timeline
+            .entry(m.timeline)
+            .or_insert_with(|| segments_on(archived, m.timeline, seg_size));
         let first = m.start_lsn.segment_number(seg_size);
         let needed = m.stop_lsn.prev_segment_number(seg_size);
         let newest = segs.last().copied().unwrap_or(0).max(needed);
@@ -133,10 +198,20 @@ fn check_wal_continuity(manifests: &[Manifest], archived: &[ArchivedFile], seg_s
         };
         let seg = WalSegment::from_segno(m.timeline, missing_from, seg_size);
         let breaks = if missing_from <= needed {
-            format!("backup {} cannot be restored at all (it needs WAL up to {})", m.label, m.stop_lsn)
+            format!(
+                "backup {} cannot be restored at all (it needs WAL up to {})",
+                m.label, m.stop_lsn
+            )
         } else {
-            format!("backup {} cannot be recovered past {}", m.label, seg.start_lsn(seg_size))
+            format!(
+                "backup {} cannot be recovered past {}",
+                m.label,
+                seg.start_lsn(seg_size)
+            )
         };
-        problems.push(Problem { problem: format!("WAL segment {seg} is missing from the archive"), breaks });
+        problems.push(Problem {
+            problem: format!("WAL segment {seg} is missing from the archive"),
+            breaks,
+        });
     }
 }

@@ -19,42 +19,74 @@ pub async fn find_for_get(repo: &Repo, name: &WalFileName) -> Result<Option<Arch
         return Ok(Some(file));
     }
     if let WalFileName::Segment(seg) = name {
-        return Ok(repo.find_archived(&WalFileName::Partial(*seg)).await?.into_iter().next());
+        return Ok(repo
+            .find_archived(&WalFileName::Partial(*seg))
+            .await?
+            .into_iter()
+            .next());
     }
     Ok(None)
 }
 
 pub async fn archive_get(repo: &Repo, wal_name: &str, dest: &Path) -> Result<ArchivedFile> {
-    let name = WalFileName::parse(wal_name).map_err(|e| Error::config(e.to_string()).hint("restore_command must pass %f and \"%p\""))?;
+    let name = WalFileName::parse(wal_name).map_err(|e| {
+        Error::config(e.to_string()).hint("restore_command must pass %f and \"%p\"")
+    })?;
     let Some(file) = find_for_get(repo, &name).await? else {
-        return Err(Error::new(ErrorKind::NotFound, format!("{name} is not in the archive of stanza {:?}", repo.stanza)));
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!("{name} is not in the archive of stanza {:?}", repo.stanza),
+        ));
     };
     // Past this point the file exists: every failure, even a vanished file, must stop
     // recovery rather than read as the end of the archive.
     let fetched = async {
         let reader = repo.storage.read(&repo.archived_file_key(&file)).await?;
         let (file_clone, dest) = (file.clone(), dest.to_path_buf());
-        tokio::task::spawn_blocking(move || restore_file(reader, &file_clone, &dest)).await.expect("get task panicked")
+        tokio::task::spawn_blocking(move || restore_file(reader, &file_clone, &dest))
+            .await
+            .expect("get task panicked")
     };
-    fetched.await.map_err(|e| if e.is_not_found() { e.with_kind(ErrorKind::Io) } else { e })?;
+    fetched.await.map_err(|e| {
+        if e.is_not_found() {
+            e.with_kind(ErrorKind::Io)
+        } else {
+            e
+        }
+    })?;
     Ok(file)
 }
 
 fn restore_file(reader: storage::Reader, file: &ArchivedFile, dest: &Path) -> Result<()> {
-    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let temp = PathBuf::from(format!("{}.pgward-tmp", dest.display()));
     let out = std::fs::File::create(&temp).at("creating", &temp)?;
     let result = (|| {
         let mut writer = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, out));
-        let mut decoder = file.codec.decoder(storage::blocking_reader(reader)).at("decompressing", file.file_name())?;
+        let mut decoder = file
+            .codec
+            .decoder(storage::blocking_reader(reader))
+            .at("decompressing", file.file_name())?;
         std::io::copy(&mut decoder, &mut writer).map_err(|e| {
-            Error::corrupt(format!("archived {} cannot be decompressed", file.file_name())).source(e)
+            Error::corrupt(format!(
+                "archived {} cannot be decompressed",
+                file.file_name()
+            ))
+            .source(e)
         })?;
         let (buffered, checksum, _) = writer.finish();
         if checksum != file.checksum {
-            return Err(Error::corrupt(format!("archived {} does not match its checksum (content hashes to {checksum})", file.file_name())));
+            return Err(Error::corrupt(format!(
+                "archived {} does not match its checksum (content hashes to {checksum})",
+                file.file_name()
+            )));
         }
-        let out = buffered.into_inner().map_err(|e| Error::io("writing", &temp, e.into_error()))?;
+        let out = buffered
+            .into_inner()
+            .map_err(|e| Error::io("writing", &temp, e.into_error()))?;
         out.sync_all().at("syncing", &temp)?;
         std::fs::rename(&temp, dest).at("renaming into place", dest)?;
         sync_dir(dir).at("syncing directory", dir)

@@ -11,7 +11,7 @@ use crate::pg::walheader::{parse_long_page_header, pg_major_for_wal_magic};
 use crate::pg::WalFileName;
 use crate::pipeline::hash::HashingReader;
 use crate::pipeline::Compression;
-use crate::repo::archive::{ArchivedFile, stored_name};
+use crate::repo::archive::{stored_name, ArchivedFile};
 use crate::repo::stanza::StanzaInfo;
 use crate::repo::Repo;
 use crate::storage;
@@ -22,15 +22,25 @@ pub enum PushOutcome {
     AlreadyArchived,
 }
 
-pub async fn archive_push(repo: &Repo, path: &Path, compression: Compression) -> Result<PushOutcome> {
-    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+pub async fn archive_push(
+    repo: &Repo,
+    path: &Path,
+    compression: Compression,
+) -> Result<PushOutcome> {
+    let file_name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
     let name = WalFileName::parse(file_name).map_err(|e| {
-        Error::new(ErrorKind::Config, e.to_string()).hint("archive_command must pass %p, the path of a file PostgreSQL is archiving")
+        Error::new(ErrorKind::Config, e.to_string())
+            .hint("archive_command must pass %p, the path of a file PostgreSQL is archiving")
     })?;
     let stanza = repo.stanza_info().await?;
     let (path_owned, name_owned, stanza_owned) = (path.to_path_buf(), name.clone(), stanza.clone());
     let checksum = tokio::task::spawn_blocking(move || -> Result<String> {
-        if name_owned.segment().is_some() && !matches!(name_owned, WalFileName::BackupHistory { .. }) {
+        if name_owned.segment().is_some()
+            && !matches!(name_owned, WalFileName::BackupHistory { .. })
+        {
             check_segment(&path_owned, &name_owned, &stanza_owned)?;
         }
         checksum_file(&path_owned)
@@ -50,7 +60,13 @@ pub async fn archive_push(repo: &Repo, path: &Path, compression: Compression) ->
         .hint("two clusters may be archiving into one stanza, or a restored cluster kept the old archive_command; give each cluster its own stanza"));
     }
 
-    let file = ArchivedFile { name: name.clone(), checksum: checksum.clone(), codec: compression.codec, stored_size: 0, archived_at: 0 };
+    let file = ArchivedFile {
+        name: name.clone(),
+        checksum: checksum.clone(),
+        codec: compression.codec,
+        stored_size: 0,
+        archived_at: 0,
+    };
     let key = repo.archived_file_key(&file);
     let source = path.to_path_buf();
     let stored_size = storage::write_blocking(repo.storage.as_ref(), &key, move |out| {
@@ -78,27 +94,60 @@ fn check_segment(path: &PathBuf, name: &WalFileName, stanza: &StanzaInfo) -> Res
     let size = file.metadata().at("reading metadata of", path)?.len();
     let mut first_page = vec![0u8; 8192.min(size as usize)];
     file.read_exact(&mut first_page).at("reading", path)?;
-    let header = parse_long_page_header(&first_page)
-        .map_err(|e| Error::new(ErrorKind::Corrupt, format!("{}: not a valid WAL segment: {e}", path.display())))?;
+    let header = parse_long_page_header(&first_page).map_err(|e| {
+        Error::new(
+            ErrorKind::Corrupt,
+            format!("{}: not a valid WAL segment: {e}", path.display()),
+        )
+    })?;
     let refuse = |what: String| {
-        Err(Error::new(ErrorKind::Conflict, format!("WAL segment {name} does not belong to stanza {:?}: {what}", stanza.stanza))
-            .hint("each cluster needs its own stanza; check archive_command's --stanza"))
+        Err(Error::new(
+            ErrorKind::Conflict,
+            format!(
+                "WAL segment {name} does not belong to stanza {:?}: {what}",
+                stanza.stanza
+            ),
+        )
+        .hint("each cluster needs its own stanza; check archive_command's --stanza"))
     };
     if header.system_identifier != stanza.system_identifier {
-        return refuse(format!("its system identifier is {}, the stanza's is {}", header.system_identifier, stanza.system_identifier));
+        return refuse(format!(
+            "its system identifier is {}, the stanza's is {}",
+            header.system_identifier, stanza.system_identifier
+        ));
     }
     if pg_major_for_wal_magic(header.magic) != Some(stanza.pg_major) {
-        return refuse(format!("its WAL magic 0x{:04X} is not PostgreSQL {}'s", header.magic, stanza.pg_major));
+        return refuse(format!(
+            "its WAL magic 0x{:04X} is not PostgreSQL {}'s",
+            header.magic, stanza.pg_major
+        ));
     }
     if header.segment_size as u64 != stanza.wal_segment_size {
-        return refuse(format!("its segment size is {}, the stanza's is {}", header.segment_size, stanza.wal_segment_size));
+        return refuse(format!(
+            "its segment size is {}, the stanza's is {}",
+            header.segment_size, stanza.wal_segment_size
+        ));
     }
     let segment = name.segment().expect("segments have one");
     if header.page_address != segment.start_lsn(stanza.wal_segment_size) {
-        return Err(Error::new(ErrorKind::Corrupt, format!("{}: its first page is for position {}, not for {name}", path.display(), header.page_address)));
+        return Err(Error::new(
+            ErrorKind::Corrupt,
+            format!(
+                "{}: its first page is for position {}, not for {name}",
+                path.display(),
+                header.page_address
+            ),
+        ));
     }
     if matches!(name, WalFileName::Segment(_)) && size != stanza.wal_segment_size {
-        return Err(Error::new(ErrorKind::Corrupt, format!("{}: {size} bytes, a segment has {}", path.display(), stanza.wal_segment_size)));
+        return Err(Error::new(
+            ErrorKind::Corrupt,
+            format!(
+                "{}: {size} bytes, a segment has {}",
+                path.display(),
+                stanza.wal_segment_size
+            ),
+        ));
     }
     Ok(())
 }

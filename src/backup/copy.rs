@@ -62,16 +62,28 @@ pub struct Progress {
     pub files_done: AtomicU64,
 }
 
-pub async fn copy_files(repo: &Repo, mut files: Vec<SourceFile>, settings: CopySettings, progress: Arc<Progress>) -> Result<CopyResult> {
+pub async fn copy_files(
+    repo: &Repo,
+    mut files: Vec<SourceFile>,
+    settings: CopySettings,
+    progress: Arc<Progress>,
+) -> Result<CopyResult> {
     // Largest first, so the last file to finish is a small one.
-    files.sort_by(|a, b| b.size.cmp(&a.size));
+    files.sort_by_key(|f| std::cmp::Reverse(f.size));
     let queue = Arc::new(Mutex::new(VecDeque::from(files)));
     let settings = Arc::new(settings);
     let mut workers = Vec::new();
     for job in 0..settings.jobs.max(1) {
-        let (repo, queue, settings, progress) = (repo.clone(), queue.clone(), settings.clone(), progress.clone());
+        let (repo, queue, settings, progress) = (
+            repo.clone(),
+            queue.clone(),
+            settings.clone(),
+            progress.clone(),
+        );
         let job = settings.first_bundle + job;
-        workers.push(tokio::task::spawn_blocking(move || Worker::new(repo, job, settings).run(&queue, &progress)));
+        workers.push(tokio::task::spawn_blocking(move || {
+            Worker::new(repo, job, settings).run(&queue, &progress)
+        }));
     }
     let mut result = CopyResult::default();
     let mut first_error = None;
@@ -107,10 +119,23 @@ struct Worker {
 
 impl Worker {
     fn new(repo: Repo, job: usize, settings: Arc<CopySettings>) -> Worker {
-        Worker { repo, job, settings, handle: Handle::current(), bundle: None, sequence: 0, result: CopyResult::default(), buffer: vec![0; READ_BUFFER] }
+        Worker {
+            repo,
+            job,
+            settings,
+            handle: Handle::current(),
+            bundle: None,
+            sequence: 0,
+            result: CopyResult::default(),
+            buffer: vec![0; READ_BUFFER],
+        }
     }
 
-    fn run(mut self, queue: &Mutex<VecDeque<SourceFile>>, progress: &Progress) -> Result<CopyResult> {
+    fn run(
+        mut self,
+        queue: &Mutex<VecDeque<SourceFile>>,
+        progress: &Progress,
+    ) -> Result<CopyResult> {
         loop {
             let next = queue.lock().unwrap().pop_front();
             let Some(file) = next else { break };
@@ -119,7 +144,11 @@ impl Worker {
                 self.result.files.push(entry);
             }
             progress.files_done.fetch_add(1, Ordering::Relaxed);
-            if self.bundle.as_ref().is_some_and(|b| b.sink.written >= BUNDLE_TARGET_SIZE) {
+            if self
+                .bundle
+                .as_ref()
+                .is_some_and(|b| b.sink.written >= BUNDLE_TARGET_SIZE)
+            {
                 self.close_bundle()?;
             }
         }
@@ -129,20 +158,32 @@ impl Worker {
 
     fn bundle(&mut self) -> Result<&mut OpenBundle> {
         if self.bundle.is_none() {
-            let name = format!("{}-{:02}-{:04}.bundle", self.settings.label, self.job, self.sequence);
+            let name = format!(
+                "{}-{:02}-{:04}.bundle",
+                self.settings.label, self.job, self.sequence
+            );
             self.sequence += 1;
             let key = bundle_key(&self.repo, &name);
             let writer = self.handle.block_on(self.repo.storage.create(&key))?;
-            let sink = CountingWriter { inner: std::io::BufWriter::with_capacity(1 << 20, SyncIoBridge::new(writer)), written: 0 };
+            let sink = CountingWriter {
+                inner: std::io::BufWriter::with_capacity(1 << 20, SyncIoBridge::new(writer)),
+                written: 0,
+            };
             self.bundle = Some(OpenBundle { name, sink });
         }
         Ok(self.bundle.as_mut().expect("just opened"))
     }
 
     fn close_bundle(&mut self) -> Result<()> {
-        let Some(bundle) = self.bundle.take() else { return Ok(()) };
+        let Some(bundle) = self.bundle.take() else {
+            return Ok(());
+        };
         let written = bundle.sink.written;
-        let bridge = bundle.sink.inner.into_inner().map_err(|e| Error::io("writing bundle", &bundle.name, e.into_error()))?;
+        let bridge = bundle
+            .sink
+            .inner
+            .into_inner()
+            .map_err(|e| Error::io("writing bundle", &bundle.name, e.into_error()))?;
         self.handle.block_on(bridge.into_inner().finish())?;
         self.result.bundles.push(bundle.name);
         self.result.stored_size += written;
@@ -157,15 +198,27 @@ impl Worker {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io("opening", &file.abs_path, e)),
         };
-        let mut entry = FileEntry { path: file.rel_path.clone(), size: 0, mtime: file.mtime, mode: file.mode, checksum: String::new(), extents: Vec::new() };
-        let verify_before = self.settings.verify_pages_before.filter(|_| file.first_block.is_some());
+        let mut entry = FileEntry {
+            path: file.rel_path.clone(),
+            size: 0,
+            mtime: file.mtime,
+            mode: file.mode,
+            checksum: String::new(),
+            extents: Vec::new(),
+        };
+        let verify_before = self
+            .settings
+            .verify_pages_before
+            .filter(|_| file.first_block.is_some());
         let compression = self.settings.compression;
         let mut buffer = std::mem::take(&mut self.buffer);
         let mut bad_blocks = Vec::new();
         let mut hasher = blake3::Hasher::new();
         let bundle = self.bundle()?;
         let frame_start = bundle.sink.written;
-        let mut encoder = compression.encoder(&mut bundle.sink).at("compressing", &file.abs_path)?;
+        let mut encoder = compression
+            .encoder(&mut bundle.sink)
+            .at("compressing", &file.abs_path)?;
         // Copy no more than the size seen when listing: growth after that is in the WAL.
         let mut reader = (&source).take(file.size);
         let mut size = 0u64;
@@ -176,10 +229,19 @@ impl Worker {
             }
             if let Some(start_lsn) = verify_before {
                 let first_block = file.first_block.unwrap_or(0) + (size / BLCKSZ as u64) as u32;
-                check_pages(&source, &buffer[..n], size, first_block, start_lsn, &mut bad_blocks);
+                check_pages(
+                    &source,
+                    &buffer[..n],
+                    size,
+                    first_block,
+                    start_lsn,
+                    &mut bad_blocks,
+                );
             }
             hasher.update(&buffer[..n]);
-            encoder.write_all(&buffer[..n]).at("writing bundle", &bundle.name)?;
+            encoder
+                .write_all(&buffer[..n])
+                .at("writing bundle", &bundle.name)?;
             size += n as u64;
         }
         encoder.finish().at("writing bundle", &bundle.name)?;
@@ -201,7 +263,10 @@ impl Worker {
         }
         if !bad_blocks.is_empty() {
             tracing::warn!(path = %file.rel_path, blocks = ?bad_blocks, "page checksum verification failed");
-            self.result.checksum_failures.push(ChecksumFailure { path: file.rel_path.clone(), blocks: bad_blocks });
+            self.result.checksum_failures.push(ChecksumFailure {
+                path: file.rel_path.clone(),
+                blocks: bad_blocks,
+            });
         }
         Ok(Some(entry))
     }
@@ -210,14 +275,24 @@ impl Worker {
 /// Verifies every whole page in `chunk`. A page that fails is read again once: the
 /// server may have been writing it while we read (a torn read), and the second copy
 /// then passes or carries an LSN newer than the backup's start.
-fn check_pages(source: &std::fs::File, chunk: &[u8], chunk_offset: u64, first_block: u32, start_lsn: Lsn, bad: &mut Vec<u32>) {
+fn check_pages(
+    source: &std::fs::File,
+    chunk: &[u8],
+    chunk_offset: u64,
+    first_block: u32,
+    start_lsn: Lsn,
+    bad: &mut Vec<u32>,
+) {
     for (i, page) in chunk.chunks_exact(BLCKSZ).enumerate() {
         let blkno = first_block + i as u32;
         if let PageVerdict::ChecksumMismatch { .. } = verify_page(page, blkno, start_lsn) {
             let mut again = vec![0u8; BLCKSZ];
             let offset = chunk_offset + (i * BLCKSZ) as u64;
             let passes_now = source.read_exact_at(&mut again, offset).is_ok()
-                && !matches!(verify_page(&again, blkno, start_lsn), PageVerdict::ChecksumMismatch { .. });
+                && !matches!(
+                    verify_page(&again, blkno, start_lsn),
+                    PageVerdict::ChecksumMismatch { .. }
+                );
             if !passes_now {
                 bad.push(blkno);
             }

@@ -7,8 +7,8 @@
 //! any point leaves the repository as it was plus unreferenced bundles.
 
 pub mod copy;
-pub mod walk;
 pub mod wait_wal;
+pub mod walk;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -45,21 +45,39 @@ pub async fn backup(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> Res
     check_same_cluster(&stanza, &server.identity)?;
 
     if opts.backup_type != BackupType::Full {
-        tracing::warn!("{} backups are not implemented yet: taking a full backup", opts.backup_type);
+        tracing::warn!(
+            "{} backups are not implemented yet: taking a full backup",
+            opts.backup_type
+        );
     }
     remove_orphans(repo).await?;
 
-    let pgdata = opts.pgdata.clone().unwrap_or_else(|| server.data_directory.clone());
+    let pgdata = opts
+        .pgdata
+        .clone()
+        .unwrap_or_else(|| server.data_directory.clone());
     check_data_directory(&pgdata, server.identity.system_identifier)?;
 
-    let label = new_label(BackupType::Full, chrono::Utc::now(), &repo.backup_labels().await?);
+    let label = new_label(
+        BackupType::Full,
+        chrono::Utc::now(),
+        &repo.backup_labels().await?,
+    );
     tracing::info!(%label, pgdata = %pgdata.display(), "starting backup");
     let start_time = chrono::Utc::now();
-    let start_lsn = db::backup_start(&client, server.version_num, &format!("pgward {label}"), opts.start_fast).await?;
+    let start_lsn = db::backup_start(
+        &client,
+        server.version_num,
+        &format!("pgward {label}"),
+        opts.start_fast,
+    )
+    .await?;
     tracing::info!(%start_lsn, "backup started");
 
     let walk_root = pgdata.clone();
-    let listing = tokio::task::spawn_blocking(move || walk::walk_data_dir(&walk_root)).await.expect("walk panicked")?;
+    let listing = tokio::task::spawn_blocking(move || walk::walk_data_dir(&walk_root))
+        .await
+        .expect("walk panicked")?;
     let progress = Arc::new(copy::Progress::default());
     let settings = copy::CopySettings {
         label: label.clone(),
@@ -69,16 +87,43 @@ pub async fn backup(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> Res
         first_bundle: 0,
     };
     // pg_control goes last, after every other file, as pg_basebackup does.
-    let (control, others): (Vec<_>, Vec<_>) = listing.files.into_iter().partition(|f| f.rel_path == CONTROL_FILE);
+    let (control, others): (Vec<_>, Vec<_>) = listing
+        .files
+        .into_iter()
+        .partition(|f| f.rel_path == CONTROL_FILE);
     let mut copied = copy::copy_files(repo, others, settings.clone(), progress.clone()).await?;
-    copied.merge(copy::copy_files(repo, control, copy::CopySettings { jobs: 1, first_bundle: settings.jobs, ..settings }, progress).await?);
+    copied.merge(
+        copy::copy_files(
+            repo,
+            control,
+            copy::CopySettings {
+                jobs: 1,
+                first_bundle: settings.jobs,
+                ..settings
+            },
+            progress,
+        )
+        .await?,
+    );
 
     let stop = db::backup_stop(&client, server.version_num).await?;
     let stop_time = chrono::Utc::now();
-    let label_file = parse_backup_label(&stop.backup_label)
-        .map_err(|e| Error::new(ErrorKind::Database, format!("the server returned a backup_label pgward cannot read: {e}")))?;
+    let label_file = parse_backup_label(&stop.backup_label).map_err(|e| {
+        Error::new(
+            ErrorKind::Database,
+            format!("the server returned a backup_label pgward cannot read: {e}"),
+        )
+    })?;
     tracing::info!(stop_lsn = %stop.lsn, "backup stopped; waiting for WAL to be archived");
-    wait_wal::wait_for_archived(repo, label_file.start_timeline, start_lsn, stop.lsn, stanza.wal_segment_size, opts.archive_timeout).await?;
+    wait_wal::wait_for_archived(
+        repo,
+        label_file.start_timeline,
+        start_lsn,
+        stop.lsn,
+        stanza.wal_segment_size,
+        opts.archive_timeout,
+    )
+    .await?;
 
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
@@ -110,7 +155,11 @@ pub async fn backup(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> Res
     };
     repo.save_manifest(&manifest).await?;
     if !manifest.checksum_failures.is_empty() {
-        let pages: usize = manifest.checksum_failures.iter().map(|f| f.blocks.len()).sum();
+        let pages: usize = manifest
+            .checksum_failures
+            .iter()
+            .map(|f| f.blocks.len())
+            .sum();
         tracing::warn!("{pages} page(s) in {} file(s) failed checksum verification; see `pgward info --set {label}`", manifest.checksum_failures.len());
     }
     tracing::info!(%label, seconds = started.elapsed().as_secs_f64(), files = manifest.files.len(), "backup complete");
@@ -126,7 +175,10 @@ async fn remove_orphans(repo: &Repo) -> Result<()> {
     for dir in ["bundles", "backups"] {
         let removed = repo.storage.remove_incomplete(&repo.key(dir)).await?;
         if removed > 0 {
-            tracing::info!(removed, "removed partly written files left by an interrupted backup");
+            tracing::info!(
+                removed,
+                "removed partly written files left by an interrupted backup"
+            );
         }
     }
     Ok(())
@@ -144,7 +196,12 @@ fn check_data_directory(pgdata: &Path, system_identifier: u64) -> Result<()> {
         match parse_control_file(&bytes) {
             Ok(control) => break control,
             Err(_) if attempt < 5 => attempt += 1,
-            Err(e) => return Err(Error::new(ErrorKind::Corrupt, format!("{}: {e}", control_path.display()))),
+            Err(e) => {
+                return Err(Error::new(
+                    ErrorKind::Corrupt,
+                    format!("{}: {e}", control_path.display()),
+                ))
+            }
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     };

@@ -9,7 +9,14 @@ use crate::pg::{Lsn, TimelineId, WalFileName, WalSegment};
 use crate::repo::archive::archive_subdir;
 use crate::repo::Repo;
 
-pub async fn wait_for_archived(repo: &Repo, timeline: TimelineId, start: Lsn, stop: Lsn, segment_size: u64, timeout: Duration) -> Result<()> {
+pub async fn wait_for_archived(
+    repo: &Repo,
+    timeline: TimelineId,
+    start: Lsn,
+    stop: Lsn,
+    segment_size: u64,
+    timeout: Duration,
+) -> Result<()> {
     let first = start.segment_number(segment_size);
     let last = stop.prev_segment_number(segment_size).max(first);
     let mut missing: BTreeSet<u64> = (first..=last).collect();
@@ -22,7 +29,12 @@ pub async fn wait_for_archived(repo: &Repo, timeline: TimelineId, start: Lsn, st
             let dir = archive_subdir(&name);
             if !listings.contains_key(&dir) {
                 let found = repo.storage.list(&repo.archive_dir_key(&dir)).await?;
-                let names = found.files.iter().filter_map(|f| crate::repo::archive::parse_stored_name(&f.name)).map(|(n, _, _)| n).collect();
+                let names = found
+                    .files
+                    .iter()
+                    .filter_map(|f| crate::repo::archive::parse_stored_name(&f.name))
+                    .map(|(n, _, _)| n)
+                    .collect();
                 listings.insert(dir.clone(), names);
             }
             if !listings[&dir].contains(&name) {
@@ -34,7 +46,8 @@ pub async fn wait_for_archived(repo: &Repo, timeline: TimelineId, start: Lsn, st
             return Ok(());
         }
         if Instant::now() >= deadline {
-            let first_missing = WalSegment::from_segno(timeline, *missing.first().unwrap(), segment_size);
+            let first_missing =
+                WalSegment::from_segno(timeline, *missing.first().unwrap(), segment_size);
             return Err(Error::new(
                 ErrorKind::Timeout,
                 format!("WAL segment {first_missing} (and {} more) needed by this backup did not reach the archive within {}s", missing.len() - 1, timeout.as_secs()),

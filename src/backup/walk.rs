@@ -46,13 +46,22 @@ fn walk(dir: &Path, rel_dir: &str, out: &mut DataDirListing) -> Result<()> {
         let entry = entry.at("listing", dir)?;
         match entry.file_name().into_string() {
             Ok(name) => names.push(name),
-            Err(name) => return Err(Error::config(format!("{}: file name {name:?} is not UTF-8", dir.display()))),
+            Err(name) => {
+                return Err(Error::config(format!(
+                    "{}: file name {name:?} is not UTF-8",
+                    dir.display()
+                )))
+            }
         }
     }
     names.sort();
     let unlogged = unlogged_relfilenodes(&names);
     for name in names {
-        let rel = if rel_dir.is_empty() { name.clone() } else { format!("{rel_dir}/{name}") };
+        let rel = if rel_dir.is_empty() {
+            name.clone()
+        } else {
+            format!("{rel_dir}/{name}")
+        };
         let path = dir.join(&name);
         let link_meta = match std::fs::symlink_metadata(&path) {
             Ok(m) => m,
@@ -60,11 +69,19 @@ fn walk(dir: &Path, rel_dir: &str, out: &mut DataDirListing) -> Result<()> {
             Err(e) => return Err(Error::io("reading metadata of", &path, e)),
         };
         if link_meta.file_type().is_symlink() && rel_dir == "pg_tblspc" {
-            let oid: u32 = name.parse().map_err(|_| Error::config(format!("{}: unexpected entry in pg_tblspc", path.display())))?;
+            let oid: u32 = name.parse().map_err(|_| {
+                Error::config(format!("{}: unexpected entry in pg_tblspc", path.display()))
+            })?;
             let target = std::fs::read_link(&path).at("reading link", &path)?;
-            out.tablespaces.push(Tablespace { oid, location: target.display().to_string() });
+            out.tablespaces.push(Tablespace {
+                oid,
+                location: target.display().to_string(),
+            });
             let meta = std::fs::metadata(&path).at("reading metadata of", &path)?;
-            out.dirs.push(DirEntry { path: rel.clone(), mode: meta.permissions().mode() & 0o7777 });
+            out.dirs.push(DirEntry {
+                path: rel.clone(),
+                mode: meta.permissions().mode() & 0o7777,
+            });
             walk(&path, &rel, out)?;
             continue;
         }
@@ -75,11 +92,17 @@ fn walk(dir: &Path, rel_dir: &str, out: &mut DataDirListing) -> Result<()> {
             Err(e) => return Err(Error::io("reading metadata of", &path, e)),
         };
         if meta.is_dir() {
-            out.dirs.push(DirEntry { path: rel.clone(), mode: meta.permissions().mode() & 0o7777 });
+            out.dirs.push(DirEntry {
+                path: rel.clone(),
+                mode: meta.permissions().mode() & 0o7777,
+            });
             if skip_dir_contents(&rel) {
                 if rel == "pg_wal" {
                     for sub in PG_WAL_EMPTY_SUBDIRS {
-                        out.dirs.push(DirEntry { path: sub.into(), mode: meta.permissions().mode() & 0o7777 });
+                        out.dirs.push(DirEntry {
+                            path: sub.into(),
+                            mode: meta.permissions().mode() & 0o7777,
+                        });
                     }
                 }
                 continue;
@@ -110,5 +133,9 @@ fn walk(dir: &Path, rel_dir: &str, out: &mut DataDirListing) -> Result<()> {
 
 /// Relations with an init fork are unlogged: only the init fork is backed up.
 fn unlogged_relfilenodes(names: &[String]) -> HashSet<u32> {
-    names.iter().filter_map(|n| n.strip_suffix("_init")).filter_map(|n| n.parse().ok()).collect()
+    names
+        .iter()
+        .filter_map(|n| n.strip_suffix("_init"))
+        .filter_map(|n| n.parse().ok())
+        .collect()
 }

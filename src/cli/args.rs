@@ -8,8 +8,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::restore::target::TargetAction;
 
 #[derive(Parser, Debug)]
-#[command(name = "pgward", version, about = "PostgreSQL backup and point-in-time recovery",
-    after_help = "Example:\n  pgward --repo /var/lib/pgward --stanza main stanza-create\n  pgward --repo /var/lib/pgward --stanza main backup\n  pgward --repo /var/lib/pgward --stanza main restore --pgdata /srv/pg/restored --target-time '2026-11-21 12:00:00+00'")]
+#[command(
+    name = "pgward",
+    version,
+    about = "PostgreSQL backup and point-in-time recovery",
+    after_help = "Example:\n  pgward --repo /var/lib/pgward --stanza main stanza-create\n  pgward --repo /var/lib/pgward --stanza main backup\n  pgward --repo /var/lib/pgward --stanza main restore --pgdata /srv/pg/restored --target-time '2026-11-21 12:00:00+00'"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,

@@ -10,7 +10,18 @@ use crate::error::{Error, Result};
 
 const DEFAULT_CONFIG: &str = "/etc/pgward/pgward.toml";
 const KEYS: &[&str] = &[
-    "repo", "stanza", "pgdata", "pg-host", "pg-port", "pg-user", "pg-database", "jobs", "compress", "compress-level", "log-level", "log-format",
+    "repo",
+    "stanza",
+    "pgdata",
+    "pg-host",
+    "pg-port",
+    "pg-user",
+    "pg-database",
+    "jobs",
+    "compress",
+    "compress-level",
+    "log-level",
+    "log-format",
 ];
 
 /// Fills options left unset on the command line and in the environment from the file.
@@ -20,15 +31,24 @@ pub fn apply_config_file(args: &mut GlobalArgs) -> Result<()> {
         None if Path::new(DEFAULT_CONFIG).exists() => PathBuf::from(DEFAULT_CONFIG),
         None => return Ok(()),
     };
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| Error::config(format!("cannot read configuration file {}: {e}", path.display())).hint("check --config / PGWARD_CONFIG"))?;
-    let doc: toml::Table = text
-        .parse()
-        .map_err(|e| Error::config(format!("configuration file {} is not valid TOML: {e}", path.display())))?;
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        Error::config(format!(
+            "cannot read configuration file {}: {e}",
+            path.display()
+        ))
+        .hint("check --config / PGWARD_CONFIG")
+    })?;
+    let doc: toml::Table = text.parse().map_err(|e| {
+        Error::config(format!(
+            "configuration file {} is not valid TOML: {e}",
+            path.display()
+        ))
+    })?;
     let file = path.display().to_string();
     for key in doc.keys() {
         if key != "global" && key != "stanza" {
-            return Err(Error::config(format!("{file}: unknown table [{key}]")).hint("use [global] and [stanza.NAME]"));
+            return Err(Error::config(format!("{file}: unknown table [{key}]"))
+                .hint("use [global] and [stanza.NAME]"));
         }
     }
     let table = |v: Option<&toml::Value>, name: &str| -> Result<toml::Table> {
@@ -42,14 +62,30 @@ pub fn apply_config_file(args: &mut GlobalArgs) -> Result<()> {
     check_keys(&global, &file, "global")?;
     let stanzas = table(doc.get("stanza"), "stanza")?;
     for (name, value) in &stanzas {
-        check_keys(&table(Some(value), &format!("stanza.{name}"))?, &file, &format!("stanza.{name}"))?;
+        check_keys(
+            &table(Some(value), &format!("stanza.{name}"))?,
+            &file,
+            &format!("stanza.{name}"),
+        )?;
     }
     // The stanza's own table beats [global]; both only fill what is still unset.
     if args.stanza.is_none() {
-        fill(args, &toml::Table::from_iter(global.get("stanza").map(|v| ("stanza".to_string(), v.clone()))), &file)?;
+        fill(
+            args,
+            &toml::Table::from_iter(
+                global
+                    .get("stanza")
+                    .map(|v| ("stanza".to_string(), v.clone())),
+            ),
+            &file,
+        )?;
     }
     if let Some(stanza) = args.stanza.clone() {
-        fill(args, &table(stanzas.get(&stanza), &format!("stanza.{stanza}"))?, &file)?;
+        fill(
+            args,
+            &table(stanzas.get(&stanza), &format!("stanza.{stanza}"))?,
+            &file,
+        )?;
     }
     fill(args, &global, &file)
 }
@@ -57,7 +93,10 @@ pub fn apply_config_file(args: &mut GlobalArgs) -> Result<()> {
 fn check_keys(table: &toml::Table, file: &str, section: &str) -> Result<()> {
     for key in table.keys() {
         if !KEYS.contains(&key.as_str()) {
-            return Err(Error::config(format!("{file}: unknown key {key:?} in [{section}]")).hint(format!("known keys: {}", KEYS.join(", "))));
+            return Err(
+                Error::config(format!("{file}: unknown key {key:?} in [{section}]"))
+                    .hint(format!("known keys: {}", KEYS.join(", "))),
+            );
         }
     }
     Ok(())
@@ -68,14 +107,18 @@ fn fill(args: &mut GlobalArgs, t: &toml::Table, file: &str) -> Result<()> {
         match t.get(k) {
             None => Ok(None),
             Some(toml::Value::String(s)) => Ok(Some(s.clone())),
-            Some(v) => Err(Error::config(format!("{file}: {k} must be a string, found {v}"))),
+            Some(v) => Err(Error::config(format!(
+                "{file}: {k} must be a string, found {v}"
+            ))),
         }
     };
     let int = |k: &str| -> Result<Option<i64>> {
         match t.get(k) {
             None => Ok(None),
             Some(toml::Value::Integer(i)) => Ok(Some(*i)),
-            Some(v) => Err(Error::config(format!("{file}: {k} must be a number, found {v}"))),
+            Some(v) => Err(Error::config(format!(
+                "{file}: {k} must be a number, found {v}"
+            ))),
         }
     };
     let bad = |k: &str| Error::config(format!("{file}: {k} is out of range"));
@@ -90,14 +133,31 @@ fn fill(args: &mut GlobalArgs, t: &toml::Table, file: &str) -> Result<()> {
     set!(stanza, string("stanza")?);
     set!(pgdata, string("pgdata")?.map(PathBuf::from));
     set!(pg_host, string("pg-host")?);
-    set!(pg_port, int("pg-port")?.map(|p| u16::try_from(p).map_err(|_| bad("pg-port"))).transpose()?);
+    set!(
+        pg_port,
+        int("pg-port")?
+            .map(|p| u16::try_from(p).map_err(|_| bad("pg-port")))
+            .transpose()?
+    );
     set!(pg_user, string("pg-user")?);
     set!(pg_database, string("pg-database")?);
-    set!(jobs, int("jobs")?.map(|j| usize::try_from(j).ok().filter(|j| *j > 0).ok_or_else(|| bad("jobs"))).transpose()?);
+    set!(
+        jobs,
+        int("jobs")?
+            .map(|j| usize::try_from(j)
+                .ok()
+                .filter(|j| *j > 0)
+                .ok_or_else(|| bad("jobs")))
+            .transpose()?
+    );
     set!(compress, string("compress")?);
-    set!(compress_level, int("compress-level")?.map(|l| i32::try_from(l).map_err(|_| bad("compress-level"))).transpose()?);
+    set!(
+        compress_level,
+        int("compress-level")?
+            .map(|l| i32::try_from(l).map_err(|_| bad("compress-level")))
+            .transpose()?
+    );
     set!(log_level, string("log-level")?);
     set!(log_format, string("log-format")?);
     Ok(())
 }
-

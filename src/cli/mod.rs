@@ -28,10 +28,13 @@ pub struct Resolved {
 impl Resolved {
     fn repo(&self) -> Result<Repo> {
         let url = self.global.repo.as_deref().ok_or_else(|| {
-            Error::config("no repository given").hint("pass --repo DIR, set PGWARD_REPO, or set repo in the configuration file")
+            Error::config("no repository given")
+                .hint("pass --repo DIR, set PGWARD_REPO, or set repo in the configuration file")
         })?;
         let stanza = self.global.stanza.as_deref().ok_or_else(|| {
-            Error::config("no stanza given").hint("pass --stanza NAME, set PGWARD_STANZA, or set stanza in the configuration file")
+            Error::config("no stanza given").hint(
+                "pass --stanza NAME, set PGWARD_STANZA, or set stanza in the configuration file",
+            )
         })?;
         let storage = crate::storage::open(url)?;
         Repo::new(storage, stanza)
@@ -47,19 +50,38 @@ impl Resolved {
     }
 
     fn jobs(&self) -> usize {
-        self.global.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+        self.global
+            .jobs
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
     }
 
     fn compression(&self) -> Result<Compression> {
-        let codec: Codec = self.global.compress.as_deref().unwrap_or("zstd").parse().map_err(|e: String| Error::config(e))?;
+        let codec: Codec = self
+            .global
+            .compress
+            .as_deref()
+            .unwrap_or("zstd")
+            .parse()
+            .map_err(|e: String| Error::config(e))?;
         Compression::new(codec, self.global.compress_level).map_err(Error::config)
     }
 
     /// The command a restored cluster uses to fetch WAL: this binary, this repository.
     fn restore_command(&self, repo: &Repo) -> String {
-        let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "pgward".into());
-        let config = self.global.config.as_ref().map(|c| format!(" --config {}", shell_quote(&c.display().to_string()))).unwrap_or_default();
-        format!("{}{config} {} archive-get %f \"%p\"", shell_quote(&exe), repo.cli_options())
+        let exe = std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "pgward".into());
+        let config = self
+            .global
+            .config
+            .as_ref()
+            .map(|c| format!(" --config {}", shell_quote(&c.display().to_string())))
+            .unwrap_or_default();
+        format!(
+            "{}{config} {} archive-get %f \"%p\"",
+            shell_quote(&exe),
+            repo.cli_options()
+        )
     }
 }
 
@@ -82,7 +104,11 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
             println!(
                 "stanza {:?} {} (system identifier {}, PostgreSQL {}, data checksums {})",
                 info.stanza,
-                if created { "created" } else { "already exists for this cluster" },
+                if created {
+                    "created"
+                } else {
+                    "already exists for this cluster"
+                },
                 info.system_identifier,
                 info.pg_major,
                 if info.data_checksums { "on" } else { "off" }
@@ -91,8 +117,12 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
         Command::ArchivePush { path } => {
             let repo = resolved.repo()?;
             match crate::archive::push::archive_push(&repo, &path, resolved.compression()?).await? {
-                PushOutcome::Stored { stored_size } => tracing::debug!(path = %path.display(), stored_size, "archived"),
-                PushOutcome::AlreadyArchived => tracing::info!(path = %path.display(), "already archived with identical contents"),
+                PushOutcome::Stored { stored_size } => {
+                    tracing::debug!(path = %path.display(), stored_size, "archived")
+                }
+                PushOutcome::AlreadyArchived => {
+                    tracing::info!(path = %path.display(), "already archived with identical contents")
+                }
             }
         }
         Command::ArchiveGet { name, dest } => {
@@ -118,27 +148,45 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
             };
             let m = crate::backup::backup(&repo, &resolved.conn(), opts).await?;
             if json {
-                println!("{}", serde_json::json!({"label": m.label, "type": m.backup_type, "start_lsn": m.start_lsn, "stop_lsn": m.stop_lsn,
-                    "database_size": m.database_size, "stored_size": m.stored_size, "checksum_failures": m.checksum_failures}));
+                println!(
+                    "{}",
+                    serde_json::json!({"label": m.label, "type": m.backup_type, "start_lsn": m.start_lsn, "stop_lsn": m.stop_lsn,
+                    "database_size": m.database_size, "stored_size": m.stored_size, "checksum_failures": m.checksum_failures})
+                );
             } else {
-                println!("backup {} complete: {} files, {} read, {} stored, WAL {} .. {}",
-                    m.label, m.files.len(), crate::info::human_bytes(m.database_size), crate::info::human_bytes(m.stored_size), m.start_lsn, m.stop_lsn);
+                println!(
+                    "backup {} complete: {} files, {} read, {} stored, WAL {} .. {}",
+                    m.label,
+                    m.files.len(),
+                    crate::info::human_bytes(m.database_size),
+                    crate::info::human_bytes(m.stored_size),
+                    m.start_lsn,
+                    m.stop_lsn
+                );
             }
         }
         Command::Restore(args) => {
             let repo = resolved.repo()?;
             let pgdata = resolved.global.pgdata.clone().ok_or_else(|| {
-                Error::config("restore needs a destination").hint("pass --pgdata DIR (an empty or new directory)")
+                Error::config("restore needs a destination")
+                    .hint("pass --pgdata DIR (an empty or new directory)")
             })?;
             let opts = restore_options(&resolved, &repo, pgdata, args)?;
             let m = crate::restore::restore(&repo, opts).await?;
-            println!("restored backup {} ({} files); start the cluster to recover", m.label, m.files.len());
+            println!(
+                "restored backup {} ({} files); start the cluster to recover",
+                m.label,
+                m.files.len()
+            );
         }
         Command::Info => {
             let repo = resolved.repo()?;
             let report = crate::info::info(&repo).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("report serializes")
+                );
             } else {
                 print!("{}", crate::info::render_text(&report));
             }
@@ -147,16 +195,27 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
             let repo = resolved.repo()?;
             let report = crate::verify::verify(&repo, resolved.jobs()).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("report serializes")
+                );
             } else {
-                println!("checked {} backup(s), {} stored extent(s), {} archived WAL file(s), {} read",
-                    report.backups_checked, report.extents_checked, report.wal_files_checked, crate::info::human_bytes(report.bytes_read));
+                println!(
+                    "checked {} backup(s), {} stored extent(s), {} archived WAL file(s), {} read",
+                    report.backups_checked,
+                    report.extents_checked,
+                    report.wal_files_checked,
+                    crate::info::human_bytes(report.bytes_read)
+                );
                 for p in &report.problems {
                     println!("PROBLEM: {}\n  breaks: {}", p.problem, p.breaks);
                 }
             }
             if !report.problems.is_empty() {
-                return Err(Error::corrupt(format!("verify found {} problem(s)", report.problems.len())));
+                return Err(Error::corrupt(format!(
+                    "verify found {} problem(s)",
+                    report.problems.len()
+                )));
             }
             if !json {
                 println!("no problems found");
@@ -166,13 +225,20 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
     Ok(())
 }
 
-fn restore_options(resolved: &Resolved, repo: &Repo, pgdata: PathBuf, args: RestoreArgs) -> Result<crate::restore::RestoreOptions> {
+fn restore_options(
+    resolved: &Resolved,
+    repo: &Repo,
+    pgdata: PathBuf,
+    args: RestoreArgs,
+) -> Result<crate::restore::RestoreOptions> {
     let target = if let Some(t) = &args.target_time {
         RecoveryTarget::Time(parse_target_time(t)?)
     } else if let Some(x) = args.target_xid {
         RecoveryTarget::Xid(x)
     } else if let Some(l) = &args.target_lsn {
-        RecoveryTarget::Lsn(l.parse().map_err(|e: crate::pg::lsn::ParseLsnError| Error::config(format!("--target-lsn: {e}")))?)
+        RecoveryTarget::Lsn(l.parse().map_err(|e: crate::pg::lsn::ParseLsnError| {
+            Error::config(format!("--target-lsn: {e}"))
+        })?)
     } else if let Some(n) = &args.target_name {
         RecoveryTarget::Name(n.clone())
     } else if args.target.is_some() {
@@ -182,13 +248,20 @@ fn restore_options(resolved: &Resolved, repo: &Repo, pgdata: PathBuf, args: Rest
     };
     let mut tablespace_map = BTreeMap::new();
     for (oid, dir) in args.tablespace_map {
-        let oid: u32 = oid.parse().map_err(|_| Error::config(format!("--tablespace-map {oid}={dir}: {oid} is not a tablespace OID")))?;
+        let oid: u32 = oid.parse().map_err(|_| {
+            Error::config(format!(
+                "--tablespace-map {oid}={dir}: {oid} is not a tablespace OID"
+            ))
+        })?;
         tablespace_map.insert(oid, PathBuf::from(dir));
     }
     if let Some(tl) = &args.target_timeline {
-        let ok = tl == "latest" || tl == "current" || tl.parse::<u32>().is_ok() || tl.starts_with("0x");
+        let ok =
+            tl == "latest" || tl == "current" || tl.parse::<u32>().is_ok() || tl.starts_with("0x");
         if !ok {
-            return Err(Error::config(format!("--target-timeline {tl:?}: expected latest, current or a timeline number")));
+            return Err(Error::config(format!(
+                "--target-timeline {tl:?}: expected latest, current or a timeline number"
+            )));
         }
     }
     Ok(crate::restore::RestoreOptions {

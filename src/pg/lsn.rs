@@ -68,7 +68,10 @@ impl TimelineId {
         if s.len() != 8 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
-        u32::from_str_radix(s, 16).ok().filter(|&t| t != 0).map(TimelineId)
+        u32::from_str_radix(s, 16)
+            .ok()
+            .filter(|&t| t != 0)
+            .map(TimelineId)
     }
 
     pub fn hex(self) -> String {

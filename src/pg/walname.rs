@@ -17,7 +17,11 @@ pub struct WalSegment {
 impl WalSegment {
     pub fn from_segno(timeline: TimelineId, segno: u64, segment_size: u64) -> WalSegment {
         let per_log = segments_per_log(segment_size);
-        WalSegment { timeline, log: (segno / per_log) as u32, seg: (segno % per_log) as u32 }
+        WalSegment {
+            timeline,
+            log: (segno / per_log) as u32,
+            seg: (segno % per_log) as u32,
+        }
     }
 
     pub fn containing(timeline: TimelineId, lsn: Lsn, segment_size: u64) -> WalSegment {
@@ -65,7 +69,8 @@ fn segments_per_log(segment_size: u64) -> u64 {
 }
 
 fn is_upper_hex(s: &str) -> bool {
-    s.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
 }
 
 /// Any file PostgreSQL archives.
@@ -75,7 +80,10 @@ pub enum WalFileName {
     /// The last, incomplete segment of a timeline left behind at promotion.
     Partial(WalSegment),
     /// `SEGMENT.OFFSET.backup`: the backup history file written by `pg_backup_stop`.
-    BackupHistory { segment: WalSegment, offset: u32 },
+    BackupHistory {
+        segment: WalSegment,
+        offset: u32,
+    },
     /// `TIMELINE.history`.
     History(TimelineId),
 }
@@ -91,7 +99,9 @@ impl WalFileName {
 
     fn try_parse(name: &str) -> Option<WalFileName> {
         if let Some(tli) = name.strip_suffix(".history") {
-            return TimelineId::from_hex(tli).filter(|_| is_upper_hex(tli)).map(WalFileName::History);
+            return TimelineId::from_hex(tli)
+                .filter(|_| is_upper_hex(tli))
+                .map(WalFileName::History);
         }
         if let Some(seg) = name.strip_suffix(".partial") {
             return WalSegment::parse(seg).map(WalFileName::Partial);
@@ -132,7 +142,9 @@ impl fmt::Display for WalFileName {
         match self {
             WalFileName::Segment(s) => write!(f, "{s}"),
             WalFileName::Partial(s) => write!(f, "{s}.partial"),
-            WalFileName::BackupHistory { segment, offset } => write!(f, "{segment}.{offset:08X}.backup"),
+            WalFileName::BackupHistory { segment, offset } => {
+                write!(f, "{segment}.{offset:08X}.backup")
+            }
             WalFileName::History(t) => write!(f, "{}.history", t.hex()),
         }
     }
@@ -158,9 +170,18 @@ mod tests {
 
     #[test]
     fn malformed_names_are_refused_without_panicking() {
-        for name in ["", "0000000100000000", "00000001000000000000000g", "000000000000000000000001",
-            "000000010000000000000001.backup", "1.history", "00000001.History", "../etc/passwd",
-            "000000010000000000000001.partial.x", "0000000100000000000000010"] {
+        for name in [
+            "",
+            "0000000100000000",
+            "00000001000000000000000g",
+            "000000000000000000000001",
+            "000000010000000000000001.backup",
+            "1.history",
+            "00000001.History",
+            "../etc/passwd",
+            "000000010000000000000001.partial.x",
+            "0000000100000000000000010",
+        ] {
             assert!(WalFileName::parse(name).is_err(), "{name}");
         }
     }
@@ -174,6 +195,9 @@ mod tests {
         // 64 MiB segments: 64 per log
         let big = WalSegment::from_segno(TimelineId(1), 65, 64 * 1024 * 1024);
         assert_eq!(big.to_string(), "000000010000000100000001");
-        assert_eq!(WalSegment::containing(TimelineId(3), Lsn(0x1_0300_0028), SEG).to_string(), "000000030000000100000003");
+        assert_eq!(
+            WalSegment::containing(TimelineId(3), Lsn(0x1_0300_0028), SEG).to_string(),
+            "000000030000000100000003"
+        );
     }
 }

@@ -42,7 +42,9 @@ impl Codec {
     }
 
     pub fn from_extension(ext: &str) -> Option<Codec> {
-        [Codec::Zstd, Codec::Lz4, Codec::Gzip, Codec::None].into_iter().find(|c| c.extension() == ext)
+        [Codec::Zstd, Codec::Lz4, Codec::Gzip, Codec::None]
+            .into_iter()
+            .find(|c| c.extension() == ext)
     }
 }
 
@@ -54,7 +56,9 @@ impl FromStr for Codec {
             "lz4" => Ok(Codec::Lz4),
             "gzip" | "gz" => Ok(Codec::Gzip),
             "none" => Ok(Codec::None),
-            _ => Err(format!("unknown compression {s:?}: choose zstd, lz4, gzip or none")),
+            _ => Err(format!(
+                "unknown compression {s:?}: choose zstd, lz4, gzip or none"
+            )),
         }
     }
 }
@@ -93,7 +97,10 @@ impl Compression {
                 Encoder::Zstd(enc)
             }
             Codec::Lz4 => Encoder::Lz4(lz4_flex::frame::FrameEncoder::new(out)),
-            Codec::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(out, flate2::Compression::new(self.level as u32))),
+            Codec::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(
+                out,
+                flate2::Compression::new(self.level as u32),
+            )),
             Codec::None => Encoder::None(out),
         })
     }
@@ -161,7 +168,11 @@ mod tests {
             enc.write_all(&data).unwrap();
             enc.finish().unwrap();
             let mut back = Vec::new();
-            codec.decoder(&out[..]).unwrap().read_to_end(&mut back).unwrap();
+            codec
+                .decoder(&out[..])
+                .unwrap()
+                .read_to_end(&mut back)
+                .unwrap();
             assert_eq!(back, data, "{codec}");
         }
     }

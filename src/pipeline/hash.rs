@@ -16,7 +16,11 @@ pub struct HashingReader<R> {
 
 impl<R: Read> HashingReader<R> {
     pub fn new(inner: R) -> Self {
-        HashingReader { inner, hasher: blake3::Hasher::new(), bytes: 0 }
+        HashingReader {
+            inner,
+            hasher: blake3::Hasher::new(),
+            bytes: 0,
+        }
     }
     /// Checksum and length of everything read so far.
     pub fn finish(self) -> (Checksum, u64) {
@@ -41,10 +45,18 @@ pub struct HashingWriter<W> {
 
 impl<W: Write> HashingWriter<W> {
     pub fn new(inner: W) -> Self {
-        HashingWriter { inner, hasher: blake3::Hasher::new(), bytes: 0 }
+        HashingWriter {
+            inner,
+            hasher: blake3::Hasher::new(),
+            bytes: 0,
+        }
     }
     pub fn finish(self) -> (W, Checksum, u64) {
-        (self.inner, self.hasher.finalize().to_hex().to_string(), self.bytes)
+        (
+            self.inner,
+            self.hasher.finalize().to_hex().to_string(),
+            self.bytes,
+        )
     }
 }
 

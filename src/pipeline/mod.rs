@@ -6,4 +6,4 @@ pub mod compress;
 pub mod hash;
 
 pub use compress::Compression;
-pub use hash::{Checksum, HashingReader, HashingWriter, CountingWriter};
+pub use hash::{Checksum, CountingWriter, HashingReader, HashingWriter};

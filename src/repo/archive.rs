@@ -39,7 +39,10 @@ pub fn parse_stored_name(stored: &str) -> Option<(WalFileName, String, Codec)> {
         return None;
     }
     let (checksum, ext) = rest.split_at(64);
-    if !checksum.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if !checksum
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         return None;
     }
     let codec = Codec::from_extension(ext)?;
@@ -60,13 +63,23 @@ impl Repo {
     }
 
     pub fn archived_file_key(&self, file: &ArchivedFile) -> String {
-        format!("{}/{}", self.archive_dir_key(&archive_subdir(&file.name)), file.file_name())
+        format!(
+            "{}/{}",
+            self.archive_dir_key(&archive_subdir(&file.name)),
+            file.file_name()
+        )
     }
 
     /// Every stored copy of `name` (normally zero or one).
     pub async fn find_archived(&self, name: &WalFileName) -> Result<Vec<ArchivedFile>> {
-        let listing = self.storage.list(&self.archive_dir_key(&archive_subdir(name))).await?;
-        Ok(parse_listing(listing).into_iter().filter(|f| &f.name == name).collect())
+        let listing = self
+            .storage
+            .list(&self.archive_dir_key(&archive_subdir(name)))
+            .await?;
+        Ok(parse_listing(listing)
+            .into_iter()
+            .filter(|f| &f.name == name)
+            .collect())
     }
 
     /// Everything in the archive, sorted by name (timeline, then position).
@@ -74,7 +87,9 @@ impl Repo {
         let top = self.storage.list(&self.key("archive")).await?;
         let mut files = Vec::new();
         for dir in top.dirs {
-            files.extend(parse_listing(self.storage.list(&self.archive_dir_key(&dir)).await?));
+            files.extend(parse_listing(
+                self.storage.list(&self.archive_dir_key(&dir)).await?,
+            ));
         }
         files.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(files)
@@ -82,7 +97,11 @@ impl Repo {
 
     /// Timeline history files in the archive, parsed lazily by callers.
     pub async fn history_files(&self) -> Result<Vec<ArchivedFile>> {
-        Ok(parse_listing(self.storage.list(&self.archive_dir_key(HISTORY_DIR)).await?))
+        Ok(parse_listing(
+            self.storage
+                .list(&self.archive_dir_key(HISTORY_DIR))
+                .await?,
+        ))
     }
 }
 
@@ -92,7 +111,13 @@ fn parse_listing(listing: crate::storage::Listing) -> Vec<ArchivedFile> {
         .into_iter()
         .filter_map(|f| {
             let (name, checksum, codec) = parse_stored_name(&f.name)?;
-            Some(ArchivedFile { name, checksum, codec, stored_size: f.size, archived_at: f.modified })
+            Some(ArchivedFile {
+                name,
+                checksum,
+                codec,
+                stored_size: f.size,
+                archived_at: f.modified,
+            })
         })
         .collect()
 }
@@ -114,11 +139,25 @@ mod tests {
         let name = WalFileName::parse("000000010000000000000002.00000028.backup").unwrap();
         let sum = "ab".repeat(32);
         let stored = stored_name(&name, &sum, Codec::Lz4);
-        assert_eq!(parse_stored_name(&stored), Some((name.clone(), sum.clone(), Codec::Lz4)));
-        assert_eq!(parse_stored_name(&stored_name(&name, &sum, Codec::None)).unwrap().2, Codec::None);
+        assert_eq!(
+            parse_stored_name(&stored),
+            Some((name.clone(), sum.clone(), Codec::Lz4))
+        );
+        assert_eq!(
+            parse_stored_name(&stored_name(&name, &sum, Codec::None))
+                .unwrap()
+                .2,
+            Codec::None
+        );
         assert_eq!(parse_stored_name(&format!("{name}-{sum}.summary")), None);
         assert_eq!(parse_stored_name("000000010000000000000002"), None);
-        assert_eq!(archive_subdir(&WalFileName::parse("00000003.history").unwrap()), "history");
-        assert_eq!(archive_subdir(&WalFileName::parse("000000030000000A000000FF.partial").unwrap()), "000000030000000A");
+        assert_eq!(
+            archive_subdir(&WalFileName::parse("00000003.history").unwrap()),
+            "history"
+        );
+        assert_eq!(
+            archive_subdir(&WalFileName::parse("000000030000000A000000FF.partial").unwrap()),
+            "000000030000000A"
+        );
     }
 }

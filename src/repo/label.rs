@@ -50,7 +50,9 @@ pub fn label_time(label: &str) -> Option<i64> {
     if label.len() != 16 || !matches!(label.as_bytes()[15], b'F' | b'D' | b'I') {
         return None;
     }
-    NaiveDateTime::parse_from_str(&label[..15], TIME_FORMAT).ok().map(|t| t.and_utc().timestamp())
+    NaiveDateTime::parse_from_str(&label[..15], TIME_FORMAT)
+        .ok()
+        .map(|t| t.and_utc().timestamp())
 }
 
 #[cfg(test)]
@@ -62,7 +64,7 @@ mod tests {
         let now = Utc.with_ymd_and_hms(2026, 11, 21, 12, 0, 0).unwrap();
         let first = new_label(BackupType::Full, now, &[]);
         assert_eq!(first, "20261121-120000F");
-        let second = new_label(BackupType::Incr, now, &[first.clone()]);
+        let second = new_label(BackupType::Incr, now, std::slice::from_ref(&first));
         assert_eq!(second, "20261121-120001I");
         assert!(first < second);
         assert_eq!(label_time("garbage"), None);

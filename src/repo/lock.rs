@@ -27,7 +27,13 @@ impl Repo {
         };
         create_dir_durable(&dir).at("creating lock directory", &dir)?;
         let path = dir.join(format!("{purpose}.lock"));
-        let mut file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).at("opening lock file", &path)?;
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .at("opening lock file", &path)?;
         // SAFETY: flock on a descriptor we own; no memory is involved.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc != 0 {
@@ -35,11 +41,17 @@ impl Repo {
             let _ = file.read_to_string(&mut holder);
             return Err(Error::new(
                 ErrorKind::Locked,
-                format!("stanza {:?} is locked for {purpose} by {}", self.stanza, holder.trim()),
+                format!(
+                    "stanza {:?} is locked for {purpose} by {}",
+                    self.stanza,
+                    holder.trim()
+                ),
             )
             .hint("another pgward process is running for this stanza; wait for it to finish"));
         }
-        let host = hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+        let host = hostname::get()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default();
         file.set_len(0).at("writing lock file", &path)?;
         file.rewind().at("writing lock file", &path)?;
         write!(file, "pid {} on host {host}", std::process::id()).at("writing lock file", &path)?;

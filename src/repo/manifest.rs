@@ -132,16 +132,23 @@ impl Repo {
         let key = manifest_key(self, label);
         let bytes = match self.storage.read_all(&key).await {
             Err(e) if e.is_not_found() => {
-                return Err(Error::new(ErrorKind::NotFound, format!("backup {label} does not exist in stanza {:?}", self.stanza))
-                    .hint("`pgward info` lists the backups"))
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!("backup {label} does not exist in stanza {:?}", self.stanza),
+                )
+                .hint("`pgward info` lists the backups"))
             }
             other => other?,
         };
-        let manifest: Manifest = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::corrupt(format!("manifest of backup {label} ({key}) does not parse")).source(e))?;
+        let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::corrupt(format!("manifest of backup {label} ({key}) does not parse")).source(e)
+        })?;
         if manifest.format_version > super::FORMAT_VERSION {
-            return Err(Error::config(format!("backup {label} uses repository format {}, newer than this pgward", manifest.format_version))
-                .hint("upgrade pgward"));
+            return Err(Error::config(format!(
+                "backup {label} uses repository format {}, newer than this pgward",
+                manifest.format_version
+            ))
+            .hint("upgrade pgward"));
         }
         Ok(manifest)
     }
@@ -157,7 +164,9 @@ impl Repo {
 
     pub async fn save_manifest(&self, manifest: &Manifest) -> Result<()> {
         let json = serde_json::to_vec(manifest).expect("manifest serializes");
-        self.storage.put(&manifest_key(self, &manifest.label), &json).await
+        self.storage
+            .put(&manifest_key(self, &manifest.label), &json)
+            .await
     }
 
     /// Bundles in the repository that no manifest names: left by interrupted backups.

@@ -33,13 +33,18 @@ impl Repo {
     pub fn new(storage: SharedStorage, stanza: &str) -> Result<Repo> {
         let valid = !stanza.is_empty()
             && stanza.len() <= 64
-            && stanza.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+            && stanza
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
             && !stanza.starts_with('.');
         if !valid {
             return Err(Error::config(format!("invalid stanza name {stanza:?}"))
                 .hint("use letters, digits, '-', '_' or '.', for example --stanza main"));
         }
-        Ok(Repo { storage, stanza: stanza.to_string() })
+        Ok(Repo {
+            storage,
+            stanza: stanza.to_string(),
+        })
     }
 
     pub fn key(&self, rest: &str) -> String {
@@ -48,13 +53,20 @@ impl Repo {
 
     /// Repository URL and stanza as command-line options, for generated commands.
     pub fn cli_options(&self) -> String {
-        format!("--repo {} --stanza {}", shell_quote(&self.storage.location()), shell_quote(&self.stanza))
+        format!(
+            "--repo {} --stanza {}",
+            shell_quote(&self.storage.location()),
+            shell_quote(&self.stanza)
+        )
     }
 }
 
 /// Quotes for a POSIX shell when needed.
 pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+=:,@".contains(&b)) {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+=:,@".contains(&b))
+    {
         s.to_string()
     } else {
         format!("'{}'", s.replace('\'', "'\\''"))

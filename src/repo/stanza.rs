@@ -37,14 +37,19 @@ impl Repo {
             Err(e) if e.is_not_found() => {
                 return Err(Error::new(
                     ErrorKind::Config,
-                    format!("stanza {:?} does not exist in repository {}", self.stanza, self.storage.location()),
+                    format!(
+                        "stanza {:?} does not exist in repository {}",
+                        self.stanza,
+                        self.storage.location()
+                    ),
                 )
                 .hint("run `pgward stanza-create` first, or check --repo and --stanza"))
             }
             other => other?,
         };
-        let info: StanzaInfo = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::corrupt(format!("{}/{FILE} does not parse", self.stanza)).source(e))?;
+        let info: StanzaInfo = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::corrupt(format!("{}/{FILE} does not parse", self.stanza)).source(e)
+        })?;
         if info.format_version > FORMAT_VERSION {
             return Err(Error::new(
                 ErrorKind::Config,
@@ -82,7 +87,8 @@ impl Repo {
 }
 
 pub fn check_same_cluster(stanza: &StanzaInfo, cluster: &ClusterIdentity) -> Result<()> {
-    if stanza.system_identifier != cluster.system_identifier || stanza.pg_major != cluster.pg_major {
+    if stanza.system_identifier != cluster.system_identifier || stanza.pg_major != cluster.pg_major
+    {
         return Err(Error::new(
             ErrorKind::Conflict,
             format!(
@@ -101,7 +107,8 @@ pub(crate) mod u64_string {
         s.collect_str(v)
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
-

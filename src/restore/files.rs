@@ -13,20 +13,32 @@ use crate::repo::manifest::{bundle_key, FileEntry, Manifest};
 use crate::repo::Repo;
 use crate::storage;
 
-pub async fn restore_files(repo: &Repo, manifest: &Manifest, pgdata: &Path, jobs: usize) -> Result<()> {
+pub async fn restore_files(
+    repo: &Repo,
+    manifest: &Manifest,
+    pgdata: &Path,
+    jobs: usize,
+) -> Result<()> {
     let mut files: Vec<FileEntry> = manifest.files.clone();
-    files.sort_by(|a, b| b.size.cmp(&a.size));
+    files.sort_by_key(|f| std::cmp::Reverse(f.size));
     let queue = Arc::new(Mutex::new(VecDeque::from(files)));
     let codecs = Arc::new(codec_by_backup(repo, manifest).await?);
     let mut workers = Vec::new();
     for _ in 0..jobs.max(1) {
-        let (repo, queue, codecs, pgdata) = (repo.clone(), queue.clone(), codecs.clone(), pgdata.to_path_buf());
+        let (repo, queue, codecs, pgdata) = (
+            repo.clone(),
+            queue.clone(),
+            codecs.clone(),
+            pgdata.to_path_buf(),
+        );
         workers.push(tokio::task::spawn_blocking(move || -> Result<()> {
             let handle = Handle::current();
             loop {
                 let next = queue.lock().unwrap().pop_front();
                 let Some(file) = next else { return Ok(()) };
-                if let Err(e) = restore_one(&handle, &repo, &codecs, &file, &pgdata.join(&file.path)) {
+                if let Err(e) =
+                    restore_one(&handle, &repo, &codecs, &file, &pgdata.join(&file.path))
+                {
                     queue.lock().unwrap().clear();
                     return Err(e);
                 }
@@ -43,7 +55,10 @@ pub async fn restore_files(repo: &Repo, manifest: &Manifest, pgdata: &Path, jobs
 }
 
 /// The compression of every backup an extent may point to.
-async fn codec_by_backup(repo: &Repo, manifest: &Manifest) -> Result<std::collections::HashMap<String, crate::pipeline::compress::Codec>> {
+async fn codec_by_backup(
+    repo: &Repo,
+    manifest: &Manifest,
+) -> Result<std::collections::HashMap<String, crate::pipeline::compress::Codec>> {
     let mut codecs = std::collections::HashMap::new();
     codecs.insert(manifest.label.clone(), manifest.compression.codec);
     for file in &manifest.files {
@@ -57,20 +72,42 @@ async fn codec_by_backup(repo: &Repo, manifest: &Manifest) -> Result<std::collec
     Ok(codecs)
 }
 
-fn restore_one(handle: &Handle, repo: &Repo, codecs: &std::collections::HashMap<String, crate::pipeline::compress::Codec>, file: &FileEntry, dest: &PathBuf) -> Result<()> {
-    let out = std::fs::OpenOptions::new().write(true).create_new(true).open(dest).at("creating", dest)?;
+fn restore_one(
+    handle: &Handle,
+    repo: &Repo,
+    codecs: &std::collections::HashMap<String, crate::pipeline::compress::Codec>,
+    file: &FileEntry,
+    dest: &PathBuf,
+) -> Result<()> {
+    let out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dest)
+        .at("creating", dest)?;
     let mut writer = std::io::BufWriter::with_capacity(1 << 20, out);
     let mut whole = blake3::Hasher::new();
     let mut written = 0u64;
     for extent in &file.extents {
         let key = bundle_key(repo, &extent.bundle);
-        let reader = handle.block_on(repo.storage.read_range(&key, extent.bundle_offset, extent.stored_length))?;
-        let mut decoder = codecs[&extent.backup].decoder(storage::blocking_reader(reader)).at("decompressing", &key)?;
+        let reader = handle.block_on(repo.storage.read_range(
+            &key,
+            extent.bundle_offset,
+            extent.stored_length,
+        ))?;
+        let mut decoder = codecs[&extent.backup]
+            .decoder(storage::blocking_reader(reader))
+            .at("decompressing", &key)?;
         let mut part = blake3::Hasher::new();
         let mut buf = vec![0u8; 1 << 20];
         let mut extent_bytes = 0u64;
         loop {
-            let n = decoder.read(&mut buf).map_err(|e| Error::corrupt(format!("{} in backup {}: cannot decompress", file.path, extent.backup)).source(e))?;
+            let n = decoder.read(&mut buf).map_err(|e| {
+                Error::corrupt(format!(
+                    "{} in backup {}: cannot decompress",
+                    file.path, extent.backup
+                ))
+                .source(e)
+            })?;
             if n == 0 {
                 break;
             }
@@ -80,16 +117,26 @@ fn restore_one(handle: &Handle, repo: &Repo, codecs: &std::collections::HashMap<
             extent_bytes += n as u64;
         }
         if extent_bytes != extent.length || part.finalize().to_hex().as_str() != extent.checksum {
-            return Err(Error::corrupt(format!("{} in backup {} (bundle {}) does not match its checksum", file.path, extent.backup, extent.bundle)));
+            return Err(Error::corrupt(format!(
+                "{} in backup {} (bundle {}) does not match its checksum",
+                file.path, extent.backup, extent.bundle
+            )));
         }
         written += extent_bytes;
     }
     if written != file.size || whole.finalize().to_hex().as_str() != file.checksum {
-        return Err(Error::corrupt(format!("{} restored from backup {} does not match its checksum", file.path, file.extents.first().map_or("?", |e| &e.backup))));
+        return Err(Error::corrupt(format!(
+            "{} restored from backup {} does not match its checksum",
+            file.path,
+            file.extents.first().map_or("?", |e| &e.backup)
+        )));
     }
-    let out = writer.into_inner().map_err(|e| Error::io("writing", dest, e.into_error()))?;
+    let out = writer
+        .into_inner()
+        .map_err(|e| Error::io("writing", dest, e.into_error()))?;
     use std::os::unix::fs::PermissionsExt;
-    out.set_permissions(std::fs::Permissions::from_mode(file.mode)).at("setting permissions of", dest)?;
+    out.set_permissions(std::fs::Permissions::from_mode(file.mode))
+        .at("setting permissions of", dest)?;
     let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_secs(file.mtime.max(0) as u64);
     out.set_modified(mtime).at("setting mtime of", dest)?;
     out.sync_all().at("syncing", dest)

@@ -54,17 +54,38 @@ pub async fn restore(repo: &Repo, opts: RestoreOptions) -> Result<Manifest> {
 }
 
 /// Where each tablespace goes: its original location unless remapped.
-fn resolve_tablespaces(manifest: &Manifest, remap: &BTreeMap<u32, PathBuf>) -> Result<Vec<(u32, PathBuf)>> {
+fn resolve_tablespaces(
+    manifest: &Manifest,
+    remap: &BTreeMap<u32, PathBuf>,
+) -> Result<Vec<(u32, PathBuf)>> {
     for oid in remap.keys() {
         if !manifest.tablespaces.iter().any(|t| t.oid == *oid) {
-            return Err(Error::config(format!("--tablespace-map names tablespace {oid}, which backup {} does not have", manifest.label))
-                .hint(format!("its tablespaces: {:?}", manifest.tablespaces.iter().map(|t| t.oid).collect::<Vec<_>>())));
+            return Err(Error::config(format!(
+                "--tablespace-map names tablespace {oid}, which backup {} does not have",
+                manifest.label
+            ))
+            .hint(format!(
+                "its tablespaces: {:?}",
+                manifest
+                    .tablespaces
+                    .iter()
+                    .map(|t| t.oid)
+                    .collect::<Vec<_>>()
+            )));
         }
     }
     Ok(manifest
         .tablespaces
         .iter()
-        .map(|t| (t.oid, remap.get(&t.oid).cloned().unwrap_or_else(|| PathBuf::from(&t.location))))
+        .map(|t| {
+            (
+                t.oid,
+                remap
+                    .get(&t.oid)
+                    .cloned()
+                    .unwrap_or_else(|| PathBuf::from(&t.location)),
+            )
+        })
         .collect())
 }
 
@@ -77,14 +98,20 @@ fn prepare_empty_dir(dir: &Path, what: &str) -> Result<()> {
                     .hint("restore into an empty or new directory; stop and move away the old cluster first"));
             }
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_dir_durable(dir).at("creating", dir)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            create_dir_durable(dir).at("creating", dir)?
+        }
         Err(e) => return Err(Error::io("opening", dir, e)),
     }
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).at("setting permissions of", dir)
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .at("setting permissions of", dir)
 }
 
 fn layout(pgdata: &Path, manifest: &Manifest, tablespaces: &[(u32, PathBuf)]) -> Result<()> {
-    let links: BTreeMap<String, &PathBuf> = tablespaces.iter().map(|(oid, loc)| (format!("pg_tblspc/{oid}"), loc)).collect();
+    let links: BTreeMap<String, &PathBuf> = tablespaces
+        .iter()
+        .map(|(oid, loc)| (format!("pg_tblspc/{oid}"), loc))
+        .collect();
     let mut dirs: Vec<_> = manifest.directories.iter().collect();
     dirs.sort_by(|a, b| a.path.cmp(&b.path));
     for dir in dirs {
@@ -98,7 +125,8 @@ fn layout(pgdata: &Path, manifest: &Manifest, tablespaces: &[(u32, PathBuf)]) ->
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(Error::io("creating", &path, e)),
         }
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(dir.mode)).at("setting permissions of", &path)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(dir.mode))
+            .at("setting permissions of", &path)?;
     }
     Ok(())
 }

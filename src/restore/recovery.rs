@@ -12,29 +12,51 @@ use crate::repo::manifest::Manifest;
 
 /// Settings pgward owns in postgresql.auto.conf; earlier values are dropped.
 const OWNED: &[&str] = &[
-    "restore_command", "recovery_target", "recovery_target_time", "recovery_target_xid", "recovery_target_lsn",
-    "recovery_target_name", "recovery_target_inclusive", "recovery_target_action", "recovery_target_timeline",
+    "restore_command",
+    "recovery_target",
+    "recovery_target_time",
+    "recovery_target_xid",
+    "recovery_target_lsn",
+    "recovery_target_name",
+    "recovery_target_inclusive",
+    "recovery_target_action",
+    "recovery_target_timeline",
 ];
 
 fn write_synced(path: &Path, content: &[u8]) -> Result<()> {
     let mut f = std::fs::File::create(path).at("creating", path)?;
     f.write_all(content).at("writing", path)?;
     use std::os::unix::fs::PermissionsExt;
-    f.set_permissions(std::fs::Permissions::from_mode(0o600)).at("setting permissions of", path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .at("setting permissions of", path)?;
     f.sync_all().at("syncing", path)
 }
 
-pub fn write_backup_files(pgdata: &Path, manifest: &Manifest, tablespaces: &[(u32, PathBuf)]) -> Result<()> {
-    write_synced(&pgdata.join("backup_label"), manifest.backup_label.as_bytes())?;
+pub fn write_backup_files(
+    pgdata: &Path,
+    manifest: &Manifest,
+    tablespaces: &[(u32, PathBuf)],
+) -> Result<()> {
+    write_synced(
+        &pgdata.join("backup_label"),
+        manifest.backup_label.as_bytes(),
+    )?;
     if !tablespaces.is_empty() {
         // Remapped locations must win over the ones the server recorded.
-        let map: String = tablespaces.iter().map(|(oid, loc)| format!("{oid} {}\n", loc.display())).collect();
+        let map: String = tablespaces
+            .iter()
+            .map(|(oid, loc)| format!("{oid} {}\n", loc.display()))
+            .collect();
         write_synced(&pgdata.join("tablespace_map"), map.as_bytes())?;
     }
     Ok(())
 }
 
-pub fn write_recovery_settings(pgdata: &Path, manifest: &Manifest, opts: &RestoreOptions) -> Result<()> {
+pub fn write_recovery_settings(
+    pgdata: &Path,
+    manifest: &Manifest,
+    opts: &RestoreOptions,
+) -> Result<()> {
     let conf = pgdata.join("postgresql.auto.conf");
     let existing = std::fs::read_to_string(&conf).unwrap_or_default();
     let mut out: String = existing
@@ -45,9 +67,17 @@ pub fn write_recovery_settings(pgdata: &Path, manifest: &Manifest, opts: &Restor
         })
         .map(|l| format!("{l}\n"))
         .collect();
-    out.push_str(&format!("# recovery settings written by pgward restore of backup {}\n", manifest.label));
+    out.push_str(&format!(
+        "# recovery settings written by pgward restore of backup {}\n",
+        manifest.label
+    ));
     let mut settings = vec![("restore_command".to_string(), opts.restore_command.clone())];
-    settings.extend(target_settings(&opts.target, opts.target_action, opts.target_timeline.as_deref(), opts.target_exclusive));
+    settings.extend(target_settings(
+        &opts.target,
+        opts.target_action,
+        opts.target_timeline.as_deref(),
+        opts.target_exclusive,
+    ));
     if opts.archive_off {
         settings.push(("archive_mode".into(), "off".into()));
     }

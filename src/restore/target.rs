@@ -31,12 +31,20 @@ pub enum TargetAction {
 /// backup selection and recovery agree.
 pub fn parse_target_time(s: &str) -> Result<DateTime<FixedOffset>> {
     let s = s.trim();
-    let with_minutes = if s.len() > 3 && s.as_bytes()[s.len() - 3] == b'+' || s.len() > 3 && s.as_bytes()[s.len() - 3] == b'-' && s.contains(' ') {
+    // PostgreSQL prints offsets as "+00" or "-05"; chrono wants minutes too.
+    let b = s.as_bytes();
+    let short_offset =
+        b.len() > 3 && matches!(b[b.len() - 3], b'+' | b'-') && s[..b.len() - 3].contains(':');
+    let with_minutes = if short_offset {
         format!("{s}:00")
     } else {
         s.to_string()
     };
-    for fmt in ["%Y-%m-%d %H:%M:%S%.f%:z", "%Y-%m-%dT%H:%M:%S%.f%:z", "%Y-%m-%d %H:%M:%S%.f%z"] {
+    for fmt in [
+        "%Y-%m-%d %H:%M:%S%.f%:z",
+        "%Y-%m-%dT%H:%M:%S%.f%:z",
+        "%Y-%m-%d %H:%M:%S%.f%z",
+    ] {
         if let Ok(t) = DateTime::parse_from_str(&with_minutes, fmt) {
             return Ok(t);
         }
@@ -49,21 +57,33 @@ pub fn parse_target_time(s: &str) -> Result<DateTime<FixedOffset>> {
             return Ok(t.and_utc().fixed_offset());
         }
     }
-    Err(Error::config(format!("--target-time {s:?} is not a time pgward understands"))
-        .hint("use PostgreSQL's format with an offset, for example '2026-11-21 12:00:00+00'"))
+    Err(Error::config(format!(
+        "--target-time {s:?} is not a time pgward understands"
+    ))
+    .hint("use PostgreSQL's format with an offset, for example '2026-11-21 12:00:00+00'"))
 }
 
 /// The backup to restore: the named one, or the newest that ends before the target.
-pub fn select_backup<'a>(manifests: &'a [Manifest], set: Option<&str>, target: &RecoveryTarget) -> Result<&'a Manifest> {
+pub fn select_backup<'a>(
+    manifests: &'a [Manifest],
+    set: Option<&str>,
+    target: &RecoveryTarget,
+) -> Result<&'a Manifest> {
     if let Some(label) = set {
         let found = manifests.iter().find(|m| m.label == label);
         return found.ok_or_else(|| {
-            Error::new(ErrorKind::NotFound, format!("backup {label} does not exist")).hint("`pgward info` lists the backups")
+            Error::new(
+                ErrorKind::NotFound,
+                format!("backup {label} does not exist"),
+            )
+            .hint("`pgward info` lists the backups")
         });
     }
     let candidates = manifests.iter().rev();
     let chosen = match target {
-        RecoveryTarget::Time(t) => candidates.clone().find(|m| m.stop_time < t.with_timezone(&Utc)),
+        RecoveryTarget::Time(t) => candidates
+            .clone()
+            .find(|m| m.stop_time < t.with_timezone(&Utc)),
         RecoveryTarget::Lsn(lsn) => candidates.clone().find(|m| m.stop_lsn <= *lsn),
         _ => candidates.clone().next(),
     };
@@ -77,14 +97,22 @@ pub fn select_backup<'a>(manifests: &'a [Manifest], set: Option<&str>, target: &
 }
 
 /// `postgresql.auto.conf` lines for the target, as (name, value) pairs.
-pub fn target_settings(target: &RecoveryTarget, action: Option<TargetAction>, timeline: Option<&str>, exclusive: bool) -> Vec<(String, String)> {
+pub fn target_settings(
+    target: &RecoveryTarget,
+    action: Option<TargetAction>,
+    timeline: Option<&str>,
+    exclusive: bool,
+) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut set = |k: &str, v: String| out.push((k.to_string(), v));
     let has_target = !matches!(target, RecoveryTarget::EndOfArchive);
     match target {
         RecoveryTarget::EndOfArchive => {}
         RecoveryTarget::Immediate => set("recovery_target", "immediate".into()),
-        RecoveryTarget::Time(t) => set("recovery_target_time", t.format("%Y-%m-%d %H:%M:%S%.6f%:z").to_string()),
+        RecoveryTarget::Time(t) => set(
+            "recovery_target_time",
+            t.format("%Y-%m-%d %H:%M:%S%.6f%:z").to_string(),
+        ),
         RecoveryTarget::Xid(x) => set("recovery_target_xid", x.to_string()),
         RecoveryTarget::Lsn(l) => set("recovery_target_lsn", l.to_string()),
         RecoveryTarget::Name(n) => set("recovery_target_name", n.clone()),
@@ -115,7 +143,10 @@ mod tests {
         let t = parse_target_time("2026-11-21 12:00:00.123456+00").unwrap();
         assert_eq!(t.to_rfc3339(), "2026-11-21T12:00:00.123456+00:00");
         let t = parse_target_time("2026-11-21 14:00:00+02").unwrap();
-        assert_eq!(t.with_timezone(&Utc).to_rfc3339(), "2026-11-21T12:00:00+00:00");
+        assert_eq!(
+            t.with_timezone(&Utc).to_rfc3339(),
+            "2026-11-21T12:00:00+00:00"
+        );
         let t = parse_target_time("2026-11-21 12:00:00").unwrap();
         assert_eq!(t.offset().local_minus_utc(), 0);
         assert!(parse_target_time("yesterday").is_err());

@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use async_trait::async_trait;
-use tokio::io::{AsyncSeekExt, AsyncWrite, AsyncWriteExt, AsyncReadExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
 
 use super::{Listing, ObjectInfo, ObjectWriter, Reader, Storage};
 use crate::error::{Error, IoContext, Result};
@@ -67,7 +67,9 @@ impl Storage for LocalStorage {
 
     async fn list(&self, dir: &str) -> Result<Listing> {
         let path = self.path(dir);
-        tokio::task::spawn_blocking(move || list_dir(&path)).await.expect("list task panicked")
+        tokio::task::spawn_blocking(move || list_dir(&path))
+            .await
+            .expect("list task panicked")
     }
 
     async fn read(&self, key: &str) -> Result<Reader> {
@@ -79,8 +81,13 @@ impl Storage for LocalStorage {
     async fn read_range(&self, key: &str, offset: u64, len: u64) -> Result<Reader> {
         let path = self.path(key);
         let mut file = tokio::fs::File::open(&path).await.at("opening", &path)?;
-        file.seek(io::SeekFrom::Start(offset)).await.at("seeking in", &path)?;
-        Ok(Box::new(tokio::io::BufReader::with_capacity(1 << 20, file.take(len))))
+        file.seek(io::SeekFrom::Start(offset))
+            .await
+            .at("seeking in", &path)?;
+        Ok(Box::new(tokio::io::BufReader::with_capacity(
+            1 << 20,
+            file.take(len),
+        )))
     }
 
     async fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>> {
@@ -88,7 +95,11 @@ impl Storage for LocalStorage {
         let dir = target.parent().expect("keys have a parent").to_path_buf();
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let temp = PathBuf::from(format!("{}.{}-{n}{TEMP_SUFFIX}", target.display(), std::process::id()));
+        let temp = PathBuf::from(format!(
+            "{}.{}-{n}{TEMP_SUFFIX}",
+            target.display(),
+            std::process::id()
+        ));
         let file = tokio::task::spawn_blocking({
             let (dir, temp) = (dir.clone(), temp.clone());
             move || -> Result<std::fs::File> {
@@ -98,7 +109,12 @@ impl Storage for LocalStorage {
         })
         .await
         .expect("create task panicked")?;
-        Ok(Box::new(LocalWriter { file: Some(tokio::fs::File::from_std(file)), temp, target, dir }))
+        Ok(Box::new(LocalWriter {
+            file: Some(tokio::fs::File::from_std(file)),
+            temp,
+            target,
+            dir,
+        }))
     }
 
     async fn remove_incomplete(&self, dir: &str) -> Result<usize> {
@@ -155,7 +171,11 @@ fn list_dir(path: &Path) -> Result<Listing> {
             listing.dirs.push(name);
         } else {
             use std::os::unix::fs::MetadataExt;
-            listing.files.push(ObjectInfo { name, size: meta.len(), modified: meta.mtime() });
+            listing.files.push(ObjectInfo {
+                name,
+                size: meta.len(),
+                modified: meta.mtime(),
+            });
         }
     }
     listing.files.sort_by(|a, b| a.name.cmp(&b.name));
@@ -177,7 +197,11 @@ impl LocalWriter {
 }
 
 impl AsyncWrite for LocalWriter {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(self.file()).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -195,7 +219,9 @@ impl ObjectWriter for LocalWriter {
         file.flush().await.at("writing", &self.temp)?;
         file.sync_all().await.at("syncing", &self.temp)?;
         drop(file);
-        tokio::fs::rename(&self.temp, &self.target).await.at("renaming into place", &self.target)?;
+        tokio::fs::rename(&self.temp, &self.target)
+            .await
+            .at("renaming into place", &self.target)?;
         let dir = self.dir.clone();
         tokio::task::spawn_blocking(move || sync_dir(&dir).at("syncing directory", &dir))
             .await

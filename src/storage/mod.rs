@@ -68,13 +68,20 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
 
     async fn read_all(&self, key: &str) -> Result<Vec<u8>> {
         let mut buf = Vec::new();
-        self.read(key).await?.read_to_end(&mut buf).await.map_err(|e| Error::io("reading", key, e))?;
+        self.read(key)
+            .await?
+            .read_to_end(&mut buf)
+            .await
+            .map_err(|e| Error::io("reading", key, e))?;
         Ok(buf)
     }
 
     async fn put(&self, key: &str, bytes: &[u8]) -> Result<()> {
         let mut writer = self.create(key).await?;
-        writer.write_all(bytes).await.map_err(|e| Error::io("writing", key, e))?;
+        writer
+            .write_all(bytes)
+            .await
+            .map_err(|e| Error::io("writing", key, e))?;
         writer.finish().await
     }
 }
@@ -84,8 +91,10 @@ pub type SharedStorage = Arc<dyn Storage>;
 /// Opens the storage a repository URL names. Only local paths exist so far.
 pub fn open(repo: &str) -> Result<SharedStorage> {
     if repo.contains("://") {
-        return Err(Error::config(format!("repository {repo:?}: only local directories are supported so far"))
-            .hint("give a directory path, for example --repo /var/lib/pgward"));
+        return Err(Error::config(format!(
+            "repository {repo:?}: only local directories are supported so far"
+        ))
+        .hint("give a directory path, for example --repo /var/lib/pgward"));
     }
     Ok(Arc::new(LocalStorage::new(repo)))
 }
@@ -100,9 +109,12 @@ pub async fn write_blocking<T: Send + 'static>(
     let writer = storage.create(key).await?;
     let key_owned = key.to_string();
     let (writer, out) = tokio::task::spawn_blocking(move || -> Result<_> {
-        let mut buffered = std::io::BufWriter::with_capacity(1 << 20, tokio_util::io::SyncIoBridge::new(writer));
+        let mut buffered =
+            std::io::BufWriter::with_capacity(1 << 20, tokio_util::io::SyncIoBridge::new(writer));
         let out = produce(&mut buffered)?;
-        let bridge = buffered.into_inner().map_err(|e| Error::io("writing", &key_owned, e.into_error()))?;
+        let bridge = buffered
+            .into_inner()
+            .map_err(|e| Error::io("writing", &key_owned, e.into_error()))?;
         Ok((bridge.into_inner(), out))
     })
     .await

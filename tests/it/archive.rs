@@ -26,7 +26,8 @@ fn archive_push_is_idempotent_and_refuses_foreign_or_conflicting_files() {
     let wal_dir = work_dir("push-files");
     // PostgreSQL keeps the segment until its next checkpoint; take a copy to push again.
     let copy = wal_dir.join(&seg);
-    let original = fs::read(src.cluster.data.join("pg_wal").join(&seg)).expect("segment still in pg_wal");
+    let original =
+        fs::read(src.cluster.data.join("pg_wal").join(&seg)).expect("segment still in pg_wal");
     fs::write(&copy, &original).unwrap();
     chown_pg(&wal_dir);
 
@@ -38,17 +39,30 @@ fn archive_push_is_idempotent_and_refuses_foreign_or_conflicting_files() {
     changed[100_000] ^= 0xff;
     fs::write(&copy, &changed).unwrap();
     let err = src.fails(&["archive-push", copy.to_str().unwrap()], 4);
-    assert!(err.contains("already archived") && err.contains("different contents"), "{err}");
+    assert!(
+        err.contains("already archived") && err.contains("different contents"),
+        "{err}"
+    );
 
     // A segment from another cluster is refused by its system identifier.
     let other = Cluster::init("push-other", ClusterOptions::default());
     let foreign_name = "000000010000000000000001";
     let foreign = wal_dir.join("foreign");
     fs::create_dir_all(&foreign).unwrap();
-    fs::copy(other.data.join("pg_wal").join(foreign_name), foreign.join(foreign_name)).unwrap();
+    fs::copy(
+        other.data.join("pg_wal").join(foreign_name),
+        foreign.join(foreign_name),
+    )
+    .unwrap();
     chown_pg(&wal_dir);
-    let err = src.fails(&["archive-push", foreign.join(foreign_name).to_str().unwrap()], 4);
-    assert!(err.contains("does not belong to stanza") && err.contains("system identifier"), "{err}");
+    let err = src.fails(
+        &["archive-push", foreign.join(foreign_name).to_str().unwrap()],
+        4,
+    );
+    assert!(
+        err.contains("does not belong to stanza") && err.contains("system identifier"),
+        "{err}"
+    );
 
     // A malformed name is refused before anything is read.
     let bogus = wal_dir.join("00000001000000000000000G");
@@ -58,7 +72,17 @@ fn archive_push_is_idempotent_and_refuses_foreign_or_conflicting_files() {
     assert!(err.contains("is not a WAL file name"), "{err}");
 
     // A stanza that was never created is a configuration error, not a silent success.
-    let out = pgward(&["--repo", src.repo.to_str().unwrap(), "--stanza", "nope", "archive-push", copy.to_str().unwrap()], &src.cluster.env());
+    let out = pgward(
+        &[
+            "--repo",
+            src.repo.to_str().unwrap(),
+            "--stanza",
+            "nope",
+            "archive-push",
+            copy.to_str().unwrap(),
+        ],
+        &src.cluster.env(),
+    );
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
 }
@@ -67,7 +91,13 @@ fn archive_push_is_idempotent_and_refuses_foreign_or_conflicting_files() {
 fn history_backup_and_partial_files_round_trip_through_the_archive() {
     let src = Source::start("kinds", 15);
     src.backup(&[]); // the stop call writes and archives a .backup file
-    assert_eq!(stored_files(&src.repo, "").iter().filter(|p| p.to_string_lossy().contains(".backup-")).count(), 1);
+    assert_eq!(
+        stored_files(&src.repo, "")
+            .iter()
+            .filter(|p| p.to_string_lossy().contains(".backup-"))
+            .count(),
+        1
+    );
 
     let dir = work_dir("kinds-files");
     src.sql("CREATE TABLE t AS SELECT 1 AS x");
@@ -80,19 +110,38 @@ fn history_backup_and_partial_files_round_trip_through_the_archive() {
     let partial_source = dir.join(seg.clone() + ".partial");
     fs::write(&partial_source, &segment_bytes).unwrap();
     chown_pg(&dir);
-    src.ok(&["archive-push", dir.join("00000002.history").to_str().unwrap()]);
+    src.ok(&[
+        "archive-push",
+        dir.join("00000002.history").to_str().unwrap(),
+    ]);
     src.ok(&["archive-push", partial_source.to_str().unwrap()]);
 
     // archive-get finds each kind; a segment that exists only as .partial is still found.
     let got = dir.join("got");
     fs::create_dir_all(&got).unwrap();
     chown_pg(&dir);
-    src.ok(&["archive-get", "00000002.history", got.join("h").to_str().unwrap()]);
+    src.ok(&[
+        "archive-get",
+        "00000002.history",
+        got.join("h").to_str().unwrap(),
+    ]);
     assert_eq!(fs::read_to_string(got.join("h")).unwrap(), history);
-    let backup_file = stored_files(&src.repo, "").into_iter().find(|p| p.to_string_lossy().contains(".backup-")).unwrap();
-    let backup_name = backup_file.file_name().unwrap().to_string_lossy().split('-').next().unwrap().to_string();
+    let backup_file = stored_files(&src.repo, "")
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains(".backup-"))
+        .unwrap();
+    let backup_name = backup_file
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .split('-')
+        .next()
+        .unwrap()
+        .to_string();
     src.ok(&["archive-get", &backup_name, got.join("b").to_str().unwrap()]);
-    assert!(fs::read_to_string(got.join("b")).unwrap().contains("START WAL LOCATION"));
+    assert!(fs::read_to_string(got.join("b"))
+        .unwrap()
+        .contains("START WAL LOCATION"));
 
     // Remove the full segment from the repository: the .partial copy must still be served.
     for p in stored_files(&src.repo, &format!("{seg}-")) {
@@ -123,15 +172,39 @@ fn corrupt_archived_segment_stops_recovery_and_verify_names_it() {
     bytes[middle] ^= 0x55;
     fs::write(&stored, &bytes).unwrap();
     let out = src.pgward(&["archive-get", &seg, &dest_s]);
-    assert!(out.status.code().unwrap() > 125, "corrupt segment must stop recovery, got {:?}: {}", out.status.code(), stderr(&out));
+    assert!(
+        out.status.code().unwrap() > 125,
+        "corrupt segment must stop recovery, got {:?}: {}",
+        out.status.code(),
+        stderr(&out)
+    );
     assert!(stderr(&out).contains(&seg), "{}", stderr(&out));
 
     let out = src.pgward(&["verify"]);
-    assert_eq!(out.status.code(), Some(5), "verify must fail:\n{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "verify must fail:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let report = String::from_utf8_lossy(&out.stdout);
-    assert!(report.contains(&seg) && report.contains("breaks"), "{report}");
+    assert!(
+        report.contains(&seg) && report.contains("breaks"),
+        "{report}"
+    );
 
     // A repository that is not there must not look like the end of the archive either.
-    let out = pgward(&["--repo", "/nonexistent/repo", "--stanza", "main", "archive-get", &seg, &dest_s], &src.cluster.env());
+    let out = pgward(
+        &[
+            "--repo",
+            "/nonexistent/repo",
+            "--stanza",
+            "main",
+            "archive-get",
+            &seg,
+            &dest_s,
+        ],
+        &src.cluster.env(),
+    );
     assert!(out.status.code().unwrap() > 125, "{}", stderr(&out));
 }

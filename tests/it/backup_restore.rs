@@ -11,17 +11,28 @@ use super::setup::{stderr, Source};
 fn full_backup_under_pgbench_load_restores_exact_contents_with_remapped_tablespace() {
     let src = Source::start("load", 15);
     let ts_dir = work_dir("load-ts");
-    src.sql(&format!("CREATE TABLESPACE ts1 LOCATION '{}'", ts_dir.display()));
+    src.sql(&format!(
+        "CREATE TABLESPACE ts1 LOCATION '{}'",
+        ts_dir.display()
+    ));
     src.sql("CREATE TABLE in_ts (id int, v text) TABLESPACE ts1; INSERT INTO in_ts SELECT g, md5(g::text) FROM generate_series(1, 5000) g");
     src.sql("CREATE UNLOGGED TABLE scratch AS SELECT g FROM generate_series(1, 1000) g");
-    assert!(src.cluster.pgbench(&["-i", "-s", "3", "-q"]).status.success());
+    assert!(src
+        .cluster
+        .pgbench(&["-i", "-s", "3", "-q"])
+        .status
+        .success());
 
     // pgbench writes throughout the backup.
-    let mut load = pg_command(&client_bin("pgbench"), &["-c", "2", "-T", "60", "-n"], &src.cluster.env())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut load = pg_command(
+        &client_bin("pgbench"),
+        &["-c", "2", "-T", "60", "-n"],
+        &src.cluster.env(),
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     std::thread::sleep(Duration::from_secs(1));
     let label = src.backup(&["--jobs", "2", "--compress", "lz4"]);
     terminate(&mut load, Duration::from_secs(10));
@@ -43,12 +54,34 @@ fn full_backup_under_pgbench_load_restores_exact_contents_with_remapped_tablespa
     let ts_oid = src.sql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts1'");
     let new_ts = work_dir("load-ts-restored");
     let map = format!("{ts_oid}={}", new_ts.display());
-    let restored = src.restore_and_start("load-restored", &["--tablespace-map", &map, "--target-name", "after_load", "--target-action", "promote"]);
+    let restored = src.restore_and_start(
+        "load-restored",
+        &[
+            "--tablespace-map",
+            &map,
+            "--target-name",
+            "after_load",
+            "--target-action",
+            "promote",
+        ],
+    );
     assert_eq!(restored.content_checksum("postgres"), expected);
-    assert_eq!(restored.psql("postgres", "SELECT count(*) FROM in_ts"), "5000");
-    assert_eq!(restored.psql("postgres", "SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'ts1'"), new_ts.display().to_string());
+    assert_eq!(
+        restored.psql("postgres", "SELECT count(*) FROM in_ts"),
+        "5000"
+    );
+    assert_eq!(
+        restored.psql(
+            "postgres",
+            "SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'ts1'"
+        ),
+        new_ts.display().to_string()
+    );
     // Unlogged tables come back empty (their init fork only), as after a crash.
-    assert_eq!(restored.psql("postgres", "SELECT count(*) FROM scratch"), "0");
+    assert_eq!(
+        restored.psql("postgres", "SELECT count(*) FROM scratch"),
+        "0"
+    );
 
     src.ok(&["verify"]);
 }
@@ -56,43 +89,101 @@ fn full_backup_under_pgbench_load_restores_exact_contents_with_remapped_tablespa
 #[test]
 fn killed_backup_is_never_listed_and_the_next_backup_cleans_up_and_succeeds() {
     let src = Source::start("kill", 15);
-    assert!(src.cluster.pgbench(&["-i", "-s", "4", "-q"]).status.success());
+    assert!(src
+        .cluster
+        .pgbench(&["-i", "-s", "4", "-q"])
+        .status
+        .success());
     let first = src.backup(&[]);
 
     // Slow settings so that the kill lands while bundles are being written.
     let repo = src.repo.display().to_string();
-    let mut child = pg_command(&pgward_bin(), &["--repo", &repo, "--stanza", "main", "backup", "--jobs", "1", "--compress", "gzip", "--compress-level", "9"], &src.cluster.env())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = pg_command(
+        &pgward_bin(),
+        &[
+            "--repo",
+            &repo,
+            "--stanza",
+            "main",
+            "backup",
+            "--jobs",
+            "1",
+            "--compress",
+            "gzip",
+            "--compress-level",
+            "9",
+        ],
+        &src.cluster.env(),
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     let bundles = src.repo.join("main/bundles");
     let deadline = Instant::now() + Duration::from_secs(60);
-    let in_flight = || fs::read_dir(&bundles).map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".pgward-tmp"))).unwrap_or(false);
+    let in_flight = || {
+        fs::read_dir(&bundles)
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".pgward-tmp"))
+            })
+            .unwrap_or(false)
+    };
     while !in_flight() {
-        assert!(Instant::now() < deadline, "backup never started writing a bundle");
+        assert!(
+            Instant::now() < deadline,
+            "backup never started writing a bundle"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     kill_pgward_under(child.id());
     let _ = child.wait();
 
     let info = src.info_json();
-    let labels: Vec<&str> = info["backups"].as_array().unwrap().iter().map(|b| b["label"].as_str().unwrap()).collect();
-    assert_eq!(labels, vec![first.as_str()], "an interrupted backup must not be listed");
+    let labels: Vec<&str> = info["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        labels,
+        vec![first.as_str()],
+        "an interrupted backup must not be listed"
+    );
     src.ok(&["verify"]);
 
     let second = src.backup(&[]);
-    let left: Vec<String> = fs::read_dir(&bundles).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-    assert!(left.iter().all(|b| b.starts_with(&first) || b.starts_with(&second)), "orphans left: {left:?}");
+    let left: Vec<String> = fs::read_dir(&bundles)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        left.iter()
+            .all(|b| b.starts_with(&first) || b.starts_with(&second)),
+        "orphans left: {left:?}"
+    );
     src.ok(&["verify"]);
 }
 
 /// SIGKILL the pgward process started (through runuser when root) as `pid`.
 fn kill_pgward_under(pid: u32) {
-    let out = std::process::Command::new("pgrep").args(["-f", "-P", &pid.to_string(), "pgward"]).output().unwrap();
+    let out = std::process::Command::new("pgrep")
+        .args(["-f", "-P", &pid.to_string(), "pgward"])
+        .output()
+        .unwrap();
     let children = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let target = if children.is_empty() { pid.to_string() } else { children.lines().next().unwrap().to_string() };
-    assert!(std::process::Command::new("kill").args(["-9", &target]).status().unwrap().success());
+    let target = if children.is_empty() {
+        pid.to_string()
+    } else {
+        children.lines().next().unwrap().to_string()
+    };
+    assert!(std::process::Command::new("kill")
+        .args(["-9", &target])
+        .status()
+        .unwrap()
+        .success());
 }
 
 #[test]
@@ -108,7 +199,11 @@ fn stanza_belongs_to_one_cluster_and_restore_refuses_a_non_empty_directory() {
     for cmd in ["stanza-create", "backup"] {
         let out = pgward(&["--repo", &repo, "--stanza", "main", cmd], &other.env());
         assert_eq!(out.status.code(), Some(4), "{cmd}: {}", stderr(&out));
-        assert!(stderr(&out).contains("belongs to cluster"), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("belongs to cluster"),
+            "{}",
+            stderr(&out)
+        );
     }
 
     src.backup(&[]);
@@ -122,7 +217,9 @@ fn stanza_belongs_to_one_cluster_and_restore_refuses_a_non_empty_directory() {
 #[test]
 fn page_checksum_failure_is_recorded_without_failing_the_backup() {
     let src = Source::start("pagesum", 15);
-    src.sql("CREATE TABLE victim AS SELECT g, repeat('x', 100) AS pad FROM generate_series(1, 2000) g");
+    src.sql(
+        "CREATE TABLE victim AS SELECT g, repeat('x', 100) AS pad FROM generate_series(1, 2000) g",
+    );
     src.sql("CHECKPOINT");
     let path = src.sql("SELECT pg_relation_filepath('victim')");
     src.cluster.stop();
@@ -136,7 +233,10 @@ fn page_checksum_failure_is_recorded_without_failing_the_backup() {
     let label = src.backup(&[]);
     let info = src.info_json();
     assert_eq!(info["backups"][0]["checksum_failures"], 1);
-    let manifest: serde_json::Value = serde_json::from_slice(&fs::read(src.repo.join(format!("main/backups/{label}.manifest"))).unwrap()).unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &fs::read(src.repo.join(format!("main/backups/{label}.manifest"))).unwrap(),
+    )
+    .unwrap();
     assert_eq!(manifest["checksum_failures"][0]["path"], path.as_str());
     assert_eq!(manifest["checksum_failures"][0]["blocks"][0], 1);
 }

@@ -13,7 +13,10 @@ struct Mark {
 }
 
 fn table_checksum(c: &super::harness::Cluster) -> String {
-    c.psql("postgres", "SELECT md5(coalesce(string_agg(id || ':' || note, ',' ORDER BY id), '')) FROM t")
+    c.psql(
+        "postgres",
+        "SELECT md5(coalesce(string_agg(id || ':' || note, ',' ORDER BY id), '')) FROM t",
+    )
 }
 
 #[test]
@@ -23,32 +26,67 @@ fn pitr_to_time_xid_lsn_name_and_immediate_restores_exactly_the_committed_rows()
     src.sql("INSERT INTO t SELECT g, 'base' FROM generate_series(1, 100) g");
     let first = src.backup(&[]);
     let at_first_backup = table_checksum(&src.cluster);
-    let insert = |from: i32, note: &str| src.sql(&format!("INSERT INTO t SELECT g, '{note}' FROM generate_series({from}, {}) g", from + 99));
+    let insert = |from: i32, note: &str| {
+        src.sql(&format!(
+            "INSERT INTO t SELECT g, '{note}' FROM generate_series({from}, {}) g",
+            from + 99
+        ))
+    };
 
     let mut marks = Vec::new();
     // Time: every commit before the target time is in, every later one out.
     insert(101, "before-time");
     let time = src.sql("SELECT now()");
-    marks.push(Mark { expected: table_checksum(&src.cluster), target: vec!["--target-time".into(), time] });
+    marks.push(Mark {
+        expected: table_checksum(&src.cluster),
+        target: vec!["--target-time".into(), time],
+    });
     std::thread::sleep(Duration::from_millis(20));
 
     // Xid: the transaction with that id is the last one in (inclusive target).
     let xid = src.sql("BEGIN; INSERT INTO t SELECT g, 'xid' FROM generate_series(201, 300) g; SELECT txid_current(); COMMIT;");
-    marks.push(Mark { expected: table_checksum(&src.cluster), target: vec!["--target-xid".into(), xid.trim().into(), "--set".into(), first.clone()] });
+    marks.push(Mark {
+        expected: table_checksum(&src.cluster),
+        target: vec![
+            "--target-xid".into(),
+            xid.trim().into(),
+            "--set".into(),
+            first.clone(),
+        ],
+    });
     insert(301, "after-xid");
 
     // LSN: everything up to that WAL position.
     let lsn = src.sql("SELECT pg_current_wal_lsn()");
-    marks.push(Mark { expected: table_checksum(&src.cluster), target: vec!["--target-lsn".into(), lsn] });
+    marks.push(Mark {
+        expected: table_checksum(&src.cluster),
+        target: vec!["--target-lsn".into(), lsn],
+    });
     insert(401, "after-lsn");
 
     // Name: a restore point.
     src.sql("SELECT pg_create_restore_point('before_500')");
-    marks.push(Mark { expected: table_checksum(&src.cluster), target: vec!["--target-name".into(), "before_500".into(), "--set".into(), first.clone()] });
+    marks.push(Mark {
+        expected: table_checksum(&src.cluster),
+        target: vec![
+            "--target-name".into(),
+            "before_500".into(),
+            "--set".into(),
+            first.clone(),
+        ],
+    });
     insert(501, "after-name");
 
     // Immediate: the backup's own consistent end.
-    marks.push(Mark { expected: at_first_backup, target: vec!["--target".into(), "immediate".into(), "--set".into(), first.clone()] });
+    marks.push(Mark {
+        expected: at_first_backup,
+        target: vec![
+            "--target".into(),
+            "immediate".into(),
+            "--set".into(),
+            first.clone(),
+        ],
+    });
 
     // A later backup: restores to times and LSNs before it must still pick the first.
     let second = src.backup(&[]);
@@ -56,7 +94,10 @@ fn pitr_to_time_xid_lsn_name_and_immediate_restores_exactly_the_committed_rows()
     src.archive_current_wal();
     let info = src.info_json();
     assert_eq!(info["backups"].as_array().unwrap().len(), 2);
-    assert_eq!(info["recoverable_window"]["earliest_backup"], first.as_str());
+    assert_eq!(
+        info["recoverable_window"]["earliest_backup"],
+        first.as_str()
+    );
     let _ = second;
 
     std::thread::scope(|scope| {
@@ -66,7 +107,12 @@ fn pitr_to_time_xid_lsn_name_and_immediate_restores_exactly_the_committed_rows()
                 let mut args: Vec<&str> = mark.target.iter().map(String::as_str).collect();
                 args.extend(["--target-action", "promote"]);
                 let restored = src.restore_and_start(&format!("pitr-r{i}"), &args);
-                assert_eq!(table_checksum(&restored), mark.expected, "restore with {:?} gave other rows", mark.target);
+                assert_eq!(
+                    table_checksum(&restored),
+                    mark.expected,
+                    "restore with {:?} gave other rows",
+                    mark.target
+                );
             });
         }
     });
@@ -82,6 +128,95 @@ fn restore_without_set_refuses_a_target_before_every_backup() {
     let before = src.sql("SELECT now() - interval '1 hour'");
     src.backup(&[]);
     let dir = super::harness::work_dir("pitr-early-r");
-    let err = src.fails(&["restore", "--pgdata", dir.to_str().unwrap(), "--target-time", &before], 1);
-    assert!(err.contains("no backup ends before the recovery target"), "{err}");
+    let err = src.fails(
+        &[
+            "restore",
+            "--pgdata",
+            dir.to_str().unwrap(),
+            "--target-time",
+            &before,
+        ],
+        1,
+    );
+    assert!(
+        err.contains("no backup ends before the recovery target"),
+        "{err}"
+    );
+}
+
+#[test]
+fn pitr_follows_the_history_file_onto_a_later_timeline() {
+    let src = Source::start("tli", 15);
+    src.sql("CREATE TABLE t (id int PRIMARY KEY, note text)");
+    src.sql("INSERT INTO t SELECT g, 'base' FROM generate_series(1, 100) g");
+    src.backup(&[]);
+    src.sql("INSERT INTO t SELECT g, 'tl1' FROM generate_series(101, 200) g");
+    src.sql("SELECT pg_create_restore_point('on_tl1')");
+    src.sql("INSERT INTO t SELECT g, 'tl1-later' FROM generate_series(201, 300) g");
+    src.archive_current_wal();
+
+    // A first restore stops on timeline 1, promotes to timeline 2 and keeps archiving
+    // into the same stanza (its history file and, at promotion, a .partial segment).
+    let tl2 = src.restore_and_start_archiving(
+        "tli-r1",
+        &["--target-name", "on_tl1", "--target-action", "promote"],
+        true,
+    );
+    assert_eq!(
+        tl2.psql(
+            "postgres",
+            "SELECT timeline_id FROM pg_control_checkpoint()"
+        ),
+        "2"
+    );
+    tl2.psql(
+        "postgres",
+        "INSERT INTO t SELECT g, 'tl2' FROM generate_series(1001, 1100) g",
+    );
+    tl2.psql("postgres", "SELECT pg_create_restore_point('on_tl2')");
+    let expected = table_checksum(&tl2);
+    let seg = tl2.psql("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while tl2.psql(
+        "postgres",
+        "SELECT coalesce(left(last_archived_wal, 24), '') FROM pg_stat_archiver",
+    ) < seg
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timeline 2 WAL not archived:\n{}",
+            tl2.log_tail(20)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let info = src.info_json();
+    let timelines: Vec<u64> = info["archive"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["timeline"].as_u64().unwrap())
+        .collect();
+    assert_eq!(timelines, vec![1, 2]);
+
+    // Recovery from the timeline-1 backup follows 00000002.history to the point on timeline 2.
+    let restored = src.restore_and_start(
+        "tli-r2",
+        &[
+            "--target-name",
+            "on_tl2",
+            "--target-timeline",
+            "latest",
+            "--target-action",
+            "promote",
+        ],
+    );
+    assert_eq!(table_checksum(&restored), expected);
+    assert_eq!(
+        restored.psql(
+            "postgres",
+            "SELECT count(*) FROM t WHERE note = 'tl1-later'"
+        ),
+        "0"
+    );
 }

@@ -20,16 +20,30 @@ pub fn stderr(out: &Output) -> String {
 impl Source {
     /// initdb (data checksums on), archive_command = pgward archive-push, start, stanza-create.
     pub fn start(name: &str, major: u32) -> Source {
-        Self::start_with(name, ClusterOptions { major, ..Default::default() })
+        Self::start_with(
+            name,
+            ClusterOptions {
+                major,
+                ..Default::default()
+            },
+        )
     }
 
     pub fn start_with(name: &str, mut opts: ClusterOptions) -> Source {
         let repo = work_dir(&format!("{name}-repo"));
         let stanza = "main".to_string();
-        opts.archive_command = Some(format!("{} --repo {} --stanza {stanza} archive-push %p", pgward_bin().display(), repo.display()));
+        opts.archive_command = Some(format!(
+            "{} --repo {} --stanza {stanza} archive-push %p",
+            pgward_bin().display(),
+            repo.display()
+        ));
         let cluster = Cluster::init(name, opts);
         cluster.start();
-        let source = Source { cluster, repo, stanza };
+        let source = Source {
+            cluster,
+            repo,
+            stanza,
+        };
         source.ok(&["stanza-create"]);
         source
     }
@@ -49,7 +63,13 @@ impl Source {
     /// Expects failure with exit `code`; returns stderr.
     pub fn fails(&self, args: &[&str], code: i32) -> String {
         let out = self.pgward(args);
-        assert_eq!(out.status.code(), Some(code), "pgward {} should exit {code}; stderr:\n{}", args.join(" "), stderr(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "pgward {} should exit {code}; stderr:\n{}",
+            args.join(" "),
+            stderr(&out)
+        );
         stderr(&out)
     }
 
@@ -75,11 +95,16 @@ impl Source {
         let segment = self.sql("SELECT pg_walfile_name(pg_switch_wal())");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let last = self.sql("SELECT coalesce(left(last_archived_wal, 24), '') FROM pg_stat_archiver");
+            let last =
+                self.sql("SELECT coalesce(left(last_archived_wal, 24), '') FROM pg_stat_archiver");
             if last.as_str() >= segment.as_str() && last.len() == 24 {
                 return;
             }
-            assert!(Instant::now() < deadline, "{segment} not archived; last archived {last:?}\n{}", self.cluster.log_tail(20));
+            assert!(
+                Instant::now() < deadline,
+                "{segment} not archived; last archived {last:?}\n{}",
+                self.cluster.log_tail(20)
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -87,17 +112,37 @@ impl Source {
     /// Restores into a fresh directory with `args` (archiving off in the copy), starts it
     /// beside the source and waits for recovery to end.
     pub fn restore_and_start(&self, name: &str, args: &[&str]) -> Cluster {
+        self.restore_and_start_archiving(name, args, false)
+    }
+
+    /// Like `restore_and_start`; with `archiving` the copy keeps the source's
+    /// archive_command and archives into the same stanza (a new timeline after promotion).
+    pub fn restore_and_start_archiving(
+        &self,
+        name: &str,
+        args: &[&str],
+        archiving: bool,
+    ) -> Cluster {
         let dir = work_dir(&format!("{name}-pgdata")).join("data");
         let dir_s = dir.display().to_string();
-        let mut full = vec!["restore", "--pgdata", &dir_s, "--archive-mode", "off"];
+        let mode = if archiving { "preserve" } else { "off" };
+        let mut full = vec!["restore", "--pgdata", &dir_s, "--archive-mode", mode];
         full.extend_from_slice(args);
         self.ok(&full);
-        assert!(dir.join("backup_label").is_file(), "restore must leave backup_label in place");
+        assert!(
+            dir.join("backup_label").is_file(),
+            "restore must leave backup_label in place"
+        );
         assert!(dir.join("recovery.signal").is_file());
         let restored = Cluster::from_existing(name, self.cluster.major, dir);
         restored.start();
         let end = restored.wait_for_recovery_end(Duration::from_secs(120));
-        assert_eq!(end, RecoveryEnd::Promoted, "restored cluster did not promote:\n{}", restored.log_tail(30));
+        assert_eq!(
+            end,
+            RecoveryEnd::Promoted,
+            "restored cluster did not promote:\n{}",
+            restored.log_tail(30)
+        );
         restored
     }
 }

@@ -7,18 +7,28 @@ use super::setup::Source;
 fn backup_and_restore_round_trip(major: u32) {
     if pg_bin(major).is_none() {
         let required = std::env::var("PGWARD_REQUIRE_VERSIONS").unwrap_or_default();
-        assert!(!required.split(',').any(|v| v.trim() == major.to_string()), "PostgreSQL {major} is required but not installed: run scripts/install-test-deps.sh");
+        assert!(
+            !required.split(',').any(|v| v.trim() == major.to_string()),
+            "PostgreSQL {major} is required but not installed: run scripts/install-test-deps.sh"
+        );
         panic!("PostgreSQL {major} is not installed: run scripts/install-test-deps.sh {major}, or run this test with the second tier");
     }
     let src = Source::start(&format!("v{major}"), major);
-    assert!(src.cluster.pgbench(&["-i", "-s", "1", "-q"]).status.success());
+    assert!(src
+        .cluster
+        .pgbench(&["-i", "-s", "1", "-q"])
+        .status
+        .success());
     src.sql("UPDATE pgbench_accounts SET abalance = aid % 97");
     let expected = src.cluster.content_checksum("postgres");
     let label = src.backup(&["--jobs", "2"]);
     let info = src.info_json();
     assert_eq!(info["pg_major"], major);
     assert_eq!(info["backups"][0]["label"], label.as_str());
-    let restored = src.restore_and_start(&format!("v{major}-r"), &["--target", "immediate", "--target-action", "promote"]);
+    let restored = src.restore_and_start(
+        &format!("v{major}-r"),
+        &["--target", "immediate", "--target-action", "promote"],
+    );
     assert_eq!(restored.content_checksum("postgres"), expected);
     src.ok(&["verify"]);
 }

@@ -168,6 +168,23 @@ record() {
     log "$1 $2 run $3 (#$4): $status wall=${WALL}s rss=$((RSS / 1024))MiB user=${USR} sys=${SYS} srv=${SRV} bytes=$5 $6"
 }
 
+# phase breakdowns from the tools' own log timestamps (wall minus the logged span = process
+# start-up and exit)
+pw_phases() {   # OUTFILE
+    awk 'function ts(s,  a) { split(substr(s, 12), a, ":"); return a[1] * 3600 + a[2] * 60 + a[3] }
+        /INFO starting backup/ { t0 = ts($1) }   /INFO backup started/ { t1 = ts($1) }
+        /INFO backup stopped/  { t2 = ts($1) }   /INFO backup complete/ { t3 = ts($1) }
+        END { if (t3) printf "phases s: start+ckpt %.2f, copy+stop %.2f, WAL wait+finish %.2f", t1 - t0, t2 - t1, t3 - t2 }' "$1"
+}
+br_phases() {   # OUTFILE
+    awk 'function ts(t,  a) { split(t, a, ":"); return a[1] * 3600 + a[2] * 60 + a[3] }
+        /backup command begin/ { t0 = ts($2) }                 /execute (non-)?exclusive backup start/ { t1 = ts($2) }
+        /backup start archive =/ { t2 = ts($2) }               /execute (non-)?exclusive backup stop/ { t3 = ts($2) }
+        /new backup label =/ { t4 = ts($2) }                   /backup command end/ { t5 = ts($2) }
+        END { if (t5) printf "phases s: prep %.2f, start+ckpt %.2f, copy %.2f, stop+WAL wait %.2f, finish %.2f",
+                t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4 }' "$1"
+}
+
 datasize() { echo $(( $(du -sb "$PGDATA" | cut -f1) - $(du -sb "$PGDATA/pg_wal" | cut -f1) )); }
 
 wait_archived() {   # until no segment is waiting for archive_command (max 20 min)
@@ -284,13 +301,14 @@ backup_one() {   # TOOL RUN ORDER
         label=$(pw_last_label || true); bytes=0; note="label=${label:-none}"
         if [ "$RC" -eq 0 ] && [ -n "$label" ]; then
             bytes=$(pw_bytes "$label")
-            note="$note manifest.stored_size=$(jq -r '.stored_size // "?"' "$PWREPO/$STANZA/backups/$label.manifest" 2>/dev/null || echo '?')"
+            note="$note manifest.stored_size=$(jq -r '.stored_size // "?"' "$PWREPO/$STANZA/backups/$label.manifest" 2>/dev/null || echo '?'); $(pw_phases "$RES/backup-pgward-$r.out")"
         fi
     else
         run_timed "backup-pgbackrest-$r" "${BR[@]}" backup --type=full --compress-type=lz4 --process-max=2
         label=$(br_last_label || true); bytes=0; note="label=${label:-none}"
         if [ "$RC" -eq 0 ] && [ -n "$label" ]; then
             bytes=$(du -sb "$BRREPO/backup/$STANZA/$label" | cut -f1)
+            note="$note; $(br_phases "$RES/backup-pgbackrest-$r.out")"
         fi
     fi
     record backup "$tool" "$r" "$o" "$bytes" "$note"
@@ -380,7 +398,7 @@ col() {   # OP TOOL COLUMN -> values of successful runs
 }
 cpu_col() { awk -F'\t' -v op="$1" -v t="$2" '$1==op && $2==t && $5=="ok" {printf "%.2f\n", $8 + $9}' "$TSV"; }
 median() { sort -g | awk '{a[NR]=$1} END{if(NR==0){print "nan"; exit}
-    if(NR%2) print a[(NR+1)/2]; else printf "%.4g\n", (a[NR/2]+a[NR/2+1])/2}'; }
+    if(NR%2) print a[(NR+1)/2]; else printf "%.10g\n", (a[NR/2]+a[NR/2+1])/2}'; }
 maxof() { sort -g | tail -1 | awk '{print} END{if(NR==0) print "nan"}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a=="nan" || b=="nan" || b+0==0) print "n/a"; else printf "%.2f\n", a/b }'; }
 mib() { awk -v k="$1" 'BEGIN{ if (k=="nan") print "nan"; else printf "%.1f", k/1024 }'; }
@@ -413,6 +431,10 @@ awk -F'\t' '$1=="backup" || $1=="restore" {
     cpu = ($6 > 0) ? ($8 + $9) / $6 * 100 : 0;
     printf "| %s | %s | %s | %s | %s | %.2f | %.1f | %.2f | %.2f | %.0f%% | %s | %s | %s/%s | %s |\n",
         $1, $2, $3, $4, $5, $6, $7 / 1024, $8, $9, cpu, $10, $11, $12, $13, $14 }' "$TSV"
+echo
+echo "Notes per run (labels, phase breakdown from each tool's own log timestamps):"
+echo
+awk -F'\t' '$1=="backup" || $1=="restore" { printf "- %s %s run %s: %s\n", $1, $2, $3, $15 }' "$TSV"
 echo
 echo "### Medians and ratios (successful runs only)"
 echo

@@ -233,3 +233,14 @@ pub fn parse_lsn(s: &str) -> Result<Lsn> {
         )
     })
 }
+
+/// The timeline the server is on now (from its latest checkpoint; on a standby, the
+/// timeline being replayed).
+pub async fn current_timeline(client: &Client) -> Result<crate::pg::TimelineId> {
+    let row = client
+        .query_one("SELECT CASE WHEN pg_is_in_recovery() THEN (SELECT received_tli FROM pg_stat_wal_receiver) END, (SELECT timeline_id FROM pg_control_checkpoint())", &[])
+        .await?;
+    let receiving: Option<i32> = row.get(0);
+    let checkpoint: i32 = row.get(1);
+    Ok(crate::pg::TimelineId(receiving.unwrap_or(checkpoint) as u32))
+}

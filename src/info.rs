@@ -32,6 +32,9 @@ pub struct BackupSummary {
     #[serde(rename = "type")]
     pub backup_type: BackupType,
     pub reference: Option<String>,
+    /// Every backup a restore of this one reads from, full first.
+    pub chain: Vec<String>,
+    pub pinned: bool,
     pub timeline: TimelineId,
     pub start_time: DateTime<Utc>,
     pub stop_time: DateTime<Utc>,
@@ -74,6 +77,7 @@ pub async fn info(repo: &Repo) -> Result<InfoReport> {
     let stanza = repo.stanza_info().await?;
     let manifests = repo.load_manifests().await?;
     let archived = repo.list_archive().await?;
+    let pinned = repo.pinned_labels().await?;
     let seg_size = stanza.wal_segment_size;
     Ok(InfoReport {
         stanza: repo.stanza.clone(),
@@ -82,17 +86,25 @@ pub async fn info(repo: &Repo) -> Result<InfoReport> {
         pg_major: stanza.pg_major,
         data_checksums: stanza.data_checksums,
         format_version: stanza.format_version,
-        backups: manifests.iter().map(summarize).collect(),
+        backups: manifests
+            .iter()
+            .map(|m| summarize(m, &manifests, &pinned))
+            .collect(),
         archive: timelines(&archived, seg_size),
         recoverable_window: window(&manifests, &archived, seg_size),
     })
 }
 
-fn summarize(m: &Manifest) -> BackupSummary {
+fn summarize(m: &Manifest, all: &[Manifest], pinned: &[String]) -> BackupSummary {
     BackupSummary {
         label: m.label.clone(),
         backup_type: m.backup_type,
         reference: m.reference.clone(),
+        chain: crate::repo::manifest::chain(all, &m.label)
+            .iter()
+            .map(|c| c.label.clone())
+            .collect(),
+        pinned: pinned.contains(&m.label),
         timeline: m.timeline,
         start_time: m.start_time,
         stop_time: m.stop_time,
@@ -227,9 +239,14 @@ pub fn render_text(r: &InfoReport) -> String {
     s.push_str(&format!("\nbackups: {}\n", r.backups.len()));
     for b in &r.backups {
         s.push_str(&format!(
-            "  {}  {}  timeline {}  {} .. {}  {} .. {}  {:.1}s  database {}  stored {}{}\n",
+            "  {}  {}{}{}  timeline {}  {} .. {}  {} .. {}  {:.1}s  database {}  stored {}{}\n",
             b.label,
             b.backup_type,
+            b.reference
+                .as_ref()
+                .map(|r| format!(" on {r}"))
+                .unwrap_or_default(),
+            if b.pinned { " (pinned)" } else { "" },
             b.timeline,
             b.start_time.format("%Y-%m-%d %H:%M:%S"),
             b.stop_time.format("%H:%M:%S UTC"),

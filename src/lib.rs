@@ -7,6 +7,7 @@ pub mod backup;
 pub mod cli;
 pub mod db;
 pub mod error;
+pub mod expire;
 pub mod info;
 pub mod pg;
 pub mod pipeline;

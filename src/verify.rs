@@ -12,7 +12,7 @@ use crate::info::{contiguous_end, segments_on};
 use crate::pg::WalSegment;
 use crate::pipeline::compress::Codec;
 use crate::repo::archive::ArchivedFile;
-use crate::repo::manifest::{bundle_key, Manifest};
+use crate::repo::manifest::{bundle_key, Extent, Manifest};
 use crate::repo::Repo;
 use crate::storage::{self, Reader};
 
@@ -46,29 +46,57 @@ pub async fn verify(repo: &Repo, jobs: usize) -> Result<VerifyReport> {
     }
     report.backups_checked = manifests.len();
 
-    // Every extent of every backup.
-    let mut checks = Vec::new();
+    // Every stored frame once, naming every backup that reads from it.
+    let labels: std::collections::HashSet<&str> =
+        manifests.iter().map(|m| m.label.as_str()).collect();
+    let codec_of: HashMap<&str, Codec> = manifests
+        .iter()
+        .map(|m| (m.label.as_str(), m.compression.codec))
+        .collect();
+    let mut frames: std::collections::BTreeMap<(String, u64), (String, &Extent, Vec<&str>)> =
+        std::collections::BTreeMap::new();
     for m in &manifests {
         for file in &m.files {
             for extent in &file.extents {
-                if extent.backup != m.label {
-                    continue; // checked with the backup that holds it
+                if !labels.contains(extent.backup.as_str()) {
+                    report.problems.push(Problem {
+                        problem: format!(
+                            "{} in backup {} is held by backup {}, which is missing",
+                            file.path, m.label, extent.backup
+                        ),
+                        breaks: format!("backup {} cannot be restored", m.label),
+                    });
+                    continue;
                 }
-                let what = format!(
-                    "{} (backup {}, bundle {} at {})",
-                    file.path, m.label, extent.bundle, extent.bundle_offset
-                );
-                checks.push((
-                    what,
-                    format!("backup {} cannot be restored", m.label),
-                    bundle_key(repo, &extent.bundle),
-                    Some((extent.bundle_offset, extent.stored_length)),
-                    m.compression.codec,
-                    extent.checksum.clone(),
-                    Some(extent.length),
-                ));
+                let entry = frames
+                    .entry((extent.bundle.clone(), extent.bundle_offset))
+                    .or_insert_with(|| (file.path.clone(), extent, Vec::new()));
+                if !entry.2.contains(&m.label.as_str()) {
+                    entry.2.push(&m.label);
+                }
             }
         }
+    }
+    let mut checks = Vec::new();
+    for ((bundle, offset), (path, extent, users)) in &frames {
+        let what = format!(
+            "{path} (backup {}, bundle {bundle} at {offset})",
+            extent.backup
+        );
+        let breaks = format!(
+            "backup{} {} cannot be restored",
+            if users.len() > 1 { "s" } else { "" },
+            users.join(", ")
+        );
+        checks.push((
+            what,
+            breaks,
+            bundle_key(repo, bundle),
+            Some((*offset, extent.stored_length)),
+            codec_of[extent.backup.as_str()],
+            extent.frame_checksum.clone(),
+            Some(extent.frame_length),
+        ));
     }
     report.extents_checked = checks.len();
 

@@ -96,3 +96,28 @@ fn restore_file(reader: storage::Reader, file: &ArchivedFile, dest: &Path) -> Re
     }
     result
 }
+
+/// Reads a small archived file (a history file) into memory, checked against its checksum.
+pub async fn read_archived(repo: &Repo, file: &ArchivedFile) -> Result<Vec<u8>> {
+    let stored = repo.storage.read_all(&repo.archived_file_key(file)).await?;
+    let codec = file.codec;
+    let name = file.file_name();
+    let checksum = file.checksum.clone();
+    tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        codec
+            .decoder(&stored[..])
+            .and_then(|mut d| std::io::Read::read_to_end(&mut d, &mut out))
+            .map_err(|e| {
+                Error::corrupt(format!("archived {name} cannot be decompressed")).source(e)
+            })?;
+        if blake3::hash(&out).to_hex().as_str() != checksum {
+            return Err(Error::corrupt(format!(
+                "archived {name} does not match its checksum"
+            )));
+        }
+        Ok(out)
+    })
+    .await
+    .expect("read task panicked")
+}

@@ -2,8 +2,8 @@
 //! and appends every file it takes as one compressed frame, recording where the frame
 //! starts and how long it is. Memory per worker: one read buffer and the encoder's.
 
-use std::collections::VecDeque;
-use std::io::{Read, Write};
+use std::collections::{HashMap, VecDeque};
+use std::io::{Read, Seek, Write};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,11 +13,14 @@ use tokio_util::io::SyncIoBridge;
 
 use super::walk::SourceFile;
 use crate::error::{Error, IoContext, Result};
-use crate::pg::page::{verify_page, PageVerdict, BLCKSZ};
+use crate::pg::page::{is_all_zero, page_lsn, verify_page, PageVerdict, BLCKSZ};
 use crate::pg::Lsn;
+use crate::pipeline::compress::Encoder;
 use crate::pipeline::hash::CountingWriter;
 use crate::pipeline::Compression;
-use crate::repo::manifest::{bundle_key, ChecksumFailure, Extent, FileEntry};
+use crate::repo::manifest::{
+    bundle_key, merge_extents, ChecksumFailure, Extent, FileEntry, Manifest,
+};
 use crate::repo::Repo;
 use crate::storage::ObjectWriter;
 
@@ -34,6 +37,50 @@ pub struct CopySettings {
     /// Verify data checksums of relation pages older than this LSN.
     pub verify_pages_before: Option<Lsn>,
     pub jobs: usize,
+    /// The backup this one builds on (incremental and differential backups).
+    pub reference: Option<Arc<Reference>>,
+}
+
+/// What an incremental or differential backup compares the cluster with.
+pub struct Reference {
+    pub label: String,
+    pub start_lsn: Lsn,
+    /// Seconds since the epoch when the reference backup started.
+    pub start_epoch: i64,
+    pub files: HashMap<String, FileEntry>,
+}
+
+impl Reference {
+    pub fn new(manifest: &Manifest) -> Reference {
+        Reference {
+            label: manifest.label.clone(),
+            start_lsn: manifest.start_lsn,
+            start_epoch: manifest.start_time.timestamp(),
+            files: manifest
+                .files
+                .iter()
+                .map(|f| (f.path.clone(), f.clone()))
+                .collect(),
+        }
+    }
+
+    /// Same size and mtime as in the reference, and that mtime was already in the past
+    /// (by more than the timestamp granularity) when the reference was listed: a write
+    /// since then would have moved it.
+    fn proves_unchanged(&self, file: &SourceFile, old: &FileEntry) -> bool {
+        file.size == old.size && file.mtime == old.mtime && old.mtime < self.start_epoch - 2
+    }
+
+    /// A file created after the reference started is new even if its path is old (a
+    /// database directory copied with CREATE DATABASE under a reused OID keeps old page
+    /// LSNs). Filesystems without birth times fall back to page LSNs alone.
+    fn created_since(&self, source: &std::fs::File) -> bool {
+        let created = source.metadata().and_then(|m| m.created());
+        created
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .is_some_and(|d| d.as_secs() as i64 >= self.start_epoch - 2)
+    }
 }
 
 #[derive(Default)]
@@ -106,27 +153,133 @@ struct OpenBundle {
     sink: BundleSink,
 }
 
-struct Worker {
+/// The worker's current bundle, opened on first use so that a worker with nothing to
+/// store writes no bundle at all.
+struct BundleSlot {
     repo: Repo,
+    label: String,
     job: usize,
-    settings: Arc<CopySettings>,
-    handle: Handle,
-    bundle: Option<OpenBundle>,
     sequence: usize,
-    result: CopyResult,
+    handle: Handle,
+    open: Option<OpenBundle>,
+    closed: Vec<(String, u64)>,
+}
+
+impl BundleSlot {
+    fn get(&mut self) -> Result<&mut OpenBundle> {
+        if self.open.is_none() {
+            let name = format!("{}-{:02}-{:04}.bundle", self.label, self.job, self.sequence);
+            self.sequence += 1;
+            let writer = self
+                .handle
+                .block_on(self.repo.storage.create(&bundle_key(&self.repo, &name)))?;
+            let sink = CountingWriter {
+                inner: std::io::BufWriter::with_capacity(1 << 20, SyncIoBridge::new(writer)),
+                written: 0,
+            };
+            self.open = Some(OpenBundle { name, sink });
+        }
+        Ok(self.open.as_mut().expect("just opened"))
+    }
+
+    fn close(&mut self) -> Result<()> {
+        let Some(bundle) = self.open.take() else {
+            return Ok(());
+        };
+        let written = bundle.sink.written;
+        if written == 0 {
+            return Ok(()); // nothing stored: dropping the writer leaves no object
+        }
+        let bridge = bundle
+            .sink
+            .inner
+            .into_inner()
+            .map_err(|e| Error::io("writing bundle", &bundle.name, e.into_error()))?;
+        self.handle.block_on(bridge.into_inner().finish())?;
+        self.closed.push((bundle.name, written));
+        Ok(())
+    }
+
+    fn is_full(&self) -> bool {
+        self.open
+            .as_ref()
+            .is_some_and(|b| b.sink.written >= BUNDLE_TARGET_SIZE)
+    }
+}
+
+/// One compressed frame being appended to a bundle.
+struct Frame<'a> {
+    encoder: Encoder<&'a mut BundleSink>,
+    bundle: String,
+    bundle_offset: u64,
+    file_offset: u64,
+    length: u64,
+    hasher: blake3::Hasher,
+}
+
+impl<'a> Frame<'a> {
+    fn start(
+        bundle: &'a mut OpenBundle,
+        compression: Compression,
+        file_offset: u64,
+    ) -> std::io::Result<Frame<'a>> {
+        let bundle_offset = bundle.sink.written;
+        Ok(Frame {
+            encoder: compression.encoder(&mut bundle.sink)?,
+            bundle: bundle.name.clone(),
+            bundle_offset,
+            file_offset,
+            length: 0,
+            hasher: blake3::Hasher::new(),
+        })
+    }
+
+    fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.hasher.update(data);
+        self.length += data.len() as u64;
+        self.encoder.write_all(data)
+    }
+
+    fn finish(self, label: &str) -> std::io::Result<Extent> {
+        let sink = self.encoder.finish()?;
+        Ok(Extent {
+            offset: self.file_offset,
+            length: self.length,
+            backup: label.to_string(),
+            bundle: self.bundle,
+            bundle_offset: self.bundle_offset,
+            stored_length: sink.written - self.bundle_offset,
+            frame_offset: 0,
+            frame_length: self.length,
+            frame_checksum: self.hasher.finalize().to_hex().to_string(),
+        })
+    }
+}
+
+struct Worker {
+    settings: Arc<CopySettings>,
+    slot: BundleSlot,
+    files: Vec<FileEntry>,
+    checksum_failures: Vec<ChecksumFailure>,
     buffer: Vec<u8>,
 }
 
 impl Worker {
     fn new(repo: Repo, job: usize, settings: Arc<CopySettings>) -> Worker {
-        Worker {
+        let slot = BundleSlot {
             repo,
+            label: settings.label.clone(),
             job,
-            settings,
-            handle: Handle::current(),
-            bundle: None,
             sequence: 0,
-            result: CopyResult::default(),
+            handle: Handle::current(),
+            open: None,
+            closed: Vec::new(),
+        };
+        Worker {
+            settings,
+            slot,
+            files: Vec::new(),
+            checksum_failures: Vec::new(),
             buffer: vec![0; READ_BUFFER],
         }
     }
@@ -141,149 +294,243 @@ impl Worker {
             let Some(file) = next else { break };
             if let Some(entry) = self.copy_one(&file)? {
                 progress.bytes_done.fetch_add(entry.size, Ordering::Relaxed);
-                self.result.files.push(entry);
+                self.files.push(entry);
             }
             progress.files_done.fetch_add(1, Ordering::Relaxed);
-            if self
-                .bundle
-                .as_ref()
-                .is_some_and(|b| b.sink.written >= BUNDLE_TARGET_SIZE)
-            {
-                self.close_bundle()?;
+            if self.slot.is_full() {
+                self.slot.close()?;
             }
         }
-        self.close_bundle()?;
-        Ok(self.result)
+        self.slot.close()?;
+        Ok(CopyResult {
+            files: self.files,
+            stored_size: self.slot.closed.iter().map(|(_, n)| n).sum(),
+            bundles: self.slot.closed.into_iter().map(|(name, _)| name).collect(),
+            checksum_failures: self.checksum_failures,
+        })
     }
 
-    fn bundle(&mut self) -> Result<&mut OpenBundle> {
-        if self.bundle.is_none() {
-            let name = format!(
-                "{}-{:02}-{:04}.bundle",
-                self.settings.label, self.job, self.sequence
-            );
-            self.sequence += 1;
-            let key = bundle_key(&self.repo, &name);
-            let writer = self.handle.block_on(self.repo.storage.create(&key))?;
-            let sink = CountingWriter {
-                inner: std::io::BufWriter::with_capacity(1 << 20, SyncIoBridge::new(writer)),
-                written: 0,
-            };
-            self.bundle = Some(OpenBundle { name, sink });
-        }
-        Ok(self.bundle.as_mut().expect("just opened"))
-    }
-
-    fn close_bundle(&mut self) -> Result<()> {
-        let Some(bundle) = self.bundle.take() else {
-            return Ok(());
-        };
-        let written = bundle.sink.written;
-        let bridge = bundle
-            .sink
-            .inner
-            .into_inner()
-            .map_err(|e| Error::io("writing bundle", &bundle.name, e.into_error()))?;
-        self.handle.block_on(bridge.into_inner().finish())?;
-        self.result.bundles.push(bundle.name);
-        self.result.stored_size += written;
-        Ok(())
-    }
-
-    /// Copies one file as a frame of the current bundle; None when it vanished.
+    /// Stores one file, or what changed in it since the reference; None when it vanished.
     fn copy_one(&mut self, file: &SourceFile) -> Result<Option<FileEntry>> {
+        let reference = self.settings.reference.clone();
+        let old = reference
+            .as_ref()
+            .and_then(|r| r.files.get(&file.rel_path).map(|old| (r, old)));
+        if let Some((r, old)) = old {
+            if r.proves_unchanged(file, old) {
+                return Ok(Some(FileEntry {
+                    mode: file.mode,
+                    ..old.clone()
+                }));
+            }
+        }
         let source = match std::fs::File::open(&file.abs_path) {
             Ok(f) => f,
             // Dropped during the backup; WAL replay removes it from the restored cluster.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io("opening", &file.abs_path, e)),
         };
-        let mut entry = FileEntry {
+        match old {
+            Some((r, old)) if file.page_level && !r.created_since(&source) => {
+                self.copy_changed_pages(file, &source, r, old).map(Some)
+            }
+            Some((_, old))
+                if old.size == file.size
+                    && old.checksum.is_some()
+                    && file.first_block.is_none() =>
+            {
+                // Small non-relation files: read once to compare before storing.
+                let mut hasher = blake3::Hasher::new();
+                std::io::copy(&mut (&source).take(file.size), &mut hasher)
+                    .at("reading", &file.abs_path)?;
+                if Some(hasher.finalize().to_hex().to_string()) == old.checksum {
+                    return Ok(Some(FileEntry {
+                        mode: file.mode,
+                        mtime: file.mtime,
+                        ..old.clone()
+                    }));
+                }
+                (&source)
+                    .seek(std::io::SeekFrom::Start(0))
+                    .at("reading", &file.abs_path)?;
+                self.copy_whole(file, &source).map(Some)
+            }
+            _ => self.copy_whole(file, &source).map(Some),
+        }
+    }
+
+    /// The whole file as one frame.
+    fn copy_whole(&mut self, file: &SourceFile, source: &std::fs::File) -> Result<FileEntry> {
+        let settings = &self.settings;
+        let mut frame = Frame::start(self.slot.get()?, settings.compression, 0)
+            .at("compressing", &file.abs_path)?;
+        let mut whole = blake3::Hasher::new();
+        let size = read_chunks(
+            settings,
+            &mut self.buffer,
+            &mut self.checksum_failures,
+            file,
+            source,
+            |chunk, _| {
+                whole.update(chunk);
+                frame
+                    .write(chunk)
+                    .map_err(|e| Error::io("writing bundle", &file.rel_path, e))
+            },
+        )?;
+        let extent = frame
+            .finish(&settings.label)
+            .at("writing bundle", &file.rel_path)?;
+        Ok(FileEntry {
             path: file.rel_path.clone(),
-            size: 0,
+            size,
             mtime: file.mtime,
             mode: file.mode,
-            checksum: String::new(),
-            extents: Vec::new(),
+            checksum: Some(whole.finalize().to_hex().to_string()),
+            extents: if size > 0 { vec![extent] } else { Vec::new() },
+        })
+    }
+
+    /// Page level: pages whose LSN is at or after the reference's start, all-zero pages,
+    /// and pages past the reference's length are stored (a frame per run of them within
+    /// a read chunk); every other byte range points at the reference's extents.
+    fn copy_changed_pages(
+        &mut self,
+        file: &SourceFile,
+        source: &std::fs::File,
+        r: &Reference,
+        old: &FileEntry,
+    ) -> Result<FileEntry> {
+        let settings = &self.settings;
+        let old_pages = old.size / BLCKSZ as u64;
+        let bundle = self.slot.get()?;
+        let mut stored: Vec<Extent> = Vec::new();
+        let size = read_chunks(
+            settings,
+            &mut self.buffer,
+            &mut self.checksum_failures,
+            file,
+            source,
+            |chunk, chunk_offset| {
+                let changed = |i: usize, page: &[u8]| {
+                    page.len() < BLCKSZ
+                        || (chunk_offset / BLCKSZ as u64) + i as u64 >= old_pages
+                        || is_all_zero(page)
+                        || page_lsn(page) >= r.start_lsn
+                };
+                let pages: Vec<&[u8]> = chunk.chunks(BLCKSZ).collect();
+                let mut i = 0;
+                while i < pages.len() {
+                    if !changed(i, pages[i]) {
+                        i += 1;
+                        continue;
+                    }
+                    let run_start = i;
+                    while i < pages.len() && changed(i, pages[i]) {
+                        i += 1;
+                    }
+                    let from = run_start * BLCKSZ;
+                    let to = (i * BLCKSZ).min(chunk.len());
+                    let io = |e| Error::io("writing bundle", &file.rel_path, e);
+                    let mut frame = Frame::start(
+                        &mut *bundle,
+                        settings.compression,
+                        chunk_offset + from as u64,
+                    )
+                    .map_err(io)?;
+                    frame.write(&chunk[from..to]).map_err(io)?;
+                    stored.push(frame.finish(&settings.label).map_err(io)?);
+                }
+                Ok(())
+            },
+        )?;
+
+        // Interleave the stored runs with the reference's extents for the gaps.
+        let mut extents = Vec::new();
+        let fill = |from: u64, to: u64, extents: &mut Vec<Extent>| {
+            extents.extend(old.extents.iter().filter_map(|e| e.slice(from, to)))
         };
-        let verify_before = self
-            .settings
-            .verify_pages_before
-            .filter(|_| file.first_block.is_some());
-        let compression = self.settings.compression;
-        let mut buffer = std::mem::take(&mut self.buffer);
-        let mut bad_blocks = Vec::new();
-        let mut hasher = blake3::Hasher::new();
-        let bundle = self.bundle()?;
-        let frame_start = bundle.sink.written;
-        let mut encoder = compression
-            .encoder(&mut bundle.sink)
-            .at("compressing", &file.abs_path)?;
-        // Copy no more than the size seen when listing: growth after that is in the WAL.
-        let mut reader = (&source).take(file.size);
-        let mut size = 0u64;
-        loop {
-            let n = read_full(&mut reader, &mut buffer).at("reading", &file.abs_path)?;
-            if n == 0 {
-                break;
-            }
-            if let Some(start_lsn) = verify_before {
-                let first_block = file.first_block.unwrap_or(0) + (size / BLCKSZ as u64) as u32;
-                check_pages(
-                    &source,
-                    &buffer[..n],
-                    size,
-                    first_block,
-                    start_lsn,
-                    &mut bad_blocks,
-                );
-            }
-            hasher.update(&buffer[..n]);
-            encoder
-                .write_all(&buffer[..n])
-                .at("writing bundle", &bundle.name)?;
-            size += n as u64;
+        let mut cursor = 0;
+        for e in stored {
+            fill(cursor, e.offset, &mut extents);
+            cursor = e.offset + e.length;
+            extents.push(e);
         }
-        encoder.finish().at("writing bundle", &bundle.name)?;
-        let stored_length = bundle.sink.written - frame_start;
-        let bundle_name = bundle.name.clone();
-        self.buffer = buffer;
-        entry.size = size;
-        entry.checksum = hasher.finalize().to_hex().to_string();
-        if size > 0 {
-            entry.extents.push(Extent {
-                offset: 0,
-                length: size,
-                backup: self.settings.label.clone(),
-                bundle: bundle_name,
-                bundle_offset: frame_start,
-                stored_length,
-                checksum: entry.checksum.clone(),
-            });
+        fill(cursor, size, &mut extents);
+        let extents = merge_extents(extents);
+        let covered: u64 = extents.iter().map(|e| e.length).sum();
+        if covered != size {
+            return Err(Error::corrupt(format!("{}: page-level copy covers {covered} of {size} bytes; reference backup {} lacks the rest", file.rel_path, r.label)));
         }
-        if !bad_blocks.is_empty() {
-            tracing::warn!(path = %file.rel_path, blocks = ?bad_blocks, "page checksum verification failed");
-            self.result.checksum_failures.push(ChecksumFailure {
-                path: file.rel_path.clone(),
-                blocks: bad_blocks,
-            });
-        }
-        Ok(Some(entry))
+        Ok(FileEntry {
+            path: file.rel_path.clone(),
+            size,
+            mtime: file.mtime,
+            mode: file.mode,
+            checksum: None,
+            extents,
+        })
     }
 }
 
+/// Reads up to the listed size in page-aligned chunks, verifying page checksums, and
+/// hands each chunk to `each` with its file offset. Returns the bytes read.
+fn read_chunks(
+    settings: &CopySettings,
+    buffer: &mut [u8],
+    failures: &mut Vec<ChecksumFailure>,
+    file: &SourceFile,
+    source: &std::fs::File,
+    mut each: impl FnMut(&[u8], u64) -> Result<()>,
+) -> Result<u64> {
+    let verify_before = settings
+        .verify_pages_before
+        .filter(|_| file.first_block.is_some());
+    let mut bad_blocks = Vec::new();
+    // No more than the size seen when listing: growth after that is in the WAL.
+    let mut reader = source.take(file.size);
+    let mut offset = 0u64;
+    loop {
+        let n = read_full(&mut reader, buffer).at("reading", &file.abs_path)?;
+        if n == 0 {
+            break;
+        }
+        if let Some(start_lsn) = verify_before {
+            let first_block = file.first_block.unwrap_or(0) + (offset / BLCKSZ as u64) as u32;
+            check_pages(
+                source,
+                &mut buffer[..n],
+                offset,
+                first_block,
+                start_lsn,
+                &mut bad_blocks,
+            );
+        }
+        each(&buffer[..n], offset)?;
+        offset += n as u64;
+    }
+    if !bad_blocks.is_empty() {
+        tracing::warn!(path = %file.rel_path, blocks = ?bad_blocks, "page checksum verification failed");
+        failures.push(ChecksumFailure {
+            path: file.rel_path.clone(),
+            blocks: bad_blocks,
+        });
+    }
+    Ok(offset)
+}
+
 /// Verifies every whole page in `chunk`. A page that fails is read again once: the
-/// server may have been writing it while we read (a torn read), and the second copy
-/// then passes or carries an LSN newer than the backup's start.
+/// server may have been writing it while we read (a torn read). If the second copy
+/// passes, it replaces the torn one in what is stored.
 fn check_pages(
     source: &std::fs::File,
-    chunk: &[u8],
+    chunk: &mut [u8],
     chunk_offset: u64,
     first_block: u32,
     start_lsn: Lsn,
     bad: &mut Vec<u32>,
 ) {
-    for (i, page) in chunk.chunks_exact(BLCKSZ).enumerate() {
+    for (i, page) in chunk.chunks_exact_mut(BLCKSZ).enumerate() {
         let blkno = first_block + i as u32;
         if let PageVerdict::ChecksumMismatch { .. } = verify_page(page, blkno, start_lsn) {
             let mut again = vec![0u8; BLCKSZ];
@@ -293,7 +540,9 @@ fn check_pages(
                     verify_page(&again, blkno, start_lsn),
                     PageVerdict::ChecksumMismatch { .. }
                 );
-            if !passes_now {
+            if passes_now {
+                page.copy_from_slice(&again);
+            } else {
                 bad.push(blkno);
             }
         }

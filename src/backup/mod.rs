@@ -7,6 +7,7 @@
 //! any point leaves the repository as it was plus unreferenced bundles.
 
 pub mod copy;
+pub mod reference;
 pub mod wait_wal;
 pub mod walk;
 
@@ -34,6 +35,10 @@ pub struct BackupOptions {
     pub start_fast: bool,
     pub archive_timeout: Duration,
     pub annotations: BTreeMap<String, String>,
+    /// Force a full after this many dependent backups in a chain.
+    pub max_chain: Option<usize>,
+    /// Never expire this backup (nor what it references).
+    pub pin: bool,
 }
 
 pub async fn backup(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> Result<Manifest> {
@@ -44,12 +49,6 @@ pub async fn backup(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> Res
     let server = db::server_info(&client).await?;
     check_same_cluster(&stanza, &server.identity)?;
 
-    if opts.backup_type != BackupType::Full {
-        tracing::warn!(
-            "{} backups are not implemented yet: taking a full backup",
-            opts.backup_type
-        );
-    }
     remove_orphans(repo).await?;
 
     let pgdata = opts
@@ -58,11 +57,21 @@ pub async fn backup(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> Res
         .unwrap_or_else(|| server.data_directory.clone());
     check_data_directory(&pgdata, server.identity.system_identifier)?;
 
-    let label = new_label(
-        BackupType::Full,
-        chrono::Utc::now(),
-        &repo.backup_labels().await?,
-    );
+    let manifests = repo.load_manifests().await?;
+    let timeline = db::current_timeline(&client).await?;
+    let choice =
+        reference::choose(repo, &manifests, opts.backup_type, opts.max_chain, timeline).await?;
+    if let Some(why) = &choice.fallback {
+        tracing::warn!(
+            "taking a full backup instead of {}: {why}",
+            opts.backup_type
+        );
+    }
+    let labels: Vec<String> = manifests.iter().map(|m| m.label.clone()).collect();
+    let label = new_label(choice.backup_type, chrono::Utc::now(), &labels);
+    if let Some(r) = &choice.reference {
+        tracing::info!(reference = %r.label, "{} backup builds on {}", choice.backup_type, r.label);
+    }
     tracing::info!(%label, pgdata = %pgdata.display(), "starting backup");
     let start_time = chrono::Utc::now();
     let start_lsn = db::backup_start(
@@ -85,6 +94,10 @@ pub async fn backup(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> Res
         verify_pages_before: stanza.data_checksums.then_some(start_lsn),
         jobs: opts.jobs,
         first_bundle: 0,
+        reference: choice
+            .reference
+            .as_ref()
+            .map(|m| Arc::new(copy::Reference::new(m))),
     };
     // pg_control goes last, after every other file, as pg_basebackup does.
     let (control, others): (Vec<_>, Vec<_>) = listing
@@ -128,8 +141,8 @@ pub async fn backup(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> Res
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
         label: label.clone(),
-        backup_type: BackupType::Full,
-        reference: None,
+        backup_type: choice.backup_type,
+        reference: choice.reference.as_ref().map(|m| m.label.clone()),
         system_identifier: stanza.system_identifier,
         pg_major: server.identity.pg_major,
         pg_version_num: server.version_num,
@@ -154,6 +167,9 @@ pub async fn backup(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> Res
         files: copied.files,
     };
     repo.save_manifest(&manifest).await?;
+    if opts.pin {
+        repo.set_pinned(&manifest.label, true).await?;
+    }
     if !manifest.checksum_failures.is_empty() {
         let pages: usize = manifest
             .checksum_failures

@@ -18,6 +18,9 @@ pub struct SourceFile {
     pub mode: u32,
     /// Block number of the file's first page, for relation files (page checksums).
     pub first_block: Option<u32>,
+    /// Changes can be found by page LSN: main and init forks. The free space map and
+    /// visibility map change without a new LSN, so they are compared whole.
+    pub page_level: bool,
 }
 
 #[derive(Debug, Default)]
@@ -124,6 +127,9 @@ fn walk(dir: &Path, rel_dir: &str, out: &mut DataDirListing) -> Result<()> {
                 size: meta.len(),
                 mtime: meta.mtime(),
                 mode: meta.permissions().mode() & 0o7777,
+                page_level: relation
+                    .as_ref()
+                    .is_some_and(|r| matches!(r.fork, Fork::Main | Fork::Init)),
                 first_block: relation.map(|r| r.first_block()),
             });
         }

@@ -62,6 +62,15 @@ pub struct GlobalArgs {
     /// Log format: text or json [default: text]
     #[arg(long, env = "PGWARD_LOG_FORMAT", global = true)]
     pub log_format: Option<String>,
+    /// Retention: full backups to keep (expire runs after each backup when set)
+    #[arg(long, env = "PGWARD_RETAIN_FULL", global = true)]
+    pub retain_full: Option<usize>,
+    /// Retention: differential backups to keep
+    #[arg(long, env = "PGWARD_RETAIN_DIFF", global = true)]
+    pub retain_diff: Option<usize>,
+    /// Retention: keep full backups of the last D days (and the newest one before)
+    #[arg(long, env = "PGWARD_RETAIN_FULL_DAYS", global = true)]
+    pub retain_full_days: Option<u64>,
     /// Report format for commands that report: text or json
     #[arg(long, value_enum, global = true, default_value = "text")]
     pub output: OutputFormat,
@@ -103,13 +112,30 @@ pub enum Command {
     Info,
     /// Re-read every stored file and check checksums and WAL continuity
     Verify,
+    /// Remove backups and WAL outside the retention policy (--retain-full, --retain-diff, --retain-full-days)
+    Expire {
+        /// Show what would be removed without removing anything
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Protect a backup (and what it builds on) from expire
+    Pin { label: String },
+    /// Remove the protection of `pin`
+    Unpin { label: String },
 }
 
 #[derive(Args, Debug)]
 pub struct BackupArgs {
-    /// full, diff or incr (diff and incr fall back to full for now)
+    /// full; diff (changes since the last full); incr (changes since the last backup).
+    /// With nothing to build on, diff and incr take a full backup and say so
     #[arg(long = "type", value_enum, default_value = "full")]
     pub backup_type: BackupTypeArg,
+    /// Take a full backup once the chain has this many dependent backups
+    #[arg(long)]
+    pub max_chain: Option<usize>,
+    /// Never expire this backup (see `pin`/`unpin`)
+    #[arg(long)]
+    pub pin: bool,
     /// Ask for an immediate checkpoint instead of waiting for the next one
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub start_fast: bool,

@@ -159,5 +159,13 @@ fn fill(args: &mut GlobalArgs, t: &toml::Table, file: &str) -> Result<()> {
     );
     set!(log_level, string("log-level")?);
     set!(log_format, string("log-format")?);
+    let count = |k: &str| -> Result<Option<u64>> {
+        int(k)?
+            .map(|v| u64::try_from(v).map_err(|_| bad(k)))
+            .transpose()
+    };
+    set!(retain_full, count("retain-full")?.map(|v| v as usize));
+    set!(retain_diff, count("retain-diff")?.map(|v| v as usize));
+    set!(retain_full_days, count("retain-full-days")?);
     Ok(())
 }

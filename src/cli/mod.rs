@@ -49,6 +49,14 @@ impl Resolved {
         }
     }
 
+    fn retention(&self) -> crate::expire::Retention {
+        crate::expire::Retention {
+            full: self.global.retain_full,
+            diff: self.global.retain_diff,
+            full_days: self.global.retain_full_days,
+        }
+    }
+
     fn jobs(&self) -> usize {
         self.global
             .jobs
@@ -145,8 +153,16 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
                 start_fast: args.start_fast,
                 archive_timeout: Duration::from_secs(args.archive_timeout),
                 annotations: args.annotations.into_iter().collect(),
+                max_chain: args.max_chain,
+                pin: args.pin,
             };
             let m = crate::backup::backup(&repo, &resolved.conn(), opts).await?;
+            if resolved.retention().is_set() {
+                let _lock = repo.lock("backup")?;
+                let plan =
+                    crate::expire::plan(&repo, &resolved.retention(), chrono::Utc::now()).await?;
+                crate::expire::execute(&repo, &plan).await?;
+            }
             if json {
                 println!(
                     "{}",
@@ -190,6 +206,55 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
             } else {
                 print!("{}", crate::info::render_text(&report));
             }
+        }
+        Command::Expire { dry_run } => {
+            let repo = resolved.repo()?;
+            let retention = resolved.retention();
+            if !retention.is_set() {
+                return Err(Error::config("expire needs a retention policy")
+                    .hint("pass --retain-full N, --retain-diff N or --retain-full-days D (or set them in the configuration file)"));
+            }
+            let _lock = repo.lock("backup")?;
+            let plan = crate::expire::plan(&repo, &retention, chrono::Utc::now()).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&plan).expect("plan serializes")
+                );
+            } else {
+                for b in &plan.backups {
+                    println!(
+                        "{} backup {}: {}",
+                        if dry_run { "would expire" } else { "expire" },
+                        b.label,
+                        b.reason
+                    );
+                }
+                println!(
+                    "{} {} archived WAL file(s) before {}",
+                    if dry_run { "would remove" } else { "remove" },
+                    plan.wal_files.len(),
+                    plan.wal_kept_from
+                        .map_or("-".to_string(), |l| l.to_string())
+                );
+            }
+            if !dry_run {
+                crate::expire::execute(&repo, &plan).await?;
+            }
+        }
+        Command::Pin { ref label } | Command::Unpin { ref label } => {
+            let pin = matches!(cli.command, Command::Pin { .. });
+            let label = label.clone();
+            let repo = resolved.repo()?;
+            repo.set_pinned(&label, pin).await?;
+            println!(
+                "backup {label} {}",
+                if pin {
+                    "pinned: expire will keep it and what it builds on"
+                } else {
+                    "unpinned"
+                }
+            );
         }
         Command::Verify => {
             let repo = resolved.repo()?;

@@ -72,30 +72,123 @@ pub struct FileEntry {
     pub size: u64,
     pub mtime: i64,
     pub mode: u32,
-    /// BLAKE3 of the whole content.
-    pub checksum: String,
+    /// BLAKE3 of the whole content, when the backup read it whole. A file stored at page
+    /// level is partly older backups' pages; its frames carry the checksums then.
+    pub checksum: Option<String>,
     /// Where the bytes are, in file order, covering `0..size` without gaps.
     pub extents: Vec<Extent>,
 }
 
+/// Bytes `offset..offset+length` of the file are bytes `frame_offset..` of the
+/// decompressed frame stored at `bundle_offset` (`stored_length` compressed bytes) in
+/// `bundle`, written by backup `backup`. The whole frame holds `frame_length` bytes
+/// hashing to `frame_checksum`; a frame belongs to one file and its slices appear in
+/// file order, so restore reads each frame once, front to back.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Extent {
-    /// Position in the restored file.
     pub offset: u64,
     pub length: u64,
-    /// The backup whose bundle holds it.
     pub backup: String,
     pub bundle: String,
     pub bundle_offset: u64,
     pub stored_length: u64,
-    /// BLAKE3 of this extent's original bytes.
-    pub checksum: String,
+    #[serde(default)]
+    pub frame_offset: u64,
+    /// Format 1 had no slices: 0 there means "the extent is the whole frame".
+    #[serde(default)]
+    pub frame_length: u64,
+    #[serde(alias = "checksum")]
+    pub frame_checksum: String,
+}
+
+impl Extent {
+    /// Identifies the stored frame (shared by every slice of it).
+    pub fn frame_key(&self) -> (&str, u64) {
+        (&self.bundle, self.bundle_offset)
+    }
+
+    /// File offset where the frame's first byte belongs.
+    pub fn frame_file_start(&self) -> u64 {
+        self.offset - self.frame_offset
+    }
+
+    /// The part of this extent that falls within `start..end` of the file, if any.
+    pub fn slice(&self, start: u64, end: u64) -> Option<Extent> {
+        let s = start.max(self.offset);
+        let e = end.min(self.offset + self.length);
+        (s < e).then(|| Extent {
+            offset: s,
+            length: e - s,
+            frame_offset: self.frame_offset + (s - self.offset),
+            ..self.clone()
+        })
+    }
+}
+
+/// Joins neighbouring slices of one frame that continue each other.
+pub fn merge_extents(extents: Vec<Extent>) -> Vec<Extent> {
+    let mut out: Vec<Extent> = Vec::with_capacity(extents.len());
+    for e in extents {
+        if let Some(last) = out.last_mut() {
+            if last.frame_key() == e.frame_key()
+                && last.offset + last.length == e.offset
+                && last.frame_offset + last.length == e.frame_offset
+            {
+                last.length += e.length;
+                continue;
+            }
+        }
+        out.push(e);
+    }
+    out
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ChecksumFailure {
     pub path: String,
     pub blocks: Vec<u32>,
+}
+
+#[derive(Debug)]
+pub enum ManifestError {
+    Unreadable(serde_json::Error),
+    Newer(u32),
+}
+
+/// Parses a manifest of any format this build reads, as the current format.
+pub fn parse_manifest(bytes: &[u8]) -> std::result::Result<Manifest, ManifestError> {
+    let manifest: Manifest = serde_json::from_slice(bytes).map_err(ManifestError::Unreadable)?;
+    if manifest.format_version > super::FORMAT_VERSION {
+        return Err(ManifestError::Newer(manifest.format_version));
+    }
+    Ok(upgrade(manifest))
+}
+
+/// Reads older formats as the current one. Format 1: every extent was a whole frame.
+fn upgrade(mut m: Manifest) -> Manifest {
+    for file in &mut m.files {
+        for e in &mut file.extents {
+            if e.frame_length == 0 {
+                e.frame_length = e.length;
+            }
+        }
+    }
+    m
+}
+
+/// The backups `label` needs, from its full backup to itself.
+pub fn chain<'a>(manifests: &'a [Manifest], label: &str) -> Vec<&'a Manifest> {
+    let mut out = Vec::new();
+    let mut next = Some(label.to_string());
+    while let Some(l) = next {
+        let Some(m) = manifests.iter().find(|m| m.label == l) else {
+            break;
+        };
+        next = m.reference.clone();
+        out.push(m);
+    }
+    out.reverse();
+    out
 }
 
 impl Manifest {
@@ -140,17 +233,10 @@ impl Repo {
             }
             other => other?,
         };
-        let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
-            Error::corrupt(format!("manifest of backup {label} ({key}) does not parse")).source(e)
-        })?;
-        if manifest.format_version > super::FORMAT_VERSION {
-            return Err(Error::config(format!(
-                "backup {label} uses repository format {}, newer than this pgward",
-                manifest.format_version
-            ))
-            .hint("upgrade pgward"));
-        }
-        Ok(manifest)
+        parse_manifest(&bytes).map_err(|e| match e {
+            ManifestError::Unreadable(e) => Error::corrupt(format!("manifest of backup {label} ({key}) does not parse")).source(e),
+            ManifestError::Newer(v) => Error::config(format!("backup {label} uses repository format {v}, newer than this pgward")).hint("upgrade pgward"),
+        })
     }
 
     /// Every complete backup, oldest first.
@@ -169,6 +255,36 @@ impl Repo {
             .await
     }
 
+    /// Removes a backup from the listing (its bundles are removed separately).
+    pub async fn delete_manifest(&self, label: &str) -> Result<()> {
+        self.storage
+            .delete(&self.key(&format!("backups/{label}.pin")))
+            .await?;
+        self.storage.delete(&manifest_key(self, label)).await
+    }
+
+    /// Pinned backups are never expired: a marker object beside the manifest, so that
+    /// pinning never rewrites a manifest.
+    pub async fn set_pinned(&self, label: &str, pinned: bool) -> Result<()> {
+        self.load_manifest(label).await?;
+        let key = self.key(&format!("backups/{label}.pin"));
+        if pinned {
+            self.storage.put(&key, label.as_bytes()).await
+        } else {
+            self.storage.delete(&key).await
+        }
+    }
+
+    pub async fn pinned_labels(&self) -> Result<Vec<String>> {
+        let listing = self.storage.list(&self.key("backups")).await?;
+        Ok(listing
+            .files
+            .iter()
+            .filter_map(|f| f.name.strip_suffix(".pin"))
+            .map(str::to_string)
+            .collect())
+    }
+
     /// Bundles in the repository that no manifest names: left by interrupted backups.
     pub async fn orphan_bundles(&self) -> Result<Vec<String>> {
         let labels = self.backup_labels().await?;
@@ -182,5 +298,38 @@ impl Repo {
                 !labels.iter().any(|l| l == label)
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_1_manifest_written_by_pgward_0_1_reads_as_whole_frame_extents() {
+        let bytes = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/format-v1/manifest.json"));
+        let m = parse_manifest(bytes).unwrap();
+        assert_eq!(m.format_version, 1);
+        let control = m.files.iter().find(|f| f.path == "global/pg_control").unwrap();
+        let e = &control.extents[0];
+        assert_eq!((e.frame_offset, e.frame_length), (0, control.size));
+        assert_eq!(Some(&e.frame_checksum), control.checksum.as_ref());
+    }
+
+    #[test]
+    fn slices_of_a_frame_keep_their_place_and_merge_back() {
+        let e = Extent { offset: 0, length: 8192 * 4, backup: "F".into(), bundle: "b".into(), bundle_offset: 0, stored_length: 10, frame_offset: 0, frame_length: 8192 * 4, frame_checksum: "x".into() };
+        let a = e.slice(0, 8192).unwrap();
+        let b = e.slice(8192, 8192 * 3).unwrap();
+        assert_eq!((b.offset, b.length, b.frame_offset), (8192, 8192 * 2, 8192));
+        assert!(e.slice(8192 * 4, 8192 * 5).is_none());
+        assert_eq!(merge_extents(vec![a, b]), vec![Extent { length: 8192 * 3, ..e.clone() }]);
+    }
+
+    #[test]
+    fn newer_formats_are_refused() {
+        let bytes = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/format-v1/manifest.json"));
+        let text = String::from_utf8_lossy(bytes).replacen("\"format_version\": 1", "\"format_version\": 99", 1);
+        assert!(matches!(parse_manifest(text.as_bytes()), Err(ManifestError::Newer(99))));
     }
 }

@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::storage::SharedStorage;
 
 /// Version of the layout and file formats this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// A stanza within a repository: the handle every command works through.
 #[derive(Clone, Debug)]

@@ -1,15 +1,18 @@
-//! Copies a backup's files into the data directory, in parallel, each written once from
-//! the extents that hold its bytes, checked against its checksum, then fsynced.
+//! Copies a backup's files into the data directory, in parallel, each written once, in
+//! order, from the extents that hold its bytes. Extents may be slices of frames written
+//! by older backups; each frame is read once, front to back, and drained to its end so
+//! that its checksum is checked whole before the file counts as restored.
 
-use std::collections::VecDeque;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::collections::{HashMap, VecDeque};
+use std::io::{Read, Write};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use tokio::runtime::Handle;
 
 use crate::error::{Error, IoContext, Result};
-use crate::repo::manifest::{bundle_key, FileEntry, Manifest};
+use crate::pipeline::compress::Codec;
+use crate::repo::manifest::{bundle_key, Extent, FileEntry, Manifest};
 use crate::repo::Repo;
 use crate::storage;
 
@@ -33,12 +36,18 @@ pub async fn restore_files(
         );
         workers.push(tokio::task::spawn_blocking(move || -> Result<()> {
             let handle = Handle::current();
+            let mut buf = vec![0u8; 1 << 20];
             loop {
                 let next = queue.lock().unwrap().pop_front();
                 let Some(file) = next else { return Ok(()) };
-                if let Err(e) =
-                    restore_one(&handle, &repo, &codecs, &file, &pgdata.join(&file.path))
-                {
+                if let Err(e) = restore_one(
+                    &handle,
+                    &repo,
+                    &codecs,
+                    &file,
+                    &pgdata.join(&file.path),
+                    &mut buf,
+                ) {
                     queue.lock().unwrap().clear();
                     return Err(e);
                 }
@@ -54,17 +63,19 @@ pub async fn restore_files(
     first_error.map_or(Ok(()), Err)
 }
 
-/// The compression of every backup an extent may point to.
-async fn codec_by_backup(
-    repo: &Repo,
-    manifest: &Manifest,
-) -> Result<std::collections::HashMap<String, crate::pipeline::compress::Codec>> {
-    let mut codecs = std::collections::HashMap::new();
+/// The codec of every backup an extent may point to.
+async fn codec_by_backup(repo: &Repo, manifest: &Manifest) -> Result<HashMap<String, Codec>> {
+    let mut codecs = HashMap::new();
     codecs.insert(manifest.label.clone(), manifest.compression.codec);
     for file in &manifest.files {
         for extent in &file.extents {
             if !codecs.contains_key(&extent.backup) {
-                let other = repo.load_manifest(&extent.backup).await?;
+                let other = repo.load_manifest(&extent.backup).await.map_err(|e| {
+                    Error::corrupt(format!(
+                        "backup {} needs backup {}, which cannot be read: {e}",
+                        manifest.label, extent.backup
+                    ))
+                })?;
                 codecs.insert(extent.backup.clone(), other.compression.codec);
             }
         }
@@ -72,66 +83,162 @@ async fn codec_by_backup(
     Ok(codecs)
 }
 
+/// One stored frame being read front to back.
+struct FrameReader {
+    decoder: Box<dyn Read>,
+    position: u64,
+    hasher: blake3::Hasher,
+}
+
+impl FrameReader {
+    /// Reads `len` bytes of the frame into `sink` (None: just hash them).
+    fn pump(
+        &mut self,
+        mut len: u64,
+        sink: &mut Option<&mut dyn Write>,
+        buf: &mut [u8],
+        what: &dyn Fn() -> String,
+    ) -> Result<()> {
+        while len > 0 {
+            let want = buf.len().min(len as usize);
+            let n = self
+                .decoder
+                .read(&mut buf[..want])
+                .map_err(|e| Error::corrupt(format!("{}: cannot decompress", what())).source(e))?;
+            if n == 0 {
+                return Err(Error::corrupt(format!(
+                    "{}: the stored frame ends early",
+                    what()
+                )));
+            }
+            self.hasher.update(&buf[..n]);
+            if let Some(out) = sink {
+                out.write_all(&buf[..n])
+                    .map_err(|e| Error::io("writing", what(), e))?;
+            }
+            self.position += n as u64;
+            len -= n as u64;
+        }
+        Ok(())
+    }
+
+    /// Reads to the frame's end and checks its length and checksum.
+    fn finish(mut self, extent: &Extent, buf: &mut [u8], what: &dyn Fn() -> String) -> Result<()> {
+        let rest = extent
+            .frame_length
+            .checked_sub(self.position)
+            .ok_or_else(|| Error::corrupt(format!("{}: frame longer than recorded", what())))?;
+        self.pump(rest, &mut None, buf, what)?;
+        let mut extra = [0u8; 1];
+        if self
+            .decoder
+            .read(&mut extra)
+            .map_err(|e| Error::corrupt(format!("{}: cannot decompress", what())).source(e))?
+            != 0
+        {
+            return Err(Error::corrupt(format!(
+                "{}: the stored frame is longer than recorded",
+                what()
+            )));
+        }
+        if self.hasher.finalize().to_hex().as_str() != extent.frame_checksum {
+            return Err(Error::corrupt(format!(
+                "{}: does not match its checksum",
+                what()
+            )));
+        }
+        Ok(())
+    }
+}
+
 fn restore_one(
     handle: &Handle,
     repo: &Repo,
-    codecs: &std::collections::HashMap<String, crate::pipeline::compress::Codec>,
+    codecs: &HashMap<String, Codec>,
     file: &FileEntry,
-    dest: &PathBuf,
+    dest: &Path,
+    buf: &mut [u8],
 ) -> Result<()> {
     let out = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(dest)
         .at("creating", dest)?;
-    let mut writer = std::io::BufWriter::with_capacity(1 << 20, out);
-    let mut whole = blake3::Hasher::new();
-    let mut written = 0u64;
-    for extent in &file.extents {
-        let key = bundle_key(repo, &extent.bundle);
-        let reader = handle.block_on(repo.storage.read_range(
-            &key,
-            extent.bundle_offset,
-            extent.stored_length,
-        ))?;
-        let mut decoder = codecs[&extent.backup]
-            .decoder(storage::blocking_reader(reader))
-            .at("decompressing", &key)?;
-        let mut part = blake3::Hasher::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut extent_bytes = 0u64;
-        loop {
-            let n = decoder.read(&mut buf).map_err(|e| {
-                Error::corrupt(format!(
-                    "{} in backup {}: cannot decompress",
-                    file.path, extent.backup
-                ))
-                .source(e)
-            })?;
-            if n == 0 {
-                break;
-            }
-            part.update(&buf[..n]);
-            whole.update(&buf[..n]);
-            writer.write_all(&buf[..n]).at("writing", dest)?;
-            extent_bytes += n as u64;
-        }
-        if extent_bytes != extent.length || part.finalize().to_hex().as_str() != extent.checksum {
+    let mut writer = HashingFile {
+        inner: std::io::BufWriter::with_capacity(1 << 20, out),
+        hasher: blake3::Hasher::new(),
+        written: 0,
+    };
+    // After its last slice, a frame is drained, checked and dropped: at most one frame
+    // per backup of the chain is open at a time.
+    let mut last_use: HashMap<(&str, u64), usize> = HashMap::new();
+    for (i, e) in file.extents.iter().enumerate() {
+        last_use.insert(e.frame_key(), i);
+    }
+    let mut open: HashMap<(&str, u64), FrameReader> = HashMap::new();
+    for (i, extent) in file.extents.iter().enumerate() {
+        let what = || {
+            format!(
+                "{} (backup {}, bundle {} at {})",
+                file.path, extent.backup, extent.bundle, extent.bundle_offset
+            )
+        };
+        if extent.offset != writer.written {
             return Err(Error::corrupt(format!(
-                "{} in backup {} (bundle {}) does not match its checksum",
-                file.path, extent.backup, extent.bundle
+                "{}: extents leave a gap at byte {}",
+                file.path, writer.written
             )));
         }
-        written += extent_bytes;
+        let key = extent.frame_key();
+        let frame = match open.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                let bundle = bundle_key(repo, &extent.bundle);
+                let reader = handle.block_on(repo.storage.read_range(
+                    &bundle,
+                    extent.bundle_offset,
+                    extent.stored_length,
+                ))?;
+                let decoder = codecs[&extent.backup]
+                    .decoder(storage::blocking_reader(reader))
+                    .at("decompressing", &bundle)?;
+                slot.insert(FrameReader {
+                    decoder,
+                    position: 0,
+                    hasher: blake3::Hasher::new(),
+                })
+            }
+        };
+        if extent.frame_offset < frame.position {
+            return Err(Error::corrupt(format!(
+                "{}: slices of one frame out of order",
+                what()
+            )));
+        }
+        frame.pump(extent.frame_offset - frame.position, &mut None, buf, &what)?;
+        frame.pump(extent.length, &mut Some(&mut writer), buf, &what)?;
+        if last_use[&key] == i {
+            open.remove(&key)
+                .expect("open")
+                .finish(extent, buf, &what)?;
+        }
     }
-    if written != file.size || whole.finalize().to_hex().as_str() != file.checksum {
+    if writer.written != file.size {
         return Err(Error::corrupt(format!(
-            "{} restored from backup {} does not match its checksum",
-            file.path,
-            file.extents.first().map_or("?", |e| &e.backup)
+            "{}: extents cover {} bytes, the file has {}",
+            file.path, writer.written, file.size
         )));
     }
+    if let Some(checksum) = &file.checksum {
+        if writer.hasher.finalize().to_hex().as_str() != checksum {
+            return Err(Error::corrupt(format!(
+                "{} restored from backup does not match its checksum",
+                file.path
+            )));
+        }
+    }
     let out = writer
+        .inner
         .into_inner()
         .map_err(|e| Error::io("writing", dest, e.into_error()))?;
     use std::os::unix::fs::PermissionsExt;
@@ -142,4 +249,20 @@ fn restore_one(
     out.sync_all().at("syncing", dest)
 }
 
-use std::io::Read as _;
+struct HashingFile {
+    inner: std::io::BufWriter<std::fs::File>,
+    hasher: blake3::Hasher,
+    written: u64,
+}
+
+impl Write for HashingFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}

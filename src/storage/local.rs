@@ -142,10 +142,16 @@ impl Storage for LocalStorage {
     async fn delete(&self, key: &str) -> Result<()> {
         let path = self.path(key);
         match tokio::fs::remove_file(&path).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io("removing", &path, e)),
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io("removing", &path, e)),
         }
+        // A removal must be durable before whatever relies on it (expire removes a
+        // manifest before the bundles it names).
+        let dir = path.parent().expect("keys have a parent").to_path_buf();
+        tokio::task::spawn_blocking(move || sync_dir(&dir).at("syncing directory", &dir))
+            .await
+            .expect("sync task panicked")
     }
 }
 

@@ -2,10 +2,10 @@
 
 use std::fs;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::harness::*;
-use super::setup::{stderr, Source};
+use super::setup::{kill_pgward, stderr, Source};
 
 #[test]
 fn full_backup_under_pgbench_load_restores_exact_contents_with_remapped_tablespace() {
@@ -97,14 +97,8 @@ fn killed_backup_is_never_listed_and_the_next_backup_cleans_up_and_succeeds() {
     let first = src.backup(&[]);
 
     // Slow settings so that the kill lands while bundles are being written.
-    let repo = src.repo.display().to_string();
-    let mut child = pg_command(
-        &pgward_bin(),
+    let mut child = src.spawn(
         &[
-            "--repo",
-            &repo,
-            "--stanza",
-            "main",
             "backup",
             "--jobs",
             "1",
@@ -113,31 +107,10 @@ fn killed_backup_is_never_listed_and_the_next_backup_cleans_up_and_succeeds() {
             "--compress-level",
             "9",
         ],
-        &src.cluster.env(),
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
-    let bundles = src.repo.join("main/bundles");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let in_flight = || {
-        fs::read_dir(&bundles)
-            .map(|d| {
-                d.flatten()
-                    .any(|e| e.file_name().to_string_lossy().ends_with(".pgward-tmp"))
-            })
-            .unwrap_or(false)
-    };
-    while !in_flight() {
-        assert!(
-            Instant::now() < deadline,
-            "backup never started writing a bundle"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    kill_pgward_under(child.id());
-    let _ = child.wait();
+        &[],
+    );
+    src.wait_for_bundle_in_flight();
+    kill_pgward(&mut child);
 
     let info = src.info_json();
     let labels: Vec<&str> = info["backups"]
@@ -154,7 +127,7 @@ fn killed_backup_is_never_listed_and_the_next_backup_cleans_up_and_succeeds() {
     src.ok(&["verify"]);
 
     let second = src.backup(&[]);
-    let left: Vec<String> = fs::read_dir(&bundles)
+    let left: Vec<String> = fs::read_dir(src.repo.join("main/bundles"))
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -165,25 +138,6 @@ fn killed_backup_is_never_listed_and_the_next_backup_cleans_up_and_succeeds() {
         "orphans left: {left:?}"
     );
     src.ok(&["verify"]);
-}
-
-/// SIGKILL the pgward process started (through runuser when root) as `pid`.
-fn kill_pgward_under(pid: u32) {
-    let out = std::process::Command::new("pgrep")
-        .args(["-f", "-P", &pid.to_string(), "pgward"])
-        .output()
-        .unwrap();
-    let children = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let target = if children.is_empty() {
-        pid.to_string()
-    } else {
-        children.lines().next().unwrap().to_string()
-    };
-    assert!(std::process::Command::new("kill")
-        .args(["-9", &target])
-        .status()
-        .unwrap()
-        .success());
 }
 
 #[test]

@@ -7,5 +7,7 @@ mod setup;
 
 mod archive;
 mod backup_restore;
+mod expire;
+mod incremental;
 mod pitr;
 mod versions;

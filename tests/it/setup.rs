@@ -2,7 +2,7 @@
 //! against it and to restore and start copies of it.
 
 use std::path::PathBuf;
-use std::process::Output;
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use super::harness::*;
@@ -144,5 +144,68 @@ impl Source {
             restored.log_tail(30)
         );
         restored
+    }
+}
+
+/// SIGKILL the pgward process `child` runs (through runuser when root).
+pub fn kill_pgward(child: &mut Child) {
+    let pid = child.id().to_string();
+    let out = std::process::Command::new("pgrep")
+        .args(["-P", &pid, "-f", "pgward"])
+        .output()
+        .unwrap();
+    let children = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let target = children.lines().next().map(str::to_string).unwrap_or(pid);
+    assert!(std::process::Command::new("kill")
+        .args(["-9", &target])
+        .status()
+        .unwrap()
+        .success());
+    let _ = child.wait();
+}
+
+impl Source {
+    /// Starts pgward in the background (output discarded).
+    pub fn spawn(&self, args: &[&str], extra_env: &[(String, String)]) -> Child {
+        let repo = self.repo.display().to_string();
+        let mut full = vec!["--repo", &repo, "--stanza", &self.stanza];
+        full.extend_from_slice(args);
+        let mut env = self.cluster.env();
+        env.extend_from_slice(extra_env);
+        pg_command(&pgward_bin(), &full, &env)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Waits until a backup is writing a bundle (a temporary file in bundles/).
+    pub fn wait_for_bundle_in_flight(&self) {
+        let bundles = self.repo.join("main/bundles");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let in_flight = || {
+            std::fs::read_dir(&bundles)
+                .map(|d| {
+                    d.flatten()
+                        .any(|e| e.file_name().to_string_lossy().ends_with(".pgward-tmp"))
+                })
+                .unwrap_or(false)
+        };
+        while !in_flight() {
+            assert!(
+                Instant::now() < deadline,
+                "backup never started writing a bundle"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn labels(&self) -> Vec<String> {
+        self.info_json()["backups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["label"].as_str().unwrap().to_string())
+            .collect()
     }
 }

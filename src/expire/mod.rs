@@ -1,0 +1,218 @@
+//! `expire`: retention. A plan step decides what goes; an execute step removes it in an
+//! order that keeps the repository valid if interrupted: manifests of dependent backups
+//! before those they depend on (so no listed backup ever lacks its reference), then the
+//! bundles nobody references any more, then WAL older than every retained backup.
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::pg::{Lsn, WalFileName};
+use crate::repo::archive::ArchivedFile;
+use crate::repo::label::BackupType;
+use crate::repo::manifest::{bundle_key, chain, Manifest};
+use crate::repo::Repo;
+
+#[derive(Clone, Debug, Default)]
+pub struct Retention {
+    /// Keep this many full backups (and everything that depends on them).
+    pub full: Option<usize>,
+    /// Keep this many differential backups.
+    pub diff: Option<usize>,
+    /// Keep full backups from the last D days, plus the newest full older than that, so
+    /// that every point of the last D days stays restorable.
+    pub full_days: Option<u64>,
+}
+
+impl Retention {
+    pub fn is_set(&self) -> bool {
+        self.full.is_some() || self.diff.is_some() || self.full_days.is_some()
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct ExpirePlan {
+    /// Labels to remove, dependents before what they depend on.
+    pub backups: Vec<RemovedBackup>,
+    /// WAL before this position is needed by no retained backup.
+    pub wal_kept_from: Option<Lsn>,
+    pub wal_files: Vec<String>,
+    #[serde(skip)]
+    wal: Vec<ArchivedFile>,
+    #[serde(skip)]
+    bundles: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RemovedBackup {
+    pub label: String,
+    pub reason: String,
+}
+
+pub async fn plan(
+    repo: &Repo,
+    retention: &Retention,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<ExpirePlan> {
+    let manifests = repo.load_manifests().await?;
+    let pinned = repo.pinned_labels().await?;
+    let archived = repo.list_archive().await?;
+    Ok(plan_for(&manifests, &pinned, &archived, retention, now))
+}
+
+/// The pure decision, for tests and `--dry-run`.
+pub fn plan_for(
+    manifests: &[Manifest],
+    pinned: &[String],
+    archived: &[ArchivedFile],
+    retention: &Retention,
+    now: chrono::DateTime<chrono::Utc>,
+) -> ExpirePlan {
+    let fulls: Vec<&Manifest> = manifests
+        .iter()
+        .filter(|m| m.backup_type == BackupType::Full)
+        .collect();
+    let mut expired: Vec<(String, String)> = Vec::new(); // (label, reason) of roots whose dependents go too
+    let keep_fulls: BTreeSet<&str> = {
+        let mut keep = BTreeSet::new();
+        let mut any_rule = false;
+        if let Some(n) = retention.full {
+            any_rule = true;
+            keep.extend(fulls.iter().rev().take(n.max(1)).map(|m| m.label.as_str()));
+        }
+        if let Some(days) = retention.full_days {
+            any_rule = true;
+            let cutoff = now - chrono::Duration::days(days as i64);
+            keep.extend(
+                fulls
+                    .iter()
+                    .filter(|m| m.stop_time >= cutoff)
+                    .map(|m| m.label.as_str()),
+            );
+            if let Some(older) = fulls.iter().rev().find(|m| m.stop_time < cutoff) {
+                keep.insert(older.label.as_str());
+            }
+        }
+        if !any_rule {
+            keep.extend(fulls.iter().map(|m| m.label.as_str()));
+        }
+        keep
+    };
+    for full in &fulls {
+        if !keep_fulls.contains(full.label.as_str()) {
+            let why = match (retention.full, retention.full_days) {
+                (Some(n), None) => format!("more than {n} newer full backup(s)"),
+                (None, Some(d)) => {
+                    format!("older than {d} day(s) and not needed to reach that far back")
+                }
+                _ => "outside every retention rule".to_string(),
+            };
+            expired.push((full.label.clone(), why));
+        }
+    }
+    if let Some(n) = retention.diff {
+        let diffs: Vec<&Manifest> = manifests
+            .iter()
+            .filter(|m| m.backup_type == BackupType::Diff)
+            .collect();
+        for d in diffs.iter().rev().skip(n) {
+            expired.push((
+                d.label.clone(),
+                format!("more than {n} newer differential backup(s)"),
+            ));
+        }
+    }
+
+    // Everything depending on an expired backup goes with it; pinned backups and every
+    // backup they need stay.
+    let protected: BTreeSet<&str> = pinned
+        .iter()
+        .flat_map(|p| chain(manifests, p))
+        .map(|m| m.label.as_str())
+        .collect();
+    let mut removed: Vec<RemovedBackup> = Vec::new();
+    for m in manifests.iter().rev() {
+        if protected.contains(m.label.as_str()) {
+            continue;
+        }
+        let needs: Vec<&Manifest> = chain(manifests, &m.label);
+        if let Some((root, why)) = expired
+            .iter()
+            .find(|(root, _)| needs.iter().any(|n| &n.label == root))
+        {
+            let reason = if root == &m.label {
+                why.clone()
+            } else {
+                format!("depends on expired backup {root}")
+            };
+            removed.push(RemovedBackup {
+                label: m.label.clone(),
+                reason,
+            });
+        }
+    }
+    let gone: BTreeSet<&str> = removed.iter().map(|r| r.label.as_str()).collect();
+    let retained: Vec<&Manifest> = manifests
+        .iter()
+        .filter(|m| !gone.contains(m.label.as_str()))
+        .collect();
+    let bundles = manifests
+        .iter()
+        .filter(|m| gone.contains(m.label.as_str()))
+        .flat_map(|m| m.bundles.iter().cloned())
+        .collect();
+
+    // WAL: nothing before the oldest retained backup's start is needed by anyone. LSNs
+    // are shared by all timelines, so one position bounds them all. History files stay.
+    let wal_kept_from = retained.iter().map(|m| m.start_lsn).min();
+    let wal: Vec<ArchivedFile> = match (wal_kept_from, retained.first()) {
+        (Some(from), Some(any)) => archived
+            .iter()
+            .filter(|f| match &f.name {
+                WalFileName::History(_) => false,
+                name => name.segment().is_some_and(|s| {
+                    s.start_lsn(any.wal_segment_size).0 + any.wal_segment_size <= from.0
+                }),
+            })
+            .cloned()
+            .collect(),
+        _ => Vec::new(), // no backups: keep every WAL file
+    };
+    ExpirePlan {
+        backups: removed,
+        wal_kept_from,
+        wal_files: wal.iter().map(|f| f.name.to_string()).collect(),
+        wal,
+        bundles,
+    }
+}
+
+pub async fn execute(repo: &Repo, plan: &ExpirePlan) -> Result<()> {
+    for b in &plan.backups {
+        tracing::info!(label = %b.label, reason = %b.reason, "expiring backup");
+        repo.delete_manifest(&b.label).await?;
+        test_pause();
+    }
+    for bundle in &plan.bundles {
+        repo.storage.delete(&bundle_key(repo, bundle)).await?;
+        test_pause();
+    }
+    for f in &plan.wal {
+        repo.storage.delete(&repo.archived_file_key(f)).await?;
+    }
+    if !plan.wal.is_empty() {
+        tracing::info!(files = plan.wal.len(), kept_from = %plan.wal_kept_from.unwrap_or_default(), "expired WAL no retained backup needs");
+    }
+    Ok(())
+}
+
+/// Lets tests interrupt expire between steps (`PGWARD_TEST_EXPIRE_PAUSE_MS`).
+fn test_pause() {
+    if let Some(ms) = std::env::var("PGWARD_TEST_EXPIRE_PAUSE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+}

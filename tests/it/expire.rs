@@ -1,0 +1,157 @@
+//! Retention never breaks a restorable chain or the WAL a retained backup needs.
+
+use std::time::Duration;
+
+use super::setup::{kill_pgward, Source};
+
+fn archived_segments(src: &Source) -> Vec<String> {
+    let info = src.info_json();
+    info["archive"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["first_segment"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn expire_keeps_every_retained_backup_restorable_and_never_removes_pinned_ones() {
+    let src = Source::start("expire", 15);
+    src.sql("CREATE TABLE t (id int, note text)");
+    let mut step = 0;
+    let mut change = |src: &Source| {
+        step += 1;
+        src.sql(&format!(
+            "INSERT INTO t SELECT g, 'step {step}' FROM generate_series(1, 1000) g"
+        ));
+    };
+    let f1 = src.backup(&[]);
+    change(&src);
+    let i1 = src.backup(&["--type", "incr"]);
+    change(&src);
+    let d1 = src.backup(&["--type", "diff"]);
+    change(&src);
+    let f2 = src.backup(&[]);
+    change(&src);
+    let i2 = src.backup(&["--type", "incr"]);
+    change(&src);
+    src.sql("SELECT pg_create_restore_point('after_i2')");
+    let expected = src.cluster.psql(
+        "postgres",
+        "SELECT count(*), md5(string_agg(id || note, ',' ORDER BY note, id)) FROM t",
+    );
+    src.archive_current_wal();
+    let f2_start_segment = src.info_json()["backups"][3]["start_lsn"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // A dry run changes nothing.
+    let plan = src.ok(&["expire", "--retain-full", "1", "--dry-run"]);
+    assert!(
+        plan.contains(&format!("would expire backup {f1}"))
+            && plan.contains(&format!("would expire backup {d1}")),
+        "{plan}"
+    );
+    assert_eq!(src.labels().len(), 5);
+
+    // A pinned incremental keeps itself and its full; the diff goes.
+    src.ok(&["pin", &i1]);
+    src.ok(&["expire", "--retain-full", "1"]);
+    assert_eq!(
+        src.labels(),
+        [f1.clone(), i1.clone(), f2.clone(), i2.clone()]
+    );
+    src.ok(&["verify"]);
+
+    // Unpinned, the old chain goes, and WAL before the oldest retained backup with it.
+    src.ok(&["unpin", &i1]);
+    src.ok(&["expire", "--retain-full", "1"]);
+    assert_eq!(src.labels(), [f2.clone(), i2.clone()]);
+    let bundles: Vec<String> = std::fs::read_dir(src.repo.join("main/bundles"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        bundles
+            .iter()
+            .all(|b| b.starts_with(&f2) || b.starts_with(&i2)),
+        "{bundles:?}"
+    );
+    let first_kept = &archived_segments(&src)[0];
+    let f2_segment = u64::from_str_radix(&first_kept[16..24], 16).unwrap();
+    let (hi, lo) = f2_start_segment.split_once('/').unwrap();
+    let f2_lsn =
+        (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap();
+    assert_eq!(
+        f2_segment,
+        f2_lsn / (16 << 20),
+        "archive must start at the oldest retained backup's segment"
+    );
+    src.ok(&["verify"]);
+
+    // Every remaining backup restores, and PITR across the retained window works.
+    let restored = src.restore_and_start(
+        "expire-r",
+        &[
+            "--set",
+            &f2,
+            "--target-name",
+            "after_i2",
+            "--target-action",
+            "promote",
+        ],
+    );
+    assert_eq!(
+        restored.psql(
+            "postgres",
+            "SELECT count(*), md5(string_agg(id || note, ',' ORDER BY note, id)) FROM t"
+        ),
+        expected
+    );
+    drop(restored);
+    let restored = src.restore_and_start(
+        "expire-r2",
+        &[
+            "--set",
+            &i2,
+            "--target-name",
+            "after_i2",
+            "--target-action",
+            "promote",
+        ],
+    );
+    assert_eq!(
+        restored.psql(
+            "postgres",
+            "SELECT count(*), md5(string_agg(id || note, ',' ORDER BY note, id)) FROM t"
+        ),
+        expected
+    );
+}
+
+#[test]
+fn killed_expire_leaves_a_valid_repository_and_finishes_on_the_next_run() {
+    let src = Source::start("killexpire", 15);
+    src.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g");
+    let f1 = src.backup(&[]);
+    src.backup(&["--type", "incr"]);
+    let f2 = src.backup(&[]);
+    src.backup(&["--type", "incr"]);
+    let f3 = src.backup(&[]);
+    let _ = (f1, f2);
+    let pause = [("PGWARD_TEST_EXPIRE_PAUSE_MS".to_string(), "700".to_string())];
+    let mut child = src.spawn(&["expire", "--retain-full", "1"], &pause);
+    std::thread::sleep(Duration::from_millis(1500));
+    kill_pgward(&mut child);
+    let left = src.labels();
+    assert!(
+        left.len() < 5 && left.contains(&f3),
+        "expire should have been interrupted midway: {left:?}"
+    );
+    src.ok(&["verify"]);
+    src.ok(&["expire", "--retain-full", "1"]);
+    assert_eq!(src.labels(), [f3]);
+    src.ok(&["verify"]);
+}

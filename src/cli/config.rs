@@ -22,6 +22,9 @@ const KEYS: &[&str] = &[
     "compress-level",
     "log-level",
     "log-format",
+    "retain-full",
+    "retain-diff",
+    "retain-full-days",
 ];
 
 /// Fills options left unset on the command line and in the environment from the file.

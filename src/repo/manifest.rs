@@ -234,8 +234,14 @@ impl Repo {
             other => other?,
         };
         parse_manifest(&bytes).map_err(|e| match e {
-            ManifestError::Unreadable(e) => Error::corrupt(format!("manifest of backup {label} ({key}) does not parse")).source(e),
-            ManifestError::Newer(v) => Error::config(format!("backup {label} uses repository format {v}, newer than this pgward")).hint("upgrade pgward"),
+            ManifestError::Unreadable(e) => {
+                Error::corrupt(format!("manifest of backup {label} ({key}) does not parse"))
+                    .source(e)
+            }
+            ManifestError::Newer(v) => Error::config(format!(
+                "backup {label} uses repository format {v}, newer than this pgward"
+            ))
+            .hint("upgrade pgward"),
         })
     }
 
@@ -307,10 +313,17 @@ mod tests {
 
     #[test]
     fn format_1_manifest_written_by_pgward_0_1_reads_as_whole_frame_extents() {
-        let bytes = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/format-v1/manifest.json"));
+        let bytes = include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/format-v1/manifest.json"
+        ));
         let m = parse_manifest(bytes).unwrap();
         assert_eq!(m.format_version, 1);
-        let control = m.files.iter().find(|f| f.path == "global/pg_control").unwrap();
+        let control = m
+            .files
+            .iter()
+            .find(|f| f.path == "global/pg_control")
+            .unwrap();
         let e = &control.extents[0];
         assert_eq!((e.frame_offset, e.frame_length), (0, control.size));
         assert_eq!(Some(&e.frame_checksum), control.checksum.as_ref());
@@ -318,18 +331,44 @@ mod tests {
 
     #[test]
     fn slices_of_a_frame_keep_their_place_and_merge_back() {
-        let e = Extent { offset: 0, length: 8192 * 4, backup: "F".into(), bundle: "b".into(), bundle_offset: 0, stored_length: 10, frame_offset: 0, frame_length: 8192 * 4, frame_checksum: "x".into() };
+        let e = Extent {
+            offset: 0,
+            length: 8192 * 4,
+            backup: "F".into(),
+            bundle: "b".into(),
+            bundle_offset: 0,
+            stored_length: 10,
+            frame_offset: 0,
+            frame_length: 8192 * 4,
+            frame_checksum: "x".into(),
+        };
         let a = e.slice(0, 8192).unwrap();
         let b = e.slice(8192, 8192 * 3).unwrap();
         assert_eq!((b.offset, b.length, b.frame_offset), (8192, 8192 * 2, 8192));
         assert!(e.slice(8192 * 4, 8192 * 5).is_none());
-        assert_eq!(merge_extents(vec![a, b]), vec![Extent { length: 8192 * 3, ..e.clone() }]);
+        assert_eq!(
+            merge_extents(vec![a, b]),
+            vec![Extent {
+                length: 8192 * 3,
+                ..e.clone()
+            }]
+        );
     }
 
     #[test]
     fn newer_formats_are_refused() {
-        let bytes = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/format-v1/manifest.json"));
-        let text = String::from_utf8_lossy(bytes).replacen("\"format_version\": 1", "\"format_version\": 99", 1);
-        assert!(matches!(parse_manifest(text.as_bytes()), Err(ManifestError::Newer(99))));
+        let bytes = include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/format-v1/manifest.json"
+        ));
+        let text = String::from_utf8_lossy(bytes).replacen(
+            "\"format_version\": 1",
+            "\"format_version\": 99",
+            1,
+        );
+        assert!(matches!(
+            parse_manifest(text.as_bytes()),
+            Err(ManifestError::Newer(99))
+        ));
     }
 }

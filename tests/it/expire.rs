@@ -155,3 +155,25 @@ fn killed_expire_leaves_a_valid_repository_and_finishes_on_the_next_run() {
     assert_eq!(src.labels(), [f3]);
     src.ok(&["verify"]);
 }
+
+#[test]
+fn retention_in_the_configuration_file_expires_after_each_backup() {
+    let src = Source::start("autoexpire", 15);
+    let config = super::harness::work_dir("autoexpire-conf").join("pgward.toml");
+    std::fs::write(
+        &config,
+        "[global]\nretain-full = 2\n\n[stanza.main]\ncompress = \"lz4\"\n",
+    )
+    .unwrap();
+    super::harness::chown_pg(config.parent().unwrap());
+    let cfg = config.to_str().unwrap();
+    let mut labels = Vec::new();
+    for _ in 0..3 {
+        labels.push(src.backup(&["--config", cfg]));
+    }
+    assert_eq!(
+        src.labels(),
+        labels[1..].to_vec(),
+        "retain-full = 2 keeps the two newest fulls"
+    );
+}

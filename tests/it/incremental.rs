@@ -378,3 +378,35 @@ fn killed_incremental_leaves_a_valid_repository_and_the_next_one_succeeds() {
     assert_eq!(backup_json(&src, &incr)["reference"], full.as_str());
     src.ok(&["verify"]);
 }
+
+#[test]
+fn verify_names_every_backup_a_missing_bundle_breaks() {
+    let src = Source::start("broken", 15);
+    src.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 50000) g");
+    settle();
+    let full = src.backup(&["--jobs", "1"]);
+    settle();
+    src.sql("UPDATE t SET g = g + 1 WHERE g < 100");
+    let incr = src.backup(&["--type", "incr"]);
+    src.ok(&["verify"]);
+    // Remove the full's bundle: both backups lose bytes they need.
+    let bundles = src.repo.join("main/bundles");
+    for e in std::fs::read_dir(&bundles).unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with(&full) {
+            std::fs::remove_file(e.path()).unwrap();
+        }
+    }
+    let out = src.pgward(&["verify"]);
+    assert_eq!(out.status.code(), Some(5));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains(&format!("backups {full}, {incr} cannot be restored")),
+        "{report}"
+    );
+    let dir = work_dir("broken-r");
+    let err = src.fails(
+        &["restore", "--set", &incr, "--pgdata", dir.to_str().unwrap()],
+        1,
+    );
+    assert!(err.contains(&full), "{err}");
+}

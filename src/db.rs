@@ -244,3 +244,22 @@ pub async fn current_timeline(client: &Client) -> Result<crate::pg::TimelineId> 
     let checkpoint: i32 = row.get(1);
     Ok(crate::pg::TimelineId(receiving.unwrap_or(checkpoint) as u32))
 }
+
+pub struct ArchiveSettings {
+    pub wal_level: String,
+    pub archive_mode: String,
+    pub archive_command: String,
+    pub config_file: PathBuf,
+}
+
+pub async fn archive_settings(client: &Client) -> Result<ArchiveSettings> {
+    let row = client
+        .query_one("SELECT current_setting('wal_level'), current_setting('archive_mode'), current_setting('archive_command'), current_setting('config_file')", &[])
+        .await?;
+    Ok(ArchiveSettings {
+        wal_level: row.get(0),
+        archive_mode: row.get(1),
+        archive_command: row.get(2),
+        config_file: PathBuf::from(row.get::<_, String>(3)),
+    })
+}

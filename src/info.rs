@@ -133,7 +133,7 @@ pub fn segments_on(archived: &[ArchivedFile], timeline: TimelineId, seg_size: u6
     v
 }
 
-fn timelines(archived: &[ArchivedFile], seg_size: u64) -> Vec<TimelineArchive> {
+pub fn timelines(archived: &[ArchivedFile], seg_size: u64) -> Vec<TimelineArchive> {
     let mut tls: Vec<TimelineId> = archived
         .iter()
         .filter(|f| f.name.segment().is_some())

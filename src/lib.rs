@@ -4,6 +4,7 @@
 
 pub mod archive;
 pub mod backup;
+pub mod check;
 pub mod cli;
 pub mod db;
 pub mod error;
@@ -11,7 +12,10 @@ pub mod expire;
 pub mod info;
 pub mod pg;
 pub mod pipeline;
+pub mod pitr;
+pub mod progress;
 pub mod repo;
 pub mod restore;
 pub mod storage;
 pub mod verify;
+pub mod wal;

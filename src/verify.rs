@@ -135,9 +135,18 @@ pub async fn verify(repo: &Repo, jobs: usize) -> Result<VerifyReport> {
     }
     report.wal_files_checked = archived.len();
 
+    let progress = std::sync::Arc::new(crate::progress::Progress::default());
+    let total: u64 = checks
+        .iter()
+        .map(|c| c.3.map_or(0, |(_, len)| len))
+        .sum::<u64>()
+        + archived.iter().map(|f| f.stored_size).sum::<u64>();
+    let _reporter =
+        crate::progress::Reporter::start("verify", total, checks.len() as u64, progress.clone());
     let results: Vec<(Option<Problem>, u64)> = stream::iter(checks)
         .map(|(what, breaks, key, range, codec, checksum, length)| {
             let storage = repo.storage.clone();
+            let progress = progress.clone();
             async move {
                 let reader = match range {
                     Some((offset, len)) => storage.read_range(&key, offset, len).await,
@@ -152,7 +161,10 @@ pub async fn verify(repo: &Repo, jobs: usize) -> Result<VerifyReport> {
                     Err(e) => Err(e),
                 };
                 match result {
-                    Ok(bytes) => (None, bytes),
+                    Ok(bytes) => {
+                        progress.add(bytes);
+                        (None, bytes)
+                    }
                     Err(e) => (
                         Some(Problem {
                             problem: format!("{what}: {e}"),

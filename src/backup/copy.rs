@@ -5,7 +5,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::runtime::Handle;
@@ -18,6 +17,7 @@ use crate::pg::Lsn;
 use crate::pipeline::compress::Encoder;
 use crate::pipeline::hash::CountingWriter;
 use crate::pipeline::Compression;
+use crate::progress::Progress;
 use crate::repo::manifest::{
     bundle_key, merge_extents, ChecksumFailure, Extent, FileEntry, Manifest,
 };
@@ -101,12 +101,6 @@ impl CopyResult {
         self.bundles.sort();
         self.checksum_failures.sort_by(|a, b| a.path.cmp(&b.path));
     }
-}
-
-#[derive(Default)]
-pub struct Progress {
-    pub bytes_done: AtomicU64,
-    pub files_done: AtomicU64,
 }
 
 pub async fn copy_files(
@@ -292,11 +286,9 @@ impl Worker {
         loop {
             let next = queue.lock().unwrap().pop_front();
             let Some(file) = next else { break };
-            if let Some(entry) = self.copy_one(&file)? {
-                progress.bytes_done.fetch_add(entry.size, Ordering::Relaxed);
-                self.files.push(entry);
-            }
-            progress.files_done.fetch_add(1, Ordering::Relaxed);
+            let entry = self.copy_one(&file)?;
+            progress.add(entry.as_ref().map_or(file.size, |e| e.size));
+            self.files.extend(entry);
             if self.slot.is_full() {
                 self.slot.close()?;
             }

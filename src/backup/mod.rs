@@ -87,7 +87,13 @@ pub async fn backup(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> Res
     let listing = tokio::task::spawn_blocking(move || walk::walk_data_dir(&walk_root))
         .await
         .expect("walk panicked")?;
-    let progress = Arc::new(copy::Progress::default());
+    let progress = Arc::new(crate::progress::Progress::default());
+    let _reporter = crate::progress::Reporter::start(
+        "backup",
+        listing.files.iter().map(|f| f.size).sum(),
+        listing.files.len() as u64,
+        progress.clone(),
+    );
     let settings = copy::CopySettings {
         label: label.clone(),
         compression: opts.compression,

@@ -118,10 +118,48 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Confirm the setup works: stanza, archive settings, and a WAL switch reaching the archive
+    Check {
+        /// Seconds to wait for the switched segment to be archived
+        #[arg(long, default_value_t = 60)]
+        archive_timeout: u64,
+    },
+    /// Turn WAL archiving into this repository on or off, or show its state
+    #[command(subcommand)]
+    Pitr(PitrCommand),
+    /// The WAL archive: list files or show totals
+    #[command(subcommand)]
+    Wal(WalCommand),
+    /// Restore a backup into DIR (WAL-G style): LABEL or LATEST
+    BackupFetch {
+        dir: PathBuf,
+        /// A backup label, or LATEST
+        label: String,
+    },
+    /// Print shell completions: bash, zsh or fish
+    Completions { shell: clap_complete::Shell },
     /// Protect a backup (and what it builds on) from expire
     Pin { label: String },
     /// Remove the protection of `pin`
     Unpin { label: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PitrCommand {
+    /// Set wal_level, archive_mode and archive_command (copies of the old files are kept)
+    Enable,
+    /// Put back the settings `pitr enable` replaced
+    Disable,
+    /// Archiving state: settings, last archived and failed segments, backlog, newest backup
+    Status,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WalCommand {
+    /// Every archived file with timeline, sizes and time
+    List,
+    /// Totals, compression ratio, oldest and newest, gaps
+    Stats,
 }
 
 #[derive(Args, Debug)]
@@ -195,5 +233,24 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
+impl RestoreArgs {
+    /// `backup-fetch DIR LABEL`: a restore with defaults (recovery to the end of the archive).
+    pub fn for_fetch(set: Option<String>) -> RestoreArgs {
+        RestoreArgs {
+            set,
+            tablespace_map: Vec::new(),
+            target_time: None,
+            target_xid: None,
+            target_lsn: None,
+            target_name: None,
+            target: None,
+            target_action: None,
+            target_timeline: None,
+            target_exclusive: false,
+            archive_mode: "preserve".into(),
+        }
     }
 }

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use args::{BackupTypeArg, Cli, Command, GlobalArgs, OutputFormat, RestoreArgs};
+use args::{
+    BackupTypeArg, Cli, Command, GlobalArgs, OutputFormat, PitrCommand, RestoreArgs, WalCommand,
+};
 
 use crate::archive::push::PushOutcome;
 use crate::db::ConnOptions;
@@ -74,8 +76,9 @@ impl Resolved {
         Compression::new(codec, self.global.compress_level).map_err(Error::config)
     }
 
-    /// The command a restored cluster uses to fetch WAL: this binary, this repository.
-    fn restore_command(&self, repo: &Repo) -> String {
+    /// This binary with this configuration, repository and stanza, for commands that
+    /// PostgreSQL runs (archive_command, restore_command).
+    fn self_command(&self, repo: &Repo) -> String {
         let exe = std::env::current_exe()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|_| "pgward".into());
@@ -85,11 +88,15 @@ impl Resolved {
             .as_ref()
             .map(|c| format!(" --config {}", shell_quote(&c.display().to_string())))
             .unwrap_or_default();
-        format!(
-            "{}{config} {} archive-get %f \"%p\"",
-            shell_quote(&exe),
-            repo.cli_options()
-        )
+        format!("{}{config} {}", shell_quote(&exe), repo.cli_options())
+    }
+
+    fn restore_command(&self, repo: &Repo) -> String {
+        format!("{} archive-get %f \"%p\"", self.self_command(repo))
+    }
+
+    fn archive_command(&self, repo: &Repo) -> String {
+        format!("{} archive-push %p", self.self_command(repo))
     }
 }
 
@@ -241,6 +248,154 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
             if !dry_run {
                 crate::expire::execute(&repo, &plan).await?;
             }
+        }
+        Command::Check { archive_timeout } => {
+            let repo = resolved.repo()?;
+            let report = crate::check::check(
+                &repo,
+                &resolved.conn(),
+                Duration::from_secs(archive_timeout),
+            )
+            .await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("report serializes")
+                );
+            } else {
+                println!("check passed: stanza {:?} matches the cluster, archive_command archives here, and segment {} reached the archive in {:.2}s",
+                    report.stanza, report.segment, report.seconds);
+            }
+        }
+        Command::Pitr(PitrCommand::Enable) | Command::Pitr(PitrCommand::Disable) => {
+            let repo = resolved.repo()?;
+            let pgdata = resolved.global.pgdata.clone();
+            let report = if matches!(cli.command, Command::Pitr(PitrCommand::Enable)) {
+                crate::pitr::enable(
+                    &repo,
+                    &resolved.conn(),
+                    pgdata.as_deref(),
+                    &resolved.archive_command(&repo),
+                )
+                .await?
+            } else {
+                crate::pitr::disable(&repo, &resolved.conn(), pgdata.as_deref()).await?
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("report serializes")
+                );
+            } else {
+                for copy in &report.saved_copies {
+                    println!("saved a copy of the old configuration: {}", copy.display());
+                }
+                for (name, old, new) in &report.changes {
+                    println!("{name}: {old:?} -> {new:?}");
+                }
+                println!(
+                    "written with {} ({})",
+                    report.method,
+                    report.config_file.display()
+                );
+                println!(
+                    "{}",
+                    if report.restart_needed {
+                        "restart PostgreSQL for the change to take effect"
+                    } else {
+                        "reloaded: in effect now"
+                    }
+                );
+            }
+        }
+        Command::Pitr(PitrCommand::Status) => {
+            let repo = resolved.repo()?;
+            let s = crate::pitr::status(&repo, &resolved.conn()).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&s).expect("status serializes")
+                );
+            } else {
+                println!(
+                    "archiving: {}",
+                    if s.working { "working" } else { "NOT working" }
+                );
+                println!(
+                    "wal_level = {}, archive_mode = {}",
+                    s.wal_level, s.archive_mode
+                );
+                println!(
+                    "archive_command = {}{}",
+                    s.archive_command,
+                    s.archive_command_problem
+                        .as_ref()
+                        .map(|p| format!("  (problem: {p})"))
+                        .unwrap_or_default()
+                );
+                println!(
+                    "archived: {} segment(s), last {} at {}",
+                    s.archived_count,
+                    s.last_archived_wal.as_deref().unwrap_or("-"),
+                    s.last_archived_time.map_or("-".into(), |t| t
+                        .format("%Y-%m-%d %H:%M:%S UTC")
+                        .to_string())
+                );
+                println!(
+                    "failed: {} time(s), last {} at {}",
+                    s.failed_count,
+                    s.last_failed_wal.as_deref().unwrap_or("-"),
+                    s.last_failed_time.map_or("-".into(), |t| t
+                        .format("%Y-%m-%d %H:%M:%S UTC")
+                        .to_string())
+                );
+                println!(
+                    "waiting in pg_wal/archive_status: {}; seconds since last archived: {}",
+                    s.waiting_segments,
+                    s.lag_seconds.map_or("-".into(), |l| format!("{l:.0}"))
+                );
+                println!(
+                    "newest backup: {}",
+                    s.newest_backup.as_deref().unwrap_or("none")
+                );
+            }
+        }
+        Command::Wal(WalCommand::List) => {
+            let entries = crate::wal::list(&resolved.repo()?).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&entries).expect("list serializes")
+                );
+            } else {
+                print!("{}", crate::wal::render_list(&entries));
+            }
+        }
+        Command::Wal(WalCommand::Stats) => {
+            let stats = crate::wal::stats(&resolved.repo()?).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&stats).expect("stats serialize")
+                );
+            } else {
+                print!("{}", crate::wal::render_stats(&stats));
+            }
+        }
+        Command::BackupFetch { ref dir, ref label } => {
+            let repo = resolved.repo()?;
+            let args = RestoreArgs::for_fetch(if label.eq_ignore_ascii_case("LATEST") {
+                None
+            } else {
+                Some(label.clone())
+            });
+            let opts = restore_options(&resolved, &repo, dir.clone(), args)?;
+            let m = crate::restore::restore(&repo, opts).await?;
+            println!("restored backup {} into {}", m.label, dir.display());
+        }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "pgward", &mut std::io::stdout());
         }
         Command::Pin { ref label } | Command::Unpin { ref label } => {
             let pin = matches!(cli.command, Command::Pin { .. });

@@ -24,6 +24,13 @@ pub async fn restore_files(
 ) -> Result<()> {
     let mut files: Vec<FileEntry> = manifest.files.clone();
     files.sort_by_key(|f| std::cmp::Reverse(f.size));
+    let progress = Arc::new(crate::progress::Progress::default());
+    let _reporter = crate::progress::Reporter::start(
+        "restore",
+        files.iter().map(|f| f.size).sum(),
+        files.len() as u64,
+        progress.clone(),
+    );
     let queue = Arc::new(Mutex::new(VecDeque::from(files)));
     let codecs = Arc::new(codec_by_backup(repo, manifest).await?);
     let mut workers = Vec::new();
@@ -34,6 +41,7 @@ pub async fn restore_files(
             codecs.clone(),
             pgdata.to_path_buf(),
         );
+        let progress = progress.clone();
         workers.push(tokio::task::spawn_blocking(move || -> Result<()> {
             let handle = Handle::current();
             let mut buf = vec![0u8; 1 << 20];
@@ -51,6 +59,7 @@ pub async fn restore_files(
                     queue.lock().unwrap().clear();
                     return Err(e);
                 }
+                progress.add(file.size);
             }
         }));
     }

@@ -75,15 +75,22 @@ impl fmt::Display for Codec {
 }
 
 impl Compression {
+    /// A level only matters to zstd and gzip; lz4 and none ignore it (a level set for
+    /// the usual codec in a configuration file must not break a one-off `--compress lz4`).
     pub fn new(codec: Codec, level: Option<i32>) -> Result<Compression, String> {
-        let level = level.unwrap_or(codec.default_level());
+        let level = match codec {
+            Codec::Lz4 | Codec::None => 0,
+            _ => level.unwrap_or(codec.default_level()),
+        };
         let ok = match codec {
             Codec::Zstd => (1..=22).contains(&level),
             Codec::Gzip => (0..=9).contains(&level),
-            Codec::Lz4 | Codec::None => level == 0,
+            Codec::Lz4 | Codec::None => true,
         };
         if !ok {
-            return Err(format!("compression level {level} is not valid for {codec} (zstd: 1-22, gzip: 0-9, lz4 and none take no level)"));
+            return Err(format!(
+                "compression level {level} is not valid for {codec} (zstd: 1-22, gzip: 0-9)"
+            ));
         }
         Ok(Compression { codec, level })
     }
@@ -180,7 +187,8 @@ mod tests {
     #[test]
     fn invalid_levels_are_refused() {
         assert!(Compression::new(Codec::Zstd, Some(30)).is_err());
-        assert!(Compression::new(Codec::Lz4, Some(3)).is_err());
+        assert_eq!(Compression::new(Codec::Lz4, Some(3)).unwrap().level, 0);
+        assert!(Compression::new(Codec::Gzip, Some(10)).is_err());
         assert!("brotli".parse::<Codec>().is_err());
     }
 }

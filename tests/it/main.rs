@@ -9,5 +9,6 @@ mod archive;
 mod backup_restore;
 mod expire;
 mod incremental;
+mod operator;
 mod pitr;
 mod versions;

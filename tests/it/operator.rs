@@ -1,0 +1,379 @@
+//! Operator commands against real clusters: pitr, check, wal, configuration, aliases.
+
+use std::fs;
+use std::time::Duration;
+
+use super::harness::*;
+use super::setup::{stderr, Source};
+
+/// A cluster with archiving off and an empty repository with its stanza created.
+fn unarchived(name: &str) -> (Cluster, String) {
+    let repo = work_dir(&format!("{name}-repo")).display().to_string();
+    let cluster = Cluster::init(name, ClusterOptions::default());
+    cluster.start();
+    let out = pgward(
+        &["--repo", &repo, "--stanza", "main", "stanza-create"],
+        &cluster.env(),
+    );
+    assert_success(&out, "stanza-create");
+    (cluster, repo)
+}
+
+fn run(cluster: &Cluster, repo: &str, args: &[&str]) -> std::process::Output {
+    let mut full = vec!["--repo", repo, "--stanza", "main"];
+    full.extend_from_slice(args);
+    pgward(&full, &cluster.env())
+}
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    assert!(out.status.success(), "{}", stderr(out));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn pitr_enable_then_restart_archives_and_disable_restores_the_old_settings() {
+    let (cluster, repo) = unarchived("pitr-on");
+    let before = cluster.psql(
+        "postgres",
+        "SELECT current_setting('archive_mode') || '|' || current_setting('archive_command')",
+    );
+
+    // Archiving off: check says so.
+    let out = run(&cluster, &repo, &["check"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("archiving is off"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = run(&cluster, &repo, &["pitr", "enable"]);
+    let text = assert_success(&out, "pitr enable");
+    assert!(text.contains("restart PostgreSQL"), "{text}");
+    let copies: Vec<String> = fs::read_dir(&cluster.data)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".pgward-"))
+        .collect();
+    assert!(
+        copies
+            .iter()
+            .any(|c| c.starts_with("postgresql.conf.pgward-")),
+        "no copy of postgresql.conf kept: {copies:?}"
+    );
+    cluster.stop();
+    cluster.start();
+
+    // Archiving works now: check forces a switch and sees the segment arrive.
+    let out = run(&cluster, &repo, &["check"]);
+    assert!(assert_success(&out, "check").contains("check passed"));
+    let status = json(&run(
+        &cluster,
+        &repo,
+        &["--output", "json", "pitr", "status"],
+    ));
+    assert_eq!(status["working"], true, "{status}");
+    assert_eq!(status["archive_mode"], "on");
+    assert!(status["archived_count"].as_i64().unwrap() >= 1);
+    assert!(status["archive_command_problem"].is_null());
+
+    assert_success(&run(&cluster, &repo, &["pitr", "disable"]), "pitr disable");
+    cluster.stop();
+    cluster.start();
+    let after = cluster.psql(
+        "postgres",
+        "SELECT current_setting('archive_mode') || '|' || current_setting('archive_command')",
+    );
+    assert_eq!(after, before, "pitr disable must restore the old settings");
+    let status = json(&run(
+        &cluster,
+        &repo,
+        &["--output", "json", "pitr", "status"],
+    ));
+    assert_eq!(status["working"], false);
+}
+
+#[test]
+fn check_names_a_command_that_archives_elsewhere_and_a_stanza_of_another_cluster() {
+    let src = Source::start("check", 15);
+    assert!(src.ok(&["check"]).contains("check passed"));
+    let report: serde_json::Value =
+        serde_json::from_str(&src.ok(&["--output", "json", "check"])).unwrap();
+    assert_eq!(report["stanza"], "main");
+    assert_eq!(report["segment"].as_str().unwrap().len(), 24);
+
+    // The same cluster, checked against a stanza its archive_command does not feed.
+    let repo = src.repo.display().to_string();
+    assert_success(
+        &pgward(
+            &["--repo", &repo, "--stanza", "other", "stanza-create"],
+            &src.cluster.env(),
+        ),
+        "stanza-create",
+    );
+    let out = pgward(
+        &["--repo", &repo, "--stanza", "other", "check"],
+        &src.cluster.env(),
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("archives into stanza \"main\", not \"other\""),
+        "{}",
+        stderr(&out)
+    );
+
+    // Another cluster against this stanza.
+    let other = Cluster::init("check-other", ClusterOptions::default());
+    other.start();
+    let out = pgward(
+        &["--repo", &repo, "--stanza", "main", "check"],
+        &other.env(),
+    );
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("belongs to cluster"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn json_reports_parse_and_carry_their_documented_fields() {
+    let src = Source::start("json", 15);
+    let label = src.backup(&[]);
+    src.archive_current_wal();
+    let info = src.info_json();
+    for field in [
+        "stanza",
+        "system_identifier",
+        "pg_major",
+        "backups",
+        "archive",
+        "recoverable_window",
+    ] {
+        assert!(!info[field].is_null(), "info lacks {field}: {info}");
+    }
+    for field in [
+        "label",
+        "type",
+        "reference",
+        "chain",
+        "timeline",
+        "start_time",
+        "stop_time",
+        "start_lsn",
+        "stop_lsn",
+        "database_size",
+        "stored_size",
+    ] {
+        assert!(
+            info["backups"][0].get(field).is_some(),
+            "backup lacks {field}"
+        );
+    }
+    let list: serde_json::Value =
+        serde_json::from_str(&src.ok(&["--output", "json", "wal", "list"])).unwrap();
+    let first = &list[0];
+    for field in [
+        "name",
+        "kind",
+        "timeline",
+        "original_size",
+        "stored_size",
+        "compression",
+        "archived_at",
+    ] {
+        assert!(
+            first.get(field).is_some(),
+            "wal list entry lacks {field}: {first}"
+        );
+    }
+    let stats: serde_json::Value =
+        serde_json::from_str(&src.ok(&["--output", "json", "wal", "stats"])).unwrap();
+    assert!(stats["segments"].as_u64().unwrap() >= 2);
+    assert!(stats["compression_ratio"].as_f64().unwrap() > 1.0);
+    assert_eq!(stats["timelines"][0]["gaps"].as_array().unwrap().len(), 0);
+    let plan: serde_json::Value = serde_json::from_str(&src.ok(&[
+        "--output",
+        "json",
+        "expire",
+        "--retain-full",
+        "1",
+        "--dry-run",
+    ]))
+    .unwrap();
+    assert_eq!(plan["backups"].as_array().unwrap().len(), 0);
+    let verify: serde_json::Value =
+        serde_json::from_str(&src.ok(&["--output", "json", "verify"])).unwrap();
+    assert_eq!(verify["problems"].as_array().unwrap().len(), 0);
+    assert!(src.ok(&["wal", "list"]).contains("segment"));
+    assert!(src.ok(&["info"]).contains(&label));
+}
+
+#[test]
+fn configuration_precedence_is_flag_then_environment_then_file_and_bad_keys_are_named() {
+    let src = Source::start("config", 15);
+    let dir = work_dir("config-files");
+    let config = dir.join("pgward.toml");
+    fs::write(
+        &config,
+        format!(
+            "[global]\nrepo = \"{}\"\ncompress = \"gzip\"\n\n[stanza.main]\ncompress-level = 1\n",
+            src.repo.display()
+        ),
+    )
+    .unwrap();
+    let history = |n: u32| {
+        let path = dir.join(format!("{n:08X}.history"));
+        fs::write(&path, format!("1\t0/{n}000000\ttest\n")).unwrap();
+        chown_pg(&dir);
+        path.display().to_string()
+    };
+    let cfg = config.display().to_string();
+    let push = |file: String, extra_env: &[(&str, &str)], flags: &[&str]| {
+        let mut env = src.cluster.env();
+        env.extend(
+            extra_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        let mut args = vec!["--config", cfg.as_str(), "--stanza", "main"];
+        args.extend_from_slice(flags);
+        args.extend(["archive-push", file.as_str()]);
+        assert_success(&pgward(&args, &env), "archive-push");
+    };
+    push(history(0x11), &[], &[]); // file: gzip
+    push(history(0x12), &[("PGWARD_COMPRESS", "lz4")], &[]); // environment beats file
+    push(
+        history(0x13),
+        &[("PGWARD_COMPRESS", "lz4")],
+        &["--compress", "none"],
+    ); // flag beats environment
+    let stored: Vec<String> = fs::read_dir(src.repo.join("main/archive/history"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let ext = |tl: &str| {
+        stored
+            .iter()
+            .find(|n| n.starts_with(tl))
+            .map(|n| n.rsplit_once('.').map(|(_, e)| e.to_string()).unwrap())
+            .unwrap()
+    };
+    assert_eq!(ext("00000011"), "gz");
+    assert_eq!(ext("00000012"), "lz4");
+    assert!(
+        stored
+            .iter()
+            .find(|n| n.starts_with("00000013"))
+            .unwrap()
+            .ends_with(|c: char| c.is_ascii_hexdigit()),
+        "{stored:?}"
+    );
+
+    fs::write(&config, "[global]\ncompresion = \"zstd\"\n").unwrap();
+    let out = pgward(
+        &["--config", &cfg, "--stanza", "main", "info"],
+        &src.cluster.env(),
+    );
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        stderr(&out).contains("unknown key \"compresion\"") && stderr(&out).contains(&cfg),
+        "{}",
+        stderr(&out)
+    );
+    fs::write(
+        &config,
+        format!(
+            "[global]\nrepo = \"{}\"\njobs = \"many\"\n",
+            src.repo.display()
+        ),
+    )
+    .unwrap();
+    let out = pgward(
+        &["--config", &cfg, "--stanza", "main", "info"],
+        &src.cluster.env(),
+    );
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        stderr(&out).contains("jobs must be a number") && stderr(&out).contains(&cfg),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn wal_g_style_aliases_work_as_archive_and_restore_commands_and_for_backups() {
+    let repo = work_dir("alias-repo");
+    let cmd = format!(
+        "{} --repo {} --stanza main wal-push %p",
+        pgward_bin().display(),
+        repo.display()
+    );
+    let cluster = Cluster::init(
+        "alias",
+        ClusterOptions {
+            archive_command: Some(cmd),
+            ..Default::default()
+        },
+    );
+    cluster.start();
+    let r = repo.display().to_string();
+    let run = |args: &[&str]| {
+        let mut full = vec!["--repo", r.as_str(), "--stanza", "main"];
+        full.extend_from_slice(args);
+        pgward(&full, &cluster.env())
+    };
+    assert_success(&run(&["stanza-create"]), "stanza-create");
+    cluster.psql(
+        "postgres",
+        "CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g",
+    );
+    assert_success(&run(&["backup-push"]), "backup-push");
+    let listed = assert_success(&run(&["backup-list"]), "backup-list");
+    assert!(listed.contains("full"), "{listed}");
+    cluster.psql(
+        "postgres",
+        "INSERT INTO t SELECT g FROM generate_series(1001, 1500) g",
+    );
+    let expected = cluster.content_checksum("postgres");
+    let segment = cluster.psql("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while cluster.psql(
+        "postgres",
+        "SELECT coalesce(left(last_archived_wal, 24), '') FROM pg_stat_archiver",
+    ) < segment
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "wal-push did not archive"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let fetched = work_dir("alias-fetched").join(&segment);
+    assert_success(
+        &run(&["wal-fetch", &segment, fetched.to_str().unwrap()]),
+        "wal-fetch",
+    );
+    assert_eq!(fs::metadata(&fetched).unwrap().len(), 16 << 20);
+
+    // backup-fetch DIR LATEST restores; the restored cluster's restore_command brings the rest.
+    let dir = work_dir("alias-restored-data").join("data");
+    assert_success(
+        &run(&["backup-fetch", dir.to_str().unwrap(), "LATEST"]),
+        "backup-fetch",
+    );
+    let conf = dir.join("postgresql.auto.conf");
+    let text = fs::read_to_string(&conf).unwrap();
+    fs::write(&conf, text + "archive_mode = off\n").unwrap();
+    let restored = Cluster::from_existing("alias-restored", 15, dir);
+    restored.start();
+    assert_eq!(
+        restored.wait_for_recovery_end(Duration::from_secs(60)),
+        RecoveryEnd::Promoted
+    );
+    assert_eq!(restored.content_checksum("postgres"), expected);
+}

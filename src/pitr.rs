@@ -234,8 +234,7 @@ fn enable_offline(pgdata: &Path, archive_command: &str) -> Result<ChangeReport> 
     let saved = save_copy(&conf)?;
     let sets_minimal = text
         .lines()
-        .filter(|l| l.trim_start().starts_with("wal_level"))
-        .next_back()
+        .rfind(|l| l.trim_start().starts_with("wal_level"))
         .is_some_and(|l| l.contains("minimal"));
     let mut block = format!(
         "\n{BLOCK_BEGIN} (added {}; `pgward pitr disable` removes it)\n",

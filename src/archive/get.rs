@@ -38,12 +38,18 @@ pub async fn archive_get(repo: &Repo, wal_name: &str, dest: &Path) -> Result<Arc
             format!("{name} is not in the archive of stanza {:?}", repo.stanza),
         ));
     };
-    // Past this point the file exists: every failure, even a vanished file, must stop
-    // recovery rather than read as the end of the archive.
+    fetch(repo, &file, dest).await?;
+    Ok(file)
+}
+
+/// Writes an archived file to `dest` atomically, checked against its checksum. The file
+/// exists: every failure, even a vanished file, must stop recovery rather than read as
+/// the end of the archive, so none is reported as NotFound.
+pub async fn fetch(repo: &Repo, file: &ArchivedFile, dest: &Path) -> Result<()> {
     let fetched = async {
-        let reader = repo.storage.read(&repo.archived_file_key(&file)).await?;
-        let (file_clone, dest) = (file.clone(), dest.to_path_buf());
-        tokio::task::spawn_blocking(move || restore_file(reader, &file_clone, &dest))
+        let reader = repo.storage.read(&repo.archived_file_key(file)).await?;
+        let (file, dest) = (file.clone(), dest.to_path_buf());
+        tokio::task::spawn_blocking(move || restore_file(reader, &file, &dest))
             .await
             .expect("get task panicked")
     };
@@ -53,8 +59,7 @@ pub async fn archive_get(repo: &Repo, wal_name: &str, dest: &Path) -> Result<Arc
         } else {
             e
         }
-    })?;
-    Ok(file)
+    })
 }
 
 fn restore_file(reader: storage::Reader, file: &ArchivedFile, dest: &Path) -> Result<()> {

@@ -27,26 +27,9 @@ pub async fn archive_push(
     path: &Path,
     compression: Compression,
 ) -> Result<PushOutcome> {
-    let file_name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or_default();
-    let name = WalFileName::parse(file_name).map_err(|e| {
-        Error::new(ErrorKind::Config, e.to_string())
-            .hint("archive_command must pass %p, the path of a file PostgreSQL is archiving")
-    })?;
+    let name = parse_pushed_name(path)?;
     let stanza = repo.stanza_info().await?;
-    let (path_owned, name_owned, stanza_owned) = (path.to_path_buf(), name.clone(), stanza.clone());
-    let checksum = tokio::task::spawn_blocking(move || -> Result<String> {
-        if name_owned.segment().is_some()
-            && !matches!(name_owned, WalFileName::BackupHistory { .. })
-        {
-            check_segment(&path_owned, &name_owned, &stanza_owned)?;
-        }
-        checksum_file(&path_owned)
-    })
-    .await
-    .expect("checksum task panicked")?;
+    let checksum = validate(path, &name, &stanza).await?;
 
     let existing = repo.find_archived(&name).await?;
     if existing.iter().any(|f| f.checksum == checksum) {
@@ -89,7 +72,32 @@ pub async fn archive_push(
 
 /// A segment must come from this stanza's cluster: same system identifier, same major
 /// version, same segment size, and its first page must describe its own position.
-fn check_segment(path: &PathBuf, name: &WalFileName, stanza: &StanzaInfo) -> Result<()> {
+/// The WAL file name of a path PostgreSQL hands to archive_command.
+pub fn parse_pushed_name(path: &Path) -> Result<WalFileName> {
+    let file_name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    WalFileName::parse(file_name).map_err(|e| {
+        Error::new(ErrorKind::Config, e.to_string())
+            .hint("archive_command must pass %p, the path of a file PostgreSQL is archiving")
+    })
+}
+
+/// Checks a file against the stanza and returns its checksum.
+pub async fn validate(path: &Path, name: &WalFileName, stanza: &StanzaInfo) -> Result<String> {
+    let (path, name, stanza) = (path.to_path_buf(), name.clone(), stanza.clone());
+    tokio::task::spawn_blocking(move || -> Result<String> {
+        if name.segment().is_some() && !matches!(name, WalFileName::BackupHistory { .. }) {
+            check_segment(&path, &name, &stanza)?;
+        }
+        checksum_file(&path)
+    })
+    .await
+    .expect("checksum task panicked")
+}
+
+pub(crate) fn check_segment(path: &PathBuf, name: &WalFileName, stanza: &StanzaInfo) -> Result<()> {
     let mut file = std::fs::File::open(path).at("opening", path)?;
     let size = file.metadata().at("reading metadata of", path)?.len();
     let mut first_page = vec![0u8; 8192.min(size as usize)];
@@ -152,7 +160,7 @@ fn check_segment(path: &PathBuf, name: &WalFileName, stanza: &StanzaInfo) -> Res
     Ok(())
 }
 
-fn checksum_file(path: &Path) -> Result<String> {
+pub(crate) fn checksum_file(path: &Path) -> Result<String> {
     let mut reader = HashingReader::new(std::fs::File::open(path).at("opening", path)?);
     std::io::copy(&mut reader, &mut std::io::sink()).at("reading", path)?;
     Ok(reader.finish().0)

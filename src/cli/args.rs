@@ -92,6 +92,31 @@ pub enum Command {
     ArchivePush {
         /// Path of the WAL file (%p)
         path: PathBuf,
+        /// Return once the file is durably in the local spool; a background worker pushes
+        /// spooled files in parallel
+        #[arg(long = "async")]
+        asynchronous: bool,
+        /// Local spool directory for --async
+        #[arg(long, env = "PGWARD_SPOOL_PATH", default_value = "/var/spool/pgward")]
+        spool_path: PathBuf,
+        /// With --async: past this many queued files archive-push fails (PostgreSQL keeps
+        /// the WAL and retries); nothing is ever dropped
+        #[arg(long, default_value_t = 64)]
+        archive_push_queue_max: usize,
+    },
+    /// Background worker of `archive-push --async` (started automatically)
+    #[command(hide = true)]
+    ArchivePushWorker {
+        #[arg(long)]
+        spool_path: PathBuf,
+    },
+    /// Background prefetcher of archive-get (started automatically)
+    #[command(hide = true)]
+    ArchiveGetPrefetch {
+        after: String,
+        dir: PathBuf,
+        #[arg(long)]
+        count: usize,
     },
     /// Fetch a WAL file: restore_command = 'pgward --repo R --stanza S archive-get %f "%p"'.
     /// Exit 0: written; 1: not in the archive; 126: unusable (recovery must stop)
@@ -101,6 +126,10 @@ pub enum Command {
         name: String,
         /// Destination path (%p)
         dest: PathBuf,
+        /// Segments to prefetch in parallel after the one asked for, into
+        /// pg_wal/pgward-prefetch (0: no prefetch)
+        #[arg(long, default_value_t = 8)]
+        archive_get_queue_max: usize,
     },
     /// Take a backup of the running cluster
     #[command(alias = "backup-push")]

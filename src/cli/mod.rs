@@ -91,6 +91,32 @@ impl Resolved {
         format!("{}{config} {}", shell_quote(&exe), repo.cli_options())
     }
 
+    /// Options a background pgward needs to act like this one.
+    fn self_args(&self, repo: &Repo) -> Vec<String> {
+        let mut args = vec![
+            "--repo".to_string(),
+            repo.storage.location(),
+            "--stanza".to_string(),
+            repo.stanza.clone(),
+        ];
+        if let Some(config) = &self.global.config {
+            args.extend(["--config".to_string(), config.display().to_string()]);
+        }
+        args.extend(["--jobs".to_string(), self.jobs().to_string()]);
+        if let Ok(c) = self.compression() {
+            args.extend([
+                "--compress".to_string(),
+                c.codec.to_string(),
+                "--compress-level".to_string(),
+                c.level.to_string(),
+            ]);
+        }
+        if let Some(level) = &self.global.log_level {
+            args.extend(["--log-level".to_string(), level.clone()]);
+        }
+        args
+    }
+
     fn restore_command(&self, repo: &Repo) -> String {
         format!("{} archive-get %f \"%p\"", self.self_command(repo))
     }
@@ -129,8 +155,31 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
                 if info.data_checksums { "on" } else { "off" }
             );
         }
-        Command::ArchivePush { path } => {
+        Command::ArchivePush {
+            path,
+            asynchronous,
+            spool_path,
+            archive_push_queue_max,
+        } => {
             let repo = resolved.repo()?;
+            if asynchronous {
+                let spool = crate::archive::spool::Spool::new(&spool_path, &repo.stanza);
+                let mut worker = resolved.self_args(&repo);
+                worker.extend([
+                    "archive-push-worker".to_string(),
+                    "--spool-path".to_string(),
+                    spool_path.display().to_string(),
+                ]);
+                crate::archive::spool::push_async(
+                    &repo,
+                    &path,
+                    &spool,
+                    archive_push_queue_max,
+                    &worker,
+                )
+                .await?;
+                return Ok(());
+            }
             match crate::archive::push::archive_push(&repo, &path, resolved.compression()?).await? {
                 PushOutcome::Stored { stored_size } => {
                     tracing::debug!(path = %path.display(), stored_size, "archived")
@@ -140,11 +189,59 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
                 }
             }
         }
-        Command::ArchiveGet { name, dest } => {
+        Command::ArchivePushWorker { spool_path } => {
+            let repo = resolved.repo()?;
+            let spool = crate::archive::spool::Spool::new(&spool_path, &repo.stanza);
+            crate::archive::spool::run_worker(
+                &repo,
+                &spool,
+                resolved.compression()?,
+                resolved.jobs(),
+            )
+            .await?;
+        }
+        Command::ArchiveGet {
+            name,
+            dest,
+            archive_get_queue_max,
+        } => {
             let repo = resolved.repo()?;
             // A missing stanza must stop recovery, not look like the end of the archive.
             repo.stanza_info().await?;
-            crate::archive::get::archive_get(&repo, &name, &dest).await?;
+            let wal = crate::pg::WalFileName::parse(&name).map_err(|e| {
+                Error::config(e.to_string()).hint("restore_command must pass %f and \"%p\"")
+            })?;
+            let prefetch_dir = crate::archive::prefetch::dir_for(&dest);
+            let served = archive_get_queue_max > 0
+                && matches!(wal, crate::pg::WalFileName::Segment(_))
+                && crate::archive::prefetch::take(&prefetch_dir, &wal, &dest)?;
+            if !served {
+                crate::archive::get::archive_get(&repo, &name, &dest).await?;
+            }
+            if archive_get_queue_max > 0 && matches!(wal, crate::pg::WalFileName::Segment(_)) {
+                let mut args = resolved.self_args(&repo);
+                args.extend([
+                    "archive-get-prefetch".to_string(),
+                    name.clone(),
+                    prefetch_dir.display().to_string(),
+                    "--count".to_string(),
+                    archive_get_queue_max.to_string(),
+                ]);
+                let exe = std::env::current_exe()
+                    .map_err(|e| Error::io("finding", "pgward's own executable", e))?;
+                if let Err(e) = crate::archive::spool::spawn_detached(&exe, &args) {
+                    tracing::warn!("prefetch not started: {e}");
+                }
+            }
+        }
+        Command::ArchiveGetPrefetch { after, dir, count } => {
+            let repo = resolved.repo()?;
+            let Ok(crate::pg::WalFileName::Segment(segment)) =
+                crate::pg::WalFileName::parse(&after)
+            else {
+                return Err(Error::config(format!("{after} is not a WAL segment name")));
+            };
+            crate::archive::prefetch::run(&repo, segment, &dir, count, resolved.jobs()).await?;
         }
         Command::Backup(args) => {
             let repo = resolved.repo()?;

@@ -208,3 +208,142 @@ fn corrupt_archived_segment_stops_recovery_and_verify_names_it() {
     );
     assert!(out.status.code().unwrap() > 125, "{}", stderr(&out));
 }
+
+fn wal_stats(src: &Source) -> serde_json::Value {
+    serde_json::from_str(&src.ok(&["--output", "json", "wal", "stats"])).unwrap()
+}
+
+#[test]
+fn async_archive_push_never_loses_wal_when_the_repository_fails_and_the_queue_fills() {
+    let src = Source::start("async", 15);
+    let spool = work_dir("async-spool");
+    let cmd = format!(
+        "{} --repo {} --stanza main archive-push --async --spool-path {} --archive-push-queue-max 2 %p",
+        pgward_bin().display(),
+        src.repo.display(),
+        spool.display()
+    );
+    src.sql(&format!(
+        "ALTER SYSTEM SET archive_command = {}",
+        sql_quote(&cmd)
+    ));
+    src.sql("SELECT pg_reload_conf()");
+    let first = src.backup(&[]);
+    assert!(src
+        .cluster
+        .pgbench(&["-i", "-s", "2", "-q"])
+        .status
+        .success());
+    src.archive_current_wal();
+
+    // The repository refuses writes: spooled files pile up to the queue limit, then
+    // archive-push fails and PostgreSQL keeps its WAL.
+    let archive = src.repo.join("main/archive");
+    let lock_out = |mode: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        for d in fs::read_dir(&archive).unwrap().flatten() {
+            fs::set_permissions(d.path(), fs::Permissions::from_mode(mode)).unwrap();
+        }
+    };
+    lock_out(0o500);
+    for _ in 0..5 {
+        src.sql("CREATE TABLE IF NOT EXISTS filler (x int); INSERT INTO filler SELECT generate_series(1, 1000)");
+        src.sql("SELECT pg_switch_wal()");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while src.sql("SELECT failed_count FROM pg_stat_archiver") == "0" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "archive-push never reported the full queue"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let queued = fs::read_dir(spool.join("main/push"))
+        .unwrap()
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .count();
+    assert!(
+        queued <= 2,
+        "the spool holds {queued} files, more than --archive-push-queue-max"
+    );
+
+    // Back to normal: everything arrives, in order, with no gap.
+    lock_out(0o755);
+    src.archive_current_wal();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while fs::read_dir(spool.join("main/push"))
+        .unwrap()
+        .flatten()
+        .any(|e| !e.file_name().to_string_lossy().starts_with('.'))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the spool never drained"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let stats = wal_stats(&src);
+    assert_eq!(
+        stats["timelines"][0]["gaps"].as_array().unwrap().len(),
+        0,
+        "{stats}"
+    );
+    src.ok(&["verify"]);
+    let expected = src.cluster.content_checksum("postgres");
+    let restored = src.restore_and_start("async-r", &["--set", &first]);
+    assert_eq!(restored.content_checksum("postgres"), expected);
+}
+
+#[test]
+fn archive_get_prefetches_the_next_segments_and_serves_them_locally() {
+    let src = Source::start("prefetch", 15);
+    src.sql("CREATE TABLE t (x int)");
+    let mut segments = Vec::new();
+    for _ in 0..5 {
+        src.sql("INSERT INTO t SELECT generate_series(1, 1000)");
+        segments.push(src.sql("SELECT pg_walfile_name(pg_current_wal_lsn())"));
+        src.sql("SELECT pg_switch_wal()");
+    }
+    src.archive_current_wal();
+    let pg_wal = work_dir("prefetch-dest").join("pg_wal");
+    fs::create_dir_all(&pg_wal).unwrap();
+    chown_pg(pg_wal.parent().unwrap());
+    let dest = pg_wal.join("RECOVERYXLOG");
+    let dest_s = dest.display().to_string();
+    src.ok(&[
+        "archive-get",
+        &segments[0],
+        &dest_s,
+        "--archive-get-queue-max",
+        "3",
+    ]);
+    let prefetched = pg_wal.join("pgward-prefetch");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !(1..=3).all(|i| prefetched.join(&segments[i]).exists()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "segments were not prefetched"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        !prefetched.join(&segments[4]).exists(),
+        "prefetch must stay within its window"
+    );
+    let expected = fs::read(src.cluster.data.join("pg_wal").join(&segments[1])).ok();
+    src.ok(&[
+        "archive-get",
+        &segments[1],
+        &dest_s,
+        "--archive-get-queue-max",
+        "3",
+    ]);
+    assert!(
+        !prefetched.join(&segments[1]).exists(),
+        "the prefetched copy is handed over by rename"
+    );
+    if let Some(bytes) = expected {
+        assert_eq!(fs::read(&dest).unwrap(), bytes);
+    }
+}

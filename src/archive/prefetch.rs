@@ -1,0 +1,106 @@
+//! Prefetching for archive-get. When recovery asks for segment S, the next segments of
+//! the same timeline are fetched in parallel, verified, into `pg_wal/pgward-prefetch/`
+//! (on the same filesystem as `%p`, so handing one over is a rename). A later request
+//! served from there costs a rename, not a repository round trip. Files there are only
+//! ever complete and checked, so using one is as safe as fetching it.
+
+use std::path::{Path, PathBuf};
+
+use futures::stream::{self, StreamExt};
+
+use super::get::{fetch, find_for_get};
+use crate::error::{Error, IoContext, Result};
+use crate::pg::{WalFileName, WalSegment};
+use crate::repo::Repo;
+use crate::storage::local::{create_dir_durable, sync_dir};
+
+pub const DIR_NAME: &str = "pgward-prefetch";
+
+/// The prefetch directory beside a restore_command destination (`pg_wal/RECOVERYXLOG`).
+pub fn dir_for(dest: &Path) -> PathBuf {
+    dest.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .join(DIR_NAME)
+}
+
+/// Hands over a prefetched `name` if there is one.
+pub fn take(dir: &Path, name: &WalFileName, dest: &Path) -> Result<bool> {
+    let file = dir.join(name.to_string());
+    match std::fs::rename(&file, dest) {
+        Ok(()) => {
+            let parent = dest
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            sync_dir(parent).at("syncing", parent)?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io("using prefetched", &file, e)),
+    }
+}
+
+/// Background: fetch the `count` segments after `after` that are not there yet, stopping
+/// at the first one the archive does not have; drop anything outside that window.
+pub async fn run(
+    repo: &Repo,
+    after: WalSegment,
+    dir: &Path,
+    count: usize,
+    jobs: usize,
+) -> Result<()> {
+    create_dir_durable(dir).at("creating", dir)?;
+    let lock_path = dir.join(".lock");
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .at("opening", &lock_path)?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor we own, held until return.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Ok(());
+    }
+    let segment_size = repo.stanza_info().await?.wal_segment_size;
+    let mut window = Vec::new();
+    let mut next = after;
+    for _ in 0..count {
+        next = next.next(segment_size);
+        window.push(next);
+    }
+    let wanted: Vec<String> = window.iter().map(|s| s.to_string()).collect();
+    for entry in std::fs::read_dir(dir).at("listing", dir)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with('.') && !wanted.contains(&name) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    // Find what exists first (stop at a gap: recovery cannot go past it anyway).
+    let mut present = Vec::new();
+    for seg in &window {
+        if dir.join(seg.to_string()).exists() {
+            continue;
+        }
+        match find_for_get(repo, &WalFileName::Segment(*seg)).await? {
+            Some(file) if matches!(file.name, WalFileName::Segment(_)) => present.push(file),
+            _ => break,
+        }
+    }
+    let results: Vec<Result<()>> = stream::iter(present)
+        .map(|file| async move {
+            let dest = dir.join(file.name.to_string());
+            fetch(repo, &file, &dest).await
+        })
+        .buffer_unordered(jobs.max(1))
+        .collect()
+        .await;
+    for r in results {
+        if let Err(e) = r {
+            tracing::warn!("prefetch failed: {e}"); // the foreground fetches it again and reports
+        }
+    }
+    Ok(())
+}

@@ -150,12 +150,13 @@ parse_time() {
             printf "%.2f %d %.2f %.2f %d %d %d\n", w, m, u, s, v, iv, fo}' "$1"
 }
 
-# run_timed ID CMD... : sync, run CMD as postgres under time -v; sets WALL RSS USR SYS SRV VCS IVCS FSO RC
+# run_timed ID CMD... : sync, run CMD as postgres under time -v; sets WALL RSS USR SYS SRV VCS IVCS FSO RC LOAD
 run_timed() {
     local id=$1; shift
     local s0 s1
     RC=0
     sync
+    LOAD=$(cut -d' ' -f1 /proc/loadavg)   # 1-min load average just before (other work on the host)
     s0=$(srv_cpu)
     pg /usr/bin/time -v -o "$RES/$id.time" "$@" >"$RES/$id.out" 2>&1 || RC=$?
     s1=$(srv_cpu)
@@ -176,12 +177,13 @@ run_timed() {
 # record OP TOOL RUN ORDER BYTES NOTE [DUBYTES] [ID]  (uses RC WALL RSS USR SYS SRV VCS IVCS FSO)
 # TSV columns: 1 op 2 tool 3 run 4 order 5 status 6 wall 7 rss_kb 8 user 9 sys 10 srv
 #              11 bytes 12 vcs 13 ivcs 14 fsout 15 note 16 du_bytes 17 id (output file stem)
+#              18 host 1-min load average just before the step
 record() {
     local status=ok
     [ "$RC" -eq 0 ] || status="FAILED($RC)"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
-        "$1" "$2" "$3" "$4" "$status" "$WALL" "$RSS" "$USR" "$SYS" "$SRV" "$5" "$VCS" "$IVCS" "$FSO" "$6" "${7:--}" "${8:--}" >> "$TSV"
-    log "$1 $2 run $3 (#$4): $status wall=${WALL}s rss=$((RSS / 1024))MiB user=${USR} sys=${SYS} srv=${SRV} bytes=$5 du=${7:--} $6"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+        "$1" "$2" "$3" "$4" "$status" "$WALL" "$RSS" "$USR" "$SYS" "$SRV" "$5" "$VCS" "$IVCS" "$FSO" "$6" "${7:--}" "${8:--}" "${LOAD:--}" >> "$TSV"
+    log "$1 $2 run $3 (#$4): $status wall=${WALL}s rss=$((RSS / 1024))MiB user=${USR} sys=${SYS} srv=${SRV} bytes=$5 du=${7:--} load=${LOAD:--} $6"
 }
 
 # phase breakdowns from the tools' own log timestamps
@@ -405,7 +407,7 @@ restore_one() {   # KIND RUN ORDER   KIND = pwfull | pwincr | brincr
     stop_server "$dir"
     rm -rf "$dir"; mkdir -m 700 "$dir"; chown postgres:postgres "$dir"
     if [ -z "$set" ]; then
-        RC=99 WALL=0 RSS=0 USR=0 SYS=0 SRV=0 VCS=0 IVCS=0 FSO=0
+        RC=99 WALL=0 RSS=0 USR=0 SYS=0 SRV=0 VCS=0 IVCS=0 FSO=0 LOAD=-
         echo "no backup to restore (the backup step failed)" > "$RES/$id.out"
         record "$op" "$tool" "$r" "$o" 0 "skipped: no backup" 0 "$id"
         return
@@ -511,6 +513,8 @@ echo "- restores of the latest incr: pgward $INCR_PW (chain: $CHAIN_PW), pgBackR
 echo "- correctness: source sum(abalance)=$SRC_SUM count=$SRC_CNT; pgward-restored incremental (started on port $RPORT, recovered from pgward's archive) sum=$RST_SUM count=$RST_CNT -> **$VERIFY** (start to end of recovery ${RECOV} s; restored archive_mode=$RST_ARCHMODE; restore_command=\`$RST_RESTORECMD\`)"
 read -r n1 m1 x1 r1 f1 < <(arch_stats "$RES/archive-push-pgbackrest.log")
 read -r n2 m2 x2 r2 f2 < <(arch_stats "$RES/archive-push-pgward.log")
+LOADS=$(awk -F'\t' '$1!="setup" && $18 != "-" {n++; s+=$18; if($18>m)m=$18} END{if(n) printf "mean %.2f, max %.2f", s/n, m; else print "n/a"}' "$TSV")
+echo "- host 1-min load average just before the timed steps: $LOADS on $(nproc) cores (includes this script's own preceding steps; values well above ~1 mean other work shared the CPUs and timings are noisier)"
 echo "- archive-push per 16 MiB segment (lz4), from the archive_command wrapper: pgBackRest median ${m1} s (max ${x1} s, max RSS $(mib "$r1") MiB, $n1 calls, $f1 failed); pgward median ${m2} s (max ${x2} s, max RSS $(mib "$r2") MiB, $n2 calls, $f2 failed)"
 echo
 echo "### Summary (medians of successful runs; ratio = pgward / pgBackRest)"
@@ -549,12 +553,12 @@ echo "| **ratio full+incr / full** | | **$(ratio "$wpi" "$wpf")** | $(ratio "$(c
 echo
 echo "### Per run"
 echo
-echo "| step | tool | run | order | status | wall s | max RSS MiB | user s | sys s | (u+s)/wall | srv CPU s | stored/restored bytes | du bytes | vol/invol ctx sw | FS out blocks |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| step | tool | run | order | status | wall s | max RSS MiB | user s | sys s | (u+s)/wall | srv CPU s | stored/restored bytes | du bytes | vol/invol ctx sw | FS out blocks | host load before |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 awk -F'\t' '$1!="setup" {
     cpu = ($6 > 0) ? ($8 + $9) / $6 * 100 : 0;
-    printf "| %s | %s | %s | %s | %s | %.2f | %.1f | %.2f | %.2f | %.0f%% | %s | %s | %s | %s/%s | %s |\n",
-        $1, $2, $3, $4, $5, $6, $7 / 1024, $8, $9, cpu, $10, $11, $16, $12, $13, $14 }' "$TSV"
+    printf "| %s | %s | %s | %s | %s | %.2f | %.1f | %.2f | %.2f | %.0f%% | %s | %s | %s | %s/%s | %s | %s |\n",
+        $1, $2, $3, $4, $5, $6, $7 / 1024, $8, $9, cpu, $10, $11, $16, $12, $13, $14, $18 }' "$TSV"
 echo
 echo "Notes per run (labels, types, phase breakdown from each tool's own log timestamps):"
 echo

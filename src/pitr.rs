@@ -99,13 +99,12 @@ pub async fn enable(
     saved_copies.extend(save_copy(&settings.config_file)?);
     saved_copies.extend(save_copy(&data_dir.join("postgresql.auto.conf"))?);
     let key = repo.key(SAVED);
-    if repo.storage.read_all(&key).await.is_err() {
-        repo.storage
-            .put(
-                &key,
-                &serde_json::to_vec_pretty(&before).expect("settings serialize"),
-            )
-            .await?;
+    if repo.get_object(&key).await.is_err() {
+        repo.put_object(
+            &key,
+            &serde_json::to_vec_pretty(&before).expect("settings serialize"),
+        )
+        .await?;
     }
     let mut wanted = vec![
         ("archive_mode", "on".to_string()),
@@ -162,7 +161,7 @@ pub async fn disable(
     saved_copies.extend(save_copy(&settings.config_file)?);
     saved_copies.extend(save_copy(&data_dir.join("postgresql.auto.conf"))?);
     let key = repo.key(SAVED);
-    let previous: Vec<Setting> = match repo.storage.read_all(&key).await {
+    let previous: Vec<Setting> = match repo.get_object(&key).await {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map_err(|e| Error::corrupt(format!("{key} does not parse")).source(e))?,
         Err(e) if e.is_not_found() => Vec::new(),

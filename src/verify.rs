@@ -11,7 +11,9 @@ use crate::error::{Error, Result};
 use crate::info::{contiguous_end, segments_on};
 use crate::pg::WalSegment;
 use crate::pipeline::compress::Codec;
+use crate::pipeline::encrypt::MasterKey;
 use crate::repo::archive::ArchivedFile;
+use crate::repo::cipher::stored_read_error;
 use crate::repo::manifest::{bundle_key, Extent, Manifest};
 use crate::repo::Repo;
 use crate::storage::{self, Reader};
@@ -146,6 +148,7 @@ pub async fn verify(repo: &Repo, jobs: usize) -> Result<VerifyReport> {
     let results: Vec<(Option<Problem>, u64)> = stream::iter(checks)
         .map(|(what, breaks, key, range, codec, checksum, length)| {
             let storage = repo.storage.clone();
+            let master = repo.key.clone();
             let progress = progress.clone();
             async move {
                 let reader = match range {
@@ -154,7 +157,7 @@ pub async fn verify(repo: &Repo, jobs: usize) -> Result<VerifyReport> {
                 };
                 let result = match reader {
                     Ok(reader) => tokio::task::spawn_blocking(move || {
-                        check_content(reader, codec, &checksum, length)
+                        check_content(reader, master.as_deref(), codec, &checksum, length)
                     })
                     .await
                     .expect("verify task panicked"),
@@ -192,13 +195,19 @@ pub async fn verify(repo: &Repo, jobs: usize) -> Result<VerifyReport> {
     Ok(report)
 }
 
-fn check_content(reader: Reader, codec: Codec, checksum: &str, length: Option<u64>) -> Result<u64> {
-    let mut decoder = codec
-        .decoder(storage::blocking_reader(reader))
-        .map_err(|e| Error::corrupt("cannot decompress").source(e))?;
+fn check_content(
+    reader: Reader,
+    master: Option<&MasterKey>,
+    codec: Codec,
+    checksum: &str,
+    length: Option<u64>,
+) -> Result<u64> {
+    let mut decoder = crate::pipeline::unseal(master, storage::blocking_reader(reader))
+        .and_then(|r| codec.decoder(r))
+        .map_err(|e| stored_read_error("stored data", e))?;
     let mut hasher = blake3::Hasher::new();
     let n = std::io::copy(&mut decoder, &mut hasher)
-        .map_err(|e| Error::corrupt("cannot decompress").source(e))?;
+        .map_err(|e| stored_read_error("stored data", e))?;
     if length.is_some_and(|l| l != n) {
         return Err(Error::corrupt(format!(
             "holds {n} bytes, the manifest says {}",

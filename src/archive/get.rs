@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::pg::WalFileName;
+use crate::pipeline::encrypt::MasterKey;
 use crate::pipeline::hash::HashingWriter;
 use crate::repo::archive::ArchivedFile;
+use crate::repo::cipher::stored_read_error;
 use crate::repo::Repo;
 use crate::storage::{self, local::sync_dir};
 
@@ -48,8 +50,8 @@ pub async fn archive_get(repo: &Repo, wal_name: &str, dest: &Path) -> Result<Arc
 pub async fn fetch(repo: &Repo, file: &ArchivedFile, dest: &Path) -> Result<()> {
     let fetched = async {
         let reader = repo.storage.read(&repo.archived_file_key(file)).await?;
-        let (file, dest) = (file.clone(), dest.to_path_buf());
-        tokio::task::spawn_blocking(move || restore_file(reader, &file, &dest))
+        let (file, dest, master) = (file.clone(), dest.to_path_buf(), repo.key.clone());
+        tokio::task::spawn_blocking(move || restore_file(reader, master.as_deref(), &file, &dest))
             .await
             .expect("get task panicked")
     };
@@ -62,7 +64,12 @@ pub async fn fetch(repo: &Repo, file: &ArchivedFile, dest: &Path) -> Result<()> 
     })
 }
 
-fn restore_file(reader: storage::Reader, file: &ArchivedFile, dest: &Path) -> Result<()> {
+fn restore_file(
+    reader: storage::Reader,
+    master: Option<&MasterKey>,
+    file: &ArchivedFile,
+    dest: &Path,
+) -> Result<()> {
     let dir = dest
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -71,17 +78,11 @@ fn restore_file(reader: storage::Reader, file: &ArchivedFile, dest: &Path) -> Re
     let out = std::fs::File::create(&temp).at("creating", &temp)?;
     let result = (|| {
         let mut writer = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, out));
-        let mut decoder = file
-            .codec
-            .decoder(storage::blocking_reader(reader))
-            .at("decompressing", file.file_name())?;
-        std::io::copy(&mut decoder, &mut writer).map_err(|e| {
-            Error::corrupt(format!(
-                "archived {} cannot be decompressed",
-                file.file_name()
-            ))
-            .source(e)
-        })?;
+        let what = format!("archived {}", file.file_name());
+        let mut decoder = crate::pipeline::unseal(master, storage::blocking_reader(reader))
+            .and_then(|r| file.codec.decoder(r))
+            .map_err(|e| stored_read_error(&what, e))?;
+        std::io::copy(&mut decoder, &mut writer).map_err(|e| stored_read_error(&what, e))?;
         let (buffered, checksum, _) = writer.finish();
         if checksum != file.checksum {
             return Err(Error::corrupt(format!(
@@ -106,16 +107,15 @@ fn restore_file(reader: storage::Reader, file: &ArchivedFile, dest: &Path) -> Re
 pub async fn read_archived(repo: &Repo, file: &ArchivedFile) -> Result<Vec<u8>> {
     let stored = repo.storage.read_all(&repo.archived_file_key(file)).await?;
     let codec = file.codec;
+    let master = repo.key.clone();
     let name = file.file_name();
     let checksum = file.checksum.clone();
     tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
         let mut out = Vec::new();
-        codec
-            .decoder(&stored[..])
+        crate::pipeline::unseal(master.as_deref(), &stored[..])
+            .and_then(|r| codec.decoder(r))
             .and_then(|mut d| std::io::Read::read_to_end(&mut d, &mut out))
-            .map_err(|e| {
-                Error::corrupt(format!("archived {name} cannot be decompressed")).source(e)
-            })?;
+            .map_err(|e| stored_read_error(format!("archived {name}"), e))?;
         if blake3::hash(&out).to_hex().as_str() != checksum {
             return Err(Error::corrupt(format!(
                 "archived {name} does not match its checksum"

@@ -52,12 +52,14 @@ pub async fn archive_push(
     };
     let key = repo.archived_file_key(&file);
     let source = path.to_path_buf();
+    let master = repo.key.clone();
     let stored_size = storage::write_blocking(repo.storage.as_ref(), &key, move |out| {
         let mut counting = crate::pipeline::CountingWriter { inner: out, written: 0 };
         let mut reader = HashingReader::new(std::fs::File::open(&source).at("opening", &source)?);
-        let mut encoder = compression.encoder(&mut counting).at("compressing", &source)?;
+        let sealed = crate::pipeline::seal(master.as_deref(), &mut counting).at("encrypting", &source)?;
+        let mut encoder = compression.encoder(sealed).at("compressing", &source)?;
         std::io::copy(&mut reader, &mut encoder).at("archiving", &source)?;
-        encoder.finish().at("compressing", &source)?;
+        encoder.finish().and_then(|sealed| sealed.finish()).at("compressing", &source)?;
         let (second_checksum, _) = reader.finish();
         if second_checksum != checksum {
             return Err(Error::new(ErrorKind::Conflict, format!("{} changed while it was being archived", source.display()))

@@ -118,8 +118,20 @@ fn ensure_worker(spool: &Spool, worker_args: &[String]) -> Result<()> {
 
 pub fn spawn_detached(exe: &Path, args: &[String]) -> Result<()> {
     use std::os::unix::process::CommandExt;
-    std::process::Command::new(exe)
-        .args(args)
+    // A passphrase given as a flag reaches the background process through its
+    // environment, not its (world-readable) command line.
+    let mut args = args.to_vec();
+    let mut pass = None;
+    if let Some(i) = args.iter().position(|a| a == "--cipher-pass") {
+        args.remove(i);
+        pass = Some(args.remove(i));
+    }
+    let mut command = std::process::Command::new(exe);
+    if let Some(pass) = pass {
+        command.env("PGWARD_CIPHER_PASS", pass);
+    }
+    command
+        .args(&args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

@@ -15,8 +15,10 @@ use crate::error::{Error, IoContext, Result};
 use crate::pg::page::{is_all_zero, page_lsn, verify_page, PageVerdict, BLCKSZ};
 use crate::pg::Lsn;
 use crate::pipeline::compress::Encoder;
+use crate::pipeline::encrypt::MasterKey;
 use crate::pipeline::hash::CountingWriter;
 use crate::pipeline::Compression;
+use crate::pipeline::{seal, Sealed};
 use crate::progress::Progress;
 use crate::repo::manifest::{
     bundle_key, merge_extents, ChecksumFailure, Extent, FileEntry, Manifest,
@@ -203,7 +205,7 @@ impl BundleSlot {
 
 /// One compressed frame being appended to a bundle.
 struct Frame<'a> {
-    encoder: Encoder<&'a mut BundleSink>,
+    encoder: Encoder<Sealed<&'a mut BundleSink>>,
     bundle: String,
     bundle_offset: u64,
     file_offset: u64,
@@ -215,11 +217,12 @@ impl<'a> Frame<'a> {
     fn start(
         bundle: &'a mut OpenBundle,
         compression: Compression,
+        master: Option<&MasterKey>,
         file_offset: u64,
     ) -> std::io::Result<Frame<'a>> {
         let bundle_offset = bundle.sink.written;
         Ok(Frame {
-            encoder: compression.encoder(&mut bundle.sink)?,
+            encoder: compression.encoder(seal(master, &mut bundle.sink)?)?,
             bundle: bundle.name.clone(),
             bundle_offset,
             file_offset,
@@ -235,7 +238,7 @@ impl<'a> Frame<'a> {
     }
 
     fn finish(self, label: &str) -> std::io::Result<Extent> {
-        let sink = self.encoder.finish()?;
+        let sink = self.encoder.finish()?.finish()?;
         Ok(Extent {
             offset: self.file_offset,
             length: self.length,
@@ -353,8 +356,9 @@ impl Worker {
 
     /// The whole file as one frame.
     fn copy_whole(&mut self, file: &SourceFile, source: &std::fs::File) -> Result<FileEntry> {
+        let master = self.slot.repo.key.clone();
         let settings = &self.settings;
-        let mut frame = Frame::start(self.slot.get()?, settings.compression, 0)
+        let mut frame = Frame::start(self.slot.get()?, settings.compression, master.as_deref(), 0)
             .at("compressing", &file.abs_path)?;
         let mut whole = blake3::Hasher::new();
         let size = read_chunks(
@@ -393,6 +397,7 @@ impl Worker {
         r: &Reference,
         old: &FileEntry,
     ) -> Result<FileEntry> {
+        let master = self.slot.repo.key.clone();
         let settings = &self.settings;
         let old_pages = old.size / BLCKSZ as u64;
         let bundle = self.slot.get()?;
@@ -427,6 +432,7 @@ impl Worker {
                     let mut frame = Frame::start(
                         &mut *bundle,
                         settings.compression,
+                        master.as_deref(),
                         chunk_offset + from as u64,
                     )
                     .map_err(io)?;

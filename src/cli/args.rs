@@ -62,6 +62,20 @@ pub struct GlobalArgs {
     /// Log format: text or json [default: text]
     #[arg(long, env = "PGWARD_LOG_FORMAT", global = true)]
     pub log_format: Option<String>,
+    /// Encrypt a new stanza: aes-256-gcm or none (set at stanza-create) [default: none]
+    #[arg(long, env = "PGWARD_CIPHER", global = true)]
+    pub cipher: Option<String>,
+    /// Passphrase of an encrypted stanza
+    #[arg(
+        long,
+        env = "PGWARD_CIPHER_PASS",
+        global = true,
+        hide_env_values = true
+    )]
+    pub cipher_pass: Option<String>,
+    /// File holding the passphrase of an encrypted stanza
+    #[arg(long, env = "PGWARD_CIPHER_PASS_FILE", global = true)]
+    pub cipher_pass_file: Option<PathBuf>,
     /// Retention: full backups to keep (expire runs after each backup when set)
     #[arg(long, env = "PGWARD_RETAIN_FULL", global = true)]
     pub retain_full: Option<usize>,
@@ -167,6 +181,12 @@ pub enum Command {
     },
     /// Print shell completions: bash, zsh or fish
     Completions { shell: clap_complete::Shell },
+    /// Change the passphrase of an encrypted stanza (re-wraps its key; no data is rewritten)
+    Rekey {
+        /// The new passphrase
+        #[arg(long, env = "PGWARD_NEW_CIPHER_PASS", hide_env_values = true)]
+        new_cipher_pass: String,
+    },
     /// Protect a backup (and what it builds on) from expire
     Pin { label: String },
     /// Remove the protection of `pin`

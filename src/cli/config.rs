@@ -25,6 +25,9 @@ const KEYS: &[&str] = &[
     "retain-full",
     "retain-diff",
     "retain-full-days",
+    "cipher",
+    "cipher-pass",
+    "cipher-pass-file",
 ];
 
 /// Fills options left unset on the command line and in the environment from the file.
@@ -162,6 +165,12 @@ fn fill(args: &mut GlobalArgs, t: &toml::Table, file: &str) -> Result<()> {
     );
     set!(log_level, string("log-level")?);
     set!(log_format, string("log-format")?);
+    set!(cipher, string("cipher")?);
+    set!(cipher_pass, string("cipher-pass")?);
+    set!(
+        cipher_pass_file,
+        string("cipher-pass-file")?.map(PathBuf::from)
+    );
     let count = |k: &str| -> Result<Option<u64>> {
         int(k)?
             .map(|v| u64::try_from(v).map_err(|_| bad(k)))

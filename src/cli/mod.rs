@@ -28,7 +28,8 @@ pub struct Resolved {
 }
 
 impl Resolved {
-    fn repo(&self) -> Result<Repo> {
+    /// The stanza named by the options, without unlocking it.
+    fn stanza_handle(&self) -> Result<Repo> {
         let url = self.global.repo.as_deref().ok_or_else(|| {
             Error::config("no repository given")
                 .hint("pass --repo DIR, set PGWARD_REPO, or set repo in the configuration file")
@@ -38,8 +39,39 @@ impl Resolved {
                 "pass --stanza NAME, set PGWARD_STANZA, or set stanza in the configuration file",
             )
         })?;
-        let storage = crate::storage::open(url)?;
-        Repo::new(storage, stanza)
+        Repo::new(crate::storage::open(url)?, stanza)
+    }
+
+    /// The stanza, unlocked when it is encrypted.
+    async fn repo(&self) -> Result<Repo> {
+        let pass = self.passphrase()?;
+        self.stanza_handle()?.unlock(pass.as_deref()).await
+    }
+
+    fn passphrase(&self) -> Result<Option<Vec<u8>>> {
+        if let Some(p) = &self.global.cipher_pass {
+            return Ok(Some(p.as_bytes().to_vec()));
+        }
+        match &self.global.cipher_pass_file {
+            Some(f) => {
+                let text =
+                    std::fs::read(f).map_err(|e| Error::io("reading the passphrase file", f, e))?;
+                let trimmed = text.strip_suffix(b"\n").unwrap_or(&text).to_vec();
+                Ok(Some(trimmed))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn cipher_requested(&self) -> Result<bool> {
+        match self.global.cipher.as_deref() {
+            None | Some("none") => Ok(false),
+            Some("aes-256-gcm") => Ok(true),
+            Some(other) => {
+                Err(Error::config(format!("unknown cipher {other:?}"))
+                    .hint("use aes-256-gcm or none"))
+            }
+        }
     }
 
     fn conn(&self) -> ConnOptions {
@@ -88,7 +120,22 @@ impl Resolved {
             .as_ref()
             .map(|c| format!(" --config {}", shell_quote(&c.display().to_string())))
             .unwrap_or_default();
-        format!("{}{config} {}", shell_quote(&exe), repo.cli_options())
+        let pass_file = self
+            .global
+            .cipher_pass_file
+            .as_ref()
+            .map(|f| {
+                format!(
+                    " --cipher-pass-file {}",
+                    shell_quote(&f.display().to_string())
+                )
+            })
+            .unwrap_or_default();
+        format!(
+            "{}{config}{pass_file} {}",
+            shell_quote(&exe),
+            repo.cli_options()
+        )
     }
 
     /// Options a background pgward needs to act like this one.
@@ -110,6 +157,11 @@ impl Resolved {
                 "--compress-level".to_string(),
                 c.level.to_string(),
             ]);
+        }
+        if let Some(file) = &self.global.cipher_pass_file {
+            args.extend(["--cipher-pass-file".to_string(), file.display().to_string()]);
+        } else if let Some(pass) = &self.global.cipher_pass {
+            args.extend(["--cipher-pass".to_string(), pass.clone()]); // moved to the environment by spawn_detached
         }
         if let Some(level) = &self.global.log_level {
             args.extend(["--log-level".to_string(), level.clone()]);
@@ -138,7 +190,29 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
     let json = resolved.global.output == OutputFormat::Json;
     match cli.command {
         Command::StanzaCreate => {
-            let repo = resolved.repo()?;
+            let mut repo = resolved.stanza_handle()?;
+            let pass = resolved.passphrase()?;
+            if resolved.cipher_requested()? {
+                let pass = pass.clone().ok_or_else(|| {
+                    Error::config("--cipher aes-256-gcm needs a passphrase")
+                        .hint("pass --cipher-pass, PGWARD_CIPHER_PASS or --cipher-pass-file")
+                })?;
+                let exists = repo
+                    .storage
+                    .read_all(&repo.key("stanza.json"))
+                    .await
+                    .is_ok();
+                if exists && !repo.is_encrypted().await? {
+                    return Err(Error::new(
+                        crate::error::ErrorKind::Conflict,
+                        format!("stanza {:?} exists unencrypted", repo.stanza),
+                    )
+                    .hint("encryption is chosen when a stanza is created; create a new stanza"));
+                }
+                repo.create_key(&pass).await?;
+            } else {
+                repo = repo.unlock(pass.as_deref()).await?;
+            }
             let client = crate::db::connect(&resolved.conn()).await?;
             let server = crate::db::server_info(&client).await?;
             let (info, created) = repo.stanza_create(&server.identity).await?;
@@ -161,7 +235,7 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
             spool_path,
             archive_push_queue_max,
         } => {
-            let repo = resolved.repo()?;
+            let repo = resolved.repo().await?;
             if asynchronous {
                 let spool = crate::archive::spool::Spool::new(&spool_path, &repo.stanza);
                 let mut worker = resolved.self_args(&repo);
@@ -190,7 +264,7 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
             }
         }
         Command::ArchivePushWorker { spool_path } => {
-            let repo = resolved.repo()?;
+            let repo = resolved.repo().await?;
             let spool = crate::archive::spool::Spool::new(&spool_path, &repo.stanza);
             crate::archive::spool::run_worker(
                 &repo,
@@ -205,7 +279,7 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
             dest,
             archive_get_queue_max,
         } => {
-            let repo = resolved.repo()?;
+            let repo = resolved.repo().await?;
             // A missing stanza must stop recovery, not look like the end of the archive.
             repo.stanza_info().await?;
             let wal = crate::pg::WalFileName::parse(&name).map_err(|e| {
@@ -235,7 +309,7 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
             }
         }
         Command::ArchiveGetPrefetch { after, dir, count } => {
-            let repo = resolved.repo()?;
+            let repo = resolved.repo().await?;
             let Ok(crate::pg::WalFileName::Segment(segment)) =
                 crate::pg::WalFileName::parse(&after)
             else {
@@ -244,7 +318,7 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
             crate::archive::prefetch::run(&repo, segment, &dir, count, resolved.jobs()).await?;
         }
         Command::Backup(args) => {
-            let repo = resolved.repo()?;
+            let repo = resolved.repo().await?;
             let opts = crate::backup::BackupOptions {
                 backup_type: match args.backup_type {
                     BackupTypeArg::Full => BackupType::Full,
@@ -286,7 +360,7 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
             }
         }
         Command::Restore(args) => {
-            let repo = resolved.repo()?;
+            let repo = resolved.repo().await?;
             let pgdata = resolved.global.pgdata.clone().ok_or_else(|| {
                 Error::config("restore needs a destination")
                     .hint("pass --pgdata DIR (an empty or new directory)")
@@ -300,7 +374,7 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
             );
         }
         Command::Info => {
-            let repo = resolved.repo()?;
+            let repo = resolved.repo().await?;
             let report = crate::info::info(&repo).await?;
             if json {
                 println!(
@@ -312,7 +386,7 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
             }
         }
         Command::Expire { dry_run } => {
-            let repo = resolved.repo()?;
+            let repo = resolved.repo().await?;
             let retention = resolved.retention();
             if !retention.is_set() {
                 return Err(Error::config("expire needs a retention policy")
@@ -347,7 +421,7 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
             }
         }
         Command::Check { archive_timeout } => {
-            let repo = resolved.repo()?;
+            let repo = resolved.repo().await?;
             let report = crate::check::check(
                 &repo,
                 &resolved.conn(),
@@ -365,7 +439,7 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
             }
         }
         Command::Pitr(PitrCommand::Enable) | Command::Pitr(PitrCommand::Disable) => {
-            let repo = resolved.repo()?;
+            let repo = resolved.repo().await?;
             let pgdata = resolved.global.pgdata.clone();
             let report = if matches!(cli.command, Command::Pitr(PitrCommand::Enable)) {
                 crate::pitr::enable(
@@ -406,7 +480,7 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
             }
         }
         Command::Pitr(PitrCommand::Status) => {
-            let repo = resolved.repo()?;
+            let repo = resolved.repo().await?;
             let s = crate::pitr::status(&repo, &resolved.conn()).await?;
             if json {
                 println!(
@@ -458,7 +532,7 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
             }
         }
         Command::Wal(WalCommand::List) => {
-            let entries = crate::wal::list(&resolved.repo()?).await?;
+            let entries = crate::wal::list(&resolved.repo().await?).await?;
             if json {
                 println!(
                     "{}",
@@ -469,7 +543,7 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
             }
         }
         Command::Wal(WalCommand::Stats) => {
-            let stats = crate::wal::stats(&resolved.repo()?).await?;
+            let stats = crate::wal::stats(&resolved.repo().await?).await?;
             if json {
                 println!(
                     "{}",
@@ -480,7 +554,7 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
             }
         }
         Command::BackupFetch { ref dir, ref label } => {
-            let repo = resolved.repo()?;
+            let repo = resolved.repo().await?;
             let args = RestoreArgs::for_fetch(if label.eq_ignore_ascii_case("LATEST") {
                 None
             } else {
@@ -494,10 +568,24 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "pgward", &mut std::io::stdout());
         }
+        Command::Rekey {
+            ref new_cipher_pass,
+        } => {
+            let repo = resolved.stanza_handle()?;
+            let old = resolved.passphrase()?.ok_or_else(|| {
+                Error::config("rekey needs the current passphrase")
+                    .hint("pass --cipher-pass or PGWARD_CIPHER_PASS")
+            })?;
+            repo.rekey(&old, new_cipher_pass.as_bytes()).await?;
+            println!(
+                "stanza {:?}: passphrase changed; the old one no longer opens it",
+                repo.stanza
+            );
+        }
         Command::Pin { ref label } | Command::Unpin { ref label } => {
             let pin = matches!(cli.command, Command::Pin { .. });
             let label = label.clone();
-            let repo = resolved.repo()?;
+            let repo = resolved.repo().await?;
             repo.set_pinned(&label, pin).await?;
             println!(
                 "backup {label} {}",
@@ -509,7 +597,7 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
             );
         }
         Command::Verify => {
-            let repo = resolved.repo()?;
+            let repo = resolved.repo().await?;
             let report = crate::verify::verify(&repo, resolved.jobs()).await?;
             if json {
                 println!(

@@ -223,7 +223,7 @@ impl Repo {
 
     pub async fn load_manifest(&self, label: &str) -> Result<Manifest> {
         let key = manifest_key(self, label);
-        let bytes = match self.storage.read_all(&key).await {
+        let bytes = match self.get_object(&key).await {
             Err(e) if e.is_not_found() => {
                 return Err(Error::new(
                     ErrorKind::NotFound,
@@ -256,8 +256,7 @@ impl Repo {
 
     pub async fn save_manifest(&self, manifest: &Manifest) -> Result<()> {
         let json = serde_json::to_vec(manifest).expect("manifest serializes");
-        self.storage
-            .put(&manifest_key(self, &manifest.label), &json)
+        self.put_object(&manifest_key(self, &manifest.label), &json)
             .await
     }
 
@@ -275,7 +274,7 @@ impl Repo {
         self.load_manifest(label).await?;
         let key = self.key(&format!("backups/{label}.pin"));
         if pinned {
-            self.storage.put(&key, label.as_bytes()).await
+            self.put_object(&key, label.as_bytes()).await
         } else {
             self.storage.delete(&key).await
         }

@@ -11,6 +11,7 @@
 //! ```
 
 pub mod archive;
+pub mod cipher;
 pub mod label;
 pub mod lock;
 pub mod manifest;
@@ -20,13 +21,15 @@ use crate::error::{Error, Result};
 use crate::storage::SharedStorage;
 
 /// Version of the layout and file formats this build writes and reads.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// A stanza within a repository: the handle every command works through.
 #[derive(Clone, Debug)]
 pub struct Repo {
     pub storage: SharedStorage,
     pub stanza: String,
+    /// Set when the stanza is encrypted (unlocked with the passphrase).
+    pub key: Option<std::sync::Arc<crate::pipeline::encrypt::MasterKey>>,
 }
 
 impl Repo {
@@ -44,6 +47,7 @@ impl Repo {
         Ok(Repo {
             storage,
             stanza: stanza.to_string(),
+            key: None,
         })
     }
 

@@ -33,7 +33,7 @@ const FILE: &str = "stanza.json";
 impl Repo {
     /// Reads the stanza's identity; a clear error when the stanza was never created.
     pub async fn stanza_info(&self) -> Result<StanzaInfo> {
-        let bytes = match self.storage.read_all(&self.key(FILE)).await {
+        let bytes = match self.get_object(&self.key(FILE)).await {
             Err(e) if e.is_not_found() => {
                 return Err(Error::new(
                     ErrorKind::Config,
@@ -78,7 +78,7 @@ impl Repo {
                     created: chrono::Utc::now(),
                 };
                 let json = serde_json::to_vec_pretty(&info).expect("stanza info serializes");
-                self.storage.put(&self.key(FILE), &json).await?;
+                self.put_object(&self.key(FILE), &json).await?;
                 Ok((info, true))
             }
             Err(e) => Err(e),

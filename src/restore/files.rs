@@ -12,6 +12,7 @@ use tokio::runtime::Handle;
 
 use crate::error::{Error, IoContext, Result};
 use crate::pipeline::compress::Codec;
+use crate::repo::cipher::stored_read_error;
 use crate::repo::manifest::{bundle_key, Extent, FileEntry, Manifest};
 use crate::repo::Repo;
 use crate::storage;
@@ -113,7 +114,7 @@ impl FrameReader {
             let n = self
                 .decoder
                 .read(&mut buf[..want])
-                .map_err(|e| Error::corrupt(format!("{}: cannot decompress", what())).source(e))?;
+                .map_err(|e| stored_read_error(what(), e))?;
             if n == 0 {
                 return Err(Error::corrupt(format!(
                     "{}: the stored frame ends early",
@@ -142,7 +143,7 @@ impl FrameReader {
         if self
             .decoder
             .read(&mut extra)
-            .map_err(|e| Error::corrupt(format!("{}: cannot decompress", what())).source(e))?
+            .map_err(|e| stored_read_error(what(), e))?
             != 0
         {
             return Err(Error::corrupt(format!(
@@ -208,9 +209,12 @@ fn restore_one(
                     extent.bundle_offset,
                     extent.stored_length,
                 ))?;
-                let decoder = codecs[&extent.backup]
-                    .decoder(storage::blocking_reader(reader))
-                    .at("decompressing", &bundle)?;
+                let decoder =
+                    crate::pipeline::unseal(repo.key.as_deref(), storage::blocking_reader(reader))
+                        .and_then(|r| codecs[&extent.backup].decoder(r))
+                        .map_err(|e| {
+                            stored_read_error(format!("{} (bundle {bundle})", file.path), e)
+                        })?;
                 slot.insert(FrameReader {
                     decoder,
                     position: 0,

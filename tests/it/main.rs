@@ -7,6 +7,7 @@ mod setup;
 
 mod archive;
 mod backup_restore;
+mod encryption;
 mod expire;
 mod incremental;
 mod operator;

@@ -11,6 +11,8 @@ pub struct Source {
     pub cluster: Cluster,
     pub repo: PathBuf,
     pub stanza: String,
+    /// Options given to every pgward call (and to archive_command): e.g. a passphrase file.
+    pub extra: Vec<String>,
 }
 
 pub fn stderr(out: &Output) -> String {
@@ -29,12 +31,24 @@ impl Source {
         )
     }
 
-    pub fn start_with(name: &str, mut opts: ClusterOptions) -> Source {
+    pub fn start_with(name: &str, opts: ClusterOptions) -> Source {
+        Self::start_full(name, opts, Vec::new(), &[])
+    }
+
+    /// `extra`: options for every pgward call (archive_command included); `create`: more
+    /// options for stanza-create.
+    pub fn start_full(
+        name: &str,
+        mut opts: ClusterOptions,
+        extra: Vec<String>,
+        create: &[&str],
+    ) -> Source {
         let repo = work_dir(&format!("{name}-repo"));
         let stanza = "main".to_string();
         opts.archive_command = Some(format!(
-            "{} --repo {} --stanza {stanza} archive-push %p",
+            "{} {} --repo {} --stanza {stanza} archive-push %p",
             pgward_bin().display(),
+            extra.join(" "),
             repo.display()
         ));
         let cluster = Cluster::init(name, opts);
@@ -43,15 +57,19 @@ impl Source {
             cluster,
             repo,
             stanza,
+            extra,
         };
-        source.ok(&["stanza-create"]);
+        let mut args = vec!["stanza-create"];
+        args.extend_from_slice(create);
+        source.ok(&args);
         source
     }
 
     /// pgward with this cluster's connection environment, --repo and --stanza.
     pub fn pgward(&self, args: &[&str]) -> Output {
         let repo = self.repo.display().to_string();
-        let mut full = vec!["--repo", &repo, "--stanza", &self.stanza];
+        let mut full: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        full.extend(["--repo", &repo, "--stanza", &self.stanza]);
         full.extend_from_slice(args);
         pgward(&full, &self.cluster.env())
     }
@@ -168,7 +186,8 @@ impl Source {
     /// Starts pgward in the background (output discarded).
     pub fn spawn(&self, args: &[&str], extra_env: &[(String, String)]) -> Child {
         let repo = self.repo.display().to_string();
-        let mut full = vec!["--repo", &repo, "--stanza", &self.stanza];
+        let mut full: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        full.extend(["--repo", &repo, "--stanza", &self.stanza]);
         full.extend_from_slice(args);
         let mut env = self.cluster.env();
         env.extend_from_slice(extra_env);

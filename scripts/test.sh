@@ -7,6 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A local S3 (moto) for the object-storage tests; started by the tests themselves.
+bash scripts/moto.sh install
+
 if [ "${1:-}" = "--all-versions" ]; then
     bash scripts/install-test-deps.sh all
     export PGWARD_REQUIRE_VERSIONS=13,14,15,16,17,18

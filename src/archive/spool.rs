@@ -121,14 +121,16 @@ pub fn spawn_detached(exe: &Path, args: &[String]) -> Result<()> {
     // A passphrase given as a flag reaches the background process through its
     // environment, not its (world-readable) command line.
     let mut args = args.to_vec();
-    let mut pass = None;
-    if let Some(i) = args.iter().position(|a| a == "--cipher-pass") {
-        args.remove(i);
-        pass = Some(args.remove(i));
-    }
     let mut command = std::process::Command::new(exe);
-    if let Some(pass) = pass {
-        command.env("PGWARD_CIPHER_PASS", pass);
+    for (flag, var) in [
+        ("--cipher-pass", "PGWARD_CIPHER_PASS"),
+        ("--s3-key", "PGWARD_S3_KEY"),
+        ("--s3-key-secret", "PGWARD_S3_KEY_SECRET"),
+    ] {
+        if let Some(i) = args.iter().position(|a| a == flag) {
+            args.remove(i);
+            command.env(var, args.remove(i));
+        }
     }
     command
         .args(&args)

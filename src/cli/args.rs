@@ -62,6 +62,32 @@ pub struct GlobalArgs {
     /// Log format: text or json [default: text]
     #[arg(long, env = "PGWARD_LOG_FORMAT", global = true)]
     pub log_format: Option<String>,
+    /// S3 endpoint (host[:port] or URL) [default: AWS]
+    #[arg(long, env = "PGWARD_S3_ENDPOINT", global = true)]
+    pub s3_endpoint: Option<String>,
+    /// S3 region [default: AWS_REGION or the profile's]
+    #[arg(long, env = "PGWARD_S3_REGION", global = true)]
+    pub s3_region: Option<String>,
+    /// S3 addressing: host (bucket.endpoint) or path (endpoint/bucket) [default: host]
+    #[arg(long, env = "PGWARD_S3_URI_STYLE", global = true)]
+    pub s3_uri_style: Option<String>,
+    /// S3 storage class of new objects, e.g. STANDARD_IA
+    #[arg(long, env = "PGWARD_S3_STORAGE_CLASS", global = true)]
+    pub s3_storage_class: Option<String>,
+    /// Extra CA certificates (PEM) for the S3 endpoint
+    #[arg(long, env = "PGWARD_S3_CA_FILE", global = true)]
+    pub s3_ca_file: Option<PathBuf>,
+    /// S3 access key id [default: the usual AWS sources]
+    #[arg(long, env = "PGWARD_S3_KEY", global = true, hide_env_values = true)]
+    pub s3_key: Option<String>,
+    /// S3 secret access key
+    #[arg(
+        long,
+        env = "PGWARD_S3_KEY_SECRET",
+        global = true,
+        hide_env_values = true
+    )]
+    pub s3_key_secret: Option<String>,
     /// Encrypt a new stanza: aes-256-gcm or none (set at stanza-create) [default: none]
     #[arg(long, env = "PGWARD_CIPHER", global = true)]
     pub cipher: Option<String>,

@@ -28,6 +28,13 @@ const KEYS: &[&str] = &[
     "cipher",
     "cipher-pass",
     "cipher-pass-file",
+    "s3-endpoint",
+    "s3-region",
+    "s3-uri-style",
+    "s3-storage-class",
+    "s3-ca-file",
+    "s3-key",
+    "s3-key-secret",
 ];
 
 /// Fills options left unset on the command line and in the environment from the file.
@@ -166,6 +173,13 @@ fn fill(args: &mut GlobalArgs, t: &toml::Table, file: &str) -> Result<()> {
     set!(log_level, string("log-level")?);
     set!(log_format, string("log-format")?);
     set!(cipher, string("cipher")?);
+    set!(s3_endpoint, string("s3-endpoint")?);
+    set!(s3_region, string("s3-region")?);
+    set!(s3_uri_style, string("s3-uri-style")?);
+    set!(s3_storage_class, string("s3-storage-class")?);
+    set!(s3_ca_file, string("s3-ca-file")?.map(PathBuf::from));
+    set!(s3_key, string("s3-key")?);
+    set!(s3_key_secret, string("s3-key-secret")?);
     set!(cipher_pass, string("cipher-pass")?);
     set!(
         cipher_pass_file,

@@ -29,7 +29,7 @@ pub struct Resolved {
 
 impl Resolved {
     /// The stanza named by the options, without unlocking it.
-    fn stanza_handle(&self) -> Result<Repo> {
+    async fn stanza_handle(&self) -> Result<Repo> {
         let url = self.global.repo.as_deref().ok_or_else(|| {
             Error::config("no repository given")
                 .hint("pass --repo DIR, set PGWARD_REPO, or set repo in the configuration file")
@@ -39,13 +39,38 @@ impl Resolved {
                 "pass --stanza NAME, set PGWARD_STANZA, or set stanza in the configuration file",
             )
         })?;
-        Repo::new(crate::storage::open(url)?, stanza)
+        Repo::new(
+            crate::storage::open(url, &self.s3_options()?).await?,
+            stanza,
+        )
+    }
+
+    fn s3_options(&self) -> Result<crate::storage::s3::S3Options> {
+        let g = &self.global;
+        let uri_style_path = match g.s3_uri_style.as_deref() {
+            None | Some("host") => false,
+            Some("path") => true,
+            Some(other) => {
+                return Err(Error::config(format!(
+                    "--s3-uri-style {other:?}: expected host or path"
+                )))
+            }
+        };
+        Ok(crate::storage::s3::S3Options {
+            endpoint: g.s3_endpoint.clone(),
+            region: g.s3_region.clone(),
+            uri_style_path,
+            storage_class: g.s3_storage_class.clone(),
+            ca_file: g.s3_ca_file.clone(),
+            access_key: g.s3_key.clone(),
+            secret_key: g.s3_key_secret.clone(),
+        })
     }
 
     /// The stanza, unlocked when it is encrypted.
     async fn repo(&self) -> Result<Repo> {
         let pass = self.passphrase()?;
-        self.stanza_handle()?.unlock(pass.as_deref()).await
+        self.stanza_handle().await?.unlock(pass.as_deref()).await
     }
 
     fn passphrase(&self) -> Result<Option<Vec<u8>>> {
@@ -131,8 +156,18 @@ impl Resolved {
                 )
             })
             .unwrap_or_default();
+        let g = &self.global;
+        let s3: String = [
+            ("--s3-endpoint", &g.s3_endpoint),
+            ("--s3-region", &g.s3_region),
+            ("--s3-uri-style", &g.s3_uri_style),
+            ("--s3-storage-class", &g.s3_storage_class),
+        ]
+        .iter()
+        .filter_map(|(flag, v)| v.as_ref().map(|v| format!(" {flag} {}", shell_quote(v))))
+        .collect();
         format!(
-            "{}{config}{pass_file} {}",
+            "{}{config}{pass_file}{s3} {}",
             shell_quote(&exe),
             repo.cli_options()
         )
@@ -157,6 +192,19 @@ impl Resolved {
                 "--compress-level".to_string(),
                 c.level.to_string(),
             ]);
+        }
+        let g = &self.global;
+        for (flag, value) in [
+            ("--s3-endpoint", &g.s3_endpoint),
+            ("--s3-region", &g.s3_region),
+            ("--s3-uri-style", &g.s3_uri_style),
+            ("--s3-storage-class", &g.s3_storage_class),
+            ("--s3-key", &g.s3_key),
+            ("--s3-key-secret", &g.s3_key_secret),
+        ] {
+            if let Some(v) = value {
+                args.extend([flag.to_string(), v.clone()]); // secrets move to the environment in spawn_detached
+            }
         }
         if let Some(file) = &self.global.cipher_pass_file {
             args.extend(["--cipher-pass-file".to_string(), file.display().to_string()]);
@@ -190,7 +238,7 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
     let json = resolved.global.output == OutputFormat::Json;
     match cli.command {
         Command::StanzaCreate => {
-            let mut repo = resolved.stanza_handle()?;
+            let mut repo = resolved.stanza_handle().await?;
             let pass = resolved.passphrase()?;
             if resolved.cipher_requested()? {
                 let pass = pass.clone().ok_or_else(|| {
@@ -571,7 +619,7 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
         Command::Rekey {
             ref new_cipher_pass,
         } => {
-            let repo = resolved.stanza_handle()?;
+            let repo = resolved.stanza_handle().await?;
             let old = resolved.passphrase()?.ok_or_else(|| {
                 Error::config("rekey needs the current passphrase")
                     .hint("pass --cipher-pass or PGWARD_CIPHER_PASS")

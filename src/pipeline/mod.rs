@@ -16,12 +16,12 @@ use encrypt::{DecryptReader, EncryptWriter, MasterKey};
 /// The encryption stage of a stored object: a pass-through without a key.
 pub enum Sealed<W: Write> {
     Plain(W),
-    Encrypted(EncryptWriter<W>),
+    Encrypted(Box<EncryptWriter<W>>),
 }
 
 pub fn seal<W: Write>(key: Option<&MasterKey>, out: W) -> io::Result<Sealed<W>> {
     Ok(match key {
-        Some(key) => Sealed::Encrypted(EncryptWriter::new(key, out)?),
+        Some(key) => Sealed::Encrypted(Box::new(EncryptWriter::new(key, out)?)),
         None => Sealed::Plain(out),
     })
 }
@@ -31,7 +31,7 @@ impl<W: Write> Sealed<W> {
     pub fn finish(self) -> io::Result<W> {
         match self {
             Sealed::Plain(w) => Ok(w),
-            Sealed::Encrypted(e) => e.finish(),
+            Sealed::Encrypted(e) => (*e).finish(),
         }
     }
 }

@@ -23,7 +23,15 @@ impl Repo {
     pub fn lock(&self, purpose: &str) -> Result<StanzaLock> {
         let dir = match self.storage.local_root() {
             Some(root) => root.join(&self.stanza).join("lock"),
-            None => std::env::temp_dir().join("pgward-locks").join(&self.stanza),
+            // Object storage: a host-local lock, one per repository and stanza.
+            None => {
+                let id = blake3::hash(self.storage.location().as_bytes()).to_hex();
+                std::env::temp_dir().join("pgward-locks").join(format!(
+                    "{}-{}",
+                    &id[..16],
+                    self.stanza
+                ))
+            }
         };
         create_dir_durable(&dir).at("creating lock directory", &dir)?;
         let path = dir.join(format!("{purpose}.lock"));

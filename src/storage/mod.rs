@@ -4,6 +4,7 @@
 //! leaves nothing behind under that key.
 
 pub mod local;
+pub mod s3;
 
 use std::sync::Arc;
 
@@ -88,13 +89,16 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
 
 pub type SharedStorage = Arc<dyn Storage>;
 
-/// Opens the storage a repository URL names. Only local paths exist so far.
-pub fn open(repo: &str) -> Result<SharedStorage> {
+/// Opens the storage a repository URL names: `s3://bucket/prefix` or a local directory.
+pub async fn open(repo: &str, s3: &s3::S3Options) -> Result<SharedStorage> {
+    if repo.starts_with("s3://") {
+        return Ok(Arc::new(s3::S3Storage::open(repo, s3.clone()).await?));
+    }
     if repo.contains("://") {
-        return Err(Error::config(format!(
-            "repository {repo:?}: only local directories are supported so far"
-        ))
-        .hint("give a directory path, for example --repo /var/lib/pgward"));
+        return Err(
+            Error::config(format!("repository {repo:?}: unknown kind of URL"))
+                .hint("give a local directory (/var/lib/pgward) or s3://BUCKET/PREFIX"),
+        );
     }
     Ok(Arc::new(LocalStorage::new(repo)))
 }

@@ -12,4 +12,5 @@ mod expire;
 mod incremental;
 mod operator;
 mod pitr;
+mod s3;
 mod versions;

@@ -10,6 +10,8 @@ use super::harness::*;
 pub struct Source {
     pub cluster: Cluster,
     pub repo: PathBuf,
+    /// What --repo says: the local directory, or an s3:// URL.
+    pub url: String,
     pub stanza: String,
     /// Options given to every pgward call (and to archive_command): e.g. a passphrase file.
     pub extra: Vec<String>,
@@ -39,23 +41,39 @@ impl Source {
     /// options for stanza-create.
     pub fn start_full(
         name: &str,
-        mut opts: ClusterOptions,
+        opts: ClusterOptions,
         extra: Vec<String>,
         create: &[&str],
     ) -> Source {
         let repo = work_dir(&format!("{name}-repo"));
+        Self::start_at(name, opts, repo.display().to_string(), extra, create)
+    }
+
+    /// A source archiving into the repository `url` (a directory or an s3:// URL).
+    pub fn start_at(
+        name: &str,
+        mut opts: ClusterOptions,
+        url: String,
+        extra: Vec<String>,
+        create: &[&str],
+    ) -> Source {
+        let repo = PathBuf::from(if url.contains("://") {
+            "/nonexistent-remote-repository"
+        } else {
+            url.as_str()
+        });
         let stanza = "main".to_string();
         opts.archive_command = Some(format!(
-            "{} {} --repo {} --stanza {stanza} archive-push %p",
+            "{} {} --repo {url} --stanza {stanza} archive-push %p",
             pgward_bin().display(),
-            extra.join(" "),
-            repo.display()
+            extra.join(" ")
         ));
         let cluster = Cluster::init(name, opts);
         cluster.start();
         let source = Source {
             cluster,
             repo,
+            url,
             stanza,
             extra,
         };
@@ -67,9 +85,8 @@ impl Source {
 
     /// pgward with this cluster's connection environment, --repo and --stanza.
     pub fn pgward(&self, args: &[&str]) -> Output {
-        let repo = self.repo.display().to_string();
         let mut full: Vec<&str> = self.extra.iter().map(String::as_str).collect();
-        full.extend(["--repo", &repo, "--stanza", &self.stanza]);
+        full.extend(["--repo", &self.url, "--stanza", &self.stanza]);
         full.extend_from_slice(args);
         pgward(&full, &self.cluster.env())
     }
@@ -185,9 +202,8 @@ pub fn kill_pgward(child: &mut Child) {
 impl Source {
     /// Starts pgward in the background (output discarded).
     pub fn spawn(&self, args: &[&str], extra_env: &[(String, String)]) -> Child {
-        let repo = self.repo.display().to_string();
         let mut full: Vec<&str> = self.extra.iter().map(String::as_str).collect();
-        full.extend(["--repo", &repo, "--stanza", &self.stanza]);
+        full.extend(["--repo", &self.url, "--stanza", &self.stanza]);
         full.extend_from_slice(args);
         let mut env = self.cluster.env();
         env.extend_from_slice(extra_env);

@@ -1,0 +1,272 @@
+//! The same commands on an S3-compatible repository: a real moto server (started by
+//! scripts/moto.sh, one per test process), reached through a TCP proxy the outage test
+//! can cut.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use super::harness::*;
+use super::setup::{stderr, Source};
+
+fn moto() -> u16 {
+    static PORT: OnceLock<u16> = OnceLock::new();
+    *PORT.get_or_init(|| {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("pgward-it-moto-{}", std::process::id()));
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/moto.sh");
+        let status = std::process::Command::new("bash")
+            .args([script, "start", &port.to_string()])
+            .arg(&dir)
+            .env("PGWARD_MOTO_PARENT", std::process::id().to_string())
+            .status()
+            .expect("running scripts/moto.sh");
+        assert!(status.success(), "scripts/moto.sh start failed");
+        port
+    })
+}
+
+fn create_bucket(port: u16, bucket: &str) {
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(conn, "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "CreateBucket {bucket}: {answer}"
+    );
+}
+
+/// Forwards connections to moto while `up`; refuses them while down.
+struct Proxy {
+    port: u16,
+    up: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    fn start(target: u16) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let flag = up.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if !flag.load(Ordering::SeqCst) {
+                    continue; // dropped: the client sees a reset
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let flag = flag.clone();
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let flag = flag.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 65536];
+                        loop {
+                            match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) if flag.load(Ordering::SeqCst) => {
+                                    if to.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                                Ok(_) => break,
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy { port, up }
+    }
+}
+
+/// A source whose repository is s3://<bucket>/repo, configured through a file.
+fn s3_source(name: &str, proxy_port: Option<u16>, more_config: &str, create: &[&str]) -> Source {
+    let port = moto();
+    let bucket = name.replace('_', "-");
+    create_bucket(port, &bucket);
+    let dir = work_dir(&format!("{name}-conf"));
+    let config = dir.join("pgward.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[global]\ns3-endpoint = \"http://127.0.0.1:{}\"\ns3-region = \"us-east-1\"\ns3-uri-style = \"path\"\ns3-key = \"test\"\ns3-key-secret = \"test\"\n{more_config}",
+            proxy_port.unwrap_or(port)
+        ),
+    )
+    .unwrap();
+    chown_pg(&dir);
+    let extra = vec!["--config".to_string(), config.display().to_string()];
+    Source::start_at(
+        name,
+        ClusterOptions::default(),
+        format!("s3://{bucket}/repo"),
+        extra,
+        create,
+    )
+}
+
+#[test]
+fn s3_repository_takes_a_chain_archives_restores_to_a_point_verifies_and_expires() {
+    let src = s3_source("s3chain", None, "", &[]);
+    assert!(src
+        .cluster
+        .pgbench(&["-i", "-s", "1", "-q"])
+        .status
+        .success());
+    std::thread::sleep(Duration::from_millis(2500));
+    let full = src.backup(&["--jobs", "2"]);
+    std::thread::sleep(Duration::from_millis(2500));
+    src.sql("UPDATE pgbench_accounts SET abalance = abalance + 7 WHERE aid <= 2000");
+    let incr = src.backup(&["--type", "incr"]);
+    src.sql("SELECT pg_create_restore_point('s3_point')");
+    let expected = src.cluster.content_checksum("postgres");
+    src.sql("UPDATE pgbench_accounts SET abalance = 0");
+    src.archive_current_wal();
+
+    let info = src.info_json();
+    assert_eq!(info["backups"][1]["reference"], full.as_str());
+    assert!(info["archive"][0]["segments"].as_u64().unwrap() >= 3);
+    assert!(src.ok(&["check"]).contains("check passed"));
+    src.ok(&["verify"]);
+    let restored = src.restore_and_start(
+        "s3chain-r",
+        &[
+            "--set",
+            &incr,
+            "--target-name",
+            "s3_point",
+            "--target-action",
+            "promote",
+        ],
+    );
+    assert_eq!(restored.content_checksum("postgres"), expected);
+    drop(restored);
+
+    let newest = src.backup(&[]);
+    src.ok(&["expire", "--retain-full", "1"]);
+    assert_eq!(src.labels(), [newest]);
+    src.ok(&["verify"]);
+}
+
+#[test]
+fn s3_repository_can_be_encrypted_end_to_end() {
+    let src = s3_source(
+        "s3enc",
+        None,
+        "cipher-pass = \"s3 secret\"\n",
+        &["--cipher", "aes-256-gcm"],
+    );
+    src.sql("CREATE TABLE t AS SELECT g, md5(g::text) AS v FROM generate_series(1, 5000) g");
+    let label = src.backup(&[]);
+    let expected = src.cluster.content_checksum("postgres");
+    src.archive_current_wal();
+    src.ok(&["verify"]);
+    let restored = src.restore_and_start("s3enc-r", &["--set", &label]);
+    assert_eq!(restored.content_checksum("postgres"), expected);
+    let out = pgward(
+        &[
+            "--repo",
+            &src.url,
+            "--stanza",
+            "main",
+            "--config",
+            &src.extra[1],
+            "--cipher-pass",
+            "wrong",
+            "info",
+        ],
+        &src.cluster.env(),
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+}
+
+#[test]
+fn s3_outage_fails_backup_and_archive_push_clearly_and_loses_nothing() {
+    let proxy = Proxy::start(moto());
+    let src = s3_source("s3outage", Some(proxy.port), "", &[]);
+    assert!(src
+        .cluster
+        .pgbench(&["-i", "-s", "2", "-q"])
+        .status
+        .success());
+    let first = src.backup(&[]);
+    let quick = [("PGWARD_S3_RETRY_SECONDS".to_string(), "3".to_string())];
+
+    // The store goes away in the middle of a backup: it fails with a clear error and is
+    // not listed.
+    let cut = {
+        let up = proxy.up.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(400));
+            up.store(false, Ordering::SeqCst);
+        })
+    };
+    let mut env = src.cluster.env();
+    env.extend(quick.iter().cloned());
+    let mut args: Vec<&str> = src.extra.iter().map(String::as_str).collect();
+    args.extend([
+        "--repo",
+        &src.url,
+        "--stanza",
+        "main",
+        "backup",
+        "--jobs",
+        "1",
+        "--compress",
+        "gzip",
+        "--compress-level",
+        "9",
+    ]);
+    let out = pgward(&args, &env);
+    cut.join().unwrap();
+    assert!(
+        !out.status.success(),
+        "a backup must fail when the store is gone"
+    );
+    assert!(
+        stderr(&out).contains("s3://s3outage/repo"),
+        "the error must name the bucket: {}",
+        stderr(&out)
+    );
+    // archive_command fails too while the store is down: PostgreSQL keeps the WAL.
+    src.sql("CREATE TABLE during_outage AS SELECT g FROM generate_series(1, 10000) g");
+    let seg = src.sql("SELECT pg_walfile_name(pg_switch_wal())");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while src.sql("SELECT failed_count FROM pg_stat_archiver") == "0" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "archive-push did not fail during the outage"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = src.pgward(&["info"]);
+    assert!(!out.status.success());
+
+    // Back: the archiver catches up, the listed backups are the complete ones, and the
+    // next backup succeeds.
+    proxy.up.store(true, Ordering::SeqCst);
+    src.archive_current_wal();
+    assert_eq!(src.labels(), [first.clone()]);
+    let second = src.backup(&[]);
+    assert_eq!(src.labels(), [first, second]);
+    let stats: serde_json::Value =
+        serde_json::from_str(&src.ok(&["--output", "json", "wal", "stats"])).unwrap();
+    assert_eq!(
+        stats["timelines"][0]["gaps"].as_array().unwrap().len(),
+        0,
+        "WAL lost during the outage: {stats}"
+    );
+    assert!(src.ok(&["wal", "list"]).contains(&seg));
+    src.ok(&["verify"]);
+}

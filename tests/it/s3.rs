@@ -257,7 +257,7 @@ fn s3_outage_fails_backup_and_archive_push_clearly_and_loses_nothing() {
     // next backup succeeds.
     proxy.up.store(true, Ordering::SeqCst);
     src.archive_current_wal();
-    assert_eq!(src.labels(), [first.clone()]);
+    assert_eq!(src.labels(), std::slice::from_ref(&first));
     let second = src.backup(&[]);
     assert_eq!(src.labels(), [first, second]);
     let stats: serde_json::Value =

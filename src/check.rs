@@ -19,6 +19,7 @@ pub struct CheckReport {
     pub archive_command: String,
     pub segment: String,
     pub seconds: f64,
+    pub lock: String,
 }
 
 pub async fn check(repo: &Repo, conn: &ConnOptions, timeout: Duration) -> Result<CheckReport> {
@@ -70,6 +71,7 @@ pub async fn check(repo: &Repo, conn: &ConnOptions, timeout: Duration) -> Result
         archive_command: settings.archive_command,
         segment: name,
         seconds: started.elapsed().as_secs_f64(),
+        lock: repo.lock_mechanism().await?,
     })
 }
 

@@ -21,6 +21,9 @@ pub struct InfoReport {
     pub pg_major: u32,
     pub data_checksums: bool,
     pub format_version: u32,
+    pub encrypted: bool,
+    /// How concurrent backups of the stanza are excluded.
+    pub lock: String,
     pub backups: Vec<BackupSummary>,
     pub archive: Vec<TimelineArchive>,
     pub recoverable_window: Option<RecoverableWindow>,
@@ -86,6 +89,8 @@ pub async fn info(repo: &Repo) -> Result<InfoReport> {
         pg_major: stanza.pg_major,
         data_checksums: stanza.data_checksums,
         format_version: stanza.format_version,
+        encrypted: repo.key.is_some(),
+        lock: repo.lock_mechanism().await?,
         backups: manifests
             .iter()
             .map(|m| summarize(m, &manifests, &pinned))
@@ -236,6 +241,15 @@ pub fn render_text(r: &InfoReport) -> String {
         "stanza {} (PostgreSQL {}, system identifier {}, data checksums {})\nrepository {} (format {})\n",
         r.stanza, r.pg_major, r.system_identifier, if r.data_checksums { "on" } else { "off" }, r.repository, r.format_version
     );
+    s.push_str(&format!(
+        "encrypted: {}; lock: {}\n",
+        if r.encrypted {
+            "yes (aes-256-gcm)"
+        } else {
+            "no"
+        },
+        r.lock
+    ));
     s.push_str(&format!("\nbackups: {}\n", r.backups.len()));
     for b in &r.backups {
         s.push_str(&format!(

@@ -42,8 +42,14 @@ pub struct BackupOptions {
 }
 
 pub async fn backup(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> Result<Manifest> {
+    let lock = repo.lock("backup").await?;
+    let result = backup_locked(repo, conn, opts).await;
+    lock.release().await;
+    result
+}
+
+async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> Result<Manifest> {
     let started = Instant::now();
-    let _lock = repo.lock("backup")?;
     let stanza = repo.stanza_info().await?;
     let client = db::connect(conn).await?;
     let server = db::server_info(&client).await?;

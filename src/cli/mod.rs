@@ -384,10 +384,7 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
             };
             let m = crate::backup::backup(&repo, &resolved.conn(), opts).await?;
             if resolved.retention().is_set() {
-                let _lock = repo.lock("backup")?;
-                let plan =
-                    crate::expire::plan(&repo, &resolved.retention(), chrono::Utc::now()).await?;
-                crate::expire::execute(&repo, &plan).await?;
+                crate::expire::expire(&repo, &resolved.retention(), false).await?;
             }
             if json {
                 println!(
@@ -440,8 +437,7 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
                 return Err(Error::config("expire needs a retention policy")
                     .hint("pass --retain-full N, --retain-diff N or --retain-full-days D (or set them in the configuration file)"));
             }
-            let _lock = repo.lock("backup")?;
-            let plan = crate::expire::plan(&repo, &retention, chrono::Utc::now()).await?;
+            let plan = crate::expire::expire(&repo, &retention, dry_run).await?;
             if json {
                 println!(
                     "{}",
@@ -464,9 +460,6 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
                         .map_or("-".to_string(), |l| l.to_string())
                 );
             }
-            if !dry_run {
-                crate::expire::execute(&repo, &plan).await?;
-            }
         }
         Command::Check { archive_timeout } => {
             let repo = resolved.repo().await?;
@@ -482,8 +475,8 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
                     serde_json::to_string_pretty(&report).expect("report serializes")
                 );
             } else {
-                println!("check passed: stanza {:?} matches the cluster, archive_command archives here, and segment {} reached the archive in {:.2}s",
-                    report.stanza, report.segment, report.seconds);
+                println!("check passed: stanza {:?} matches the cluster, archive_command archives here, and segment {} reached the archive in {:.2}s; lock: {}",
+                    report.stanza, report.segment, report.seconds, report.lock);
             }
         }
         Command::Pitr(PitrCommand::Enable) | Command::Pitr(PitrCommand::Disable) => {

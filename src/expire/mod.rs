@@ -216,3 +216,18 @@ fn test_pause() {
         std::thread::sleep(std::time::Duration::from_millis(ms));
     }
 }
+
+/// Plans (and unless `dry_run`, carries out) retention under the stanza's lock.
+pub async fn expire(repo: &Repo, retention: &Retention, dry_run: bool) -> Result<ExpirePlan> {
+    let lock = repo.lock("backup").await?;
+    let result = async {
+        let plan = plan(repo, retention, chrono::Utc::now()).await?;
+        if !dry_run {
+            execute(repo, &plan).await?;
+        }
+        Ok(plan)
+    }
+    .await;
+    lock.release().await;
+    result
+}

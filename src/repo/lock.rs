@@ -1,38 +1,180 @@
-//! Stanza locks. On a local repository the lock is an `flock` on a file inside the
-//! repository, so the kernel releases it when the holder dies (kill -9 included) and the
-//! next process takes it over without guessing. The file records who holds it.
+//! Stanza locks: two backups (or a backup and an expire) of one stanza never run at once.
+//!
+//! - Local repository: an `flock` on a file inside it; the kernel releases it when the
+//!   holder dies (kill -9 included), so the next process takes over without guessing.
+//! - Object storage with conditional writes: an object created with If-None-Match,
+//!   naming its holder and refreshed by a heartbeat. A holder that died is recognised (its
+//!   pid is gone on this host, or its heartbeat is older than `STALE_AFTER`) and replaced.
+//! - Object storage without them (Garage ignores If-None-Match): a host-local `flock`;
+//!   `info` and `check` say that only this host is protected.
+//!
+//! The lock guards work, never data: the manifests stay the only truth, so a lock lost
+//! in a crash costs at most a wait, never a repository.
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 use super::Repo;
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::storage::local::create_dir_durable;
+use crate::storage::SharedStorage;
 
-/// Held while alive; dropping it releases the lock.
+const HEARTBEAT: Duration = Duration::from_secs(30);
+const STALE_AFTER: Duration = Duration::from_secs(300);
+
+/// Held while alive; call `release` when done (a crash leaves it to be taken over).
 #[derive(Debug)]
 pub struct StanzaLock {
-    _file: File,
-    pub path: PathBuf,
+    _file: Option<File>,
+    object: Option<(SharedStorage, String)>,
+    heartbeat: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl StanzaLock {
+    pub async fn release(mut self) {
+        if let Some(h) = self.heartbeat.take() {
+            h.abort();
+        }
+        if let Some((storage, key)) = self.object.take() {
+            if let Err(e) = storage.delete(&key).await {
+                tracing::warn!("could not remove lock {key}: {e}");
+            }
+        }
+    }
+}
+
+impl Drop for StanzaLock {
+    fn drop(&mut self) {
+        if let Some(h) = self.heartbeat.take() {
+            h.abort();
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Holder {
+    pid: u32,
+    host: String,
+    purpose: String,
+    heartbeat: chrono::DateTime<chrono::Utc>,
+}
+
+fn host() -> String {
+    hostname::get()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn locked(repo: &Repo, purpose: &str, holder: &str) -> Error {
+    Error::new(
+        ErrorKind::Locked,
+        format!(
+            "stanza {:?} is locked for {purpose} by {holder}",
+            repo.stanza
+        ),
+    )
+    .hint("another pgward process is running for this stanza; wait for it to finish")
 }
 
 impl Repo {
     /// Takes the stanza's `purpose` lock (e.g. "backup") or fails at once naming the holder.
-    pub fn lock(&self, purpose: &str) -> Result<StanzaLock> {
-        let dir = match self.storage.local_root() {
-            Some(root) => root.join(&self.stanza).join("lock"),
-            // Object storage: a host-local lock, one per repository and stanza.
-            None => {
-                let id = blake3::hash(self.storage.location().as_bytes()).to_hex();
-                std::env::temp_dir().join("pgward-locks").join(format!(
-                    "{}-{}",
-                    &id[..16],
-                    self.stanza
-                ))
-            }
+    pub async fn lock(&self, purpose: &str) -> Result<StanzaLock> {
+        if let Some(root) = self.storage.local_root() {
+            return self.flock(root.join(&self.stanza).join("lock"), purpose);
+        }
+        let key = self.key(&format!("lock/{purpose}.lock"));
+        let what = purpose.to_string();
+        let holder = move |now| {
+            serde_json::to_vec(&Holder {
+                pid: std::process::id(),
+                host: host(),
+                purpose: what.clone(),
+                heartbeat: now,
+            })
+            .expect("holder serializes")
         };
+        for _ in 0..2 {
+            match self
+                .storage
+                .create_exclusive(&key, &holder(chrono::Utc::now()))
+                .await?
+            {
+                None => return self.flock(self.host_lock_dir(), purpose),
+                Some(true) => {
+                    let (storage, key2, holder) =
+                        (self.storage.clone(), key.clone(), holder.clone());
+                    let beat = tokio::spawn(async move {
+                        loop {
+                            tokio::time::sleep(HEARTBEAT).await;
+                            let _ = storage.put(&key2, &holder(chrono::Utc::now())).await;
+                        }
+                    });
+                    return Ok(StanzaLock {
+                        _file: None,
+                        object: Some((self.storage.clone(), key)),
+                        heartbeat: Some(beat),
+                    });
+                }
+                Some(false) => {
+                    let current: Option<Holder> = self
+                        .storage
+                        .read_all(&key)
+                        .await
+                        .ok()
+                        .and_then(|b| serde_json::from_slice(&b).ok());
+                    let Some(current) = current else { continue }; // released meanwhile
+                    let dead_here = current.host == host() && !pid_alive(current.pid);
+                    let silent = chrono::Utc::now() - current.heartbeat
+                        > chrono::Duration::from_std(STALE_AFTER).expect("small");
+                    if dead_here || silent {
+                        tracing::warn!(pid = current.pid, host = %current.host, "taking over a lock its holder left behind");
+                        self.storage.delete(&key).await?;
+                        continue;
+                    }
+                    return Err(locked(
+                        self,
+                        purpose,
+                        &format!("pid {} on host {}", current.pid, current.host),
+                    ));
+                }
+            }
+        }
+        Err(locked(
+            self,
+            purpose,
+            "another process (the lock changed hands while pgward looked)",
+        ))
+    }
+
+    /// How this stanza is protected from concurrent backups, for `info` and `check`.
+    pub async fn lock_mechanism(&self) -> Result<String> {
+        if self.storage.local_root().is_some() {
+            return Ok("flock in the repository".into());
+        }
+        let probe = self.key("lock/.probe");
+        let _ = self.storage.delete(&probe).await;
+        Ok(match self.storage.create_exclusive(&probe, b"probe").await? {
+            None => "host-local only: the store ignores conditional writes, so backups started on other hosts are not excluded".into(),
+            Some(_) => {
+                let _ = self.storage.delete(&probe).await;
+                "lock object created with a conditional write".into()
+            }
+        })
+    }
+
+    fn host_lock_dir(&self) -> PathBuf {
+        let id = blake3::hash(self.storage.location().as_bytes()).to_hex();
+        std::env::temp_dir()
+            .join("pgward-locks")
+            .join(format!("{}-{}", &id[..16], self.stanza))
+    }
+
+    fn flock(&self, dir: PathBuf, purpose: &str) -> Result<StanzaLock> {
         create_dir_durable(&dir).at("creating lock directory", &dir)?;
         let path = dir.join(format!("{purpose}.lock"));
         let mut file = std::fs::OpenOptions::new()
@@ -47,22 +189,24 @@ impl Repo {
         if rc != 0 {
             let mut holder = String::new();
             let _ = file.read_to_string(&mut holder);
-            return Err(Error::new(
-                ErrorKind::Locked,
-                format!(
-                    "stanza {:?} is locked for {purpose} by {}",
-                    self.stanza,
-                    holder.trim()
-                ),
-            )
-            .hint("another pgward process is running for this stanza; wait for it to finish"));
+            return Err(locked(self, purpose, holder.trim()));
         }
-        let host = hostname::get()
-            .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_default();
         file.set_len(0).at("writing lock file", &path)?;
         file.rewind().at("writing lock file", &path)?;
-        write!(file, "pid {} on host {host}", std::process::id()).at("writing lock file", &path)?;
-        Ok(StanzaLock { _file: file, path })
+        write!(file, "pid {} on host {}", std::process::id(), host())
+            .at("writing lock file", &path)?;
+        Ok(StanzaLock {
+            _file: Some(file),
+            object: None,
+            heartbeat: None,
+        })
+    }
+}
+
+fn pid_alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe {
+        libc::kill(pid as i32, 0) == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
     }
 }

@@ -62,6 +62,12 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// safe while no writer may be working in `dir`: callers hold the stanza's lock.
     async fn remove_incomplete(&self, dir: &str) -> Result<usize>;
 
+    /// Creates `key` only if absent (a conditional write): Some(true) created, Some(false)
+    /// it exists, None the store cannot do this reliably.
+    async fn create_exclusive(&self, _key: &str, _bytes: &[u8]) -> Result<Option<bool>> {
+        Ok(None)
+    }
+
     /// A local directory backing this storage, for host-local locks.
     fn local_root(&self) -> Option<std::path::PathBuf> {
         None

@@ -487,6 +487,13 @@ fn shared_profile() -> Profile {
 
 #[async_trait]
 impl Storage for S3Storage {
+    async fn create_exclusive(&self, key: &str, bytes: &[u8]) -> Result<Option<bool>> {
+        if !self.supports_conditional_put().await {
+            return Ok(None);
+        }
+        self.put_if_absent(key, bytes).await.map(Some)
+    }
+
     fn location(&self) -> String {
         match self.prefix.as_str() {
             "" => format!("s3://{}", self.bucket),

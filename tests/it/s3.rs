@@ -270,3 +270,54 @@ fn s3_outage_fails_backup_and_archive_push_clearly_and_loses_nothing() {
     assert!(src.ok(&["wal", "list"]).contains(&seg));
     src.ok(&["verify"]);
 }
+
+#[test]
+fn s3_lock_object_excludes_a_second_backup_and_a_killed_holder_is_taken_over() {
+    let src = s3_source("s3lock", None, "", &[]);
+    let info = src.info_json();
+    assert_eq!(
+        info["lock"], "lock object created with a conditional write",
+        "moto supports If-None-Match"
+    );
+    assert!(src
+        .cluster
+        .pgbench(&["-i", "-s", "3", "-q"])
+        .status
+        .success());
+    let mut first = src.spawn(
+        &[
+            "backup",
+            "--jobs",
+            "1",
+            "--compress",
+            "gzip",
+            "--compress-level",
+            "9",
+        ],
+        &[],
+    );
+    // Once the first holds the lock object, a second backup is refused at once.
+    std::thread::sleep(Duration::from_millis(1000));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = src.pgward(&["backup"]);
+        if out.status.code() == Some(8) {
+            assert!(
+                stderr(&out).contains("is locked for backup by pid")
+                    && stderr(&out).contains("on host"),
+                "{}",
+                stderr(&out)
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second backup was never refused: {}",
+            stderr(&out)
+        );
+    }
+    super::setup::kill_pgward(&mut first);
+    // The killed holder's lock object is left behind; this host sees its pid is gone.
+    src.backup(&[]);
+    src.ok(&["verify"]);
+}

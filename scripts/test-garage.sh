@@ -1,0 +1,387 @@
+#!/usr/bin/env bash
+# Second-tier test, not run by CI: pgward against a real 3-node Garage S3 cluster
+# (replication factor 3, so writes and reads need 2 of the 3 nodes), with nodes killed
+# and restarted under it. Garage checks request signatures (moto does not).
+#
+#   bash scripts/test-garage.sh
+#
+# Scenario, each step printed as PASS/FAIL (exit status non-zero on any failure):
+#   1. Garage is installed once with `cargo install garage --locked` into
+#      $GARAGE_ROOT (default /var/cache/pgward/garage; about 9 minutes the first time,
+#      skipped when the pinned version is there), and pgward is built (`cargo build
+#      --release`; PGWARD=/path/to/pgward uses that binary instead).
+#   2. Three Garage nodes on 127.0.0.1, each with its own config, ports and
+#      data/meta dirs, one rpc_secret; connected, laid out (RF 3), a key and a bucket.
+#   3. A cluster (initdb -k, archiving through pgward), pgbench -i -s 5,
+#      stanza-create, full backup.
+#   4. One node killed (-9): changes, incremental backup, more changes, a restore
+#      point, changes after it, WAL switch archived: all with 2 of 3 nodes.
+#   5. The node restarted: restore of the incremental to the restore point, started
+#      on another port, its data compared with the source's at the restore point.
+#   6. Two nodes stopped: `info` and `backup` fail within $FAIL_WITHIN seconds
+#      (PGWARD_S3_RETRY_SECONDS=10) with a message naming the bucket.
+#   7. Nodes restarted: `info` lists exactly the two complete backups, `verify` passes.
+# Everything started is stopped on exit. Works as root (PostgreSQL and pgward then run
+# as the `postgres` user) or as an ordinary user.
+#
+# Environment: PGWARD (binary to test), GARAGE_VERSION (2.5.0), GARAGE_ROOT,
+# WORK (work dir, default /tmp/pgward-garage, wiped at start), PGBIN
+# (/usr/lib/postgresql/15/bin), PG_PORT (55610; the restore uses +1),
+# GARAGE_PORT_BASE (39100: node N listens on base+10N for S3, +1 RPC, +3 admin),
+# FAIL_WITHIN (30), KEEP=1 (leave the work dir behind).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+T0=$SECONDS
+
+GARAGE_VERSION=${GARAGE_VERSION:-2.5.0}
+GARAGE_ROOT=${GARAGE_ROOT:-/var/cache/pgward/garage}
+GARAGE=$GARAGE_ROOT/bin/garage
+WORK=${WORK:-/tmp/pgward-garage}
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+PG_PORT=${PG_PORT:-55610}
+RPORT=$((PG_PORT + 1))
+GARAGE_PORT_BASE=${GARAGE_PORT_BASE:-39100}
+FAIL_WITHIN=${FAIL_WITHIN:-30}
+BUCKET=pgward-garage-test
+REGION=garage
+STANZA=main
+RP_NAME=garage_rp
+
+PASSED=0 FAILED=0
+step() { printf '\n\033[1m== [%4ss] %s\033[0m\n' "$((SECONDS - T0))" "$*"; }
+pass() { PASSED=$((PASSED + 1)); printf '\033[32mPASS\033[0m %s\n' "$*"; }
+fail() { FAILED=$((FAILED + 1)); printf '\033[31mFAIL\033[0m %s\n' "$*"; }
+die() { fail "$*"; exit 1; }   # a step the rest cannot do without
+check() { # description, command...: PASS/FAIL by exit status
+    local what=$1; shift
+    if "$@"; then pass "$what"; else fail "$what"; return 1; fi
+}
+
+if [ "$(id -u)" = 0 ]; then
+    id postgres >/dev/null 2>&1 || useradd --system --create-home postgres
+    as_pg() { runuser -u postgres -- env PATH="$PGBIN:$PATH" "$@"; }
+    PG_OWNER=postgres
+else
+    as_pg() { env PATH="$PGBIN:$PATH" "$@"; }
+    PG_OWNER=$(id -un)
+fi
+
+# ---- cleanup: everything started here is stopped on exit -------------------------------
+declare -A GARAGE_PID=()
+cleanup() {
+    local rc=$? d i
+    set +e
+    for d in "$WORK/pg/restored" "$WORK/pg/data"; do
+        [ -f "$d/postmaster.pid" ] && as_pg pg_ctl -D "$d" -m immediate -w stop >/dev/null 2>&1
+    done
+    for i in "${!GARAGE_PID[@]}"; do stop_node "$i" KILL; done
+    if [ "${KEEP:-0}" != 1 ] && [ "$FAILED" = 0 ] && [ "$rc" = 0 ]; then rm -rf "$WORK"; fi
+    printf '\ntest-garage: total %ss\n' "$((SECONDS - T0))"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---- 1. Garage and pgward ---------------------------------------------------------------
+step "Garage $GARAGE_VERSION in $GARAGE_ROOT"
+garage_installed() { [ -x "$GARAGE" ] && "$GARAGE" --version 2>/dev/null | grep -qF "v$GARAGE_VERSION"; }
+if garage_installed; then
+    echo "present: $("$GARAGE" --version | head -1)"
+else
+    mkdir -p "$GARAGE_ROOT"
+    exec 9>"$GARAGE_ROOT/.install.lock"
+    flock 9
+    if ! garage_installed; then
+        echo "cargo install garage --locked --version $GARAGE_VERSION (takes ~9 minutes)"
+        t=$SECONDS
+        cargo install garage --locked --version "$GARAGE_VERSION" --root "$GARAGE_ROOT" \
+            >"$GARAGE_ROOT/install.log" 2>&1 \
+            || { tail -30 "$GARAGE_ROOT/install.log"; die "cargo install garage"; }
+        echo "built in $((SECONDS - t))s"
+    fi
+    exec 9>&-
+fi
+garage_installed || die "garage $GARAGE_VERSION is not in $GARAGE_ROOT/bin"
+
+[ -x "$PGBIN/pg_ctl" ] || bash scripts/install-test-deps.sh 15
+
+for d in "$WORK/pg/restored" "$WORK/pg/data"; do   # a previous run's, if it was killed
+    [ -f "$d/postmaster.pid" ] && as_pg pg_ctl -D "$d" -m immediate -w stop >/dev/null 2>&1 || true
+done
+rm -rf "$WORK"
+install -d -m 755 "$WORK" "$WORK/bin"
+
+step "pgward"
+if [ -z "${PGWARD:-}" ]; then
+    cargo build --release --quiet
+    PGWARD=target/release/pgward
+fi
+install -m 755 "$PGWARD" "$WORK/bin/pgward"   # somewhere the postgres user can run it
+echo "$PGWARD ($(sha256sum "$PGWARD" | cut -c1-16)…): $("$WORK/bin/pgward" --version)"
+PGW=$WORK/bin/pgward
+
+# ---- 2. a 3-node Garage cluster ---------------------------------------------------------
+s3_port() { echo $((GARAGE_PORT_BASE + 10 * $1)); }
+rpc_port() { echo $((GARAGE_PORT_BASE + 10 * $1 + 1)); }
+admin_port() { echo $((GARAGE_PORT_BASE + 10 * $1 + 3)); }
+gcli() { local n=$1; shift; "$GARAGE" -c "$WORK/garage/n$n.toml" "$@"; }
+
+start_node() { # n
+    local n=$1 i
+    setsid "$GARAGE" -c "$WORK/garage/n$n.toml" server \
+        >>"$WORK/garage/n$n.log" 2>&1 </dev/null &
+    GARAGE_PID[$n]=$!
+    for i in $(seq 1 300); do
+        kill -0 "${GARAGE_PID[$n]}" 2>/dev/null \
+            || { tail -20 "$WORK/garage/n$n.log"; die "garage node $n exited"; }
+        gcli "$n" node id -q >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    die "garage node $n did not answer within 30s"
+}
+stop_node() { # n [signal]
+    local n=$1 sig=${2:-TERM} pid=${GARAGE_PID[$1]:-} i
+    [ -n "$pid" ] || return 0
+    kill -"$sig" "$pid" 2>/dev/null || true
+    for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    unset "GARAGE_PID[$n]"
+}
+health_field() { gcli 1 health 2>/dev/null | sed -n "s/^$1:[[:space:]]*//p"; }
+wait_health() { # status (HEALTHY/DEGRADED/UNAVAILABLE), seconds
+    local want=$1 secs=$2 i
+    for i in $(seq 1 $((secs * 2))); do
+        [ "$(health_field 'Cluster health')" = "$want" ] && return 0
+        sleep 0.5
+    done
+    gcli 1 health || true
+    return 1
+}
+
+step "3-node Garage cluster on 127.0.0.1 (replication factor 3)"
+for n in 1 2 3; do
+    for p in $(s3_port $n) $(rpc_port $n) $(admin_port $n); do
+        (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && die "port $p is in use (set GARAGE_PORT_BASE)"
+    done
+done
+install -d -m 700 "$WORK/garage"
+RPC_SECRET=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
+ADMIN_TOKEN=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
+for n in 1 2 3; do
+    install -d -m 700 "$WORK/garage/n$n/meta" "$WORK/garage/n$n/data"
+    cat >"$WORK/garage/n$n.toml" <<EOF
+metadata_dir = "$WORK/garage/n$n/meta"
+data_dir = "$WORK/garage/n$n/data"
+db_engine = "lmdb"
+replication_factor = 3
+consistency_mode = "consistent"
+rpc_bind_addr = "127.0.0.1:$(rpc_port $n)"
+rpc_public_addr = "127.0.0.1:$(rpc_port $n)"
+rpc_secret = "$RPC_SECRET"
+
+[s3_api]
+s3_region = "$REGION"
+api_bind_addr = "127.0.0.1:$(s3_port $n)"
+root_domain = ".s3.garage.localhost"
+
+[admin]
+api_bind_addr = "127.0.0.1:$(admin_port $n)"
+admin_token = "$ADMIN_TOKEN"
+EOF
+    chmod 600 "$WORK/garage/n$n.toml"
+    start_node "$n"
+done
+declare -A NODE_ID=()
+for n in 1 2 3; do NODE_ID[$n]=$(gcli "$n" node id -q); echo "node $n: ${NODE_ID[$n]}"; done
+for n in 2 3; do gcli 1 node connect "${NODE_ID[$n]}" >/dev/null || die "garage node connect $n"; done
+gcli 1 layout assign -z dc1 -c 1G "${NODE_ID[1]%@*}" "${NODE_ID[2]%@*}" "${NODE_ID[3]%@*}" >/dev/null \
+    || die "garage layout assign"
+gcli 1 layout apply --version 1 >/dev/null || die "garage layout apply"
+wait_health HEALTHY 60 || die "cluster not healthy after the layout"
+gcli 1 key create pgward >"$WORK/garage/key.txt" || die "garage key create"
+KEY_ID=$(sed -n 's/^Key ID:[[:space:]]*//p' "$WORK/garage/key.txt")
+KEY_SECRET=$(sed -n 's/^Secret key:[[:space:]]*//p' "$WORK/garage/key.txt")
+[[ $KEY_ID == GK* && -n $KEY_SECRET ]] || { cat "$WORK/garage/key.txt"; die "no key in garage's answer"; }
+gcli 1 bucket create "$BUCKET" >/dev/null || die "garage bucket create"
+gcli 1 bucket allow --read --write --owner "$BUCKET" --key pgward >/dev/null || die "garage bucket allow"
+gcli 1 status
+pass "garage $("$GARAGE" --version | head -1 | awk '{print $2}'): 3 nodes, layout applied, key $KEY_ID, bucket $BUCKET"
+
+# ---- 3. a cluster archiving into Garage, full backup ------------------------------------
+CONF=$WORK/pgward.toml
+cat >"$CONF" <<EOF
+[global]
+repo = "s3://$BUCKET/repo"
+stanza = "$STANZA"
+s3-endpoint = "http://127.0.0.1:$(s3_port 1)"
+s3-region = "$REGION"
+s3-uri-style = "path"
+s3-key = "$KEY_ID"
+s3-key-secret = "$KEY_SECRET"
+EOF
+chmod 600 "$CONF"
+install -d -m 700 "$WORK/pg"
+chown "$PG_OWNER" "$CONF" "$WORK/pg"
+
+export PGHOST=$WORK/pg PGPORT=$PG_PORT PGUSER=postgres PGDATABASE=postgres
+pgw() { timeout 900 runpg "$PGW" --config "$CONF" "$@"; }
+runpg() { as_pg env PGHOST="$PGHOST" PGPORT="$PGPORT" PGUSER="$PGUSER" \
+    ${PGWARD_S3_RETRY_SECONDS:+PGWARD_S3_RETRY_SECONDS=$PGWARD_S3_RETRY_SECONDS} \
+    ${PGWARD_S3_KEY_SECRET:+PGWARD_S3_KEY_SECRET=$PGWARD_S3_KEY_SECRET} "$@"; }
+sql() { as_pg psql -X -Atq -v ON_ERROR_STOP=1 -h "$WORK/pg" -p "$1" -d postgres -c "$2"; }
+# What is compared between the source and the restore.
+STATE_SQL="SELECT (SELECT sum(abalance) || '/' || count(*) FROM pgbench_accounts)
+  || ' history=' || (SELECT count(*) FROM pgbench_history)
+  || ' branches=' || (SELECT md5(string_agg(b::text, ',' ORDER BY bid)) FROM pgbench_branches b)
+  || ' orders=' || (SELECT md5(string_agg(o::text, ',' ORDER BY id)) FROM garage_orders o)"
+wait_archived() { # segment, seconds: until pg_stat_archiver has archived it
+    local seg=$1 secs=$2 i last
+    for i in $(seq 1 $((secs * 2))); do
+        last=$(sql "$PG_PORT" "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")
+        [[ -n $last && ! $last > $seg ]] && [ "$last" = "$seg" ] && return 0
+        [[ $last > $seg ]] && return 0
+        sleep 0.5
+    done
+    sql "$PG_PORT" "SELECT * FROM pg_stat_archiver" || true
+    return 1
+}
+switch_wal() { sql "$PG_PORT" "SELECT pg_walfile_name(pg_switch_wal())"; }
+info_json() { pgw --output json info; }
+json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+
+step "PostgreSQL 15 cluster archiving into s3://$BUCKET/repo through node 1"
+as_pg initdb -k -U postgres --auth=trust -D "$WORK/pg/data" >/dev/null || die "initdb"
+cat >>"$WORK/pg/data/postgresql.conf" <<CONF
+port = $PG_PORT
+listen_addresses = ''
+unix_socket_directories = '$WORK/pg'
+wal_level = replica
+archive_mode = on
+archive_command = '$PGW --config $CONF archive-push %p'
+archive_timeout = 0
+CONF
+as_pg pg_ctl -D "$WORK/pg/data" -l "$WORK/pg/source.log" -w start >/dev/null || die "pg_ctl start"
+as_pg pgbench -i -s 5 -q -h "$WORK/pg" -p "$PG_PORT" postgres >"$WORK/pg/pgbench-init.log" 2>&1 \
+    || { cat "$WORK/pg/pgbench-init.log"; die "pgbench -i -s 5"; }
+sql "$PG_PORT" "CREATE TABLE garage_orders (id int PRIMARY KEY, item text);
+                INSERT INTO garage_orders SELECT g, 'item ' || g FROM generate_series(1, 1000) g"
+pass "initdb -k, pgbench -i -s 5"
+
+step "wrong secret: Garage refuses the signature"
+out=$(PGWARD_S3_KEY_SECRET=not-the-secret PGWARD_S3_RETRY_SECONDS=10 pgw info 2>&1) && rc=0 || rc=$?
+echo "$out" | sed 's/^/  | /'
+check "info with a wrong secret fails (exit $rc)" test "$rc" != 0 || true
+
+step "stanza-create, full backup (3 nodes up)"
+check "stanza-create" pgw stanza-create || die "stanza-create"
+check "backup (full)" pgw backup || die "full backup"
+FULL=$(info_json | json 'd["backups"][-1]["label"]')
+echo "full backup: $FULL"
+
+# ---- 4. one node down -------------------------------------------------------------------
+step "kill -9 garage node 3"
+stop_node 3 KILL
+if wait_health DEGRADED 30; then
+    gcli 1 health | sed 's/^/  | /'
+    pass "node 3 killed, cluster degraded (2 of 3 nodes up)"
+else
+    fail "cluster did not report DEGRADED after node 3 was killed"
+fi
+
+step "changes, incremental backup, restore point, WAL switch (2 of 3 nodes)"
+as_pg pgbench -n -c 2 -j 2 -t 2000 -h "$WORK/pg" -p "$PG_PORT" postgres >"$WORK/pg/pgbench-1.log" 2>&1 \
+    || { cat "$WORK/pg/pgbench-1.log"; die "pgbench run"; }
+sql "$PG_PORT" "UPDATE pgbench_accounts SET abalance = abalance + 7 WHERE aid % 50 = 0;
+                INSERT INTO garage_orders SELECT g, 'during outage ' || g FROM generate_series(1001, 1500) g"
+check "backup --type incr with node 3 down" pgw backup --type incr || die "incremental backup"
+INFO=$(info_json)
+INCR=$(echo "$INFO" | json 'd["backups"][-1]["label"]')
+INCR_TYPE=$(echo "$INFO" | json 'd["backups"][-1]["type"]')
+INCR_REF=$(echo "$INFO" | json 'd["backups"][-1]["reference"]')
+echo "incremental: $INCR (type $INCR_TYPE, reference $INCR_REF)"
+check "the incremental is type incr on $FULL" test "$INCR_TYPE" = incr -a "$INCR_REF" = "$FULL" || true
+as_pg pgbench -n -c 2 -j 2 -t 500 -h "$WORK/pg" -p "$PG_PORT" postgres >"$WORK/pg/pgbench-2.log" 2>&1 \
+    || { cat "$WORK/pg/pgbench-2.log"; die "pgbench run"; }
+sql "$PG_PORT" "DELETE FROM garage_orders WHERE id % 3 = 0"
+AT_RP=$(sql "$PG_PORT" "$STATE_SQL")
+sql "$PG_PORT" "SELECT pg_create_restore_point('$RP_NAME')" >/dev/null
+echo "state at restore point $RP_NAME: $AT_RP"
+# After the restore point: must not be in the restore.
+sql "$PG_PORT" "UPDATE pgbench_accounts SET abalance = abalance - 1000 WHERE aid <= 5000;
+                DELETE FROM garage_orders WHERE id > 1200"
+SEG=$(switch_wal)
+check "WAL up to $SEG archived with node 3 down" wait_archived "$SEG" 120 \
+    || die "archiving with one node down"
+sql "$PG_PORT" "SELECT archived_count, failed_count, last_failed_wal FROM pg_stat_archiver" | sed 's/^/  archiver: /'
+
+# ---- 5. node back, PITR restore ---------------------------------------------------------
+step "restart garage node 3"
+start_node 3
+if wait_health HEALTHY 60; then pass "node 3 back, cluster healthy"; else fail "cluster not healthy after node 3 restarted"; fi
+
+step "restore $INCR to restore point $RP_NAME, start it on port $RPORT"
+check "restore --set $INCR --target-name $RP_NAME" pgw restore --pgdata "$WORK/pg/restored" --set "$INCR" \
+    --target-name "$RP_NAME" --target-action promote --archive-mode off || die "restore"
+cat >>"$WORK/pg/restored/postgresql.conf" <<CONF
+port = $RPORT
+CONF
+if as_pg pg_ctl -D "$WORK/pg/restored" -l "$WORK/pg/restored.log" -w -t 300 start >/dev/null; then
+    for _ in $(seq 1 600); do
+        [ "$(sql "$RPORT" "SELECT pg_is_in_recovery()" 2>/dev/null)" = f ] && break
+        sleep 0.5
+    done
+fi
+if [ "$(sql "$RPORT" "SELECT pg_is_in_recovery()" 2>/dev/null)" = f ]; then
+    pass "restored cluster recovered and promoted"
+    RESTORED=$(sql "$RPORT" "$STATE_SQL")
+    echo "source at $RP_NAME: $AT_RP"
+    echo "restored:            $RESTORED"
+    check "restored data equals the source at the restore point" test "$RESTORED" = "$AT_RP" || true
+else
+    tail -30 "$WORK/pg/restored.log"
+    fail "restored cluster did not finish recovery"
+fi
+as_pg pg_ctl -D "$WORK/pg/restored" -m fast -w stop >/dev/null 2>&1 || true
+
+# ---- 6. two nodes down ------------------------------------------------------------------
+step "stop garage nodes 2 and 3 (only node 1, the S3 endpoint, left)"
+stop_node 2
+stop_node 3
+if wait_health UNAVAILABLE 30; then pass "nodes 2 and 3 stopped, cluster unavailable"
+else fail "cluster did not report UNAVAILABLE"; fi
+expect_prompt_failure() { # name, pgward args...
+    local name=$1 t rc out; shift
+    t=$(date +%s.%N)
+    out=$(PGWARD_S3_RETRY_SECONDS=10 timeout 300 runpg "$PGW" --config "$CONF" "$@" 2>&1) && rc=0 || rc=$?
+    t=$(echo "$(date +%s.%N) - $t" | bc)
+    printf 'pgward %s: exit %s after %.1fs, output:\n' "$*" "$rc" "$t"
+    echo "$out" | sed 's/^/  | /'
+    check "$name fails (exit $rc)" test "$rc" != 0 || true
+    check "$name fails within ${FAIL_WITHIN}s ($(printf %.1f "$t")s)" \
+        test "$(echo "$t < $FAIL_WITHIN" | bc)" = 1 || true
+    check "$name message names the bucket ($BUCKET)" grep -qF "$BUCKET" <<<"$out" || true
+}
+expect_prompt_failure "info with 2 of 3 nodes down" info
+expect_prompt_failure "backup with 2 of 3 nodes down" backup
+
+# ---- 7. nodes back: only complete backups, verify ---------------------------------------
+step "restart garage nodes 2 and 3"
+start_node 2
+start_node 3
+if wait_health HEALTHY 60; then pass "nodes 2 and 3 back, cluster healthy"; else fail "cluster not healthy after the restart"; fi
+SEG=$(switch_wal)
+check "archiving caught up ($SEG)" wait_archived "$SEG" 180 || true
+
+step "info lists only complete backups"
+pgw info || true
+LABELS=$(info_json | json '" ".join(b["label"] for b in d["backups"])') || LABELS="(info failed)"
+echo "backups: $LABELS"
+check "info lists exactly $FULL $INCR" test "$LABELS" = "$FULL $INCR" || true
+
+step "verify"
+check "verify" pgw verify || true
+
+step "result"
+echo "$PASSED passed, $FAILED failed"
+[ "$FAILED" = 0 ]

@@ -5,12 +5,6 @@ use pgward::cli::{resolve, run, EXIT_ARCHIVE_GET_FATAL};
 use pgward::error::Error;
 
 fn main() {
-    // Like other command-line tools, end quietly when the reader of our output goes away
-    // (`pgward wal list | head`).
-    // SAFETY: restoring the default disposition of a signal has no preconditions.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -1,5 +1,22 @@
 //! The command-line layer: parse, resolve configuration, run one library call, print.
 
+/// Prints to stdout ignoring write errors: a reader that went away (`pgward info | head`)
+/// must not turn into a panic. (SIGPIPE stays ignored, as Rust sets it: with its default
+/// action a dropped network connection would kill the process mid-write.)
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+macro_rules! say_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 pub mod args;
 pub mod config;
 
@@ -264,7 +281,7 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
             let client = crate::db::connect(&resolved.conn()).await?;
             let server = crate::db::server_info(&client).await?;
             let (info, created) = repo.stanza_create(&server.identity).await?;
-            println!(
+            say!(
                 "stanza {:?} {} (system identifier {}, PostgreSQL {}, data checksums {})",
                 info.stanza,
                 if created {
@@ -387,13 +404,13 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
                 crate::expire::expire(&repo, &resolved.retention(), false).await?;
             }
             if json {
-                println!(
+                say!(
                     "{}",
                     serde_json::json!({"label": m.label, "type": m.backup_type, "start_lsn": m.start_lsn, "stop_lsn": m.stop_lsn,
                     "database_size": m.database_size, "stored_size": m.stored_size, "checksum_failures": m.checksum_failures})
                 );
             } else {
-                println!(
+                say!(
                     "backup {} complete: {} files, {} read, {} stored, WAL {} .. {}",
                     m.label,
                     m.files.len(),
@@ -412,7 +429,7 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
             })?;
             let opts = restore_options(&resolved, &repo, pgdata, args)?;
             let m = crate::restore::restore(&repo, opts).await?;
-            println!(
+            say!(
                 "restored backup {} ({} files); start the cluster to recover",
                 m.label,
                 m.files.len()
@@ -422,12 +439,12 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
             let repo = resolved.repo().await?;
             let report = crate::info::info(&repo).await?;
             if json {
-                println!(
+                say!(
                     "{}",
                     serde_json::to_string_pretty(&report).expect("report serializes")
                 );
             } else {
-                print!("{}", crate::info::render_text(&report));
+                say_raw!("{}", crate::info::render_text(&report));
             }
         }
         Command::Expire { dry_run } => {
@@ -439,20 +456,20 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
             }
             let plan = crate::expire::expire(&repo, &retention, dry_run).await?;
             if json {
-                println!(
+                say!(
                     "{}",
                     serde_json::to_string_pretty(&plan).expect("plan serializes")
                 );
             } else {
                 for b in &plan.backups {
-                    println!(
+                    say!(
                         "{} backup {}: {}",
                         if dry_run { "would expire" } else { "expire" },
                         b.label,
                         b.reason
                     );
                 }
-                println!(
+                say!(
                     "{} {} archived WAL file(s) before {}",
                     if dry_run { "would remove" } else { "remove" },
                     plan.wal_files.len(),
@@ -470,12 +487,12 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
             )
             .await?;
             if json {
-                println!(
+                say!(
                     "{}",
                     serde_json::to_string_pretty(&report).expect("report serializes")
                 );
             } else {
-                println!("check passed: stanza {:?} matches the cluster, archive_command archives here, and segment {} reached the archive in {:.2}s; lock: {}",
+                say!("check passed: stanza {:?} matches the cluster, archive_command archives here, and segment {} reached the archive in {:.2}s; lock: {}",
                     report.stanza, report.segment, report.seconds, report.lock);
             }
         }
@@ -494,23 +511,23 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
                 crate::pitr::disable(&repo, &resolved.conn(), pgdata.as_deref()).await?
             };
             if json {
-                println!(
+                say!(
                     "{}",
                     serde_json::to_string_pretty(&report).expect("report serializes")
                 );
             } else {
                 for copy in &report.saved_copies {
-                    println!("saved a copy of the old configuration: {}", copy.display());
+                    say!("saved a copy of the old configuration: {}", copy.display());
                 }
                 for (name, old, new) in &report.changes {
-                    println!("{name}: {old:?} -> {new:?}");
+                    say!("{name}: {old:?} -> {new:?}");
                 }
-                println!(
+                say!(
                     "written with {} ({})",
                     report.method,
                     report.config_file.display()
                 );
-                println!(
+                say!(
                     "{}",
                     if report.restart_needed {
                         "restart PostgreSQL for the change to take effect"
@@ -524,20 +541,21 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
             let repo = resolved.repo().await?;
             let s = crate::pitr::status(&repo, &resolved.conn()).await?;
             if json {
-                println!(
+                say!(
                     "{}",
                     serde_json::to_string_pretty(&s).expect("status serializes")
                 );
             } else {
-                println!(
+                say!(
                     "archiving: {}",
                     if s.working { "working" } else { "NOT working" }
                 );
-                println!(
+                say!(
                     "wal_level = {}, archive_mode = {}",
-                    s.wal_level, s.archive_mode
+                    s.wal_level,
+                    s.archive_mode
                 );
-                println!(
+                say!(
                     "archive_command = {}{}",
                     s.archive_command,
                     s.archive_command_problem
@@ -545,7 +563,7 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
                         .map(|p| format!("  (problem: {p})"))
                         .unwrap_or_default()
                 );
-                println!(
+                say!(
                     "archived: {} segment(s), last {} at {}",
                     s.archived_count,
                     s.last_archived_wal.as_deref().unwrap_or("-"),
@@ -553,7 +571,7 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
                         .format("%Y-%m-%d %H:%M:%S UTC")
                         .to_string())
                 );
-                println!(
+                say!(
                     "failed: {} time(s), last {} at {}",
                     s.failed_count,
                     s.last_failed_wal.as_deref().unwrap_or("-"),
@@ -561,12 +579,12 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
                         .format("%Y-%m-%d %H:%M:%S UTC")
                         .to_string())
                 );
-                println!(
+                say!(
                     "waiting in pg_wal/archive_status: {}; seconds since last archived: {}",
                     s.waiting_segments,
                     s.lag_seconds.map_or("-".into(), |l| format!("{l:.0}"))
                 );
-                println!(
+                say!(
                     "newest backup: {}",
                     s.newest_backup.as_deref().unwrap_or("none")
                 );
@@ -575,23 +593,23 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
         Command::Wal(WalCommand::List) => {
             let entries = crate::wal::list(&resolved.repo().await?).await?;
             if json {
-                println!(
+                say!(
                     "{}",
                     serde_json::to_string_pretty(&entries).expect("list serializes")
                 );
             } else {
-                print!("{}", crate::wal::render_list(&entries));
+                say_raw!("{}", crate::wal::render_list(&entries));
             }
         }
         Command::Wal(WalCommand::Stats) => {
             let stats = crate::wal::stats(&resolved.repo().await?).await?;
             if json {
-                println!(
+                say!(
                     "{}",
                     serde_json::to_string_pretty(&stats).expect("stats serialize")
                 );
             } else {
-                print!("{}", crate::wal::render_stats(&stats));
+                say_raw!("{}", crate::wal::render_stats(&stats));
             }
         }
         Command::BackupFetch { ref dir, ref label } => {
@@ -603,11 +621,13 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
             });
             let opts = restore_options(&resolved, &repo, dir.clone(), args)?;
             let m = crate::restore::restore(&repo, opts).await?;
-            println!("restored backup {} into {}", m.label, dir.display());
+            say!("restored backup {} into {}", m.label, dir.display());
         }
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cmd, "pgward", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "pgward", &mut script);
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
         }
         Command::Rekey {
             ref new_cipher_pass,
@@ -618,7 +638,7 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
                     .hint("pass --cipher-pass or PGWARD_CIPHER_PASS")
             })?;
             repo.rekey(&old, new_cipher_pass.as_bytes()).await?;
-            println!(
+            say!(
                 "stanza {:?}: passphrase changed; the old one no longer opens it",
                 repo.stanza
             );
@@ -628,7 +648,7 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
             let label = label.clone();
             let repo = resolved.repo().await?;
             repo.set_pinned(&label, pin).await?;
-            println!(
+            say!(
                 "backup {label} {}",
                 if pin {
                     "pinned: expire will keep it and what it builds on"
@@ -641,12 +661,12 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
             let repo = resolved.repo().await?;
             let report = crate::verify::verify(&repo, resolved.jobs()).await?;
             if json {
-                println!(
+                say!(
                     "{}",
                     serde_json::to_string_pretty(&report).expect("report serializes")
                 );
             } else {
-                println!(
+                say!(
                     "checked {} backup(s), {} stored extent(s), {} archived WAL file(s), {} read",
                     report.backups_checked,
                     report.extents_checked,
@@ -654,7 +674,7 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
                     crate::info::human_bytes(report.bytes_read)
                 );
                 for p in &report.problems {
-                    println!("PROBLEM: {}\n  breaks: {}", p.problem, p.breaks);
+                    say!("PROBLEM: {}\n  breaks: {}", p.problem, p.breaks);
                 }
             }
             if !report.problems.is_empty() {
@@ -664,7 +684,7 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
                 )));
             }
             if !json {
-                println!("no problems found");
+                say!("no problems found");
             }
         }
     }

@@ -84,7 +84,8 @@ trap 'exit 130' INT TERM
 
 # ---- 1. Garage and pgward ---------------------------------------------------------------
 step "Garage $GARAGE_VERSION in $GARAGE_ROOT"
-garage_installed() { [ -x "$GARAGE" ] && "$GARAGE" --version 2>/dev/null | grep -qF "v$GARAGE_VERSION"; }
+# `garage --version` of a crates.io build: "garage cargo:2.5.0 [features: ...]"
+garage_installed() { [ -x "$GARAGE" ] && "$GARAGE" --version 2>/dev/null | head -1 | grep -qE "[:v ]${GARAGE_VERSION//./\\.}( |$)"; }
 if garage_installed; then
     echo "present: $("$GARAGE" --version | head -1)"
 else

@@ -27,6 +27,21 @@ pub struct InfoReport {
     pub backups: Vec<BackupSummary>,
     pub archive: Vec<TimelineArchive>,
     pub recoverable_window: Option<RecoverableWindow>,
+    /// Per timeline: the range that point-in-time recovery can reach on it.
+    pub recoverable_windows: Vec<TimelineWindow>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TimelineWindow {
+    pub timeline: TimelineId,
+    pub from_lsn: Lsn,
+    /// Where the window starts: the end of a backup, or the switch from the parent timeline.
+    pub from: String,
+    pub from_time: Option<DateTime<Utc>>,
+    pub to_lsn: Lsn,
+    pub to_archived_time: DateTime<Utc>,
+    /// Backups on this timeline inside the window: (label, type letter, stop LSN).
+    pub backups: Vec<(String, char, Lsn)>,
 }
 
 #[derive(Debug, Serialize)]
@@ -97,6 +112,7 @@ pub async fn info(repo: &Repo) -> Result<InfoReport> {
             .collect(),
         archive: timelines(&archived, seg_size),
         recoverable_window: window(&manifests, &archived, seg_size),
+        recoverable_windows: timeline_windows(repo, &manifests, &archived, seg_size).await?,
     })
 }
 
@@ -221,6 +237,133 @@ fn window(
     })
 }
 
+/// The end of the gap-free WAL on `timeline` from segment `from`, and when it was archived.
+fn run_end(
+    archived: &[ArchivedFile],
+    timeline: TimelineId,
+    from: u64,
+    seg_size: u64,
+) -> Option<(Lsn, DateTime<Utc>)> {
+    let end = contiguous_end(&segments_on(archived, timeline, seg_size), from)?;
+    let last = WalFileName::Segment(WalSegment::from_segno(timeline, end, seg_size));
+    let at = archived
+        .iter()
+        .find(|f| f.name == last)
+        .map_or(0, |f| f.archived_at);
+    Some((
+        Lsn((end + 1) * seg_size),
+        Utc.timestamp_opt(at, 0).single().unwrap_or_default(),
+    ))
+}
+
+async fn timeline_windows(
+    repo: &Repo,
+    manifests: &[Manifest],
+    archived: &[ArchivedFile],
+    seg_size: u64,
+) -> Result<Vec<TimelineWindow>> {
+    let mut timelines: Vec<TimelineId> = archived
+        .iter()
+        .filter(|f| f.name.segment().is_some())
+        .map(|f| f.name.timeline())
+        .collect();
+    timelines.sort();
+    timelines.dedup();
+    let mut out: Vec<TimelineWindow> = Vec::new();
+    for tl in timelines {
+        let on_tl: Vec<&Manifest> = manifests.iter().filter(|m| m.timeline == tl).collect();
+        let from_backup = on_tl.iter().find_map(|m| {
+            let (to, at) = run_end(archived, tl, m.start_lsn.segment_number(seg_size), seg_size)?;
+            (to > m.stop_lsn).then(|| {
+                (
+                    m.stop_lsn,
+                    format!("end of backup {}", m.label),
+                    Some(m.stop_time),
+                    to,
+                    at,
+                )
+            })
+        });
+        // Without a backup of its own, a timeline is reachable from its parent's window.
+        let from_parent = || async {
+            let file = repo
+                .find_archived(&WalFileName::History(tl))
+                .await
+                .ok()?
+                .into_iter()
+                .next()?;
+            let text = crate::archive::get::read_archived(repo, &file).await.ok()?;
+            let entry = crate::pg::history::parse_history(&String::from_utf8_lossy(&text))
+                .ok()?
+                .pop()?;
+            let parent = out.iter().find(|w| {
+                w.timeline == entry.timeline
+                    && w.from_lsn <= entry.switch_point
+                    && entry.switch_point <= w.to_lsn
+            })?;
+            let (to, at) = run_end(
+                archived,
+                tl,
+                entry.switch_point.segment_number(seg_size),
+                seg_size,
+            )?;
+            Some((
+                entry.switch_point,
+                format!("switch from timeline {}", parent.timeline),
+                None,
+                to,
+                at,
+            ))
+        };
+        let found = match from_backup {
+            Some(f) => Some(f),
+            None => from_parent().await,
+        };
+        if let Some((from_lsn, from, from_time, to_lsn, to_archived_time)) = found {
+            let backups = on_tl
+                .iter()
+                .filter(|m| m.stop_lsn >= from_lsn && m.stop_lsn <= to_lsn)
+                .map(|m| (m.label.clone(), m.backup_type.letter(), m.stop_lsn))
+                .collect();
+            out.push(TimelineWindow {
+                timeline: tl,
+                from_lsn,
+                from,
+                from_time,
+                to_lsn,
+                to_archived_time,
+                backups,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// One line per timeline: a bar from the window's start to its end with each backup's
+/// type letter where it ends.
+fn render_windows(windows: &[TimelineWindow]) -> String {
+    const WIDTH: usize = 40;
+    let mut s = String::new();
+    for w in windows {
+        let span = (w.to_lsn.0 - w.from_lsn.0).max(1) as f64;
+        let mut bar = vec!['='; WIDTH];
+        for (_, letter, stop) in &w.backups {
+            let at = (((stop.0 - w.from_lsn.0) as f64 / span) * (WIDTH - 1) as f64) as usize;
+            bar[at.min(WIDTH - 1)] = *letter;
+        }
+        s.push_str(&format!(
+            "  timeline {:<3} |{}>  {} ({}) .. {} (archived {})\n",
+            w.timeline.to_string(),
+            bar.into_iter().collect::<String>(),
+            w.from_lsn,
+            w.from,
+            w.to_lsn,
+            w.to_archived_time.format("%Y-%m-%d %H:%M:%S UTC")
+        ));
+    }
+    s
+}
+
 pub fn human_bytes(n: u64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
@@ -300,6 +443,10 @@ pub fn render_text(r: &InfoReport) -> String {
                 s.push_str(&format!("    gap: {a} .. {b} missing\n"));
             }
         }
+    }
+    if !r.recoverable_windows.is_empty() {
+        s.push_str("\nrecoverable per timeline (F/D/I: where each backup ends):\n");
+        s.push_str(&render_windows(&r.recoverable_windows));
     }
     match &r.recoverable_window {
         Some(w) => {

@@ -33,6 +33,14 @@ pub struct DataDirListing {
 pub fn walk_data_dir(pgdata: &Path) -> Result<DataDirListing> {
     let mut listing = DataDirListing::default();
     walk(pgdata, "", &mut listing)?;
+    // pg_wal/summaries exists from PostgreSQL 17 on; older servers get none.
+    let major: u32 = std::fs::read_to_string(pgdata.join("PG_VERSION"))
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    if major < 17 {
+        listing.dirs.retain(|d| d.path != "pg_wal/summaries");
+    }
     listing.files.sort_by(|a, b| a.rel_path.cmp(&b.rel_path));
     Ok(listing)
 }

@@ -411,7 +411,7 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
                 );
             } else {
                 say!(
-                    "backup {} complete: {} files, {} read, {} stored, WAL {} .. {}",
+                    "backup {} complete: {} files, database {}, {} stored, WAL {} .. {}",
                     m.label,
                     m.files.len(),
                     crate::info::human_bytes(m.database_size),

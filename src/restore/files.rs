@@ -178,6 +178,7 @@ fn restore_one(
         inner: std::io::BufWriter::with_capacity(1 << 20, out),
         hasher: blake3::Hasher::new(),
         written: 0,
+        flushed: 0,
     };
     // After its last slice, a frame is drained, checked and dropped: at most one frame
     // per backup of the chain is open at a time.
@@ -204,17 +205,18 @@ fn restore_one(
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(slot) => {
                 let bundle = bundle_key(repo, &extent.bundle);
-                let reader = handle.block_on(repo.storage.read_range(
+                let reader = storage::read_range_blocking(
+                    &repo.storage,
+                    handle,
                     &bundle,
                     extent.bundle_offset,
                     extent.stored_length,
-                ))?;
-                let decoder =
-                    crate::pipeline::unseal(repo.key.as_deref(), storage::blocking_reader(reader))
-                        .and_then(|r| codecs[&extent.backup].decoder(r))
-                        .map_err(|e| {
-                            stored_read_error(format!("{} (bundle {bundle})", file.path), e)
-                        })?;
+                )?;
+                let decoder = crate::pipeline::unseal(repo.key.as_deref(), reader)
+                    .and_then(|r| codecs[&extent.backup].decoder(r))
+                    .map_err(|e| {
+                        stored_read_error(format!("{} (bundle {bundle})", file.path), e)
+                    })?;
                 slot.insert(FrameReader {
                     decoder,
                     position: 0,
@@ -266,13 +268,33 @@ struct HashingFile {
     inner: std::io::BufWriter<std::fs::File>,
     hasher: blake3::Hasher,
     written: u64,
+    /// Bytes already handed to the kernel for writeback.
+    flushed: u64,
 }
+
+/// Start writeback every this many bytes, so the final fsync of a large file does not
+/// find it all still dirty: the disk works while we decompress.
+const WRITEBACK_EVERY: u64 = 8 << 20;
 
 impl Write for HashingFile {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
         self.written += n as u64;
+        if self.written - self.flushed >= WRITEBACK_EVERY {
+            self.inner.flush()?;
+            use std::os::fd::AsRawFd;
+            // SAFETY: a hint to the kernel about a range of our own open file.
+            unsafe {
+                libc::sync_file_range(
+                    self.inner.get_ref().as_raw_fd(),
+                    self.flushed as i64,
+                    (self.written - self.flushed) as i64,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                );
+            }
+            self.flushed = self.written;
+        }
         Ok(n)
     }
     fn flush(&mut self) -> std::io::Result<()> {

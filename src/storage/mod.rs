@@ -133,6 +133,30 @@ pub async fn write_blocking<T: Send + 'static>(
     Ok(out)
 }
 
+/// Opens `len` bytes at `offset` of `key` for reading on a blocking thread. Local
+/// repositories read the file directly; others go through the async reader.
+pub fn read_range_blocking(
+    storage: &SharedStorage,
+    handle: &tokio::runtime::Handle,
+    key: &str,
+    offset: u64,
+    len: u64,
+) -> Result<Box<dyn std::io::Read + Send>> {
+    if let Some(root) = storage.local_root() {
+        use std::io::{Read, Seek};
+        let path = root.join(key);
+        let mut file = std::fs::File::open(&path).map_err(|e| Error::io("opening", &path, e))?;
+        file.seek(std::io::SeekFrom::Start(offset))
+            .map_err(|e| Error::io("seeking in", &path, e))?;
+        return Ok(Box::new(std::io::BufReader::with_capacity(
+            256 << 10,
+            file.take(len),
+        )));
+    }
+    let reader = handle.block_on(storage.read_range(key, offset, len))?;
+    Ok(Box::new(blocking_reader(reader)))
+}
+
 /// A blocking `Read` over an object reader; use only on blocking threads.
 pub fn blocking_reader(reader: Reader) -> impl std::io::Read + Send {
     tokio_util::io::SyncIoBridge::new(reader)

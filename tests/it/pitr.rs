@@ -198,6 +198,16 @@ fn pitr_follows_the_history_file_onto_a_later_timeline() {
         .map(|t| t["timeline"].as_u64().unwrap())
         .collect();
     assert_eq!(timelines, vec![1, 2]);
+    // The recoverable window continues onto timeline 2 from its switch point.
+    let windows = info["recoverable_windows"].as_array().unwrap();
+    assert_eq!(windows.len(), 2, "{windows:?}");
+    assert!(windows[0]["from"]
+        .as_str()
+        .unwrap()
+        .starts_with("end of backup"));
+    assert_eq!(windows[1]["timeline"], 2);
+    assert_eq!(windows[1]["from"], "switch from timeline 1");
+    assert!(src.ok(&["info"]).contains("timeline 2   |"));
 
     // Recovery from the timeline-1 backup follows 00000002.history to the point on timeline 2.
     let restored = src.restore_and_start(

@@ -74,7 +74,7 @@ cleanup() {
     for d in "$WORK/pg/restored" "$WORK/pg/data"; do
         [ -f "$d/postmaster.pid" ] && as_pg pg_ctl -D "$d" -m immediate -w stop >/dev/null 2>&1
     done
-    for i in "${!GARAGE_PID[@]}"; do stop_node "$i" KILL; done
+    for i in "${!GARAGE_PID[@]}"; do stop_node "$i"; done   # TERM, KILL after 10s
     if [ "${KEEP:-0}" != 1 ] && [ "$FAILED" = 0 ] && [ "$rc" = 0 ]; then rm -rf "$WORK"; fi
     printf '\ntest-garage: total %ss\n' "$((SECONDS - T0))"
     exit "$rc"

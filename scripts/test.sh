@@ -19,3 +19,10 @@ else
     export PGWARD_REQUIRE_VERSIONS=14,15,17
     cargo test --all-targets
 fi
+
+# The backup/archive/restore/PITR tests that do not look inside the repository run a
+# second time with the repository in a bucket of a local S3 server (moto).
+PGWARD_IT_S3=1 cargo test --test it -- \
+    pitr:: incremental::chain_full incremental::incremental_after incremental::growing \
+    incremental::incremental_or_diff expire::killed_expire backup_restore::full_backup_under \
+    operator::json_reports archive::archive_get_prefetches

@@ -126,10 +126,14 @@ pub enum OutputFormat {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Record the cluster in the repository (idempotent)
-    #[command(after_help = "Examples:\n  pgward --repo /var/lib/pgward --stanza main stanza-create\n  pgward --repo s3://bucket/pgward --stanza main stanza-create --cipher aes-256-gcm --cipher-pass-file /etc/pgward/pass")]
+    #[command(
+        after_help = "Examples:\n  pgward --repo /var/lib/pgward --stanza main stanza-create\n  pgward --repo s3://bucket/pgward --stanza main stanza-create --cipher aes-256-gcm --cipher-pass-file /etc/pgward/pass"
+    )]
     StanzaCreate,
     /// Archive a WAL file: archive_command = 'pgward --repo R --stanza S archive-push %p'
-    #[command(after_help = "Examples (postgresql.conf):\n  archive_command = 'pgward --repo /var/lib/pgward --stanza main archive-push %p'\n  archive_command = 'pgward --repo s3://bucket/pgward --stanza main archive-push --async --spool-path /var/spool/pgward %p'")]
+    #[command(
+        after_help = "Examples (postgresql.conf):\n  archive_command = 'pgward --repo /var/lib/pgward --stanza main archive-push %p'\n  archive_command = 'pgward --repo s3://bucket/pgward --stanza main archive-push --async --spool-path /var/spool/pgward %p'"
+    )]
     #[command(alias = "wal-push")]
     ArchivePush {
         /// Path of the WAL file (%p)
@@ -162,7 +166,9 @@ pub enum Command {
     },
     /// Fetch a WAL file: restore_command = 'pgward --repo R --stanza S archive-get %f "%p"'.
     /// Exit 0: written; 1: not in the archive; 126: unusable (recovery must stop)
-    #[command(after_help = "Example (written by `pgward restore`):\n  restore_command = 'pgward --repo /var/lib/pgward --stanza main archive-get %f \"%p\"'")]
+    #[command(
+        after_help = "Example (written by `pgward restore`):\n  restore_command = 'pgward --repo /var/lib/pgward --stanza main archive-get %f \"%p\"'"
+    )]
     #[command(alias = "wal-fetch")]
     ArchiveGet {
         /// WAL file name (%f)
@@ -175,21 +181,31 @@ pub enum Command {
         archive_get_queue_max: usize,
     },
     /// Take a backup of the running cluster
-    #[command(after_help = "Examples:\n  pgward backup                       # full\n  pgward backup --type incr --jobs 4  # pages changed since the last backup\n  pgward backup --type diff --annotation ticket=OPS-12 --pin")]
+    #[command(
+        after_help = "Examples:\n  pgward backup                       # full\n  pgward backup --type incr --jobs 4  # pages changed since the last backup\n  pgward backup --type diff --annotation ticket=OPS-12 --pin"
+    )]
     #[command(alias = "backup-push")]
     Backup(BackupArgs),
     /// Restore a backup into an empty directory, with optional point-in-time target
-    #[command(after_help = "Examples:\n  pgward restore --pgdata /srv/pg/new\n  pgward restore --pgdata /srv/pg/new --target-time '2026-11-21 12:00:00+00' --target-action promote\n  pgward restore --pgdata /srv/pg/new --set 20261121-010000F --target immediate --tablespace-map 16390=/srv/ts1")]
+    #[command(
+        after_help = "Examples:\n  pgward restore --pgdata /srv/pg/new\n  pgward restore --pgdata /srv/pg/new --target-time '2026-11-21 12:00:00+00' --target-action promote\n  pgward restore --pgdata /srv/pg/new --set 20261121-010000F --target immediate --tablespace-map 16390=/srv/ts1"
+    )]
     Restore(RestoreArgs),
     /// Show backups, the archive and the recoverable window
-    #[command(after_help = "Examples:\n  pgward info\n  pgward --output json info | jq '.recoverable_window'")]
+    #[command(
+        after_help = "Examples:\n  pgward info\n  pgward --output json info | jq '.recoverable_window'"
+    )]
     #[command(alias = "backup-list")]
     Info,
     /// Re-read every stored file and check checksums and WAL continuity
-    #[command(after_help = "Example:\n  pgward verify --jobs 4   # exit 5 and a list of problems, each with what it breaks")]
+    #[command(
+        after_help = "Example:\n  pgward verify --jobs 4   # exit 5 and a list of problems, each with what it breaks"
+    )]
     Verify,
     /// Remove backups and WAL outside the retention policy (--retain-full, --retain-diff, --retain-full-days)
-    #[command(after_help = "Examples:\n  pgward expire --retain-full 2 --dry-run\n  pgward expire --retain-full-days 14 --retain-diff 7")]
+    #[command(
+        after_help = "Examples:\n  pgward expire --retain-full 2 --dry-run\n  pgward expire --retain-full-days 14 --retain-diff 7"
+    )]
     Expire {
         /// Show what would be removed without removing anything
         #[arg(long)]
@@ -203,10 +219,16 @@ pub enum Command {
         archive_timeout: u64,
     },
     /// Turn WAL archiving into this repository on or off, or show its state
-    #[command(subcommand, after_help = "Examples:\n  pgward pitr enable   # then restart PostgreSQL\n  pgward --output json pitr status")]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  pgward pitr enable   # then restart PostgreSQL\n  pgward --output json pitr status"
+    )]
     Pitr(PitrCommand),
     /// The WAL archive: list files or show totals
-    #[command(subcommand, after_help = "Examples:\n  pgward wal list\n  pgward --output json wal stats")]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  pgward wal list\n  pgward --output json wal stats"
+    )]
     Wal(WalCommand),
     /// Restore a backup into DIR (WAL-G style): LABEL or LATEST
     #[command(after_help = "Example:\n  pgward backup-fetch /srv/pg/new LATEST")]
@@ -219,7 +241,9 @@ pub enum Command {
     #[command(after_help = "Example:\n  pgward completions bash > /etc/bash_completion.d/pgward")]
     Completions { shell: clap_complete::Shell },
     /// Change the passphrase of an encrypted stanza (re-wraps its key; no data is rewritten)
-    #[command(after_help = "Example:\n  PGWARD_CIPHER_PASS=old pgward rekey --new-cipher-pass new")]
+    #[command(
+        after_help = "Example:\n  PGWARD_CIPHER_PASS=old pgward rekey --new-cipher-pass new"
+    )]
     Rekey {
         /// The new passphrase
         #[arg(long, env = "PGWARD_NEW_CIPHER_PASS", hide_env_values = true)]

@@ -5,42 +5,11 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::harness::*;
-use super::setup::{stderr, Source};
-
-fn moto() -> u16 {
-    static PORT: OnceLock<u16> = OnceLock::new();
-    *PORT.get_or_init(|| {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
-        let dir = std::env::temp_dir().join(format!("pgward-it-moto-{}", std::process::id()));
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/moto.sh");
-        let status = std::process::Command::new("bash")
-            .args([script, "start", &port.to_string()])
-            .arg(&dir)
-            .env("PGWARD_MOTO_PARENT", std::process::id().to_string())
-            .status()
-            .expect("running scripts/moto.sh");
-        assert!(status.success(), "scripts/moto.sh start failed");
-        port
-    })
-}
-
-fn create_bucket(port: u16, bucket: &str) {
-    let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(conn, "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
-    let mut answer = String::new();
-    conn.read_to_string(&mut answer).unwrap();
-    assert!(
-        answer.starts_with("HTTP/1.1 200"),
-        "CreateBucket {bucket}: {answer}"
-    );
-}
+use super::setup::{create_bucket, moto, stderr, Source};
 
 /// Forwards connections to moto while `up`; refuses them while down.
 struct Proxy {

@@ -1,6 +1,7 @@
 //! A cluster archiving into a fresh pgward repository, with helpers to run pgward
 //! against it and to restore and start copies of it.
 
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -39,12 +40,27 @@ impl Source {
 
     /// `extra`: options for every pgward call (archive_command included); `create`: more
     /// options for stanza-create.
+    /// With PGWARD_IT_S3 set, sources built this way keep their repository in a bucket
+    /// of a local moto server instead of a directory (scripts/test.sh runs the storage-
+    /// independent tests a second time so).
     pub fn start_full(
         name: &str,
         opts: ClusterOptions,
         extra: Vec<String>,
         create: &[&str],
     ) -> Source {
+        if std::env::var_os("PGWARD_IT_S3").is_some() && !extra.iter().any(|e| e == "--config") {
+            let port = moto();
+            let bucket = format!("it-{}", name.replace('_', "-"));
+            create_bucket(port, &bucket);
+            let dir = work_dir(&format!("{name}-s3conf"));
+            let config = dir.join("pgward.toml");
+            std::fs::write(&config, format!("[global]\ns3-endpoint = \"http://127.0.0.1:{port}\"\ns3-region = \"us-east-1\"\ns3-uri-style = \"path\"\ns3-key = \"test\"\ns3-key-secret = \"test\"\n")).unwrap();
+            chown_pg(&dir);
+            let mut extra = extra;
+            extra.extend(["--config".to_string(), config.display().to_string()]);
+            return Self::start_at(name, opts, format!("s3://{bucket}/repo"), extra, create);
+        }
         let repo = work_dir(&format!("{name}-repo"));
         Self::start_at(name, opts, repo.display().to_string(), extra, create)
     }
@@ -243,4 +259,36 @@ impl Source {
             .map(|b| b["label"].as_str().unwrap().to_string())
             .collect()
     }
+}
+
+/// A moto S3 server for this test process (scripts/moto.sh, stopped when we exit).
+pub fn moto() -> u16 {
+    static PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+    *PORT.get_or_init(|| {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("pgward-it-moto-{}", std::process::id()));
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/moto.sh");
+        let status = std::process::Command::new("bash")
+            .args([script, "start", &port.to_string()])
+            .arg(&dir)
+            .env("PGWARD_MOTO_PARENT", std::process::id().to_string())
+            .status()
+            .expect("running scripts/moto.sh");
+        assert!(status.success(), "scripts/moto.sh start failed");
+        port
+    })
+}
+
+pub fn create_bucket(port: u16, bucket: &str) {
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(conn, "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "CreateBucket {bucket}: {answer}"
+    );
 }

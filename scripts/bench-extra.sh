@@ -1,0 +1,787 @@
+#!/usr/bin/env bash
+# bench-extra.sh -- pgward extras: encryption cost, S3 (moto), asynchronous archiving,
+# restore_command prefetch, archive-get per segment, pg_basebackup comparison, peak memory.
+#
+# Companion of bench-full.sh / bench-incr.sh (same cluster settings, helpers and
+# conventions).  Self-contained: installs pgBackRest, GNU time, jq, bc, curl from Debian if
+# missing, creates a scratch PostgreSQL cluster (data checksums) under $BASE, loads pgbench
+# data with every WAL segment pushed to pgBackRest and to pgward (so that archive-get can
+# be compared on the same segments), then, with the archive_command adapted per step:
+#   1. local repository: RUNS full backups (lz4, then zstd; --jobs 2) into an unencrypted
+#      and an aes-256-gcm stanza of the same repository directory, alternating, then RUNS
+#      restores of each (into an empty directory, --archive-mode off);
+#   2. S3 (a local moto server): the same with lz4, unencrypted vs encrypted stanza;
+#   3. asynchronous archiving (archive-push --async, ALTER SYSTEM + pg_reload_conf) under
+#      `pgbench -c 2 -T $LOAD_SECS`, sampled every 5 s (.ready files, spool queue,
+#      pg_stat_archiver), then the same with the synchronous archive_command;
+#   4. prefetch: a full backup, ~$PREFETCH_WAL_MB MB of WAL (UPDATEs over pgbench_accounts),
+#      then the backup restored and started twice: restore_command with the default
+#      prefetch, and with `archive-get --archive-get-queue-max 0`; start to end of recovery;
+#   5. archive-get of $AGET_SEGS archived load segments back to back: pgward (no prefetch)
+#      vs pgBackRest, per-segment wall;
+#   6. pg_basebackup -Ft --compress=server-lz4 vs pgward backup lz4 --jobs 2 (alternating);
+#   7. peak memory of one pgward backup and restore at MEM_SCALE (skipped when that would
+#      leave less than 15 GB free on $BASE's file system).
+# Prints markdown tables (per-run figures in $RES), stops every server it started (and the
+# moto server and any background archive-push worker of its spool), removes the restore
+# directories; raw results stay in $BASE/results.
+#
+# Usage (as root):   bash scripts/bench-extra.sh     (about 20-25 min at SCALE=100, RUNS=3)
+#
+# Environment knobs:
+#   SCALE           pgbench scale (default 100, ~1.5 GB)
+#   RUNS            repetitions of each timed step (default 3)
+#   BASE            work directory, wiped at start (default /tmp/pgward-bench-extra)
+#   PGWARD          pgward binary (default /tmp/pgward-bench-bin/pgward-v2)
+#   PORT / RPORT    source / restored cluster port (default 5493 / 5492; unix socket in $BASE)
+#   MOTO_PORT       port of the moto server on 127.0.0.1 (default 5499)
+#   PGVER           PostgreSQL major version (default 15)
+#   LOAD_SECS       pgbench duration for step 3 (default 60)
+#   QUEUE_MAX       --archive-push-queue-max for step 3 (default 64, pgward's default)
+#   DRAIN_MAX       max seconds to wait for the backlog to drain after step 3's load (300)
+#   PREFETCH_WAL_MB WAL to replay in step 4 (default 2048)
+#   AGET_SEGS       segments for step 5 (default 10)
+#   MEM_SCALE       pgbench scale for step 7 (default 500; 0 skips step 7)
+#   STEPS           which steps to run (default "1 2 3 4 5 6 7")
+set -euo pipefail
+
+SCALE=${SCALE:-100}
+RUNS=${RUNS:-3}
+BASE=${BASE:-/tmp/pgward-bench-extra}
+PGWARD=${PGWARD:-/tmp/pgward-bench-bin/pgward-v2}
+PORT=${PORT:-5493}
+RPORT=${RPORT:-5492}
+MOTO_PORT=${MOTO_PORT:-5499}
+PGVER=${PGVER:-15}
+LOAD_SECS=${LOAD_SECS:-60}
+QUEUE_MAX=${QUEUE_MAX:-64}
+DRAIN_MAX=${DRAIN_MAX:-300}
+PREFETCH_WAL_MB=${PREFETCH_WAL_MB:-2048}
+AGET_SEGS=${AGET_SEGS:-10}
+MEM_SCALE=${MEM_SCALE:-500}
+STEPS=${STEPS:-"1 2 3 4 5 6 7"}
+BRSTANZA=bench
+BUCKET=pgward-bench
+
+PGBIN=/usr/lib/postgresql/$PGVER/bin
+PGDATA=$BASE/pgdata
+BRREPO=$BASE/pgbackrest-repo
+PWREPO=$BASE/pgward-repo
+CONF=$BASE/pgbackrest.conf
+PASS=$BASE/cipher-pass
+S3P=$BASE/pgward-s3-plain.toml
+S3E=$BASE/pgward-s3-enc.toml
+SPOOL=$BASE/spool-pgward
+MOTO_DIR=$BASE/moto
+RST=$BASE/restore
+RES=$BASE/results
+TSV=$RES/results.tsv
+TARGETS=$BASE/archive-targets
+WRAPPER=$BASE/archive-pgbackrest-pgward.sh
+export PATH=$PGBIN:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+T_START=$SECONDS
+
+[ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
+case "$BASE" in /|/tmp|/tmp/|"") echo "refusing BASE=$BASE" >&2; exit 1;; esac
+[ -x "$PGWARD" ] || { echo "pgward binary not found: $PGWARD" >&2; exit 1; }
+[ -x "$PGBIN/initdb" ] || { echo "PostgreSQL $PGVER not found in $PGBIN" >&2; exit 1; }
+[ "$RUNS" -ge 1 ] 2>/dev/null || { echo "RUNS must be >= 1" >&2; exit 1; }
+
+log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+want() { [[ " $STEPS " == *" $1 "* ]]; }
+
+# ---------------------------------------------------------------- packages
+pkgs=()
+command -v pgbackrest >/dev/null || pkgs+=(pgbackrest)
+[ -x /usr/bin/time ] || pkgs+=(time)
+command -v jq >/dev/null || pkgs+=(jq)
+command -v bc >/dev/null || pkgs+=(bc)
+command -v curl >/dev/null || pkgs+=(curl)
+if [ ${#pkgs[@]} -gt 0 ]; then
+    log "installing: ${pkgs[*]}"
+    if ! grep -qs '^ *create_main_cluster *= *false' /etc/postgresql-common/createcluster.conf \
+            /etc/postgresql-common/createcluster.d/*.conf; then
+        mkdir -p /etc/postgresql-common/createcluster.d
+        echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.d/pgward-bench.conf
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y "${pkgs[@]}" >/dev/null ||
+        { apt-get update >/dev/null && apt-get install -y "${pkgs[@]}" >/dev/null; }
+fi
+
+pg() { runuser -u postgres -- env PATH="$PATH" "$@"; }
+psqlq() { pg psql -X -v ON_ERROR_STOP=1 -h "$BASE" -p "$PORT" -d postgres -Atq "$@"; }
+rq() { pg psql -X -v ON_ERROR_STOP=1 -h "$BASE" -p "$RPORT" -d postgres -Atq "$@"; }
+PGENV=(env PGHOST="$BASE" PGPORT="$PORT" PGUSER=postgres PGDATABASE=postgres)
+BR=(pgbackrest --config="$CONF" --stanza="$BRSTANZA" --log-level-console=info)
+# pgward command prefix of a variant (stanza): local-plain local-enc s3-plain s3-enc
+pgw() {
+    case $1 in
+        local-plain) PW=("${PGENV[@]}" "$PGWARD" --repo "$PWREPO" --stanza plain) ;;
+        local-enc)   PW=("${PGENV[@]}" "$PGWARD" --repo "$PWREPO" --stanza enc --cipher-pass-file "$PASS") ;;
+        s3-plain)    PW=("${PGENV[@]}" "$PGWARD" --config "$S3P") ;;
+        s3-enc)      PW=("${PGENV[@]}" "$PGWARD" --config "$S3E") ;;
+        *) die "unknown variant $1" ;;
+    esac
+}
+
+# ---------------------------------------------------------------- clean slate
+stop_server() {   # DIR
+    if [ -f "$1/postmaster.pid" ]; then
+        pg pg_ctl -D "$1" -m fast -w -t 120 stop >/dev/null 2>&1 ||
+            pg pg_ctl -D "$1" -m immediate -w stop >/dev/null 2>&1 || true
+    fi
+}
+# background archive-push workers of our spool (started through our archive_command)
+stop_spool_workers() {
+    local p c
+    for p in /proc/[0-9]*; do
+        c=$(tr '\0' ' ' < "$p/cmdline" 2>/dev/null) || continue
+        if [[ $c == "$PGWARD "* && $c == *" archive-push-worker --spool-path $SPOOL"* ]]; then
+            log "stopping background archive-push worker pid ${p#/proc/}"
+            kill "${p#/proc/}" 2>/dev/null || true
+        fi
+    done
+}
+stop_all() {
+    local d
+    for d in "$RST"-* "$PGDATA"; do [ -d "$d" ] && stop_server "$d"; done
+    [ -d "$MOTO_DIR" ] && bash "$(dirname "$(readlink -f "$0")")/moto.sh" stop "$MOTO_DIR" || true
+    stop_spool_workers
+}
+[ -d "$BASE" ] && stop_all
+rm -rf "$BASE"
+mkdir -p "$BASE"/{log,lock,spool,results,aget} "$BRREPO" "$PWREPO" "$SPOOL" "$MOTO_DIR"
+chmod 700 "$BASE"
+cd "$BASE"
+: > "$TSV"
+MOTO_SH=$(dirname "$(readlink -f "$0")")/moto.sh
+
+cleanup() {
+    local rc=$?
+    stop_all
+    rm -rf "$RST"-* "$BASE"/pgbb-*
+    log "servers (and moto) stopped, restore directories removed; raw results in $RES (exit $rc, script ran $((SECONDS - T_START)) s)"
+}
+trap cleanup EXIT
+
+# ---------------------------------------------------------------- measurement helpers
+CLK=$(getconf CLK_TCK)
+srv_cpu() {
+    local pm
+    [ -f "$PGDATA/postmaster.pid" ] || { echo 0; return; }
+    pm=$(head -1 "$PGDATA/postmaster.pid")
+    { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v pm="$pm" '
+        { pid = $1; s = $0; sub(/^.*\) /, "", s); n = split(s, a, " ")
+          if (pid == pm || a[2] == pm) tot += a[12] + a[13] + a[14] + a[15] }
+        END { printf "%d\n", tot }'
+}
+parse_time() {
+    awk -F': ' '/User time/{u=$2} /System time/{s=$2} /Elapsed \(wall/{e=$2}
+        /Maximum resident/{m=$2} /^\tVoluntary context/{v=$2} /Involuntary context/{iv=$2}
+        /File system outputs/{fo=$2}
+        END{n=split(e,a,":"); w=0; for(i=1;i<=n;i++) w=w*60+a[i];
+            printf "%.2f %d %.2f %.2f %d %d %d\n", w, m, u, s, v, iv, fo}' "$1"
+}
+# run_timed ID CMD... : sync, run CMD as postgres under time -v; sets WALL RSS USR SYS SRV RC LOAD
+run_timed() {
+    local id=$1; shift
+    local s0 s1
+    RC=0
+    sync
+    LOAD=$(cut -d' ' -f1 /proc/loadavg)
+    s0=$(srv_cpu)
+    pg /usr/bin/time -v -o "$RES/$id.time" "$@" >"$RES/$id.out" 2>&1 || RC=$?
+    s1=$(srv_cpu)
+    SRV=$(echo "scale=2; ($s1 - $s0) / $CLK" | bc | awk '{printf "%.2f", $1}')
+    if [ -s "$RES/$id.time" ] && grep -q 'Elapsed' "$RES/$id.time"; then
+        read -r WALL RSS USR SYS VCS IVCS FSO < <(parse_time "$RES/$id.time")
+    else
+        WALL=0 RSS=0 USR=0 SYS=0 VCS=0 IVCS=0 FSO=0
+    fi
+    printf '%q ' "$@" > "$RES/$id.cmd"; echo >> "$RES/$id.cmd"
+    if [ "$RC" -ne 0 ]; then
+        log "FAILED (exit $RC): $id: $*"
+        sed 's/^/    | /' "$RES/$id.out" | tail -30 >&2
+    fi
+    return 0
+}
+# record STEP VARIANT RUN ORDER BYTES NOTE ID
+# TSV: 1 step 2 variant 3 run 4 order 5 status 6 wall 7 rss_kb 8 user 9 sys 10 srv 11 bytes 12 note 13 id 14 load
+record() {
+    local status=ok
+    [ "$RC" -eq 0 ] || status="FAILED($RC)"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+        "$1" "$2" "$3" "$4" "$status" "$WALL" "$RSS" "$USR" "$SYS" "$SRV" "$5" "$6" "$7" "${LOAD:--}" >> "$TSV"
+    log "$1 $2 run $3 (#$4): $status wall=${WALL}s rss=$((RSS / 1024))MiB user=${USR} sys=${SYS} srv=${SRV} bytes=$5 $6"
+}
+datasize() { echo $(( $(du -sb "$PGDATA" | cut -f1) - $(du -sb "$PGDATA/pg_wal" | cut -f1) )); }
+ready_count() { find "$PGDATA/pg_wal/archive_status" -name '*.ready' 2>/dev/null | wc -l; }
+spool_count() { { ls -1 "$SPOOL/plain/push" 2>/dev/null || true; } | grep -Evc '^\.|\.pgward-tmp$' || true; }
+wait_archived() {   # no .ready segment and an empty spool (max 20 min)
+    local t0=$SECONDS
+    while [ "$(ready_count)" -gt 0 ] || [ "$(spool_count)" -gt 0 ]; do
+        if [ $((SECONDS - t0)) -gt 1200 ]; then
+            tail -30 "$BASE/log/postgres.log" >&2
+            die "WAL archiving did not catch up within 20 min"
+        fi
+        sleep 0.2
+    done
+    ARCH_WAIT=$((SECONDS - t0))
+}
+set_archive_command() {   # COMMAND (ALTER SYSTEM + reload)
+    psqlq -c "ALTER SYSTEM SET archive_command = '$1'"
+    psqlq -c "SELECT pg_reload_conf()" >/dev/null
+    sleep 1
+}
+set_targets() { echo "$*" > "$TARGETS"; log "archive targets: $*"; }
+pw_label_last() { pgw "$1"; pg "${PW[@]}" --output json info 2>/dev/null | jq -r '.backups | sort_by(.label) | last | .label // empty'; }
+pw_stored() {   # VARIANT LABEL
+    pgw "$1"; pg "${PW[@]}" --output json info 2>/dev/null |
+        jq -r --arg l "$2" '[.backups[] | select(.label == $l) | .stored_size] | first // 0'
+}
+new_dir() { stop_server "$1"; rm -rf "$1"; mkdir -m 700 "$1"; chown postgres:postgres "$1"; }
+
+# ---------------------------------------------------------------- cluster, repositories
+log "initdb -k at $PGDATA"
+pg true 2>/dev/null || die "no postgres user"
+chown -R postgres:postgres "$BASE"
+pg initdb -k -D "$PGDATA" -U postgres --auth=trust > "$RES/initdb.log"
+
+head -c 32 /dev/urandom | base64 > "$PASS"; chmod 600 "$PASS"
+for v in plain enc; do
+    f=$S3P; [ $v = enc ] && f=$S3E
+    {
+        echo "[global]"
+        echo "repo = \"s3://$BUCKET/$v\""
+        echo "stanza = \"$v\""
+        echo "s3-endpoint = \"http://127.0.0.1:$MOTO_PORT\""
+        echo "s3-region = \"us-east-1\""
+        echo "s3-uri-style = \"path\""
+        echo "s3-key = \"test\""
+        echo "s3-key-secret = \"test\""
+        [ $v = enc ] && echo "cipher-pass-file = \"$PASS\""
+    } > "$f"
+    chmod 600 "$f"
+done
+
+# archive_command for the load and steps 1-2: pushes each segment, in parallel, to every
+# target named in $TARGETS; each push is timed into $RES/archive-push-TARGET.log
+cat > "$WRAPPER" <<EOF
+#!/bin/bash
+seg=\$1; b=\$(basename "\$1"); pids=()
+for t in \$(cat $TARGETS); do
+    case \$t in
+        pgbackrest)  cmd=(pgbackrest --config=$CONF --stanza=$BRSTANZA archive-push "\$seg") ;;
+        local-plain) cmd=($PGWARD --repo $PWREPO --stanza plain --compress lz4 archive-push "\$seg") ;;
+        local-enc)   cmd=($PGWARD --repo $PWREPO --stanza enc --cipher-pass-file $PASS --compress lz4 archive-push "\$seg") ;;
+        s3-plain)    cmd=($PGWARD --config $S3P --compress lz4 archive-push "\$seg") ;;
+        s3-enc)      cmd=($PGWARD --config $S3E --compress lz4 archive-push "\$seg") ;;
+        *) echo "unknown archive target \$t" >&2; exit 1 ;;
+    esac
+    /usr/bin/time -a -o $RES/archive-push-\$t.log -f "\$b %e %M %U %S %x" "\${cmd[@]}" &
+    pids+=(\$!)
+done
+rc=0
+for p in "\${pids[@]}"; do wait "\$p" || rc=1; done
+exit \$rc
+EOF
+chmod 755 "$WRAPPER"
+for t in pgbackrest local-plain local-enc s3-plain s3-enc; do touch "$RES/archive-push-$t.log"; done
+set_targets pgbackrest local-plain local-enc
+chown -R postgres:postgres "$BASE"
+
+cat >> "$PGDATA/postgresql.conf" <<EOF
+
+# ---- pgward bench-extra.sh (same settings as bench-full.sh)
+port = $PORT
+listen_addresses = ''
+unix_socket_directories = '$BASE'
+wal_level = replica
+archive_mode = on
+archive_command = '$WRAPPER %p'
+shared_buffers = 1GB
+max_wal_size = 4GB
+checkpoint_timeout = 30min
+max_wal_senders = 10
+log_checkpoints = on
+EOF
+
+cat > "$CONF" <<EOF
+[global]
+repo1-path=$BRREPO
+repo1-retention-full=9999
+log-path=$BASE/log
+lock-path=$BASE/lock
+spool-path=$BASE/spool
+start-fast=y
+compress-type=lz4
+
+[$BRSTANZA]
+pg1-path=$PGDATA
+pg1-port=$PORT
+pg1-socket-path=$BASE
+EOF
+chown postgres:postgres "$CONF"
+
+pg pg_ctl -D "$PGDATA" -l "$BASE/log/postgres.log" -w start >/dev/null
+log "source cluster up on port $PORT (socket in $BASE)"
+
+WALL=0 RSS=0 USR=0 SYS=0 SRV=0
+run_timed stanza-create-pgbackrest "${BR[@]}" stanza-create
+record setup pgbackrest 1 1 0 stanza-create stanza-create-pgbackrest
+[ "$RC" -eq 0 ] || die "pgBackRest stanza-create failed"
+pgw local-plain; run_timed stanza-create-local-plain "${PW[@]}" stanza-create
+record setup local-plain 1 1 0 stanza-create stanza-create-local-plain
+[ "$RC" -eq 0 ] || die "pgward stanza-create (plain) failed"
+pgw local-enc; run_timed stanza-create-local-enc "${PW[@]}" stanza-create --cipher aes-256-gcm
+record setup local-enc 1 1 0 "stanza-create --cipher aes-256-gcm" stanza-create-local-enc
+[ "$RC" -eq 0 ] || die "pgward stanza-create (enc) failed"
+psqlq -c "SELECT pg_switch_wal()" >/dev/null; psqlq -c "CHECKPOINT"
+
+PUSHLOG_L0=$(wc -l < "$RES/archive-push-local-plain.log")
+log "pgbench -i -s $SCALE"
+run_timed pgbench-init pgbench -i -s "$SCALE" -h "$BASE" -p "$PORT" postgres
+record setup pgbench-init 1 1 0 "scale $SCALE" pgbench-init
+[ "$RC" -eq 0 ] || die "pgbench -i failed"
+pg vacuumdb -h "$BASE" -p "$PORT" --all --analyze -q
+psqlq -c "CHECKPOINT"
+psqlq -c "SELECT pg_switch_wal()" >/dev/null
+wait_archived
+log "load WAL archived by pgBackRest, pgward plain and pgward enc ${ARCH_WAIT}s after the load ended"
+SRC_NOWAL=$(datasize)
+SRC_TOTAL=$(du -sb "$PGDATA" | cut -f1)
+log "source: du -sb pgdata = $SRC_TOTAL, without pg_wal = $SRC_NOWAL"
+# load segments pushed (exit 0) by both pgBackRest and pgward plain, for step 5
+tail -n +"$((PUSHLOG_L0 + 1))" "$RES/archive-push-local-plain.log" |
+    awk '$6 == 0 && $1 ~ /^[0-9A-F]{24}$/ {print $1}' > "$RES/load-segments.txt"
+awk '$6 == 0 && $1 ~ /^[0-9A-F]{24}$/ {print $1}' "$RES/archive-push-pgbackrest.log" > "$RES/br-segments.txt"
+grep -Fxf "$RES/br-segments.txt" "$RES/load-segments.txt" | head -"$AGET_SEGS" > "$RES/aget-segments.txt" || true
+
+order2() {   # RUN A B -> "A B" on odd runs, "B A" on even runs
+    if (( $1 % 2 == 1 )); then echo "$2 $3"; else echo "$3 $2"; fi
+}
+
+# backup_restore STEP COMPRESS VARIANT_A VARIANT_B  (RUNS backups each, then RUNS restores each)
+declare -A LABEL
+backup_restore() {
+    local step=$1 comp=$2 a=$3 b=$4 r o v label bytes dir id
+    for r in $(seq 1 "$RUNS"); do
+        o=0
+        for v in $(order2 "$r" "$a" "$b"); do
+            o=$((o + 1)); wait_archived
+            id=$step-backup-$v-$comp-$r
+            pgw "$v"; run_timed "$id" "${PW[@]}" backup --type full --jobs 2 --compress "$comp"
+            label=$(pw_label_last "$v" || true); bytes=0
+            if [ "$RC" -eq 0 ] && [ -n "$label" ]; then bytes=$(pw_stored "$v" "$label"); fi
+            LABEL[$step-$v-$comp-$r]=$label
+            record "$step-backup" "$v-$comp" "$r" "$o" "$bytes" "label=${label:-none}" "$id"
+        done
+    done
+    wait_archived
+    for r in $(seq 1 "$RUNS"); do
+        o=0
+        for v in $(order2 "$r" "$a" "$b"); do
+            o=$((o + 1)); dir=$RST-$v; new_dir "$dir"
+            id=$step-restore-$v-$comp-$r; label=${LABEL[$step-$v-$comp-$r]}
+            pgw "$v"; run_timed "$id" "${PW[@]}" restore --set "$label" --pgdata "$dir" --archive-mode off --jobs 2
+            bytes=$(du -sb "$dir" | cut -f1)
+            record "$step-restore" "$v-$comp" "$r" "$o" "$bytes" "label=$label into empty $dir" "$id"
+            if [ "$r" = "$RUNS" ] && [ "$RC" -eq 0 ]; then
+                [ -f "$dir/postgresql.auto.conf" ] && cp "$dir/postgresql.auto.conf" "$RES/$id.postgresql.auto.conf"
+            fi
+            rm -rf "$dir"
+        done
+    done
+}
+
+# ================================================================ 1. encryption, local
+if want 1; then
+    log "=== step 1: encryption cost, local repository"
+    set_targets local-plain local-enc
+    psqlq -c "SELECT pg_switch_wal()" >/dev/null; wait_archived
+    backup_restore s1 lz4 local-plain local-enc
+    backup_restore s1 zstd local-plain local-enc
+fi
+
+# ================================================================ 2. S3 (moto)
+S3_OK=0
+if want 2; then
+    log "=== step 2: S3 (moto on 127.0.0.1:$MOTO_PORT)"
+    if bash "$MOTO_SH" start "$MOTO_PORT" "$MOTO_DIR" 2> "$RES/moto-start.log" &&
+            curl -sf -X PUT "http://127.0.0.1:$MOTO_PORT/$BUCKET" > /dev/null; then
+        chown -R postgres:postgres "$MOTO_DIR"
+        pgw s3-plain; run_timed stanza-create-s3-plain "${PW[@]}" stanza-create
+        record setup s3-plain 1 1 0 stanza-create stanza-create-s3-plain; rc1=$RC
+        pgw s3-enc; run_timed stanza-create-s3-enc "${PW[@]}" stanza-create --cipher aes-256-gcm
+        record setup s3-enc 1 1 0 "stanza-create --cipher aes-256-gcm" stanza-create-s3-enc
+        if [ "$rc1" -eq 0 ] && [ "$RC" -eq 0 ]; then
+            S3_OK=1
+            wait_archived
+            set_targets s3-plain s3-enc
+            psqlq -c "SELECT pg_switch_wal()" >/dev/null; wait_archived
+            backup_restore s2 lz4 s3-plain s3-enc
+            MOTO_RSS=$(awk '/VmHWM/{print $2}' "/proc/$(cat "$MOTO_DIR/moto.pid")/status" 2>/dev/null || echo '?')
+        fi
+    else
+        log "moto did not start: $(cat "$RES/moto-start.log")"
+    fi
+    wait_archived
+fi
+set_targets local-plain
+wait_archived
+
+# direct archive_commands (no wrapper) for steps 3-7, stanza plain of the local repository
+SYNC_CMD="$PGWARD --repo $PWREPO --stanza plain --compress lz4 archive-push %p"
+ASYNC_CMD="$PGWARD --repo $PWREPO --stanza plain --compress lz4 archive-push --async --spool-path $SPOOL --archive-push-queue-max $QUEUE_MAX %p"
+
+# ================================================================ 3. async archiving
+# sample_backlog MODE: pgbench -c 2 -T LOAD_SECS in the background, a sample every 5 s
+# until the load ended and the backlog drained (max DRAIN_MAX s after the load)
+sample_backlog() {
+    local mode=$1 out=$RES/s3-backlog-$1.tsv t0 now el k=0 bpid lsn0 lsn ac fc ready spool ended=-1 pbrc
+    : > "$out"
+    lsn0=$(psqlq -c "SELECT pg_current_wal_lsn()")
+    read -r AC0 FC0 < <(psqlq -F' ' -c "SELECT archived_count, failed_count FROM pg_stat_archiver")
+    pg pgbench -c 2 -T "$LOAD_SECS" -h "$BASE" -p "$PORT" postgres > "$RES/s3-pgbench-$mode.out" 2>&1 &
+    bpid=$!
+    t0=$(date +%s.%N)
+    while :; do
+        now=$(date +%s.%N); el=$(echo "$now - $t0" | bc)
+        ready=$(ready_count); spool=$(spool_count)
+        read -r ac fc < <(psqlq -F' ' -c "SELECT archived_count, failed_count FROM pg_stat_archiver")
+        lsn=$(psqlq -c "SELECT round(pg_wal_lsn_diff(pg_current_wal_lsn(), '$lsn0') / 1048576.0)")
+        printf '%.0f\t%s\t%s\t%s\t%s\t%s\t%s\n' "$el" "$ready" "$spool" "$((ac - AC0))" "$((fc - FC0))" "$lsn" \
+            "$([ "$ended" -ge 0 ] && echo post || echo load)" >> "$out"
+        if [ "$ended" -lt 0 ] && ! kill -0 "$bpid" 2>/dev/null; then
+            pbrc=0; wait "$bpid" || pbrc=$?
+            ended=$(printf '%.0f' "$el"); LOAD_END[$mode]=$ended
+            [ "$pbrc" -eq 0 ] || log "pgbench ($mode) exit $pbrc"
+        fi
+        if [ "$ended" -ge 0 ] && [ "$ready" -eq 0 ] && [ "$spool" -eq 0 ]; then
+            DRAIN[$mode]=$(printf '%.0f' "$(echo "$el - $ended" | bc)"); break
+        fi
+        if [ "$ended" -ge 0 ] && [ "$(echo "$el - $ended > $DRAIN_MAX" | bc)" = 1 ]; then
+            DRAIN[$mode]=">$DRAIN_MAX"; break
+        fi
+        k=$((k + 1))
+        sleep "$(echo "$t0 + 5 * $k - $(date +%s.%N)" | bc | awk '{print ($1 > 0) ? $1 : 0}')"
+    done
+    TPS[$mode]=$(awk '/^tps/ {printf "%.0f", $3; exit}' "$RES/s3-pgbench-$mode.out")
+    WALMB[$mode]=$(awk -F'\t' '{m=$6} END{print m}' "$out")
+    MAXREADY[$mode]=$(awk -F'\t' '$2>m{m=$2} END{print m+0}' "$out")
+    MAXSPOOL[$mode]=$(awk -F'\t' '$3>m{m=$3} END{print m+0}' "$out")
+    FAILS[$mode]=$(awk -F'\t' '{m=$5} END{print m+0}' "$out")
+    log "step 3 $mode: tps=${TPS[$mode]} WAL=${WALMB[$mode]}MB max .ready=${MAXREADY[$mode]} max spool=${MAXSPOOL[$mode]} failed=${FAILS[$mode]} drained ${DRAIN[$mode]}s after the load"
+}
+declare -A LOAD_END DRAIN TPS WALMB MAXREADY MAXSPOOL FAILS
+if want 3; then
+    log "=== step 3: asynchronous archiving under pgbench -c 2 -T $LOAD_SECS"
+    set_archive_command "$ASYNC_CMD"
+    ASYNC_SHOWN=$(psqlq -c "SHOW archive_command")
+    psqlq -c "SELECT pg_switch_wal()" >/dev/null; wait_archived
+    sample_backlog async
+    set_archive_command "$SYNC_CMD"
+    psqlq -c "SELECT pg_switch_wal()" >/dev/null; wait_archived
+    sample_backlog sync
+    cp "$SPOOL/plain/push/.last-error" "$RES/s3-spool-last-error.txt" 2>/dev/null || true
+else
+    set_archive_command "$SYNC_CMD"
+fi
+psqlq -c "SELECT pg_switch_wal()" >/dev/null; wait_archived
+
+# ================================================================ 4. prefetch
+declare -A RECOV REDO
+if want 4; then
+    log "=== step 4: restore_command prefetch"
+    pgw local-plain
+    run_timed s4-backup "${PW[@]}" backup --type full --jobs 2 --compress lz4
+    S4_LABEL=$(pw_label_last local-plain || true)
+    record s4-backup local-plain-lz4 1 1 "$(pw_stored local-plain "$S4_LABEL")" "label=$S4_LABEL" s4-backup
+    LSN0=$(psqlq -c "SELECT pg_current_wal_lsn()")
+    NACC=$((100000 * SCALE)); CH=$(( (NACC + 9) / 10 )); k=0
+    t0=$SECONDS
+    while :; do
+        gen=$(psqlq -c "SELECT round(pg_wal_lsn_diff(pg_current_wal_lsn(), '$LSN0') / 1048576.0)")
+        [ "$gen" -ge "$PREFETCH_WAL_MB" ] && break
+        [ "$k" -ge 400 ] && { log "stopping WAL generation after $k UPDATEs"; break; }
+        lo=$(( (k % 10) * CH + 1 )); hi=$(( (k % 10 + 1) * CH ))
+        psqlq -c "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid BETWEEN $lo AND $hi"
+        k=$((k + 1))
+    done
+    psqlq -c "SELECT pg_switch_wal()" >/dev/null
+    S4_GEN_S=$((SECONDS - t0))
+    wait_archived
+    S4_WAL=$(psqlq -c "SELECT round(pg_wal_lsn_diff(pg_current_wal_lsn(), '$LSN0') / 1048576.0)")
+    S4_UPD=$k
+    S4_SUM=$(psqlq -c "SELECT sum(abalance) FROM pgbench_accounts")
+    log "step 4: $S4_WAL MB of WAL after the backup ($S4_UPD UPDATEs of 1/10 of the table, ${S4_GEN_S}s), archived ${ARCH_WAIT}s later"
+    for mode in prefetch noprefetch; do
+        dir=$RST-$mode; new_dir "$dir"
+        run_timed "s4-restore-$mode" "${PW[@]}" restore --set "$S4_LABEL" --pgdata "$dir" --archive-mode off --jobs 2
+        record s4-restore "$mode" 1 1 "$(du -sb "$dir" | cut -f1)" "label=$S4_LABEL" "s4-restore-$mode"
+        [ "$RC" -eq 0 ] || continue
+        if [ $mode = noprefetch ]; then
+            sed -i 's/ archive-get %f/ archive-get --archive-get-queue-max 0 %f/' "$dir/postgresql.auto.conf"
+        fi
+        grep -h restore_command "$dir/postgresql.auto.conf" > "$RES/s4-restore_command-$mode.txt" || true
+        sync
+        t0=$(date +%s.%N)
+        if pg pg_ctl -D "$dir" -l "$BASE/log/restored-$mode.log" -t 3600 -w \
+                -o "-p $RPORT -c listen_addresses=''" start > "$RES/s4-start-$mode.out" 2>&1; then
+            for _ in $(seq 1 18000); do
+                [ "$(rq -c 'SELECT pg_is_in_recovery()' 2>/dev/null || echo t)" = f ] && break
+                sleep 0.2
+            done
+            RECOV[$mode]=$(printf '%.2f' "$(echo "$(date +%s.%N) - $t0" | bc)")
+            REDO[$mode]=$(grep -o 'redo done at .*' "$BASE/log/restored-$mode.log" | head -1 || true)
+            SUMR=$(rq -c "SELECT sum(abalance) FROM pgbench_accounts" || echo ERROR)
+            [ "$SUMR" = "$S4_SUM" ] && REDO[$mode]="${REDO[$mode]}; data MATCH" || REDO[$mode]="${REDO[$mode]}; data MISMATCH ($SUMR vs $S4_SUM)"
+            stop_server "$dir"
+        else
+            RECOV[$mode]=FAILED
+            cat "$RES/s4-start-$mode.out" >&2; tail -20 "$BASE/log/restored-$mode.log" >&2 || true
+        fi
+        cp "$BASE/log/restored-$mode.log" "$RES/s4-restored-$mode.log" 2>/dev/null || true
+        log "step 4 $mode: start to end of recovery ${RECOV[$mode]} s (${REDO[$mode]})"
+        rm -rf "$dir"
+    done
+fi
+
+# ================================================================ 5. archive-get per segment
+if want 5; then
+    log "=== step 5: archive-get per segment ($(wc -l < "$RES/aget-segments.txt") segments)"
+    for r in $(seq 1 "$RUNS"); do
+        o=0
+        for tool in $(order2 "$r" pgward pgbackrest); do
+            o=$((o + 1))
+            while read -r seg; do
+                rm -f "$BASE/aget/$seg"
+                if [ $tool = pgward ]; then
+                    pgw local-plain
+                    run_timed "s5-$tool-$r-$seg" "${PW[@]}" archive-get --archive-get-queue-max 0 "$seg" "$BASE/aget/$seg"
+                else
+                    run_timed "s5-$tool-$r-$seg" "${BR[@]}" archive-get "$seg" "$BASE/aget/$seg"
+                fi
+                sz=$(stat -c %s "$BASE/aget/$seg" 2>/dev/null || echo 0)
+                [ "$sz" -eq 16777216 ] || RC=${RC/#0/99}
+                record s5-archive-get "$tool" "$r" "$o" "$sz" "$seg" "s5-$tool-$r-$seg"
+                rm -f "$BASE/aget/$seg"
+            done < "$RES/aget-segments.txt"
+        done
+    done
+fi
+
+# ================================================================ 6. pg_basebackup vs pgward
+if want 6; then
+    log "=== step 6: pg_basebackup -Ft --compress=server-lz4 vs pgward backup lz4 --jobs 2"
+    wait_archived
+    for r in $(seq 1 "$RUNS"); do
+        o=0
+        for tool in $(order2 "$r" pgward pg_basebackup); do
+            o=$((o + 1)); wait_archived
+            if [ $tool = pgward ]; then
+                pgw local-plain
+                run_timed "s6-pgward-$r" "${PW[@]}" backup --type full --jobs 2 --compress lz4
+                label=$(pw_label_last local-plain || true)
+                record s6-backup pgward "$r" "$o" "$(pw_stored local-plain "$label")" "label=$label" "s6-pgward-$r"
+            else
+                d=$BASE/pgbb-$r; new_dir "$d"
+                run_timed "s6-pg_basebackup-$r" pg_basebackup -h "$BASE" -p "$PORT" -U postgres -D "$d" \
+                    -Ft --compress=server-lz4 --checkpoint=fast --no-sync
+                record s6-backup pg_basebackup "$r" "$o" "$(du -sb "$d" | cut -f1)" "-Ft --compress=server-lz4 --checkpoint=fast --no-sync (-X stream)" "s6-pg_basebackup-$r"
+                rm -rf "$d"
+            fi
+        done
+    done
+fi
+
+# ================================================================ 7. peak memory at MEM_SCALE
+MEM_NOTE="not run"
+if want 7 && [ "$MEM_SCALE" -gt 0 ]; then
+    log "=== step 7: peak memory at scale $MEM_SCALE"
+    [ "$S3_OK" = 1 ] && { bash "$MOTO_SH" stop "$MOTO_DIR"; S3_OK=2; }
+    need_kb=$(( MEM_SCALE * 60 * 1024 ))   # ~60 MB per scale unit: data, WAL, archive, backup, restore
+    avail_kb=$(df -Pk "$BASE" | awk 'NR==2 {print $4}')
+    if [ $(( avail_kb - need_kb )) -lt $(( 15 * 1024 * 1024 )) ]; then
+        MEM_NOTE="skipped: $((avail_kb / 1048576)) GiB free, needs ~$((need_kb / 1048576)) GiB and must leave 15 GiB"
+        log "$MEM_NOTE"
+    else
+        run_timed s7-pgbench-init pgbench -i -s "$MEM_SCALE" -h "$BASE" -p "$PORT" postgres
+        record s7-setup pgbench-init 1 1 0 "scale $MEM_SCALE" s7-pgbench-init
+        psqlq -c "CHECKPOINT"; psqlq -c "SELECT pg_switch_wal()" >/dev/null; wait_archived
+        MEM_SRC=$(datasize)
+        pgw local-plain
+        run_timed s7-backup "${PW[@]}" backup --type full --jobs 2 --compress lz4
+        S7_LABEL=$(pw_label_last local-plain || true)
+        record s7-backup pgward 1 1 "$(pw_stored local-plain "$S7_LABEL")" "label=$S7_LABEL; source $MEM_SRC bytes" s7-backup
+        dir=$RST-mem; new_dir "$dir"
+        run_timed s7-restore "${PW[@]}" restore --set "$S7_LABEL" --pgdata "$dir" --archive-mode off --jobs 2
+        record s7-restore pgward 1 1 "$(du -sb "$dir" | cut -f1)" "label=$S7_LABEL" s7-restore
+        rm -rf "$dir"
+        MEM_NOTE="scale $MEM_SCALE, source without pg_wal $MEM_SRC bytes, $((avail_kb / 1048576)) GiB free before"
+    fi
+fi
+
+# ---------------------------------------------------------------- finish
+for v in local-plain local-enc; do pgw $v; pg "${PW[@]}" --output json info > "$RES/pgward-info-$v.json" 2>&1 || true; done
+cp "$BASE/log/postgres.log" "$RES/source-postgres.log" || true
+stop_server "$PGDATA"
+[ -d "$MOTO_DIR" ] && bash "$MOTO_SH" stop "$MOTO_DIR" || true
+
+# ---------------------------------------------------------------- report
+col() { awk -F'\t' -v s="$1" -v v="$2" -v c="$3" '$1==s && $2==v && $5=="ok" {print $c}' "$TSV"; }
+median() { sort -g | awk '{a[NR]=$1} END{if(NR==0){print "nan"; exit}
+    if(NR%2) print a[(NR+1)/2]; else printf "%.10g\n", (a[NR/2]+a[NR/2+1])/2}'; }
+rng() { sort -g | awk 'NR==1{lo=$1} {hi=$1} END{if(NR) printf "%s–%s", lo, hi; else print "-"}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a=="nan" || b=="nan" || a=="" || b=="" || b+0==0) print "n/a"; else printf "%.2f\n", a/b }'; }
+mib() { awk -v k="$1" 'BEGIN{ if (k=="nan" || k=="") print "nan"; else printf "%.1f", k/1024 }'; }
+mb() { awk -v b="$1" 'BEGIN{ if (b=="nan" || b=="" ) print "nan"; else printf "%.1f", b/1e6 }'; }
+mbps() { awk -v b="$1" -v w="$2" 'BEGIN{ if (w=="nan" || w=="" || w+0==0) print "n/a"; else printf "%.0f", b/1e6/w }'; }
+nok() { echo "$(col "$1" "$2" 6 | wc -l)/$3"; }
+arch_stats() {   # LOGFILE -> "n median_wall max_wall max_rss_kb failures"
+    awk '$6 ~ /^[0-9]+$/ {print}' "$1" | sort -k2,2g | awk '
+        {w[NR]=$2; if($3>m)m=$3; if($6!=0)f++}
+        END{ if(NR==0){print "0 nan nan 0 0"; exit}
+             med = (NR%2) ? w[(NR+1)/2] : (w[NR/2]+w[NR/2+1])/2;
+             printf "%d %.3f %.2f %d %d\n", NR, med, w[NR], m, f+0 }'
+}
+
+{
+echo "## pgward extras: encryption, S3, async archiving, prefetch, archive-get, pg_basebackup, memory"
+echo
+echo "- host: $(nproc) cores, $(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo) RAM, $(. /etc/os-release; echo "$PRETTY_NAME"), $(date -u +%FT%TZ); machine shared with other work"
+echo "- pgward $("$PGWARD" --version 2>/dev/null | awk '{print $NF}') ($PGWARD, sha256 $(sha256sum "$PGWARD" | cut -c1-12)); $(pgbackrest version); server $(postgres --version | awk '{print $3}')"
+echo "- pgbench scale $SCALE; source after load: du -sb pgdata = $SRC_TOTAL bytes, **without pg_wal = $SRC_NOWAL bytes** (MB/s below = this / wall)"
+LOADS=$(awk -F'\t' '$1!="setup" && $14 != "-" {n++; s+=$14; if($14>m)m=$14} END{if(n) printf "mean %.2f, max %.2f", s/n, m; else print "n/a"}' "$TSV")
+echo "- $RUNS runs per variant, alternating order (odd runs: plain first); \`sync\` before each timed step; WAL archiving idle before each backup; host 1-min load before the timed steps: $LOADS"
+echo
+if want 1 || want 2; then
+echo "### 1-2. Full backup and restore (--jobs 2), medians"
+echo
+echo "| repository | cipher | compress | runs ok | backup wall s (min–max) | backup MB/s | stored MB | backup max RSS MiB | backup user+sys s | restore wall s (min–max) | restore MB/s | restore max RSS MiB | restore user+sys s |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+for sv in "s1 local-plain lz4" "s1 local-enc lz4" "s1 local-plain zstd" "s1 local-enc zstd" "s2 s3-plain lz4" "s2 s3-enc lz4"; do
+    read -r s v c <<<"$sv"
+    [ -n "$(awk -F'\t' -v s="$s-backup" -v v="$v-$c" '$1==s && $2==v' "$TSV")" ] || continue
+    bw=$(col "$s-backup" "$v-$c" 6 | median); rw=$(col "$s-restore" "$v-$c" 6 | median)
+    bc_=$(awk -F'\t' -v s="$s-backup" -v v="$v-$c" '$1==s && $2==v && $5=="ok" {printf "%.2f\n", $8+$9}' "$TSV" | median)
+    rc_=$(awk -F'\t' -v s="$s-restore" -v v="$v-$c" '$1==s && $2==v && $5=="ok" {printf "%.2f\n", $8+$9}' "$TSV" | median)
+    repo=${v%-*}; ciph=none; [ "${v#*-}" = enc ] && ciph=aes-256-gcm
+    echo "| $repo | $ciph | $c | $(nok "$s-backup" "$v-$c" "$RUNS") + $(nok "$s-restore" "$v-$c" "$RUNS") | $bw ($(col "$s-backup" "$v-$c" 6 | rng)) | $(mbps "$SRC_NOWAL" "$bw") | $(mb "$(col "$s-backup" "$v-$c" 11 | median)") | $(mib "$(col "$s-backup" "$v-$c" 7 | median)") | $bc_ | $rw ($(col "$s-restore" "$v-$c" 6 | rng)) | $(mbps "$SRC_NOWAL" "$rw") | $(mib "$(col "$s-restore" "$v-$c" 7 | median)") | $rc_ |"
+done
+echo
+echo "| ratio (median wall) | backup | restore |"
+echo "|---|---|---|"
+for pr in "s1 local-enc-lz4 s1 local-plain-lz4 encrypted/plain, local, lz4" \
+          "s1 local-enc-zstd s1 local-plain-zstd encrypted/plain, local, zstd" \
+          "s1 local-plain-zstd s1 local-plain-lz4 zstd/lz4, local, plain" \
+          "s2 s3-enc-lz4 s2 s3-plain-lz4 encrypted/plain, S3, lz4" \
+          "s2 s3-plain-lz4 s1 local-plain-lz4 S3/local, plain, lz4" \
+          "s2 s3-enc-lz4 s1 local-enc-lz4 S3/local, encrypted, lz4"; do
+    read -r sa va sb vb name <<<"$pr"
+    echo "| $name | $(ratio "$(col "$sa-backup" "$va" 6 | median)" "$(col "$sb-backup" "$vb" 6 | median)") | $(ratio "$(col "$sa-restore" "$va" 6 | median)" "$(col "$sb-restore" "$vb" 6 | median)") |"
+done
+echo
+for t in local-plain local-enc pgbackrest s3-plain s3-enc; do
+    read -r n m x r f < <(arch_stats "$RES/archive-push-$t.log")
+    [ "$n" -gt 0 ] && echo "- archive-push $t (lz4, synchronous, pushes to the targets in parallel): $n calls, median ${m} s, max ${x} s, max RSS $(mib "$r") MiB, $f failed"
+done
+[ "$S3_OK" != 0 ] && echo "- moto server peak RSS (VmHWM) after step 2: $(mib "${MOTO_RSS:-}") MiB"
+[ "$S3_OK" = 0 ] && want 2 && echo "- **S3 step not run** (moto start or stanza-create failed; see $RES/moto-start.log, $RES/stanza-create-s3-*.out)"
+echo
+fi
+if want 3; then
+echo "### 3. Archiving backlog under \`pgbench -c 2 -T $LOAD_SECS\` (sampled every 5 s)"
+echo
+echo "- async: \`$ASYNC_SHOWN\`"
+echo "- sync: \`$SYNC_CMD\`"
+echo "- columns: .ready = files in pg_wal/archive_status waiting for archive_command; spool = WAL files queued in $SPOOL/plain/push; archived/failed = pg_stat_archiver deltas since the load started; WAL MB = WAL written since the load started"
+echo
+echo "| t s | async .ready | async spool | async archived | async failed | async WAL MB | sync .ready | sync archived | sync failed | sync WAL MB |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
+join -t$'\t' -a1 -a2 -e '-' -o '0,1.2,1.3,1.4,1.5,1.6,1.7,2.2,2.4,2.5,2.6,2.7' \
+    <(awk -F'\t' '{printf "%05d\t%s\t%s\t%s\t%s\t%s\t%s\n", $1,$2,$3,$4,$5,$6,$7}' "$RES/s3-backlog-async.tsv" | sort) \
+    <(awk -F'\t' '{printf "%05d\t%s\t%s\t%s\t%s\t%s\t%s\n", $1,$2,$3,$4,$5,$6,$7}' "$RES/s3-backlog-sync.tsv" | sort) |
+    awk -F'\t' '{ a = ($7=="post") ? " (after load)" : ""; printf "| %d%s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, a, $2,$3,$4,$5,$6, $8,$9,$10,$11 }'
+echo
+echo "| mode | pgbench tps | WAL MB | max .ready | max spool | archive failures | backlog drained after load end |"
+echo "|---|---|---|---|---|---|---|"
+for m in async sync; do
+    echo "| $m | ${TPS[$m]:-?} | ${WALMB[$m]:-?} | ${MAXREADY[$m]:-?} | ${MAXSPOOL[$m]:-?} | ${FAILS[$m]:-?} | ${DRAIN[$m]:-?} s |"
+done
+[ -s "$RES/s3-spool-last-error.txt" ] && echo && echo "- spool .last-error: \`$(head -c 400 "$RES/s3-spool-last-error.txt")\`"
+echo
+fi
+if want 4; then
+echo "### 4. Recovery with and without archive-get prefetch"
+echo
+echo "- backup $S4_LABEL, then $S4_WAL MB of WAL ($S4_UPD UPDATEs of a tenth of pgbench_accounts each, ${S4_GEN_S} s), switched and archived (synchronous lz4 archive-push)"
+echo "- restore (timed), then \`pg_ctl start\` on port $RPORT until \`pg_is_in_recovery()\` = false (end of archive, promotion)"
+echo
+echo "| restore_command | restore wall s | start to end of recovery s | PostgreSQL redo line; data check |"
+echo "|---|---|---|---|"
+for m in prefetch noprefetch; do
+    echo "| \`$(sed 's/^restore_command = //' "$RES/s4-restore_command-$m.txt" 2>/dev/null | tr -d "'" | sed "s#$PGWARD#pgward#")\` | $(col s4-restore "$m" 6 | median) | ${RECOV[$m]:-?} | ${REDO[$m]:-?} |"
+done
+echo
+echo "- **ratio no-prefetch / prefetch (start to end of recovery): $(ratio "${RECOV[noprefetch]:-nan}" "${RECOV[prefetch]:-nan}")**"
+echo
+fi
+if want 5; then
+echo "### 5. archive-get per 16 MiB segment (load segments, lz4 in both repositories, $RUNS rounds, alternating)"
+echo
+echo "| tool | calls ok | median wall s | min–max s | median max RSS MiB | median user+sys s |"
+echo "|---|---|---|---|---|---|"
+for t in pgward pgbackrest; do
+    echo "| $t | $(col s5-archive-get $t 6 | wc -l)/$(( RUNS * $(wc -l < "$RES/aget-segments.txt") )) | $(col s5-archive-get $t 6 | median) | $(col s5-archive-get $t 6 | rng) | $(mib "$(col s5-archive-get $t 7 | median)") | $(awk -F'\t' -v t=$t '$1=="s5-archive-get" && $2==t && $5=="ok" {printf "%.2f\n", $8+$9}' "$TSV" | median) |"
+done
+echo
+echo "- ratio pgward/pgBackRest (median wall per segment): **$(ratio "$(col s5-archive-get pgward 6 | median)" "$(col s5-archive-get pgbackrest 6 | median)")**; pgward with \`--archive-get-queue-max 0\`; segments $(head -1 "$RES/aget-segments.txt")…$(tail -1 "$RES/aget-segments.txt")"
+echo
+fi
+if want 6; then
+echo "### 6. pg_basebackup -Ft --compress=server-lz4 vs pgward backup lz4 --jobs 2"
+echo
+echo "| tool | runs ok | median wall s | min–max s | MB/s | median bytes | median max RSS MiB | median user+sys s | median srv CPU s |"
+echo "|---|---|---|---|---|---|---|---|---|"
+for t in pgward pg_basebackup; do
+    w=$(col s6-backup $t 6 | median)
+    echo "| $t | $(nok s6-backup $t "$RUNS") | $w | $(col s6-backup $t 6 | rng) | $(mbps "$SRC_NOWAL" "$w") | $(col s6-backup $t 11 | median) | $(mib "$(col s6-backup $t 7 | median)") | $(awk -F'\t' -v t=$t '$1=="s6-backup" && $2==t && $5=="ok" {printf "%.2f\n", $8+$9}' "$TSV" | median) | $(col s6-backup $t 10 | median) |"
+done
+echo
+echo "- ratio pgward/pg_basebackup (median wall): **$(ratio "$(col s6-backup pgward 6 | median)" "$(col s6-backup pg_basebackup 6 | median)")** (pgward bytes = stored_size of its bundles; pg_basebackup bytes = du of base.tar.lz4 + pg_wal.tar; srv CPU includes the server-side lz4 compression)"
+echo
+fi
+if want 7; then
+echo "### 7. Peak memory at scale $MEM_SCALE ($MEM_NOTE)"
+echo
+if [ -n "$(col s7-backup pgward 6)" ] || [ -n "$(awk -F'\t' '$1=="s7-backup"' "$TSV")" ]; then
+    echo "| step | status | wall s | max RSS MiB | user s | sys s | bytes |"
+    echo "|---|---|---|---|---|---|---|"
+    awk -F'\t' '$1=="s7-backup" || $1=="s7-restore" || $1=="s7-setup" {printf "| %s | %s | %.2f | %.1f | %s | %s | %s |\n", $1, $5, $6, $7/1024, $8, $9, $11}' "$TSV"
+fi
+echo
+fi
+echo "### Per run"
+echo
+echo "| step | variant | run | order | status | wall s | max RSS MiB | user s | sys s | srv CPU s | bytes | load | note |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+awk -F'\t' '$1!="s5-archive-get" {printf "| %s | %s | %s | %s | %s | %.2f | %.1f | %s | %s | %s | %s | %s | %s |\n", $1,$2,$3,$4,$5,$6,$7/1024,$8,$9,$10,$11,$14,$12}' "$TSV"
+echo
+FAILED=$(awk -F'\t' '$5!="ok" {print $13}' "$TSV")
+if [ -n "$FAILED" ]; then
+    echo "### Failures"
+    echo
+    for id in $FAILED; do
+        echo "- $id ($(awk -F'\t' -v id="$id" '$13==id {print $5}' "$TSV")), \`$RES/$id.out\`:"
+        echo
+        echo '```'
+        tail -15 "$RES/$id.out" 2>/dev/null || true
+        echo '```'
+    done
+    echo
+fi
+echo "- script wall time: $((SECONDS - T_START)) s"
+} | tee "$RES/results.md"

@@ -80,6 +80,8 @@ TARGETS=$BASE/archive-targets
 WRAPPER=$BASE/archive-pgbackrest-pgward.sh
 export PATH=$PGBIN:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 T_START=$SECONDS
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+MOTO_SH=$SCRIPT_DIR/moto.sh
 
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
 case "$BASE" in /|/tmp|/tmp/|"") echo "refusing BASE=$BASE" >&2; exit 1;; esac
@@ -137,7 +139,7 @@ stop_server() {   # DIR
 stop_spool_workers() {
     local p c
     for p in /proc/[0-9]*; do
-        c=$(tr '\0' ' ' < "$p/cmdline" 2>/dev/null) || continue
+        c=$(tr '\0' ' ' 2>/dev/null < "$p/cmdline") || continue
         if [[ $c == "$PGWARD "* && $c == *" archive-push-worker --spool-path $SPOOL"* ]]; then
             log "stopping background archive-push worker pid ${p#/proc/}"
             kill "${p#/proc/}" 2>/dev/null || true
@@ -147,7 +149,7 @@ stop_spool_workers() {
 stop_all() {
     local d
     for d in "$RST"-* "$PGDATA"; do [ -d "$d" ] && stop_server "$d"; done
-    [ -d "$MOTO_DIR" ] && bash "$(dirname "$(readlink -f "$0")")/moto.sh" stop "$MOTO_DIR" || true
+    [ -d "$MOTO_DIR" ] && bash "$MOTO_SH" stop "$MOTO_DIR" || true
     stop_spool_workers
 }
 [ -d "$BASE" ] && stop_all
@@ -156,7 +158,6 @@ mkdir -p "$BASE"/{log,lock,spool,results,aget} "$BRREPO" "$PWREPO" "$SPOOL" "$MO
 chmod 700 "$BASE"
 cd "$BASE"
 : > "$TSV"
-MOTO_SH=$(dirname "$(readlink -f "$0")")/moto.sh
 
 cleanup() {
     local rc=$?
@@ -355,9 +356,11 @@ SRC_TOTAL=$(du -sb "$PGDATA" | cut -f1)
 log "source: du -sb pgdata = $SRC_TOTAL, without pg_wal = $SRC_NOWAL"
 # load segments pushed (exit 0) by both pgBackRest and pgward plain, for step 5
 tail -n +"$((PUSHLOG_L0 + 1))" "$RES/archive-push-local-plain.log" |
-    awk '$6 == 0 && $1 ~ /^[0-9A-F]{24}$/ {print $1}' > "$RES/load-segments.txt"
-awk '$6 == 0 && $1 ~ /^[0-9A-F]{24}$/ {print $1}' "$RES/archive-push-pgbackrest.log" > "$RES/br-segments.txt"
-grep -Fxf "$RES/br-segments.txt" "$RES/load-segments.txt" | head -"$AGET_SEGS" > "$RES/aget-segments.txt" || true
+    awk '$6 == 0 && length($1) == 24 && $1 ~ /^[0-9A-F]+$/ {print $1}' > "$RES/load-segments.txt"
+awk '$6 == 0 && length($1) == 24 && $1 ~ /^[0-9A-F]+$/ {print $1}' "$RES/archive-push-pgbackrest.log" > "$RES/br-segments.txt"
+# (small scales: fewer load segments than AGET_SEGS -> also earlier ones pushed to both)
+{ grep -Fxf "$RES/br-segments.txt" "$RES/load-segments.txt" || true
+  grep -Fxvf "$RES/load-segments.txt" "$RES/br-segments.txt" || true; } | head -"$AGET_SEGS" > "$RES/aget-segments.txt"
 
 order2() {   # RUN A B -> "A B" on odd runs, "B A" on even runs
     if (( $1 % 2 == 1 )); then echo "$2 $3"; else echo "$3 $2"; fi

@@ -27,7 +27,7 @@
 # Environment: PGWARD (binary to test), GARAGE_VERSION (2.5.0), GARAGE_ROOT,
 # WORK (work dir, default /tmp/pgward-garage, wiped at start), PGBIN
 # (/usr/lib/postgresql/15/bin), PG_PORT (55610; the restore uses +1),
-# GARAGE_PORT_BASE (39100: node N listens on base+10N for S3, +1 RPC, +3 admin),
+# GARAGE_PORT_BASE (29100: node N listens on base+10N for S3, +1 RPC, +3 admin),
 # FAIL_WITHIN (30), KEEP=1 (leave the work dir behind).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,7 +40,8 @@ WORK=${WORK:-/tmp/pgward-garage}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 PG_PORT=${PG_PORT:-55610}
 RPORT=$((PG_PORT + 1))
-GARAGE_PORT_BASE=${GARAGE_PORT_BASE:-39100}
+# Below Linux's ephemeral range (32768-60999), so no outgoing connection holds one.
+GARAGE_PORT_BASE=${GARAGE_PORT_BASE:-29100}
 FAIL_WITHIN=${FAIL_WITHIN:-30}
 BUCKET=pgward-garage-test
 REGION=garage
@@ -52,6 +53,7 @@ step() { printf '\n\033[1m== [%4ss] %s\033[0m\n' "$((SECONDS - T0))" "$*"; }
 pass() { PASSED=$((PASSED + 1)); printf '\033[32mPASS\033[0m %s\n' "$*"; }
 fail() { FAILED=$((FAILED + 1)); printf '\033[31mFAIL\033[0m %s\n' "$*"; }
 die() { fail "$*"; exit 1; }   # a step the rest cannot do without
+need() { check "$@" || exit 1; }   # a checked step the rest cannot do without
 check() { # description, command...: PASS/FAIL by exit status
     local what=$1; shift
     if "$@"; then pass "$what"; else fail "$what"; return 1; fi
@@ -127,15 +129,25 @@ rpc_port() { echo $((GARAGE_PORT_BASE + 10 * $1 + 1)); }
 admin_port() { echo $((GARAGE_PORT_BASE + 10 * $1 + 3)); }
 gcli() { local n=$1; shift; "$GARAGE" -c "$WORK/garage/n$n.toml" "$@"; }
 
-start_node() { # n
-    local n=$1 i
+start_node() { # n: until its RPC answers and its S3 API listens
+    local n=$1 i log=$WORK/garage/n$1.log from
+    touch "$log"
+    from=$(($(stat -c %s "$log") + 1))   # this start's part of the log
     setsid "$GARAGE" -c "$WORK/garage/n$n.toml" server \
         >>"$WORK/garage/n$n.log" 2>&1 </dev/null &
     GARAGE_PID[$n]=$!
+    disown "${GARAGE_PID[$n]}"   # no "Killed" job notice when a node is killed on purpose
     for i in $(seq 1 300); do
         kill -0 "${GARAGE_PID[$n]}" 2>/dev/null \
             || { tail -20 "$WORK/garage/n$n.log"; die "garage node $n exited"; }
-        gcli "$n" node id -q >/dev/null 2>&1 && return 0
+        # Garage keeps running when one of its API servers cannot bind: look at its log.
+        if tail -c +"$from" "$log" | grep -q "exited with error"; then
+            tail -c +"$from" "$log" | grep "ERROR"; die "garage node $n: an API server failed"
+        fi
+        if tail -c +"$from" "$log" | grep -qF "S3 API server listening on http://127.0.0.1:$(s3_port "$n")" \
+            && gcli "$n" node id -q >/dev/null 2>&1; then
+            return 0
+        fi
         sleep 0.1
     done
     die "garage node $n did not answer within 30s"
@@ -146,7 +158,7 @@ stop_node() { # n [signal]
     kill -"$sig" "$pid" 2>/dev/null || true
     for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
+    for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     unset "GARAGE_PID[$n]"
 }
 health_field() { gcli 1 health 2>/dev/null | sed -n "s/^$1:[[:space:]]*//p"; }
@@ -274,10 +286,11 @@ step "wrong secret: Garage refuses the signature"
 out=$(PGWARD_S3_KEY_SECRET=not-the-secret PGWARD_S3_RETRY_SECONDS=10 pgw info 2>&1) && rc=0 || rc=$?
 echo "$out" | sed 's/^/  | /'
 check "info with a wrong secret fails (exit $rc)" test "$rc" != 0 || true
+check "refused for its signature (403)" grep -qE "403 Forbidden.*(signature|AccessDenied)|AccessDenied.*signature" <<<"$out" || true
 
 step "stanza-create, full backup (3 nodes up)"
-check "stanza-create" pgw stanza-create || die "stanza-create"
-check "backup (full)" pgw backup || die "full backup"
+need "stanza-create" pgw stanza-create
+need "backup (full)" pgw backup
 FULL=$(info_json | json 'd["backups"][-1]["label"]') || die "info --output json"
 echo "full backup: $FULL"
 
@@ -296,7 +309,7 @@ as_pg pgbench -n -c 2 -j 2 -t 2000 -h "$WORK/pg" -p "$PG_PORT" postgres >"$WORK/
     || { cat "$WORK/pg/pgbench-1.log"; die "pgbench run"; }
 sql "$PG_PORT" "UPDATE pgbench_accounts SET abalance = abalance + 7 WHERE aid % 50 = 0;
                 INSERT INTO garage_orders SELECT g, 'during outage ' || g FROM generate_series(1001, 1500) g"
-check "backup --type incr with node 3 down" pgw backup --type incr || die "incremental backup"
+need "backup --type incr with node 3 down" pgw backup --type incr
 INFO=$(info_json) || die "info --output json"
 INCR=$(echo "$INFO" | json 'd["backups"][-1]["label"]')
 INCR_TYPE=$(echo "$INFO" | json 'd["backups"][-1]["type"]')
@@ -313,8 +326,7 @@ echo "state at restore point $RP_NAME: $AT_RP"
 sql "$PG_PORT" "UPDATE pgbench_accounts SET abalance = abalance - 1000 WHERE aid <= 5000;
                 DELETE FROM garage_orders WHERE id > 1200"
 SEG=$(switch_wal)
-check "WAL up to $SEG archived with node 3 down" wait_archived "$SEG" 120 \
-    || die "archiving with one node down"
+need "WAL up to $SEG archived with node 3 down" wait_archived "$SEG" 120
 sql "$PG_PORT" "SELECT archived_count, failed_count, last_failed_wal FROM pg_stat_archiver" | sed 's/^/  archiver: /'
 
 # ---- 5. node back, PITR restore ---------------------------------------------------------
@@ -323,8 +335,8 @@ start_node 3
 if wait_health HEALTHY 60; then pass "node 3 back, cluster healthy"; else fail "cluster not healthy after node 3 restarted"; fi
 
 step "restore $INCR to restore point $RP_NAME, start it on port $RPORT"
-check "restore --set $INCR --target-name $RP_NAME" pgw restore --pgdata "$WORK/pg/restored" --set "$INCR" \
-    --target-name "$RP_NAME" --target-action promote --archive-mode off || die "restore"
+need "restore --set $INCR --target-name $RP_NAME" pgw restore --pgdata "$WORK/pg/restored" --set "$INCR" \
+    --target-name "$RP_NAME" --target-action promote --archive-mode off
 cat >>"$WORK/pg/restored/postgresql.conf" <<CONF
 port = $RPORT
 CONF

@@ -76,28 +76,61 @@ fn quote(v: &str) -> String {
     format!("'{}'", v.replace('\'', "''"))
 }
 
-pub async fn enable(
-    repo: &Repo,
-    conn: &ConnOptions,
-    pgdata: Option<&Path>,
-    archive_command: &str,
-) -> Result<ChangeReport> {
-    let client =
-        match db::connect(conn).await {
-            Ok(c) => c,
-            Err(e) => return match pgdata {
-                Some(dir) => enable_offline(dir, archive_command),
-                None => Err(e.hint(
-                    "start the server, or pass --pgdata to edit postgresql.conf while it is down",
-                )),
-            },
-        };
+/// What both directions start from when the server is up: the current settings, its
+/// data directory, and copies of both configuration files taken before any change.
+struct Online {
+    client: tokio_postgres::Client,
+    data_dir: PathBuf,
+    before: Vec<Setting>,
+    saved_copies: Vec<PathBuf>,
+}
+
+/// Connects, or says why not (the caller falls back to editing files when it can).
+async fn online(conn: &ConnOptions) -> Result<Online> {
+    let client = db::connect(conn).await?;
     let settings = db::archive_settings(&client).await?;
     let data_dir = db::server_info(&client).await?.data_directory;
     let before = current(&client).await?;
     let mut saved_copies = Vec::new();
     saved_copies.extend(save_copy(&settings.config_file)?);
     saved_copies.extend(save_copy(&data_dir.join("postgresql.auto.conf"))?);
+    Ok(Online {
+        client,
+        data_dir,
+        before,
+        saved_copies,
+    })
+}
+
+const OFFLINE_HINT: &str =
+    "start the server, or pass --pgdata to edit postgresql.conf while it is down";
+
+pub async fn enable(
+    repo: &Repo,
+    conn: &ConnOptions,
+    pgdata: Option<&Path>,
+    archive_command: &str,
+) -> Result<ChangeReport> {
+    let Online {
+        client,
+        data_dir,
+        before,
+        saved_copies,
+    } = match online(conn).await {
+        Ok(o) => o,
+        Err(e) if e.kind == ErrorKind::Database => {
+            return match pgdata {
+                Some(dir) => enable_offline(dir, archive_command),
+                None => Err(e.hint(OFFLINE_HINT)),
+            }
+        }
+        Err(e) => return Err(e),
+    };
+    let wal_level = before
+        .iter()
+        .find(|s| s.name == "wal_level")
+        .map(|s| s.value.clone())
+        .unwrap_or_default();
     let key = repo.key(SAVED);
     if repo.get_object(&key).await.is_err() {
         repo.put_object(
@@ -110,7 +143,7 @@ pub async fn enable(
         ("archive_mode", "on".to_string()),
         ("archive_command", archive_command.to_string()),
     ];
-    if settings.wal_level == "minimal" {
+    if wal_level == "minimal" {
         wanted.push(("wal_level", "replica".into()));
     }
     let mut changes = Vec::new();
@@ -144,22 +177,21 @@ pub async fn disable(
     conn: &ConnOptions,
     pgdata: Option<&Path>,
 ) -> Result<ChangeReport> {
-    let client =
-        match db::connect(conn).await {
-            Ok(c) => c,
-            Err(e) => return match pgdata {
+    let Online {
+        client,
+        data_dir,
+        before,
+        saved_copies,
+    } = match online(conn).await {
+        Ok(o) => o,
+        Err(e) if e.kind == ErrorKind::Database => {
+            return match pgdata {
                 Some(dir) => disable_offline(dir),
-                None => Err(e.hint(
-                    "start the server, or pass --pgdata to edit postgresql.conf while it is down",
-                )),
-            },
-        };
-    let settings = db::archive_settings(&client).await?;
-    let data_dir = db::server_info(&client).await?.data_directory;
-    let before = current(&client).await?;
-    let mut saved_copies = Vec::new();
-    saved_copies.extend(save_copy(&settings.config_file)?);
-    saved_copies.extend(save_copy(&data_dir.join("postgresql.auto.conf"))?);
+                None => Err(e.hint(OFFLINE_HINT)),
+            }
+        }
+        Err(e) => return Err(e),
+    };
     let key = repo.key(SAVED);
     let previous: Vec<Setting> = match repo.get_object(&key).await {
         Ok(bytes) => serde_json::from_slice(&bytes)

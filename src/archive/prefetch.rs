@@ -12,7 +12,7 @@ use super::get::{fetch, find_for_get};
 use crate::error::{Error, IoContext, Result};
 use crate::pg::{WalFileName, WalSegment};
 use crate::repo::Repo;
-use crate::storage::local::{create_dir_durable, sync_dir};
+use crate::storage::local::{create_dir_durable, sync_dir, try_flock};
 
 pub const DIR_NAME: &str = "pgward-prefetch";
 
@@ -52,18 +52,9 @@ pub async fn run(
 ) -> Result<()> {
     create_dir_durable(dir).at("creating", dir)?;
     let lock_path = dir.join(".lock");
-    let lock = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&lock_path)
-        .at("opening", &lock_path)?;
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock on a descriptor we own, held until return.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Ok(());
-    }
+    let Ok(_lock) = try_flock(&lock_path)? else {
+        return Ok(()); // another prefetcher is on it
+    };
     let segment_size = repo.stanza_info().await?.wal_segment_size;
     let mut window = Vec::new();
     let mut next = after;

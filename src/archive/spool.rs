@@ -14,7 +14,7 @@ use std::time::Duration;
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::pipeline::Compression;
 use crate::repo::Repo;
-use crate::storage::local::{create_dir_durable, sync_dir};
+use crate::storage::local::{create_dir_durable, sync_dir, try_flock};
 
 use super::push::{archive_push, parse_pushed_name, validate};
 
@@ -144,19 +144,8 @@ pub fn spawn_detached(exe: &Path, args: &[String]) -> Result<()> {
 }
 
 fn lock_is_held(path: &Path) -> Result<bool> {
-    let Ok(file) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-    else {
-        return Ok(false);
-    };
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock on a descriptor we own.
-    let free = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-    Ok(!free) // dropping `file` releases a lock we just took
+    // Taking it to look releases it again at once (the file is dropped).
+    Ok(matches!(try_flock(path), Ok(Err(_))))
 }
 
 /// Background: push everything spooled, in parallel, until the spool stays empty.
@@ -168,18 +157,9 @@ pub async fn run_worker(
 ) -> Result<()> {
     let lock_path = spool.lock_path();
     create_dir_durable(&spool.dir).at("creating spool", &spool.dir)?;
-    let lock = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&lock_path)
-        .at("opening", &lock_path)?;
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock on a descriptor we own; held until this function returns.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    let Ok(_lock) = try_flock(&lock_path)? else {
         return Ok(()); // another worker is on it
-    }
+    };
     let mut idle_since = std::time::Instant::now();
     let mut backoff = Duration::from_millis(100);
     loop {

@@ -13,7 +13,6 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -21,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Repo;
 use crate::error::{Error, ErrorKind, IoContext, Result};
-use crate::storage::local::create_dir_durable;
+use crate::storage::local::{create_dir_durable, try_flock};
 use crate::storage::SharedStorage;
 
 const HEARTBEAT: Duration = Duration::from_secs(30);
@@ -177,20 +176,14 @@ impl Repo {
     fn flock(&self, dir: PathBuf, purpose: &str) -> Result<StanzaLock> {
         create_dir_durable(&dir).at("creating lock directory", &dir)?;
         let path = dir.join(format!("{purpose}.lock"));
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .at("opening lock file", &path)?;
-        // SAFETY: flock on a descriptor we own; no memory is involved.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            return Err(locked(self, purpose, holder.trim()));
-        }
+        let mut file = match try_flock(&path)? {
+            Ok(file) => file,
+            Err(mut held) => {
+                let mut holder = String::new();
+                let _ = held.read_to_string(&mut holder);
+                return Err(locked(self, purpose, holder.trim()));
+            }
+        };
         file.set_len(0).at("writing lock file", &path)?;
         file.rewind().at("writing lock file", &path)?;
         write!(file, "pid {} on host {}", std::process::id(), host())

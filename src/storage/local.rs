@@ -31,6 +31,23 @@ impl LocalStorage {
     }
 }
 
+/// Opens (creating) `path` and takes an exclusive `flock` without waiting. `Ok(file)`:
+/// ours until the file is dropped (or the process dies); `Err(file)`: another process
+/// holds it (the file is returned so its content can name the holder).
+pub fn try_flock(path: &Path) -> Result<std::result::Result<std::fs::File, std::fs::File>> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .at("opening lock file", path)?;
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    let taken = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    Ok(if taken { Ok(file) } else { Err(file) })
+}
+
 /// fsync a directory so that entries created or renamed in it survive a crash.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     std::fs::File::open(dir)?.sync_all()

@@ -7,7 +7,7 @@
 #
 # Scenario, each step printed as PASS/FAIL (exit status non-zero on any failure):
 #   1. Garage is installed once with `cargo install garage --locked` into
-#      $GARAGE_ROOT (default /var/cache/pgward/garage; about 9 minutes the first time,
+#      $GARAGE_ROOT (default /var/cache/pgward/garage; 9-12 minutes on 2 cores the first time,
 #      skipped when the pinned version is there), and pgward is built (`cargo build
 #      --release`; PGWARD=/path/to/pgward uses that binary instead).
 #   2. Three Garage nodes on 127.0.0.1, each with its own config, ports and

@@ -138,11 +138,11 @@ pub async fn verify(repo: &Repo, jobs: usize) -> Result<VerifyReport> {
     report.wal_files_checked = archived.len();
 
     let progress = std::sync::Arc::new(crate::progress::Progress::default());
+    // Progress counts original bytes: frames know theirs; WAL files are about a segment.
     let total: u64 = checks
         .iter()
-        .map(|c| c.3.map_or(0, |(_, len)| len))
-        .sum::<u64>()
-        + archived.iter().map(|f| f.stored_size).sum::<u64>();
+        .map(|c| c.6.unwrap_or(stanza.wal_segment_size))
+        .sum();
     let _reporter =
         crate::progress::Reporter::start("verify", total, checks.len() as u64, progress.clone());
     let results: Vec<(Option<Problem>, u64)> = stream::iter(checks)

@@ -77,6 +77,9 @@ pub struct GlobalArgs {
     /// Extra CA certificates (PEM) for the S3 endpoint
     #[arg(long, env = "PGWARD_S3_CA_FILE", global = true)]
     pub s3_ca_file: Option<PathBuf>,
+    /// Seconds an S3 request keeps retrying transient failures (5xx, 429, timeouts) [default: 300]
+    #[arg(long, env = "PGWARD_S3_RETRY_SECONDS", global = true)]
+    pub s3_retry_seconds: Option<u64>,
     /// S3 access key id [default: the usual AWS sources]
     #[arg(long, env = "PGWARD_S3_KEY", global = true, hide_env_values = true)]
     pub s3_key: Option<String>,

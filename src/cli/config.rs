@@ -35,6 +35,7 @@ const KEYS: &[&str] = &[
     "s3-ca-file",
     "s3-key",
     "s3-key-secret",
+    "s3-retry-seconds",
 ];
 
 /// Fills options left unset on the command line and in the environment from the file.
@@ -190,6 +191,7 @@ fn fill(args: &mut GlobalArgs, t: &toml::Table, file: &str) -> Result<()> {
             .map(|v| u64::try_from(v).map_err(|_| bad(k)))
             .transpose()
     };
+    set!(s3_retry_seconds, count("s3-retry-seconds")?);
     set!(retain_full, count("retain-full")?.map(|v| v as usize));
     set!(retain_diff, count("retain-diff")?.map(|v| v as usize));
     set!(retain_full_days, count("retain-full-days")?);

@@ -79,6 +79,7 @@ impl Resolved {
             uri_style_path,
             storage_class: g.s3_storage_class.clone(),
             ca_file: g.s3_ca_file.clone(),
+            retry_seconds: g.s3_retry_seconds,
             access_key: g.s3_key.clone(),
             secret_key: g.s3_key_secret.clone(),
         })

@@ -44,6 +44,8 @@ pub struct S3Options {
     pub storage_class: Option<String>,
     /// PEM bundle of CAs to trust besides the system's (a private endpoint's).
     pub ca_file: Option<PathBuf>,
+    /// How long a transient outage may last before a request gives up [default: 300 s].
+    pub retry_seconds: Option<u64>,
     /// Static credentials (`s3-key`/`s3-key-secret`), beating every other source.
     pub access_key: Option<String>,
     pub secret_key: Option<String>,
@@ -166,14 +168,10 @@ impl S3Storage {
             .with_client_options(client.clone())
             .with_retry(RetryConfig {
                 backoff: BackoffConfig::default(), // 100 ms doubling to 15 s, with jitter
-                max_retries: 10,
-                // How long a transient outage may last before a command gives up.
-                retry_timeout: Duration::from_secs(
-                    std::env::var("PGWARD_S3_RETRY_SECONDS")
-                        .ok()
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(300),
-                ),
+                // The time budget decides, not a count: ten quick retries are over in
+                // seconds, shorter than a storage node's restart.
+                max_retries: 10_000,
+                retry_timeout: Duration::from_secs(options.retry_seconds.unwrap_or(300)),
             });
         if endpoint.is_some() {
             let endpoint = match options.uri_style_path {

@@ -163,7 +163,7 @@ fn s3_repository_can_be_encrypted_end_to_end() {
 #[test]
 fn s3_outage_fails_backup_and_archive_push_clearly_and_loses_nothing() {
     let proxy = Proxy::start(moto());
-    let src = s3_source("s3outage", Some(proxy.port), "", &[]);
+    let src = s3_source("s3outage", Some(proxy.port), "s3-retry-seconds = 5\n", &[]);
     assert!(src
         .cluster
         .pgbench(&["-i", "-s", "2", "-q"])

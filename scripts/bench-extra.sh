@@ -495,13 +495,16 @@ fi
 psqlq -c "SELECT pg_switch_wal()" >/dev/null; wait_archived
 
 # ================================================================ 4. prefetch
-declare -A RECOV REDO
+declare -A RECOV REDO REPLAYED
 if want 4; then
     log "=== step 4: restore_command prefetch"
     pgw local-plain
     run_timed s4-backup "${PW[@]}" backup --type full --jobs 2 --compress lz4
     S4_LABEL=$(pw_label_last local-plain || true)
     record s4-backup local-plain-lz4 1 1 "$(pw_stored local-plain "$S4_LABEL")" "label=$S4_LABEL" s4-backup
+    # no autovacuum while the restored copies recover: otherwise the vacuum of the updated
+    # table keeps adding WAL to the archive and the two recoveries replay different amounts
+    psqlq -c "ALTER SYSTEM SET autovacuum = off"; psqlq -c "SELECT pg_reload_conf()" >/dev/null
     LSN0=$(psqlq -c "SELECT pg_current_wal_lsn()")
     NACC=$((100000 * SCALE)); CH=$(( (NACC + 9) / 10 )); k=0
     t0=$SECONDS
@@ -539,6 +542,9 @@ if want 4; then
             done
             RECOV[$mode]=$(printf '%.2f' "$(echo "$(date +%s.%N) - $t0" | bc)")
             REDO[$mode]=$(grep -o 'redo done at .*' "$BASE/log/restored-$mode.log" | head -1 || true)
+            l0=$(grep -o 'redo starts at [0-9A-F/]*' "$BASE/log/restored-$mode.log" | head -1 | awk '{print $4}')
+            l1=$(grep -o 'redo done at [0-9A-F/]*' "$BASE/log/restored-$mode.log" | head -1 | awk '{print $4}')
+            [ -n "$l0" ] && [ -n "$l1" ] && REPLAYED[$mode]=$(psqlq -c "SELECT round(pg_wal_lsn_diff('$l1', '$l0') / 1048576.0)")
             SUMR=$(rq -c "SELECT sum(abalance) FROM pgbench_accounts" || echo ERROR)
             [ "$SUMR" = "$S4_SUM" ] && REDO[$mode]="${REDO[$mode]}; data MATCH" || REDO[$mode]="${REDO[$mode]}; data MISMATCH ($SUMR vs $S4_SUM)"
             stop_server "$dir"
@@ -547,9 +553,10 @@ if want 4; then
             cat "$RES/s4-start-$mode.out" >&2; tail -20 "$BASE/log/restored-$mode.log" >&2 || true
         fi
         cp "$BASE/log/restored-$mode.log" "$RES/s4-restored-$mode.log" 2>/dev/null || true
-        log "step 4 $mode: start to end of recovery ${RECOV[$mode]} s (${REDO[$mode]})"
+        log "step 4 $mode: start to end of recovery ${RECOV[$mode]} s, replayed ${REPLAYED[$mode]:-?} MB (${REDO[$mode]})"
         rm -rf "$dir"
     done
+    psqlq -c "ALTER SYSTEM RESET autovacuum"; psqlq -c "SELECT pg_reload_conf()" >/dev/null
 fi
 
 # ================================================================ 5. archive-get per segment
@@ -720,13 +727,13 @@ fi
 if want 4; then
 echo "### 4. Recovery with and without archive-get prefetch"
 echo
-echo "- backup $S4_LABEL, then $S4_WAL MB of WAL ($S4_UPD UPDATEs of a tenth of pgbench_accounts each, ${S4_GEN_S} s), switched and archived (synchronous lz4 archive-push)"
+echo "- backup $S4_LABEL, then $S4_WAL MB of WAL (autovacuum off from here until both recoveries ended) ($S4_UPD UPDATEs of a tenth of pgbench_accounts each, ${S4_GEN_S} s), switched and archived (synchronous lz4 archive-push)"
 echo "- restore (timed), then \`pg_ctl start\` on port $RPORT until \`pg_is_in_recovery()\` = false (end of archive, promotion)"
 echo
-echo "| restore_command | restore wall s | start to end of recovery s | PostgreSQL redo line; data check |"
-echo "|---|---|---|---|"
+echo "| restore_command | restore wall s | start to end of recovery s | WAL replayed MB (redo start..done) | replay MB/s (start to end) | PostgreSQL redo line; data check |"
+echo "|---|---|---|---|---|---|"
 for m in prefetch noprefetch; do
-    echo "| \`$(sed 's/^restore_command = //' "$RES/s4-restore_command-$m.txt" 2>/dev/null | tr -d "'" | sed "s#$PGWARD#pgward#")\` | $(col s4-restore "$m" 6 | median) | ${RECOV[$m]:-?} | ${REDO[$m]:-?} |"
+    echo "| \`$(sed 's/^restore_command = //' "$RES/s4-restore_command-$m.txt" 2>/dev/null | tr -d "'" | sed "s#$PGWARD#pgward#")\` | $(col s4-restore "$m" 6 | median) | ${RECOV[$m]:-?} | ${REPLAYED[$m]:-?} | $(awk -v b="${REPLAYED[$m]:-}" -v w="${RECOV[$m]:-}" 'BEGIN{ if (w+0 > 0 && b != "") printf "%.0f", b / w; else print "n/a" }') | ${REDO[$m]:-?} |"
 done
 echo
 echo "- **ratio no-prefetch / prefetch (start to end of recovery): $(ratio "${RECOV[noprefetch]:-nan}" "${RECOV[prefetch]:-nan}")**"

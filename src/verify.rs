@@ -178,7 +178,11 @@ pub async fn verify(repo: &Repo, jobs: usize) -> Result<VerifyReport> {
                 }
             }
         })
-        .buffer_unordered(jobs.max(1))
+        .buffer_unordered(if repo.storage.local_root().is_some() {
+            jobs.max(1)
+        } else {
+            (jobs.max(1) * 4).min(32)
+        })
         .collect()
         .await;
     for (problem, bytes) in results {

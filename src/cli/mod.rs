@@ -348,6 +348,12 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
             let repo = resolved.repo().await?;
             // A missing stanza must stop recovery, not look like the end of the archive.
             repo.stanza_info().await?;
+            let archive_get_queue_max =
+                archive_get_queue_max.unwrap_or(if repo.storage.local_root().is_some() {
+                    0
+                } else {
+                    8
+                });
             let wal = crate::pg::WalFileName::parse(&name).map_err(|e| {
                 Error::config(e.to_string()).hint("restore_command must pass %f and \"%p\"")
             })?;

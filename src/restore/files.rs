@@ -35,7 +35,14 @@ pub async fn restore_files(
     let queue = Arc::new(Mutex::new(VecDeque::from(files)));
     let codecs = Arc::new(codec_by_backup(repo, manifest).await?);
     let mut workers = Vec::new();
-    for _ in 0..jobs.max(1) {
+    // Object storage answers each ranged read after a round trip: more readers in
+    // flight hide the latency (a local disk gains nothing from them).
+    let readers = if repo.storage.local_root().is_some() {
+        jobs.max(1)
+    } else {
+        (jobs.max(1) * 4).min(32)
+    };
+    for _ in 0..readers {
         let (repo, queue, codecs, pgdata) = (
             repo.clone(),
             queue.clone(),

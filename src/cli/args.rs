@@ -179,10 +179,9 @@ pub enum Command {
         /// Destination path (%p)
         dest: PathBuf,
         /// Segments to prefetch in parallel after the one asked for, into
-        /// pg_wal/pgward-prefetch (0: no prefetch) [default: 8 for object storage, 0 for a
-        /// local repository, which is as fast to read as the spool]
-        #[arg(long)]
-        archive_get_queue_max: Option<usize>,
+        /// pg_wal/pgward-prefetch (0: no prefetch)
+        #[arg(long, default_value_t = 8)]
+        archive_get_queue_max: usize,
     },
     /// Take a backup of the running cluster
     #[command(

@@ -42,6 +42,9 @@ pub const EXIT_ARCHIVE_GET_FATAL: i32 = 126;
 
 pub struct Resolved {
     pub global: GlobalArgs,
+    /// What the command line and environment set, before the configuration file: the
+    /// commands pgward writes for PostgreSQL repeat only these next to `--config`.
+    explicit: GlobalArgs,
 }
 
 impl Resolved {
@@ -164,7 +167,7 @@ impl Resolved {
             .map(|c| format!(" --config {}", shell_quote(&c.display().to_string())))
             .unwrap_or_default();
         let pass_file = self
-            .global
+            .explicit
             .cipher_pass_file
             .as_ref()
             .map(|f| {
@@ -174,7 +177,7 @@ impl Resolved {
                 )
             })
             .unwrap_or_default();
-        let g = &self.global;
+        let g = &self.explicit;
         let s3: String = [
             ("--s3-endpoint", &g.s3_endpoint),
             ("--s3-region", &g.s3_region),
@@ -245,11 +248,12 @@ impl Resolved {
 }
 
 pub fn resolve(mut global: GlobalArgs) -> Result<Resolved> {
+    let explicit = global.clone();
     config::apply_config_file(&mut global)?;
     if global.jobs == Some(0) {
         return Err(Error::config("--jobs must be at least 1"));
     }
-    Ok(Resolved { global })
+    Ok(Resolved { global, explicit })
 }
 
 pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
@@ -348,12 +352,6 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
             let repo = resolved.repo().await?;
             // A missing stanza must stop recovery, not look like the end of the archive.
             repo.stanza_info().await?;
-            let archive_get_queue_max =
-                archive_get_queue_max.unwrap_or(if repo.storage.local_root().is_some() {
-                    0
-                } else {
-                    8
-                });
             let wal = crate::pg::WalFileName::parse(&name).map_err(|e| {
                 Error::config(e.to_string()).hint("restore_command must pass %f and \"%p\"")
             })?;

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::db::{self, ConnOptions};
 use crate::error::{Error, ErrorKind, Result};
-use crate::pg::{WalFileName, WalSegment};
+use crate::pg::WalFileName;
 use crate::repo::stanza::check_same_cluster;
 use crate::repo::Repo;
 
@@ -64,7 +64,7 @@ pub async fn check(repo: &Repo, conn: &ConnOptions, timeout: Duration) -> Result
             ))
         }
     };
-    wait_archived(repo, segment, timeout).await?;
+    crate::backup::wait_wal::wait_for_archived(repo, vec![segment], timeout).await?;
     Ok(CheckReport {
         stanza: repo.stanza.clone(),
         system_identifier: stanza.system_identifier.to_string(),
@@ -111,28 +111,5 @@ pub fn command_problem(command: &str, repo: &Repo) -> Option<String> {
         Some(s) if s == repo.stanza => None,
         Some(s) => Some(format!("archives into stanza {s:?}, not {:?}", repo.stanza)),
         None => None,
-    }
-}
-
-async fn wait_archived(repo: &Repo, segment: WalSegment, timeout: Duration) -> Result<()> {
-    let deadline = std::time::Instant::now() + timeout;
-    let name = WalFileName::Segment(segment);
-    loop {
-        if !repo.find_archived(&name).await?.is_empty() {
-            return Ok(());
-        }
-        if std::time::Instant::now() >= deadline {
-            return Err(Error::new(
-                ErrorKind::Timeout,
-                format!(
-                    "WAL segment {name} did not reach the archive within {}s",
-                    timeout.as_secs()
-                ),
-            )
-            .hint(
-                "look for archive_command failures in the server log and in `pgward pitr status`",
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -102,8 +102,25 @@ async fn online(conn: &ConnOptions) -> Result<Online> {
     })
 }
 
-const OFFLINE_HINT: &str =
-    "start the server, or pass --pgdata to edit postgresql.conf while it is down";
+/// How the settings can be changed: through the server, or (server down, --pgdata
+/// given) by editing postgresql.conf.
+enum Reach {
+    Online(Box<Online>),
+    Offline(PathBuf),
+}
+
+async fn reach(conn: &ConnOptions, pgdata: Option<&Path>) -> Result<Reach> {
+    match online(conn).await {
+        Ok(o) => Ok(Reach::Online(Box::new(o))),
+        Err(e) if e.kind == ErrorKind::Database => match pgdata {
+            Some(dir) => Ok(Reach::Offline(dir.to_path_buf())),
+            None => Err(e.hint(
+                "start the server, or pass --pgdata to edit postgresql.conf while it is down",
+            )),
+        },
+        Err(e) => Err(e),
+    }
+}
 
 pub async fn enable(
     repo: &Repo,
@@ -116,15 +133,9 @@ pub async fn enable(
         data_dir,
         before,
         saved_copies,
-    } = match online(conn).await {
-        Ok(o) => o,
-        Err(e) if e.kind == ErrorKind::Database => {
-            return match pgdata {
-                Some(dir) => enable_offline(dir, archive_command),
-                None => Err(e.hint(OFFLINE_HINT)),
-            }
-        }
-        Err(e) => return Err(e),
+    } = match reach(conn, pgdata).await? {
+        Reach::Online(o) => *o,
+        Reach::Offline(dir) => return enable_offline(&dir, archive_command),
     };
     let wal_level = before
         .iter()
@@ -182,15 +193,9 @@ pub async fn disable(
         data_dir,
         before,
         saved_copies,
-    } = match online(conn).await {
-        Ok(o) => o,
-        Err(e) if e.kind == ErrorKind::Database => {
-            return match pgdata {
-                Some(dir) => disable_offline(dir),
-                None => Err(e.hint(OFFLINE_HINT)),
-            }
-        }
-        Err(e) => return Err(e),
+    } = match reach(conn, pgdata).await? {
+        Reach::Online(o) => *o,
+        Reach::Offline(dir) => return disable_offline(&dir),
     };
     let key = repo.key(SAVED);
     let previous: Vec<Setting> = match repo.get_object(&key).await {

@@ -142,10 +142,12 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
     tracing::info!(stop_lsn = %stop.lsn, "backup stopped; waiting for WAL to be archived");
     wait_wal::wait_for_archived(
         repo,
-        label_file.start_timeline,
-        start_lsn,
-        stop.lsn,
-        stanza.wal_segment_size,
+        wait_wal::segments_between(
+            label_file.start_timeline,
+            start_lsn,
+            stop.lsn,
+            stanza.wal_segment_size,
+        ),
         opts.archive_timeout,
     )
     .await?;

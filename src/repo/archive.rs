@@ -70,16 +70,17 @@ impl Repo {
         )
     }
 
+    /// Every archived file in one archive directory (see `archive_subdir`).
+    pub async fn archived_in(&self, subdir: &str) -> Result<Vec<ArchivedFile>> {
+        Ok(parse_listing(
+            self.storage.list(&self.archive_dir_key(subdir)).await?,
+        ))
+    }
+
     /// Every stored copy of `name` (normally zero or one).
     pub async fn find_archived(&self, name: &WalFileName) -> Result<Vec<ArchivedFile>> {
-        let listing = self
-            .storage
-            .list(&self.archive_dir_key(&archive_subdir(name)))
-            .await?;
-        Ok(parse_listing(listing)
-            .into_iter()
-            .filter(|f| &f.name == name)
-            .collect())
+        let found = self.archived_in(&archive_subdir(name)).await?;
+        Ok(found.into_iter().filter(|f| &f.name == name).collect())
     }
 
     /// Everything in the archive, sorted by name (timeline, then position).

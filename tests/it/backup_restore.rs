@@ -97,18 +97,7 @@ fn killed_backup_is_never_listed_and_the_next_backup_cleans_up_and_succeeds() {
     let first = src.backup(&[]);
 
     // Slow settings so that the kill lands while bundles are being written.
-    let mut child = src.spawn(
-        &[
-            "backup",
-            "--jobs",
-            "1",
-            "--compress",
-            "gzip",
-            "--compress-level",
-            "9",
-        ],
-        &[],
-    );
+    let mut child = src.spawn_slow_backup(&[]);
     src.wait_for_bundle_in_flight();
     kill_pgward(&mut child);
 

@@ -296,18 +296,7 @@ fn a_second_backup_or_expire_while_one_runs_fails_at_once_naming_the_holder() {
         .pgbench(&["-i", "-s", "4", "-q"])
         .status
         .success());
-    let mut first = src.spawn(
-        &[
-            "backup",
-            "--jobs",
-            "1",
-            "--compress",
-            "gzip",
-            "--compress-level",
-            "9",
-        ],
-        &[],
-    );
+    let mut first = src.spawn_slow_backup(&[]);
     src.wait_for_bundle_in_flight();
     for args in [&["backup"][..], &["expire", "--retain-full", "1"][..]] {
         let started = std::time::Instant::now();
@@ -327,18 +316,7 @@ fn a_second_backup_or_expire_while_one_runs_fails_at_once_naming_the_holder() {
     );
 
     // A lock left by a killed process is taken over.
-    let mut killed = src.spawn(
-        &[
-            "backup",
-            "--jobs",
-            "1",
-            "--compress",
-            "gzip",
-            "--compress-level",
-            "9",
-        ],
-        &[],
-    );
+    let mut killed = src.spawn_slow_backup(&[]);
     src.wait_for_bundle_in_flight();
     kill_pgward(&mut killed);
     src.backup(&[]);
@@ -356,20 +334,7 @@ fn killed_incremental_leaves_a_valid_repository_and_the_next_one_succeeds() {
     let full = src.backup(&[]);
     settle();
     src.sql("UPDATE pgbench_accounts SET abalance = abalance + 1");
-    let mut child = src.spawn(
-        &[
-            "backup",
-            "--type",
-            "incr",
-            "--jobs",
-            "1",
-            "--compress",
-            "gzip",
-            "--compress-level",
-            "9",
-        ],
-        &[],
-    );
+    let mut child = src.spawn_slow_backup(&["--type", "incr"]);
     src.wait_for_bundle_in_flight();
     kill_pgward(&mut child);
     assert_eq!(src.labels(), std::slice::from_ref(&full));

@@ -253,18 +253,7 @@ fn s3_lock_object_excludes_a_second_backup_and_a_killed_holder_is_taken_over() {
         .pgbench(&["-i", "-s", "3", "-q"])
         .status
         .success());
-    let mut first = src.spawn(
-        &[
-            "backup",
-            "--jobs",
-            "1",
-            "--compress",
-            "gzip",
-            "--compress-level",
-            "9",
-        ],
-        &[],
-    );
+    let mut first = src.spawn_slow_backup(&[]);
     // Once the first holds the lock object, a second backup is refused at once.
     std::thread::sleep(Duration::from_millis(1000));
     let deadline = std::time::Instant::now() + Duration::from_secs(30);

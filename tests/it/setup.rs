@@ -230,6 +230,22 @@ impl Source {
             .unwrap()
     }
 
+    /// Starts a deliberately slow backup (one job, gzip -9) in the background, so a test
+    /// can interrupt it or race it. `extra` adds backup options (e.g. `--type incr`).
+    pub fn spawn_slow_backup(&self, extra: &[&str]) -> Child {
+        let mut args = vec![
+            "backup",
+            "--jobs",
+            "1",
+            "--compress",
+            "gzip",
+            "--compress-level",
+            "9",
+        ];
+        args.extend_from_slice(extra);
+        self.spawn(&args, &[])
+    }
+
     /// Waits until a backup is writing a bundle (a temporary file in bundles/).
     pub fn wait_for_bundle_in_flight(&self) {
         let bundles = self.repo.join("main/bundles");

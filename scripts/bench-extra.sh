@@ -2,11 +2,12 @@
 # bench-extra.sh -- pgward extras: encryption cost, S3 (moto), asynchronous archiving,
 # restore_command prefetch, archive-get per segment, pg_basebackup comparison, peak memory.
 #
-# Companion of bench-full.sh / bench-incr.sh (same cluster settings, helpers and
-# conventions).  Self-contained: installs pgBackRest, GNU time, jq, bc, curl from Debian if
-# missing, creates a scratch PostgreSQL cluster (data checksums) under $BASE, loads pgbench
-# data with every WAL segment pushed to pgBackRest and to pgward (so that archive-get can
-# be compared on the same segments), then, with the archive_command adapted per step:
+# Companion of bench.sh (the main harness; same cluster settings, setup and measurement
+# helpers, all in bench-lib.sh).  Self-contained: installs pgBackRest, GNU time, jq, bc,
+# curl from Debian if missing, builds pgward if no binary is there, creates a scratch
+# PostgreSQL cluster (data checksums) under $BASE, loads pgbench data with every WAL
+# segment pushed to pgBackRest and to pgward (so that archive-get can be compared on the
+# same segments), then, with the archive_command adapted per step:
 #   1. local repository: RUNS full backups (lz4, then zstd; --jobs 2) into an unencrypted
 #      and an aes-256-gcm stanza of the same repository directory, alternating, then RUNS
 #      restores of each (into an empty directory, --archive-mode off);
@@ -32,7 +33,8 @@
 #   SCALE           pgbench scale (default 100, ~1.5 GB)
 #   RUNS            repetitions of each timed step (default 3)
 #   BASE            work directory, wiped at start (default /tmp/pgward-bench-extra)
-#   PGWARD          pgward binary (default /tmp/pgward-bench-bin/pgward-v2)
+#   PGWARD          pgward binary (default: the repository's target/release/pgward, built
+#                   with `cargo build --release` when missing; copied to $BASE/bin)
 #   PORT / RPORT    source / restored cluster port (default 5493 / 5492; unix socket in $BASE)
 #   MOTO_PORT       port of the moto server on 127.0.0.1 (default 5499)
 #   PGVER           PostgreSQL major version (default 15)
@@ -48,7 +50,6 @@ set -euo pipefail
 SCALE=${SCALE:-100}
 RUNS=${RUNS:-3}
 BASE=${BASE:-/tmp/pgward-bench-extra}
-PGWARD=${PGWARD:-/tmp/pgward-bench-bin/pgward-v2}
 PORT=${PORT:-5493}
 RPORT=${RPORT:-5492}
 MOTO_PORT=${MOTO_PORT:-5499}
@@ -63,58 +64,24 @@ STEPS=${STEPS:-"1 2 3 4 5 6 7"}
 BRSTANZA=bench
 BUCKET=pgward-bench
 
-PGBIN=/usr/lib/postgresql/$PGVER/bin
-PGDATA=$BASE/pgdata
-BRREPO=$BASE/pgbackrest-repo
-PWREPO=$BASE/pgward-repo
-CONF=$BASE/pgbackrest.conf
+# shellcheck source=scripts/bench-lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
+
 PASS=$BASE/cipher-pass
 S3P=$BASE/pgward-s3-plain.toml
 S3E=$BASE/pgward-s3-enc.toml
 SPOOL=$BASE/spool-pgward
+SPOOL_QUEUE=$SPOOL/plain/push   # wait_archived also waits for this spool to drain
 MOTO_DIR=$BASE/moto
 RST=$BASE/restore
-RES=$BASE/results
-TSV=$RES/results.tsv
 TARGETS=$BASE/archive-targets
 WRAPPER=$BASE/archive-pgbackrest-pgward.sh
-export PATH=$PGBIN:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-T_START=$SECONDS
-SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-MOTO_SH=$SCRIPT_DIR/moto.sh
+MOTO_SH=$BENCH_LIB_DIR/moto.sh
 
-[ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
-case "$BASE" in /|/tmp|/tmp/|"") echo "refusing BASE=$BASE" >&2; exit 1;; esac
-[ -x "$PGWARD" ] || { echo "pgward binary not found: $PGWARD" >&2; exit 1; }
-[ -x "$PGBIN/initdb" ] || { echo "PostgreSQL $PGVER not found in $PGBIN" >&2; exit 1; }
-[ "$RUNS" -ge 1 ] 2>/dev/null || { echo "RUNS must be >= 1" >&2; exit 1; }
+bench_preflight
+bench_install_packages curl
+bench_resolve_pgward
 
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-want() { [[ " $STEPS " == *" $1 "* ]]; }
-
-# ---------------------------------------------------------------- packages
-pkgs=()
-command -v pgbackrest >/dev/null || pkgs+=(pgbackrest)
-[ -x /usr/bin/time ] || pkgs+=(time)
-command -v jq >/dev/null || pkgs+=(jq)
-command -v bc >/dev/null || pkgs+=(bc)
-command -v curl >/dev/null || pkgs+=(curl)
-if [ ${#pkgs[@]} -gt 0 ]; then
-    log "installing: ${pkgs[*]}"
-    if ! grep -qs '^ *create_main_cluster *= *false' /etc/postgresql-common/createcluster.conf \
-            /etc/postgresql-common/createcluster.d/*.conf; then
-        mkdir -p /etc/postgresql-common/createcluster.d
-        echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.d/pgward-bench.conf
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y "${pkgs[@]}" >/dev/null ||
-        { apt-get update >/dev/null && apt-get install -y "${pkgs[@]}" >/dev/null; }
-fi
-
-pg() { runuser -u postgres -- env PATH="$PATH" "$@"; }
-psqlq() { pg psql -X -v ON_ERROR_STOP=1 -h "$BASE" -p "$PORT" -d postgres -Atq "$@"; }
-rq() { pg psql -X -v ON_ERROR_STOP=1 -h "$BASE" -p "$RPORT" -d postgres -Atq "$@"; }
 PGENV=(env PGHOST="$BASE" PGPORT="$PORT" PGUSER=postgres PGDATABASE=postgres)
 BR=(pgbackrest --config="$CONF" --stanza="$BRSTANZA" --log-level-console=info)
 # pgward command prefix of a variant (stanza): local-plain local-enc s3-plain s3-enc
@@ -129,12 +96,6 @@ pgw() {
 }
 
 # ---------------------------------------------------------------- clean slate
-stop_server() {   # DIR
-    if [ -f "$1/postmaster.pid" ]; then
-        pg pg_ctl -D "$1" -m fast -w -t 120 stop >/dev/null 2>&1 ||
-            pg pg_ctl -D "$1" -m immediate -w stop >/dev/null 2>&1 || true
-    fi
-}
 # background archive-push workers of our spool (started through our archive_command)
 stop_spool_workers() {
     local p c
@@ -149,15 +110,12 @@ stop_spool_workers() {
 stop_all() {
     local d
     for d in "$RST"-* "$PGDATA"; do [ -d "$d" ] && stop_server "$d"; done
-    [ -d "$MOTO_DIR" ] && bash "$MOTO_SH" stop "$MOTO_DIR" || true
+    if [ -d "$MOTO_DIR" ]; then bash "$MOTO_SH" stop "$MOTO_DIR" || true; fi
     stop_spool_workers
 }
 [ -d "$BASE" ] && stop_all
-rm -rf "$BASE"
-mkdir -p "$BASE"/{log,lock,spool,results,aget} "$BRREPO" "$PWREPO" "$SPOOL" "$MOTO_DIR"
-chmod 700 "$BASE"
-cd "$BASE"
-: > "$TSV"
+bench_fresh_base aget "${SPOOL#"$BASE"/}" "${MOTO_DIR#"$BASE"/}"
+bench_install_pgward
 
 cleanup() {
     local rc=$?
@@ -167,70 +125,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# ---------------------------------------------------------------- measurement helpers
-CLK=$(getconf CLK_TCK)
-srv_cpu() {
-    local pm
-    [ -f "$PGDATA/postmaster.pid" ] || { echo 0; return; }
-    pm=$(head -1 "$PGDATA/postmaster.pid")
-    { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v pm="$pm" '
-        { pid = $1; s = $0; sub(/^.*\) /, "", s); n = split(s, a, " ")
-          if (pid == pm || a[2] == pm) tot += a[12] + a[13] + a[14] + a[15] }
-        END { printf "%d\n", tot }'
-}
-parse_time() {
-    awk -F': ' '/User time/{u=$2} /System time/{s=$2} /Elapsed \(wall/{e=$2}
-        /Maximum resident/{m=$2} /^\tVoluntary context/{v=$2} /Involuntary context/{iv=$2}
-        /File system outputs/{fo=$2}
-        END{n=split(e,a,":"); w=0; for(i=1;i<=n;i++) w=w*60+a[i];
-            printf "%.2f %d %.2f %.2f %d %d %d\n", w, m, u, s, v, iv, fo}' "$1"
-}
-# run_timed ID CMD... : sync, run CMD as postgres under time -v; sets WALL RSS USR SYS SRV RC LOAD
-run_timed() {
-    local id=$1; shift
-    local s0 s1
-    RC=0
-    sync
-    LOAD=$(cut -d' ' -f1 /proc/loadavg)
-    s0=$(srv_cpu)
-    pg /usr/bin/time -v -o "$RES/$id.time" "$@" >"$RES/$id.out" 2>&1 || RC=$?
-    s1=$(srv_cpu)
-    SRV=$(echo "scale=2; ($s1 - $s0) / $CLK" | bc | awk '{printf "%.2f", $1}')
-    if [ -s "$RES/$id.time" ] && grep -q 'Elapsed' "$RES/$id.time"; then
-        read -r WALL RSS USR SYS VCS IVCS FSO < <(parse_time "$RES/$id.time")
-    else
-        WALL=0 RSS=0 USR=0 SYS=0 VCS=0 IVCS=0 FSO=0
-    fi
-    printf '%q ' "$@" > "$RES/$id.cmd"; echo >> "$RES/$id.cmd"
-    if [ "$RC" -ne 0 ]; then
-        log "FAILED (exit $RC): $id: $*"
-        sed 's/^/    | /' "$RES/$id.out" | tail -30 >&2
-    fi
-    return 0
-}
-# record STEP VARIANT RUN ORDER BYTES NOTE ID
-# TSV: 1 step 2 variant 3 run 4 order 5 status 6 wall 7 rss_kb 8 user 9 sys 10 srv 11 bytes 12 note 13 id 14 load
-record() {
-    local status=ok
-    [ "$RC" -eq 0 ] || status="FAILED($RC)"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
-        "$1" "$2" "$3" "$4" "$status" "$WALL" "$RSS" "$USR" "$SYS" "$SRV" "$5" "$6" "$7" "${LOAD:--}" >> "$TSV"
-    log "$1 $2 run $3 (#$4): $status wall=${WALL}s rss=$((RSS / 1024))MiB user=${USR} sys=${SYS} srv=${SRV} bytes=$5 $6"
-}
-datasize() { echo $(( $(du -sb "$PGDATA" | cut -f1) - $(du -sb "$PGDATA/pg_wal" | cut -f1) )); }
-ready_count() { find "$PGDATA/pg_wal/archive_status" -name '*.ready' 2>/dev/null | wc -l; }
-spool_count() { { ls -1 "$SPOOL/plain/push" 2>/dev/null || true; } | grep -Evc '^\.|\.pgward-tmp$' || true; }
-wait_archived() {   # no .ready segment and an empty spool (max 20 min)
-    local t0=$SECONDS
-    while [ "$(ready_count)" -gt 0 ] || [ "$(spool_count)" -gt 0 ]; do
-        if [ $((SECONDS - t0)) -gt 1200 ]; then
-            tail -30 "$BASE/log/postgres.log" >&2
-            die "WAL archiving did not catch up within 20 min"
-        fi
-        sleep 0.2
-    done
-    ARCH_WAIT=$((SECONDS - t0))
-}
+# ---------------------------------------------------------------- helpers
+# (run_timed, record, wait_archived, new_dir, ...: bench-lib.sh)
 set_archive_command() {   # COMMAND (ALTER SYSTEM + reload)
     psqlq -c "ALTER SYSTEM SET archive_command = '$1'"
     psqlq -c "SELECT pg_reload_conf()" >/dev/null
@@ -242,14 +138,8 @@ pw_stored() {   # VARIANT LABEL
     pgw "$1"; pg "${PW[@]}" --output json info 2>/dev/null |
         jq -r --arg l "$2" '[.backups[] | select(.label == $l) | .stored_size] | first // 0'
 }
-new_dir() { stop_server "$1"; rm -rf "$1"; mkdir -m 700 "$1"; chown postgres:postgres "$1"; }
 
 # ---------------------------------------------------------------- cluster, repositories
-log "initdb -k at $PGDATA"
-pg true 2>/dev/null || die "no postgres user"
-chown -R postgres:postgres "$BASE"
-pg initdb -k -D "$PGDATA" -U postgres --auth=trust > "$RES/initdb.log"
-
 head -c 32 /dev/urandom | base64 > "$PASS"; chmod 600 "$PASS"
 for v in plain enc; do
     f=$S3P; [ $v = enc ] && f=$S3E
@@ -293,41 +183,9 @@ for t in pgbackrest local-plain local-enc s3-plain s3-enc; do touch "$RES/archiv
 set_targets pgbackrest local-plain local-enc
 chown -R postgres:postgres "$BASE"
 
-cat >> "$PGDATA/postgresql.conf" <<EOF
-
-# ---- pgward bench-extra.sh (same settings as bench-full.sh)
-port = $PORT
-listen_addresses = ''
-unix_socket_directories = '$BASE'
-wal_level = replica
-archive_mode = on
-archive_command = '$WRAPPER %p'
-shared_buffers = 1GB
-max_wal_size = 4GB
-checkpoint_timeout = 30min
-max_wal_senders = 10
-log_checkpoints = on
-EOF
-
-cat > "$CONF" <<EOF
-[global]
-repo1-path=$BRREPO
-repo1-retention-full=9999
-log-path=$BASE/log
-lock-path=$BASE/lock
-spool-path=$BASE/spool
-start-fast=y
-compress-type=lz4
-
-[$BRSTANZA]
-pg1-path=$PGDATA
-pg1-port=$PORT
-pg1-socket-path=$BASE
-EOF
-chown postgres:postgres "$CONF"
-
-pg pg_ctl -D "$PGDATA" -l "$BASE/log/postgres.log" -w start >/dev/null
-log "source cluster up on port $PORT (socket in $BASE)"
+bench_initdb "$WRAPPER %p" bench-extra.sh
+bench_pgbackrest_conf "$BRSTANZA"
+bench_start_source
 
 WALL=0 RSS=0 USR=0 SYS=0 SRV=0
 run_timed stanza-create-pgbackrest "${BR[@]}" stanza-create
@@ -459,7 +317,7 @@ sample_backlog() {
             "$([ "$ended" -ge 0 ] && echo post || echo load)" >> "$out"
         if [ "$ended" -lt 0 ] && ! kill -0 "$bpid" 2>/dev/null; then
             pbrc=0; wait "$bpid" || pbrc=$?
-            ended=$(printf '%.0f' "$el"); LOAD_END[$mode]=$ended
+            ended=$(printf '%.0f' "$el")
             [ "$pbrc" -eq 0 ] || log "pgbench ($mode) exit $pbrc"
         fi
         if [ "$ended" -ge 0 ] && [ "$ready" -eq 0 ] && [ "$spool" -eq 0 ]; then
@@ -478,7 +336,7 @@ sample_backlog() {
     FAILS[$mode]=$(awk -F'\t' '{m=$5} END{print m+0}' "$out")
     log "step 3 $mode: tps=${TPS[$mode]} WAL=${WALMB[$mode]}MB max .ready=${MAXREADY[$mode]} max spool=${MAXSPOOL[$mode]} failed=${FAILS[$mode]} drained ${DRAIN[$mode]}s after the load"
 }
-declare -A LOAD_END DRAIN TPS WALMB MAXREADY MAXSPOOL FAILS
+declare -A DRAIN TPS WALMB MAXREADY MAXSPOOL FAILS
 if want 3; then
     log "=== step 3: asynchronous archiving under pgbench -c 2 -T $LOAD_SECS"
     set_archive_command "$ASYNC_CMD"
@@ -568,7 +426,7 @@ if want 5; then
             o=$((o + 1))
             while read -r seg; do
                 rm -f "$BASE/aget/$seg"
-                if [ $tool = pgward ]; then
+                if [ "$tool" = pgward ]; then
                     pgw local-plain
                     run_timed "s5-$tool-$r-$seg" "${PW[@]}" archive-get --archive-get-queue-max 0 "$seg" "$BASE/aget/$seg"
                 else
@@ -591,7 +449,7 @@ if want 6; then
         o=0
         for tool in $(order2 "$r" pgward pg_basebackup); do
             o=$((o + 1)); wait_archived
-            if [ $tool = pgward ]; then
+            if [ "$tool" = pgward ]; then
                 pgw local-plain
                 run_timed "s6-pgward-$r" "${PW[@]}" backup --type full --jobs 2 --compress lz4
                 label=$(pw_label_last local-plain || true)
@@ -638,31 +496,15 @@ fi
 for v in local-plain local-enc; do pgw $v; pg "${PW[@]}" --output json info > "$RES/pgward-info-$v.json" 2>&1 || true; done
 cp "$BASE/log/postgres.log" "$RES/source-postgres.log" || true
 stop_server "$PGDATA"
-[ -d "$MOTO_DIR" ] && bash "$MOTO_SH" stop "$MOTO_DIR" || true
+if [ -d "$MOTO_DIR" ]; then bash "$MOTO_SH" stop "$MOTO_DIR" || true; fi
 
 # ---------------------------------------------------------------- report
-col() { awk -F'\t' -v s="$1" -v v="$2" -v c="$3" '$1==s && $2==v && $5=="ok" {print $c}' "$TSV"; }
-median() { sort -g | awk '{a[NR]=$1} END{if(NR==0){print "nan"; exit}
-    if(NR%2) print a[(NR+1)/2]; else printf "%.10g\n", (a[NR/2]+a[NR/2+1])/2}'; }
-rng() { sort -g | awk 'NR==1{lo=$1} {hi=$1} END{if(NR) printf "%s–%s", lo, hi; else print "-"}'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a=="nan" || b=="nan" || a=="" || b=="" || b+0==0) print "n/a"; else printf "%.2f\n", a/b }'; }
-mib() { awk -v k="$1" 'BEGIN{ if (k=="nan" || k=="") print "nan"; else printf "%.1f", k/1024 }'; }
-mb() { awk -v b="$1" 'BEGIN{ if (b=="nan" || b=="" ) print "nan"; else printf "%.1f", b/1e6 }'; }
-mbps() { awk -v b="$1" -v w="$2" 'BEGIN{ if (w=="nan" || w=="" || w+0==0) print "n/a"; else printf "%.0f", b/1e6/w }'; }
-nok() { echo "$(col "$1" "$2" 6 | wc -l)/$3"; }
-arch_stats() {   # LOGFILE -> "n median_wall max_wall max_rss_kb failures"
-    awk '$6 ~ /^[0-9]+$/ {print}' "$1" | sort -k2,2g | awk '
-        {w[NR]=$2; if($3>m)m=$3; if($6!=0)f++}
-        END{ if(NR==0){print "0 nan nan 0 0"; exit}
-             med = (NR%2) ? w[(NR+1)/2] : (w[NR/2]+w[NR/2+1])/2;
-             printf "%d %.3f %.2f %d %d\n", NR, med, w[NR], m, f+0 }'
-}
-
+# (col, median, rng, ratio, mib, mb, mbps, nok, arch_stats: bench-lib.sh)
 {
 echo "## pgward extras: encryption, S3, async archiving, prefetch, archive-get, pg_basebackup, memory"
 echo
-echo "- host: $(nproc) cores, $(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo) RAM, $(. /etc/os-release; echo "$PRETTY_NAME"), $(date -u +%FT%TZ); machine shared with other work"
-echo "- pgward $("$PGWARD" --version 2>/dev/null | awk '{print $NF}') ($PGWARD, sha256 $(sha256sum "$PGWARD" | cut -c1-12)); $(pgbackrest version); server $(postgres --version | awk '{print $3}')"
+echo "- host: $(host_line); machine shared with other work"
+echo "- $(pgward_line); $(pgbackrest version); server $(postgres --version | awk '{print $3}')"
 echo "- pgbench scale $SCALE; source after load: du -sb pgdata = $SRC_TOTAL bytes, **without pg_wal = $SRC_NOWAL bytes** (MB/s below = this / wall)"
 LOADS=$(awk -F'\t' '$1!="setup" && $14 != "-" {n++; s+=$14; if($14>m)m=$14} END{if(n) printf "mean %.2f, max %.2f", s/n, m; else print "n/a"}' "$TSV")
 echo "- $RUNS runs per variant, alternating order (odd runs: plain first); \`sync\` before each timed step; WAL archiving idle before each backup; host 1-min load before the timed steps: $LOADS"

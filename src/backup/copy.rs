@@ -360,7 +360,6 @@ impl Worker {
         let settings = &self.settings;
         let mut frame = Frame::start(self.slot.get()?, settings.compression, master.as_deref(), 0)
             .at("compressing", &file.abs_path)?;
-        let mut whole = blake3::Hasher::new();
         let size = read_chunks(
             settings,
             &mut self.buffer,
@@ -368,7 +367,6 @@ impl Worker {
             file,
             source,
             |chunk, _| {
-                whole.update(chunk);
                 frame
                     .write(chunk)
                     .map_err(|e| Error::io("writing bundle", &file.rel_path, e))
@@ -377,12 +375,13 @@ impl Worker {
         let extent = frame
             .finish(&settings.label)
             .at("writing bundle", &file.rel_path)?;
+        // The frame is the whole file, so its checksum is the file's.
         Ok(FileEntry {
             path: file.rel_path.clone(),
             size,
             mtime: file.mtime,
             mode: file.mode,
-            checksum: Some(whole.finalize().to_hex().to_string()),
+            checksum: Some(extent.frame_checksum.clone()),
             extents: if size > 0 { vec![extent] } else { Vec::new() },
         })
     }

@@ -4,7 +4,9 @@
 //! that its checksum is checked whole before the file counts as restored.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{Read, Write};
+use std::io::Read;
+
+use super::output::{OutputFile, WriteBehind};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -53,6 +55,7 @@ pub async fn restore_files(
         workers.push(tokio::task::spawn_blocking(move || -> Result<()> {
             let handle = Handle::current();
             let mut buf = vec![0u8; 1 << 20];
+            let mut chunks = WriteBehind::default();
             loop {
                 let next = queue.lock().unwrap().pop_front();
                 let Some(file) = next else { return Ok(()) };
@@ -63,6 +66,7 @@ pub async fn restore_files(
                     &file,
                     &pgdata.join(&file.path),
                     &mut buf,
+                    &mut chunks,
                 ) {
                     queue.lock().unwrap().clear();
                     return Err(e);
@@ -108,19 +112,23 @@ struct FrameReader {
 }
 
 impl FrameReader {
-    /// Reads `len` bytes of the frame into `sink` (None: just hash them).
+    /// Reads `len` bytes of the frame into `out` (None: into `buf`, just to hash them).
     fn pump(
         &mut self,
         mut len: u64,
-        sink: &mut Option<&mut dyn Write>,
+        out: &mut Option<&mut OutputFile>,
         buf: &mut [u8],
         what: &dyn Fn() -> String,
     ) -> Result<()> {
         while len > 0 {
-            let want = buf.len().min(len as usize);
+            let room: &mut [u8] = match out.as_deref_mut() {
+                Some(file) => file.spare(),
+                None => &mut *buf,
+            };
+            let want = room.len().min(len as usize);
             let n = self
                 .decoder
-                .read(&mut buf[..want])
+                .read(&mut room[..want])
                 .map_err(|e| stored_read_error(what(), e))?;
             if n == 0 {
                 return Err(Error::corrupt(format!(
@@ -128,9 +136,9 @@ impl FrameReader {
                     what()
                 )));
             }
-            self.hasher.update(&buf[..n]);
-            if let Some(out) = sink {
-                out.write_all(&buf[..n])
+            self.hasher.update(&room[..n]);
+            if let Some(file) = out.as_deref_mut() {
+                file.commit(n)
                     .map_err(|e| Error::io("writing", what(), e))?;
             }
             self.position += n as u64;
@@ -175,18 +183,16 @@ fn restore_one(
     file: &FileEntry,
     dest: &Path,
     buf: &mut [u8],
+    chunks: &mut WriteBehind,
 ) -> Result<()> {
-    let out = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(dest)
+    // Every byte comes from a frame whose checksum is checked whole. A file that is one
+    // whole frame carries that frame's checksum; only files assembled from several
+    // extents need hashing again to prove the pieces were put together right.
+    let one_whole_frame = matches!(file.extents.as_slice(), [e]
+        if e.frame_offset == 0 && e.frame_length == file.size
+            && file.checksum.as_ref() == Some(&e.frame_checksum));
+    let mut writer = OutputFile::create(dest, file.checksum.is_some() && !one_whole_frame, chunks)
         .at("creating", dest)?;
-    let mut writer = HashingFile {
-        inner: std::io::BufWriter::with_capacity(1 << 20, out),
-        hasher: blake3::Hasher::new(),
-        written: 0,
-        flushed: 0,
-    };
     // After its last slice, a frame is drained, checked and dropped: at most one frame
     // per backup of the chain is open at a time.
     let mut last_use: HashMap<(&str, u64), usize> = HashMap::new();
@@ -251,60 +257,19 @@ fn restore_one(
             file.path, writer.written, file.size
         )));
     }
-    if let Some(checksum) = &file.checksum {
-        if writer.hasher.finalize().to_hex().as_str() != checksum {
+    if let (Some(expected), Some(actual)) = (&file.checksum, writer.checksum()) {
+        if actual.to_hex().as_str() != expected {
             return Err(Error::corrupt(format!(
                 "{} restored from backup does not match its checksum",
                 file.path
             )));
         }
     }
-    let out = writer
-        .inner
-        .into_inner()
-        .map_err(|e| Error::io("writing", dest, e.into_error()))?;
+    let out = writer.finish().map_err(|e| Error::io("writing", dest, e))?;
     use std::os::unix::fs::PermissionsExt;
     out.set_permissions(std::fs::Permissions::from_mode(file.mode))
         .at("setting permissions of", dest)?;
     let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_secs(file.mtime.max(0) as u64);
     out.set_modified(mtime).at("setting mtime of", dest)?;
     out.sync_all().at("syncing", dest)
-}
-
-struct HashingFile {
-    inner: std::io::BufWriter<std::fs::File>,
-    hasher: blake3::Hasher,
-    written: u64,
-    /// Bytes already handed to the kernel for writeback.
-    flushed: u64,
-}
-
-/// Start writeback every this many bytes, so the final fsync of a large file does not
-/// find it all still dirty: the disk works while we decompress.
-const WRITEBACK_EVERY: u64 = 8 << 20;
-
-impl Write for HashingFile {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.written += n as u64;
-        if self.written - self.flushed >= WRITEBACK_EVERY {
-            self.inner.flush()?;
-            use std::os::fd::AsRawFd;
-            // SAFETY: a hint to the kernel about a range of our own open file.
-            unsafe {
-                libc::sync_file_range(
-                    self.inner.get_ref().as_raw_fd(),
-                    self.flushed as i64,
-                    (self.written - self.flushed) as i64,
-                    libc::SYNC_FILE_RANGE_WRITE,
-                );
-            }
-            self.flushed = self.written;
-        }
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
 }

@@ -4,6 +4,7 @@
 //! settings, then fsync everything. Nothing is started: a plain `pg_ctl start` recovers.
 
 pub mod files;
+mod output;
 pub mod recovery;
 pub mod target;
 

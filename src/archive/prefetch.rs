@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use futures::stream::{self, StreamExt};
 
-use super::get::{fetch, find_for_get};
+use super::get::{fetch, find_for_get, Durability};
 use crate::error::{Error, IoContext, Result};
 use crate::pg::{WalFileName, WalSegment};
 use crate::repo::Repo;
@@ -83,7 +83,7 @@ pub async fn run(
     let results: Vec<Result<()>> = stream::iter(present)
         .map(|file| async move {
             let dest = dir.join(file.name.to_string());
-            fetch(repo, &file, &dest).await
+            fetch(repo, &file, &dest, Durability::Synced).await
         })
         .buffer_unordered(jobs.max(1))
         .collect()

@@ -12,14 +12,16 @@
 # other (odd rounds pgward first, even rounds pgBackRest first), RUNS rounds each:
 #   full     full backups, lz4 and zstd, --jobs 1 and 2 (pgBackRest: --compress-type
 #            lz4/zst, --process-max 1/2), each tool at its default compression level; and
-#            pg_basebackup -Ft --compress=server-lz4 --checkpoint=fast --no-sync (-X stream)
-#            in the same rounds;
+#            pg_basebackup -Ft --compress=server-lz4 --checkpoint=fast (-X stream) in the
+#            same rounds, syncing its files as pgward does (BB_SYNC=0 adds --no-sync);
 #   incr     one full per tool (lz4, --jobs 2), then RUNS incrementals each after an UPDATE
 #            of a contiguous 1% of pgbench_accounts (aid BETWEEN k*N/100+1 AND (k+1)*N/100,
 #            a different k each round) + CHECKPOINT, then RUNS incrementals with nothing
 #            changed (lz4, --jobs 2; 3 s sleeps keep both tools' timestamp checks honest);
 #   restore  restore of the latest full and of the full+incr chain of the incr step
-#            (full + the 1% incrementals + the no-change ones) by each tool, into an empty
+#            (full + the 1% incrementals + the no-change ones) by each tool, and by pgward
+#            of a full taken right after the chain's last backup (the same data, for the
+#            chain/full target), into an empty
 #            directory, --archive-mode off, --jobs 2 / --process-max 2.  Before each one
 #            the previous target is removed (but for the one kept for the check), `sync`,
 #            and with DROP_CACHES=1 the page cache is dropped (echo 3 >
@@ -61,6 +63,7 @@
 #   AR_SEGS      WAL segments for archive-push/get (default 10): the load's first, then
 #                other segments archived by both tools (fewer if not that many were)
 #   DROP_CACHES  1 (default): drop the page cache before each timed restore; 0: warm
+#   BB_SYNC      1 (default): pg_basebackup fsyncs what it wrote, as pgward does; 0: --no-sync
 #
 # What is measured (every command runs as the postgres OS user under /usr/bin/time -v,
 # after `sync`, once WAL archiving has caught up):
@@ -84,6 +87,7 @@ PGVER=${PGVER:-15}
 STEPS=${STEPS:-"full incr restore archive"}
 AR_SEGS=${AR_SEGS:-10}
 DROP_CACHES=${DROP_CACHES:-1}
+BB_SYNC=${BB_SYNC:-1}
 STANZA=bench
 HIRES_WALL=1   # wall to the microsecond (run_timed), not GNU time's 10 ms
 
@@ -94,7 +98,8 @@ RST_PWF=$BASE/restore-pgward-full
 RST_PWI=$BASE/restore-pgward-chain
 RST_BRF=$BASE/restore-pgbackrest-full
 RST_BRI=$BASE/restore-pgbackrest-chain
-RST_DIRS=("$RST_PWF" "$RST_PWI" "$RST_BRF" "$RST_BRI")
+RST_PWS=$BASE/restore-pgward-same
+RST_DIRS=("$RST_PWF" "$RST_PWI" "$RST_BRF" "$RST_BRI" "$RST_PWS")
 WRAPPER=$BASE/pgbackrest-and-pgward-archive-push.sh
 AR=$BASE/archive-bench        # scratch repositories and segments of the archive step
 NACC=$((100000 * SCALE))
@@ -227,10 +232,11 @@ basebackup_one() {   # RUN ORDER
     local r=$1 o=$2 d=$BASE/pgbb-$1 id=full-pg_basebackup-$1
     wait_archived
     new_dir "$d"
-    run_timed "$id" pg_basebackup -h "$BASE" -p "$PORT" -U postgres -D "$d" \
-        -Ft --compress=server-lz4 --checkpoint=fast --no-sync
+    local opts=(-Ft --compress=server-lz4 --checkpoint=fast)
+    [ "$BB_SYNC" = 1 ] || opts+=(--no-sync)
+    run_timed "$id" pg_basebackup -h "$BASE" -p "$PORT" -U postgres -D "$d" "${opts[@]}"
     record full-pg_basebackup pg_basebackup "$r" "$o" "$(du -sb "$d" | cut -f1)" \
-        "-Ft --compress=server-lz4 --checkpoint=fast --no-sync (-X stream)" "$id"
+        "${opts[*]} (-X stream)" "$id"
     rm -rf "$d"
 }
 
@@ -256,7 +262,7 @@ step_full() {
 }
 
 # one full per tool (lz4, --jobs 2): the base of the incremental chain / of the restores
-FULL_PW=""; FULL_BR=""; INCR_PW=""; INCR_BR=""; CHAIN_PW=""; CHAIN_LEN=0
+FULL_PW=""; FULL_BR=""; INCR_PW=""; INCR_BR=""; CHAIN_PW=""; CHAIN_LEN=0; SAME_PW=""
 base_full() {
     local o=0 tool
     for tool in $(order_for 1); do
@@ -309,6 +315,14 @@ step_incr() {
         jq -r --arg l "$INCR_PW" '.backups[] | select(.label == $l) | .chain | join(" ")' || true)
     CHAIN_LEN=$(wc -w <<<"$CHAIN_PW")
     log "latest pgward incr $INCR_PW (chain: $CHAIN_PW); latest pgBackRest incr $INCR_BR"
+    # A pgward full of the data the chain ends with (nothing changed since): the project's
+    # chain target compares the chain's restore with the restore of such a full.
+    if [ -n "$INCR_PW" ]; then
+        sleep 3
+        backup_one same-full pgward full lz4 2 1 1
+        SAME_PW=${LAST_LABEL[pgward]:-}
+        [ "$SAME_PW" != "$INCR_PW" ] || SAME_PW=""
+    fi
 }
 
 # ================================================================ restores
@@ -318,6 +332,7 @@ restore_one() {
     case $kind in
         pw-full)  dir=$RST_PWF; step=restore-full;  tool=pgward;     set=$FULL_PW;;
         pw-chain) dir=$RST_PWI; step=restore-chain; tool=pgward;     set=$INCR_PW;;
+        pw-same)  dir=$RST_PWS; step=restore-same;  tool=pgward;     set=$SAME_PW;;
         br-full)  dir=$RST_BRF; step=restore-full;  tool=pgbackrest; set=$FULL_BR;;
         br-chain) dir=$RST_BRI; step=restore-chain; tool=pgbackrest; set=$INCR_BR;;
     esac
@@ -343,6 +358,7 @@ step_restore() {
     # pgward's restore of the chain (or of the full) is kept for the check
     CHECK_DIR=$RST_PWF
     if [ -n "$INCR_PW" ] && [ -n "$INCR_BR" ]; then kinds+=(pw-chain br-chain); CHECK_DIR=$RST_PWI; fi
+    [ -z "$SAME_PW" ] || kinds+=(pw-same)
     for r in $(seq 1 "$RUNS"); do
         if (( r % 2 == 1 )); then ordered=("${kinds[@]}"); else
             ordered=(); for ((k = ${#kinds[@]} - 1; k >= 0; k--)); do ordered+=("${kinds[k]}"); done
@@ -536,7 +552,10 @@ report() {
         if [ -n "$(col restore-chain pgward 6)$(col restore-chain pgbackrest 6)" ]; then
             chain_note="full + $((CHAIN_LEN > 0 ? CHAIN_LEN - 1 : 0)) incr"
             row "restore chain ($chain_note)" restore-chain pgward restore-chain pgbackrest "≥ 1.5× faster than pgBackRest" speedup 1.5
-            row "pgward chain restore / pgward full restore (other = pgward full)" restore-chain pgward restore-full pgward "≤ 1.10" ratio 1.10
+            row "pgward chain restore / pgward full restore (other = pgward full)" restore-chain pgward restore-full pgward "-" - 0
+        fi
+        if [ -n "$(col restore-same pgward 6)" ]; then
+            row "pgward chain restore / pgward restore of a full of the same data (other = that full)" restore-chain pgward restore-same pgward "≤ 1.10" ratio 1.10
         fi
     fi
     if want archive; then

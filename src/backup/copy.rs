@@ -1,6 +1,9 @@
 //! Copies source files into bundles, in parallel. Each worker owns one bundle at a time
-//! and appends every file it takes as one compressed frame, recording where the frame
-//! starts and how long it is. Memory per worker: one read buffer and the encoder's.
+//! and appends every piece it takes as one compressed frame, recording where the frame
+//! starts and how long it is. Files larger than `piece_size()` are cut into pieces that
+//! different workers copy at once (a 1 GiB relation segment would otherwise keep one
+//! worker busy long after the others are done), and the pieces' extents are joined
+//! afterwards. Memory per worker: one read buffer and the encoder's.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Seek, Write};
@@ -29,6 +32,19 @@ use crate::storage::ObjectWriter;
 /// A bundle is closed and a new one started past this many stored bytes.
 const BUNDLE_TARGET_SIZE: u64 = 1 << 30;
 const READ_BUFFER: usize = 1 << 20;
+/// Files larger than this are copied in pieces of this size (a multiple of READ_BUFFER,
+/// so page-level reads stay chunk-aligned). Integration tests make it small with
+/// `PGWARD_TEST_PIECE_BYTES`, so that their small clusters have files in pieces.
+pub fn piece_size() -> u64 {
+    static SIZE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *SIZE.get_or_init(|| {
+        std::env::var("PGWARD_TEST_PIECE_BYTES")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|n| *n > 0 && n % READ_BUFFER as u64 == 0)
+            .unwrap_or(64 << 20)
+    })
+}
 
 #[derive(Clone)]
 pub struct CopySettings {
@@ -101,19 +117,48 @@ impl CopyResult {
         self.checksum_failures.extend(other.checksum_failures);
         self.files.sort_by(|a, b| a.path.cmp(&b.path));
         self.bundles.sort();
-        self.checksum_failures.sort_by(|a, b| a.path.cmp(&b.path));
+        // Pieces of one file report their failures apart: one entry per file.
+        let mut by_path: std::collections::BTreeMap<String, Vec<u32>> = Default::default();
+        for f in self.checksum_failures.drain(..) {
+            by_path.entry(f.path).or_default().extend(f.blocks);
+        }
+        self.checksum_failures = by_path
+            .into_iter()
+            .map(|(path, mut blocks)| {
+                blocks.sort_unstable();
+                ChecksumFailure { path, blocks }
+            })
+            .collect();
     }
 }
 
 pub async fn copy_files(
     repo: &Repo,
-    mut files: Vec<SourceFile>,
+    files: Vec<SourceFile>,
     settings: CopySettings,
     progress: Arc<Progress>,
 ) -> Result<CopyResult> {
-    // Largest first, so the last file to finish is a small one.
-    files.sort_by_key(|f| std::cmp::Reverse(f.size));
-    let queue = Arc::new(Mutex::new(VecDeque::from(files)));
+    let mut result = CopyResult::default();
+    let mut pieces = Vec::new();
+    for file in files {
+        let old = settings.reference.as_ref().and_then(|r| {
+            r.files
+                .get(&file.rel_path)
+                .filter(|old| r.proves_unchanged(&file, old))
+        });
+        if let Some(old) = old {
+            progress.add(file.size);
+            result.files.push(FileEntry {
+                mode: file.mode,
+                ..old.clone()
+            });
+            continue;
+        }
+        pieces.extend(Piece::cut(Arc::new(file)));
+    }
+    // Largest first, so the last piece to finish is a small one.
+    pieces.sort_by_key(|p| std::cmp::Reverse(p.end - p.start));
+    let queue = Arc::new(Mutex::new(VecDeque::from(pieces)));
     let settings = Arc::new(settings);
     let mut workers = Vec::new();
     for job in 0..settings.jobs.max(1) {
@@ -128,18 +173,104 @@ pub async fn copy_files(
             Worker::new(repo, job, settings).run(&queue, &progress)
         }));
     }
-    let mut result = CopyResult::default();
+    let mut copied = Vec::new();
     let mut first_error = None;
     for worker in workers {
         match worker.await.expect("copy worker panicked") {
-            Ok(part) => result.merge(part),
+            Ok((part, done)) => {
+                result.merge(part);
+                copied.extend(done);
+            }
             Err(e) => {
                 queue.lock().unwrap().clear(); // stop the others soon
                 first_error.get_or_insert(e);
             }
         }
     }
-    first_error.map_or(Ok(result), Err)
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    result.files.extend(join_pieces(copied));
+    result.files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(result)
+}
+
+/// A byte range of a source file, copied by one worker as one unit.
+struct Piece {
+    file: Arc<SourceFile>,
+    index: usize,
+    start: u64,
+    end: u64,
+}
+
+impl Piece {
+    fn cut(file: Arc<SourceFile>) -> Vec<Piece> {
+        let piece = piece_size();
+        let count = file.size.div_ceil(piece).max(1);
+        (0..count)
+            .map(|i| Piece {
+                file: file.clone(),
+                index: i as usize,
+                start: i * piece,
+                end: if i + 1 == count {
+                    file.size
+                } else {
+                    (i + 1) * piece
+                },
+            })
+            .collect()
+    }
+
+    fn whole(&self) -> bool {
+        self.start == 0 && self.end == self.file.size
+    }
+}
+
+/// What one piece became: None when the file vanished.
+struct CopiedPiece {
+    path: String,
+    index: usize,
+    /// Bytes the piece was meant to cover.
+    planned: u64,
+    entry: Option<FileEntry>,
+}
+
+/// Joins each file's pieces in order. A file that vanished under any piece is left out
+/// (WAL replay removes it); one that shrank ends with its first short piece.
+fn join_pieces(mut pieces: Vec<CopiedPiece>) -> Vec<FileEntry> {
+    pieces.sort_by(|a, b| a.path.cmp(&b.path).then(a.index.cmp(&b.index)));
+    let mut files = Vec::new();
+    let mut rest = pieces.as_mut_slice();
+    while let Some(first) = rest.first() {
+        let n = rest.iter().take_while(|p| p.path == first.path).count();
+        let (group, tail) = rest.split_at_mut(n);
+        rest = tail;
+        if group.iter().any(|p| p.entry.is_none()) {
+            continue;
+        }
+        let mut joined: Option<FileEntry> = None;
+        for piece in group.iter_mut() {
+            let entry = piece.entry.take().expect("checked above");
+            let short = entry.size < piece.planned;
+            joined = Some(match joined {
+                None => entry,
+                Some(mut acc) => {
+                    acc.size += entry.size;
+                    acc.extents.extend(entry.extents);
+                    acc.checksum = None; // pieces have no whole-file checksum
+                    acc
+                }
+            });
+            if short {
+                break;
+            }
+        }
+        if let Some(mut file) = joined {
+            file.extents = merge_extents(std::mem::take(&mut file.extents));
+            files.push(file);
+        }
+    }
+    files
 }
 
 type BundleSink = CountingWriter<std::io::BufWriter<SyncIoBridge<Box<dyn ObjectWriter>>>>;
@@ -256,7 +387,7 @@ impl<'a> Frame<'a> {
 struct Worker {
     settings: Arc<CopySettings>,
     slot: BundleSlot,
-    files: Vec<FileEntry>,
+    copied: Vec<CopiedPiece>,
     checksum_failures: Vec<ChecksumFailure>,
     buffer: Vec<u8>,
 }
@@ -275,7 +406,7 @@ impl Worker {
         Worker {
             settings,
             slot,
-            files: Vec::new(),
+            copied: Vec::new(),
             checksum_failures: Vec::new(),
             buffer: vec![0; READ_BUFFER],
         }
@@ -283,42 +414,42 @@ impl Worker {
 
     fn run(
         mut self,
-        queue: &Mutex<VecDeque<SourceFile>>,
+        queue: &Mutex<VecDeque<Piece>>,
         progress: &Progress,
-    ) -> Result<CopyResult> {
+    ) -> Result<(CopyResult, Vec<CopiedPiece>)> {
         loop {
             let next = queue.lock().unwrap().pop_front();
-            let Some(file) = next else { break };
-            let entry = self.copy_one(&file)?;
-            progress.add(entry.as_ref().map_or(file.size, |e| e.size));
-            self.files.extend(entry);
+            let Some(piece) = next else { break };
+            let entry = self.copy_one(&piece)?;
+            progress.add(piece.end - piece.start);
+            self.copied.push(CopiedPiece {
+                path: piece.file.rel_path.clone(),
+                index: piece.index,
+                planned: piece.end - piece.start,
+                entry,
+            });
             if self.slot.is_full() {
                 self.slot.close()?;
             }
         }
         self.slot.close()?;
-        Ok(CopyResult {
-            files: self.files,
+        let result = CopyResult {
+            files: Vec::new(),
             stored_size: self.slot.closed.iter().map(|(_, n)| n).sum(),
             bundles: self.slot.closed.into_iter().map(|(name, _)| name).collect(),
             checksum_failures: self.checksum_failures,
-        })
+        };
+        Ok((result, self.copied))
     }
 
-    /// Stores one file, or what changed in it since the reference; None when it vanished.
-    fn copy_one(&mut self, file: &SourceFile) -> Result<Option<FileEntry>> {
+    /// Stores one piece of a file, or what changed in it since the reference; None when
+    /// the file vanished. Unchanged files never get here (see `copy_files`).
+    fn copy_one(&mut self, piece: &Piece) -> Result<Option<FileEntry>> {
+        let file = &*piece.file;
         let reference = self.settings.reference.clone();
         let old = reference
             .as_ref()
             .and_then(|r| r.files.get(&file.rel_path).map(|old| (r, old)));
-        if let Some((r, old)) = old {
-            if r.proves_unchanged(file, old) {
-                return Ok(Some(FileEntry {
-                    mode: file.mode,
-                    ..old.clone()
-                }));
-            }
-        }
         let source = match std::fs::File::open(&file.abs_path) {
             Ok(f) => f,
             // Dropped during the backup; WAL replay removes it from the restored cluster.
@@ -327,12 +458,13 @@ impl Worker {
         };
         match old {
             Some((r, old)) if file.page_level && !r.created_since(&source) => {
-                self.copy_changed_pages(file, &source, r, old).map(Some)
+                self.copy_changed_pages(piece, &source, r, old).map(Some)
             }
             Some((_, old))
                 if old.size == file.size
                     && old.checksum.is_some()
-                    && file.first_block.is_none() =>
+                    && file.first_block.is_none()
+                    && piece.whole() =>
             {
                 // Small non-relation files: read once to compare before storing.
                 let mut hasher = blake3::Hasher::new();
@@ -348,23 +480,29 @@ impl Worker {
                 (&source)
                     .seek(std::io::SeekFrom::Start(0))
                     .at("reading", &file.abs_path)?;
-                self.copy_whole(file, &source).map(Some)
+                self.copy_whole(piece, &source).map(Some)
             }
-            _ => self.copy_whole(file, &source).map(Some),
+            _ => self.copy_whole(piece, &source).map(Some),
         }
     }
 
-    /// The whole file as one frame.
-    fn copy_whole(&mut self, file: &SourceFile, source: &std::fs::File) -> Result<FileEntry> {
+    /// The piece as one frame.
+    fn copy_whole(&mut self, piece: &Piece, source: &std::fs::File) -> Result<FileEntry> {
+        let file = &*piece.file;
         let master = self.slot.repo.key.clone();
         let settings = &self.settings;
-        let mut frame = Frame::start(self.slot.get()?, settings.compression, master.as_deref(), 0)
-            .at("compressing", &file.abs_path)?;
+        let mut frame = Frame::start(
+            self.slot.get()?,
+            settings.compression,
+            master.as_deref(),
+            piece.start,
+        )
+        .at("compressing", &file.abs_path)?;
         let size = read_chunks(
             settings,
             &mut self.buffer,
             &mut self.checksum_failures,
-            file,
+            piece,
             source,
             |chunk, _| {
                 frame
@@ -375,13 +513,13 @@ impl Worker {
         let extent = frame
             .finish(&settings.label)
             .at("writing bundle", &file.rel_path)?;
-        // The frame is the whole file, so its checksum is the file's.
         Ok(FileEntry {
             path: file.rel_path.clone(),
             size,
             mtime: file.mtime,
             mode: file.mode,
-            checksum: Some(extent.frame_checksum.clone()),
+            // A frame that is the whole file has the file's checksum.
+            checksum: piece.whole().then(|| extent.frame_checksum.clone()),
             extents: if size > 0 { vec![extent] } else { Vec::new() },
         })
     }
@@ -391,11 +529,12 @@ impl Worker {
     /// a read chunk); every other byte range points at the reference's extents.
     fn copy_changed_pages(
         &mut self,
-        file: &SourceFile,
+        piece: &Piece,
         source: &std::fs::File,
         r: &Reference,
         old: &FileEntry,
     ) -> Result<FileEntry> {
+        let file = &*piece.file;
         let master = self.slot.repo.key.clone();
         let settings = &self.settings;
         let old_pages = old.size / BLCKSZ as u64;
@@ -405,7 +544,7 @@ impl Worker {
             settings,
             &mut self.buffer,
             &mut self.checksum_failures,
-            file,
+            piece,
             source,
             |chunk, chunk_offset| {
                 let changed = |i: usize, page: &[u8]| {
@@ -447,13 +586,13 @@ impl Worker {
         let fill = |from: u64, to: u64, extents: &mut Vec<Extent>| {
             extents.extend(old.extents.iter().filter_map(|e| e.slice(from, to)))
         };
-        let mut cursor = 0;
+        let mut cursor = piece.start;
         for e in stored {
             fill(cursor, e.offset, &mut extents);
             cursor = e.offset + e.length;
             extents.push(e);
         }
-        fill(cursor, size, &mut extents);
+        fill(cursor, piece.start + size, &mut extents);
         let extents = merge_extents(extents);
         let covered: u64 = extents.iter().map(|e| e.length).sum();
         if covered != size {
@@ -470,23 +609,30 @@ impl Worker {
     }
 }
 
-/// Reads up to the listed size in page-aligned chunks, verifying page checksums, and
-/// hands each chunk to `each` with its file offset. Returns the bytes read.
+/// Reads the piece, up to the file's listed size, in page-aligned chunks, verifying page
+/// checksums, and hands each chunk to `each` with its file offset. Returns the bytes read.
 fn read_chunks(
     settings: &CopySettings,
     buffer: &mut [u8],
     failures: &mut Vec<ChecksumFailure>,
-    file: &SourceFile,
+    piece: &Piece,
     source: &std::fs::File,
     mut each: impl FnMut(&[u8], u64) -> Result<()>,
 ) -> Result<u64> {
+    let file = &*piece.file;
     let verify_before = settings
         .verify_pages_before
         .filter(|_| file.first_block.is_some());
     let mut bad_blocks = Vec::new();
     // No more than the size seen when listing: growth after that is in the WAL.
-    let mut reader = source.take(file.size);
-    let mut offset = 0u64;
+    let mut handle = source;
+    if piece.start > 0 {
+        handle
+            .seek(std::io::SeekFrom::Start(piece.start))
+            .at("reading", &file.abs_path)?;
+    }
+    let mut reader = handle.take(piece.end - piece.start);
+    let mut offset = piece.start;
     loop {
         let n = read_full(&mut reader, buffer).at("reading", &file.abs_path)?;
         if n == 0 {
@@ -513,7 +659,7 @@ fn read_chunks(
             blocks: bad_blocks,
         });
     }
-    Ok(offset)
+    Ok(offset - piece.start)
 }
 
 /// Verifies every whole page in `chunk`. A page that fails is read again once: the
@@ -558,4 +704,71 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
         }
     }
     Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn piece(path: &str, index: usize, planned: u64, size: Option<u64>) -> CopiedPiece {
+        let start = index as u64 * planned;
+        CopiedPiece {
+            path: path.into(),
+            index,
+            planned,
+            entry: size.map(|size| FileEntry {
+                path: path.into(),
+                size,
+                mtime: 0,
+                mode: 0o600,
+                checksum: Some("whole".into()),
+                extents: vec![Extent {
+                    offset: start,
+                    length: size,
+                    backup: "b".into(),
+                    bundle: "x.bundle".into(),
+                    bundle_offset: index as u64,
+                    stored_length: 1,
+                    frame_offset: 0,
+                    frame_length: size,
+                    frame_checksum: String::new(),
+                }],
+            }),
+        }
+    }
+
+    #[test]
+    fn pieces_join_in_order_and_a_file_that_shrank_ends_at_its_first_short_piece() {
+        let joined = join_pieces(vec![
+            piece("a", 2, 10, Some(10)),
+            piece("a", 0, 10, Some(10)),
+            piece("a", 1, 10, Some(4)), // shrank while read: piece 2 is not the file's
+            piece("b", 0, 10, Some(10)),
+        ]);
+        assert_eq!(joined.len(), 2);
+        let a = &joined[0];
+        assert_eq!((a.path.as_str(), a.size), ("a", 14));
+        assert_eq!(
+            a.extents
+                .iter()
+                .map(|e| (e.offset, e.length))
+                .collect::<Vec<_>>(),
+            [(0, 10), (10, 4)]
+        );
+        assert_eq!(a.checksum, None, "no whole-file checksum for pieces");
+        assert_eq!(joined[1].checksum.as_deref(), Some("whole"));
+    }
+
+    #[test]
+    fn a_file_that_vanished_under_any_piece_is_left_out() {
+        let joined = join_pieces(vec![
+            piece("a", 0, 10, Some(10)),
+            piece("a", 1, 10, None),
+            piece("b", 0, 10, Some(3)),
+        ]);
+        assert_eq!(
+            joined.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(),
+            ["b"]
+        );
+    }
 }

@@ -72,8 +72,8 @@ pub struct FileEntry {
     pub size: u64,
     pub mtime: i64,
     pub mode: u32,
-    /// BLAKE3 of the whole content, when the backup read it whole. A file stored at page
-    /// level is partly older backups' pages; its frames carry the checksums then.
+    /// BLAKE3 of the whole content, when the backup read it whole as one frame. A file
+    /// stored at page level, or in pieces, has none; its frames carry the checksums then.
     pub checksum: Option<String>,
     /// Where the bytes are, in file order, covering `0..size` without gaps.
     pub extents: Vec<Extent>,

@@ -8,6 +8,7 @@ use std::io::Read;
 
 use super::output::{OutputFile, WriteBehind};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::runtime::Handle;
@@ -25,8 +26,7 @@ pub async fn restore_files(
     pgdata: &Path,
     jobs: usize,
 ) -> Result<()> {
-    let mut files: Vec<FileEntry> = manifest.files.clone();
-    files.sort_by_key(|f| std::cmp::Reverse(f.size));
+    let files: Vec<Arc<FileEntry>> = manifest.files.iter().cloned().map(Arc::new).collect();
     let progress = Arc::new(crate::progress::Progress::default());
     let _reporter = crate::progress::Reporter::start(
         "restore",
@@ -34,7 +34,23 @@ pub async fn restore_files(
         files.len() as u64,
         progress.clone(),
     );
-    let queue = Arc::new(Mutex::new(VecDeque::from(files)));
+    let mut parts = Vec::new();
+    for file in files {
+        let cut = Part::cut(&file);
+        if cut.len() > 1 {
+            // Created here, empty, so that every part can open it.
+            let dest = pgdata.join(&file.path);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&dest)
+                .at("creating", &dest)?;
+        }
+        parts.extend(cut);
+    }
+    // Largest first, so the last part to finish is a small one.
+    parts.sort_by_key(|p| std::cmp::Reverse(p.end - p.start));
+    let queue = Arc::new(Mutex::new(VecDeque::from(parts)));
     let codecs = Arc::new(codec_by_backup(repo, manifest).await?);
     let mut workers = Vec::new();
     // Object storage answers each ranged read after a round trip: more readers in
@@ -58,20 +74,20 @@ pub async fn restore_files(
             let mut chunks = WriteBehind::default();
             loop {
                 let next = queue.lock().unwrap().pop_front();
-                let Some(file) = next else { return Ok(()) };
-                if let Err(e) = restore_one(
+                let Some(part) = next else { return Ok(()) };
+                if let Err(e) = restore_part(
                     &handle,
                     &repo,
                     &codecs,
-                    &file,
-                    &pgdata.join(&file.path),
+                    &part,
+                    &pgdata.join(&part.file.path),
                     &mut buf,
                     &mut chunks,
                 ) {
                     queue.lock().unwrap().clear();
                     return Err(e);
                 }
-                progress.add(file.size);
+                progress.add(part.end - part.start);
             }
         }));
     }
@@ -176,41 +192,123 @@ impl FrameReader {
     }
 }
 
-fn restore_one(
+/// A run of a file's extents that one worker restores: the whole file, or, for large
+/// files stored in several frames, a range that begins and ends between frames, so
+/// that workers share the file and each frame is still read once, front to back.
+struct Part {
+    file: Arc<FileEntry>,
+    extents: std::ops::Range<usize>,
+    start: u64,
+    end: u64,
+    /// Parts of the file not yet written (None: the part is the whole file).
+    pending: Option<Arc<AtomicUsize>>,
+}
+
+impl Part {
+    /// Parts are cut once they reach the size of the pieces backups store large files in.
+    fn cut(file: &Arc<FileEntry>) -> Vec<Part> {
+        let part_size = crate::backup::copy::piece_size();
+        let whole = |file: &Arc<FileEntry>| Part {
+            file: file.clone(),
+            extents: 0..file.extents.len(),
+            start: 0,
+            end: file.size,
+            pending: None,
+        };
+        // A whole-file checksum needs one pass over the whole file.
+        if file.checksum.is_some() || file.size <= part_size {
+            return vec![whole(file)];
+        }
+        let mut last_use: HashMap<(&str, u64), usize> = HashMap::new();
+        for (i, e) in file.extents.iter().enumerate() {
+            last_use.insert(e.frame_key(), i);
+        }
+        let mut bounds = Vec::new();
+        let (mut first, mut reach) = (0, 0);
+        for (i, e) in file.extents.iter().enumerate() {
+            reach = reach.max(last_use[&e.frame_key()]);
+            let start = file.extents[first].offset;
+            if reach == i && e.offset + e.length - start >= part_size {
+                bounds.push((first, i + 1));
+                first = i + 1;
+            }
+        }
+        if first < file.extents.len() {
+            bounds.push((first, file.extents.len()));
+        }
+        if bounds.len() <= 1 {
+            return vec![whole(file)];
+        }
+        let pending = Arc::new(AtomicUsize::new(bounds.len()));
+        let count = bounds.len();
+        // Each part starts where the one before ends, so a gap between them is caught
+        // like any other; the last one ends at the file's size.
+        let mut start = 0;
+        bounds
+            .into_iter()
+            .enumerate()
+            .map(|(n, (a, b))| {
+                let last = &file.extents[b - 1];
+                let end = if n + 1 == count {
+                    file.size
+                } else {
+                    last.offset + last.length
+                };
+                let part = Part {
+                    file: file.clone(),
+                    extents: a..b,
+                    start,
+                    end,
+                    pending: Some(pending.clone()),
+                };
+                start = end;
+                part
+            })
+            .collect()
+    }
+}
+
+fn restore_part(
     handle: &Handle,
     repo: &Repo,
     codecs: &HashMap<String, Codec>,
-    file: &FileEntry,
+    part: &Part,
     dest: &Path,
     buf: &mut [u8],
     chunks: &mut WriteBehind,
 ) -> Result<()> {
+    let file = &*part.file;
+    let extents = &file.extents[part.extents.clone()];
     // Every byte comes from a frame whose checksum is checked whole. A file that is one
     // whole frame carries that frame's checksum; only files assembled from several
     // extents need hashing again to prove the pieces were put together right.
     let one_whole_frame = matches!(file.extents.as_slice(), [e]
         if e.frame_offset == 0 && e.frame_length == file.size
             && file.checksum.as_ref() == Some(&e.frame_checksum));
-    let mut writer = OutputFile::create(dest, file.checksum.is_some() && !one_whole_frame, chunks)
-        .at("creating", dest)?;
+    let mut writer = match part.pending {
+        None => OutputFile::create(dest, file.checksum.is_some() && !one_whole_frame, chunks),
+        Some(_) => OutputFile::open_at(dest, part.start, chunks),
+    }
+    .at("creating", dest)?;
     // After its last slice, a frame is drained, checked and dropped: at most one frame
     // per backup of the chain is open at a time.
     let mut last_use: HashMap<(&str, u64), usize> = HashMap::new();
-    for (i, e) in file.extents.iter().enumerate() {
+    for (i, e) in extents.iter().enumerate() {
         last_use.insert(e.frame_key(), i);
     }
     let mut open: HashMap<(&str, u64), FrameReader> = HashMap::new();
-    for (i, extent) in file.extents.iter().enumerate() {
+    for (i, extent) in extents.iter().enumerate() {
         let what = || {
             format!(
                 "{} (backup {}, bundle {} at {})",
                 file.path, extent.backup, extent.bundle, extent.bundle_offset
             )
         };
-        if extent.offset != writer.written {
+        if extent.offset != part.start + writer.written {
             return Err(Error::corrupt(format!(
                 "{}: extents leave a gap at byte {}",
-                file.path, writer.written
+                file.path,
+                part.start + writer.written
             )));
         }
         let key = extent.frame_key();
@@ -251,10 +349,12 @@ fn restore_one(
                 .finish(extent, buf, &what)?;
         }
     }
-    if writer.written != file.size {
+    if part.start + writer.written != part.end {
         return Err(Error::corrupt(format!(
             "{}: extents cover {} bytes, the file has {}",
-            file.path, writer.written, file.size
+            file.path,
+            part.start + writer.written,
+            file.size
         )));
     }
     if let (Some(expected), Some(actual)) = (&file.checksum, writer.checksum()) {
@@ -266,10 +366,101 @@ fn restore_one(
         }
     }
     let out = writer.finish().map_err(|e| Error::io("writing", dest, e))?;
+    // The file is complete once its last part is written: that part's worker finishes it.
+    if let Some(pending) = &part.pending {
+        if pending.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return Ok(());
+        }
+    }
     use std::os::unix::fs::PermissionsExt;
     out.set_permissions(std::fs::Permissions::from_mode(file.mode))
         .at("setting permissions of", dest)?;
     let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_secs(file.mtime.max(0) as u64);
     out.set_modified(mtime).at("setting mtime of", dest)?;
     out.sync_all().at("syncing", dest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn extent(offset: u64, length: u64, frame: u64, frame_offset: u64) -> Extent {
+        Extent {
+            offset,
+            length,
+            backup: "b".into(),
+            bundle: "x.bundle".into(),
+            bundle_offset: frame,
+            stored_length: 1,
+            frame_offset,
+            frame_length: length,
+            frame_checksum: String::new(),
+        }
+    }
+
+    fn file(size: u64, extents: Vec<Extent>) -> Arc<FileEntry> {
+        Arc::new(FileEntry {
+            path: "base/1/2".into(),
+            size,
+            mtime: 0,
+            mode: 0o600,
+            checksum: None,
+            extents,
+        })
+    }
+
+    fn ranges(parts: &[Part]) -> Vec<(u64, u64)> {
+        parts.iter().map(|p| (p.start, p.end)).collect()
+    }
+
+    #[test]
+    fn a_large_file_in_whole_frames_is_cut_between_frames() {
+        let piece = crate::backup::copy::piece_size();
+        let f = file(
+            2 * piece + MIB,
+            vec![
+                extent(0, piece, 0, 0),
+                extent(piece, piece, 1, 0),
+                extent(2 * piece, MIB, 2, 0),
+            ],
+        );
+        let parts = Part::cut(&f);
+        assert_eq!(
+            ranges(&parts),
+            [(0, piece), (piece, 2 * piece), (2 * piece, 2 * piece + MIB)]
+        );
+        assert_eq!(parts[0].pending.as_ref().unwrap().load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn slices_of_one_frame_stay_in_one_part() {
+        let piece = crate::backup::copy::piece_size();
+        // Frame 0 holds the first 2 pieces' bytes but for a changed page in between.
+        let f = file(
+            2 * piece,
+            vec![
+                extent(0, piece, 0, 0),
+                extent(piece, 8192, 9, 0),
+                extent(piece + 8192, piece - 8192, 0, piece + 8192),
+            ],
+        );
+        assert_eq!(ranges(&Part::cut(&f)), [(0, 2 * piece)]);
+        assert!(
+            Part::cut(&f)[0].pending.is_none(),
+            "one part: the whole file"
+        );
+    }
+
+    #[test]
+    fn files_with_a_whole_file_checksum_or_small_ones_are_not_cut() {
+        let piece = crate::backup::copy::piece_size();
+        let big = vec![extent(0, piece, 0, 0), extent(piece, piece, 1, 0)];
+        let mut checked = (*file(2 * piece, big.clone())).clone();
+        checked.checksum = Some("c".into());
+        assert_eq!(Part::cut(&Arc::new(checked)).len(), 1);
+        assert_eq!(Part::cut(&file(MIB, vec![extent(0, MIB, 0, 0)])).len(), 1);
+        assert_eq!(Part::cut(&file(2 * piece, big)).len(), 2);
+    }
 }

@@ -158,7 +158,10 @@ pub struct OutputFile<'a> {
     flushed: u64,
     /// Buffered mode: bytes already sent to writeback.
     synced: u64,
+    /// A direct write went through: later chunks may go to the writer thread.
+    direct_proven: bool,
     hasher: Option<blake3::Hasher>,
+    /// Bytes taken since `create` or `open_at`.
     pub written: u64,
 }
 
@@ -169,16 +172,38 @@ impl<'a> OutputFile<'a> {
         hash: bool,
         chunks: &'a mut WriteBehind,
     ) -> std::io::Result<OutputFile<'a>> {
+        let mut out = Self::open(path, true, 0, chunks)?;
+        out.hasher = hash.then(blake3::Hasher::new);
+        Ok(out)
+    }
+
+    /// Opens `path`, which exists, to write from `offset` on (one part of a file that
+    /// several workers write).
+    pub fn open_at(
+        path: &Path,
+        offset: u64,
+        chunks: &'a mut WriteBehind,
+    ) -> std::io::Result<OutputFile<'a>> {
+        Self::open(path, false, offset, chunks)
+    }
+
+    fn open(
+        path: &Path,
+        create: bool,
+        offset: u64,
+        chunks: &'a mut WriteBehind,
+    ) -> std::io::Result<OutputFile<'a>> {
         let open = |flags| {
             std::fs::OpenOptions::new()
                 .write(true)
-                .create_new(true)
+                .create_new(create)
                 .custom_flags(flags)
                 .open(path)
         };
-        let (file, direct) = match open(libc::O_DIRECT) {
-            Ok(file) => (file, true),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (open(0)?, false),
+        let aligned = offset % ALIGN as u64 == 0;
+        let (file, direct) = match open(if aligned { libc::O_DIRECT } else { 0 }) {
+            Ok(file) => (file, aligned),
+            Err(e) if aligned && e.raw_os_error() == Some(libc::EINVAL) => (open(0)?, false),
             Err(e) => return Err(e),
         };
         let buffer = chunks.take()?;
@@ -188,9 +213,10 @@ impl<'a> OutputFile<'a> {
             chunks,
             buffer: Some(buffer),
             filled: 0,
-            flushed: 0,
-            synced: 0,
-            hasher: hash.then(blake3::Hasher::new),
+            flushed: offset,
+            synced: offset,
+            direct_proven: false,
+            hasher: None,
             written: 0,
         })
     }
@@ -226,7 +252,7 @@ impl<'a> OutputFile<'a> {
     }
 
     fn write_full_chunk(&mut self) -> std::io::Result<()> {
-        if self.direct && self.flushed > 0 {
+        if self.direct && self.direct_proven {
             // The file took a direct write already: hand this one to the writer thread.
             let buffer = self.buffer.take().expect("held between writes");
             let job = WriteJob {
@@ -256,6 +282,7 @@ impl<'a> OutputFile<'a> {
             result = file.write_all_at(&self.bytes()[..len], offset);
         }
         result?;
+        self.direct_proven = self.direct;
         self.bytes().copy_within(len..filled, 0);
         self.flushed += len as u64;
         self.filled -= len;
@@ -377,6 +404,22 @@ mod tests {
             round_trip(dir.path(), &mut chunks, len);
         }
         assert_eq!(chunks.free.len(), CHUNKS, "every chunk comes back");
+    }
+
+    #[test]
+    fn parts_written_apart_at_their_offsets_make_the_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("parts");
+        let data: Vec<u8> = (0..5 * CHUNK + 123).map(|i| (i % 251) as u8).collect();
+        std::fs::File::create(&path).unwrap();
+        let mut chunks = WriteBehind::default();
+        // Later parts first, one of them at an offset O_DIRECT cannot take.
+        for (from, to) in [(3 * CHUNK, data.len()), (4097, 3 * CHUNK), (0, 4097)] {
+            let mut out = OutputFile::open_at(&path, from as u64, &mut chunks).unwrap();
+            out.write_all(&data[from..to]).unwrap();
+            out.finish().unwrap();
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), data);
     }
 
     #[test]

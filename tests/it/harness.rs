@@ -374,9 +374,12 @@ pub fn terminate(child: &mut Child, timeout: Duration) -> ExitStatus {
     }
 }
 
-/// Runs pgward as the run-as user.
+/// Runs pgward as the run-as user. Large files are cut into 2 MiB pieces (64 MiB
+/// outside tests), so that the small test clusters back up and restore files in pieces.
 pub fn pgward(args: &[&str], env: &[(String, String)]) -> Output {
-    run_as_pg(&pgward_bin(), args, env)
+    let mut env = env.to_vec();
+    env.push(("PGWARD_TEST_PIECE_BYTES".into(), (2 << 20).to_string()));
+    run_as_pg(&pgward_bin(), args, &env)
 }
 
 /// Panics (showing both streams) unless `out` succeeded; returns stdout.

@@ -223,6 +223,7 @@ impl Source {
         full.extend_from_slice(args);
         let mut env = self.cluster.env();
         env.extend_from_slice(extra_env);
+        env.push(("PGWARD_TEST_PIECE_BYTES".into(), (2 << 20).to_string()));
         pg_command(&pgward_bin(), &full, &env)
             .stdout(Stdio::null())
             .stderr(Stdio::null())

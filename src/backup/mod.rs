@@ -203,7 +203,7 @@ async fn remove_orphans(repo: &Repo) -> Result<()> {
         repo.storage.delete(&bundle_key(repo, &bundle)).await?;
     }
     for dir in ["bundles", "backups"] {
-        let removed = repo.storage.remove_incomplete(&repo.key(dir)).await?;
+        let removed = repo.storage.remove_incomplete(&repo.key(dir), None).await?;
         if removed > 0 {
             tracing::info!(
                 removed,

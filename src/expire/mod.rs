@@ -204,6 +204,28 @@ pub async fn execute(repo: &Repo, plan: &ExpirePlan) -> Result<()> {
     if !plan.wal.is_empty() {
         tracing::info!(files = plan.wal.len(), kept_from = %plan.wal_kept_from.unwrap_or_default(), "expired WAL no retained backup needs");
     }
+    remove_abandoned_archive_writes(repo).await
+}
+
+/// A killed archive-push leaves its partly written file behind, invisible but taking
+/// space. archive-push takes no lock, so only what is older than any push can be goes.
+const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
+async fn remove_abandoned_archive_writes(repo: &Repo) -> Result<()> {
+    let top = repo.storage.list(&repo.key("archive")).await?;
+    let mut removed = 0;
+    for dir in top.dirs {
+        removed += repo
+            .storage
+            .remove_incomplete(&repo.archive_dir_key(&dir), Some(ABANDONED_AFTER))
+            .await?;
+    }
+    if removed > 0 {
+        tracing::info!(
+            removed,
+            "removed archive files that killed archive-push runs left"
+        );
+    }
     Ok(())
 }
 

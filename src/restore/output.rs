@@ -200,7 +200,7 @@ impl<'a> OutputFile<'a> {
                 .custom_flags(flags)
                 .open(path)
         };
-        let aligned = offset % ALIGN as u64 == 0;
+        let aligned = offset.is_multiple_of(ALIGN as u64);
         let (file, direct) = match open(if aligned { libc::O_DIRECT } else { 0 }) {
             Ok(file) => (file, aligned),
             Err(e) if aligned && e.raw_os_error() == Some(libc::EINVAL) => (open(0)?, false),

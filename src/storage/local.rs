@@ -134,8 +134,13 @@ impl Storage for LocalStorage {
         }))
     }
 
-    async fn remove_incomplete(&self, dir: &str) -> Result<usize> {
+    async fn remove_incomplete(
+        &self,
+        dir: &str,
+        older_than: Option<std::time::Duration>,
+    ) -> Result<usize> {
         let path = self.path(dir);
+        let cutoff = older_than.map(|age| std::time::SystemTime::now() - age);
         tokio::task::spawn_blocking(move || -> Result<usize> {
             let entries = match std::fs::read_dir(&path) {
                 Ok(e) => e,
@@ -145,9 +150,19 @@ impl Storage for LocalStorage {
             let mut removed = 0;
             for entry in entries {
                 let entry = entry.at("listing", &path)?;
-                if entry.file_name().to_string_lossy().ends_with(TEMP_SUFFIX) {
-                    std::fs::remove_file(entry.path()).at("removing", entry.path())?;
-                    removed += 1;
+                if !entry.file_name().to_string_lossy().ends_with(TEMP_SUFFIX) {
+                    continue;
+                }
+                if let Some(cutoff) = cutoff {
+                    let modified = entry.metadata().and_then(|m| m.modified());
+                    if !modified.is_ok_and(|t| t < cutoff) {
+                        continue; // recent, or finished meanwhile
+                    }
+                }
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io("removing", entry.path(), e)),
                 }
             }
             Ok(removed)

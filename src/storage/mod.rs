@@ -58,9 +58,14 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// Removes an object; absent is fine.
     async fn delete(&self, key: &str) -> Result<()>;
 
-    /// Removes what interrupted writers left in `dir` (never visible to readers). Only
-    /// safe while no writer may be working in `dir`: callers hold the stanza's lock.
-    async fn remove_incomplete(&self, dir: &str) -> Result<usize>;
+    /// Removes what interrupted writers left in `dir` (never visible to readers). With
+    /// `older_than`, only what was started that long ago: writers that take no lock
+    /// (archive-push) may be at work. Without it, callers hold the stanza's lock.
+    async fn remove_incomplete(
+        &self,
+        dir: &str,
+        older_than: Option<std::time::Duration>,
+    ) -> Result<usize>;
 
     /// Creates `key` only if absent (a conditional write): Some(true) created, Some(false)
     /// it exists, None the store cannot do this reliably.

@@ -266,7 +266,11 @@ impl S3Storage {
 
     /// ListMultipartUploads of the direct children of `dir` (object_store has no call
     /// for it): (key, upload id) pairs.
-    async fn list_uploads(&self, dir: &str) -> Result<Vec<(String, String)>> {
+    /// Key, upload id and start time of each multipart upload under `dir`.
+    async fn list_uploads(
+        &self,
+        dir: &str,
+    ) -> Result<Vec<(String, String, Option<chrono::DateTime<chrono::Utc>>)>> {
         let prefix = match self.full_key(dir) {
             p if p.is_empty() => p,
             p => p + "/",
@@ -290,7 +294,10 @@ impl S3Storage {
                     .strip_prefix(&prefix)
                     .is_some_and(|rest| !rest.contains('/'));
                 if let (true, Some(id)) = (child, xml_one(upload, "UploadId")) {
-                    uploads.push((key, id));
+                    let initiated = xml_one(upload, "Initiated")
+                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+                        .map(|t| t.with_timezone(&chrono::Utc));
+                    uploads.push((key, id, initiated));
                 }
             }
             if xml_one(&body, "IsTruncated").as_deref() != Some("true") {
@@ -567,9 +574,19 @@ impl Storage for S3Storage {
 
     /// Aborts the multipart uploads of interrupted writers in `dir` (their parts cost
     /// storage until then). Uploads that never got a part are found too.
-    async fn remove_incomplete(&self, dir: &str) -> Result<usize> {
+    async fn remove_incomplete(
+        &self,
+        dir: &str,
+        older_than: Option<std::time::Duration>,
+    ) -> Result<usize> {
+        let cutoff = older_than.map(|age| chrono::Utc::now() - age);
         let mut removed = 0;
-        for (key, id) in self.list_uploads(dir).await? {
+        for (key, id, initiated) in self.list_uploads(dir).await? {
+            if let Some(cutoff) = cutoff {
+                if initiated.is_none_or(|t| t >= cutoff) {
+                    continue;
+                }
+            }
             let path = Path::parse(&key).map_err(|e| {
                 Error::new(ErrorKind::Io, format!("bad upload key {key:?}")).source(e)
             })?;
@@ -942,11 +959,11 @@ mod tests {
                     .unwrap();
             }
         }
-        assert_eq!(s.remove_incomplete("d").await.unwrap(), 2);
+        assert_eq!(s.remove_incomplete("d", None).await.unwrap(), 2);
         assert!(s.list_uploads("d").await.unwrap().is_empty());
         assert_eq!(s.list_uploads("d/sub").await.unwrap().len(), 1);
         assert_eq!(s.list_uploads("").await.unwrap().len(), 1);
-        assert_eq!(s.remove_incomplete("d").await.unwrap(), 0);
+        assert_eq!(s.remove_incomplete("d", None).await.unwrap(), 0);
         assert!(s.list("d").await.unwrap().files.is_empty());
     }
 

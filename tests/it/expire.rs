@@ -177,3 +177,43 @@ fn retention_in_the_configuration_file_expires_after_each_backup() {
         "retain-full = 2 keeps the two newest fulls"
     );
 }
+
+#[test]
+fn expire_removes_what_killed_archive_pushes_left_and_spares_pushes_in_progress() {
+    let src = Source::start("stalepush", 15);
+    if src.url.starts_with("s3://") {
+        return; // the local archive's leftovers; object storage has none to plant
+    }
+    src.backup(&[]);
+    src.archive_current_wal();
+    let archive = std::path::Path::new(&src.url)
+        .join(&src.stanza)
+        .join("archive");
+    let dir = std::fs::read_dir(&archive)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().len() == 16)
+        .expect("a WAL directory in the archive");
+    let plant = |name: &str, age: Duration| {
+        let path = dir.join(name);
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_modified(std::time::SystemTime::now() - age)
+            .unwrap();
+        path
+    };
+    let abandoned = plant(
+        "000000010000000000000099-x.lz4.1234-0.pgward-tmp",
+        Duration::from_secs(7200),
+    );
+    let in_progress = plant(
+        "00000001000000000000009A-y.lz4.1235-0.pgward-tmp",
+        Duration::from_secs(5),
+    );
+    src.ok(&["expire", "--retain-full", "1"]);
+    assert!(!abandoned.exists(), "a 2-hour-old partial push is removed");
+    assert!(
+        in_progress.exists(),
+        "a push that may still be running is left alone"
+    );
+    src.ok(&["verify"]);
+}

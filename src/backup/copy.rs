@@ -297,9 +297,11 @@ impl BundleSlot {
         if self.open.is_none() {
             let name = format!("{}-{:02}-{:04}.bundle", self.label, self.job, self.sequence);
             self.sequence += 1;
-            let writer = self
-                .handle
-                .block_on(self.repo.storage.create(&bundle_key(&self.repo, &name)))?;
+            let writer = self.handle.block_on(
+                self.repo
+                    .storage
+                    .create_large(&bundle_key(&self.repo, &name)),
+            )?;
             let sink = CountingWriter {
                 inner: std::io::BufWriter::with_capacity(1 << 20, SyncIoBridge::new(writer)),
                 written: 0,

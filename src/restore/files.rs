@@ -58,11 +58,12 @@ pub async fn restore_files(
     let codecs = Arc::new(codec_by_backup(repo, manifest).await?);
     let mut workers = Vec::new();
     // Object storage answers each ranged read after a round trip: more readers in
-    // flight hide the latency (a local disk gains nothing from them).
-    let readers = if repo.storage.local_root().is_some() {
-        jobs.max(1)
+    // flight hide the latency (a local disk gains nothing from them). They wait on the
+    // network more than on the disk, so each keeps fewer chunks in memory.
+    let (readers, chunks_each) = if repo.storage.local_root().is_some() {
+        (jobs.max(1), super::output::CHUNKS)
     } else {
-        (jobs.max(1) * 4).min(32)
+        ((jobs.max(1) * 4).min(32), 2)
     };
     for _ in 0..readers {
         let (repo, queue, codecs, pgdata) = (
@@ -74,8 +75,10 @@ pub async fn restore_files(
         let progress = progress.clone();
         workers.push(tokio::task::spawn_blocking(move || -> Result<()> {
             let handle = Handle::current();
-            let mut buf = vec![0u8; 1 << 20];
-            let mut chunks = WriteBehind::default();
+            // Only the skipped parts of frames go through here (restored bytes are
+            // decoded straight into the output's chunks): a block of lz4 is plenty.
+            let mut buf = vec![0u8; 256 << 10];
+            let mut chunks = WriteBehind::new(chunks_each);
             loop {
                 let next = queue.lock().unwrap().pop_front();
                 let Some(part) = next else { return Ok(()) };

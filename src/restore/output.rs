@@ -22,7 +22,7 @@ const ALIGN: usize = 4096;
 /// Bytes gathered before each write.
 const CHUNK: usize = 1 << 20;
 /// Chunks per worker: one being filled while the others are written.
-const CHUNKS: usize = 3;
+pub const CHUNKS: usize = 3;
 /// Buffered mode: start writeback every this many bytes, so the final fsync does not
 /// find the whole file still dirty.
 const WRITEBACK_EVERY: u64 = 8 << 20;
@@ -70,8 +70,16 @@ pub struct WriteBehind {
 
 impl Default for WriteBehind {
     fn default() -> Self {
-        let (jobs, queue) = sync_channel::<WriteJob>(CHUNKS);
-        let (done, written) = sync_channel::<Written>(CHUNKS);
+        Self::new(CHUNKS)
+    }
+}
+
+impl WriteBehind {
+    /// With `chunks` buffers (at least 2: one filled while one is written).
+    pub fn new(chunks: usize) -> Self {
+        let chunks = chunks.max(2);
+        let (jobs, queue) = sync_channel::<WriteJob>(chunks);
+        let (done, written) = sync_channel::<Written>(chunks);
         let thread = std::thread::spawn(move || {
             for mut job in queue {
                 let result = job.file.write_all_at(job.buffer.bytes(), job.offset);
@@ -89,14 +97,12 @@ impl Default for WriteBehind {
         WriteBehind {
             jobs: Some(jobs),
             written,
-            free: (0..CHUNKS).map(|_| ChunkBuffer::default()).collect(),
+            free: (0..chunks).map(|_| ChunkBuffer::default()).collect(),
             in_flight: 0,
             thread: Some(thread),
         }
     }
-}
 
-impl WriteBehind {
     fn send(&mut self, job: WriteJob) -> std::io::Result<()> {
         let jobs = self.jobs.as_ref().expect("open until dropped");
         jobs.send(job)

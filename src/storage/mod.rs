@@ -55,6 +55,12 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// Starts writing an object that replaces any object under `key` once finished.
     async fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>>;
 
+    /// Like `create`, for an object that may grow large and is written by one of several
+    /// workers at once (a bundle): object storage then buffers less per writer.
+    async fn create_large(&self, key: &str) -> Result<Box<dyn ObjectWriter>> {
+        self.create(key).await
+    }
+
     /// Removes an object; absent is fine.
     async fn delete(&self, key: &str) -> Result<()>;
 

@@ -75,15 +75,17 @@ fn init_logging(level: Option<&str>, format: Option<&str>) {
     }
 }
 
-/// Every stored frame gets its own decoder (or encoder), whose multi-megabyte buffers
-/// glibc would hand back to the kernel when the frame ends and fault in afresh for the
-/// next: that churn cost a chain restore half again its system time. Keeping freed
-/// memory for reuse bounds it by the peak, which stays within the memory budget.
+/// Every stored frame gets its own decoder (or encoder), whose buffers glibc would hand
+/// back to the kernel when the frame ends and fault in afresh for the next: that churn
+/// cost a chain restore half again its system time. Freed memory is kept for reuse
+/// (bounded by the peak) except for blocks over 4 MiB, such as the key derivation's
+/// 19 MiB: kept in the main thread's heap, workers could not reuse it and it would add
+/// to the peak.
 fn keep_freed_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only tunes the allocator, before any thread exists.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
     }
 }

@@ -1,12 +1,11 @@
-//! Copies a backup's files into the data directory, in parallel, each written once, in
-//! order, from the extents that hold its bytes. Extents may be slices of frames written
-//! by older backups; each frame is read once, front to back, and drained to its end so
-//! that its checksum is checked whole before the file counts as restored.
+//! Copies a backup's files into the data directory, in parallel, each byte written once,
+//! in order, from the extents that hold it (large files in parts that several workers
+//! write at once). Extents may be slices of frames written by older backups; each frame
+//! is read once, front to back, and drained to its end so that its checksum is checked
+//! whole before the file counts as restored.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Read;
-
-use super::output::{OutputFile, WriteBehind};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,6 +18,8 @@ use crate::repo::cipher::stored_read_error;
 use crate::repo::manifest::{bundle_key, Extent, FileEntry, Manifest};
 use crate::repo::Repo;
 use crate::storage;
+
+use super::output::{OutputFile, WriteBehind};
 
 pub async fn restore_files(
     repo: &Repo,

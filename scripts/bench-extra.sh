@@ -188,22 +188,18 @@ bench_pgbackrest_conf "$BRSTANZA"
 bench_start_source
 
 WALL=0 RSS=0 USR=0 SYS=0 SRV=0
-run_timed stanza-create-pgbackrest "${BR[@]}" stanza-create
-record setup pgbackrest 1 1 0 stanza-create stanza-create-pgbackrest
-[ "$RC" -eq 0 ] || die "pgBackRest stanza-create failed"
-pgw local-plain; run_timed stanza-create-local-plain "${PW[@]}" stanza-create
-record setup local-plain 1 1 0 stanza-create stanza-create-local-plain
-[ "$RC" -eq 0 ] || die "pgward stanza-create (plain) failed"
-pgw local-enc; run_timed stanza-create-local-enc "${PW[@]}" stanza-create --cipher aes-256-gcm
-record setup local-enc 1 1 0 "stanza-create --cipher aes-256-gcm" stanza-create-local-enc
-[ "$RC" -eq 0 ] || die "pgward stanza-create (enc) failed"
+setup_step stanza-create-pgbackrest pgbackrest 1 stanza-create "${BR[@]}" stanza-create
+pgw local-plain
+setup_step stanza-create-local-plain local-plain 1 stanza-create "${PW[@]}" stanza-create
+pgw local-enc
+setup_step stanza-create-local-enc local-enc 1 "stanza-create --cipher aes-256-gcm" \
+    "${PW[@]}" stanza-create --cipher aes-256-gcm
 psqlq -c "SELECT pg_switch_wal()" >/dev/null; psqlq -c "CHECKPOINT"
 
 PUSHLOG_L0=$(wc -l < "$RES/archive-push-local-plain.log")
 log "pgbench -i -s $SCALE"
-run_timed pgbench-init pgbench -i -s "$SCALE" -h "$BASE" -p "$PORT" postgres
-record setup pgbench-init 1 1 0 "scale $SCALE" pgbench-init
-[ "$RC" -eq 0 ] || die "pgbench -i failed"
+setup_step pgbench-init pgbench-init 1 "pgbench -i -s $SCALE" \
+    pgbench -i -s "$SCALE" -h "$BASE" -p "$PORT" postgres
 pg vacuumdb -h "$BASE" -p "$PORT" --all --analyze -q
 psqlq -c "CHECKPOINT"
 psqlq -c "SELECT pg_switch_wal()" >/dev/null

@@ -208,6 +208,15 @@ run_timed() {
     return 0
 }
 
+# setup_step ID TOOL RUN NOTE CMD...: a timed and recorded setup command that must succeed
+setup_step() {
+    local id=$1 tool=$2 run=$3 note=$4
+    shift 4
+    run_timed "$id" "$@"
+    record setup "$tool" "$run" 1 0 "$note" "$id"
+    [ "$RC" -eq 0 ] || die "$tool: $note failed (see $RES/$id.out)"
+}
+
 # record STEP TOOL RUN ORDER BYTES NOTE ID   (uses RC WALL RSS USR SYS SRV LOAD)
 record() {
     local status=ok

@@ -157,12 +157,8 @@ EOF
     bench_start_source
 
     WALL=0 RSS=0 USR=0 SYS=0 SRV=0
-    run_timed stanza-create-pgbackrest "${BR[@]}" stanza-create
-    record setup pgbackrest 1 1 0 stanza-create stanza-create-pgbackrest
-    [ "$RC" -eq 0 ] || die "pgBackRest stanza-create failed"
-    run_timed stanza-create-pgward "${PGW[@]}" stanza-create
-    record setup pgward 1 1 0 stanza-create stanza-create-pgward
-    [ "$RC" -eq 0 ] || die "pgward stanza-create failed"
+    setup_step stanza-create-pgbackrest pgbackrest 1 stanza-create "${BR[@]}" stanza-create
+    setup_step stanza-create-pgward pgward 1 stanza-create "${PGW[@]}" stanza-create
     run_timed check-pgbackrest "${BR[@]}" check
     record setup pgbackrest 1 2 0 "check (WAL switch through the archive_command wrapper)" check-pgbackrest
     if [ "$RC" -ne 0 ]; then
@@ -172,9 +168,8 @@ EOF
 
     PUSHLOG_L0=$(wc -l < "$RES/archive-push-pgward.log")
     log "pgbench -i -s $SCALE"
-    run_timed pgbench-init pgbench -i -s "$SCALE" -h "$BASE" -p "$PORT" postgres
-    record setup pgbench-init 1 1 0 "scale $SCALE" pgbench-init
-    [ "$RC" -eq 0 ] || die "pgbench -i failed"
+    setup_step pgbench-init pgbench-init 1 "pgbench -i -s $SCALE" \
+        pgbench -i -s "$SCALE" -h "$BASE" -p "$PORT" postgres
     # Pre-empt autovacuum's first visit to template1/postgres after initdb (it ANALYZEs
     # the catalogs and VACUUMs pg_statistic a minute or two after start-up), which would
     # otherwise land in the middle of the "no change" incrementals: analyze, then vacuum
@@ -435,12 +430,10 @@ step_archive() {
 
     for r in $(seq 1 "$RUNS"); do
         mkdir -p "$AR/pgward-$r" "$AR/pgbackrest-$r"; chown postgres:postgres "$AR/pgward-$r" "$AR/pgbackrest-$r"
-        ar_pw "$r"; run_timed "ar-stanza-create-pgward-$r" "${AR_CMD[@]}" stanza-create
-        record setup pgward "$r" 1 0 "scratch stanza-create" "ar-stanza-create-pgward-$r"
-        [ "$RC" -eq 0 ] || die "pgward stanza-create (scratch) failed"
-        ar_br "$r"; run_timed "ar-stanza-create-pgbackrest-$r" "${AR_CMD[@]}" stanza-create
-        record setup pgbackrest "$r" 1 0 "scratch stanza-create" "ar-stanza-create-pgbackrest-$r"
-        [ "$RC" -eq 0 ] || die "pgBackRest stanza-create (scratch) failed"
+        ar_pw "$r"
+        setup_step "ar-stanza-create-pgward-$r" pgward "$r" "scratch stanza-create" "${AR_CMD[@]}" stanza-create
+        ar_br "$r"
+        setup_step "ar-stanza-create-pgbackrest-$r" pgbackrest "$r" "scratch stanza-create" "${AR_CMD[@]}" stanza-create
         o=0
         for tool in $(order_for "$r"); do
             o=$((o + 1))

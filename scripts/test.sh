@@ -20,9 +20,14 @@ else
     cargo test --all-targets
 fi
 
-# The backup/archive/restore/PITR tests that do not look inside the repository run a
-# second time with the repository in a bucket of a local S3 server (moto).
-PGWARD_IT_S3=1 cargo test --test it -- \
-    pitr:: incremental::chain_full incremental::incremental_after incremental::growing \
-    incremental::incremental_or_diff expire::killed_expire backup_restore::full_backup_under \
-    operator::json_reports archive::archive_get_prefetches
+# The tests listed in tests/it/s3-pass.txt run a second time with the repository in a
+# bucket of a local S3 server (moto). A listed test that no longer exists is an error.
+mapfile -t s3_pass < <(grep -v '^#' tests/it/s3-pass.txt | grep .)
+existing=$(cargo test --test it -- --list 2>/dev/null | sed -n 's/: test$//p')
+for t in "${s3_pass[@]}"; do
+    if ! grep -qxF "$t" <<<"$existing"; then
+        echo "test.sh: tests/it/s3-pass.txt names $t, which is not a test" >&2
+        exit 1
+    fi
+done
+PGWARD_IT_S3=1 cargo test --test it -- --exact "${s3_pass[@]}"

@@ -192,11 +192,10 @@ pub async fn execute(repo: &Repo, plan: &ExpirePlan) -> Result<()> {
     for b in &plan.backups {
         tracing::info!(label = %b.label, reason = %b.reason, "expiring backup");
         repo.delete_manifest(&b.label).await?;
-        test_pause();
+        test_halt_point();
     }
     for bundle in &plan.bundles {
         repo.storage.delete(&bundle_key(repo, bundle)).await?;
-        test_pause();
     }
     for f in &plan.wal {
         repo.storage.delete(&repo.archived_file_key(f)).await?;
@@ -229,13 +228,16 @@ async fn remove_abandoned_archive_writes(repo: &Repo) -> Result<()> {
     Ok(())
 }
 
-/// Lets tests interrupt expire between steps (`PGWARD_TEST_EXPIRE_PAUSE_MS`).
-fn test_pause() {
-    if let Some(ms) = std::env::var("PGWARD_TEST_EXPIRE_PAUSE_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        std::thread::sleep(std::time::Duration::from_millis(ms));
+/// Lets tests kill expire at a known point: with `PGWARD_TEST_EXPIRE_HALT=FILE` (debug
+/// builds only), expire creates FILE after removing its first manifest and then waits to
+/// be killed, so the test acts on an observable event instead of a guessed delay.
+fn test_halt_point() {
+    #[cfg(debug_assertions)]
+    if let Some(marker) = std::env::var_os("PGWARD_TEST_EXPIRE_HALT") {
+        let _ = std::fs::write(&marker, b"halted\n");
+        loop {
+            std::thread::park();
+        }
     }
 }
 

@@ -141,15 +141,30 @@ fn killed_expire_leaves_a_valid_repository_and_finishes_on_the_next_run() {
     src.backup(&["--type", "incr"]);
     let f3 = src.backup(&[]);
     let _ = (f1, f2);
-    let pause = [("PGWARD_TEST_EXPIRE_PAUSE_MS".to_string(), "700".to_string())];
-    let mut child = src.spawn(&["expire", "--retain-full", "1"], &pause);
-    std::thread::sleep(Duration::from_millis(1500));
+    let marker = super::harness::work_dir("killexpire-halt").join("halted");
+    super::harness::chown_pg(marker.parent().unwrap());
+    let halt = [(
+        "PGWARD_TEST_EXPIRE_HALT".to_string(),
+        marker.display().to_string(),
+    )];
+    let mut child = src.spawn(&["expire", "--retain-full", "1"], &halt);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !marker.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "expire ended before its first removal"
+        );
+        assert!(std::time::Instant::now() < deadline, "expire never removed a backup");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     kill_pgward(&mut child);
     let left = src.labels();
-    assert!(
-        left.len() < 5 && left.contains(&f3),
-        "expire should have been interrupted midway: {left:?}"
+    assert_eq!(
+        left.len(),
+        4,
+        "expire was killed right after its first removal: {left:?}"
     );
+    assert!(left.contains(&f3));
     src.ok(&["verify"]);
     src.ok(&["expire", "--retain-full", "1"]);
     assert_eq!(src.labels(), [f3]);

@@ -4,17 +4,19 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::harness::*;
 use super::setup::{create_bucket, moto, stderr, Source};
 
-/// Forwards connections to moto while `up`; refuses them while down.
+/// Forwards connections to moto while `up`; refuses them while down. Counts the bytes
+/// sent to the store, so a test can cut it once a write is under way.
 struct Proxy {
     port: u16,
     up: Arc<AtomicBool>,
+    uploaded: Arc<AtomicU64>,
 }
 
 impl Proxy {
@@ -22,7 +24,9 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let up = Arc::new(AtomicBool::new(true));
+        let uploaded = Arc::new(AtomicU64::new(0));
         let flag = up.clone();
+        let counter = uploaded.clone();
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 if !flag.load(Ordering::SeqCst) {
@@ -32,11 +36,12 @@ impl Proxy {
                     continue;
                 };
                 let flag = flag.clone();
-                for (mut from, mut to) in [
-                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                    (server, client),
+                for (mut from, mut to, upstream) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap(), true),
+                    (server, client, false),
                 ] {
                     let flag = flag.clone();
+                    let counter = counter.clone();
                     std::thread::spawn(move || {
                         let mut buf = [0u8; 65536];
                         loop {
@@ -45,6 +50,9 @@ impl Proxy {
                                 Ok(n) if flag.load(Ordering::SeqCst) => {
                                     if to.write_all(&buf[..n]).is_err() {
                                         break;
+                                    }
+                                    if upstream {
+                                        counter.fetch_add(n as u64, Ordering::SeqCst);
                                     }
                                 }
                                 Ok(_) => break,
@@ -55,7 +63,7 @@ impl Proxy {
                 }
             }
         });
-        Proxy { port, up }
+        Proxy { port, up, uploaded }
     }
 }
 
@@ -172,12 +180,17 @@ fn s3_outage_fails_backup_and_archive_push_clearly_and_loses_nothing() {
     let first = src.backup(&[]);
     let quick = [("PGWARD_S3_RETRY_SECONDS".to_string(), "3".to_string())];
 
-    // The store goes away in the middle of a backup: it fails with a clear error and is
-    // not listed.
+    // The store goes away in the middle of a backup (once 1 MiB of it went up; its
+    // bundles take several): it fails with a clear error and is not listed.
     let cut = {
-        let up = proxy.up.clone();
+        let (up, uploaded) = (proxy.up.clone(), proxy.uploaded.clone());
+        let from = uploaded.load(Ordering::SeqCst);
         std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(400));
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            while uploaded.load(Ordering::SeqCst) < from + (1 << 20) {
+                assert!(std::time::Instant::now() < deadline, "the backup never uploaded");
+                std::thread::sleep(Duration::from_millis(5));
+            }
             up.store(false, Ordering::SeqCst);
         })
     };
@@ -255,7 +268,14 @@ fn s3_lock_object_excludes_a_second_backup_and_a_killed_holder_is_taken_over() {
         .success());
     let mut first = src.spawn_slow_backup(&[]);
     // Once the first holds the lock object, a second backup is refused at once.
-    std::thread::sleep(Duration::from_millis(1000));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !super::setup::s3_object_exists(moto(), "s3lock", "repo/main/lock/backup.lock") {
+        assert!(
+            first.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline,
+            "the slow backup never took the lock"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let out = src.pgward(&["backup"]);

@@ -13,8 +13,8 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 step "installing PostgreSQL 15 if missing"
 bash scripts/install-test-deps.sh 15
 
-step "building pgward (release)"
-cargo build --release --quiet
+step "building pgward (release; the first build compiles every dependency: about 5 minutes on 2 cores)"
+cargo build --release
 install -d -m 755 "$BASE"
 install -m 755 target/release/pgward "$BASE/pgward"   # somewhere the postgres user can run it
 PGWARD="$BASE/pgward"
@@ -98,6 +98,7 @@ as_pg pg_ctl -D "$BASE/restored" -m fast -w stop >/dev/null
 as_pg pg_ctl -D "$BASE/data" -m fast -w stop >/dev/null
 if [ "$ROWS" = 1001 ] && [ "$GOOD" = 1 ]; then
     step "demo passed: the restore undid the mistake and kept the good insert"
+    echo "(the demo's clusters and repository stay in $BASE for a look; rm -rf $BASE removes them)"
 else
     step "demo FAILED"; exit 1
 fi

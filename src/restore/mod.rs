@@ -5,6 +5,7 @@
 
 pub mod files;
 mod output;
+mod ownership;
 pub mod recovery;
 pub mod target;
 
@@ -39,6 +40,7 @@ pub async fn restore(repo: &Repo, opts: RestoreOptions) -> Result<Manifest> {
     tracing::info!(label = %manifest.label, pgdata = %opts.pgdata.display(), "restoring backup");
 
     let tablespaces = resolve_tablespaces(&manifest, &opts.tablespace_map)?;
+    let owner = ownership::cluster_owner(&opts.pgdata)?;
     prepare_empty_dir(&opts.pgdata, "the data directory")?;
     for (_, location) in &tablespaces {
         prepare_empty_dir(location, "tablespace directory")?;
@@ -49,6 +51,9 @@ pub async fn restore(repo: &Repo, opts: RestoreOptions) -> Result<Manifest> {
 
     recovery::write_backup_files(&opts.pgdata, &manifest, &tablespaces)?;
     recovery::write_recovery_settings(&opts.pgdata, &manifest, &opts)?;
+    if let Some(owner) = owner {
+        ownership::give_to(owner, &opts.pgdata, &tablespaces)?;
+    }
     sync_tree(&opts.pgdata, &tablespaces)?;
     tracing::info!(label = %manifest.label, "restore complete; start the cluster to recover");
     Ok(manifest)

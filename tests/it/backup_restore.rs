@@ -183,3 +183,63 @@ fn page_checksum_failure_is_recorded_without_failing_the_backup() {
     assert_eq!(manifest["checksum_failures"][0]["path"], path.as_str());
     assert_eq!(manifest["checksum_failures"][0]["blocks"][0], 1);
 }
+
+#[test]
+fn restore_as_root_gives_the_files_to_the_data_directory_owner_or_refuses() {
+    assert!(is_root(), "this test runs restore as root, as the test suite does");
+    let src = Source::start("rootrestore", 15);
+    src.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g");
+    let label = src.backup(&[]);
+    let expected = src.cluster.content_checksum("postgres");
+    src.archive_current_wal();
+    let as_root = |pgdata: &std::path::Path| {
+        std::process::Command::new(pgward_bin())
+            .args(&src.extra)
+            .args(["--repo", &src.url, "--stanza", &src.stanza, "restore"])
+            .args(["--set", &label, "--archive-mode", "off", "--pgdata"])
+            .arg(pgdata)
+            .envs(src.cluster.env())
+            .output()
+            .unwrap()
+    };
+
+    // Into a directory root owns: refused before anything is written.
+    let root_owned = work_dir("rootrestore-rootdir");
+    std::os::unix::fs::lchown(&root_owned, Some(0), Some(0)).unwrap();
+    let refused = root_owned.join("data");
+    let out = as_root(&refused);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("owned by root"), "{}", stderr(&out));
+    assert!(!refused.exists(), "a refused restore must leave nothing behind");
+
+    // Into a directory the cluster's user owns: every file restored is that user's, and
+    // the cluster starts.
+    let data = work_dir("rootrestore-r-pgdata").join("data");
+    fs::create_dir(&data).unwrap();
+    chown_pg(&data);
+    let out = as_root(&data);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (uid, _) = pg_owner().unwrap();
+    fn owners(path: &std::path::Path, out: &mut Vec<(std::path::PathBuf, u32)>) {
+        use std::os::unix::fs::MetadataExt;
+        let meta = fs::symlink_metadata(path).unwrap();
+        out.push((path.to_path_buf(), meta.uid()));
+        if meta.is_dir() {
+            for e in fs::read_dir(path).unwrap() {
+                owners(&e.unwrap().path(), out);
+            }
+        }
+    }
+    let mut seen = Vec::new();
+    owners(&data, &mut seen);
+    assert!(seen.len() > 100);
+    let wrong: Vec<_> = seen.iter().filter(|(_, u)| *u != uid).collect();
+    assert!(wrong.is_empty(), "not owned by the cluster's user: {wrong:?}");
+    let restored = Cluster::from_existing("rootrestore-r", 15, data);
+    restored.start();
+    assert_eq!(
+        restored.wait_for_recovery_end(Duration::from_secs(120)),
+        RecoveryEnd::Promoted
+    );
+    assert_eq!(restored.content_checksum("postgres"), expected);
+}

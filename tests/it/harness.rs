@@ -76,7 +76,7 @@ pub fn is_root() -> bool {
 }
 
 /// (uid, gid) to chown to: the `postgres` user when root, None (leave as is) otherwise.
-fn pg_owner() -> Option<(u32, u32)> {
+pub fn pg_owner() -> Option<(u32, u32)> {
     static OWNER: OnceLock<Option<(u32, u32)>> = OnceLock::new();
     *OWNER.get_or_init(|| {
         if !is_root() {

@@ -89,16 +89,100 @@ pub async fn connect(opts: &ConnOptions) -> Result<Client> {
     if let Some(password) = password {
         config.password(password);
     }
-    let (client, connection) = config.connect(NoTls).await.map_err(|e| {
-        Error::new(ErrorKind::Database, format!("cannot connect to PostgreSQL at {}: {e}", opts.describe()))
-            .hint("check --pg-host/--pg-port/--pg-user (or PGHOST, PGPORT, PGUSER) and that the server is running")
-    })?;
+    // The whole attempt is bounded, not only the TCP connect (config.connect_timeout):
+    // a server or proxy that accepts and then says nothing must not hang pgward.
+    let timeout = connect_timeout();
+    let (client, connection) = match tokio::time::timeout(timeout, config.connect(NoTls)).await {
+        Ok(connected) => connected.map_err(|e| connect_error(&e, opts, &host, port, &user, &database))?,
+        Err(_) => {
+            return Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "cannot connect to PostgreSQL ({}): no answer from {host} port {port} within {} s",
+                    opts.describe(),
+                    timeout.as_secs()
+                ),
+            )
+            .hint("check the host name, the network and firewalls between here and the server (PGCONNECT_TIMEOUT sets the wait)"))
+        }
+    };
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!("connection closed: {e}");
         }
     });
     Ok(client)
+}
+
+/// How long a connection attempt may take before it is reported as a timeout: libpq's
+/// PGCONNECT_TIMEOUT (seconds, at least 2 as libpq has it), else 15 s.
+fn connect_timeout() -> std::time::Duration {
+    let secs = std::env::var("PGCONNECT_TIMEOUT")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|s| *s > 0)
+        .map_or(15, |s| s.max(2));
+    std::time::Duration::from_secs(secs)
+}
+
+/// A failed connection, by cause: no server socket, refused, authentication failed,
+/// no such database, or whatever else the server or the system said (a timeout is
+/// reported by `connect`).
+fn connect_error(
+    e: &tokio_postgres::Error,
+    opts: &ConnOptions,
+    host: &str,
+    port: u16,
+    user: &str,
+    database: &str,
+) -> Error {
+    let params = opts.describe();
+    let io = std::error::Error::source(e).and_then(|s| s.downcast_ref::<std::io::Error>());
+    let (cause, hint) = if let Some(db) = e.as_db_error() {
+        match db.code().code() {
+            "28P01" | "28000" => (
+                format!("authentication failed for user {user:?}: {}", db.message()),
+                "check the password (PGPASSWORD or ~/.pgpass) and pg_hba.conf for this user and host".to_string(),
+            ),
+            "3D000" => (
+                format!("database {database:?} does not exist"),
+                "give an existing database with --pg-database or PGDATABASE".to_string(),
+            ),
+            _ => (
+                format!("the server refused the connection: {}", db.message()),
+                "see the server's log for details".to_string(),
+            ),
+        }
+    } else if let Some(io) = io {
+        match io.kind() {
+            std::io::ErrorKind::NotFound if host.starts_with('/') => (
+                format!("no server socket {host}/.s.PGSQL.{port}"),
+                "is the server running, with unix_socket_directories and port as given? check --pg-host/--pg-port (PGHOST, PGPORT)".to_string(),
+            ),
+            std::io::ErrorKind::ConnectionRefused => (
+                format!("connection refused by {host} port {port}"),
+                "is the server running and listening there (listen_addresses, port)? check --pg-host/--pg-port (PGHOST, PGPORT)".to_string(),
+            ),
+            std::io::ErrorKind::PermissionDenied => (
+                format!("permission denied on {host}: {io}"),
+                "run pgward as a user who may open the server's socket (usually postgres)".to_string(),
+            ),
+            _ => (
+                io.to_string(),
+                "check --pg-host/--pg-port/--pg-user (or PGHOST, PGPORT, PGUSER) and that the server is running".to_string(),
+            ),
+        }
+    } else {
+        (
+            e.to_string(),
+            "check --pg-host/--pg-port/--pg-user (or PGHOST, PGPORT, PGUSER) and that the server is running".to_string(),
+        )
+    };
+    Error::new(
+        ErrorKind::Database,
+        format!("cannot connect to PostgreSQL ({params}): {cause}"),
+    )
+    .hint(hint)
 }
 
 /// The password for a connection from PGPASSFILE or ~/.pgpass (libpq's rules: `*`

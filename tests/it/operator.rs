@@ -377,3 +377,70 @@ fn wal_g_style_aliases_work_as_archive_and_restore_commands_and_for_backups() {
     );
     assert_eq!(restored.content_checksum("postgres"), expected);
 }
+
+#[test]
+fn failed_connections_name_their_cause_and_the_parameters_used() {
+    let src = Source::start("conncause", 15);
+    let with = |extra: &[(&str, &str)]| {
+        let mut env = src.cluster.env();
+        for (k, v) in extra {
+            env.retain(|(name, _)| name != k);
+            env.push((k.to_string(), v.to_string()));
+        }
+        let mut args: Vec<&str> = src.extra.iter().map(String::as_str).collect();
+        args.extend(["--repo", &src.url, "--stanza", &src.stanza, "check"]);
+        pgward(&args, &env)
+    };
+    let expect = |out: std::process::Output, code: i32, words: &[&str]| {
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(code), "{err}");
+        for w in words {
+            assert!(err.contains(w), "expected {w:?} in:\n{err}");
+        }
+    };
+    let no_socket = work_dir("conncause-nosock");
+    expect(
+        with(&[("PGHOST", no_socket.to_str().unwrap())]),
+        6,
+        &["no server socket", ".s.PGSQL.", "host=", "port="],
+    );
+    // A TCP port on loopback that nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port().to_string();
+    drop(closed);
+    expect(
+        with(&[("PGHOST", "127.0.0.1"), ("PGPORT", &closed_port)]),
+        6,
+        &["connection refused", &format!("port={closed_port}")],
+    );
+    expect(
+        with(&[("PGUSER", "no_such_role")]),
+        6,
+        &["authentication failed for user \"no_such_role\"", "user=no_such_role"],
+    );
+    expect(
+        with(&[("PGDATABASE", "no_such_db")]),
+        6,
+        &["database \"no_such_db\" does not exist", "dbname=no_such_db"],
+    );
+    // A listener that accepts and never answers: bounded by PGCONNECT_TIMEOUT.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port().to_string();
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let held = std::thread::spawn(move || {
+        let conn = silent.accept();
+        let _ = finished.recv(); // hold the connection until pgward has given up
+        drop(conn);
+    });
+    expect(
+        with(&[
+            ("PGHOST", "127.0.0.1"),
+            ("PGPORT", &silent_port),
+            ("PGCONNECT_TIMEOUT", "2"),
+        ]),
+        9,
+        &["no answer from 127.0.0.1", "within 2 s"],
+    );
+    done.send(()).unwrap();
+    held.join().unwrap();
+}

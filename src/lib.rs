@@ -20,3 +20,6 @@ pub mod storage;
 pub mod units;
 pub mod verify;
 pub mod wal;
+
+#[cfg(test)]
+mod parsers_never_panic;

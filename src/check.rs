@@ -9,6 +9,8 @@ use serde::Serialize;
 use crate::db::{self, ConnOptions};
 use crate::error::{Error, ErrorKind, Result};
 use crate::pg::WalFileName;
+use crate::repo::archive_command::command_problem;
+use crate::repo::archive_map::wait_for_archived;
 use crate::repo::stanza::check_same_cluster;
 use crate::repo::Repo;
 
@@ -64,7 +66,7 @@ pub async fn check(repo: &Repo, conn: &ConnOptions, timeout: Duration) -> Result
             ))
         }
     };
-    crate::backup::wait_wal::wait_for_archived(repo, vec![segment], timeout).await?;
+    wait_for_archived(repo, vec![segment], timeout).await?;
     Ok(CheckReport {
         stanza: repo.stanza.clone(),
         system_identifier: stanza.system_identifier.to_string(),
@@ -73,43 +75,4 @@ pub async fn check(repo: &Repo, conn: &ConnOptions, timeout: Duration) -> Result
         seconds: started.elapsed().as_secs_f64(),
         lock: repo.lock_mechanism().await?,
     })
-}
-
-/// What is wrong with an archive_command for this repository and stanza, if anything.
-pub fn command_problem(command: &str, repo: &Repo) -> Option<String> {
-    let words: Vec<&str> = command
-        .split_whitespace()
-        .map(|w| w.trim_matches('\'').trim_matches('"'))
-        .collect();
-    if command.trim().is_empty() || command.trim() == "(disabled)" {
-        return Some("is empty".into());
-    }
-    if !words
-        .iter()
-        .any(|w| *w == "archive-push" || *w == "wal-push")
-    {
-        return Some("does not run pgward archive-push".into());
-    }
-    let value_after = |flag: &str| {
-        words
-            .windows(2)
-            .find(|w| w[0] == flag)
-            .map(|w| w[1].to_string())
-            .or_else(|| {
-                words
-                    .iter()
-                    .find_map(|w| w.strip_prefix(&format!("{flag}=")).map(str::to_string))
-            })
-    };
-    let location = repo.storage.location();
-    match value_after("--repo") {
-        Some(r) if r.trim_end_matches('/') == location.trim_end_matches('/') => {}
-        Some(r) => return Some(format!("archives into repository {r}, not {location}")),
-        None => {}
-    }
-    match value_after("--stanza") {
-        Some(s) if s == repo.stanza => None,
-        Some(s) => Some(format!("archives into stanza {s:?}, not {:?}", repo.stanza)),
-        None => None,
-    }
 }

@@ -3,15 +3,19 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::pg::{Lsn, TimelineId, WalFileName, WalSegment};
+use crate::pg::{Lsn, TimelineId, WalFileName};
 use crate::repo::archive::ArchivedFile;
+use crate::repo::archive_map::{
+    recoverable_window, run_end, timelines, RecoverableWindow, TimelineArchive,
+};
 use crate::repo::label::BackupType;
 use crate::repo::manifest::Manifest;
 use crate::repo::Repo;
+use crate::units::human_bytes;
 
 #[derive(Debug, Serialize)]
 pub struct InfoReport {
@@ -66,31 +70,6 @@ pub struct BackupSummary {
     pub annotations: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Serialize)]
-pub struct TimelineArchive {
-    pub timeline: TimelineId,
-    pub first_segment: String,
-    pub last_segment: String,
-    pub segments: usize,
-    pub partial_segments: usize,
-    /// Missing ranges `[first, last]` between the first and last segment.
-    pub gaps: Vec<(String, String)>,
-    pub stored_size: u64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct RecoverableWindow {
-    /// The earliest consistent point: the end of the oldest restorable backup.
-    pub earliest_time: DateTime<Utc>,
-    pub earliest_lsn: Lsn,
-    pub earliest_backup: String,
-    /// The end of the newest WAL reachable without a gap from that backup.
-    pub latest_lsn: Lsn,
-    pub latest_timeline: TimelineId,
-    /// When that WAL was archived: recovery can reach at least this time.
-    pub latest_archived_time: DateTime<Utc>,
-}
-
 pub async fn info(repo: &Repo) -> Result<InfoReport> {
     let stanza = repo.stanza_info().await?;
     let manifests = repo.load_manifests().await?;
@@ -111,7 +90,7 @@ pub async fn info(repo: &Repo) -> Result<InfoReport> {
             .map(|m| summarize(m, &manifests, &pinned))
             .collect(),
         archive: timelines(&archived, seg_size),
-        recoverable_window: window(&manifests, &archived, seg_size),
+        recoverable_window: recoverable_window(&manifests, &archived, seg_size),
         recoverable_windows: timeline_windows(repo, &manifests, &archived, seg_size).await?,
     })
 }
@@ -138,122 +117,6 @@ fn summarize(m: &Manifest, all: &[Manifest], pinned: &[String]) -> BackupSummary
         checksum_failures: m.checksum_failures.iter().map(|f| f.blocks.len()).sum(),
         annotations: m.annotations.clone(),
     }
-}
-
-/// Segment numbers of complete segments archived on `timeline`, ascending.
-pub fn segments_on(archived: &[ArchivedFile], timeline: TimelineId, seg_size: u64) -> Vec<u64> {
-    let mut v: Vec<u64> = archived
-        .iter()
-        .filter_map(|f| match f.name {
-            WalFileName::Segment(s) if s.timeline == timeline => Some(s.segno(seg_size)),
-            _ => None,
-        })
-        .collect();
-    v.sort_unstable();
-    v.dedup();
-    v
-}
-
-pub fn timelines(archived: &[ArchivedFile], seg_size: u64) -> Vec<TimelineArchive> {
-    let mut tls: Vec<TimelineId> = archived
-        .iter()
-        .filter(|f| f.name.segment().is_some())
-        .map(|f| f.name.timeline())
-        .collect();
-    tls.sort();
-    tls.dedup();
-    tls.into_iter()
-        .filter_map(|tl| {
-            let segs = segments_on(archived, tl, seg_size);
-            let name = |n: u64| WalSegment::from_segno(tl, n, seg_size).to_string();
-            let gaps = segs
-                .windows(2)
-                .filter(|w| w[1] > w[0] + 1)
-                .map(|w| (name(w[0] + 1), name(w[1] - 1)))
-                .collect();
-            Some(TimelineArchive {
-                timeline: tl,
-                first_segment: name(*segs.first()?),
-                last_segment: name(*segs.last()?),
-                segments: segs.len(),
-                partial_segments: archived
-                    .iter()
-                    .filter(|f| matches!(f.name, WalFileName::Partial(s) if s.timeline == tl))
-                    .count(),
-                gaps,
-                stored_size: archived
-                    .iter()
-                    .filter(|f| f.name.segment().is_some() && f.name.timeline() == tl)
-                    .map(|f| f.stored_size)
-                    .sum(),
-            })
-        })
-        .collect()
-}
-
-/// Last segment number of the gap-free run starting at `from` on `timeline`, if `from` is there.
-pub fn contiguous_end(segs: &[u64], from: u64) -> Option<u64> {
-    let start = segs.binary_search(&from).ok()?;
-    let mut end = from;
-    for &s in &segs[start + 1..] {
-        if s != end + 1 {
-            break;
-        }
-        end = s;
-    }
-    Some(end)
-}
-
-fn window(
-    manifests: &[Manifest],
-    archived: &[ArchivedFile],
-    seg_size: u64,
-) -> Option<RecoverableWindow> {
-    let restorable = |m: &&Manifest| {
-        let segs = segments_on(archived, m.timeline, seg_size);
-        let needed_end = m.stop_lsn.prev_segment_number(seg_size);
-        contiguous_end(&segs, m.start_lsn.segment_number(seg_size))
-            .is_some_and(|end| end >= needed_end)
-    };
-    let oldest = manifests.iter().find(restorable)?;
-    let newest = manifests.iter().rev().find(restorable)?;
-    let segs = segments_on(archived, newest.timeline, seg_size);
-    let end = contiguous_end(&segs, newest.start_lsn.segment_number(seg_size))?;
-    let last = WalSegment::from_segno(newest.timeline, end, seg_size);
-    let archived_at = archived
-        .iter()
-        .find(|f| f.name == WalFileName::Segment(last))
-        .map_or(0, |f| f.archived_at);
-    Some(RecoverableWindow {
-        earliest_time: oldest.stop_time,
-        earliest_lsn: oldest.stop_lsn,
-        earliest_backup: oldest.label.clone(),
-        latest_lsn: Lsn((end + 1) * seg_size),
-        latest_timeline: newest.timeline,
-        latest_archived_time: Utc
-            .timestamp_opt(archived_at, 0)
-            .single()
-            .unwrap_or_default(),
-    })
-}
-
-/// The end of the gap-free WAL on `timeline` from segment `from`, and when it was archived.
-fn run_end(
-    archived: &[ArchivedFile],
-    timeline: TimelineId,
-    from: u64,
-    seg_size: u64,
-) -> Option<(Lsn, DateTime<Utc>)> {
-    let end = contiguous_end(&segments_on(archived, timeline, seg_size), from)?;
-    let last = WalFileName::Segment(WalSegment::from_segno(timeline, end, seg_size));
-    let at = archived
-        .iter()
-        .find(|f| f.name == last)
-        .map_or(0, |f| f.archived_at);
-    Some((
-        Lsn((end + 1) * seg_size),
-        Utc.timestamp_opt(at, 0).single().unwrap_or_default(),
-    ))
 }
 
 async fn timeline_windows(
@@ -362,21 +225,6 @@ fn render_windows(windows: &[TimelineWindow]) -> String {
         ));
     }
     s
-}
-
-pub fn human_bytes(n: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < units.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", units[u])
-    }
 }
 
 pub fn render_text(r: &InfoReport) -> String {

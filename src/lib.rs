@@ -17,5 +17,9 @@ pub mod progress;
 pub mod repo;
 pub mod restore;
 pub mod storage;
+pub mod units;
 pub mod verify;
 pub mod wal;
+
+#[cfg(test)]
+mod parsers_never_panic;

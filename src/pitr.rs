@@ -379,7 +379,7 @@ pub async fn status(repo: &Repo, conn: &ConnOptions) -> Result<Status> {
             &[],
         )
         .await?;
-    let problem = crate::check::command_problem(&settings.archive_command, repo);
+    let problem = crate::repo::archive_command::command_problem(&settings.archive_command, repo);
     let newest_backup = repo.backup_labels().await?.pop();
     let failed_after_success = {
         let lf: Option<std::time::SystemTime> = row.get(5);

@@ -63,10 +63,10 @@ impl Reporter {
                         let left = (total_bytes.saturating_sub(bytes)) as f64 / rate.max(1.0);
                         tracing::info!(
                             "{what}: {} of {} ({:.0}%), {files} of {total_files} files, {}/s, about {left:.0}s left",
-                            crate::info::human_bytes(bytes),
-                            crate::info::human_bytes(total_bytes),
+                            crate::units::human_bytes(bytes),
+                            crate::units::human_bytes(total_bytes),
                             100.0 * bytes as f64 / total_bytes.max(1) as f64,
-                            crate::info::human_bytes(rate as u64)
+                            crate::units::human_bytes(rate as u64)
                         );
                     }
                     None => {}

@@ -8,11 +8,11 @@ use futures::stream::{self, StreamExt};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::info::{contiguous_end, segments_on};
 use crate::pg::WalSegment;
 use crate::pipeline::compress::Codec;
 use crate::pipeline::encrypt::MasterKey;
 use crate::repo::archive::ArchivedFile;
+use crate::repo::archive_map::{contiguous_end, segments_on};
 use crate::repo::cipher::stored_read_error;
 use crate::repo::manifest::{bundle_key, Extent, Manifest};
 use crate::repo::Repo;

@@ -5,7 +5,9 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::pg::WalFileName;
+use crate::repo::archive_map::{timelines, TimelineArchive};
 use crate::repo::Repo;
+use crate::units::human_bytes;
 
 #[derive(Debug, Serialize)]
 pub struct WalEntry {
@@ -34,7 +36,7 @@ pub struct WalStats {
     pub newest: Option<String>,
     pub oldest_archived_at: Option<DateTime<Utc>>,
     pub newest_archived_at: Option<DateTime<Utc>>,
-    pub timelines: Vec<crate::info::TimelineArchive>,
+    pub timelines: Vec<TimelineArchive>,
 }
 
 pub async fn list(repo: &Repo) -> Result<Vec<WalEntry>> {
@@ -87,7 +89,7 @@ pub async fn stats(repo: &Repo) -> Result<WalStats> {
         newest: segments.last().map(|e| e.name.clone()),
         oldest_archived_at: entries.iter().map(|e| e.archived_at).min(),
         newest_archived_at: entries.iter().map(|e| e.archived_at).max(),
-        timelines: crate::info::timelines(&archived, stanza.wal_segment_size),
+        timelines: timelines(&archived, stanza.wal_segment_size),
     })
 }
 
@@ -102,8 +104,8 @@ pub fn render_list(entries: &[WalEntry]) -> String {
             e.name,
             e.kind,
             e.timeline,
-            e.original_size.map_or("-".into(), crate::info::human_bytes),
-            crate::info::human_bytes(e.stored_size),
+            e.original_size.map_or("-".into(), human_bytes),
+            human_bytes(e.stored_size),
             e.compression,
             e.archived_at.format("%Y-%m-%d %H:%M:%S")
         ));
@@ -115,7 +117,7 @@ pub fn render_stats(s: &WalStats) -> String {
     let mut out = format!(
         "{} file(s): {} segment(s), {} partial, {} history, {} backup history\n{} of WAL stored in {}{}\n",
         s.files, s.segments, s.partial_segments, s.history_files, s.backup_files,
-        crate::info::human_bytes(s.original_bytes), crate::info::human_bytes(s.stored_bytes),
+        human_bytes(s.original_bytes), human_bytes(s.stored_bytes),
         s.compression_ratio.map_or(String::new(), |r| format!(" (compression {r:.1}x)"))
     );
     if let (Some(o), Some(n)) = (&s.oldest, &s.newest) {

@@ -26,25 +26,14 @@ use crate::progress::Progress;
 use crate::repo::manifest::{
     bundle_key, merge_extents, ChecksumFailure, Extent, FileEntry, Manifest,
 };
+use crate::repo::piece::{piece_size, PIECE_ALIGN};
 use crate::repo::Repo;
 use crate::storage::ObjectWriter;
 
 /// A bundle is closed and a new one started past this many stored bytes.
 const BUNDLE_TARGET_SIZE: u64 = 1 << 30;
-const READ_BUFFER: usize = 1 << 20;
-/// Files larger than this are copied in pieces of this size (a multiple of READ_BUFFER,
-/// so page-level reads stay chunk-aligned). Integration tests make it small with
-/// `PGWARD_TEST_PIECE_BYTES`, so that their small clusters have files in pieces.
-pub fn piece_size() -> u64 {
-    static SIZE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *SIZE.get_or_init(|| {
-        std::env::var("PGWARD_TEST_PIECE_BYTES")
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            .filter(|n| *n > 0 && n % READ_BUFFER as u64 == 0)
-            .unwrap_or(64 << 20)
-    })
-}
+/// Pieces are a multiple of it (`PIECE_ALIGN`), so page-level reads stay whole buffers.
+const READ_BUFFER: usize = PIECE_ALIGN as usize;
 
 #[derive(Clone)]
 pub struct CopySettings {

@@ -8,7 +8,6 @@
 
 pub mod copy;
 pub mod reference;
-pub mod wait_wal;
 pub mod walk;
 
 use std::collections::BTreeMap;
@@ -22,6 +21,7 @@ use crate::pg::backup_label::parse_backup_label;
 use crate::pg::control::parse_control_file;
 use crate::pg::datadir::CONTROL_FILE;
 use crate::pipeline::Compression;
+use crate::repo::archive_map::{segments_between, wait_for_archived};
 use crate::repo::label::{new_label, BackupType};
 use crate::repo::manifest::{bundle_key, Manifest};
 use crate::repo::stanza::check_same_cluster;
@@ -140,9 +140,9 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
         )
     })?;
     tracing::info!(stop_lsn = %stop.lsn, "backup stopped; waiting for WAL to be archived");
-    wait_wal::wait_for_archived(
+    wait_for_archived(
         repo,
-        wait_wal::segments_between(
+        segments_between(
             label_file.start_timeline,
             start_lsn,
             stop.lsn,

@@ -419,8 +419,8 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
                     "backup {} complete: {} files, database {}, {} stored, WAL {} .. {}",
                     m.label,
                     m.files.len(),
-                    crate::info::human_bytes(m.database_size),
-                    crate::info::human_bytes(m.stored_size),
+                    crate::units::human_bytes(m.database_size),
+                    crate::units::human_bytes(m.stored_size),
                     m.start_lsn,
                     m.stop_lsn
                 );
@@ -676,7 +676,7 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
                     report.backups_checked,
                     report.extents_checked,
                     report.wal_files_checked,
-                    crate::info::human_bytes(report.bytes_read)
+                    crate::units::human_bytes(report.bytes_read)
                 );
                 for p in &report.problems {
                     say!("PROBLEM: {}\n  breaks: {}", p.problem, p.breaks);

@@ -35,16 +35,15 @@ pub fn stored_name(name: &WalFileName, checksum: &str, codec: Codec) -> String {
 /// Parses `<wal name>-<64 hex>[.ext]`; anything else (sidecars, strays) is None.
 pub fn parse_stored_name(stored: &str) -> Option<(WalFileName, String, Codec)> {
     let (name, rest) = stored.split_once('-')?;
-    if rest.len() < 64 {
-        return None;
-    }
-    let (checksum, ext) = rest.split_at(64);
-    if !checksum
-        .bytes()
-        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    // Checked as bytes first: 64 ASCII digits make byte 64 a char boundary to split at.
+    let hex = rest.as_bytes().get(..64)?;
+    if !hex
+        .iter()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
     {
         return None;
     }
+    let (checksum, ext) = rest.split_at(64);
     let codec = Codec::from_extension(ext)?;
     Some((WalFileName::parse(name).ok()?, checksum.to_string(), codec))
 }
@@ -152,6 +151,9 @@ mod tests {
         );
         assert_eq!(parse_stored_name(&format!("{name}-{sum}.summary")), None);
         assert_eq!(parse_stored_name("000000010000000000000002"), None);
+        // A multi-byte character across the 64th byte of the checksum.
+        let torn = format!("000000010000000000000002-{}é.zst", "a".repeat(63));
+        assert_eq!(parse_stored_name(&torn), None);
         assert_eq!(
             archive_subdir(&WalFileName::parse("00000003.history").unwrap()),
             "history"

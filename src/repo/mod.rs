@@ -11,10 +11,13 @@
 //! ```
 
 pub mod archive;
+pub mod archive_command;
+pub mod archive_map;
 pub mod cipher;
 pub mod label;
 pub mod lock;
 pub mod manifest;
+pub mod piece;
 pub mod stanza;
 
 use crate::error::{Error, Result};

@@ -215,7 +215,7 @@ struct Part {
 impl Part {
     /// Parts are cut once they reach the size of the pieces backups store large files in.
     fn cut(file: &Arc<FileEntry>) -> Vec<Part> {
-        let part_size = crate::backup::copy::piece_size();
+        let part_size = crate::repo::piece::piece_size();
         let whole = |file: &Arc<FileEntry>| Part {
             file: file.clone(),
             extents: 0..file.extents.len(),
@@ -425,7 +425,7 @@ mod tests {
 
     #[test]
     fn a_large_file_in_whole_frames_is_cut_between_frames() {
-        let piece = crate::backup::copy::piece_size();
+        let piece = crate::repo::piece::piece_size();
         let f = file(
             2 * piece + MIB,
             vec![
@@ -444,7 +444,7 @@ mod tests {
 
     #[test]
     fn slices_of_one_frame_stay_in_one_part() {
-        let piece = crate::backup::copy::piece_size();
+        let piece = crate::repo::piece::piece_size();
         // Frame 0 holds the first 2 pieces' bytes but for a changed page in between.
         let f = file(
             2 * piece,
@@ -463,7 +463,7 @@ mod tests {
 
     #[test]
     fn files_with_a_whole_file_checksum_or_small_ones_are_not_cut() {
-        let piece = crate::backup::copy::piece_size();
+        let piece = crate::repo::piece::piece_size();
         let big = vec![extent(0, piece, 0, 0), extent(piece, piece, 1, 0)];
         let mut checked = (*file(2 * piece, big.clone())).clone();
         checked.checksum = Some("c".into());

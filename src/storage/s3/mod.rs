@@ -5,57 +5,25 @@
 //! one PutObject at `finish`; a bigger one is a multipart upload that only
 //! CompleteMultipartUpload, at `finish`, makes visible. Until then nothing is under the key.
 
-use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
-use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey, AwsAuthorizer};
-use object_store::buffered::BufWriter;
-use object_store::client::{HttpClient, HttpConnector, HttpRequestBody, ReqwestConnector};
-use object_store::multipart::MultipartStore;
+use object_store::aws::AmazonS3;
+use object_store::client::HttpClient;
 use object_store::path::Path;
 use object_store::{
-    Attribute, Attributes, BackoffConfig, Certificate, ClientOptions, GetOptions, GetRange,
-    ObjectStore, ObjectStoreExt, PutMode, PutOptions, RetryConfig,
+    Attribute, Attributes, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
 };
-use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::{Listing, ObjectInfo, ObjectWriter, Reader, Storage};
 use crate::error::{Error, ErrorKind, Result};
 
-/// Objects up to this size are one PutObject (a WAL segment always is); bigger ones are
-/// uploaded in parts of it.
-const PART_SIZE: usize = 16 << 20;
-/// Parts uploading at once per writer: a writer holds at most (1 + this) parts in memory.
-const PARTS_IN_FLIGHT: usize = 3;
-/// Bundles, written by every backup worker at once, use smaller parts (S3's minimum is
-/// 5 MiB) and fewer in flight: 18 MiB per worker instead of 64 MiB kept a 2-job backup
-/// to object storage within the 64 MiB memory budget.
-const LARGE_PART_SIZE: usize = 6 << 20;
-const LARGE_PARTS_IN_FLIGHT: usize = 2;
+mod config;
+mod upload;
 
-#[derive(Clone, Debug, Default)]
-pub struct S3Options {
-    /// `host[:port]` or a URL; https unless the URL says http. Default: AWS for the region.
-    pub endpoint: Option<String>,
-    /// Default: AWS_REGION / AWS_DEFAULT_REGION, the profile's, else asked of AWS.
-    pub region: Option<String>,
-    /// `https://endpoint/bucket/key` instead of `https://bucket.endpoint/key`.
-    pub uri_style_path: bool,
-    /// For new objects (STANDARD_IA, GLACIER_IR, ...).
-    pub storage_class: Option<String>,
-    /// PEM bundle of CAs to trust besides the system's (a private endpoint's).
-    pub ca_file: Option<PathBuf>,
-    /// How long a transient outage may last before a request gives up [default: 300 s].
-    pub retry_seconds: Option<u64>,
-    /// Static credentials (`s3-key`/`s3-key-secret`), beating every other source.
-    pub access_key: Option<String>,
-    pub secret_key: Option<String>,
-}
+pub use config::S3Options;
+use upload::{LARGE_PARTS_IN_FLIGHT, LARGE_PART_SIZE, PARTS_IN_FLIGHT, PART_SIZE};
 
 #[derive(Debug)]
 pub struct S3Storage {
@@ -83,125 +51,15 @@ impl S3Storage {
         options: S3Options,
         keys: Option<(&str, &str)>,
     ) -> Result<S3Storage> {
-        let rest = url.strip_prefix("s3://").ok_or_else(|| {
-            Error::config(format!("repository {url:?} is not an s3:// URL"))
-                .hint("write it as s3://BUCKET/PREFIX")
-        })?;
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        let prefix = prefix.trim_matches('/').to_string();
-        if bucket.is_empty() {
-            return Err(Error::config(format!("repository {url:?} names no bucket")));
-        }
-        if !prefix.is_empty() {
-            Path::parse(&prefix)
-                .map_err(|e| Error::config(format!("repository {url:?}: bad prefix")).source(e))?;
-        }
-
-        // from_env: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION,
-        // AWS_WEB_IDENTITY_TOKEN_FILE + AWS_ROLE_ARN, ECS container credentials; IMDS last.
-        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
-        // object_store reads no shared files: take static keys of AWS_PROFILE from them.
-        let mut profile = match keys {
-            None if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() => shared_profile(),
-            _ => Profile::default(),
-        };
-        if let Some((id, secret)) = keys {
-            (profile.key_id, profile.secret) = (Some(id.into()), Some(secret.into()));
-        }
-        if let (Some(id), Some(secret)) = (profile.key_id, profile.secret) {
-            builder = builder
-                .with_access_key_id(id)
-                .with_secret_access_key(secret);
-            if let Some(token) = profile.token {
-                builder = builder.with_token(token);
-            }
-        }
-
-        let mut client = ClientOptions::new()
-            .with_connect_timeout(Duration::from_secs(10))
-            // A stalled connection fails after a minute; the whole-request cap is long
-            // because GETs stream whole bundles (an interrupted GET resumes where it was).
-            .with_read_timeout(Duration::from_secs(60))
-            .with_timeout(Duration::from_secs(15 * 60));
-        if let Some(ca) = &options.ca_file {
-            let pem = std::fs::read(ca).map_err(|e| Error::io("reading CA file", ca, e))?;
-            let certs = Certificate::from_pem_bundle(&pem).map_err(|e| {
-                Error::config(format!("CA file {}: no usable certificate", ca.display())).source(e)
-            })?;
-            for cert in certs {
-                client = client.with_root_certificate(cert);
-            }
-        }
-
-        // As the AWS CLI: the option, AWS_REGION / AWS_DEFAULT_REGION, the profile's; else
-        // ask AWS where the bucket is (a custom endpoint gets us-east-1, which MinIO takes).
-        let env_region = builder.get_config_value(&AmazonS3ConfigKey::Region);
-        let endpoint = (options.endpoint.clone())
-            .or_else(|| builder.get_config_value(&AmazonS3ConfigKey::Endpoint));
-        let region = match options.region.clone().or(env_region).or(profile.region) {
-            Some(region) => region,
-            None if endpoint.is_none() => object_store::aws::resolve_bucket_region(bucket, &client)
-                .await
-                .map_err(|e| {
-                    Error::config(format!("finding the region of S3 bucket {bucket}"))
-                        .source(e)
-                        .hint("set the region, or AWS_REGION")
-                })?,
-            None => "us-east-1".to_string(),
-        };
-        let bucket_url = match &endpoint {
-            Some(endpoint) => {
-                let endpoint = if endpoint.contains("://") {
-                    endpoint.trim_end_matches('/').to_string()
-                } else {
-                    format!("https://{}", endpoint.trim_end_matches('/'))
-                };
-                client = client.with_allow_http(endpoint.starts_with("http://"));
-                let (scheme, host) = endpoint.split_once("://").expect("has a scheme");
-                if options.uri_style_path {
-                    format!("{endpoint}/{bucket}")
-                } else {
-                    // object_store takes a virtual-hosted endpoint with the bucket in it.
-                    format!("{scheme}://{bucket}.{host}")
-                }
-            }
-            None if options.uri_style_path => format!("https://s3.{region}.amazonaws.com/{bucket}"),
-            None => format!("https://{bucket}.s3.{region}.amazonaws.com"),
-        };
-        builder = builder
-            .with_region(&region)
-            .with_virtual_hosted_style_request(!options.uri_style_path)
-            .with_client_options(client.clone())
-            .with_retry(RetryConfig {
-                backoff: BackoffConfig::default(), // 100 ms doubling to 15 s, with jitter
-                // The time budget decides, not a count: ten quick retries are over in
-                // seconds, shorter than a storage node's restart.
-                max_retries: 10_000,
-                retry_timeout: Duration::from_secs(options.retry_seconds.unwrap_or(300)),
-            });
-        if endpoint.is_some() {
-            let endpoint = match options.uri_style_path {
-                true => bucket_url
-                    .strip_suffix(&format!("/{bucket}"))
-                    .unwrap_or(&bucket_url),
-                false => bucket_url.as_str(),
-            };
-            builder = builder.with_endpoint(endpoint);
-        }
-        let store = builder.build().map_err(|e| {
-            Error::config(format!("repository {url}: bad S3 configuration")).source(e)
-        })?;
-        let http = ReqwestConnector::default()
-            .connect(&client)
-            .map_err(|e| Error::config(format!("repository {url}: HTTP client")).source(e))?;
+        let c = config::connect(url, &options, keys).await?;
         let storage = S3Storage {
-            store: Arc::new(store),
-            bucket: bucket.to_string(),
-            prefix,
+            store: Arc::new(c.store),
+            bucket: c.bucket,
+            prefix: c.prefix,
             storage_class: options.storage_class,
-            http,
-            bucket_url,
-            region,
+            http: c.http,
+            bucket_url: c.bucket_url,
+            region: c.region,
             conditional_put: Default::default(),
         };
         // Fail now, with the cause, on a wrong bucket, endpoint or credentials.
@@ -269,103 +127,6 @@ impl S3Storage {
     fn error(&self, action: &str, key: &str, e: object_store::Error) -> Error {
         error(&self.bucket, &self.full_key(key), action, e)
     }
-
-    /// ListMultipartUploads of the direct children of `dir` (object_store has no call
-    /// for it): (key, upload id) pairs.
-    /// Key, upload id and start time of each multipart upload under `dir`.
-    async fn list_uploads(
-        &self,
-        dir: &str,
-    ) -> Result<Vec<(String, String, Option<chrono::DateTime<chrono::Utc>>)>> {
-        let prefix = match self.full_key(dir) {
-            p if p.is_empty() => p,
-            p => p + "/",
-        };
-        let (mut uploads, mut key_marker, mut id_marker) =
-            (Vec::new(), None::<String>, None::<String>);
-        loop {
-            let mut url = format!(
-                "{}/?uploads&delimiter=%2F&prefix={}",
-                self.bucket_url,
-                escape(&prefix)
-            );
-            if let (Some(k), Some(i)) = (&key_marker, &id_marker) {
-                url += &format!("&key-marker={}&upload-id-marker={}", escape(k), escape(i));
-            }
-            let body = self.signed_get(&url, dir).await?;
-            for upload in xml_all(&body, "Upload") {
-                let key = xml_one(upload, "Key").unwrap_or_default();
-                // Direct children only; moto ignores the delimiter here.
-                let child = key
-                    .strip_prefix(&prefix)
-                    .is_some_and(|rest| !rest.contains('/'));
-                if let (true, Some(id)) = (child, xml_one(upload, "UploadId")) {
-                    let initiated = xml_one(upload, "Initiated")
-                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
-                        .map(|t| t.with_timezone(&chrono::Utc));
-                    uploads.push((key, id, initiated));
-                }
-            }
-            if xml_one(&body, "IsTruncated").as_deref() != Some("true") {
-                return Ok(uploads);
-            }
-            key_marker = xml_one(&body, "NextKeyMarker");
-            id_marker = xml_one(&body, "NextUploadIdMarker");
-        }
-    }
-
-    /// A signed GET with its own small retry loop (object_store's is private).
-    async fn signed_get(&self, url: &str, dir: &str) -> Result<String> {
-        let what = || {
-            format!(
-                "listing multipart uploads in s3://{}/{}",
-                self.bucket,
-                self.full_key(dir)
-            )
-        };
-        let mut delay = Duration::from_millis(200);
-        for attempt in 1.. {
-            let credential = self
-                .store
-                .credentials()
-                .get_credential()
-                .await
-                .map_err(|e| Error::new(ErrorKind::Config, what()).source(e))?;
-            let mut request = http::Request::get(url)
-                .body(HttpRequestBody::empty())
-                .map_err(|e| Error::new(ErrorKind::Io, what()).source(e))?;
-            AwsAuthorizer::new(&credential, "s3", &self.region)
-                .try_authorize(&mut request, None)
-                .map_err(|e| Error::new(ErrorKind::Io, what()).source(e))?;
-            let failure = match self.http.execute(request).await {
-                Ok(response) => {
-                    let status = response.status();
-                    match response.into_body().bytes().await {
-                        Ok(body) if status.is_success() => {
-                            return Ok(String::from_utf8_lossy(&body).into_owned())
-                        }
-                        Ok(body) => {
-                            let body = String::from_utf8_lossy(&body);
-                            let message = format!("{}: HTTP {status}: {body}", what());
-                            if !(status.is_server_error() || status.as_u16() == 429) {
-                                return Err(Error::new(ErrorKind::Io, message));
-                            }
-                            message
-                        }
-                        Err(e) => format!("{}: {e}", what()),
-                    }
-                }
-                Err(e) => format!("{}: {e}", what()),
-            };
-            if attempt >= 6 {
-                return Err(Error::new(ErrorKind::Io, failure));
-            }
-            tracing::debug!("{failure}; retrying");
-            tokio::time::sleep(delay + Duration::from_millis(jitter_ms(delay))).await;
-            delay *= 2;
-        }
-        unreachable!()
-    }
 }
 
 /// Names bucket and key, keeps object_store's cause (status and S3's error body), and
@@ -389,111 +150,6 @@ fn error(bucket: &str, key: &str, action: &str, e: object_store::Error) -> Error
         }
         _ => Error::new(ErrorKind::Io, message).source(e),
     }
-}
-
-/// Percent-encodes a query value (SigV4 wants everything but unreserved characters).
-fn escape(value: &str) -> String {
-    let mut out = String::new();
-    for b in value.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                out.push(b as char)
-            }
-            _ => out += &format!("%{b:02X}"),
-        }
-    }
-    out
-}
-
-fn jitter_ms(delay: Duration) -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .subsec_nanos() as u64;
-    nanos % (delay.as_millis() as u64 + 1)
-}
-
-/// The text of every `<tag>...</tag>` in `xml` (S3's answers are flat enough for this).
-fn xml_all<'a>(xml: &'a str, tag: &str) -> Vec<&'a str> {
-    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
-    let mut out = Vec::new();
-    let mut rest = xml;
-    while let Some(start) = rest.find(&open) {
-        let after = &rest[start + open.len()..];
-        let Some(end) = after.find(&close) else { break };
-        out.push(&after[..end]);
-        rest = &after[end + close.len()..];
-    }
-    out
-}
-
-fn xml_one(xml: &str, tag: &str) -> Option<String> {
-    let text = xml_all(xml, tag).into_iter().next()?;
-    Some(
-        text.replace("&lt;", "<")
-            .replace("&gt;", ">")
-            .replace("&quot;", "\"")
-            .replace("&apos;", "'")
-            .replace("&amp;", "&"),
-    )
-}
-
-#[derive(Default)]
-struct Profile {
-    key_id: Option<String>,
-    secret: Option<String>,
-    token: Option<String>,
-    region: Option<String>,
-}
-
-/// Static keys and region of AWS_PROFILE (or `default`) from the shared credentials and
-/// config files, as the AWS CLI reads them.
-fn shared_profile() -> Profile {
-    let name = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into());
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    let file = |var: &str, default: &str| {
-        std::env::var_os(var)
-            .map(PathBuf::from)
-            .unwrap_or_else(|| home.join(default))
-    };
-    let mut profile = Profile::default();
-    let sources = [
-        (
-            file("AWS_SHARED_CREDENTIALS_FILE", ".aws/credentials"),
-            name.clone(),
-        ),
-        (
-            file("AWS_CONFIG_FILE", ".aws/config"),
-            if name == "default" {
-                name.clone()
-            } else {
-                format!("profile {name}")
-            },
-        ),
-    ];
-    for (path, section) in sources {
-        let Ok(text) = std::fs::read_to_string(path) else {
-            continue;
-        };
-        let mut inside = false;
-        for line in text.lines().map(str::trim) {
-            if let Some(header) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-                inside = header.trim() == section;
-            } else if let (true, Some((k, v))) = (inside, line.split_once('=')) {
-                let v = Some(v.trim().to_string());
-                match k.trim() {
-                    "aws_access_key_id" if profile.key_id.is_none() => profile.key_id = v,
-                    "aws_secret_access_key" if profile.secret.is_none() => profile.secret = v,
-                    "aws_session_token" if profile.token.is_none() => profile.token = v,
-                    "region" if profile.region.is_none() => profile.region = v,
-                    _ => {}
-                }
-            }
-        }
-    }
-    profile
 }
 
 #[async_trait]
@@ -581,40 +237,11 @@ impl Storage for S3Storage {
         dir: &str,
         older_than: Option<std::time::Duration>,
     ) -> Result<usize> {
-        let cutoff = older_than.map(|age| chrono::Utc::now() - age);
-        let mut removed = 0;
-        for (key, id, initiated) in self.list_uploads(dir).await? {
-            if let Some(cutoff) = cutoff {
-                if initiated.is_none_or(|t| t >= cutoff) {
-                    continue;
-                }
-            }
-            let path = Path::parse(&key).map_err(|e| {
-                Error::new(ErrorKind::Io, format!("bad upload key {key:?}")).source(e)
-            })?;
-            match self.store.abort_multipart(&path, &id).await {
-                Ok(()) => removed += 1,
-                Err(object_store::Error::NotFound { .. }) => {} // finished or aborted meanwhile
-                Err(e) => return Err(error(&self.bucket, &key, "aborting upload of", e)),
-            }
-        }
-        Ok(removed)
+        self.remove_incomplete_uploads(dir, older_than).await
     }
 }
 
 impl S3Storage {
-    fn writer(&self, key: &str, part: usize, in_flight: usize) -> Result<Box<dyn ObjectWriter>> {
-        let store: Arc<dyn ObjectStore> = self.store.clone();
-        let writer = BufWriter::with_capacity(store, self.path(key)?, part)
-            .with_max_concurrency(in_flight)
-            .with_attributes(self.attributes());
-        Ok(Box::new(S3Writer {
-            inner: Some(writer),
-            bucket: self.bucket.clone(),
-            key: self.full_key(key),
-        }))
-    }
-
     async fn get(&self, key: &str, range: Option<GetRange>) -> Result<Reader> {
         let options = GetOptions {
             range,
@@ -638,80 +265,17 @@ impl S3Storage {
     }
 }
 
-/// Buffers one part; from the first full part on it is a multipart upload whose parts
-/// go up in the background, at most PARTS_IN_FLIGHT at once (writes wait for room).
-struct S3Writer {
-    inner: Option<BufWriter>,
-    bucket: String,
-    key: String,
-}
-
-impl S3Writer {
-    fn inner(&mut self) -> &mut BufWriter {
-        self.inner.as_mut().expect("writer used after finish")
-    }
-}
-
-impl AsyncWrite for S3Writer {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(self.inner()).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(self.inner()).poll_flush(cx)
-    }
-    /// Not BufWriter's shutdown, which would publish the object: only `finish` may.
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(self.inner()).poll_flush(cx)
-    }
-}
-
-#[async_trait]
-impl ObjectWriter for S3Writer {
-    async fn finish(mut self: Box<Self>) -> Result<()> {
-        let mut writer = self.inner.take().expect("finish called once");
-        // PutObject, or the last part and CompleteMultipartUpload. If this fails the
-        // upload may stay behind, invisible, until remove_incomplete.
-        let Err(e) = writer.shutdown().await else {
-            return Ok(());
-        };
-        let cause = match e.into_inner().map(|e| e.downcast::<object_store::Error>()) {
-            Some(Ok(e)) => return Err(error(&self.bucket, &self.key, "writing", *e)),
-            Some(Err(e)) => e.to_string(),
-            None => "upload failed".into(),
-        };
-        let (bucket, key) = (&self.bucket, &self.key);
-        Err(Error::new(
-            ErrorKind::Io,
-            format!("writing s3://{bucket}/{key}: {cause}"),
-        ))
-    }
-}
-
-impl Drop for S3Writer {
-    /// Abandoned: abort the multipart upload, if one started, in the background (best
-    /// effort: a runtime shutting down may drop the task; remove_incomplete cleans up).
-    fn drop(&mut self) {
-        if let (Some(mut writer), Ok(runtime)) =
-            (self.inner.take(), tokio::runtime::Handle::try_current())
-        {
-            runtime.spawn(async move {
-                let _ = writer.abort().await;
-            });
-        }
-    }
-}
-
 /// Against a real moto server (scripts/moto.sh installs it on first use, ~30 s), one per
 /// test process, stopped by moto.sh's watcher when the process exits. Each test works in
 /// its own bucket.
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use object_store::multipart::MultipartStore;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     use super::*;
-    use tokio::io::AsyncReadExt;
 
     fn moto() -> &'static str {
         static ENDPOINT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -1002,15 +566,5 @@ mod tests {
         assert!(s.put_if_absent("lock", b"mine").await.unwrap());
         assert!(!s.put_if_absent("lock", b"theirs").await.unwrap());
         assert_eq!(read(&s, "lock").await.unwrap(), b"mine");
-    }
-
-    #[test]
-    fn xml_and_keys() {
-        let xml = "<R><Upload><Key>a&amp;b</Key><UploadId>1</UploadId></Upload>\
-                   <Upload><Key>c</Key><UploadId>2</UploadId></Upload><IsTruncated>false</IsTruncated></R>";
-        let uploads = xml_all(xml, "Upload");
-        assert_eq!(uploads.len(), 2);
-        assert_eq!(xml_one(uploads[0], "Key").unwrap(), "a&b");
-        assert_eq!(escape("a/b c~"), "a%2Fb%20c~");
     }
 }

@@ -1,0 +1,230 @@
+//! Configuration of an S3 repository: the URL's bucket and prefix, endpoint and region
+//! (resolved as the AWS CLI does), credentials (environment, shared profile files, web
+//! identity, container and instance roles), TLS roots and the retry budget. The result is
+//! a connected client; `S3Storage` only uses it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::client::{HttpClient, HttpConnector, ReqwestConnector};
+use object_store::path::Path;
+use object_store::{BackoffConfig, Certificate, ClientOptions, RetryConfig};
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Debug, Default)]
+pub struct S3Options {
+    /// `host[:port]` or a URL; https unless the URL says http. Default: AWS for the region.
+    pub endpoint: Option<String>,
+    /// Default: AWS_REGION / AWS_DEFAULT_REGION, the profile's, else asked of AWS.
+    pub region: Option<String>,
+    /// `https://endpoint/bucket/key` instead of `https://bucket.endpoint/key`.
+    pub uri_style_path: bool,
+    /// For new objects (STANDARD_IA, GLACIER_IR, ...).
+    pub storage_class: Option<String>,
+    /// PEM bundle of CAs to trust besides the system's (a private endpoint's).
+    pub ca_file: Option<PathBuf>,
+    /// How long a transient outage may last before a request gives up [default: 300 s].
+    pub retry_seconds: Option<u64>,
+    /// Static credentials (`s3-key`/`s3-key-secret`), beating every other source.
+    pub access_key: Option<String>,
+    pub secret_key: Option<String>,
+}
+
+/// A configured, not yet probed, connection to one repository in one bucket.
+pub(super) struct Connection {
+    pub store: AmazonS3,
+    pub bucket: String,
+    /// Key prefix of the repository, without slashes at either end ("" for the bucket root).
+    pub prefix: String,
+    /// For the one request object_store lacks: ListMultipartUploads.
+    pub http: HttpClient,
+    pub bucket_url: String,
+    pub region: String,
+}
+
+/// `keys`: static credentials that override every other source.
+pub(super) async fn connect(
+    url: &str,
+    options: &S3Options,
+    keys: Option<(&str, &str)>,
+) -> Result<Connection> {
+    let rest = url.strip_prefix("s3://").ok_or_else(|| {
+        Error::config(format!("repository {url:?} is not an s3:// URL"))
+            .hint("write it as s3://BUCKET/PREFIX")
+    })?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let prefix = prefix.trim_matches('/').to_string();
+    if bucket.is_empty() {
+        return Err(Error::config(format!("repository {url:?} names no bucket")));
+    }
+    if !prefix.is_empty() {
+        Path::parse(&prefix)
+            .map_err(|e| Error::config(format!("repository {url:?}: bad prefix")).source(e))?;
+    }
+
+    // from_env: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION,
+    // AWS_WEB_IDENTITY_TOKEN_FILE + AWS_ROLE_ARN, ECS container credentials; IMDS last.
+    let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    // object_store reads no shared files: take static keys of AWS_PROFILE from them.
+    let mut profile = match keys {
+        None if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() => shared_profile(),
+        _ => Profile::default(),
+    };
+    if let Some((id, secret)) = keys {
+        (profile.key_id, profile.secret) = (Some(id.into()), Some(secret.into()));
+    }
+    if let (Some(id), Some(secret)) = (profile.key_id, profile.secret) {
+        builder = builder
+            .with_access_key_id(id)
+            .with_secret_access_key(secret);
+        if let Some(token) = profile.token {
+            builder = builder.with_token(token);
+        }
+    }
+
+    let mut client = ClientOptions::new()
+        .with_connect_timeout(Duration::from_secs(10))
+        // A stalled connection fails after a minute; the whole-request cap is long
+        // because GETs stream whole bundles (an interrupted GET resumes where it was).
+        .with_read_timeout(Duration::from_secs(60))
+        .with_timeout(Duration::from_secs(15 * 60));
+    if let Some(ca) = &options.ca_file {
+        let pem = std::fs::read(ca).map_err(|e| Error::io("reading CA file", ca, e))?;
+        let certs = Certificate::from_pem_bundle(&pem).map_err(|e| {
+            Error::config(format!("CA file {}: no usable certificate", ca.display())).source(e)
+        })?;
+        for cert in certs {
+            client = client.with_root_certificate(cert);
+        }
+    }
+
+    // As the AWS CLI: the option, AWS_REGION / AWS_DEFAULT_REGION, the profile's; else
+    // ask AWS where the bucket is (a custom endpoint gets us-east-1, which MinIO takes).
+    let env_region = builder.get_config_value(&AmazonS3ConfigKey::Region);
+    let endpoint = (options.endpoint.clone())
+        .or_else(|| builder.get_config_value(&AmazonS3ConfigKey::Endpoint));
+    let region = match options.region.clone().or(env_region).or(profile.region) {
+        Some(region) => region,
+        None if endpoint.is_none() => object_store::aws::resolve_bucket_region(bucket, &client)
+            .await
+            .map_err(|e| {
+                Error::config(format!("finding the region of S3 bucket {bucket}"))
+                    .source(e)
+                    .hint("set the region, or AWS_REGION")
+            })?,
+        None => "us-east-1".to_string(),
+    };
+    let bucket_url = match &endpoint {
+        Some(endpoint) => {
+            let endpoint = if endpoint.contains("://") {
+                endpoint.trim_end_matches('/').to_string()
+            } else {
+                format!("https://{}", endpoint.trim_end_matches('/'))
+            };
+            client = client.with_allow_http(endpoint.starts_with("http://"));
+            let (scheme, host) = endpoint.split_once("://").expect("has a scheme");
+            if options.uri_style_path {
+                format!("{endpoint}/{bucket}")
+            } else {
+                // object_store takes a virtual-hosted endpoint with the bucket in it.
+                format!("{scheme}://{bucket}.{host}")
+            }
+        }
+        None if options.uri_style_path => format!("https://s3.{region}.amazonaws.com/{bucket}"),
+        None => format!("https://{bucket}.s3.{region}.amazonaws.com"),
+    };
+    builder = builder
+        .with_region(&region)
+        .with_virtual_hosted_style_request(!options.uri_style_path)
+        .with_client_options(client.clone())
+        .with_retry(RetryConfig {
+            backoff: BackoffConfig::default(), // 100 ms doubling to 15 s, with jitter
+            // The time budget decides, not a count: ten quick retries are over in
+            // seconds, shorter than a storage node's restart.
+            max_retries: 10_000,
+            retry_timeout: Duration::from_secs(options.retry_seconds.unwrap_or(300)),
+        });
+    if endpoint.is_some() {
+        let endpoint = match options.uri_style_path {
+            true => bucket_url
+                .strip_suffix(&format!("/{bucket}"))
+                .unwrap_or(&bucket_url),
+            false => bucket_url.as_str(),
+        };
+        builder = builder.with_endpoint(endpoint);
+    }
+    let store = builder
+        .build()
+        .map_err(|e| Error::config(format!("repository {url}: bad S3 configuration")).source(e))?;
+    let http = ReqwestConnector::default()
+        .connect(&client)
+        .map_err(|e| Error::config(format!("repository {url}: HTTP client")).source(e))?;
+    Ok(Connection {
+        store,
+        bucket: bucket.to_string(),
+        prefix,
+        http,
+        bucket_url,
+        region,
+    })
+}
+
+#[derive(Default)]
+struct Profile {
+    key_id: Option<String>,
+    secret: Option<String>,
+    token: Option<String>,
+    region: Option<String>,
+}
+
+/// Static keys and region of AWS_PROFILE (or `default`) from the shared credentials and
+/// config files, as the AWS CLI reads them.
+fn shared_profile() -> Profile {
+    let name = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into());
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let file = |var: &str, default: &str| {
+        std::env::var_os(var)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| home.join(default))
+    };
+    let mut profile = Profile::default();
+    let sources = [
+        (
+            file("AWS_SHARED_CREDENTIALS_FILE", ".aws/credentials"),
+            name.clone(),
+        ),
+        (
+            file("AWS_CONFIG_FILE", ".aws/config"),
+            if name == "default" {
+                name.clone()
+            } else {
+                format!("profile {name}")
+            },
+        ),
+    ];
+    for (path, section) in sources {
+        let Ok(text) = std::fs::read_to_string(path) else {
+            continue;
+        };
+        let mut inside = false;
+        for line in text.lines().map(str::trim) {
+            if let Some(header) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                inside = header.trim() == section;
+            } else if let (true, Some((k, v))) = (inside, line.split_once('=')) {
+                let v = Some(v.trim().to_string());
+                match k.trim() {
+                    "aws_access_key_id" if profile.key_id.is_none() => profile.key_id = v,
+                    "aws_secret_access_key" if profile.secret.is_none() => profile.secret = v,
+                    "aws_session_token" if profile.token.is_none() => profile.token = v,
+                    "region" if profile.region.is_none() => profile.region = v,
+                    _ => {}
+                }
+            }
+        }
+    }
+    profile
+}

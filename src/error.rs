@@ -139,6 +139,7 @@ pub fn task_panicked<T>(err: tokio::task::JoinError) -> Result<T> {
 
 /// Test builds only: panics (on the calling thread) when `PGWARD_TEST_PANIC` names
 /// `point`, so integration tests can prove how a worker's panic ends the process.
+#[track_caller]
 pub fn test_panic_point(point: &str) {
     #[cfg(debug_assertions)]
     if std::env::var("PGWARD_TEST_PANIC").is_ok_and(|p| p == point) {

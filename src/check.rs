@@ -26,6 +26,7 @@ pub struct CheckReport {
 
 pub async fn check(repo: &Repo, conn: &ConnOptions, timeout: Duration) -> Result<CheckReport> {
     let stanza = repo.stanza_info().await?;
+    warn_if_open_to_others(repo);
     let client = db::connect(conn).await?;
     let server = db::server_info(&client).await?;
     check_same_cluster(&stanza, &server.identity)?;
@@ -75,4 +76,30 @@ pub async fn check(repo: &Repo, conn: &ConnOptions, timeout: Duration) -> Result
         seconds: started.elapsed().as_secs_f64(),
         lock: repo.lock_mechanism().await?,
     })
+}
+
+/// pgward creates every directory of a local repository 0700, but it leaves a root the
+/// operator made, and what earlier versions wrote under the umask: say so when other
+/// users can reach the stanza's files (both the root and the stanza directory open).
+fn warn_if_open_to_others(repo: &Repo) {
+    use std::os::unix::fs::MetadataExt;
+    let Some(root) = repo.storage.local_root() else {
+        return; // object storage: pgward sets no ACL, the bucket's policy decides
+    };
+    // The permission bits of a directory that group or others can use, if it is one.
+    let open = |dir: &std::path::Path| {
+        std::fs::metadata(dir)
+            .ok()
+            .map(|m| m.mode() & 0o777)
+            .filter(|mode| mode & 0o077 != 0)
+    };
+    let stanza_dir = root.join(&repo.stanza);
+    if let (Some(root_mode), Some(stanza_mode)) = (open(&root), open(&stanza_dir)) {
+        tracing::warn!(
+            "repository {} ({root_mode:o}) and its stanza directory ({stanza_mode:o}) are open \
+             to other users, who may read backups and WAL: run `chmod -R go-rwx {}`",
+            root.display(),
+            root.display()
+        );
+    }
 }

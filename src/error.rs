@@ -23,6 +23,8 @@ pub enum ErrorKind {
     Locked,
     /// Waited too long (for WAL to be archived, for a server).
     Timeout,
+    /// A bug: a panic, or a worker task that ended without an answer.
+    Internal,
 }
 
 impl ErrorKind {
@@ -37,6 +39,7 @@ impl ErrorKind {
             ErrorKind::Io => 7,
             ErrorKind::Locked => 8,
             ErrorKind::Timeout => 9,
+            ErrorKind::Internal => 10,
         }
     }
 
@@ -50,6 +53,7 @@ impl ErrorKind {
             ErrorKind::Io => "io",
             ErrorKind::Locked => "locked",
             ErrorKind::Timeout => "timeout",
+            ErrorKind::Internal => "internal",
         }
     }
 }
@@ -111,6 +115,38 @@ impl Error {
     pub fn is_not_found(&self) -> bool {
         self.kind == ErrorKind::NotFound
     }
+}
+
+/// What every internal error tells the user.
+pub const INTERNAL_HINT: &str =
+    "this is a bug in pgward; please report it with the command line and this message";
+
+/// Ends a joined task's result: `.unwrap_or_else(task_panicked)` on a
+/// `Result<Result<T>, JoinError>`. main's panic hook normally ends the process before a
+/// join sees a panic; should one get here anyway (a cancelled task, code run without the
+/// hook), it is an internal error with a documented exit code, never Rust's 101, which
+/// restore_command's caller would read as "not in the archive".
+pub fn task_panicked<T>(err: tokio::task::JoinError) -> Result<T> {
+    let what = if err.is_panic() {
+        "a worker task panicked"
+    } else {
+        "a worker task was cancelled"
+    };
+    Err(Error::new(ErrorKind::Internal, what)
+        .source(err)
+        .hint(INTERNAL_HINT))
+}
+
+/// Test builds only: panics (on the calling thread) when `PGWARD_TEST_PANIC` names
+/// `point`, so integration tests can prove how a worker's panic ends the process.
+#[track_caller]
+pub fn test_panic_point(point: &str) {
+    #[cfg(debug_assertions)]
+    if std::env::var("PGWARD_TEST_PANIC").is_ok_and(|p| p == point) {
+        panic!("PGWARD_TEST_PANIC={point}");
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = point;
 }
 
 impl fmt::Display for Error {

@@ -1,16 +1,20 @@
+use std::sync::atomic::{AtomicI32, Ordering};
+
 use clap::Parser;
 
 use pgward::cli::args::{Cli, Command};
 use pgward::cli::{resolve, run, EXIT_ARCHIVE_GET_FATAL};
-use pgward::error::Error;
+use pgward::error::{Error, ErrorKind, INTERNAL_HINT};
 
 fn main() {
     keep_freed_memory();
+    // Until the command line is parsed, guess from the words on it.
+    let fetching = std::env::args().any(|a| a == "archive-get" || a == "wal-fetch");
+    end_process_on_panic(fetching);
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
             // A malformed restore_command must stop recovery, not read as "not found".
-            let fetching = std::env::args().any(|a| a == "archive-get" || a == "wal-fetch");
             if fetching && e.use_stderr() {
                 let _ = e.print();
                 std::process::exit(EXIT_ARCHIVE_GET_FATAL);
@@ -19,6 +23,7 @@ fn main() {
         }
     };
     let is_archive_get = matches!(cli.command, Command::ArchiveGet { .. });
+    end_process_on_panic(is_archive_get);
     let code = match resolve(cli.global.clone()) {
         Err(e) => report(&e),
         Ok(resolved) => {
@@ -48,6 +53,48 @@ fn main() {
         code
     };
     std::process::exit(code);
+}
+
+/// The exit status a panic ends the process with; see `end_process_on_panic`.
+static PANIC_EXIT_CODE: AtomicI32 = AtomicI32::new(0);
+
+/// A panic is a bug, and on whichever thread it happens it ends the whole process at
+/// once with the command's documented status: archive-get's "unusable" 126 (above 125,
+/// so recovery stops), the internal-error code elsewhere. Left to Rust, a worker's panic
+/// would either surface as exit 101 after unwinding, which restore_command's contract
+/// reads as "not in the archive" (recovery would end early), or be swallowed while the
+/// other workers carry on. Temporary files it leaves are invisible and removed later,
+/// as after a crash.
+fn end_process_on_panic(archive_get: bool) {
+    let code = if archive_get {
+        EXIT_ARCHIVE_GET_FATAL
+    } else {
+        ErrorKind::Internal.exit_code()
+    };
+    if PANIC_EXIT_CODE.swap(code, Ordering::SeqCst) != 0 {
+        return; // installed already; only the code changes
+    }
+    std::panic::set_hook(Box::new(|info| {
+        // The first panicking thread reports and exits; any other waits here for it.
+        static EXITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _exiting = EXITING.lock();
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        let location = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!(
+            "pgward: error [{}]: {message}{location}",
+            ErrorKind::Internal.name()
+        );
+        eprintln!("HINT: {INTERNAL_HINT}");
+        std::process::exit(PANIC_EXIT_CODE.load(Ordering::SeqCst));
+    }));
 }
 
 fn report(e: &Error) -> i32 {

@@ -160,7 +160,7 @@ pub async fn verify(repo: &Repo, jobs: usize) -> Result<VerifyReport> {
                         check_content(reader, master.as_deref(), codec, &checksum, length)
                     })
                     .await
-                    .expect("verify task panicked"),
+                    .unwrap_or_else(crate::error::task_panicked),
                     Err(e) => Err(e),
                 };
                 match result {

@@ -72,7 +72,7 @@ pub async fn fetch(
             restore_file(reader, master.as_deref(), &file, &dest, durability)
         })
         .await
-        .expect("get task panicked")
+        .unwrap_or_else(crate::error::task_panicked)
     };
     fetched.await.map_err(|e| {
         if e.is_not_found() {
@@ -95,7 +95,8 @@ fn restore_file(
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let temp = PathBuf::from(format!("{}.pgward-tmp", dest.display()));
-    let out = std::fs::File::create(&temp).at("creating", &temp)?;
+    crate::error::test_panic_point("archive-get");
+    let out = crate::storage::local::replace_file(&temp, 0o640)?; // group: as PostgreSQL's umask says
     let result = (|| {
         let mut writer = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, out));
         let what = format!("archived {}", file.file_name());
@@ -147,5 +148,5 @@ pub async fn read_archived(repo: &Repo, file: &ArchivedFile) -> Result<Vec<u8>> 
         Ok(out)
     })
     .await
-    .expect("read task panicked")
+    .unwrap_or_else(crate::error::task_panicked)
 }

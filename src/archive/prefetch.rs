@@ -2,7 +2,9 @@
 //! the same timeline are fetched in parallel, verified, into `pg_wal/pgward-prefetch/`
 //! (on the same filesystem as `%p`, so handing one over is a rename). A later request
 //! served from there costs a rename, not a repository round trip. Files there are only
-//! ever complete and checked, so using one is as safe as fetching it.
+//! ever complete and checked, so using one is as safe as fetching it. The directory is
+//! pgward's own (0700, this user's, closed to others: checked before every use), so
+//! nobody else can put a file there for recovery to take.
 
 use std::path::{Path, PathBuf};
 
@@ -12,7 +14,7 @@ use super::get::{fetch, find_for_get, Durability};
 use crate::error::{Error, IoContext, Result};
 use crate::pg::{WalFileName, WalSegment};
 use crate::repo::Repo;
-use crate::storage::local::{create_dir_durable, sync_dir, try_flock};
+use crate::storage::local::{ensure_private_dir, sync_dir, try_flock};
 
 pub const DIR_NAME: &str = "pgward-prefetch";
 
@@ -26,7 +28,23 @@ pub fn dir_for(dest: &Path) -> PathBuf {
 
 /// Hands over a prefetched `name` if there is one.
 pub fn take(dir: &Path, name: &WalFileName, dest: &Path) -> Result<bool> {
+    if !dir.exists() {
+        return Ok(false);
+    }
+    ensure_private_dir(dir, "prefetch directory")?;
     let file = dir.join(name.to_string());
+    match std::fs::symlink_metadata(&file) {
+        Ok(meta) if meta.is_file() => {}
+        Ok(_) => {
+            return Err(Error::config(format!(
+                "prefetched {} is not a regular file",
+                file.display()
+            ))
+            .hint("pgward only ever puts files there; remove it"))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io("inspecting prefetched", &file, e)),
+    }
     match std::fs::rename(&file, dest) {
         Ok(()) => {
             let parent = dest
@@ -50,7 +68,7 @@ pub async fn run(
     count: usize,
     jobs: usize,
 ) -> Result<()> {
-    create_dir_durable(dir).at("creating", dir)?;
+    ensure_private_dir(dir, "prefetch directory")?;
     let lock_path = dir.join(".lock");
     let Ok(_lock) = try_flock(&lock_path)? else {
         return Ok(()); // another prefetcher is on it

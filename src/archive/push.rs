@@ -96,7 +96,7 @@ pub async fn validate(path: &Path, name: &WalFileName, stanza: &StanzaInfo) -> R
         checksum_file(&path)
     })
     .await
-    .expect("checksum task panicked")
+    .unwrap_or_else(crate::error::task_panicked)
 }
 
 pub(crate) fn check_segment(path: &PathBuf, name: &WalFileName, stanza: &StanzaInfo) -> Result<()> {

@@ -7,14 +7,23 @@
 //! file and directory) or in the repository; the spool is bounded by
 //! `--archive-push-queue-max`, and past it archive-push *fails*, so PostgreSQL keeps the
 //! segment and retries: nothing is ever dropped.
+//!
+//! The spool may live under a shared directory (`--spool-path /tmp/...`): its stanza and
+//! push directories must be pgward's own and closed to others (`ensure_private_dir`),
+//! and its files are opened without following links, so nobody else can make pgward
+//! write through a link planted there.
 
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::pipeline::Compression;
 use crate::repo::Repo;
-use crate::storage::local::{create_dir_durable, sync_dir, try_flock};
+use crate::storage::local::{
+    create_dir_durable, ensure_private_dir, open_nofollow, refuse_open_parent,
+    replace_private_file, sync_dir, try_flock,
+};
 
 use super::push::{archive_push, parse_pushed_name, validate};
 
@@ -30,6 +39,32 @@ impl Spool {
         }
     }
 
+    /// Creates the spool (0700) or checks that the existing one is closed to others.
+    fn prepare(&self) -> Result<()> {
+        let stanza_dir = self.dir.parent().expect("spool dirs are root/stanza/push");
+        let root = stanza_dir.parent().expect("spool dirs are root/stanza/push");
+        create_dir_durable(root).at("creating spool", root)?;
+        refuse_open_parent(root, "spool path")?;
+        ensure_private_dir(stanza_dir, "spool directory")?;
+        ensure_private_dir(&self.dir, "spool directory")
+    }
+
+    /// What the worker last failed with, if anything.
+    fn last_error(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut file) = open_nofollow(&self.error_path()) {
+            let _ = file.read_to_string(&mut text);
+        }
+        text
+    }
+
+    fn record_error(&self, message: &str) -> Result<()> {
+        let path = self.error_path();
+        replace_private_file(&path)?
+            .write_all(message.as_bytes())
+            .at("writing", &path)
+    }
+
     fn queued(&self) -> Result<Vec<PathBuf>> {
         let mut out = Vec::new();
         match std::fs::read_dir(&self.dir) {
@@ -37,7 +72,10 @@ impl Spool {
                 for e in entries {
                     let e = e.at("listing", &self.dir)?;
                     let name = e.file_name().to_string_lossy().into_owned();
-                    if !name.ends_with(".pgward-tmp")
+                    // Only what push_async spooled: regular files, never links.
+                    let regular = e.file_type().is_ok_and(|t| t.is_file());
+                    if regular
+                        && !name.ends_with(".pgward-tmp")
                         && !name.starts_with('.')
                         && crate::pg::WalFileName::parse(&name).is_ok()
                     {
@@ -73,9 +111,21 @@ pub async fn push_async(
     let name = parse_pushed_name(path)?;
     let stanza = repo.stanza_info().await?;
     let checksum = validate(path, &name, &stanza).await?;
-    create_dir_durable(&spool.dir).at("creating spool", &spool.dir)?;
+    spool.prepare()?;
     let target = spool.dir.join(name.to_string());
-    if target.exists() {
+    let queued_already = match std::fs::symlink_metadata(&target) {
+        Ok(meta) if meta.is_file() => true,
+        Ok(_) => {
+            return Err(Error::config(format!(
+                "{} is not a regular file: pgward spools only files it wrote",
+                target.display()
+            ))
+            .hint("someone else may have planted it; remove it"))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(Error::io("inspecting", &target, e)),
+    };
+    if queued_already {
         if super::push::checksum_file(&target)? == checksum {
             ensure_worker(spool, worker_args)?;
             return Ok(());
@@ -91,16 +141,17 @@ pub async fn push_async(
     }
     let queued = spool.queued()?.len();
     if queued >= queue_max {
-        let last = std::fs::read_to_string(spool.error_path()).unwrap_or_default();
+        let last = spool.last_error();
         ensure_worker(spool, worker_args)?;
         return Err(Error::new(ErrorKind::Io, format!("the archive-push queue is full ({queued} file(s) waiting in {}); PostgreSQL will retry {name}", spool.dir.display()))
             .hint(if last.is_empty() { "the repository is slower than WAL is written; raise --archive-push-queue-max or --jobs".to_string() } else { format!("the background push keeps failing: {}", last.trim()) }));
     }
     let temp = spool.dir.join(format!("{name}.pgward-tmp"));
-    std::fs::copy(path, &temp).at("spooling", path)?;
-    std::fs::File::open(&temp)
-        .and_then(|f| f.sync_all())
-        .at("syncing", &temp)?;
+    let mut spooled = replace_private_file(&temp)?;
+    let mut source = std::fs::File::open(path).at("opening", path)?;
+    std::io::copy(&mut source, &mut spooled).at("spooling", path)?;
+    spooled.sync_all().at("syncing", &temp)?;
+    drop(spooled);
     std::fs::rename(&temp, &target).at("spooling", &target)?;
     sync_dir(&spool.dir).at("syncing", &spool.dir)?;
     ensure_worker(spool, worker_args)
@@ -145,7 +196,7 @@ pub fn spawn_detached(exe: &Path, args: &[String]) -> Result<()> {
 
 fn lock_is_held(path: &Path) -> Result<bool> {
     // Taking it to look releases it again at once (the file is dropped).
-    Ok(matches!(try_flock(path), Ok(Err(_))))
+    Ok(try_flock(path)?.is_err())
 }
 
 /// Background: push everything spooled, in parallel, until the spool stays empty.
@@ -156,7 +207,7 @@ pub async fn run_worker(
     jobs: usize,
 ) -> Result<()> {
     let lock_path = spool.lock_path();
-    create_dir_durable(&spool.dir).at("creating spool", &spool.dir)?;
+    spool.prepare()?;
     let Ok(_lock) = try_flock(&lock_path)? else {
         return Ok(()); // another worker is on it
     };
@@ -188,13 +239,10 @@ pub async fn run_worker(
                 Err(e) => {
                     failed = true;
                     tracing::warn!(file = %path.display(), "background push failed: {e}");
-                    let _ = std::fs::write(
-                        spool.error_path(),
-                        format!(
-                            "{}: {e}\n",
-                            chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC")
-                        ),
-                    );
+                    let _ = spool.record_error(&format!(
+                        "{}: {e}\n",
+                        chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC")
+                    ));
                 }
             }
         }

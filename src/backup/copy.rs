@@ -159,13 +159,14 @@ pub async fn copy_files(
         );
         let job = settings.first_bundle + job;
         workers.push(tokio::task::spawn_blocking(move || {
+            crate::error::test_panic_point("backup");
             Worker::new(repo, job, settings).run(&queue, &progress)
         }));
     }
     let mut copied = Vec::new();
     let mut first_error = None;
     for worker in workers {
-        match worker.await.expect("copy worker panicked") {
+        match worker.await.unwrap_or_else(crate::error::task_panicked) {
             Ok((part, done)) => {
                 result.merge(part);
                 copied.extend(done);

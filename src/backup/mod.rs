@@ -92,7 +92,7 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
     let walk_root = pgdata.clone();
     let listing = tokio::task::spawn_blocking(move || walk::walk_data_dir(&walk_root))
         .await
-        .expect("walk panicked")?;
+        .unwrap_or_else(crate::error::task_panicked)?;
     let progress = Arc::new(crate::progress::Progress::default());
     let _reporter = crate::progress::Reporter::start(
         "backup",

@@ -101,7 +101,7 @@ pub async fn restore_files(
     }
     let mut first_error = None;
     for w in workers {
-        if let Err(e) = w.await.expect("restore worker panicked") {
+        if let Err(e) = w.await.unwrap_or_else(crate::error::task_panicked) {
             first_error.get_or_insert(e);
         }
     }

@@ -1,8 +1,17 @@
 //! Local-filesystem storage. Crash safety: write to a temporary name in the target
 //! directory, fsync the file, rename over the key, fsync the directory. Directories
 //! created on the way are fsynced into their parents too.
+//!
+//! Private by construction: whatever the caller's umask, every directory pgward creates
+//! is 0700 and every file 0600, so a repository never exposes WAL or data files to other
+//! local users. In directories that may sit in shared places (the archive-push spool,
+//! archive-get's prefetch directory, host-local locks), files are opened without
+//! following symbolic links, and new ones are created exclusively: a link planted by
+//! someone else is refused or unlinked, never written through.
 
+use std::fs::{DirBuilder, File, OpenOptions};
 use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -34,15 +43,17 @@ impl LocalStorage {
 /// Opens (creating) `path` and takes an exclusive `flock` without waiting. `Ok(file)`:
 /// ours until the file is dropped (or the process dies); `Err(file)`: another process
 /// holds it (the file is returned so its content can name the holder).
-pub fn try_flock(path: &Path) -> Result<std::result::Result<std::fs::File, std::fs::File>> {
+pub fn try_flock(path: &Path) -> Result<std::result::Result<File, File>> {
     use std::os::fd::AsRawFd;
-    let file = std::fs::OpenOptions::new()
+    let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(FILE_MODE)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
-        .at("opening lock file", path)?;
+        .map_err(|e| open_error("opening lock file", path, e))?;
     // SAFETY: flock on a descriptor we own; no memory is involved.
     let taken = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
     Ok(if taken { Ok(file) } else { Err(file) })
@@ -53,7 +64,12 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// Creates `dir` and any missing parents, fsyncing each new entry into its parent.
+/// Mode of every directory pgward creates (the umask can only narrow it).
+const DIR_MODE: u32 = 0o700;
+/// Mode of every file pgward creates in a repository, spool or prefetch directory.
+const FILE_MODE: u32 = 0o600;
+
+/// Creates `dir` (0700) and any missing parents, fsyncing each new entry into its parent.
 pub fn create_dir_durable(dir: &Path) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
@@ -61,7 +77,7 @@ pub fn create_dir_durable(dir: &Path) -> io::Result<()> {
     if let Some(parent) = dir.parent() {
         create_dir_durable(parent)?;
     }
-    match std::fs::create_dir(dir) {
+    match DirBuilder::new().mode(DIR_MODE).create(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
         Err(e) => return Err(e),
@@ -70,6 +86,92 @@ pub fn create_dir_durable(dir: &Path) -> io::Result<()> {
         sync_dir(parent)?;
     }
     Ok(())
+}
+
+/// Creates `dir` if needed and makes sure no other user can change what is in it: a real
+/// directory (not a link), owned by this user, not writable by group or others. Anyone
+/// who could write there could plant links or files for pgward to follow or trust.
+pub fn ensure_private_dir(dir: &Path, what: &str) -> Result<()> {
+    create_dir_durable(dir).at(&format!("creating {what}"), dir)?;
+    let meta = std::fs::symlink_metadata(dir).at(&format!("inspecting {what}"), dir)?;
+    let refuse = |problem: String| {
+        Err(Error::config(format!("{what} {} {problem}", dir.display())).hint(
+            "another user could plant links or files in it for pgward to write through; remove \
+             it (pgward creates it with mode 0700) or choose a location only pgward's user can write",
+        ))
+    };
+    if meta.file_type().is_symlink() || !meta.is_dir() {
+        return refuse("is not a directory but a symbolic link or another kind of file".into());
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return refuse(format!("is owned by uid {}, not by pgward's user (uid {me})", meta.uid()));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return refuse(format!("is writable by group or others (mode {:04o})", meta.mode() & 0o7777));
+    }
+    Ok(())
+}
+
+/// Refuses a directory others could use to swap pgward's own directories for theirs:
+/// writable by group or others without the sticky bit that /tmp has.
+pub fn refuse_open_parent(dir: &Path, what: &str) -> Result<()> {
+    let meta = std::fs::metadata(dir).at(&format!("inspecting {what}"), dir)?;
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+        return Err(Error::config(format!(
+            "{what} {} is writable by group or others without the sticky bit (mode {mode:04o})",
+            dir.display()
+        ))
+        .hint("others could replace pgward's directories in it; chmod go-w it (or +t, as /tmp), or choose another location"));
+    }
+    Ok(())
+}
+
+/// Creates `path` for writing (0600) in place of whatever a crash left there.
+pub fn replace_private_file(path: &Path) -> Result<File> {
+    replace_file(path, FILE_MODE)
+}
+
+/// Creates `path` for writing (`mode`, narrowed by the umask) in place of whatever a crash
+/// left there. The old entry is unlinked first (which removes a link, never its target),
+/// then the file is created exclusively without following links: if someone plants a
+/// link in between, the create fails instead of writing through it.
+pub fn replace_file(path: &Path, mode: u32) -> Result<File> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("removing", path, e)),
+    }
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| open_error("creating", path, e))
+}
+
+/// Opens `path` for reading, refusing a symbolic link.
+pub fn open_nofollow(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| open_error("opening", path, e))
+}
+
+/// ELOOP from an O_NOFOLLOW open: the name is a link. Otherwise the usual I/O error.
+fn open_error(action: &str, path: &Path, e: io::Error) -> Error {
+    if e.raw_os_error() == Some(libc::ELOOP) {
+        return Error::config(format!(
+            "{action} {}: it is a symbolic link, which pgward never follows in its own directories",
+            path.display()
+        ))
+        .hint("someone else may have planted it; remove it and check who can write to that directory");
+    }
+    Error::io(action, path, e)
 }
 
 #[async_trait]
@@ -86,7 +188,7 @@ impl Storage for LocalStorage {
         let path = self.path(dir);
         tokio::task::spawn_blocking(move || list_dir(&path))
             .await
-            .expect("list task panicked")
+            .unwrap_or_else(crate::error::task_panicked)
     }
 
     async fn read(&self, key: &str) -> Result<Reader> {
@@ -121,11 +223,18 @@ impl Storage for LocalStorage {
             let (dir, temp) = (dir.clone(), temp.clone());
             move || -> Result<std::fs::File> {
                 create_dir_durable(&dir).at("creating directory", &dir)?;
-                std::fs::File::create(&temp).at("creating", &temp)
+                OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(FILE_MODE)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&temp)
+                    .map_err(|e| open_error("creating", &temp, e))
             }
         })
         .await
-        .expect("create task panicked")?;
+        .unwrap_or_else(crate::error::task_panicked)?;
         Ok(Box::new(LocalWriter {
             file: Some(tokio::fs::File::from_std(file)),
             temp,
@@ -168,7 +277,7 @@ impl Storage for LocalStorage {
             Ok(removed)
         })
         .await
-        .expect("cleanup task panicked")
+        .unwrap_or_else(crate::error::task_panicked)
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
@@ -183,7 +292,7 @@ impl Storage for LocalStorage {
         let dir = path.parent().expect("keys have a parent").to_path_buf();
         tokio::task::spawn_blocking(move || sync_dir(&dir).at("syncing directory", &dir))
             .await
-            .expect("sync task panicked")
+            .unwrap_or_else(crate::error::task_panicked)
     }
 }
 
@@ -208,7 +317,6 @@ fn list_dir(path: &Path) -> Result<Listing> {
         if meta.is_dir() {
             listing.dirs.push(name);
         } else {
-            use std::os::unix::fs::MetadataExt;
             listing.files.push(ObjectInfo {
                 name,
                 size: meta.len(),
@@ -263,7 +371,7 @@ impl ObjectWriter for LocalWriter {
         let dir = self.dir.clone();
         tokio::task::spawn_blocking(move || sync_dir(&dir).at("syncing directory", &dir))
             .await
-            .expect("sync task panicked")
+            .unwrap_or_else(crate::error::task_panicked)
     }
 }
 
@@ -272,5 +380,87 @@ impl Drop for LocalWriter {
         if self.file.take().is_some() {
             let _ = std::fs::remove_file(&self.temp);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+
+    use super::*;
+    use crate::error::ErrorKind;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::symlink_metadata(path).unwrap().mode() & 0o7777
+    }
+
+    #[tokio::test]
+    async fn stored_objects_and_their_directories_are_private_whatever_the_umask() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("repo");
+        let storage = LocalStorage::new(&root);
+        storage.put("main/archive/0000000100000000/x", b"wal").await.unwrap();
+        // The test process's umask (usually 022) would have given 0755 and 0644.
+        for dir in ["", "main", "main/archive", "main/archive/0000000100000000"] {
+            assert_eq!(mode(&root.join(dir)), 0o700, "{dir}");
+        }
+        assert_eq!(mode(&root.join("main/archive/0000000100000000/x")), 0o600);
+    }
+
+    #[test]
+    fn replacing_a_planted_link_unlinks_it_and_leaves_its_target_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("victim");
+        std::fs::write(&target, b"precious").unwrap();
+        let link = tmp.path().join("x.pgward-tmp");
+        symlink(&target, &link).unwrap();
+        let mut file = replace_private_file(&link).unwrap();
+        io::Write::write_all(&mut file, b"spooled").unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"precious");
+        assert_eq!(std::fs::read(&link).unwrap(), b"spooled");
+        assert_eq!(mode(&link), 0o600);
+    }
+
+    #[test]
+    fn links_are_refused_when_reading_or_locking() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("victim");
+        std::fs::write(&target, b"precious").unwrap();
+        let link = tmp.path().join(".last-error");
+        symlink(&target, &link).unwrap();
+        let err = open_nofollow(&link).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Config, "{err}");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        let err = try_flock(&link).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(std::fs::read(&target).unwrap(), b"precious");
+    }
+
+    #[test]
+    fn private_dirs_are_created_closed_and_open_ones_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fresh = tmp.path().join("spool/main");
+        ensure_private_dir(&fresh, "spool directory").unwrap();
+        assert_eq!(mode(&fresh), 0o700);
+
+        let open = tmp.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = ensure_private_dir(&open, "spool directory").unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Config);
+        assert!(err.to_string().contains("writable by group or others"), "{err}");
+        assert!(err.hint.is_some());
+
+        let link = tmp.path().join("link");
+        symlink(&fresh, &link).unwrap();
+        let err = ensure_private_dir(&link, "spool directory").unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+
+        // A parent like /tmp (sticky) is fine; world-writable without the sticky bit is not.
+        refuse_open_parent(tmp.path(), "spool path").unwrap();
+        let err = refuse_open_parent(&open, "spool path").unwrap_err();
+        assert!(err.to_string().contains("sticky"), "{err}");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        refuse_open_parent(&open, "spool path").unwrap();
     }
 }

@@ -139,7 +139,7 @@ pub async fn write_blocking<T: Send + 'static>(
         Ok((bridge.into_inner(), out))
     })
     .await
-    .expect("writer task panicked")?;
+    .unwrap_or_else(crate::error::task_panicked)?;
     writer.finish().await?;
     Ok(out)
 }

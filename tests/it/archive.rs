@@ -347,3 +347,124 @@ fn archive_get_prefetches_the_next_segments_and_serves_them_locally() {
         assert_eq!(fs::read(&dest).unwrap(), bytes);
     }
 }
+
+/// A file the postgres user owns and could be tricked into overwriting: its content and
+/// mtime, to compare after each attempt.
+fn victim_state(path: &std::path::Path) -> (Vec<u8>, std::time::SystemTime) {
+    (
+        fs::read(path).unwrap(),
+        fs::symlink_metadata(path).unwrap().modified().unwrap(),
+    )
+}
+
+#[test]
+fn async_push_refuses_a_spool_others_can_write_and_never_follows_links_planted_in_it() {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    let src = Source::start("spool-links", 15);
+    src.archive_current_wal();
+    let seg = src.sql("SELECT last_archived_wal FROM pg_stat_archiver");
+    let files = work_dir("spool-links-files");
+    let segment = files.join(&seg);
+    fs::copy(src.cluster.data.join("pg_wal").join(&seg), &segment).expect("segment in pg_wal");
+    let victim = files.join("victim");
+    fs::write(&victim, b"the postgres user's own file").unwrap();
+    chown_pg(&files);
+    let before = victim_state(&victim);
+
+    // --spool-path in a shared, world-writable place, like /tmp.
+    let shared = work_dir("spool-links-shared");
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
+    let spool = shared.join("main/push");
+    let plant = |names: &[&str]| {
+        for name in names {
+            let _ = fs::remove_file(spool.join(name));
+            symlink(&victim, spool.join(name)).unwrap();
+        }
+    };
+    let push = || {
+        src.pgward(&[
+            "archive-push",
+            "--async",
+            "--spool-path",
+            shared.to_str().unwrap(),
+            segment.to_str().unwrap(),
+        ])
+    };
+    let stale_temp = format!("{seg}.pgward-tmp");
+    let links = [".last-error", ".worker.lock", stale_temp.as_str()];
+    let refused = |why: &str| {
+        let out = push();
+        assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+        assert!(stderr(&out).contains(why), "{}", stderr(&out));
+        assert!(stderr(&out).contains("HINT:"), "{}", stderr(&out));
+        assert_eq!(victim_state(&victim), before, "a planted link was followed");
+    };
+
+    // Another user prepared the spool (when root, the test is that other user).
+    fs::create_dir_all(&spool).unwrap();
+    fs::set_permissions(&spool, fs::Permissions::from_mode(0o777)).unwrap();
+    plant(&links);
+    if is_root() {
+        refused("is owned by uid 0");
+    }
+    // pgward's own user, but open to everyone.
+    chown_pg(&shared);
+    refused("writable by group or others");
+
+    // Closed again, with the links still there: the lock is refused, never opened
+    // through the link.
+    fs::set_permissions(&spool, fs::Permissions::from_mode(0o700)).unwrap();
+    refused("symbolic link");
+
+    // Without the lock link the segment is spooled (the stale temp link is unlinked,
+    // not written through) and pushed; the victim is never touched.
+    fs::remove_file(spool.join(".worker.lock")).unwrap();
+    assert_success(&push(), "archive-push --async");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while fs::read_dir(&spool)
+        .unwrap()
+        .flatten()
+        .any(|e| !e.file_name().to_string_lossy().starts_with('.'))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the spool never drained"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(victim_state(&victim), before, "a planted link was followed");
+    src.ok(&["verify"]);
+}
+
+/// pgward with the source's options and `PGWARD_TEST_PANIC=point` (debug builds only).
+fn with_test_panic(src: &Source, point: &str, args: &[&str]) -> std::process::Output {
+    let mut full: Vec<&str> = src.extra.iter().map(String::as_str).collect();
+    full.extend(["--repo", &src.url, "--stanza", &src.stanza]);
+    full.extend_from_slice(args);
+    let mut env = src.cluster.env();
+    env.push(("PGWARD_TEST_PANIC".into(), point.into()));
+    pgward(&full, &env)
+}
+
+#[test]
+fn a_panic_in_an_archive_get_worker_stops_recovery_with_126() {
+    let src = Source::start("get-panic", 15);
+    src.archive_current_wal();
+    let seg = src.sql("SELECT last_archived_wal FROM pg_stat_archiver");
+    let dest = work_dir("get-panic-dest").join("RECOVERYXLOG");
+    let out = with_test_panic(
+        &src,
+        "archive-get",
+        &["archive-get", &seg, dest.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(126), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("pgward: error [internal]: PGWARD_TEST_PANIC=archive-get at src/"),
+        "{err}"
+    );
+    assert!(err.contains("HINT: this is a bug in pgward"), "{err}");
+    assert!(!dest.exists());
+    // The same call without the switch works: the panic was the only failure.
+    src.ok(&["archive-get", &seg, dest.to_str().unwrap()]);
+}

@@ -444,3 +444,116 @@ fn failed_connections_name_their_cause_and_the_parameters_used() {
     done.send(()).unwrap();
     held.join().unwrap();
 }
+
+/// Every entry below `dir` (itself included) that group or others can use, with its mode.
+fn open_to_others(dir: &std::path::Path, found: &mut Vec<String>, names: &mut Vec<String>) {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::symlink_metadata(dir).unwrap();
+    if meta.mode() & 0o077 != 0 {
+        found.push(format!("{} {:o}", dir.display(), meta.mode() & 0o7777));
+    }
+    names.push(dir.file_name().unwrap().to_string_lossy().into_owned());
+    if meta.is_dir() {
+        for e in fs::read_dir(dir).unwrap().flatten() {
+            open_to_others(&e.path(), found, names);
+        }
+    }
+}
+
+#[test]
+fn a_repository_written_under_umask_022_is_closed_to_other_users() {
+    let secret = work_dir("umask-secret");
+    let pass = secret.join("pass");
+    fs::write(&pass, "correct horse\n").unwrap();
+    chown_pg(&secret);
+    // A new path: pgward creates the repository directory itself.
+    let repo = work_dir("umask-repo").join("repository");
+    let options = [
+        "--repo",
+        repo.to_str().unwrap(),
+        "--stanza",
+        "main",
+        "--cipher-pass-file",
+        pass.to_str().unwrap(),
+    ];
+    let cluster = Cluster::init(
+        "umask",
+        ClusterOptions {
+            archive_command: Some(format!(
+                "{} {} archive-push %p",
+                pgward_bin().display(),
+                options.join(" ")
+            )),
+            ..Default::default()
+        },
+    );
+    cluster.start();
+    // As an operator's shell would run it (PostgreSQL's archiver runs with umask 077).
+    let under_umask_022 = |args: &[&str]| {
+        let bin = pgward_bin();
+        let mut full = vec!["-c", "umask 022; exec \"$@\"", "sh", bin.to_str().unwrap()];
+        full.extend_from_slice(&options);
+        full.extend_from_slice(args);
+        run_as_pg(std::path::Path::new("/bin/sh"), &full, &cluster.env())
+    };
+    assert_success(
+        &under_umask_022(&["stanza-create", "--cipher", "aes-256-gcm"]),
+        "stanza-create",
+    );
+    assert_success(&under_umask_022(&["backup"]), "backup");
+    let files = work_dir("umask-files");
+    fs::write(
+        files.join("00000002.history"),
+        "1\t0/5000000\tno recovery target specified\n",
+    )
+    .unwrap();
+    chown_pg(&files);
+    let history = files.join("00000002.history");
+    assert_success(
+        &under_umask_022(&["archive-push", history.to_str().unwrap()]),
+        "archive-push",
+    );
+
+    let (mut open, mut names) = (Vec::new(), Vec::new());
+    open_to_others(&repo, &mut open, &mut names);
+    assert!(open.is_empty(), "open to group or others:\n{}", open.join("\n"));
+    for kind in ["stanza.json", "keyfile.json", ".manifest", ".bundle", ".history-", "backup.lock"] {
+        assert!(
+            names.iter().any(|n| n.contains(kind)),
+            "no {kind} among {names:?}"
+        );
+    }
+
+    // A repository left open (an operator's chmod, or an earlier version): check says so.
+    use std::os::unix::fs::PermissionsExt;
+    for dir in [repo.clone(), repo.join("main")] {
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let out = under_umask_022(&["check"]);
+    assert_success(&out, "check");
+    assert!(
+        stderr(&out).contains("open to other users"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_panic_in_a_backup_worker_exits_with_the_internal_code_and_leaves_no_backup() {
+    let src = Source::start("backup-panic", 15);
+    let mut args: Vec<&str> = src.extra.iter().map(String::as_str).collect();
+    args.extend(["--repo", &src.url, "--stanza", &src.stanza, "backup"]);
+    let mut env = src.cluster.env();
+    env.push(("PGWARD_TEST_PANIC".into(), "backup".into()));
+    let out = pgward(&args, &env);
+    assert_eq!(out.status.code(), Some(10), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("pgward: error [internal]: PGWARD_TEST_PANIC=backup at src/backup/"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(src.labels().is_empty(), "a backup that panicked is listed");
+    // The process is gone with its lock: the next backup runs and verifies.
+    src.backup(&[]);
+    src.ok(&["verify"]);
+}

@@ -106,7 +106,7 @@ pub async fn push_async(
     path: &Path,
     spool: &Spool,
     queue_max: usize,
-    worker_args: &[String],
+    worker: &Background,
 ) -> Result<()> {
     let name = parse_pushed_name(path)?;
     let stanza = repo.stanza_info().await?;
@@ -127,7 +127,7 @@ pub async fn push_async(
     };
     if queued_already {
         if super::push::checksum_file(&target)? == checksum {
-            ensure_worker(spool, worker_args)?;
+            ensure_worker(spool, worker)?;
             return Ok(());
         }
         return Err(Error::new(
@@ -142,7 +142,7 @@ pub async fn push_async(
     let queued = spool.queued()?.len();
     if queued >= queue_max {
         let last = spool.last_error();
-        ensure_worker(spool, worker_args)?;
+        ensure_worker(spool, worker)?;
         return Err(Error::new(ErrorKind::Io, format!("the archive-push queue is full ({queued} file(s) waiting in {}); PostgreSQL will retry {name}", spool.dir.display()))
             .hint(if last.is_empty() { "the repository is slower than WAL is written; raise --archive-push-queue-max or --jobs".to_string() } else { format!("the background push keeps failing: {}", last.trim()) }));
     }
@@ -154,37 +154,33 @@ pub async fn push_async(
     drop(spooled);
     std::fs::rename(&temp, &target).at("spooling", &target)?;
     sync_dir(&spool.dir).at("syncing", &spool.dir)?;
-    ensure_worker(spool, worker_args)
+    ensure_worker(spool, worker)
 }
 
 /// Starts the background worker unless one holds the spool's lock.
-fn ensure_worker(spool: &Spool, worker_args: &[String]) -> Result<()> {
+fn ensure_worker(spool: &Spool, worker: &Background) -> Result<()> {
     if lock_is_held(&spool.lock_path())? {
         return Ok(());
     }
     let exe =
         std::env::current_exe().map_err(|e| Error::io("finding", "pgward's own executable", e))?;
-    spawn_detached(&exe, worker_args)
+    spawn_detached(&exe, worker)
 }
 
-pub fn spawn_detached(exe: &Path, args: &[String]) -> Result<()> {
+/// A background pgward: its arguments, and what it gets through its environment
+/// (secrets: a command line is world-readable).
+#[derive(Debug, Default)]
+pub struct Background {
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+pub fn spawn_detached(exe: &Path, background: &Background) -> Result<()> {
     use std::os::unix::process::CommandExt;
-    // A passphrase given as a flag reaches the background process through its
-    // environment, not its (world-readable) command line.
-    let mut args = args.to_vec();
     let mut command = std::process::Command::new(exe);
-    for (flag, var) in [
-        ("--cipher-pass", "PGWARD_CIPHER_PASS"),
-        ("--s3-key", "PGWARD_S3_KEY"),
-        ("--s3-key-secret", "PGWARD_S3_KEY_SECRET"),
-    ] {
-        if let Some(i) = args.iter().position(|a| a == flag) {
-            args.remove(i);
-            command.env(var, args.remove(i));
-        }
-    }
+    command.envs(background.env.iter().map(|(k, v)| (k, v)));
     command
-        .args(&args)
+        .args(&background.args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

@@ -1,10 +1,11 @@
-//! Command-line definitions. Every option can also come from the environment
-//! (`PGWARD_*`, libpq's `PG*`) or the configuration file; see `config.rs`.
+//! Command-line definitions: the subcommands and their own options. The global options
+//! (flags, environment, configuration file) are defined once in `options.rs`.
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub use super::options::GlobalArgs;
 use crate::restore::target::TargetAction;
 
 #[derive(Parser, Debug)]
@@ -19,104 +20,6 @@ pub struct Cli {
     pub global: GlobalArgs,
     #[command(subcommand)]
     pub command: Command,
-}
-
-#[derive(Args, Debug, Default, Clone)]
-pub struct GlobalArgs {
-    /// Configuration file (TOML) [default: /etc/pgward/pgward.toml when it exists]
-    #[arg(long, env = "PGWARD_CONFIG", global = true)]
-    pub config: Option<PathBuf>,
-    /// Repository: a local directory, e.g. /var/lib/pgward
-    #[arg(long, env = "PGWARD_REPO", global = true)]
-    pub repo: Option<String>,
-    /// Stanza: the name of this cluster in the repository, e.g. main
-    #[arg(long, env = "PGWARD_STANZA", global = true)]
-    pub stanza: Option<String>,
-    /// The cluster's data directory [default: asked from the server]
-    #[arg(long, env = "PGDATA", global = true)]
-    pub pgdata: Option<PathBuf>,
-    /// Server host or socket directory [env: PGHOST]
-    #[arg(long, global = true)]
-    pub pg_host: Option<String>,
-    /// Server port [env: PGPORT]
-    #[arg(long, global = true)]
-    pub pg_port: Option<u16>,
-    /// Database user [env: PGUSER]
-    #[arg(long, global = true)]
-    pub pg_user: Option<String>,
-    /// Database to connect to [env: PGDATABASE; default: postgres]
-    #[arg(long, global = true)]
-    pub pg_database: Option<String>,
-    /// Parallel workers for copying and checking [default: number of cores]
-    #[arg(long, env = "PGWARD_JOBS", global = true)]
-    pub jobs: Option<usize>,
-    /// Compression of stored files: zstd, lz4, gzip or none [default: zstd]
-    #[arg(long, env = "PGWARD_COMPRESS", global = true)]
-    pub compress: Option<String>,
-    /// Compression level (zstd 1-22, gzip 0-9)
-    #[arg(long, env = "PGWARD_COMPRESS_LEVEL", global = true)]
-    pub compress_level: Option<i32>,
-    /// Log level: error, warn, info, debug, trace [default: info]
-    #[arg(long, env = "PGWARD_LOG_LEVEL", global = true)]
-    pub log_level: Option<String>,
-    /// Log format: text or json [default: text]
-    #[arg(long, env = "PGWARD_LOG_FORMAT", global = true)]
-    pub log_format: Option<String>,
-    /// S3 endpoint (host[:port] or URL) [default: AWS]
-    #[arg(long, env = "PGWARD_S3_ENDPOINT", global = true)]
-    pub s3_endpoint: Option<String>,
-    /// S3 region [default: AWS_REGION or the profile's]
-    #[arg(long, env = "PGWARD_S3_REGION", global = true)]
-    pub s3_region: Option<String>,
-    /// S3 addressing: host (bucket.endpoint) or path (endpoint/bucket) [default: host]
-    #[arg(long, env = "PGWARD_S3_URI_STYLE", global = true)]
-    pub s3_uri_style: Option<String>,
-    /// S3 storage class of new objects, e.g. STANDARD_IA
-    #[arg(long, env = "PGWARD_S3_STORAGE_CLASS", global = true)]
-    pub s3_storage_class: Option<String>,
-    /// Extra CA certificates (PEM) for the S3 endpoint
-    #[arg(long, env = "PGWARD_S3_CA_FILE", global = true)]
-    pub s3_ca_file: Option<PathBuf>,
-    /// Seconds an S3 request keeps retrying transient failures (5xx, 429, timeouts) [default: 300]
-    #[arg(long, env = "PGWARD_S3_RETRY_SECONDS", global = true)]
-    pub s3_retry_seconds: Option<u64>,
-    /// S3 access key id [default: the usual AWS sources]
-    #[arg(long, env = "PGWARD_S3_KEY", global = true, hide_env_values = true)]
-    pub s3_key: Option<String>,
-    /// S3 secret access key
-    #[arg(
-        long,
-        env = "PGWARD_S3_KEY_SECRET",
-        global = true,
-        hide_env_values = true
-    )]
-    pub s3_key_secret: Option<String>,
-    /// Encrypt a new stanza: aes-256-gcm or none (set at stanza-create) [default: none]
-    #[arg(long, env = "PGWARD_CIPHER", global = true)]
-    pub cipher: Option<String>,
-    /// Passphrase of an encrypted stanza
-    #[arg(
-        long,
-        env = "PGWARD_CIPHER_PASS",
-        global = true,
-        hide_env_values = true
-    )]
-    pub cipher_pass: Option<String>,
-    /// File holding the passphrase of an encrypted stanza
-    #[arg(long, env = "PGWARD_CIPHER_PASS_FILE", global = true)]
-    pub cipher_pass_file: Option<PathBuf>,
-    /// Retention: full backups to keep (expire runs after each backup when set)
-    #[arg(long, env = "PGWARD_RETAIN_FULL", global = true)]
-    pub retain_full: Option<usize>,
-    /// Retention: differential backups to keep
-    #[arg(long, env = "PGWARD_RETAIN_DIFF", global = true)]
-    pub retain_diff: Option<usize>,
-    /// Retention: keep full backups of the last D days (and the newest one before)
-    #[arg(long, env = "PGWARD_RETAIN_FULL_DAYS", global = true)]
-    pub retain_full_days: Option<u64>,
-    /// Report format for commands that report: text or json
-    #[arg(long, value_enum, global = true, default_value = "text")]
-    pub output: OutputFormat,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]

@@ -1,0 +1,66 @@
+//! `backup`, then `expire` when a retention policy is set.
+
+use std::time::Duration;
+
+use super::{Outcome, Report};
+use crate::backup::BackupOptions;
+use crate::cli::args::{BackupArgs, BackupTypeArg};
+use crate::cli::Resolved;
+use crate::error::Result;
+use crate::units::human_bytes;
+use crate::repo::label::BackupType;
+use crate::repo::manifest::Manifest;
+
+pub async fn run(resolved: &Resolved, args: BackupArgs) -> Result<Outcome> {
+    let repo = resolved.repo().await?;
+    let opts = BackupOptions {
+        backup_type: match args.backup_type {
+            BackupTypeArg::Full => BackupType::Full,
+            BackupTypeArg::Diff => BackupType::Diff,
+            BackupTypeArg::Incr => BackupType::Incr,
+        },
+        pgdata: resolved.global.pgdata.clone(),
+        compression: resolved.compression()?,
+        jobs: resolved.jobs(),
+        start_fast: args.start_fast,
+        archive_timeout: Duration::from_secs(args.archive_timeout),
+        annotations: args.annotations.into_iter().collect(),
+        max_chain: args.max_chain,
+        pin: args.pin,
+    };
+    let manifest = crate::backup::backup(&repo, &resolved.conn(), opts).await?;
+    let retention = resolved.retention();
+    if retention.is_set() {
+        crate::expire::expire(&repo, &retention, false).await?;
+    }
+    Ok(Outcome::report(BackupDone(manifest)))
+}
+
+struct BackupDone(Manifest);
+
+impl Report for BackupDone {
+    fn text(&self) -> String {
+        let m = &self.0;
+        format!(
+            "backup {} complete: {} files, database {}, {} stored, WAL {} .. {}\n",
+            m.label,
+            m.files.len(),
+            human_bytes(m.database_size),
+            human_bytes(m.stored_size),
+            m.start_lsn,
+            m.stop_lsn
+        )
+    }
+
+    /// One line: a summary, not the manifest.
+    fn json(&self) -> Option<String> {
+        let m = &self.0;
+        Some(
+            serde_json::json!({"label": m.label, "type": m.backup_type, "start_lsn": m.start_lsn,
+                "stop_lsn": m.stop_lsn, "database_size": m.database_size,
+                "stored_size": m.stored_size, "checksum_failures": m.checksum_failures})
+            .to_string()
+                + "\n",
+        )
+    }
+}

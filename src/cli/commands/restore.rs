@@ -1,0 +1,111 @@
+//! `restore` and its WAL-G style form `backup-fetch DIR LABEL`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::{Outcome, Report};
+use crate::cli::args::RestoreArgs;
+use crate::cli::Resolved;
+use crate::error::{Error, Result};
+use crate::repo::manifest::Manifest;
+use crate::repo::Repo;
+use crate::restore::target::{parse_target_time, RecoveryTarget};
+
+pub async fn run(resolved: &Resolved, args: RestoreArgs) -> Result<Outcome> {
+    let repo = resolved.repo().await?;
+    let pgdata = resolved.global.pgdata.clone().ok_or_else(|| {
+        Error::config("restore needs a destination")
+            .hint("pass --pgdata DIR (an empty or new directory)")
+    })?;
+    let opts = restore_options(resolved, &repo, pgdata, args)?;
+    let manifest = crate::restore::restore(&repo, opts).await?;
+    Ok(Outcome::report(Restored {
+        manifest,
+        fetched_into: None,
+    }))
+}
+
+/// A restore with defaults (recovery to the end of the archive) of LABEL or LATEST.
+pub async fn fetch(resolved: &Resolved, dir: PathBuf, label: &str) -> Result<Outcome> {
+    let repo = resolved.repo().await?;
+    let set = (!label.eq_ignore_ascii_case("LATEST")).then(|| label.to_string());
+    let opts = restore_options(resolved, &repo, dir.clone(), RestoreArgs::for_fetch(set))?;
+    let manifest = crate::restore::restore(&repo, opts).await?;
+    Ok(Outcome::report(Restored {
+        manifest,
+        fetched_into: Some(dir),
+    }))
+}
+
+struct Restored {
+    manifest: Manifest,
+    /// backup-fetch's DIR: it says where, restore says what next.
+    fetched_into: Option<PathBuf>,
+}
+
+impl Report for Restored {
+    fn text(&self) -> String {
+        let m = &self.manifest;
+        match &self.fetched_into {
+            Some(dir) => format!("restored backup {} into {}\n", m.label, dir.display()),
+            None => format!(
+                "restored backup {} ({} files); start the cluster to recover\n",
+                m.label,
+                m.files.len()
+            ),
+        }
+    }
+}
+
+fn restore_options(
+    resolved: &Resolved,
+    repo: &Repo,
+    pgdata: PathBuf,
+    args: RestoreArgs,
+) -> Result<crate::restore::RestoreOptions> {
+    let target = if let Some(t) = &args.target_time {
+        RecoveryTarget::Time(parse_target_time(t)?)
+    } else if let Some(x) = args.target_xid {
+        RecoveryTarget::Xid(x)
+    } else if let Some(l) = &args.target_lsn {
+        RecoveryTarget::Lsn(l.parse().map_err(|e: crate::pg::lsn::ParseLsnError| {
+            Error::config(format!("--target-lsn: {e}"))
+        })?)
+    } else if let Some(n) = &args.target_name {
+        RecoveryTarget::Name(n.clone())
+    } else if args.target.is_some() {
+        RecoveryTarget::Immediate
+    } else {
+        RecoveryTarget::EndOfArchive
+    };
+    let mut tablespace_map = BTreeMap::new();
+    for (oid, dir) in args.tablespace_map {
+        let oid: u32 = oid.parse().map_err(|_| {
+            Error::config(format!(
+                "--tablespace-map {oid}={dir}: {oid} is not a tablespace OID"
+            ))
+        })?;
+        tablespace_map.insert(oid, PathBuf::from(dir));
+    }
+    if let Some(tl) = &args.target_timeline {
+        let ok =
+            tl == "latest" || tl == "current" || tl.parse::<u32>().is_ok() || tl.starts_with("0x");
+        if !ok {
+            return Err(Error::config(format!(
+                "--target-timeline {tl:?}: expected latest, current or a timeline number"
+            )));
+        }
+    }
+    Ok(crate::restore::RestoreOptions {
+        set: args.set,
+        pgdata,
+        tablespace_map,
+        target,
+        target_action: args.target_action,
+        target_timeline: args.target_timeline,
+        target_exclusive: args.target_exclusive,
+        jobs: resolved.jobs(),
+        restore_command: resolved.restore_command(repo),
+        archive_off: args.archive_mode == "off",
+    })
+}

@@ -1,0 +1,60 @@
+//! `stanza-create`: record the cluster in the repository, creating its key when asked
+//! to encrypt.
+
+use super::{Outcome, Report};
+use crate::cli::Resolved;
+use crate::error::{Error, ErrorKind, Result};
+use crate::repo::stanza::StanzaInfo;
+
+pub async fn run(resolved: &Resolved) -> Result<Outcome> {
+    let mut repo = resolved.stanza_handle().await?;
+    let pass = resolved.passphrase()?;
+    if resolved.cipher_requested()? {
+        let pass = pass.ok_or_else(|| {
+            Error::config("--cipher aes-256-gcm needs a passphrase")
+                .hint("pass --cipher-pass, PGWARD_CIPHER_PASS or --cipher-pass-file")
+        })?;
+        let exists = repo
+            .storage
+            .read_all(&repo.key("stanza.json"))
+            .await
+            .is_ok();
+        if exists && !repo.is_encrypted().await? {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!("stanza {:?} exists unencrypted", repo.stanza),
+            )
+            .hint("encryption is chosen when a stanza is created; create a new stanza"));
+        }
+        repo.create_key(&pass).await?;
+    } else {
+        repo = repo.unlock(pass.as_deref()).await?;
+    }
+    let client = crate::db::connect(&resolved.conn()).await?;
+    let server = crate::db::server_info(&client).await?;
+    let (info, created) = repo.stanza_create(&server.identity).await?;
+    Ok(Outcome::report(StanzaCreated { info, created }))
+}
+
+struct StanzaCreated {
+    info: StanzaInfo,
+    created: bool,
+}
+
+impl Report for StanzaCreated {
+    fn text(&self) -> String {
+        let info = &self.info;
+        format!(
+            "stanza {:?} {} (system identifier {}, PostgreSQL {}, data checksums {})\n",
+            info.stanza,
+            if self.created {
+                "created"
+            } else {
+                "already exists for this cluster"
+            },
+            info.system_identifier,
+            info.pg_major,
+            if info.data_checksums { "on" } else { "off" }
+        )
+    }
+}

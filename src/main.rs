@@ -88,11 +88,13 @@ fn end_process_on_panic(archive_get: bool) {
             .location()
             .map(|l| format!(" at {}:{}", l.file(), l.line()))
             .unwrap_or_default();
-        eprintln!(
-            "pgward: error [{}]: {message}{location}",
+        // Not eprintln!, which panics when stderr is gone: this must reach the exit.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "pgward: error [{}]: {message}{location}\nHINT: {INTERNAL_HINT}",
             ErrorKind::Internal.name()
         );
-        eprintln!("HINT: {INTERNAL_HINT}");
         std::process::exit(PANIC_EXIT_CODE.load(Ordering::SeqCst));
     }));
 }

@@ -42,7 +42,9 @@ impl Spool {
     /// Creates the spool (0700) or checks that the existing one is closed to others.
     fn prepare(&self) -> Result<()> {
         let stanza_dir = self.dir.parent().expect("spool dirs are root/stanza/push");
-        let root = stanza_dir.parent().expect("spool dirs are root/stanza/push");
+        let root = stanza_dir
+            .parent()
+            .expect("spool dirs are root/stanza/push");
         create_dir_durable(root).at("creating spool", root)?;
         refuse_open_parent(root, "spool path")?;
         ensure_private_dir(stanza_dir, "spool directory")?;

@@ -100,16 +100,25 @@ pub fn ensure_private_dir(dir: &Path, what: &str) -> Result<()> {
              it (pgward creates it with mode 0700) or choose a location only pgward's user can write",
         ))
     };
-    if meta.file_type().is_symlink() || !meta.is_dir() {
-        return refuse("is not a directory but a symbolic link or another kind of file".into());
+    if meta.file_type().is_symlink() {
+        return refuse("is a symbolic link".into());
+    }
+    if !meta.is_dir() {
+        return refuse("is not a directory".into());
     }
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
     if meta.uid() != me {
-        return refuse(format!("is owned by uid {}, not by pgward's user (uid {me})", meta.uid()));
+        return refuse(format!(
+            "is owned by uid {}, not by pgward's user (uid {me})",
+            meta.uid()
+        ));
     }
     if meta.mode() & 0o022 != 0 {
-        return refuse(format!("is writable by group or others (mode {:04o})", meta.mode() & 0o7777));
+        return refuse(format!(
+            "is writable by group or others (mode {:04o})",
+            meta.mode() & 0o7777
+        ));
     }
     Ok(())
 }
@@ -169,7 +178,9 @@ fn open_error(action: &str, path: &Path, e: io::Error) -> Error {
             "{action} {}: it is a symbolic link, which pgward never follows in its own directories",
             path.display()
         ))
-        .hint("someone else may have planted it; remove it and check who can write to that directory");
+        .hint(
+            "someone else may have planted it; remove it and check who can write to that directory",
+        );
     }
     Error::io(action, path, e)
 }
@@ -399,7 +410,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("repo");
         let storage = LocalStorage::new(&root);
-        storage.put("main/archive/0000000100000000/x", b"wal").await.unwrap();
+        storage
+            .put("main/archive/0000000100000000/x", b"wal")
+            .await
+            .unwrap();
         // The test process's umask (usually 022) would have given 0755 and 0644.
         for dir in ["", "main", "main/archive", "main/archive/0000000100000000"] {
             assert_eq!(mode(&root.join(dir)), 0o700, "{dir}");
@@ -448,7 +462,10 @@ mod tests {
         std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
         let err = ensure_private_dir(&open, "spool directory").unwrap_err();
         assert_eq!(err.kind, ErrorKind::Config);
-        assert!(err.to_string().contains("writable by group or others"), "{err}");
+        assert!(
+            err.to_string().contains("writable by group or others"),
+            "{err}"
+        );
         assert!(err.hint.is_some());
 
         let link = tmp.path().join("link");

@@ -516,8 +516,19 @@ fn a_repository_written_under_umask_022_is_closed_to_other_users() {
 
     let (mut open, mut names) = (Vec::new(), Vec::new());
     open_to_others(&repo, &mut open, &mut names);
-    assert!(open.is_empty(), "open to group or others:\n{}", open.join("\n"));
-    for kind in ["stanza.json", "keyfile.json", ".manifest", ".bundle", ".history-", "backup.lock"] {
+    assert!(
+        open.is_empty(),
+        "open to group or others:\n{}",
+        open.join("\n")
+    );
+    for kind in [
+        "stanza.json",
+        "keyfile.json",
+        ".manifest",
+        ".bundle",
+        ".history-",
+        "backup.lock",
+    ] {
         assert!(
             names.iter().any(|n| n.contains(kind)),
             "no {kind} among {names:?}"

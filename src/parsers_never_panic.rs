@@ -3,7 +3,7 @@
 //! never a panic: a panic in `archive-get` or `restore` would end the process with a code
 //! PostgreSQL misreads. Deterministic mutations of real fixtures (the seeds below), so a
 //! failure names its input and reproduces; the default run takes a few seconds, the
-//! second tier runs a hundred times more.
+//! second tier runs fifty times more.
 
 use std::io::Read;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -181,7 +181,7 @@ fn parse_everything(input: &[u8], key: &MasterKey) -> Option<&'static str> {
     ];
     checks
         .iter()
-        .find(|(_, check)| catch_unwind(AssertUnwindSafe(|| check())).is_err())
+        .find(|(_, check)| catch_unwind(AssertUnwindSafe(check)).is_err())
         .map(|(name, _)| *name)
 }
 
@@ -269,7 +269,7 @@ fn parsers_never_panic_on_mutated_or_truncated_input() {
 #[test]
 #[ignore = "second tier: scripts/test.sh --all-versions"]
 fn parsers_never_panic_on_many_more_mutations() {
-    for seed in 1..=10 {
+    for seed in 1..=5 {
         run(60_000, 0xC0FF_EE00 + seed);
     }
 }

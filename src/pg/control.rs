@@ -61,6 +61,8 @@ pub enum ControlFileError {
     UnsupportedVersion(u32),
     #[error("pg_control CRC mismatch: stored {stored:#010x}, computed {computed:#010x}; the file is corrupt or torn")]
     CrcMismatch { stored: u32, computed: u32 },
+    #[error("pg_control names a WAL segment size of {0} bytes; PostgreSQL's are powers of two from 1 MiB to 1 GiB")]
+    BadSegmentSize(u32),
 }
 
 fn u32_at(b: &[u8], off: usize) -> u32 {
@@ -99,6 +101,11 @@ pub fn parse_control_file(bytes: &[u8]) -> Result<ControlFile, ControlFileError>
     if stored != computed {
         return Err(ControlFileError::CrcMismatch { stored, computed });
     }
+    // IsValidWalSegSize: every segment computation divides by it.
+    let wal_segment_size = u32_at(bytes, OFF_XLOG_SEG_SIZE);
+    if !(wal_segment_size.is_power_of_two() && (1 << 20..=1 << 30).contains(&wal_segment_size)) {
+        return Err(ControlFileError::BadSegmentSize(wal_segment_size));
+    }
     Ok(ControlFile {
         system_identifier: u64_at(bytes, OFF_SYSID),
         pg_control_version: version,
@@ -108,7 +115,7 @@ pub fn parse_control_file(bytes: &[u8]) -> Result<ControlFile, ControlFileError>
         redo_lsn: Lsn(u64_at(bytes, OFF_REDO)),
         timeline: TimelineId(u32_at(bytes, OFF_TIMELINE)),
         block_size: u32_at(bytes, OFF_BLCKSZ),
-        wal_segment_size: u32_at(bytes, OFF_XLOG_SEG_SIZE),
+        wal_segment_size,
         data_checksum_version: u32_at(bytes, OFF_DATA_CHECKSUM_VERSION),
     })
 }
@@ -210,6 +217,21 @@ mod tests {
             parse_control_file(&b),
             Err(ControlFileError::BigEndian(1300))
         );
+    }
+
+    #[test]
+    fn a_segment_size_postgresql_cannot_have_is_refused() {
+        for size in [0u32, 4096, (16 << 20) + 1, 2 << 30] {
+            let mut b = PG15.to_vec();
+            b[OFF_XLOG_SEG_SIZE..OFF_XLOG_SEG_SIZE + 4].copy_from_slice(&size.to_le_bytes());
+            let crc = crc32c::crc32c(&b[..288]);
+            b[288..292].copy_from_slice(&crc.to_le_bytes());
+            assert_eq!(
+                parse_control_file(&b),
+                Err(ControlFileError::BadSegmentSize(size)),
+                "{size}"
+            );
+        }
     }
 
     /// PG 18 moves the CRC to 292; rebuild the fixture as if written by 18 to prove we look there.

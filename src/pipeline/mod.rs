@@ -1,5 +1,5 @@
-//! Stream stages between a source and the repository: checksum, compression (and,
-//! later, encryption). Stages are plain `Read`/`Write` adapters run on blocking threads,
+//! Stream stages between a source and the repository: checksum, compression and
+//! encryption (`seal`/`unseal` below put the encryption stage in or leave it out). Stages are plain `Read`/`Write` adapters run on blocking threads,
 //! so memory stays bounded by their buffers whatever the file size.
 
 pub mod compress;

@@ -15,6 +15,7 @@ use super::Repo;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pg::{Lsn, TimelineId, WalFileName, WalSegment};
 
+/// What the archive holds on one timeline (`info`, `wal stats`).
 #[derive(Debug, Serialize)]
 pub struct TimelineArchive {
     pub timeline: TimelineId,
@@ -54,6 +55,7 @@ pub fn segments_on(archived: &[ArchivedFile], timeline: TimelineId, seg_size: u6
     v
 }
 
+/// One summary per timeline with archived segments, in timeline order.
 pub fn timelines(archived: &[ArchivedFile], seg_size: u64) -> Vec<TimelineArchive> {
     let mut tls: Vec<TimelineId> = archived
         .iter()
@@ -119,23 +121,19 @@ pub fn recoverable_window(
     };
     let oldest = manifests.iter().find(restorable)?;
     let newest = manifests.iter().rev().find(restorable)?;
-    let segs = segments_on(archived, newest.timeline, seg_size);
-    let end = contiguous_end(&segs, newest.start_lsn.segment_number(seg_size))?;
-    let last = WalSegment::from_segno(newest.timeline, end, seg_size);
-    let archived_at = archived
-        .iter()
-        .find(|f| f.name == WalFileName::Segment(last))
-        .map_or(0, |f| f.archived_at);
+    let (latest_lsn, latest_archived_time) = run_end(
+        archived,
+        newest.timeline,
+        newest.start_lsn.segment_number(seg_size),
+        seg_size,
+    )?;
     Some(RecoverableWindow {
         earliest_time: oldest.stop_time,
         earliest_lsn: oldest.stop_lsn,
         earliest_backup: oldest.label.clone(),
-        latest_lsn: Lsn((end + 1) * seg_size),
+        latest_lsn,
         latest_timeline: newest.timeline,
-        latest_archived_time: Utc
-            .timestamp_opt(archived_at, 0)
-            .single()
-            .unwrap_or_default(),
+        latest_archived_time,
     })
 }
 
@@ -172,6 +170,8 @@ pub fn segments_between(
         .collect()
 }
 
+/// Polls the archive until every one of `segments` is there; a timeout names the first
+/// missing one and how to find out why.
 pub async fn wait_for_archived(
     repo: &Repo,
     segments: Vec<WalSegment>,
@@ -211,5 +211,77 @@ pub async fn wait_for_archived(
             .hint("check that archive_mode is on and archive_command runs `pgward archive-push %p` for this repository and stanza; the server log and `pgward pitr status` show archiving failures"));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::compress::Codec;
+
+    const SEG: u64 = 16 << 20;
+
+    fn archived(names: &[&str]) -> Vec<ArchivedFile> {
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| ArchivedFile {
+                name: WalFileName::parse(n).unwrap(),
+                checksum: "0".repeat(64),
+                codec: Codec::None,
+                stored_size: 100,
+                archived_at: 1_700_000_000 + i as i64,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn timelines_count_segments_and_name_gaps() {
+        let files = archived(&[
+            "000000010000000000000001",
+            "000000010000000000000002",
+            "000000010000000000000005",
+            "000000010000000000000005.partial",
+            "00000002.history",
+            "000000020000000000000005",
+        ]);
+        let tls = timelines(&files, SEG);
+        assert_eq!(tls.len(), 2);
+        assert_eq!(tls[0].timeline, TimelineId(1));
+        assert_eq!(tls[0].segments, 3);
+        assert_eq!(tls[0].partial_segments, 1);
+        assert_eq!(
+            tls[0].gaps,
+            [(
+                "000000010000000000000003".to_string(),
+                "000000010000000000000004".to_string()
+            )]
+        );
+        assert_eq!(tls[0].stored_size, 400);
+        assert_eq!(tls[1].first_segment, "000000020000000000000005");
+        assert!(tls[1].gaps.is_empty());
+
+        assert_eq!(segments_on(&files, TimelineId(1), SEG), [1, 2, 5]);
+        assert_eq!(contiguous_end(&[1, 2, 5], 1), Some(2));
+        assert_eq!(contiguous_end(&[1, 2, 5], 5), Some(5));
+        assert_eq!(contiguous_end(&[1, 2, 5], 3), None);
+        let (end, at) = run_end(&files, TimelineId(1), 1, SEG).unwrap();
+        assert_eq!(end, Lsn(3 * SEG));
+        assert_eq!(at.timestamp(), 1_700_000_001);
+    }
+
+    #[test]
+    fn segments_between_covers_start_to_the_byte_before_stop() {
+        let tl = TimelineId(1);
+        let names = |v: Vec<WalSegment>| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            names(segments_between(tl, Lsn(SEG + 40), Lsn(3 * SEG), SEG)),
+            ["000000010000000000000001", "000000010000000000000002"]
+        );
+        // A stop inside the start segment still needs that one segment.
+        assert_eq!(
+            names(segments_between(tl, Lsn(SEG + 40), Lsn(SEG + 80), SEG)),
+            ["000000010000000000000001"]
+        );
     }
 }

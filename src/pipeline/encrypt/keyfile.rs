@@ -252,6 +252,13 @@ mod tests {
             KeyFile::from_json(short.as_bytes()),
             Err(CryptoError::InvalidKeyFile(_))
         ));
+        // from_str_radix alone would read "+f" as 15.
+        let salt = hex::encode(&kf.salt);
+        let signed = json.replace(&salt, &format!("+f{}", &salt[2..]));
+        assert!(matches!(
+            KeyFile::from_json(signed.as_bytes()),
+            Err(CryptoError::InvalidKeyFile(_))
+        ));
         assert!(KeyFile::from_json(b"{}").is_err());
     }
 }

@@ -169,7 +169,7 @@ mod hex {
     ) -> Result<[u8; N], D::Error> {
         let s = String::deserialize(d)?;
         let mut out = [0u8; N];
-        if s.len() != 2 * N || !s.is_ascii() {
+        if s.len() != 2 * N || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(D::Error::custom(format!("expected {} hex digits", 2 * N)));
         }
         for (i, o) in out.iter_mut().enumerate() {

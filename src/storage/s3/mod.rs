@@ -4,6 +4,8 @@
 //! GET streams. Visibility matches the local backend: an object smaller than a part is
 //! one PutObject at `finish`; a bigger one is a multipart upload that only
 //! CompleteMultipartUpload, at `finish`, makes visible. Until then nothing is under the key.
+//! `config` turns options and the environment into a client; `upload` holds the writer
+//! and the cleanup of uploads that interrupted writers left behind.
 
 use std::sync::Arc;
 

@@ -78,12 +78,10 @@ fn check_keys(table: &toml::Table, file: &str, section: &str) -> Result<()> {
     for key in table.keys() {
         if !GlobalArgs::file_keys().any(|k| k == key) {
             return Err(
-                Error::config(format!("{file}: unknown key {key:?} in [{section}]")).hint(
-                    format!(
-                        "known keys: {}",
-                        GlobalArgs::file_keys().collect::<Vec<_>>().join(", ")
-                    ),
-                ),
+                Error::config(format!("{file}: unknown key {key:?} in [{section}]")).hint(format!(
+                    "known keys: {}",
+                    GlobalArgs::file_keys().collect::<Vec<_>>().join(", ")
+                )),
             );
         }
     }

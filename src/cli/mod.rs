@@ -141,7 +141,10 @@ impl Resolved {
             .unwrap_or_else(|_| "pgward".into());
         let mut given = self.explicit.clone();
         given.config.clone_from(&self.global.config);
-        let args = self.with_handle(given, repo).background(options::COMMAND).args;
+        let args = self
+            .with_handle(given, repo)
+            .background(options::COMMAND)
+            .args;
         std::iter::once(exe)
             .chain(args)
             .map(|a| shell_quote(&a))
@@ -195,4 +198,101 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
     commands::run(cli.command, &resolved)
         .await?
         .print(resolved.output())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    async fn resolved_with(extra: &[&str]) -> (Resolved, Repo) {
+        let mut argv = vec!["pgward", "--config", "/nonexistent/pgward.toml"];
+        argv.extend(["--repo", "/srv/pgward-repo", "--stanza", "main"]);
+        argv.extend(extra);
+        argv.push("info");
+        let cli = Cli::try_parse_from(argv).unwrap();
+        // As resolve() leaves it when no configuration file exists (none is read here).
+        let resolved = Resolved {
+            explicit: cli.global.clone(),
+            global: cli.global,
+        };
+        let repo = resolved.stanza_handle().await.unwrap();
+        (resolved, repo)
+    }
+
+    #[tokio::test]
+    async fn generated_commands_repeat_every_repository_option_and_no_secret() {
+        let (resolved, repo) = resolved_with(&[
+            "--s3-ca-file",
+            "/etc/pgward/ca.pem",
+            "--s3-retry-seconds",
+            "9",
+            "--cipher-pass-file",
+            "/etc/pgward/pass",
+            "--cipher-pass",
+            "sekrit",
+            "--s3-key-secret",
+            "hush",
+            "--jobs",
+            "3",
+        ])
+        .await;
+        let restore = resolved.restore_command(&repo);
+        let archive = resolved.archive_command(&repo);
+        for command in [&restore, &archive] {
+            for part in [
+                "--config /nonexistent/pgward.toml",
+                "--repo /srv/pgward-repo --stanza main",
+                "--s3-ca-file /etc/pgward/ca.pem",
+                "--s3-retry-seconds 9",
+                "--cipher-pass-file /etc/pgward/pass",
+            ] {
+                assert!(command.contains(part), "{part:?} missing from {command}");
+            }
+            assert!(
+                !command.contains("sekrit") && !command.contains("hush"),
+                "{command}"
+            );
+            assert!(!command.contains("--jobs"), "{command}");
+        }
+        assert!(restore.ends_with(" archive-get %f \"%p\""), "{restore}");
+        assert!(archive.ends_with(" archive-push %p"), "{archive}");
+    }
+
+    #[tokio::test]
+    async fn workers_get_every_worker_option_and_secrets_only_in_their_environment() {
+        let (resolved, repo) = resolved_with(&[
+            "--s3-ca-file",
+            "/etc/pgward/ca.pem",
+            "--s3-retry-seconds",
+            "9",
+            "--cipher-pass",
+            "sekrit",
+            "--s3-key",
+            "id",
+            "--jobs",
+            "3",
+        ])
+        .await;
+        let worker = resolved.background(&repo, &["archive-push-worker"]);
+        let line = worker.args.join(" ");
+        for part in [
+            "--stanza main",
+            "--s3-ca-file /etc/pgward/ca.pem",
+            "--s3-retry-seconds 9",
+            "--jobs 3",
+        ] {
+            assert!(line.contains(part), "{part:?} missing from {line}");
+        }
+        assert!(line.ends_with(" archive-push-worker"), "{line}");
+        assert!(
+            !line.contains("sekrit") && !line.contains("--s3-key"),
+            "{line}"
+        );
+        assert!(worker
+            .env
+            .contains(&("PGWARD_CIPHER_PASS".into(), "sekrit".into())));
+        assert!(worker.env.contains(&("PGWARD_S3_KEY".into(), "id".into())));
+    }
 }

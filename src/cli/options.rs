@@ -327,7 +327,10 @@ mod tests {
         // And no global flag outside the table.
         for arg in cmd.get_arguments().filter(|a| a.is_global_set()) {
             let long = arg.get_long().unwrap();
-            assert!(OPTIONS.iter().any(|o| o.name == long), "--{long} not in OPTIONS");
+            assert!(
+                OPTIONS.iter().any(|o| o.name == long),
+                "--{long} not in OPTIONS"
+            );
         }
     }
 
@@ -342,7 +345,10 @@ mod tests {
                     o.name
                 ),
                 Env::Postgres(name) | Env::Libpq(name) => {
-                    assert!(name.starts_with("PG") && !name.starts_with("PGWARD_"), "{name}");
+                    assert!(
+                        name.starts_with("PG") && !name.starts_with("PGWARD_"),
+                        "{name}"
+                    );
                     assert!(!o.has(SECRET), "a secret must be read by clap");
                 }
             }
@@ -401,7 +407,12 @@ mod tests {
             }
         }
         let command = args.background(COMMAND).args;
-        for flag in ["--s3-ca-file", "--s3-retry-seconds", "--cipher-pass-file", "--repo"] {
+        for flag in [
+            "--s3-ca-file",
+            "--s3-retry-seconds",
+            "--cipher-pass-file",
+            "--repo",
+        ] {
             assert!(command.iter().any(|a| a == flag), "{flag} missing");
         }
     }

@@ -185,7 +185,17 @@ impl Resolved {
     }
 }
 
-pub fn resolve(mut global: GlobalArgs) -> Result<Resolved> {
+/// Flags (parsed by clap with the `PGWARD_*` variables), then libpq's variables, then the
+/// configuration file.
+pub fn resolve(global: GlobalArgs) -> Result<Resolved> {
+    resolve_with_env(global, |name| std::env::var(name).ok())
+}
+
+fn resolve_with_env(
+    mut global: GlobalArgs,
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<Resolved> {
+    global.fill_unset_from_libpq_env(var)?;
     let explicit = global.clone();
     config::apply_config_file(&mut global)?;
     if global.jobs == Some(0) {
@@ -219,6 +229,46 @@ mod tests {
         };
         let repo = resolved.stanza_handle().await.unwrap();
         (resolved, repo)
+    }
+
+    #[test]
+    fn libpq_variables_beat_the_configuration_file_and_lose_to_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("pgward.toml");
+        std::fs::write(
+            &config,
+            "[global]\npg-host = \"file-host\"\npg-port = 5433\npg-user = \"file-user\"\n",
+        )
+        .unwrap();
+        let config = config.display().to_string();
+        let cli = Cli::try_parse_from([
+            "pgward",
+            "--config",
+            &config,
+            "--pg-user",
+            "flag-user",
+            "info",
+        ])
+        .unwrap();
+        let env = |name: &str| match name {
+            "PGHOST" => Some("env-host".to_string()),
+            "PGPORT" => Some(String::new()), // empty: unset, as in libpq
+            "PGUSER" => Some("env-user".to_string()),
+            _ => None,
+        };
+        let resolved = resolve_with_env(cli.global, env).unwrap();
+        let conn = resolved.conn();
+        assert_eq!(conn.host.as_deref(), Some("env-host"));
+        assert_eq!(conn.port, Some(5433));
+        assert_eq!(conn.user.as_deref(), Some("flag-user"));
+
+        let cli = Cli::try_parse_from(["pgward", "--config", &config, "info"]).unwrap();
+        let bad_port = |name: &str| (name == "PGPORT").then(|| "fivefourthreetwo".to_string());
+        let e = resolve_with_env(cli.global, bad_port)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("PGPORT=\"fivefourthreetwo\""), "{e}");
     }
 
     #[tokio::test]

@@ -41,7 +41,8 @@ pub enum Env {
     Pgward(&'static str),
     /// PostgreSQL's own variable, read by clap like a `PGWARD_*` one (`PGDATA`).
     Postgres(&'static str),
-    /// libpq's variable, read when connecting (`db.rs`), after the configuration file.
+    /// libpq's variable: not read by clap, so that `--help` shows no value of it, but
+    /// like the others before the configuration file (`resolve`).
     Libpq(&'static str),
 }
 
@@ -83,6 +84,8 @@ impl OptionSpec {
 pub trait OptionValue: Sized {
     /// The error completes "FILE: KEY ...".
     fn from_toml(value: &toml::Value) -> std::result::Result<Self, String>;
+    /// From an environment variable clap does not read (libpq's).
+    fn from_env(value: &str) -> std::result::Result<Self, String>;
     fn to_arg(&self) -> String;
 }
 
@@ -96,6 +99,9 @@ impl OptionValue for String {
     fn from_toml(value: &toml::Value) -> std::result::Result<Self, String> {
         toml_string(value).map(str::to_string)
     }
+    fn from_env(value: &str) -> std::result::Result<Self, String> {
+        Ok(value.to_string())
+    }
     fn to_arg(&self) -> String {
         self.clone()
     }
@@ -105,6 +111,9 @@ impl OptionValue for PathBuf {
     fn from_toml(value: &toml::Value) -> std::result::Result<Self, String> {
         toml_string(value).map(PathBuf::from)
     }
+    fn from_env(value: &str) -> std::result::Result<Self, String> {
+        Ok(PathBuf::from(value))
+    }
     fn to_arg(&self) -> String {
         self.display().to_string()
     }
@@ -112,7 +121,10 @@ impl OptionValue for PathBuf {
 
 impl OptionValue for OutputFormat {
     fn from_toml(value: &toml::Value) -> std::result::Result<Self, String> {
-        <OutputFormat as clap::ValueEnum>::from_str(toml_string(value)?, false)
+        Self::from_env(toml_string(value)?)
+    }
+    fn from_env(value: &str) -> std::result::Result<Self, String> {
+        <OutputFormat as clap::ValueEnum>::from_str(value, false)
             .map_err(|_| "must be text or json".to_string())
     }
     fn to_arg(&self) -> String {
@@ -130,6 +142,9 @@ macro_rules! integer_option {
                     .as_integer()
                     .ok_or_else(|| format!("must be a number, found {value}"))?;
                 <$t>::try_from(i).map_err(|_| "is out of range".to_string())
+            }
+            fn from_env(value: &str) -> std::result::Result<Self, String> {
+                value.parse().map_err(|_| "must be a number in range".to_string())
             }
             fn to_arg(&self) -> String {
                 self.to_string()
@@ -173,6 +188,25 @@ macro_rules! global_options {
                 OPTIONS
                     .iter()
                     .zip([$(self.$field.as_ref().map(OptionValue::to_arg)),*])
+            }
+
+            /// Sets the options still unset whose variable clap does not read (libpq's,
+            /// looked up with `var`): like every variable, they beat the configuration
+            /// file. An empty variable counts as unset, as in libpq.
+            pub(super) fn fill_unset_from_libpq_env(
+                &mut self,
+                var: impl Fn(&str) -> Option<String>,
+            ) -> Result<()> {
+                $(
+                    if let (Env::Libpq(name), None) = ($env, &self.$field) {
+                        if let Some(value) = var(name).filter(|v| !v.is_empty()) {
+                            self.$field = Some(OptionValue::from_env(&value).map_err(|e| {
+                                Error::config(format!("{name}={value:?} {e}"))
+                            })?);
+                        }
+                    }
+                )*
+                Ok(())
             }
 
             /// Sets the options still unset from a configuration table whose keys were

@@ -139,11 +139,9 @@ impl Resolved {
         let exe = std::env::current_exe()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|_| "pgward".into());
-        let mut given = self.explicit.clone();
-        given.config.clone_from(&self.global.config);
         let args = self
-            .with_handle(given, repo)
-            .background(options::COMMAND)
+            .with_handle(self.explicit.clone(), repo)
+            .invocation(options::COMMAND)
             .args;
         std::iter::once(exe)
             .chain(args)
@@ -157,15 +155,15 @@ impl Resolved {
     fn background(&self, repo: &Repo, command: &[&str]) -> Background {
         let mut background = self
             .with_handle(self.global.clone(), repo)
-            .background(options::WORKER);
+            .invocation(options::WORKER);
         background
             .args
             .extend(command.iter().map(|a| a.to_string()));
         background
     }
 
-    /// The repository and stanza as the handle resolved them (a local path made
-    /// absolute): the process that reads them may run elsewhere.
+    /// `args` naming the handle's repository and stanza, whatever set them: the commands
+    /// and workers pgward starts always name them, as `check` expects of archive_command.
     fn with_handle(&self, mut args: GlobalArgs, repo: &Repo) -> GlobalArgs {
         args.repo = Some(repo.storage.location());
         args.stanza = Some(repo.stanza.clone());

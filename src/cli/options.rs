@@ -11,7 +11,7 @@
 //! Why a `macro_rules!` around clap derive, not a `const` slice driving a builder-made
 //! clap `Command`: the rest of pgward keeps typed fields (`global.jobs: Option<usize>`)
 //! checked by the compiler, and clap derive keeps `--help`, the subcommands and shell
-//! completions exactly as they were; the macro adds the descriptor table and the
+//! completions as they were (`--output` gained `PGWARD_OUTPUT`); the macro adds the descriptor table and the
 //! per-field code (TOML parsing, rendering as arguments) that used to be written out by
 //! hand, and drifted, in four places. A new global option is one row below.
 
@@ -296,7 +296,7 @@ global_options! {
 impl GlobalArgs {
     /// `--name value` for every set option that has `prop`; secrets go into the
     /// environment of the process instead, under their variable.
-    pub fn background(&self, prop: u8) -> Background {
+    pub fn invocation(&self, prop: u8) -> Background {
         let mut out = Background::default();
         for (spec, value) in self.values() {
             let Some(value) = value.filter(|_| spec.has(prop)) else {
@@ -427,7 +427,7 @@ mod tests {
     fn background_args_hold_every_marked_option_and_no_secret() {
         let args = every_option_set();
         for prop in [COMMAND, WORKER] {
-            let bg = args.background(prop);
+            let bg = args.invocation(prop);
             for o in OPTIONS {
                 let flag = format!("--{}", o.name);
                 let on_line = bg.args.contains(&flag);
@@ -440,7 +440,7 @@ mod tests {
                 }
             }
         }
-        let command = args.background(COMMAND).args;
+        let command = args.invocation(COMMAND).args;
         for flag in [
             "--s3-ca-file",
             "--s3-retry-seconds",

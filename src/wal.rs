@@ -7,7 +7,6 @@ use crate::error::Result;
 use crate::pg::WalFileName;
 use crate::repo::archive_map::{timelines, TimelineArchive};
 use crate::repo::Repo;
-use crate::units::human_bytes;
 
 #[derive(Debug, Serialize)]
 pub struct WalEntry {
@@ -91,51 +90,4 @@ pub async fn stats(repo: &Repo) -> Result<WalStats> {
         newest_archived_at: entries.iter().map(|e| e.archived_at).max(),
         timelines: timelines(&archived, stanza.wal_segment_size),
     })
-}
-
-pub fn render_list(entries: &[WalEntry]) -> String {
-    let mut s = format!(
-        "{:<42} {:<8} {:>8} {:>12} {:>12} {:<5} {}\n",
-        "name", "kind", "timeline", "size", "stored", "codec", "archived"
-    );
-    for e in entries {
-        s.push_str(&format!(
-            "{:<42} {:<8} {:>8} {:>12} {:>12} {:<5} {}\n",
-            e.name,
-            e.kind,
-            e.timeline,
-            e.original_size.map_or("-".into(), human_bytes),
-            human_bytes(e.stored_size),
-            e.compression,
-            e.archived_at.format("%Y-%m-%d %H:%M:%S")
-        ));
-    }
-    s
-}
-
-pub fn render_stats(s: &WalStats) -> String {
-    let mut out = format!(
-        "{} file(s): {} segment(s), {} partial, {} history, {} backup history\n{} of WAL stored in {}{}\n",
-        s.files, s.segments, s.partial_segments, s.history_files, s.backup_files,
-        human_bytes(s.original_bytes), human_bytes(s.stored_bytes),
-        s.compression_ratio.map_or(String::new(), |r| format!(" (compression {r:.1}x)"))
-    );
-    if let (Some(o), Some(n)) = (&s.oldest, &s.newest) {
-        out.push_str(&format!("oldest segment {o}, newest {n}\n"));
-    }
-    for t in &s.timelines {
-        out.push_str(&format!(
-            "timeline {}: {} .. {}, {} segment(s), {}\n",
-            t.timeline,
-            t.first_segment,
-            t.last_segment,
-            t.segments,
-            if t.gaps.is_empty() {
-                "no gaps".to_string()
-            } else {
-                format!("{} gap(s): {:?}", t.gaps.len(), t.gaps)
-            }
-        ));
-    }
-    out
 }

@@ -10,6 +10,7 @@ use super::args::GlobalArgs;
 use crate::error::{Error, Result};
 
 const DEFAULT_CONFIG: &str = "/etc/pgward/pgward.toml";
+
 /// Fills options left unset on the command line and in the environment from the file.
 pub fn apply_config_file(args: &mut GlobalArgs) -> Result<()> {
     let path = match &args.config {
@@ -78,12 +79,10 @@ fn check_keys(table: &toml::Table, file: &str, section: &str) -> Result<()> {
     for key in table.keys() {
         if !GlobalArgs::file_keys().any(|k| k == key) {
             return Err(
-                Error::config(format!("{file}: unknown key {key:?} in [{section}]")).hint(
-                    format!(
-                        "known keys: {}",
-                        GlobalArgs::file_keys().collect::<Vec<_>>().join(", ")
-                    ),
-                ),
+                Error::config(format!("{file}: unknown key {key:?} in [{section}]")).hint(format!(
+                    "known keys: {}",
+                    GlobalArgs::file_keys().collect::<Vec<_>>().join(", ")
+                )),
             );
         }
     }

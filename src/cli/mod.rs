@@ -139,9 +139,10 @@ impl Resolved {
         let exe = std::env::current_exe()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|_| "pgward".into());
-        let mut given = self.explicit.clone();
-        given.config.clone_from(&self.global.config);
-        let args = self.with_handle(given, repo).background(options::COMMAND).args;
+        let args = self
+            .with_handle(self.explicit.clone(), repo)
+            .invocation(options::COMMAND)
+            .args;
         std::iter::once(exe)
             .chain(args)
             .map(|a| shell_quote(&a))
@@ -154,15 +155,15 @@ impl Resolved {
     fn background(&self, repo: &Repo, command: &[&str]) -> Background {
         let mut background = self
             .with_handle(self.global.clone(), repo)
-            .background(options::WORKER);
+            .invocation(options::WORKER);
         background
             .args
             .extend(command.iter().map(|a| a.to_string()));
         background
     }
 
-    /// The repository and stanza as the handle resolved them (a local path made
-    /// absolute): the process that reads them may run elsewhere.
+    /// `args` naming the handle's repository and stanza, whatever set them: the commands
+    /// and workers pgward starts always name them, as `check` expects of archive_command.
     fn with_handle(&self, mut args: GlobalArgs, repo: &Repo) -> GlobalArgs {
         args.repo = Some(repo.storage.location());
         args.stanza = Some(repo.stanza.clone());
@@ -182,7 +183,17 @@ impl Resolved {
     }
 }
 
-pub fn resolve(mut global: GlobalArgs) -> Result<Resolved> {
+/// Flags (parsed by clap with the `PGWARD_*` variables), then libpq's variables, then the
+/// configuration file.
+pub fn resolve(global: GlobalArgs) -> Result<Resolved> {
+    resolve_with_env(global, |name| std::env::var(name).ok())
+}
+
+fn resolve_with_env(
+    mut global: GlobalArgs,
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<Resolved> {
+    global.fill_unset_from_libpq_env(var)?;
     let explicit = global.clone();
     config::apply_config_file(&mut global)?;
     if global.jobs == Some(0) {
@@ -195,4 +206,141 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
     commands::run(cli.command, &resolved)
         .await?
         .print(resolved.output())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    async fn resolved_with(extra: &[&str]) -> (Resolved, Repo) {
+        let mut argv = vec!["pgward", "--config", "/nonexistent/pgward.toml"];
+        argv.extend(["--repo", "/srv/pgward-repo", "--stanza", "main"]);
+        argv.extend(extra);
+        argv.push("info");
+        let cli = Cli::try_parse_from(argv).unwrap();
+        // As resolve() leaves it when no configuration file exists (none is read here).
+        let resolved = Resolved {
+            explicit: cli.global.clone(),
+            global: cli.global,
+        };
+        let repo = resolved.stanza_handle().await.unwrap();
+        (resolved, repo)
+    }
+
+    #[test]
+    fn libpq_variables_beat_the_configuration_file_and_lose_to_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("pgward.toml");
+        std::fs::write(
+            &config,
+            "[global]\npg-host = \"file-host\"\npg-port = 5433\npg-user = \"file-user\"\n",
+        )
+        .unwrap();
+        let config = config.display().to_string();
+        let cli = Cli::try_parse_from([
+            "pgward",
+            "--config",
+            &config,
+            "--pg-user",
+            "flag-user",
+            "info",
+        ])
+        .unwrap();
+        let env = |name: &str| match name {
+            "PGHOST" => Some("env-host".to_string()),
+            "PGPORT" => Some(String::new()), // empty: unset, as in libpq
+            "PGUSER" => Some("env-user".to_string()),
+            _ => None,
+        };
+        let resolved = resolve_with_env(cli.global, env).unwrap();
+        let conn = resolved.conn();
+        assert_eq!(conn.host.as_deref(), Some("env-host"));
+        assert_eq!(conn.port, Some(5433));
+        assert_eq!(conn.user.as_deref(), Some("flag-user"));
+
+        let cli = Cli::try_parse_from(["pgward", "--config", &config, "info"]).unwrap();
+        let bad_port = |name: &str| (name == "PGPORT").then(|| "fivefourthreetwo".to_string());
+        let e = resolve_with_env(cli.global, bad_port)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("PGPORT=\"fivefourthreetwo\""), "{e}");
+    }
+
+    #[tokio::test]
+    async fn generated_commands_repeat_every_repository_option_and_no_secret() {
+        let (resolved, repo) = resolved_with(&[
+            "--s3-ca-file",
+            "/etc/pgward/ca.pem",
+            "--s3-retry-seconds",
+            "9",
+            "--cipher-pass-file",
+            "/etc/pgward/pass",
+            "--cipher-pass",
+            "sekrit",
+            "--s3-key-secret",
+            "hush",
+            "--jobs",
+            "3",
+        ])
+        .await;
+        let restore = resolved.restore_command(&repo);
+        let archive = resolved.archive_command(&repo);
+        for command in [&restore, &archive] {
+            for part in [
+                "--config /nonexistent/pgward.toml",
+                "--repo /srv/pgward-repo --stanza main",
+                "--s3-ca-file /etc/pgward/ca.pem",
+                "--s3-retry-seconds 9",
+                "--cipher-pass-file /etc/pgward/pass",
+            ] {
+                assert!(command.contains(part), "{part:?} missing from {command}");
+            }
+            assert!(
+                !command.contains("sekrit") && !command.contains("hush"),
+                "{command}"
+            );
+            assert!(!command.contains("--jobs"), "{command}");
+        }
+        assert!(restore.ends_with(" archive-get %f \"%p\""), "{restore}");
+        assert!(archive.ends_with(" archive-push %p"), "{archive}");
+    }
+
+    #[tokio::test]
+    async fn workers_get_every_worker_option_and_secrets_only_in_their_environment() {
+        let (resolved, repo) = resolved_with(&[
+            "--s3-ca-file",
+            "/etc/pgward/ca.pem",
+            "--s3-retry-seconds",
+            "9",
+            "--cipher-pass",
+            "sekrit",
+            "--s3-key",
+            "id",
+            "--jobs",
+            "3",
+        ])
+        .await;
+        let worker = resolved.background(&repo, &["archive-push-worker"]);
+        let line = worker.args.join(" ");
+        for part in [
+            "--stanza main",
+            "--s3-ca-file /etc/pgward/ca.pem",
+            "--s3-retry-seconds 9",
+            "--jobs 3",
+        ] {
+            assert!(line.contains(part), "{part:?} missing from {line}");
+        }
+        assert!(line.ends_with(" archive-push-worker"), "{line}");
+        assert!(
+            !line.contains("sekrit") && !line.contains("--s3-key"),
+            "{line}"
+        );
+        assert!(worker
+            .env
+            .contains(&("PGWARD_CIPHER_PASS".into(), "sekrit".into())));
+        assert!(worker.env.contains(&("PGWARD_S3_KEY".into(), "id".into())));
+    }
 }

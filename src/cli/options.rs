@@ -11,7 +11,7 @@
 //! Why a `macro_rules!` around clap derive, not a `const` slice driving a builder-made
 //! clap `Command`: the rest of pgward keeps typed fields (`global.jobs: Option<usize>`)
 //! checked by the compiler, and clap derive keeps `--help`, the subcommands and shell
-//! completions exactly as they were; the macro adds the descriptor table and the
+//! completions as they were (`--output` gained `PGWARD_OUTPUT`); the macro adds the descriptor table and the
 //! per-field code (TOML parsing, rendering as arguments) that used to be written out by
 //! hand, and drifted, in four places. A new global option is one row below.
 
@@ -41,7 +41,8 @@ pub enum Env {
     Pgward(&'static str),
     /// PostgreSQL's own variable, read by clap like a `PGWARD_*` one (`PGDATA`).
     Postgres(&'static str),
-    /// libpq's variable, read when connecting (`db.rs`), after the configuration file.
+    /// libpq's variable: not read by clap, so that `--help` shows no value of it, but
+    /// like the others before the configuration file (`resolve`).
     Libpq(&'static str),
 }
 
@@ -83,6 +84,8 @@ impl OptionSpec {
 pub trait OptionValue: Sized {
     /// The error completes "FILE: KEY ...".
     fn from_toml(value: &toml::Value) -> std::result::Result<Self, String>;
+    /// From an environment variable clap does not read (libpq's).
+    fn from_env(value: &str) -> std::result::Result<Self, String>;
     fn to_arg(&self) -> String;
 }
 
@@ -96,6 +99,9 @@ impl OptionValue for String {
     fn from_toml(value: &toml::Value) -> std::result::Result<Self, String> {
         toml_string(value).map(str::to_string)
     }
+    fn from_env(value: &str) -> std::result::Result<Self, String> {
+        Ok(value.to_string())
+    }
     fn to_arg(&self) -> String {
         self.clone()
     }
@@ -105,6 +111,9 @@ impl OptionValue for PathBuf {
     fn from_toml(value: &toml::Value) -> std::result::Result<Self, String> {
         toml_string(value).map(PathBuf::from)
     }
+    fn from_env(value: &str) -> std::result::Result<Self, String> {
+        Ok(PathBuf::from(value))
+    }
     fn to_arg(&self) -> String {
         self.display().to_string()
     }
@@ -112,7 +121,10 @@ impl OptionValue for PathBuf {
 
 impl OptionValue for OutputFormat {
     fn from_toml(value: &toml::Value) -> std::result::Result<Self, String> {
-        <OutputFormat as clap::ValueEnum>::from_str(toml_string(value)?, false)
+        Self::from_env(toml_string(value)?)
+    }
+    fn from_env(value: &str) -> std::result::Result<Self, String> {
+        <OutputFormat as clap::ValueEnum>::from_str(value, false)
             .map_err(|_| "must be text or json".to_string())
     }
     fn to_arg(&self) -> String {
@@ -130,6 +142,9 @@ macro_rules! integer_option {
                     .as_integer()
                     .ok_or_else(|| format!("must be a number, found {value}"))?;
                 <$t>::try_from(i).map_err(|_| "is out of range".to_string())
+            }
+            fn from_env(value: &str) -> std::result::Result<Self, String> {
+                value.parse().map_err(|_| "must be a number in range".to_string())
             }
             fn to_arg(&self) -> String {
                 self.to_string()
@@ -173,6 +188,25 @@ macro_rules! global_options {
                 OPTIONS
                     .iter()
                     .zip([$(self.$field.as_ref().map(OptionValue::to_arg)),*])
+            }
+
+            /// Sets the options still unset whose variable clap does not read (libpq's,
+            /// looked up with `var`): like every variable, they beat the configuration
+            /// file. An empty variable counts as unset, as in libpq.
+            pub(super) fn fill_unset_from_libpq_env(
+                &mut self,
+                var: impl Fn(&str) -> Option<String>,
+            ) -> Result<()> {
+                $(
+                    if let (Env::Libpq(name), None) = ($env, &self.$field) {
+                        if let Some(value) = var(name).filter(|v| !v.is_empty()) {
+                            self.$field = Some(OptionValue::from_env(&value).map_err(|e| {
+                                Error::config(format!("{name}={value:?} {e}"))
+                            })?);
+                        }
+                    }
+                )*
+                Ok(())
             }
 
             /// Sets the options still unset from a configuration table whose keys were
@@ -262,7 +296,7 @@ global_options! {
 impl GlobalArgs {
     /// `--name value` for every set option that has `prop`; secrets go into the
     /// environment of the process instead, under their variable.
-    pub fn background(&self, prop: u8) -> Background {
+    pub fn invocation(&self, prop: u8) -> Background {
         let mut out = Background::default();
         for (spec, value) in self.values() {
             let Some(value) = value.filter(|_| spec.has(prop)) else {
@@ -327,7 +361,10 @@ mod tests {
         // And no global flag outside the table.
         for arg in cmd.get_arguments().filter(|a| a.is_global_set()) {
             let long = arg.get_long().unwrap();
-            assert!(OPTIONS.iter().any(|o| o.name == long), "--{long} not in OPTIONS");
+            assert!(
+                OPTIONS.iter().any(|o| o.name == long),
+                "--{long} not in OPTIONS"
+            );
         }
     }
 
@@ -342,7 +379,10 @@ mod tests {
                     o.name
                 ),
                 Env::Postgres(name) | Env::Libpq(name) => {
-                    assert!(name.starts_with("PG") && !name.starts_with("PGWARD_"), "{name}");
+                    assert!(
+                        name.starts_with("PG") && !name.starts_with("PGWARD_"),
+                        "{name}"
+                    );
                     assert!(!o.has(SECRET), "a secret must be read by clap");
                 }
             }
@@ -387,7 +427,7 @@ mod tests {
     fn background_args_hold_every_marked_option_and_no_secret() {
         let args = every_option_set();
         for prop in [COMMAND, WORKER] {
-            let bg = args.background(prop);
+            let bg = args.invocation(prop);
             for o in OPTIONS {
                 let flag = format!("--{}", o.name);
                 let on_line = bg.args.contains(&flag);
@@ -400,8 +440,13 @@ mod tests {
                 }
             }
         }
-        let command = args.background(COMMAND).args;
-        for flag in ["--s3-ca-file", "--s3-retry-seconds", "--cipher-pass-file", "--repo"] {
+        let command = args.invocation(COMMAND).args;
+        for flag in [
+            "--s3-ca-file",
+            "--s3-retry-seconds",
+            "--cipher-pass-file",
+            "--repo",
+        ] {
             assert!(command.iter().any(|a| a == flag), "{flag} missing");
         }
     }

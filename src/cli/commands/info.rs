@@ -3,7 +3,8 @@
 use super::{pretty, Outcome, Report};
 use crate::cli::Resolved;
 use crate::error::Result;
-use crate::info::InfoReport;
+use crate::info::{InfoReport, TimelineWindow};
+use crate::units::human_bytes;
 
 pub async fn run(resolved: &Resolved) -> Result<Outcome> {
     let repo = resolved.repo().await?;
@@ -12,10 +13,117 @@ pub async fn run(resolved: &Resolved) -> Result<Outcome> {
 
 impl Report for InfoReport {
     fn text(&self) -> String {
-        crate::info::render_text(self)
+        render_text(self)
     }
 
     fn json(&self) -> Option<String> {
         pretty(self)
     }
+}
+
+fn render_text(r: &InfoReport) -> String {
+    let mut s = format!(
+        "stanza {} (PostgreSQL {}, system identifier {}, data checksums {})\nrepository {} (format {})\n",
+        r.stanza, r.pg_major, r.system_identifier, if r.data_checksums { "on" } else { "off" }, r.repository, r.format_version
+    );
+    s.push_str(&format!(
+        "encrypted: {}; lock: {}\n",
+        if r.encrypted {
+            "yes (aes-256-gcm)"
+        } else {
+            "no"
+        },
+        r.lock
+    ));
+    s.push_str(&format!("\nbackups: {}\n", r.backups.len()));
+    for b in &r.backups {
+        s.push_str(&format!(
+            "  {}  {}{}{}  timeline {}  {} .. {}  {} .. {}  {:.1}s  database {}  stored {}{}\n",
+            b.label,
+            b.backup_type,
+            b.reference
+                .as_ref()
+                .map(|r| format!(" on {r}"))
+                .unwrap_or_default(),
+            if b.pinned { " (pinned)" } else { "" },
+            b.timeline,
+            b.start_time.format("%Y-%m-%d %H:%M:%S"),
+            b.stop_time.format("%H:%M:%S UTC"),
+            b.start_lsn,
+            b.stop_lsn,
+            b.duration_seconds,
+            human_bytes(b.database_size),
+            human_bytes(b.stored_size),
+            if b.checksum_failures > 0 {
+                format!("  {} page checksum failure(s)", b.checksum_failures)
+            } else {
+                String::new()
+            }
+        ));
+    }
+    s.push_str("\narchive:\n");
+    if r.archive.is_empty() {
+        s.push_str("  (no WAL archived yet)\n");
+    }
+    for t in &r.archive {
+        s.push_str(&format!(
+            "  timeline {}: {} .. {}  {} segment(s), {} stored",
+            t.timeline,
+            t.first_segment,
+            t.last_segment,
+            t.segments,
+            human_bytes(t.stored_size)
+        ));
+        if t.partial_segments > 0 {
+            s.push_str(&format!(", {} partial", t.partial_segments));
+        }
+        if t.gaps.is_empty() {
+            s.push_str(", no gaps\n");
+        } else {
+            s.push('\n');
+            for (a, b) in &t.gaps {
+                s.push_str(&format!("    gap: {a} .. {b} missing\n"));
+            }
+        }
+    }
+    if !r.recoverable_windows.is_empty() {
+        s.push_str("\nrecoverable per timeline (F/D/I: where each backup ends):\n");
+        s.push_str(&render_windows(&r.recoverable_windows));
+    }
+    match &r.recoverable_window {
+        Some(w) => {
+            s.push_str(&format!(
+            "\nrecoverable window: {} ({}, end of backup {}) .. {} on timeline {} (archived {})\n",
+            w.earliest_time.format("%Y-%m-%d %H:%M:%S UTC"), w.earliest_lsn, w.earliest_backup,
+            w.latest_lsn, w.latest_timeline, w.latest_archived_time.format("%Y-%m-%d %H:%M:%S UTC")
+        ))
+        }
+        None => s.push_str("\nrecoverable window: none (no backup with its WAL archived)\n"),
+    }
+    s
+}
+
+/// One line per timeline: a bar from the window's start to its end with each backup's
+/// type letter where it ends.
+fn render_windows(windows: &[TimelineWindow]) -> String {
+    const WIDTH: usize = 40;
+    let mut s = String::new();
+    for w in windows {
+        let span = (w.to_lsn.0 - w.from_lsn.0).max(1) as f64;
+        let mut bar = vec!['='; WIDTH];
+        for (_, letter, stop) in &w.backups {
+            let at = (((stop.0 - w.from_lsn.0) as f64 / span) * (WIDTH - 1) as f64) as usize;
+            bar[at.min(WIDTH - 1)] = *letter;
+        }
+        s.push_str(&format!(
+            "  timeline {:<3} |{}>  {} ({}) .. {} (archived {})\n",
+            w.timeline.to_string(),
+            bar.into_iter().collect::<String>(),
+            w.from_lsn,
+            w.from,
+            w.to_lsn,
+            w.to_archived_time.format("%Y-%m-%d %H:%M:%S UTC")
+        ));
+    }
+    s
 }

@@ -64,7 +64,9 @@ impl Report for ChangeReport {
 impl Report for Status {
     fn text(&self) -> String {
         let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
-            t.map_or("-".into(), |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+            t.map_or("-".into(), |t| {
+                t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+            })
         };
         let s = self;
         format!(

@@ -9,12 +9,8 @@ use crate::verify::VerifyReport;
 pub async fn run(resolved: &Resolved) -> Result<Outcome> {
     let repo = resolved.repo().await?;
     let report = crate::verify::verify(&repo, resolved.jobs()).await?;
-    let failure = (!report.problems.is_empty()).then(|| {
-        Error::corrupt(format!(
-            "verify found {} problem(s)",
-            report.problems.len()
-        ))
-    });
+    let failure = (!report.problems.is_empty())
+        .then(|| Error::corrupt(format!("verify found {} problem(s)", report.problems.len())));
     Ok(Outcome::report(report).then_fail(failure))
 }
 

@@ -3,6 +3,7 @@
 use super::{pretty, Outcome, Report};
 use crate::cli::Resolved;
 use crate::error::Result;
+use crate::units::human_bytes;
 use crate::wal::{WalEntry, WalStats};
 
 pub async fn list(resolved: &Resolved) -> Result<Outcome> {
@@ -20,7 +21,7 @@ struct WalList(Vec<WalEntry>);
 
 impl Report for WalList {
     fn text(&self) -> String {
-        crate::wal::render_list(&self.0)
+        render_list(&self.0)
     }
 
     fn json(&self) -> Option<String> {
@@ -30,10 +31,57 @@ impl Report for WalList {
 
 impl Report for WalStats {
     fn text(&self) -> String {
-        crate::wal::render_stats(self)
+        render_stats(self)
     }
 
     fn json(&self) -> Option<String> {
         pretty(self)
     }
+}
+
+fn render_list(entries: &[WalEntry]) -> String {
+    let mut s = format!(
+        "{:<42} {:<8} {:>8} {:>12} {:>12} {:<5} {}\n",
+        "name", "kind", "timeline", "size", "stored", "codec", "archived"
+    );
+    for e in entries {
+        s.push_str(&format!(
+            "{:<42} {:<8} {:>8} {:>12} {:>12} {:<5} {}\n",
+            e.name,
+            e.kind,
+            e.timeline,
+            e.original_size.map_or("-".into(), human_bytes),
+            human_bytes(e.stored_size),
+            e.compression,
+            e.archived_at.format("%Y-%m-%d %H:%M:%S")
+        ));
+    }
+    s
+}
+
+fn render_stats(s: &WalStats) -> String {
+    let mut out = format!(
+        "{} file(s): {} segment(s), {} partial, {} history, {} backup history\n{} of WAL stored in {}{}\n",
+        s.files, s.segments, s.partial_segments, s.history_files, s.backup_files,
+        human_bytes(s.original_bytes), human_bytes(s.stored_bytes),
+        s.compression_ratio.map_or(String::new(), |r| format!(" (compression {r:.1}x)"))
+    );
+    if let (Some(o), Some(n)) = (&s.oldest, &s.newest) {
+        out.push_str(&format!("oldest segment {o}, newest {n}\n"));
+    }
+    for t in &s.timelines {
+        out.push_str(&format!(
+            "timeline {}: {} .. {}, {} segment(s), {}\n",
+            t.timeline,
+            t.first_segment,
+            t.last_segment,
+            t.segments,
+            if t.gaps.is_empty() {
+                "no gaps".to_string()
+            } else {
+                format!("{} gap(s): {:?}", t.gaps.len(), t.gaps)
+            }
+        ));
+    }
+    out
 }

@@ -101,7 +101,7 @@ pub fn command_problem(command: &str, repo: &Repo) -> Option<String> {
                     .find_map(|w| w.strip_prefix(&format!("{flag}=")).map(str::to_string))
             })
     };
-    let location = repo.storage.location();
+    let location = repo.location();
     match value_after("--repo") {
         Some(r) if r.trim_end_matches('/') == location.trim_end_matches('/') => {}
         Some(r) => return Some(format!("archives into repository {r}, not {location}")),

@@ -23,7 +23,7 @@ use crate::pg::control::parse_control_file;
 use crate::pg::datadir::CONTROL_FILE;
 use crate::pipeline::Compression;
 use crate::repo::label::{new_label, BackupType};
-use crate::repo::manifest::{bundle_key, Manifest};
+use crate::repo::manifest::Manifest;
 use crate::repo::stanza::check_same_cluster;
 use crate::repo::{Repo, FORMAT_VERSION};
 
@@ -54,6 +54,7 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
     let client = db::connect(conn).await?;
     let server = db::server_info(&client).await?;
     check_same_cluster(&stanza, &server.identity)?;
+    let stanza = repo.upgrade_metadata().await?.unwrap_or(stanza);
 
     remove_orphans(repo).await?;
 
@@ -200,10 +201,10 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
 async fn remove_orphans(repo: &Repo) -> Result<()> {
     for bundle in repo.orphan_bundles().await? {
         tracing::info!(%bundle, "removing bundle left by an interrupted backup");
-        repo.storage.delete(&bundle_key(repo, &bundle)).await?;
+        repo.delete_bundle(&bundle).await?;
     }
     for dir in ["bundles", "backups"] {
-        let removed = repo.storage.remove_incomplete(&repo.key(dir), None).await?;
+        let removed = repo.remove_incomplete(dir, None).await?;
         if removed > 0 {
             tracing::info!(
                 removed,

@@ -33,7 +33,7 @@ use crate::db::ConnOptions;
 use crate::error::{Error, Result};
 use crate::pipeline::compress::{Codec, Compression};
 use crate::repo::label::BackupType;
-use crate::repo::{shell_quote, Repo};
+use crate::repo::{shell_quote, Repo, StanzaHandle};
 use crate::restore::target::{parse_target_time, RecoveryTarget};
 
 /// Exit status of archive-get when a file exists but cannot be used: above 125, so
@@ -49,7 +49,7 @@ pub struct Resolved {
 
 impl Resolved {
     /// The stanza named by the options, without unlocking it.
-    async fn stanza_handle(&self) -> Result<Repo> {
+    async fn stanza_handle(&self) -> Result<StanzaHandle> {
         let url = self.global.repo.as_deref().ok_or_else(|| {
             Error::config("no repository given")
                 .hint("pass --repo DIR, set PGWARD_REPO, or set repo in the configuration file")
@@ -59,7 +59,7 @@ impl Resolved {
                 "pass --stanza NAME, set PGWARD_STANZA, or set stanza in the configuration file",
             )
         })?;
-        Repo::new(
+        StanzaHandle::new(
             crate::storage::open(url, &self.s3_options()?).await?,
             stanza,
         )
@@ -198,7 +198,7 @@ impl Resolved {
     fn self_args(&self, repo: &Repo) -> Vec<String> {
         let mut args = vec![
             "--repo".to_string(),
-            repo.storage.location(),
+            repo.location(),
             "--stanza".to_string(),
             repo.stanza.clone(),
         ];
@@ -260,29 +260,24 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
     let json = resolved.global.output == OutputFormat::Json;
     match cli.command {
         Command::StanzaCreate => {
-            let mut repo = resolved.stanza_handle().await?;
+            let handle = resolved.stanza_handle().await?;
             let pass = resolved.passphrase()?;
-            if resolved.cipher_requested()? {
+            let repo = if resolved.cipher_requested()? {
                 let pass = pass.clone().ok_or_else(|| {
                     Error::config("--cipher aes-256-gcm needs a passphrase")
                         .hint("pass --cipher-pass, PGWARD_CIPHER_PASS or --cipher-pass-file")
                 })?;
-                let exists = repo
-                    .storage
-                    .read_all(&repo.key("stanza.json"))
-                    .await
-                    .is_ok();
-                if exists && !repo.is_encrypted().await? {
+                if handle.exists().await? && !handle.is_encrypted().await? {
                     return Err(Error::new(
                         crate::error::ErrorKind::Conflict,
-                        format!("stanza {:?} exists unencrypted", repo.stanza),
+                        format!("stanza {:?} exists unencrypted", handle.stanza()),
                     )
                     .hint("encryption is chosen when a stanza is created; create a new stanza"));
                 }
-                repo.create_key(&pass).await?;
+                handle.create_key(&pass).await?
             } else {
-                repo = repo.unlock(pass.as_deref()).await?;
-            }
+                handle.unlock(pass.as_deref()).await?
+            };
             let client = crate::db::connect(&resolved.conn()).await?;
             let server = crate::db::server_info(&client).await?;
             let (info, created) = repo.stanza_create(&server.identity).await?;
@@ -645,7 +640,7 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
             repo.rekey(&old, new_cipher_pass.as_bytes()).await?;
             say!(
                 "stanza {:?}: passphrase changed; the old one no longer opens it",
-                repo.stanza
+                repo.stanza()
             );
         }
         Command::Pin { ref label } | Command::Unpin { ref label } => {

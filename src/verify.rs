@@ -263,6 +263,18 @@ async fn check_metadata(repo: &Repo, problems: &mut Vec<Problem>) -> Result<Meta
         });
     }
     for label in repo.pinned_labels().await? {
+        let listed = backups.healthy.iter().any(|m| m.label == label)
+            || backups.damaged.iter().any(|d| d.label == label);
+        if !listed {
+            problems.push(Problem {
+                problem: format!(
+                    "{} pins backup {label}, which has no manifest (deleted?)",
+                    repo.key(&format!("backups/{label}.pin"))
+                ),
+                breaks: format!("backup {label} cannot be restored"),
+            });
+            continue;
+        }
         if let Err(e) = repo.check_pin(&label).await {
             problems.push(Problem {
                 problem: e.to_string(),

@@ -40,6 +40,12 @@ impl Repo {
     pub async fn stanza_info(&self) -> Result<StanzaInfo> {
         let key = self.key(FILE);
         let contents = match self.read_contents(&key, Kind::Stanza).await? {
+            None if self.holds_anything().await? => {
+                return Err(object::damaged(
+                    &key,
+                    "is missing, but the stanza holds backups, archived WAL or a key file",
+                ))
+            }
             None => {
                 return Err(Error::new(
                     ErrorKind::Config,
@@ -54,6 +60,13 @@ impl Repo {
             Some(c) => c,
         };
         parse_stanza(contents, &key, &self.stanza)
+    }
+
+    /// Whether anything but `stanza.json` was stored for this stanza.
+    async fn holds_anything(&self) -> Result<bool> {
+        let top = self.storage.list(&self.stanza).await?;
+        Ok(top.files.iter().any(|f| f.name == super::cipher::KEY_FILE)
+            || top.dirs.iter().any(|d| d == "backups" || d == "archive"))
     }
 
     /// Whether `stanza.json` exists (whatever it holds).

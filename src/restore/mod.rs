@@ -69,19 +69,24 @@ async fn select(repo: &Repo, opts: &RestoreOptions) -> Result<Manifest> {
         )));
     }
     let manifests = backups.healthy;
-    let manifest = target::select_backup(&manifests, opts.set.as_deref(), &opts.target)?;
+    let selected = target::select_backup(&manifests, opts.set.as_deref(), &opts.target);
     if opts.set.is_none() {
-        if let Some(d) = backups.damaged.iter().find(|d| d.label > manifest.label) {
+        // A damaged backup newer than the one chosen may be the one the target needs.
+        let chosen = selected.as_ref().map_or("", |m| m.label.as_str());
+        if let Some(d) = backups.damaged.iter().find(|d| d.label.as_str() > chosen) {
             return Err(Error::new(
                 ErrorKind::Corrupt,
                 format!(
-                    "backup {} is damaged and newer than backup {}: pgward cannot tell which one the target needs: {}",
-                    d.label, manifest.label, d.error
+                    "backup {} is damaged{}: pgward cannot tell which backup the target needs: {}",
+                    d.label,
+                    if chosen.is_empty() { String::new() } else { format!(" and newer than backup {chosen}") },
+                    d.error
                 ),
             )
             .hint("run `pgward verify`; to restore an intact backup anyway, name it with --set LABEL"));
         }
     }
+    let manifest = selected?;
     let chain = crate::repo::manifest::chain(&manifests, &manifest.label);
     if let Some(missing) = chain.first().and_then(|first| first.reference.as_ref()) {
         return Err(Error::corrupt(format!(

@@ -150,7 +150,10 @@ pub async fn verify(repo: &Repo, jobs: usize) -> Result<VerifyReport> {
     let total: u64 = checks.iter().map(|c| c.6.unwrap_or(seg_size)).sum();
     let _reporter =
         crate::progress::Reporter::start("verify", total, checks.len() as u64, progress.clone());
-    let results: Vec<(Option<Problem>, u64, Option<(usize, u64)>)> = stream::iter(checks)
+    // Per check: its problem, the bytes read, and (archived index, system identifier)
+    // of a WAL segment.
+    type Checked = (Option<Problem>, u64, Option<(usize, u64)>);
+    let results: Vec<Checked> = stream::iter(checks)
         .map(|(what, breaks, key, range, codec, checksum, length, wal)| {
             let storage = repo.data_storage().clone();
             let master = repo.shared_key();

@@ -32,7 +32,19 @@ pub const FORMAT_VERSION: u32 = 4;
 
 /// A stanza not yet unlocked: it can read and write only the key file (which is never
 /// encrypted) and tell whether the stanza is encrypted. `unlock` is the only way to a
-/// `Repo`, so nothing can be written to an encrypted stanza without its key.
+/// `Repo`, so nothing can be written to an encrypted stanza without its key:
+///
+/// ```compile_fail
+/// # async fn f(handle: pgward::repo::StanzaHandle) {
+/// handle.storage.put("main/stanza.json", b"{}").await; // private: no way around unlock
+/// # }
+/// ```
+///
+/// ```compile_fail
+/// # fn f(handle: pgward::repo::StanzaHandle) {
+/// let repo = pgward::repo::Repo { storage: todo!(), stanza: "main".into(), sealing: pgward::repo::Sealing::Plain };
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct StanzaHandle {
     storage: SharedStorage,

@@ -333,6 +333,29 @@ fn run_cases(name: &str, st: &Stanza, encrypted: bool) {
 fn every_change_to_plain_metadata_is_named_by_verify_and_refused_by_restore() {
     let st = start("tamper", false);
     run_cases("tamper", &st, false);
+
+    // A damaged manifest does not stop backups: the next one builds on an intact backup,
+    // and verify keeps naming the damaged one.
+    let backups = st.src.repo.join("main/backups");
+    apply(
+        &backups.join(format!("{}.manifest", st.incr)),
+        &Change::CopyFrom(backups.join(format!("{}.manifest", st.full))),
+    );
+    st.src.cluster.start();
+    let next = st.src.backup(&["--type", "incr"]);
+    let info = st.src.info_json();
+    let entry = info["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["label"] == next.as_str())
+        .unwrap();
+    assert_eq!(entry["reference"], st.full.as_str(), "{info}");
+    let out = st.src.pgward(&["verify"]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert!(text(&out).contains(&format!("{}.manifest", st.incr)));
+    let dir = work_dir("tamper-next").join("data");
+    st.src.ok(&["restore", "--set", &next, "--pgdata", &dir.display().to_string()]);
 }
 
 #[test]

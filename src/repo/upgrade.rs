@@ -150,6 +150,67 @@ mod tests {
         }
     }
 
+    /// Format 3 encrypted: a bare JSON key file, PGWE-sealed bare JSON everywhere else.
+    #[tokio::test]
+    async fn encrypted_format_3_stanza_reads_then_upgrades_with_the_key_file_enveloped() {
+        use crate::pipeline::encrypt::{KdfParams, KeyFile};
+        let cheap = KdfParams {
+            m_cost_kib: 64,
+            t_cost: 1,
+            p_cost: 1,
+        };
+        let (key_file, key) = KeyFile::create_with(b"pw", cheap).unwrap();
+        let seal = |plain: &[u8]| {
+            let mut w = crate::pipeline::seal(Some(&key), Vec::new()).unwrap();
+            std::io::Write::write_all(&mut w, plain).unwrap();
+            w.finish().unwrap()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("main");
+        std::fs::create_dir_all(main.join("backups")).unwrap();
+        std::fs::write(main.join("keyfile.json"), key_file.to_json()).unwrap();
+        std::fs::write(main.join("stanza.json"), seal(STANZA_V3)).unwrap();
+        let manifest = main.join(format!("backups/{LABEL}.manifest"));
+        std::fs::write(&manifest, seal(MANIFEST_V3)).unwrap();
+        std::fs::write(
+            main.join(format!("backups/{LABEL}.pin")),
+            seal(LABEL.as_bytes()),
+        )
+        .unwrap();
+        let storage: SharedStorage = Arc::new(LocalStorage::new(dir.path()));
+        let handle = StanzaHandle::new(storage, "main").unwrap();
+        assert!(handle.is_encrypted().await.unwrap());
+        let repo = handle.unlock(Some(b"pw")).await.unwrap();
+        assert!(repo.is_encrypted());
+        assert_eq!(repo.load_manifests().await.unwrap()[0].label, LABEL);
+        repo.check_pin(LABEL).await.unwrap();
+        repo.check_key_file().await.unwrap();
+
+        repo.upgrade_metadata().await.unwrap().expect("upgraded");
+        let stored_key_file = std::fs::read(main.join("keyfile.json")).unwrap();
+        assert!(stored_key_file.starts_with(object::MAGIC));
+        let stored = std::fs::read(&manifest).unwrap();
+        assert!(stored.starts_with(b"PGWE"), "still encrypted");
+        assert!(matches!(
+            object::decode(Some(&key), Kind::Manifest, &stored, "m").unwrap(),
+            Contents::Checked(p) if p == MANIFEST_V3
+        ));
+        // The upgraded stanza unlocks and reads as format 4.
+        let storage: SharedStorage = Arc::new(LocalStorage::new(dir.path()));
+        let repo = StanzaHandle::new(storage, "main")
+            .unwrap()
+            .unlock(Some(b"pw"))
+            .await
+            .unwrap();
+        assert_eq!(
+            repo.stanza_info().await.unwrap().format_version,
+            FORMAT_VERSION
+        );
+        assert_eq!(repo.load_manifests().await.unwrap()[0].label, LABEL);
+        repo.check_pin(LABEL).await.unwrap();
+        repo.check_key_file().await.unwrap();
+    }
+
     #[tokio::test]
     async fn objects_that_name_another_label_stanza_or_cluster_are_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -168,7 +229,10 @@ mod tests {
         )
         .unwrap();
         let e = repo.load_manifest(other).await.unwrap_err();
-        assert!(e.message.contains("copied over the manifest of backup"), "{e}");
+        assert!(
+            e.message.contains("copied over the manifest of backup"),
+            "{e}"
+        );
         let e = repo.check_pin(other).await.unwrap_err();
         assert!(e.message.contains("copied from another backup"), "{e}");
         let loaded = repo.load_backups(None).await.unwrap();

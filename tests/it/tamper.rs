@@ -82,7 +82,8 @@ struct Case {
     change: Change,
     /// What verify must name.
     names: String,
-    /// Whether restore must refuse (false: a pin, which restore does not read).
+    /// Whether restore must refuse (false: objects restore does not read, and a deleted
+    /// manifest, whose backup is simply gone).
     restore_refuses: bool,
 }
 
@@ -115,6 +116,8 @@ fn start(name: &str, encrypted: bool) -> Stanza {
         extra,
         &create,
     );
+    // Saves the settings it replaces in the stanza (pitr-previous-settings.json).
+    src.ok(&["pitr", "enable"]);
     src.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 20000) g");
     let full = src.backup(&[]);
     src.sql("UPDATE t SET g = -g WHERE g <= 100");
@@ -144,6 +147,11 @@ fn cases(st: &Stanza, encrypted: bool) -> Vec<Case> {
         (manifest(&st.full), format!("{}.manifest", st.full), true),
         (manifest(&st.incr), format!("{}.manifest", st.incr), true),
         (pin.clone(), format!("{}.pin", st.incr), false),
+        (
+            main.join("pitr-previous-settings.json"),
+            "pitr-previous-settings.json".into(),
+            false,
+        ),
     ];
     if encrypted {
         objects.push((main.join("keyfile.json"), "keyfile.json".into(), true));
@@ -155,17 +163,34 @@ fn cases(st: &Stanza, encrypted: bool) -> Vec<Case> {
             ("flip a byte", Change::FlipByte),
             ("truncate", Change::Truncate),
         ];
-        // A deleted pin is an unpinned backup: nothing to detect.
-        if !file.ends_with(".pin") {
+        // A deleted pin is an unpinned backup, and deleted settings were never saved:
+        // nothing to detect.
+        if !file.ends_with(".pin") && file != "pitr-previous-settings.json" {
             changes.push(("delete", Change::Delete));
         }
         let plaintext = !encrypted || file == "keyfile.json";
         if plaintext {
             changes.push(match file.as_str() {
-                "stanza.json" => ("edit a digit of the system identifier", Change::JsonEdit("\"system_identifier\": \"", 3)),
-                "keyfile.json" => ("edit a digit of the salt", Change::JsonEdit("\"salt\": \"", 5)),
-                f if f.ends_with(".pin") => ("edit a digit of the label", Change::JsonEdit("\"label\": \"", 14)),
-                _ => ("edit a digit of a file mode", Change::JsonEdit("\"mode\":", 1)),
+                "stanza.json" => (
+                    "edit a digit of the system identifier",
+                    Change::JsonEdit("\"system_identifier\": \"", 3),
+                ),
+                "keyfile.json" => (
+                    "edit a digit of the salt",
+                    Change::JsonEdit("\"salt\": \"", 5),
+                ),
+                f if f.ends_with(".pin") => (
+                    "edit a digit of the label",
+                    Change::JsonEdit("\"label\": \"", 14),
+                ),
+                "pitr-previous-settings.json" => (
+                    "edit a letter of a setting's name",
+                    Change::JsonEdit("\"name\": \"", 0),
+                ),
+                _ => (
+                    "edit a digit of a file mode",
+                    Change::JsonEdit("\"mode\":", 1),
+                ),
             });
         }
         for (what, change) in changes {
@@ -233,7 +258,11 @@ fn apply(object: &Path, change: &Change) {
             b
         }
         Change::JsonEdit(pattern, skip) => {
-            assert!(bytes.starts_with(b"PGWM"), "{} is not enveloped", object.display());
+            assert!(
+                bytes.starts_with(b"PGWM"),
+                "{} is not enveloped",
+                object.display()
+            );
             edit_after(&bytes, pattern, *skip)
         }
         Change::Truncate => bytes[..bytes.len() / 2].to_vec(),
@@ -257,7 +286,13 @@ fn run_cases(name: &str, st: &Stanza, encrypted: bool) {
         apply(&case.object, &case.change);
 
         let out = st.src.pgward(&["verify"]);
-        assert_ne!(out.status.code(), Some(0), "{}: verify passed:\n{}", case.name, text(&out));
+        assert_ne!(
+            out.status.code(),
+            Some(0),
+            "{}: verify passed:\n{}",
+            case.name,
+            text(&out)
+        );
         assert!(
             text(&out).contains(&case.names),
             "{}: verify does not name {}:\n{}",
@@ -266,12 +301,13 @@ fn run_cases(name: &str, st: &Stanza, encrypted: bool) {
             text(&out)
         );
 
+        // Objects restore does not read (pins, saved settings) leave restore as it was.
         let dir = restore_to.join(format!("case{i}"));
         let dir_s = dir.display().to_string();
-        let out = st
-            .src
-            .pgward(&["restore", "--pgdata", &dir_s, "--archive-mode", "off"]);
         if case.restore_refuses {
+            let out = st
+                .src
+                .pgward(&["restore", "--pgdata", &dir_s, "--archive-mode", "off"]);
             assert_eq!(
                 out.status.code(),
                 Some(5),
@@ -279,7 +315,12 @@ fn run_cases(name: &str, st: &Stanza, encrypted: bool) {
                 case.name,
                 text(&out)
             );
-            assert!(stderr(&out).contains("HINT"), "{}: {}", case.name, stderr(&out));
+            assert!(
+                stderr(&out).contains("HINT"),
+                "{}: {}",
+                case.name,
+                stderr(&out)
+            );
             assert!(!dir.join("global/pg_control").exists(), "{}", case.name);
         }
 
@@ -287,11 +328,9 @@ fn run_cases(name: &str, st: &Stanza, encrypted: bool) {
         if case.object.extension().is_some_and(|e| e == "manifest") {
             let out = st.src.pgward(&["--output", "json", "info"]);
             if matches!(case.change, Change::Delete) || case.restore_refuses {
-                let info: serde_json::Value = serde_json::from_str(&assert_success(
-                    &out,
-                    &format!("{}: info", case.name),
-                ))
-                .unwrap();
+                let info: serde_json::Value =
+                    serde_json::from_str(&assert_success(&out, &format!("{}: info", case.name)))
+                        .unwrap();
                 let listed: Vec<&str> = info["backups"]
                     .as_array()
                     .unwrap()
@@ -355,7 +394,13 @@ fn every_change_to_plain_metadata_is_named_by_verify_and_refused_by_restore() {
     assert_eq!(out.status.code(), Some(5), "{}", text(&out));
     assert!(text(&out).contains(&format!("{}.manifest", st.incr)));
     let dir = work_dir("tamper-next").join("data");
-    st.src.ok(&["restore", "--set", &next, "--pgdata", &dir.display().to_string()]);
+    st.src.ok(&[
+        "restore",
+        "--set",
+        &next,
+        "--pgdata",
+        &dir.display().to_string(),
+    ]);
 }
 
 #[test]

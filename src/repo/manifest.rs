@@ -330,6 +330,8 @@ impl Repo {
             match checked {
                 Ok(m) => out.healthy.push(m),
                 Err(error) if error.kind == ErrorKind::Io => return Err(error),
+                // Expired between the listing and the read: no longer a backup.
+                Err(error) if error.is_not_found() => {}
                 Err(error) => out.damaged.push(DamagedBackup { label, error }),
             }
         }

@@ -5,11 +5,13 @@
 //! ```text
 //! <stanza>/stanza.json                                   cluster identity + format version
 //! <stanza>/keyfile.json                                  encrypted stanzas: the wrapped key
+//! <stanza>/pitr-previous-settings.json                   settings `pitr enable` replaced
 //! <stanza>/archive/<TTTTTTTTLLLLLLLL>/<wal name>-<blake3>[.ext]   segments, .partial, .backup
 //! <stanza>/archive/history/<TTTTTTTT>.history-<blake3>[.ext]
 //! <stanza>/backups/<label>.manifest                      written last: a backup exists iff this does
+//! <stanza>/backups/<label>.pin                           present while the backup is pinned
 //! <stanza>/bundles/<label>-<job>-<seq>.bundle            compressed frames of the backup's files
-//! <stanza>/lock/                                         host-local lock files (local repositories)
+//! <stanza>/lock/                                         flock files (local), lock objects (S3)
 //! ```
 
 pub mod archive;

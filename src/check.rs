@@ -83,7 +83,7 @@ pub async fn check(repo: &Repo, conn: &ConnOptions, timeout: Duration) -> Result
 /// users can reach the stanza's files (both the root and the stanza directory open).
 fn warn_if_open_to_others(repo: &Repo) {
     use std::os::unix::fs::MetadataExt;
-    let Some(root) = repo.storage.local_root() else {
+    let Some(root) = repo.local_root() else {
         return; // object storage: pgward sets no ACL, the bucket's policy decides
     };
     // The permission bits of a directory that group or others can use, if it is one.

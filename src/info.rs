@@ -28,6 +28,8 @@ pub struct InfoReport {
     /// How concurrent backups of the stanza are excluded.
     pub lock: String,
     pub backups: Vec<BackupSummary>,
+    /// Backups whose manifest is damaged (or not theirs): listed, never restored.
+    pub damaged_backups: Vec<DamagedBackupSummary>,
     pub archive: Vec<TimelineArchive>,
     pub recoverable_window: Option<RecoverableWindow>,
     /// Per timeline: the range that point-in-time recovery can reach on it.
@@ -67,34 +69,73 @@ pub struct BackupSummary {
     pub file_count: usize,
     pub checksum_failures: usize,
     pub annotations: BTreeMap<String, String>,
+    /// What is wrong around an otherwise readable backup (a damaged pin, a damaged
+    /// backup it builds on); empty when nothing is.
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DamagedBackupSummary {
+    pub label: String,
+    pub problem: String,
 }
 
 pub async fn info(repo: &Repo) -> Result<InfoReport> {
     let stanza = repo.stanza_info().await?;
-    let manifests = repo.load_manifests().await?;
+    let loaded = repo.load_backups(Some(&stanza)).await?;
+    let manifests = loaded.healthy;
+    let damaged_backups: Vec<DamagedBackupSummary> = loaded
+        .damaged
+        .into_iter()
+        .map(|d| DamagedBackupSummary {
+            label: d.label,
+            problem: d.error.to_string(),
+        })
+        .collect();
     let archived = repo.list_archive().await?;
     let pinned = repo.pinned_labels().await?;
+    let mut problems: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for label in &pinned {
+        if let Err(e) = repo.check_pin(label).await {
+            problems.entry(label.clone()).or_default().push(e.to_string());
+        }
+    }
+    for m in &manifests {
+        let chain = crate::repo::manifest::chain(&manifests, &m.label);
+        if let Some(missing) = chain.first().and_then(|first| first.reference.as_ref()) {
+            problems
+                .entry(m.label.clone())
+                .or_default()
+                .push(format!("builds on backup {missing}, which is damaged or missing"));
+        }
+    }
     let seg_size = stanza.wal_segment_size;
     Ok(InfoReport {
         stanza: repo.stanza.clone(),
-        repository: repo.storage.location(),
+        repository: repo.location(),
         system_identifier: stanza.system_identifier.to_string(),
         pg_major: stanza.pg_major,
         data_checksums: stanza.data_checksums,
         format_version: stanza.format_version,
-        encrypted: repo.key.is_some(),
+        encrypted: repo.is_encrypted(),
         lock: repo.lock_mechanism().await?,
         backups: manifests
             .iter()
-            .map(|m| summarize(m, &manifests, &pinned))
+            .map(|m| summarize(m, &manifests, &pinned, &mut problems))
             .collect(),
+        damaged_backups,
         archive: timelines(&archived, seg_size),
         recoverable_window: recoverable_window(&manifests, &archived, seg_size),
         recoverable_windows: timeline_windows(repo, &manifests, &archived, seg_size).await?,
     })
 }
 
-fn summarize(m: &Manifest, all: &[Manifest], pinned: &[String]) -> BackupSummary {
+fn summarize(
+    m: &Manifest,
+    all: &[Manifest],
+    pinned: &[String],
+    problems: &mut BTreeMap<String, Vec<String>>,
+) -> BackupSummary {
     BackupSummary {
         label: m.label.clone(),
         backup_type: m.backup_type,
@@ -115,6 +156,7 @@ fn summarize(m: &Manifest, all: &[Manifest], pinned: &[String]) -> BackupSummary
         file_count: m.files.len(),
         checksum_failures: m.checksum_failures.iter().map(|f| f.blocks.len()).sum(),
         annotations: m.annotations.clone(),
+        problems: problems.remove(&m.label).unwrap_or_default(),
     }
 }
 

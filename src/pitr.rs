@@ -14,7 +14,6 @@ use crate::repo::Repo;
 use crate::storage::local::sync_dir;
 
 const SETTINGS: [&str; 3] = ["wal_level", "archive_mode", "archive_command"];
-const SAVED: &str = "pitr-previous-settings.json";
 const BLOCK_BEGIN: &str = "# BEGIN pgward pitr";
 const BLOCK_END: &str = "# END pgward pitr";
 
@@ -142,13 +141,12 @@ pub async fn enable(
         .find(|s| s.name == "wal_level")
         .map(|s| s.value.clone())
         .unwrap_or_default();
-    let key = repo.key(SAVED);
-    if repo.get_object(&key).await.is_err() {
-        repo.put_object(
-            &key,
-            &serde_json::to_vec_pretty(&before).expect("settings serialize"),
-        )
-        .await?;
+    if repo
+        .saved_pitr_settings::<Vec<Setting>>()
+        .await?
+        .is_none()
+    {
+        repo.save_pitr_settings(&before).await?;
     }
     let mut wanted = vec![
         ("archive_mode", "on".to_string()),
@@ -197,13 +195,7 @@ pub async fn disable(
         Reach::Online(o) => *o,
         Reach::Offline(dir) => return disable_offline(&dir),
     };
-    let key = repo.key(SAVED);
-    let previous: Vec<Setting> = match repo.get_object(&key).await {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map_err(|e| Error::corrupt(format!("{key} does not parse")).source(e))?,
-        Err(e) if e.is_not_found() => Vec::new(),
-        Err(e) => return Err(e),
-    };
+    let previous: Vec<Setting> = repo.saved_pitr_settings().await?.unwrap_or_default();
     let mut changes = Vec::new();
     let mut restart_needed = false;
     for name in ["archive_mode", "archive_command", "wal_level"] {
@@ -229,7 +221,7 @@ pub async fn disable(
         restart_needed |= name != "archive_command";
     }
     client.batch_execute("SELECT pg_reload_conf()").await?;
-    repo.storage.delete(&key).await?;
+    repo.delete_pitr_settings().await?;
     Ok(ChangeReport {
         method: "ALTER SYSTEM".into(),
         config_file: data_dir.join("postgresql.auto.conf"),

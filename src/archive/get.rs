@@ -66,8 +66,8 @@ pub async fn fetch(
     durability: Durability,
 ) -> Result<()> {
     let fetched = async {
-        let reader = repo.storage.read(&repo.archived_file_key(file)).await?;
-        let (file, dest, master) = (file.clone(), dest.to_path_buf(), repo.key.clone());
+        let reader = repo.data_storage().read(&repo.archived_file_key(file)).await?;
+        let (file, dest, master) = (file.clone(), dest.to_path_buf(), repo.shared_key());
         tokio::task::spawn_blocking(move || {
             restore_file(reader, master.as_deref(), &file, &dest, durability)
         })
@@ -129,9 +129,9 @@ fn restore_file(
 
 /// Reads a small archived file (a history file) into memory, checked against its checksum.
 pub async fn read_archived(repo: &Repo, file: &ArchivedFile) -> Result<Vec<u8>> {
-    let stored = repo.storage.read_all(&repo.archived_file_key(file)).await?;
+    let stored = repo.data_storage().read_all(&repo.archived_file_key(file)).await?;
     let codec = file.codec;
-    let master = repo.key.clone();
+    let master = repo.shared_key();
     let name = file.file_name();
     let checksum = file.checksum.clone();
     tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {

@@ -52,8 +52,8 @@ pub async fn archive_push(
     };
     let key = repo.archived_file_key(&file);
     let source = path.to_path_buf();
-    let master = repo.key.clone();
-    let stored_size = storage::write_blocking(repo.storage.as_ref(), &key, move |out| {
+    let master = repo.shared_key();
+    let stored_size = storage::write_blocking(repo.data_storage().as_ref(), &key, move |out| {
         let mut counting = crate::pipeline::CountingWriter { inner: out, written: 0 };
         let mut reader = HashingReader::new(std::fs::File::open(&source).at("opening", &source)?);
         let sealed = crate::pipeline::seal(master.as_deref(), &mut counting).at("encrypting", &source)?;

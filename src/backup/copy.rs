@@ -289,7 +289,7 @@ impl BundleSlot {
             self.sequence += 1;
             let writer = self.handle.block_on(
                 self.repo
-                    .storage
+                    .data_storage()
                     .create_large(&bundle_key(&self.repo, &name)),
             )?;
             let sink = CountingWriter {
@@ -481,7 +481,7 @@ impl Worker {
     /// The piece as one frame.
     fn copy_whole(&mut self, piece: &Piece, source: &std::fs::File) -> Result<FileEntry> {
         let file = &*piece.file;
-        let master = self.slot.repo.key.clone();
+        let master = self.slot.repo.shared_key();
         let settings = &self.settings;
         let mut frame = Frame::start(
             self.slot.get()?,
@@ -527,7 +527,7 @@ impl Worker {
         old: &FileEntry,
     ) -> Result<FileEntry> {
         let file = &*piece.file;
-        let master = self.slot.repo.key.clone();
+        let master = self.slot.repo.shared_key();
         let settings = &self.settings;
         let old_pages = old.size / BLCKSZ as u64;
         let bundle = self.slot.get()?;

@@ -23,7 +23,7 @@ use crate::pg::datadir::CONTROL_FILE;
 use crate::pipeline::Compression;
 use crate::repo::archive_map::{segments_between, wait_for_archived};
 use crate::repo::label::{new_label, BackupType};
-use crate::repo::manifest::{bundle_key, Manifest};
+use crate::repo::manifest::Manifest;
 use crate::repo::stanza::check_same_cluster;
 use crate::repo::{Repo, FORMAT_VERSION};
 
@@ -54,6 +54,7 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
     let client = db::connect(conn).await?;
     let server = db::server_info(&client).await?;
     check_same_cluster(&stanza, &server.identity)?;
+    let stanza = repo.upgrade_metadata().await?.unwrap_or(stanza);
 
     remove_orphans(repo).await?;
 
@@ -63,7 +64,22 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
         .unwrap_or_else(|| server.data_directory.clone());
     check_data_directory(&pgdata, server.identity.system_identifier)?;
 
-    let manifests = repo.load_manifests().await?;
+    // A damaged manifest must not stop new backups: build only on intact ones, and keep
+    // the damaged ones' labels (and bundles) untouched for `verify` to name.
+    let backups = repo.load_backups(Some(&stanza)).await?;
+    for d in &backups.damaged {
+        tracing::warn!(label = %d.label, "not building on a damaged backup: {}", d.error);
+    }
+    let manifests: Vec<Manifest> = backups
+        .healthy
+        .iter()
+        .filter(|m| {
+            crate::repo::manifest::chain(&backups.healthy, &m.label)
+                .first()
+                .is_some_and(|full| full.reference.is_none())
+        })
+        .cloned()
+        .collect();
     let timeline = db::current_timeline(&client).await?;
     let choice =
         reference::choose(repo, &manifests, opts.backup_type, opts.max_chain, timeline).await?;
@@ -73,7 +89,12 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
             opts.backup_type
         );
     }
-    let labels: Vec<String> = manifests.iter().map(|m| m.label.clone()).collect();
+    let labels: Vec<String> = backups
+        .healthy
+        .iter()
+        .map(|m| m.label.clone())
+        .chain(backups.damaged.iter().map(|d| d.label.clone()))
+        .collect();
     let label = new_label(choice.backup_type, chrono::Utc::now(), &labels);
     if let Some(r) = &choice.reference {
         tracing::info!(reference = %r.label, "{} backup builds on {}", choice.backup_type, r.label);
@@ -200,10 +221,10 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
 async fn remove_orphans(repo: &Repo) -> Result<()> {
     for bundle in repo.orphan_bundles().await? {
         tracing::info!(%bundle, "removing bundle left by an interrupted backup");
-        repo.storage.delete(&bundle_key(repo, &bundle)).await?;
+        repo.delete_bundle(&bundle).await?;
     }
     for dir in ["bundles", "backups"] {
-        let removed = repo.storage.remove_incomplete(&repo.key(dir), None).await?;
+        let removed = repo.remove_incomplete(dir, None).await?;
         if removed > 0 {
             tracing::info!(
                 removed,

@@ -12,7 +12,7 @@ use crate::archive::spool::Background;
 use crate::db::ConnOptions;
 use crate::error::{Error, Result};
 use crate::pipeline::compress::{Codec, Compression};
-use crate::repo::{shell_quote, Repo};
+use crate::repo::{shell_quote, Repo, StanzaHandle};
 
 /// Exit status of archive-get when a file exists but cannot be used: above 125, so
 /// PostgreSQL stops recovery instead of treating it as the end of the archive.
@@ -27,7 +27,7 @@ pub struct Resolved {
 
 impl Resolved {
     /// The stanza named by the options, without unlocking it.
-    async fn stanza_handle(&self) -> Result<Repo> {
+    async fn stanza_handle(&self) -> Result<StanzaHandle> {
         let url = self.global.repo.as_deref().ok_or_else(|| {
             Error::config("no repository given")
                 .hint("pass --repo DIR, set PGWARD_REPO, or set repo in the configuration file")
@@ -37,7 +37,7 @@ impl Resolved {
                 "pass --stanza NAME, set PGWARD_STANZA, or set stanza in the configuration file",
             )
         })?;
-        Repo::new(
+        StanzaHandle::new(
             crate::storage::open(url, &self.s3_options()?).await?,
             stanza,
         )
@@ -165,7 +165,7 @@ impl Resolved {
     /// `args` naming the handle's repository and stanza, whatever set them: the commands
     /// and workers pgward starts always name them, as `check` expects of archive_command.
     fn with_handle(&self, mut args: GlobalArgs, repo: &Repo) -> GlobalArgs {
-        args.repo = Some(repo.storage.location());
+        args.repo = Some(repo.location());
         args.stanza = Some(repo.stanza.clone());
         args
     }
@@ -226,7 +226,7 @@ mod tests {
             global: cli.global,
         };
         let repo = resolved.stanza_handle().await.unwrap();
-        (resolved, repo)
+        (resolved, repo.unlock(None).await.unwrap())
     }
 
     #[test]

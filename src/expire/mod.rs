@@ -11,7 +11,7 @@ use crate::error::Result;
 use crate::pg::{Lsn, WalFileName};
 use crate::repo::archive::ArchivedFile;
 use crate::repo::label::BackupType;
-use crate::repo::manifest::{bundle_key, chain, Manifest};
+use crate::repo::manifest::{chain, Manifest};
 use crate::repo::Repo;
 
 #[derive(Clone, Debug, Default)]
@@ -195,10 +195,10 @@ pub async fn execute(repo: &Repo, plan: &ExpirePlan) -> Result<()> {
         test_halt_point();
     }
     for bundle in &plan.bundles {
-        repo.storage.delete(&bundle_key(repo, bundle)).await?;
+        repo.delete_bundle(bundle).await?;
     }
     for f in &plan.wal {
-        repo.storage.delete(&repo.archived_file_key(f)).await?;
+        repo.delete_archived(f).await?;
     }
     if !plan.wal.is_empty() {
         tracing::info!(files = plan.wal.len(), kept_from = %plan.wal_kept_from.unwrap_or_default(), "expired WAL no retained backup needs");
@@ -211,12 +211,10 @@ pub async fn execute(repo: &Repo, plan: &ExpirePlan) -> Result<()> {
 const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
 
 async fn remove_abandoned_archive_writes(repo: &Repo) -> Result<()> {
-    let top = repo.storage.list(&repo.key("archive")).await?;
     let mut removed = 0;
-    for dir in top.dirs {
+    for dir in repo.archive_dirs().await? {
         removed += repo
-            .storage
-            .remove_incomplete(&repo.archive_dir_key(&dir), Some(ABANDONED_AFTER))
+            .remove_incomplete(&format!("archive/{dir}"), Some(ABANDONED_AFTER))
             .await?;
     }
     if removed > 0 {

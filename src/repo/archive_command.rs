@@ -50,7 +50,7 @@ mod tests {
 
     fn repo() -> Repo {
         let storage = std::sync::Arc::new(LocalStorage::new("/var/lib/pgward/repo"));
-        Repo::new(storage, "main").unwrap()
+        Repo::plain_for_tests(storage, "main")
     }
 
     #[test]

@@ -1,116 +1,139 @@
-//! Encryption of a stanza. `keyfile.json` (never encrypted itself) holds the master key
-//! wrapped by the passphrase; every other object of the stanza, and every bundle frame,
-//! is encrypted with keys derived from the master key (`pipeline::encrypt`).
+//! Encryption of a stanza. `keyfile.json` (never encrypted, but enveloped and checksummed
+//! like every metadata object) holds the master key wrapped by the passphrase; every other
+//! object of the stanza, and every bundle frame, is encrypted with keys derived from the
+//! master key (`pipeline::encrypt`). Unlocking turns a `StanzaHandle` into a `Repo`.
 
 use std::sync::Arc;
 
-use super::Repo;
+use super::object::{self, Contents, Kind};
+use super::{Repo, Sealing, StanzaHandle};
 use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::encrypt::{crypto_error, KeyFile};
 
-const KEY_FILE: &str = "keyfile.json";
+pub(super) const KEY_FILE: &str = "keyfile.json";
 
-impl Repo {
+/// A key file as read, and whether it was written before envelopes (format 3).
+pub(super) struct StoredKeyFile {
+    pub file: KeyFile,
+    pub legacy: bool,
+}
+
+/// Parses stored key-file bytes (an envelope, or format 3's bare JSON).
+pub(super) fn parse_key_file(stored: &[u8], what: &str) -> Result<StoredKeyFile> {
+    let (json, legacy) = match object::decode(None, Kind::KeyFile, stored, what)? {
+        Contents::Checked(p) => (p, false),
+        Contents::Legacy(raw) => (raw, true),
+    };
+    let file = KeyFile::from_json(&json).map_err(|e| e.at(what))?;
+    Ok(StoredKeyFile { file, legacy })
+}
+
+pub(super) fn key_file_bytes(file: &KeyFile) -> Vec<u8> {
+    object::envelope(Kind::KeyFile, &file.to_json())
+}
+
+impl StanzaHandle {
     fn key_file_key(&self) -> String {
         self.key(KEY_FILE)
     }
 
-    async fn key_file(&self) -> Result<Option<KeyFile>> {
-        match self.storage.read_all(&self.key_file_key()).await {
-            Ok(bytes) => KeyFile::from_json(&bytes)
-                .map(Some)
-                .map_err(|e| e.at(self.key_file_key())),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e),
+    async fn key_file(&self) -> Result<Option<StoredKeyFile>> {
+        let key = self.key_file_key();
+        match object::get(&self.storage, &key).await? {
+            Some(bytes) => parse_key_file(&bytes, &key).map(Some),
+            None => Ok(None),
         }
     }
 
-    /// Unlocks an encrypted stanza with `passphrase`; a clear error when one is missing
-    /// or wrong, or given for a stanza that is not encrypted.
-    pub async fn unlock(mut self, passphrase: Option<&[u8]>) -> Result<Repo> {
+    /// Unlocks the stanza with `passphrase`: the only way to a `Repo`. A clear error when
+    /// the stanza is encrypted and the passphrase is missing or wrong.
+    pub async fn unlock(self, passphrase: Option<&[u8]>) -> Result<Repo> {
         match (self.key_file().await?, passphrase) {
-            (Some(file), Some(pass)) => {
-                let key = file
+            (Some(stored), Some(pass)) => {
+                let key = stored
+                    .file
                     .unlock(pass)
                     .map_err(|e| e.at(format!("the key of stanza {:?}", self.stanza)))?;
-                self.key = Some(Arc::new(key));
-                Ok(self)
+                let legacy = stored.legacy;
+                let key_file = self.key_file_key();
+                let repo = self.into_repo(Sealing::Encrypted(Arc::new(key)));
+                if legacy && repo.stanza_exists().await? {
+                    repo.legacy_allowed(&key_file).await?;
+                }
+                Ok(repo)
             }
             (Some(_), None) => Err(Error::config(format!(
                 "stanza {:?} is encrypted and no passphrase was given",
                 self.stanza
             ))
             .hint("pass --cipher-pass, set PGWARD_CIPHER_PASS, or give --cipher-pass-file")),
-            (None, _) => Ok(self),
+            (None, _) => Ok(self.into_repo(Sealing::Plain)),
         }
     }
 
-    /// Makes a new stanza encrypted (before anything else is written to it).
-    pub async fn create_key(&mut self, passphrase: &[u8]) -> Result<()> {
+    /// Makes a new stanza encrypted (before anything else is written to it), or unlocks
+    /// it when it already is.
+    pub async fn create_key(self, passphrase: &[u8]) -> Result<Repo> {
         if self.key_file().await?.is_some() {
-            return self
-                .clone()
-                .unlock(Some(passphrase))
-                .await
-                .map(|r| self.key = r.key);
+            return self.unlock(Some(passphrase)).await;
         }
         let (file, key) = KeyFile::create(passphrase).map_err(|e| e.at("a new key"))?;
         self.storage
-            .put(&self.key_file_key(), &file.to_json())
+            .put(&self.key_file_key(), &key_file_bytes(&file))
             .await?;
-        self.key = Some(Arc::new(key));
-        Ok(())
+        Ok(self.into_repo(Sealing::Encrypted(Arc::new(key))))
     }
 
     /// Re-wraps the master key under a new passphrase; no data is rewritten.
     pub async fn rekey(&self, old: &[u8], new: &[u8]) -> Result<()> {
-        let Some(file) = self.key_file().await? else {
+        let Some(stored) = self.key_file().await? else {
             return Err(Error::config(format!(
                 "stanza {:?} is not encrypted",
                 self.stanza
             )));
         };
-        let next = file
+        let next = stored
+            .file
             .rekey(old, new)
             .map_err(|e| e.at(format!("the key of stanza {:?}", self.stanza)))?;
         self.storage
-            .put(&self.key_file_key(), &next.to_json())
+            .put(&self.key_file_key(), &key_file_bytes(&next))
             .await
     }
 
     pub async fn is_encrypted(&self) -> Result<bool> {
         Ok(self.key_file().await?.is_some())
     }
+}
 
-    /// Writes a small whole object (stanza info, manifest, marker), encrypted if the stanza is.
-    pub async fn put_object(&self, key: &str, bytes: &[u8]) -> Result<()> {
-        match &self.key {
-            None => self.storage.put(key, bytes).await,
-            Some(master) => {
-                let mut sealed = crate::pipeline::seal(Some(master), Vec::new())
-                    .map_err(|e| Error::io("encrypting", key, e))?;
-                std::io::Write::write_all(&mut sealed, bytes)
-                    .map_err(|e| Error::io("encrypting", key, e))?;
-                let out = sealed
-                    .finish()
-                    .map_err(|e| Error::io("encrypting", key, e))?;
-                self.storage.put(key, &out).await
+impl Repo {
+    /// Checks `keyfile.json` (envelope, fields, and that it wraps the key this stanza was
+    /// unlocked with), for `verify`. Ok for a plain stanza without one.
+    pub async fn check_key_file(&self) -> Result<()> {
+        let key = self.key(KEY_FILE);
+        let stored = match object::get(&self.storage, &key).await? {
+            None if !self.is_encrypted() => return Ok(()),
+            None => {
+                return Err(object::damaged(
+                    &key,
+                    "is missing: nothing can unlock this stanza",
+                ))
             }
+            Some(b) => parse_key_file(&b, &key)?,
+        };
+        if stored.legacy {
+            self.legacy_allowed(&key).await?;
         }
-    }
-
-    /// Reads a small whole object written by `put_object`.
-    pub async fn get_object(&self, key: &str) -> Result<Vec<u8>> {
-        let stored = self.storage.read_all(key).await?;
-        match &self.key {
-            None => Ok(stored),
-            Some(master) => {
-                let mut out = Vec::new();
-                crate::pipeline::unseal(Some(master), &stored[..])
-                    .and_then(|mut r| std::io::Read::read_to_end(&mut r, &mut out))
-                    .map_err(|e| decrypt_error(key, e))?;
-                Ok(out)
-            }
+        match self.master_key() {
+            None => Err(object::damaged(
+                &key,
+                "exists in a stanza that was opened as unencrypted",
+            )),
+            Some(m) if m.key_id() != stored.file.key_id => Err(object::damaged(
+                &key,
+                "wraps another key than the one this stanza was unlocked with",
+            )),
+            Some(_) => Ok(()),
         }
     }
 }

@@ -8,6 +8,8 @@
 //! - Object storage without them (Garage ignores If-None-Match): a host-local `flock`;
 //!   `info` and `check` say that only this host is protected.
 //!
+//! Lock objects are enveloped (and sealed in encrypted stanzas) like every metadata object.
+//!
 //! The lock guards work, never data: the manifests stay the only truth, so a lock lost
 //! in a crash costs at most a wait, never a repository.
 
@@ -18,6 +20,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::object::{self, Contents, Kind};
 use super::Repo;
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::storage::local::{create_dir_durable, try_flock};
@@ -88,29 +91,33 @@ impl Repo {
         }
         let key = self.key(&format!("lock/{purpose}.lock"));
         let what = purpose.to_string();
-        let holder = move |now| {
-            serde_json::to_vec(&Holder {
-                pid: std::process::id(),
-                host: host(),
-                purpose: what.clone(),
-                heartbeat: now,
-            })
-            .expect("holder serializes")
+        let holder = move |repo: &Repo, key: &str, now| {
+            repo.encode_object(
+                key,
+                Kind::Lock,
+                &Holder {
+                    pid: std::process::id(),
+                    host: host(),
+                    purpose: what.clone(),
+                    heartbeat: now,
+                },
+            )
         };
         for _ in 0..2 {
             match self
                 .storage
-                .create_exclusive(&key, &holder(chrono::Utc::now()))
+                .create_exclusive(&key, &holder(self, &key, chrono::Utc::now())?)
                 .await?
             {
                 None => return self.flock(self.host_lock_dir(), purpose),
                 Some(true) => {
-                    let (storage, key2, holder) =
-                        (self.storage.clone(), key.clone(), holder.clone());
+                    let (repo, key2, holder) = (self.clone(), key.clone(), holder.clone());
                     let beat = tokio::spawn(async move {
                         loop {
                             tokio::time::sleep(HEARTBEAT).await;
-                            let _ = storage.put(&key2, &holder(chrono::Utc::now())).await;
+                            if let Ok(bytes) = holder(&repo, &key2, chrono::Utc::now()) {
+                                let _ = repo.storage.put(&key2, &bytes).await;
+                            }
                         }
                     });
                     return Ok(StanzaLock {
@@ -120,12 +127,7 @@ impl Repo {
                     });
                 }
                 Some(false) => {
-                    let current: Option<Holder> = self
-                        .storage
-                        .read_all(&key)
-                        .await
-                        .ok()
-                        .and_then(|b| serde_json::from_slice(&b).ok());
+                    let current = self.lock_holder(&key).await;
                     let Some(current) = current else { continue }; // released meanwhile
                     let dead_here = current.host == host() && !pid_alive(current.pid);
                     let silent = chrono::Utc::now() - current.heartbeat
@@ -150,6 +152,16 @@ impl Repo {
         ))
     }
 
+    /// Who holds a lock object; None when it is gone or unreadable. Lock objects of
+    /// format 3 (bare JSON) are read too: one left by a crash must still be taken over.
+    async fn lock_holder(&self, key: &str) -> Option<Holder> {
+        let stored = object::get(&self.storage, key).await.ok()??;
+        let json = match object::decode(self.master_key(), Kind::Lock, &stored, key).ok()? {
+            Contents::Checked(p) | Contents::Legacy(p) => p,
+        };
+        serde_json::from_slice(&json).ok()
+    }
+
     /// How this stanza is protected from concurrent backups, for `info` and `check`.
     pub async fn lock_mechanism(&self) -> Result<String> {
         if self.storage.local_root().is_some() {
@@ -157,7 +169,8 @@ impl Repo {
         }
         let probe = self.key("lock/.probe");
         let _ = self.storage.delete(&probe).await;
-        Ok(match self.storage.create_exclusive(&probe, b"probe").await? {
+        let bytes = self.encode_object(&probe, Kind::Lock, &"probe")?;
+        Ok(match self.storage.create_exclusive(&probe, &bytes).await? {
             None => "host-local only: the store ignores conditional writes, so backups started on other hosts are not excluded".into(),
             Some(_) => {
                 let _ = self.storage.delete(&probe).await;

@@ -10,6 +10,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::label::{label_time, BackupType};
+use super::object::{self, damaged, Contents, Kind};
+use super::stanza::StanzaInfo;
 use super::Repo;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pg::{Lsn, TimelineId};
@@ -202,12 +204,59 @@ fn manifest_key(repo: &Repo, label: &str) -> String {
     repo.key(&format!("backups/{label}.manifest"))
 }
 
+fn pin_key(repo: &Repo, label: &str) -> String {
+    repo.key(&format!("backups/{label}.pin"))
+}
+
 pub fn bundle_key(repo: &Repo, bundle: &str) -> String {
     repo.key(&format!("bundles/{bundle}"))
 }
 
+/// A backup whose manifest cannot be trusted, and why.
+#[derive(Debug)]
+pub struct DamagedBackup {
+    pub label: String,
+    pub error: Error,
+}
+
+/// Every backup the stanza lists: those whose manifest reads and checks, oldest first,
+/// and those whose manifest does not.
+#[derive(Debug, Default)]
+pub struct Backups {
+    pub healthy: Vec<Manifest>,
+    pub damaged: Vec<DamagedBackup>,
+}
+
+/// A pin marker names the backup it pins.
+#[derive(Serialize, Deserialize)]
+struct Pin {
+    label: String,
+}
+
+/// The label a pin marker names (format 3 stored the bare label).
+pub(super) fn pin_label(contents: Contents, key: &str) -> Result<String> {
+    Ok(match contents {
+        Contents::Checked(p) => object::parse_json::<Pin>(&p, key)?.label,
+        Contents::Legacy(raw) => String::from_utf8_lossy(&raw).into_owned(),
+    })
+}
+
+/// A manifest must be of the stanza's cluster.
+fn check_cluster(m: &Manifest, stanza: &StanzaInfo, key: &str) -> Result<()> {
+    if m.system_identifier != stanza.system_identifier || m.pg_major != stanza.pg_major {
+        return Err(damaged(
+            key,
+            format!(
+                "is a backup of cluster {} (PostgreSQL {}), but stanza.json names cluster {} (PostgreSQL {})",
+                m.system_identifier, m.pg_major, stanza.system_identifier, stanza.pg_major
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl Repo {
-    /// Labels of every complete backup, oldest first.
+    /// Labels of every backup that has a manifest, oldest first.
     pub async fn backup_labels(&self) -> Result<Vec<String>> {
         let listing = self.storage.list(&self.key("backups")).await?;
         let mut labels: Vec<String> = listing
@@ -221,50 +270,96 @@ impl Repo {
         Ok(labels)
     }
 
-    pub async fn load_manifest(&self, label: &str) -> Result<Manifest> {
+    /// Reads a manifest and checks that it is the one stored under its label (envelope,
+    /// parse, label); the cluster is checked by the callers, against `stanza.json`.
+    pub async fn read_manifest(&self, label: &str) -> Result<Manifest> {
         let key = manifest_key(self, label);
-        let bytes = match self.get_object(&key).await {
-            Err(e) if e.is_not_found() => {
+        let bytes = match self.read_contents(&key, Kind::Manifest).await? {
+            None => {
                 return Err(Error::new(
                     ErrorKind::NotFound,
                     format!("backup {label} does not exist in stanza {:?}", self.stanza),
                 )
                 .hint("`pgward info` lists the backups"))
             }
-            other => other?,
-        };
-        parse_manifest(&bytes).map_err(|e| match e {
-            ManifestError::Unreadable(e) => {
-                Error::corrupt(format!("manifest of backup {label} ({key}) does not parse"))
-                    .source(e)
+            Some(Contents::Checked(p)) => p,
+            Some(Contents::Legacy(raw)) => {
+                self.legacy_allowed(&key).await?;
+                raw
             }
+        };
+        let m = parse_manifest(&bytes).map_err(|e| match e {
+            ManifestError::Unreadable(e) => damaged(&key, format!("does not parse: {e}")),
             ManifestError::Newer(v) => Error::config(format!(
                 "backup {label} uses repository format {v}, newer than this pgward"
             ))
             .hint("upgrade pgward"),
-        })
+        })?;
+        if m.label != label {
+            return Err(damaged(
+                &key,
+                format!(
+                    "is the manifest of backup {}, copied over the manifest of backup {label}",
+                    m.label
+                ),
+            ));
+        }
+        Ok(m)
     }
 
-    /// Every complete backup, oldest first.
-    pub async fn load_manifests(&self) -> Result<Vec<Manifest>> {
-        let mut out = Vec::new();
+    /// A manifest, checked against its label and the stanza's cluster.
+    pub async fn load_manifest(&self, label: &str) -> Result<Manifest> {
+        let stanza = self.stanza_info().await?;
+        let m = self.read_manifest(label).await?;
+        check_cluster(&m, &stanza, &manifest_key(self, label))?;
+        Ok(m)
+    }
+
+    /// Every backup, sorted into those that read and check (against `stanza` when given)
+    /// and those that do not. Errors only when the listing itself fails.
+    pub async fn load_backups(&self, stanza: Option<&StanzaInfo>) -> Result<Backups> {
+        let mut out = Backups::default();
         for label in self.backup_labels().await? {
-            out.push(self.load_manifest(&label).await?);
+            let checked = match self.read_manifest(&label).await {
+                Ok(m) => match stanza {
+                    Some(s) => check_cluster(&m, s, &manifest_key(self, &label)).map(|()| m),
+                    None => Ok(m),
+                },
+                Err(e) => Err(e),
+            };
+            match checked {
+                Ok(m) => out.healthy.push(m),
+                Err(error) if error.kind == ErrorKind::Io => return Err(error),
+                // Expired between the listing and the read: no longer a backup.
+                Err(error) if error.is_not_found() => {}
+                Err(error) => out.damaged.push(DamagedBackup { label, error }),
+            }
         }
         Ok(out)
     }
 
+    /// Every backup, oldest first; the first damaged manifest is an error.
+    pub async fn load_manifests(&self) -> Result<Vec<Manifest>> {
+        let stanza = self.stanza_info().await?;
+        let backups = self.load_backups(Some(&stanza)).await?;
+        match backups.damaged.into_iter().next() {
+            Some(d) => Err(d.error),
+            None => Ok(backups.healthy),
+        }
+    }
+
     pub async fn save_manifest(&self, manifest: &Manifest) -> Result<()> {
-        let json = serde_json::to_vec(manifest).expect("manifest serializes");
-        self.put_object(&manifest_key(self, &manifest.label), &json)
-            .await
+        self.write_object(
+            &manifest_key(self, &manifest.label),
+            Kind::Manifest,
+            manifest,
+        )
+        .await
     }
 
     /// Removes a backup from the listing (its bundles are removed separately).
     pub async fn delete_manifest(&self, label: &str) -> Result<()> {
-        self.storage
-            .delete(&self.key(&format!("backups/{label}.pin")))
-            .await?;
+        self.storage.delete(&pin_key(self, label)).await?;
         self.storage.delete(&manifest_key(self, label)).await
     }
 
@@ -272,14 +367,24 @@ impl Repo {
     /// pinning never rewrites a manifest.
     pub async fn set_pinned(&self, label: &str, pinned: bool) -> Result<()> {
         self.load_manifest(label).await?;
-        let key = self.key(&format!("backups/{label}.pin"));
+        let key = pin_key(self, label);
         if pinned {
-            self.put_object(&key, label.as_bytes()).await
+            self.write_pin(label).await
         } else {
             self.storage.delete(&key).await
         }
     }
 
+    pub(super) async fn write_pin(&self, label: &str) -> Result<()> {
+        let pin = Pin {
+            label: label.to_string(),
+        };
+        self.write_object(&pin_key(self, label), Kind::Pin, &pin)
+            .await
+    }
+
+    /// Backups with a pin marker. A damaged marker still pins (expire keeps too much
+    /// rather than too little); `check_pin` tells it is damaged.
     pub async fn pinned_labels(&self) -> Result<Vec<String>> {
         let listing = self.storage.list(&self.key("backups")).await?;
         Ok(listing
@@ -288,6 +393,25 @@ impl Repo {
             .filter_map(|f| f.name.strip_suffix(".pin"))
             .map(str::to_string)
             .collect())
+    }
+
+    /// Checks a backup's pin marker (envelope, and that it names the backup); absent is fine.
+    pub async fn check_pin(&self, label: &str) -> Result<()> {
+        let key = pin_key(self, label);
+        let Some(contents) = self.read_contents(&key, Kind::Pin).await? else {
+            return Ok(());
+        };
+        if matches!(contents, Contents::Legacy(_)) {
+            self.legacy_allowed(&key).await?;
+        }
+        let named = pin_label(contents, &key)?;
+        if named != label {
+            return Err(damaged(
+                &key,
+                format!("names backup {named:?}: it was copied from another backup"),
+            ));
+        }
+        Ok(())
     }
 
     /// Bundles in the repository that no manifest names: left by interrupted backups.

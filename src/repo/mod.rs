@@ -1,13 +1,17 @@
 //! The repository format (documented in docs/repository-format.md). Everything about
-//! where things live in a repository, and how they are named, is here.
+//! where things live in a repository, and how they are named, is here. Metadata objects
+//! are read and written only through `object.rs`.
 //!
 //! ```text
 //! <stanza>/stanza.json                                   cluster identity + format version
+//! <stanza>/keyfile.json                                  encrypted stanzas: the wrapped key
+//! <stanza>/pitr-previous-settings.json                   settings `pitr enable` replaced
 //! <stanza>/archive/<TTTTTTTTLLLLLLLL>/<wal name>-<blake3>[.ext]   segments, .partial, .backup
 //! <stanza>/archive/history/<TTTTTTTT>.history-<blake3>[.ext]
 //! <stanza>/backups/<label>.manifest                      written last: a backup exists iff this does
+//! <stanza>/backups/<label>.pin                           present while the backup is pinned
 //! <stanza>/bundles/<label>-<job>-<seq>.bundle            compressed frames of the backup's files
-//! <stanza>/lock/                                         host-local lock files (local repositories)
+//! <stanza>/lock/                                         flock files (local), lock objects (S3)
 //! ```
 
 pub mod archive;
@@ -18,25 +22,58 @@ pub mod label;
 pub mod lock;
 pub mod manifest;
 pub mod piece;
+pub mod object;
 pub mod stanza;
+mod upgrade;
+
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::pipeline::encrypt::MasterKey;
 use crate::storage::SharedStorage;
 
-/// Version of the layout and file formats this build writes and reads.
-pub const FORMAT_VERSION: u32 = 3;
+/// Version of the layout and file formats this build writes (it reads 1 to this).
+pub const FORMAT_VERSION: u32 = 4;
 
-/// A stanza within a repository: the handle every command works through.
+/// A stanza not yet unlocked: it can read and write only the key file (which is never
+/// encrypted) and tell whether the stanza is encrypted. `unlock` is the only way to a
+/// `Repo`, so nothing can be written to an encrypted stanza without its key:
+///
+/// ```compile_fail
+/// # async fn f(handle: pgward::repo::StanzaHandle) {
+/// handle.storage.put("main/stanza.json", b"{}").await; // private: no way around unlock
+/// # }
+/// ```
+///
+/// ```compile_fail
+/// # fn f(handle: pgward::repo::StanzaHandle) {
+/// let repo = pgward::repo::Repo { storage: todo!(), stanza: "main".into(), sealing: pgward::repo::Sealing::Plain };
+/// # }
+/// ```
 #[derive(Clone, Debug)]
-pub struct Repo {
-    pub storage: SharedStorage,
-    pub stanza: String,
-    /// Set when the stanza is encrypted (unlocked with the passphrase).
-    pub key: Option<std::sync::Arc<crate::pipeline::encrypt::MasterKey>>,
+pub struct StanzaHandle {
+    storage: SharedStorage,
+    stanza: String,
 }
 
-impl Repo {
-    pub fn new(storage: SharedStorage, stanza: &str) -> Result<Repo> {
+/// How a stanza's objects are stored, decided by its key file when it is unlocked.
+#[derive(Clone, Debug)]
+pub enum Sealing {
+    Plain,
+    Encrypted(Arc<MasterKey>),
+}
+
+/// An unlocked stanza: the handle every command works through. Its storage is private to
+/// `repo/`: commands read and write the repository only through the methods here.
+#[derive(Clone, Debug)]
+pub struct Repo {
+    storage: SharedStorage,
+    pub stanza: String,
+    sealing: Sealing,
+}
+
+impl StanzaHandle {
+    pub fn new(storage: SharedStorage, stanza: &str) -> Result<StanzaHandle> {
         let valid = !stanza.is_empty()
             && stanza.len() <= 64
             && stanza
@@ -47,22 +84,127 @@ impl Repo {
             return Err(Error::config(format!("invalid stanza name {stanza:?}"))
                 .hint("use letters, digits, '-', '_' or '.', for example --stanza main"));
         }
-        Ok(Repo {
+        Ok(StanzaHandle {
             storage,
             stanza: stanza.to_string(),
-            key: None,
         })
+    }
+
+    pub fn stanza(&self) -> &str {
+        &self.stanza
     }
 
     pub fn key(&self, rest: &str) -> String {
         format!("{}/{rest}", self.stanza)
     }
 
+    /// Whether `stanza.json` exists (whatever it holds).
+    pub async fn exists(&self) -> Result<bool> {
+        Ok(object::get(&self.storage, &self.key(stanza::FILE))
+            .await?
+            .is_some())
+    }
+
+    fn into_repo(self, sealing: Sealing) -> Repo {
+        Repo {
+            storage: self.storage,
+            stanza: self.stanza,
+            sealing,
+        }
+    }
+}
+
+impl Repo {
+    pub fn key(&self, rest: &str) -> String {
+        format!("{}/{rest}", self.stanza)
+    }
+
+    /// The repository, for messages and generated commands (`/var/lib/pgward`, `s3://...`).
+    pub fn location(&self) -> String {
+        self.storage.location()
+    }
+
+    /// The key bundle frames and archived WAL are sealed with; None for a plain stanza.
+    pub(crate) fn master_key(&self) -> Option<&MasterKey> {
+        match &self.sealing {
+            Sealing::Plain => None,
+            Sealing::Encrypted(k) => Some(k),
+        }
+    }
+
+    /// `master_key`, shared, for blocking tasks that outlive the borrow.
+    pub(crate) fn shared_key(&self) -> Option<Arc<MasterKey>> {
+        match &self.sealing {
+            Sealing::Plain => None,
+            Sealing::Encrypted(k) => Some(k.clone()),
+        }
+    }
+
+    pub fn is_encrypted(&self) -> bool {
+        matches!(self.sealing, Sealing::Encrypted(_))
+    }
+
+    /// The storage, for bundle frames and archived WAL only, until `repo/frames.rs` and
+    /// `repo/wal.rs` own those paths. Metadata never goes through here.
+    pub(crate) fn data_storage(&self) -> &SharedStorage {
+        &self.storage
+    }
+
+    /// Whether the repository is a local directory (readers then use more parallelism).
+    pub fn is_local(&self) -> bool {
+        self.storage.local_root().is_some()
+    }
+
+    /// The local directory of the repository, if it is one (for permission checks).
+    pub fn local_root(&self) -> Option<std::path::PathBuf> {
+        self.storage.local_root()
+    }
+
+    /// A plain stanza without reading its key file, for unit tests of code that only
+    /// needs a handle.
+    #[cfg(test)]
+    pub(crate) fn plain_for_tests(storage: SharedStorage, stanza: &str) -> Repo {
+        Repo {
+            storage,
+            stanza: stanza.to_string(),
+            sealing: Sealing::Plain,
+        }
+    }
+
+    /// Removes a bundle (expire, and leftovers of interrupted backups).
+    pub async fn delete_bundle(&self, bundle: &str) -> Result<()> {
+        self.storage
+            .delete(&manifest::bundle_key(self, bundle))
+            .await
+    }
+
+    /// Removes partly written objects of interrupted writers in a stanza directory
+    /// (`bundles`, `backups`, an archive directory); see `Storage::remove_incomplete`.
+    pub async fn remove_incomplete(
+        &self,
+        dir: &str,
+        older_than: Option<std::time::Duration>,
+    ) -> Result<usize> {
+        self.storage
+            .remove_incomplete(&self.key(dir), older_than)
+            .await
+    }
+
+    /// Removes an archived WAL file.
+    pub async fn delete_archived(&self, file: &archive::ArchivedFile) -> Result<()> {
+        self.storage.delete(&self.archived_file_key(file)).await
+    }
+
+    /// Directories of the archive (one per timeline and log id, and `history`).
+    pub async fn archive_dirs(&self) -> Result<Vec<String>> {
+        Ok(self.storage.list(&self.key("archive")).await?.dirs)
+    }
+
     /// Repository URL and stanza as command-line options, for generated commands.
     pub fn cli_options(&self) -> String {
         format!(
             "--repo {} --stanza {}",
-            shell_quote(&self.storage.location()),
+            shell_quote(&self.location()),
             shell_quote(&self.stanza)
         )
     }

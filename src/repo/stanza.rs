@@ -1,8 +1,11 @@
 //! `stanza.json`: which cluster a stanza belongs to. Every command that writes checks
-//! the cluster it talks to against this before touching anything.
+//! the cluster it talks to against this before touching anything. Also the stanza's other
+//! small objects: the settings `pitr enable` replaced.
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::object::{self, Contents, Kind};
 use super::{Repo, FORMAT_VERSION};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -28,62 +31,131 @@ pub struct ClusterIdentity {
     pub wal_segment_size: u64,
 }
 
-const FILE: &str = "stanza.json";
+pub(super) const FILE: &str = "stanza.json";
+const PITR_SETTINGS: &str = "pitr-previous-settings.json";
 
 impl Repo {
-    /// Reads the stanza's identity; a clear error when the stanza was never created.
+    /// Reads the stanza's identity; a clear error when the stanza was never created, and a
+    /// Corrupt one when `stanza.json` is damaged or names another stanza.
     pub async fn stanza_info(&self) -> Result<StanzaInfo> {
-        let bytes = match self.get_object(&self.key(FILE)).await {
-            Err(e) if e.is_not_found() => {
+        let key = self.key(FILE);
+        let contents = match self.read_contents(&key, Kind::Stanza).await? {
+            None if self.holds_anything().await? => {
+                return Err(object::damaged(
+                    &key,
+                    "is missing, but the stanza holds backups, archived WAL or a key file",
+                ))
+            }
+            None => {
                 return Err(Error::new(
                     ErrorKind::Config,
                     format!(
                         "stanza {:?} does not exist in repository {}",
                         self.stanza,
-                        self.storage.location()
+                        self.location()
                     ),
                 )
                 .hint("run `pgward stanza-create` first, or check --repo and --stanza"))
             }
-            other => other?,
+            Some(c) => c,
         };
-        let info: StanzaInfo = serde_json::from_slice(&bytes).map_err(|e| {
-            Error::corrupt(format!("{}/{FILE} does not parse", self.stanza)).source(e)
-        })?;
-        if info.format_version > FORMAT_VERSION {
-            return Err(Error::new(
-                ErrorKind::Config,
-                format!("stanza {:?} uses repository format {}, this pgward reads up to {FORMAT_VERSION}", self.stanza, info.format_version),
-            )
-            .hint("upgrade pgward"));
-        }
-        Ok(info)
+        parse_stanza(contents, &key, &self.stanza)
     }
 
-    /// Records the cluster, or confirms it is the one already recorded.
-    pub async fn stanza_create(&self, cluster: &ClusterIdentity) -> Result<(StanzaInfo, bool)> {
-        match self.stanza_info().await {
-            Ok(existing) => {
-                check_same_cluster(&existing, cluster)?;
-                Ok((existing, false))
-            }
-            Err(e) if e.kind == ErrorKind::Config && e.message.contains("does not exist") => {
-                let info = StanzaInfo {
-                    format_version: FORMAT_VERSION,
-                    stanza: self.stanza.clone(),
-                    system_identifier: cluster.system_identifier,
-                    pg_major: cluster.pg_major,
-                    data_checksums: cluster.data_checksums,
-                    wal_segment_size: cluster.wal_segment_size,
-                    created: chrono::Utc::now(),
-                };
-                let json = serde_json::to_vec_pretty(&info).expect("stanza info serializes");
-                self.put_object(&self.key(FILE), &json).await?;
-                Ok((info, true))
-            }
-            Err(e) => Err(e),
-        }
+    /// Whether anything but `stanza.json` was stored for this stanza.
+    async fn holds_anything(&self) -> Result<bool> {
+        let top = self.storage.list(&self.stanza).await?;
+        Ok(top.files.iter().any(|f| f.name == super::cipher::KEY_FILE)
+            || top.dirs.iter().any(|d| d == "backups" || d == "archive"))
     }
+
+    /// Whether `stanza.json` exists (whatever it holds).
+    pub(super) async fn stanza_exists(&self) -> Result<bool> {
+        Ok(object::get(&self.storage, &self.key(FILE)).await?.is_some())
+    }
+
+    /// Records the cluster, or confirms it is the one already recorded (and brings an
+    /// existing stanza of an older format up to this one).
+    pub async fn stanza_create(&self, cluster: &ClusterIdentity) -> Result<(StanzaInfo, bool)> {
+        if self.stanza_exists().await? {
+            let existing = self.stanza_info().await?;
+            check_same_cluster(&existing, cluster)?;
+            let existing = self.upgrade_metadata().await?.unwrap_or(existing);
+            return Ok((existing, false));
+        }
+        let info = StanzaInfo {
+            format_version: FORMAT_VERSION,
+            stanza: self.stanza.clone(),
+            system_identifier: cluster.system_identifier,
+            pg_major: cluster.pg_major,
+            data_checksums: cluster.data_checksums,
+            wal_segment_size: cluster.wal_segment_size,
+            created: chrono::Utc::now(),
+        };
+        self.write_stanza_info(&info).await?;
+        Ok((info, true))
+    }
+
+    pub(super) async fn write_stanza_info(&self, info: &StanzaInfo) -> Result<()> {
+        self.write_object(&self.key(FILE), Kind::Stanza, info).await
+    }
+
+    /// The settings `pitr enable` replaced, if saved.
+    pub async fn saved_pitr_settings<T: DeserializeOwned>(&self) -> Result<Option<T>> {
+        self.read_object(&self.key(PITR_SETTINGS), Kind::PitrSettings)
+            .await
+    }
+
+    pub async fn save_pitr_settings<T: Serialize>(&self, settings: &T) -> Result<()> {
+        self.write_object(&self.key(PITR_SETTINGS), Kind::PitrSettings, settings)
+            .await
+    }
+
+    pub async fn delete_pitr_settings(&self) -> Result<()> {
+        self.storage.delete(&self.key(PITR_SETTINGS)).await
+    }
+
+    /// Checks the saved PITR settings, for `verify`; absent is fine.
+    pub async fn check_pitr_settings(&self) -> Result<Option<String>> {
+        let key = self.key(PITR_SETTINGS);
+        self.read_object::<serde_json::Value>(&key, Kind::PitrSettings)
+            .await
+            .map(|v| v.map(|_| key))
+    }
+}
+
+/// Parses and checks stored `stanza.json` contents found under stanza `stanza`.
+pub(super) fn parse_stanza(contents: Contents, key: &str, stanza: &str) -> Result<StanzaInfo> {
+    let (info, legacy): (StanzaInfo, bool) = match contents {
+        Contents::Checked(p) => (object::parse_json(&p, key)?, false),
+        Contents::Legacy(raw) => (object::parse_json(&raw, key)?, true),
+    };
+    if info.format_version > FORMAT_VERSION {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "stanza {stanza:?} uses repository format {}, this pgward reads up to {FORMAT_VERSION}",
+                info.format_version
+            ),
+        )
+        .hint("upgrade pgward"));
+    }
+    if legacy && info.format_version >= 4 {
+        return Err(object::damaged(
+            key,
+            format!("says format {} but has no envelope", info.format_version),
+        ));
+    }
+    if info.stanza != stanza {
+        return Err(object::damaged(
+            key,
+            format!(
+                "names stanza {:?}: it was copied from another stanza",
+                info.stanza
+            ),
+        ));
+    }
+    Ok(info)
 }
 
 pub fn check_same_cluster(stanza: &StanzaInfo, cluster: &ClusterIdentity) -> Result<()> {

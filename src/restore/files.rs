@@ -61,7 +61,7 @@ pub async fn restore_files(
     // Object storage answers each ranged read after a round trip: more readers in
     // flight hide the latency (a local disk gains nothing from them). They wait on the
     // network more than on the disk, so each keeps fewer chunks in memory.
-    let (readers, chunks_each) = if repo.storage.local_root().is_some() {
+    let (readers, chunks_each) = if repo.is_local() {
         (jobs.max(1), super::output::CHUNKS)
     } else {
         ((jobs.max(1) * 4).min(32), 2)
@@ -325,13 +325,13 @@ fn restore_part(
             std::collections::hash_map::Entry::Vacant(slot) => {
                 let bundle = bundle_key(repo, &extent.bundle);
                 let reader = storage::read_range_blocking(
-                    &repo.storage,
+                    repo.data_storage(),
                     handle,
                     &bundle,
                     extent.bundle_offset,
                     extent.stored_length,
                 )?;
-                let decoder = crate::pipeline::unseal(repo.key.as_deref(), reader)
+                let decoder = crate::pipeline::unseal(repo.master_key(), reader)
                     .and_then(|r| codecs[&extent.backup].decoder(r))
                     .map_err(|e| {
                         stored_read_error(format!("{} (bundle {bundle})", file.path), e)

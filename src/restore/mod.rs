@@ -35,8 +35,7 @@ pub struct RestoreOptions {
 }
 
 pub async fn restore(repo: &Repo, opts: RestoreOptions) -> Result<Manifest> {
-    let manifests = repo.load_manifests().await?;
-    let manifest = target::select_backup(&manifests, opts.set.as_deref(), &opts.target)?.clone();
+    let manifest = select(repo, &opts).await?;
     tracing::info!(label = %manifest.label, pgdata = %opts.pgdata.display(), "restoring backup");
 
     let tablespaces = resolve_tablespaces(&manifest, &opts.tablespace_map)?;
@@ -57,6 +56,50 @@ pub async fn restore(repo: &Repo, opts: RestoreOptions) -> Result<Manifest> {
     sync_tree(&opts.pgdata, &tablespaces)?;
     tracing::info!(label = %manifest.label, "restore complete; start the cluster to recover");
     Ok(manifest)
+}
+
+/// The backup to restore, refusing when a damaged manifest is the one asked for, could
+/// have been the one chosen, or is part of the chosen backup's chain.
+async fn select(repo: &Repo, opts: &RestoreOptions) -> Result<Manifest> {
+    let stanza = repo.stanza_info().await?;
+    let backups = repo.load_backups(Some(&stanza)).await?;
+    if let Some(d) = backups
+        .damaged
+        .iter()
+        .find(|d| Some(d.label.as_str()) == opts.set.as_deref())
+    {
+        return Err(Error::corrupt(format!(
+            "backup {} cannot be restored: {}",
+            d.label, d.error
+        )));
+    }
+    let manifests = backups.healthy;
+    let selected = target::select_backup(&manifests, opts.set.as_deref(), &opts.target);
+    if opts.set.is_none() {
+        // A damaged backup newer than the one chosen may be the one the target needs.
+        let chosen = selected.as_ref().map_or("", |m| m.label.as_str());
+        if let Some(d) = backups.damaged.iter().find(|d| d.label.as_str() > chosen) {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "backup {} is damaged{}: pgward cannot tell which backup the target needs: {}",
+                    d.label,
+                    if chosen.is_empty() { String::new() } else { format!(" and newer than backup {chosen}") },
+                    d.error
+                ),
+            )
+            .hint("run `pgward verify`; to restore an intact backup anyway, name it with --set LABEL"));
+        }
+    }
+    let manifest = selected?;
+    let chain = crate::repo::manifest::chain(&manifests, &manifest.label);
+    if let Some(missing) = chain.first().and_then(|first| first.reference.as_ref()) {
+        return Err(Error::corrupt(format!(
+            "backup {} builds on backup {missing}, which is damaged or missing",
+            manifest.label
+        )));
+    }
+    Ok(manifest.clone())
 }
 
 /// Where each tablespace goes: its original location unless remapped.

@@ -176,8 +176,9 @@ fn page_checksum_failure_is_recorded_without_failing_the_backup() {
     let label = src.backup(&[]);
     let info = src.info_json();
     assert_eq!(info["backups"][0]["checksum_failures"], 1);
+    // Format 4: a 48-byte envelope header, then the manifest's JSON.
     let manifest: serde_json::Value = serde_json::from_slice(
-        &fs::read(src.repo.join(format!("main/backups/{label}.manifest"))).unwrap(),
+        &fs::read(src.repo.join(format!("main/backups/{label}.manifest"))).unwrap()[48..],
     )
     .unwrap();
     assert_eq!(manifest["checksum_failures"][0]["path"], path.as_str());

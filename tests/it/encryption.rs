@@ -181,18 +181,15 @@ fn wrong_or_missing_passphrase_and_changed_bytes_fail_naming_the_file() {
     );
     fs::write(&bundle, &original).unwrap();
 
-    // A changed byte in a manifest or in stanza.json: every command says which file.
+    // A changed byte in a manifest or in stanza.json: verify says which file.
     for file in [manifest, src.repo.join("main/stanza.json")] {
         let original = fs::read(&file).unwrap();
         flip_byte(&file, 60);
-        let out = src.pgward(&["info"]);
+        let out = src.pgward(&["verify"]);
         assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
         let name = file.file_name().unwrap().to_string_lossy().into_owned();
-        assert!(
-            stderr(&out).contains(&name),
-            "error must name {name}: {}",
-            stderr(&out)
-        );
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+        assert!(said.contains(&name), "verify must name {name}: {said}");
         fs::write(&file, &original).unwrap();
     }
     src.ok(&["verify"]);

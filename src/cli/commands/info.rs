@@ -60,6 +60,18 @@ fn render_text(r: &InfoReport) -> String {
                 String::new()
             }
         ));
+        for p in &b.problems {
+            s.push_str(&format!("    PROBLEM: {p}\n"));
+        }
+    }
+    if !r.damaged_backups.is_empty() {
+        s.push_str(&format!(
+            "\ndamaged backups (cannot be restored; `pgward verify` says what else they break): {}\n",
+            r.damaged_backups.len()
+        ));
+        for d in &r.damaged_backups {
+            s.push_str(&format!("  {}  DAMAGED: {}\n", d.label, d.problem));
+        }
     }
     s.push_str("\narchive:\n");
     if r.archive.is_empty() {

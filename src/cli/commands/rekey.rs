@@ -12,7 +12,7 @@ pub async fn run(resolved: &Resolved, new_cipher_pass: &str) -> Result<Outcome> 
     })?;
     repo.rekey(&old, new_cipher_pass.as_bytes()).await?;
     Ok(Outcome::report(Rekeyed {
-        stanza: repo.stanza.clone(),
+        stanza: repo.stanza().to_string(),
     }))
 }
 

@@ -7,29 +7,24 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::repo::stanza::StanzaInfo;
 
 pub async fn run(resolved: &Resolved) -> Result<Outcome> {
-    let mut repo = resolved.stanza_handle().await?;
+    let handle = resolved.stanza_handle().await?;
     let pass = resolved.passphrase()?;
-    if resolved.cipher_requested()? {
+    let repo = if resolved.cipher_requested()? {
         let pass = pass.ok_or_else(|| {
             Error::config("--cipher aes-256-gcm needs a passphrase")
                 .hint("pass --cipher-pass, PGWARD_CIPHER_PASS or --cipher-pass-file")
         })?;
-        let exists = repo
-            .storage
-            .read_all(&repo.key("stanza.json"))
-            .await
-            .is_ok();
-        if exists && !repo.is_encrypted().await? {
+        if handle.exists().await? && !handle.is_encrypted().await? {
             return Err(Error::new(
                 ErrorKind::Conflict,
-                format!("stanza {:?} exists unencrypted", repo.stanza),
+                format!("stanza {:?} exists unencrypted", handle.stanza()),
             )
             .hint("encryption is chosen when a stanza is created; create a new stanza"));
         }
-        repo.create_key(&pass).await?;
+        handle.create_key(&pass).await?
     } else {
-        repo = repo.unlock(pass.as_deref()).await?;
-    }
+        handle.unlock(pass.as_deref()).await?
+    };
     let client = crate::db::connect(&resolved.conn()).await?;
     let server = crate::db::server_info(&client).await?;
     let (info, created) = repo.stanza_create(&server.identity).await?;

@@ -62,8 +62,11 @@ pub async fn restore(repo: &Repo, opts: RestoreOptions) -> Result<Manifest> {
     let prepared = prepare_destination(&opts.pgdata, &manifest, &tablespaces, &mut created);
     if let Err(e) = prepared {
         for dir in created.iter().rev() {
-            if let Err(err) = std::fs::remove_dir_all(dir) {
-                tracing::warn!(dir = %dir.display(), %err, "could not remove a directory this restore created");
+            match std::fs::remove_dir_all(dir) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::warn!(dir = %dir.display(), %err, "could not remove a directory this restore created");
+                }
+                _ => {}
             }
         }
         return Err(e);
@@ -118,8 +121,8 @@ fn resolve_tablespaces(
 }
 
 /// Empty destination directories with the backup's directory tree and tablespace links.
-/// Every directory this creates from nothing is pushed on `created`, outermost first, so
-/// that a failure can take them away again.
+/// Every directory this creates from nothing (its outermost new ancestor) is pushed on
+/// `created` before it is made, so that a failure can take them away again.
 fn prepare_destination(
     pgdata: &Path,
     manifest: &Manifest,
@@ -150,8 +153,8 @@ fn prepare_empty_dir(dir: &Path, what: &str, created: &mut Vec<PathBuf>) -> Resu
                 .last()
                 .unwrap_or(dir)
                 .to_path_buf();
-            create_dir_durable(dir).at("creating", dir)?;
             created.push(outermost);
+            create_dir_durable(dir).at("creating", dir)?;
         }
         Err(e) => return Err(Error::io("opening", dir, e)),
     }

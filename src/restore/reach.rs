@@ -119,7 +119,8 @@ async fn timeline_path(
             "recovery target timeline {target} has no history file ({name}) in the archive"
         )));
     };
-    // TODO(merge): `repo.read_wal(&file)` once repo/ owns the archived-file reader.
+    // The one checked reader of archived files lives in archive/ for now (info and backup
+    // call it too); it belongs in repo/.
     let text = crate::archive::get::read_archived(repo, &file).await?;
     let history = parse_history(&String::from_utf8_lossy(&text))
         .map_err(|e| Error::corrupt(format!("archived {name}: {e}")))?;

@@ -238,4 +238,20 @@ fn pitr_follows_the_history_file_onto_a_later_timeline() {
         &["--target-lsn", &on_tl2_lsn, "--target-action", "promote"],
     );
     assert_eq!(table_checksum(&restored), expected);
+
+    // A backup taken on timeline 1 after timeline 2 forked off is not on timeline 2's
+    // history: PostgreSQL would refuse to start along `latest`, so restore refuses first.
+    let after_fork = src.backup(&[]);
+    src.sql("INSERT INTO t SELECT g, 'tl1-after-fork' FROM generate_series(2001, 2100) g");
+    let lsn = src.sql("SELECT pg_current_wal_lsn()");
+    src.archive_current_wal();
+    let dir = super::harness::work_dir("tli-r4").join("data");
+    let dir_s = dir.display().to_string();
+    let restore = ["restore", "--pgdata", &dir_s, "--archive-mode", "off"];
+    let target = ["--set", &after_fork, "--target-lsn", &lsn];
+    let err = src.fails(&[&restore[..], &target[..]].concat(), 1);
+    assert!(err.contains("after timeline 2 forked off it at"), "{err}");
+    assert!(err.contains("--target-timeline current"), "{err}");
+    assert!(!dir.exists());
+    src.ok(&[&restore[..], &target[..], &["--target-timeline", "current"]].concat());
 }

@@ -218,16 +218,20 @@ pub struct RestoreArgs {
     /// Restore a tablespace elsewhere: OID=DIR (repeatable)
     #[arg(long = "tablespace-map", value_parser = parse_key_value)]
     pub tablespace_map: Vec<(String, String)>,
-    /// Recover until this time, e.g. '2026-11-21 12:00:00+00'
+    /// Recover until this time, with its UTC offset: '2026-11-21 12:00:00+00'. Refused
+    /// outside the archive's reach (see --target-unchecked)
     #[arg(long, group = "recovery_target")]
     pub target_time: Option<String>,
-    /// Recover until this transaction id
+    /// Recover until this transaction id (not checked against the archive: that needs
+    /// reading the WAL)
     #[arg(long, group = "recovery_target")]
     pub target_xid: Option<u64>,
-    /// Recover until this WAL position, e.g. 0/3000060
+    /// Recover until this WAL position, e.g. 0/3000060. Refused outside the archive's
+    /// reach (see --target-unchecked)
     #[arg(long, group = "recovery_target")]
     pub target_lsn: Option<String>,
-    /// Recover until this named restore point (pg_create_restore_point)
+    /// Recover until this named restore point (pg_create_restore_point); at most 63
+    /// bytes, no control characters, quotes or backslashes. Not looked up in the WAL
     #[arg(long, group = "recovery_target")]
     pub target_name: Option<String>,
     /// 'immediate': stop as soon as the backup is consistent
@@ -236,12 +240,19 @@ pub struct RestoreArgs {
     /// What the server does at the target [default: PostgreSQL's, pause]
     #[arg(long, value_enum)]
     pub target_action: Option<TargetAction>,
-    /// Timeline to recover along: latest, current or a number
+    /// Timeline to recover along: latest (the newest one whose history files follow the
+    /// backup's), current (the backup's) or a number [default: latest]
     #[arg(long)]
     pub target_timeline: Option<String>,
     /// Stop just before the target instead of just after it
     #[arg(long)]
     pub target_exclusive: bool,
+    /// Restore even when --target-time or --target-lsn lies outside what the archive can
+    /// reach now (from the backup's end to the end of the gap-free WAL on the target
+    /// timeline, or the time that WAL was archived): for WAL that will be archived before
+    /// recovery needs it. Syntax is still checked
+    #[arg(long)]
+    pub target_unchecked: bool,
     /// Archive mode of the restored cluster: 'preserve' keeps the source's archive_command, 'off' disables archiving
     #[arg(long, default_value = "preserve", value_parser = ["preserve", "off"])]
     pub archive_mode: String,
@@ -268,6 +279,7 @@ impl RestoreArgs {
             target_action: None,
             target_timeline: None,
             target_exclusive: false,
+            target_unchecked: false,
             archive_mode: "preserve".into(),
         }
     }

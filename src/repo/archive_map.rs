@@ -13,6 +13,7 @@ use super::archive::{archive_subdir, ArchivedFile};
 use super::manifest::Manifest;
 use super::Repo;
 use crate::error::{Error, ErrorKind, Result};
+use crate::pg::history::HistoryEntry;
 use crate::pg::{Lsn, TimelineId, WalFileName, WalSegment};
 
 /// What the archive holds on one timeline (`info`, `wal stats`).
@@ -121,19 +122,23 @@ pub fn recoverable_window(
     };
     let oldest = manifests.iter().find(restorable)?;
     let newest = manifests.iter().rev().find(restorable)?;
-    let (latest_lsn, latest_archived_time) = run_end(
-        archived,
-        newest.timeline,
-        newest.start_lsn.segment_number(seg_size),
-        seg_size,
-    )?;
+    let segs = segments_on(archived, newest.timeline, seg_size);
+    let end = contiguous_end(&segs, newest.start_lsn.segment_number(seg_size))?;
+    let last = WalSegment::from_segno(newest.timeline, end, seg_size);
+    let archived_at = archived
+        .iter()
+        .find(|f| f.name == WalFileName::Segment(last))
+        .map_or(0, |f| f.archived_at);
     Some(RecoverableWindow {
         earliest_time: oldest.stop_time,
         earliest_lsn: oldest.stop_lsn,
         earliest_backup: oldest.label.clone(),
-        latest_lsn,
+        latest_lsn: Lsn((end + 1) * seg_size),
         latest_timeline: newest.timeline,
-        latest_archived_time,
+        latest_archived_time: Utc
+            .timestamp_opt(archived_at, 0)
+            .single()
+            .unwrap_or_default(),
     })
 }
 
@@ -154,6 +159,82 @@ pub fn run_end(
         Lsn((end + 1) * seg_size),
         Utc.timestamp_opt(at, 0).single().unwrap_or_default(),
     ))
+}
+
+/// Where the WAL that recovery can replay without a gap ends, on the way to a target
+/// timeline (see [`reachable_end`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ReachableEnd {
+    /// The timeline the reachable WAL ends on.
+    pub timeline: TimelineId,
+    /// The end of the last reachable segment.
+    pub lsn: Lsn,
+    /// When that segment was archived: every record in it was written before.
+    pub archived_time: DateTime<Utc>,
+}
+
+/// How far recovery replays without a gap from `start` on `start_timeline` when it follows
+/// `target`'s `history` (its history file's entries, oldest first; empty when `target` is
+/// `start_timeline`). Each ancestor is read up to the segment before its switch point, and
+/// the segment holding a switch point from the child, as PostgreSQL does
+/// (`XLogFileReadAnyTLI` takes a segment from the newest timeline that began at or before
+/// it). None when the segment holding `start` is not archived, or `start_timeline` is not
+/// on `target`'s history. The same runs `info`'s windows are made of ([`run_end`]).
+pub fn reachable_end(
+    archived: &[ArchivedFile],
+    start_timeline: TimelineId,
+    start: Lsn,
+    target: TimelineId,
+    history: &[HistoryEntry],
+    seg_size: u64,
+) -> Option<ReachableEnd> {
+    let ancestors = match history.iter().position(|e| e.timeline == start_timeline) {
+        Some(i) => &history[i..],
+        None if start_timeline == target => &[][..],
+        None => return None,
+    };
+    let mut next = start.segment_number(seg_size);
+    let mut reached: Option<ReachableEnd> = None;
+    for entry in ancestors {
+        let child_begins = entry.switch_point.segment_number(seg_size);
+        if next < child_begins {
+            let Some((lsn, archived_time)) = run_end(archived, entry.timeline, next, seg_size)
+            else {
+                return reached;
+            };
+            let timeline = entry.timeline;
+            if lsn.segment_number(seg_size) < child_begins {
+                return Some(ReachableEnd {
+                    timeline,
+                    lsn,
+                    archived_time,
+                });
+            }
+            let last = WalSegment::from_segno(timeline, child_begins - 1, seg_size);
+            reached = Some(ReachableEnd {
+                timeline,
+                lsn: Lsn(child_begins * seg_size),
+                archived_time: archived_time_of(archived, last),
+            });
+            next = child_begins;
+        }
+    }
+    match run_end(archived, target, next, seg_size) {
+        Some((lsn, archived_time)) => Some(ReachableEnd {
+            timeline: target,
+            lsn,
+            archived_time,
+        }),
+        None => reached,
+    }
+}
+
+fn archived_time_of(archived: &[ArchivedFile], segment: WalSegment) -> DateTime<Utc> {
+    let at = archived
+        .iter()
+        .find(|f| f.name == WalFileName::Segment(segment))
+        .map_or(0, |f| f.archived_at);
+    Utc.timestamp_opt(at, 0).single().unwrap_or_default()
 }
 
 /// The segments holding WAL from `start` up to (not including) `stop`.
@@ -211,6 +292,175 @@ pub async fn wait_for_archived(
             .hint("check that archive_mode is on and archive_command runs `pgward archive-push %p` for this repository and stanza; the server log and `pgward pitr status` show archiving failures"));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod reachable_end_tests {
+    use super::*;
+    use crate::pipeline::compress::Codec;
+
+    const SEG: u64 = 16 << 20;
+
+    /// Segment names, each archived one second after the previous.
+    fn listing(names: &[&str]) -> Vec<ArchivedFile> {
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| ArchivedFile {
+                name: WalFileName::parse(n).unwrap(),
+                checksum: "0".repeat(64),
+                codec: Codec::None,
+                stored_size: 1,
+                archived_at: 1_000 + i as i64,
+            })
+            .collect()
+    }
+
+    fn end(tl: u32, lsn: u64, at: i64) -> Option<ReachableEnd> {
+        Some(ReachableEnd {
+            timeline: TimelineId(tl),
+            lsn: Lsn(lsn),
+            archived_time: Utc.timestamp_opt(at, 0).unwrap(),
+        })
+    }
+
+    fn switch(tl: u32, at: u64) -> HistoryEntry {
+        HistoryEntry {
+            timeline: TimelineId(tl),
+            switch_point: Lsn(at),
+            reason: String::new(),
+        }
+    }
+
+    #[test]
+    fn one_timeline_ends_at_the_first_gap_like_run_end() {
+        let files = listing(&[
+            "000000010000000000000002",
+            "000000010000000000000003",
+            "000000010000000000000004",
+            "000000010000000000000006",
+        ]);
+        let tl1 = TimelineId(1);
+        let got = reachable_end(&files, tl1, Lsn(2 * SEG + 40), tl1, &[], SEG);
+        assert_eq!(got, end(1, 5 * SEG, 1_002));
+        let (lsn, at) = run_end(&files, tl1, 2, SEG).unwrap();
+        assert_eq!((got.unwrap().lsn, got.unwrap().archived_time), (lsn, at));
+        // A backup starting after the gap reaches the end of the archive.
+        assert_eq!(
+            reachable_end(&files, tl1, Lsn(6 * SEG), tl1, &[], SEG),
+            end(1, 7 * SEG, 1_003)
+        );
+        // The backup's first segment is missing: nothing is reachable.
+        assert_eq!(reachable_end(&files, tl1, Lsn(SEG), tl1, &[], SEG), None);
+    }
+
+    #[test]
+    fn a_switch_reads_the_parent_up_to_the_childs_first_segment() {
+        // Timeline 2 forks off 1 inside segment 4; 1 went on to segment 6 elsewhere.
+        let files = listing(&[
+            "000000010000000000000002",
+            "000000010000000000000003",
+            "000000010000000000000004",
+            "000000010000000000000005",
+            "000000010000000000000006",
+            "000000020000000000000004",
+            "000000020000000000000005",
+        ]);
+        let history = [switch(1, 4 * SEG + 0x28)];
+        let (tl1, tl2) = (TimelineId(1), TimelineId(2));
+        assert_eq!(
+            reachable_end(&files, tl1, Lsn(2 * SEG), tl2, &history, SEG),
+            end(2, 6 * SEG, 1_006)
+        );
+        // Following timeline 1 itself ignores timeline 2.
+        assert_eq!(
+            reachable_end(&files, tl1, Lsn(2 * SEG), tl1, &[], SEG),
+            end(1, 7 * SEG, 1_004)
+        );
+        // A backup taken on timeline 2 starts there.
+        assert_eq!(
+            reachable_end(&files, tl2, Lsn(5 * SEG), tl2, &history, SEG),
+            end(2, 6 * SEG, 1_006)
+        );
+        // A timeline that is not on the history reaches nothing.
+        assert_eq!(
+            reachable_end(&files, TimelineId(3), Lsn(5 * SEG), tl2, &history, SEG),
+            None
+        );
+    }
+
+    #[test]
+    fn a_gap_before_the_switch_or_a_missing_child_segment_ends_the_window() {
+        let history = [switch(1, 4 * SEG)];
+        let (tl1, tl2) = (TimelineId(1), TimelineId(2));
+        // Segment 3 of timeline 1 is missing: timeline 2 is out of reach.
+        let gap = listing(&["000000010000000000000002", "000000020000000000000004"]);
+        assert_eq!(
+            reachable_end(&gap, tl1, Lsn(2 * SEG), tl2, &history, SEG),
+            end(1, 3 * SEG, 1_000)
+        );
+        // Timeline 1 is complete up to the switch but 2's first segment is not archived:
+        // the parent's copy of segment 4 is not read past the switch point.
+        let no_child = listing(&[
+            "000000010000000000000002",
+            "000000010000000000000003",
+            "000000010000000000000004",
+            "000000020000000000000005",
+        ]);
+        assert_eq!(
+            reachable_end(&no_child, tl1, Lsn(2 * SEG), tl2, &history, SEG),
+            end(1, 4 * SEG, 1_001)
+        );
+    }
+
+    #[test]
+    fn several_switches_are_followed_in_order() {
+        // 1 -> 2 at segment 3, 2 -> 3 at segment 5 (mid-segment).
+        let files = listing(&[
+            "000000010000000000000002",
+            "000000020000000000000003",
+            "000000020000000000000004",
+            "000000030000000000000005",
+            "000000030000000000000006",
+        ]);
+        let history = [switch(1, 3 * SEG), switch(2, 5 * SEG + 0x100)];
+        assert_eq!(
+            reachable_end(
+                &files,
+                TimelineId(1),
+                Lsn(2 * SEG + 0x28),
+                TimelineId(3),
+                &history,
+                SEG
+            ),
+            end(3, 7 * SEG, 1_004)
+        );
+        // Timeline 2's first segment is missing: the window ends with timeline 1.
+        let without = [&files[..1], &files[2..]].concat();
+        assert_eq!(
+            reachable_end(
+                &without,
+                TimelineId(1),
+                Lsn(2 * SEG),
+                TimelineId(3),
+                &history,
+                SEG
+            ),
+            end(1, 3 * SEG, 1_000)
+        );
+        // The backup was taken on timeline 2: timeline 1 is not read at all.
+        assert_eq!(
+            reachable_end(
+                &files,
+                TimelineId(2),
+                Lsn(4 * SEG),
+                TimelineId(3),
+                &history,
+                SEG
+            ),
+            end(3, 7 * SEG, 1_004)
+        );
     }
 }
 

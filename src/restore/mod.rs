@@ -1,11 +1,13 @@
-//! `restore`, as a sequence of named phases: select the backup, validate the
-//! destination, lay out directories and tablespace links, copy every file once from the
-//! backup that holds each extent, write `backup_label`/`tablespace_map` and the recovery
-//! settings, then fsync everything. Nothing is started: a plain `pg_ctl start` recovers.
+//! `restore`, as a sequence of named phases: select the backup, check the recovery target
+//! against what the archive can reach (`reach`), validate the destination, lay out
+//! directories and tablespace links, copy every file once from the backup that holds each
+//! extent, write `backup_label`/`tablespace_map` and the recovery settings, then fsync
+//! everything. Nothing is started: a plain `pg_ctl start` recovers.
 
 pub mod files;
 mod output;
 mod ownership;
+mod reach;
 pub mod recovery;
 pub mod target;
 
@@ -27,6 +29,8 @@ pub struct RestoreOptions {
     pub target_action: Option<TargetAction>,
     pub target_timeline: Option<String>,
     pub target_exclusive: bool,
+    /// Skip checking that the archive reaches a time or LSN target (its syntax is checked).
+    pub target_unchecked: bool,
     pub jobs: usize,
     /// The restore_command written into the recovery settings.
     pub restore_command: String,
@@ -35,16 +39,37 @@ pub struct RestoreOptions {
 }
 
 pub async fn restore(repo: &Repo, opts: RestoreOptions) -> Result<Manifest> {
+    if let RecoveryTarget::Name(name) = &opts.target {
+        target::check_target_name(name)?;
+    }
     let manifest = select(repo, &opts).await?;
+    if !opts.target_unchecked {
+        reach::check_reachable(
+            repo,
+            &manifest,
+            &opts.target,
+            opts.target_timeline.as_deref(),
+        )
+        .await?;
+    }
     tracing::info!(label = %manifest.label, pgdata = %opts.pgdata.display(), "restoring backup");
 
     let tablespaces = resolve_tablespaces(&manifest, &opts.tablespace_map)?;
     let owner = ownership::cluster_owner(&opts.pgdata)?;
-    prepare_empty_dir(&opts.pgdata, "the data directory")?;
-    for (_, location) in &tablespaces {
-        prepare_empty_dir(location, "tablespace directory")?;
+    // A restore refused before the copy leaves no trace, not even the directories it made.
+    let mut created = Vec::new();
+    let prepared = prepare_destination(&opts.pgdata, &manifest, &tablespaces, &mut created);
+    if let Err(e) = prepared {
+        for dir in created.iter().rev() {
+            match std::fs::remove_dir_all(dir) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::warn!(dir = %dir.display(), %err, "could not remove a directory this restore created");
+                }
+                _ => {}
+            }
+        }
+        return Err(e);
     }
-    layout(&opts.pgdata, &manifest, &tablespaces)?;
 
     files::restore_files(repo, &manifest, &opts.pgdata, opts.jobs).await?;
 
@@ -138,8 +163,24 @@ fn resolve_tablespaces(
         .collect())
 }
 
+/// Empty destination directories with the backup's directory tree and tablespace links.
+/// Every directory this creates from nothing (its outermost new ancestor) is pushed on
+/// `created` before it is made, so that a failure can take them away again.
+fn prepare_destination(
+    pgdata: &Path,
+    manifest: &Manifest,
+    tablespaces: &[(u32, PathBuf)],
+    created: &mut Vec<PathBuf>,
+) -> Result<()> {
+    prepare_empty_dir(pgdata, "the data directory", created)?;
+    for (_, location) in tablespaces {
+        prepare_empty_dir(location, "tablespace directory", created)?;
+    }
+    layout(pgdata, manifest, tablespaces)
+}
+
 /// The destination must be empty (or absent): restoring over a cluster would mix two.
-fn prepare_empty_dir(dir: &Path, what: &str) -> Result<()> {
+fn prepare_empty_dir(dir: &Path, what: &str, created: &mut Vec<PathBuf>) -> Result<()> {
     match std::fs::read_dir(dir) {
         Ok(mut entries) => {
             if entries.next().is_some() {
@@ -148,7 +189,15 @@ fn prepare_empty_dir(dir: &Path, what: &str) -> Result<()> {
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            create_dir_durable(dir).at("creating", dir)?
+            // The outermost missing ancestor: create_dir_durable makes the parents too.
+            let outermost = dir
+                .ancestors()
+                .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+                .last()
+                .unwrap_or(dir)
+                .to_path_buf();
+            created.push(outermost);
+            create_dir_durable(dir).at("creating", dir)?;
         }
         Err(e) => return Err(Error::io("opening", dir, e)),
     }

@@ -14,4 +14,5 @@ mod operator;
 mod pitr;
 mod s3;
 mod tamper;
+mod targets;
 mod versions;

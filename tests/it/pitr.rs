@@ -175,6 +175,7 @@ fn pitr_follows_the_history_file_onto_a_later_timeline() {
     );
     tl2.psql("postgres", "SELECT pg_create_restore_point('on_tl2')");
     let expected = table_checksum(&tl2);
+    let on_tl2_lsn = tl2.psql("postgres", "SELECT pg_current_wal_lsn()");
     let seg = tl2.psql("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while tl2.psql(
@@ -229,4 +230,28 @@ fn pitr_follows_the_history_file_onto_a_later_timeline() {
         ),
         "0"
     );
+
+    // An LSN on timeline 2 is inside the window that `latest` reaches through the history
+    // file (checked before the restore), and recovery gets there.
+    let restored = src.restore_and_start(
+        "tli-r3",
+        &["--target-lsn", &on_tl2_lsn, "--target-action", "promote"],
+    );
+    assert_eq!(table_checksum(&restored), expected);
+
+    // A backup taken on timeline 1 after timeline 2 forked off is not on timeline 2's
+    // history: PostgreSQL would refuse to start along `latest`, so restore refuses first.
+    let after_fork = src.backup(&[]);
+    src.sql("INSERT INTO t SELECT g, 'tl1-after-fork' FROM generate_series(2001, 2100) g");
+    let lsn = src.sql("SELECT pg_current_wal_lsn()");
+    src.archive_current_wal();
+    let dir = super::harness::work_dir("tli-r4").join("data");
+    let dir_s = dir.display().to_string();
+    let restore = ["restore", "--pgdata", &dir_s, "--archive-mode", "off"];
+    let target = ["--set", &after_fork, "--target-lsn", &lsn];
+    let err = src.fails(&[&restore[..], &target[..]].concat(), 1);
+    assert!(err.contains("after timeline 2 forked off it at"), "{err}");
+    assert!(err.contains("--target-timeline current"), "{err}");
+    assert!(!dir.exists());
+    src.ok(&[&restore[..], &target[..], &["--target-timeline", "current"]].concat());
 }

@@ -9,7 +9,7 @@ use crate::cli::Resolved;
 use crate::error::{Error, Result};
 use crate::repo::manifest::Manifest;
 use crate::repo::Repo;
-use crate::restore::target::{parse_target_time, RecoveryTarget};
+use crate::restore::target::{parse_target_time, parse_target_timeline, RecoveryTarget};
 
 pub async fn run(resolved: &Resolved, args: RestoreArgs) -> Result<Outcome> {
     let repo = resolved.repo().await?;
@@ -88,13 +88,7 @@ fn restore_options(
         tablespace_map.insert(oid, PathBuf::from(dir));
     }
     if let Some(tl) = &args.target_timeline {
-        let ok =
-            tl == "latest" || tl == "current" || tl.parse::<u32>().is_ok() || tl.starts_with("0x");
-        if !ok {
-            return Err(Error::config(format!(
-                "--target-timeline {tl:?}: expected latest, current or a timeline number"
-            )));
-        }
+        parse_target_timeline(tl)?;
     }
     Ok(crate::restore::RestoreOptions {
         set: args.set,
@@ -104,6 +98,7 @@ fn restore_options(
         target_action: args.target_action,
         target_timeline: args.target_timeline,
         target_exclusive: args.target_exclusive,
+        target_unchecked: args.target_unchecked,
         jobs: resolved.jobs(),
         restore_command: resolved.restore_command(repo),
         archive_off: args.archive_mode == "off",

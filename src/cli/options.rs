@@ -175,6 +175,18 @@ macro_rules! global_options {
                     .zip([$(self.$field.as_ref().map(OptionValue::to_arg)),*])
             }
 
+            /// A copy holding only the options `keep` selects.
+            pub fn only(&self, keep: impl Fn(&OptionSpec) -> bool) -> GlobalArgs {
+                let mut out = GlobalArgs::default();
+                let mut specs = OPTIONS.iter();
+                $(
+                    if keep(specs.next().expect("one spec per field")) {
+                        out.$field.clone_from(&self.$field);
+                    }
+                )*
+                out
+            }
+
             /// Sets the options still unset from a configuration table whose keys were
             /// checked (`FILE` options only).
             pub(super) fn fill_unset(&mut self, table: &toml::Table, file: &str) -> Result<()> {

@@ -13,4 +13,5 @@ mod incremental;
 mod operator;
 mod pitr;
 mod s3;
+mod server_env;
 mod versions;

@@ -256,9 +256,10 @@ fn s3_outage_fails_backup_and_archive_push_clearly_and_loses_nothing() {
 #[test]
 fn s3_lock_object_excludes_a_second_backup_and_a_killed_holder_is_taken_over() {
     let src = s3_source("s3lock", None, "", &[]);
-    let info = src.info_json();
+    let check: serde_json::Value =
+        serde_json::from_str(&src.ok(&["--output", "json", "check"])).unwrap();
     assert_eq!(
-        info["lock"], "lock object created with a conditional write",
+        check["lock"], "lock object created with a conditional write",
         "moto supports If-None-Match"
     );
     assert!(src

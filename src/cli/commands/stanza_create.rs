@@ -29,6 +29,9 @@ pub async fn run(resolved: &Resolved) -> Result<Outcome> {
         repo.create_key(&pass).await?;
     } else {
         repo = repo.unlock(pass.as_deref()).await?;
+        if repo.key.is_none() {
+            resolved.refuse_cipher_flags(&repo)?;
+        }
     }
     let client = crate::db::connect(&resolved.conn()).await?;
     let server = crate::db::server_info(&client).await?;

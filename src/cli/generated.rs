@@ -98,8 +98,7 @@ impl Resolved {
     }
 
     fn check_s3_keys(&self, view: &GlobalArgs, what: &str, nothing_changed: &str) -> Result<()> {
-        if self.global.s3_key.is_some() && (view.s3_key.is_none() || view.s3_key_secret.is_none())
-        {
+        if self.global.s3_key.is_some() && (view.s3_key.is_none() || view.s3_key_secret.is_none()) {
             return Err(Error::config(format!(
                 "the {what} pgward would write would have no S3 keys: they come from \
                  --s3-key/--s3-key-secret or PGWARD_S3_KEY/PGWARD_S3_KEY_SECRET, which \

@@ -148,7 +148,14 @@ fn encryption_flags_on_an_unencrypted_stanza_and_a_missing_passphrase_file_exit_
     assert!(err.contains("is not encrypted, but --cipher"), "{err}");
     // A new stanza with a passphrase but no --cipher: the forgotten option, not silence.
     let mut args: Vec<&str> = src.extra.iter().map(String::as_str).collect();
-    args.extend(["--repo", &src.url, "--stanza", "other", "--cipher-pass", "x"]);
+    args.extend([
+        "--repo",
+        &src.url,
+        "--stanza",
+        "other",
+        "--cipher-pass",
+        "x",
+    ]);
     args.push("stanza-create");
     let out = pgward(&args, &src.cluster.env());
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));

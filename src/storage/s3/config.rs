@@ -130,7 +130,10 @@ pub(super) async fn connect(
             .hint("use --s3-uri-style path (or leave it unset), or a host name"))
         }
         (Some(e), None) if e.is_ip => {
-            tracing::debug!("S3 endpoint {} is an IP address: path-style requests", e.url);
+            tracing::debug!(
+                "S3 endpoint {} is an IP address: path-style requests",
+                e.url
+            );
             true
         }
         (_, style) => style.unwrap_or(false),
@@ -162,7 +165,9 @@ pub(super) async fn connect(
             // The time budget decides, not a count: ten quick retries are over in
             // seconds, shorter than a storage node's restart.
             max_retries: 10_000,
-            retry_timeout: Duration::from_secs(options.retry_seconds.unwrap_or(DEFAULT_RETRY_SECONDS)),
+            retry_timeout: Duration::from_secs(
+                options.retry_seconds.unwrap_or(DEFAULT_RETRY_SECONDS),
+            ),
         });
     if endpoint.is_some() {
         let endpoint = match path_style {
@@ -206,7 +211,12 @@ struct Endpoint {
 /// `host[:port]` means https (credentials never go out in clear by guess); a plain-HTTP
 /// store (MinIO on a laptop, moto) is written `http://host:port`.
 fn parse_endpoint(endpoint: &str) -> Result<Endpoint> {
-    let trimmed = endpoint.trim().trim_end_matches('/');
+    let trimmed = endpoint.trim();
+    let trimmed = match trimmed.split_once("://") {
+        // Not "http:" from "http://": the empty host must stay visible.
+        Some((_, rest)) if !rest.is_empty() => trimmed.trim_end_matches('/'),
+        _ => trimmed,
+    };
     let with_scheme = if trimmed.contains("://") {
         trimmed.to_string()
     } else {
@@ -218,7 +228,10 @@ fn parse_endpoint(endpoint: &str) -> Result<Endpoint> {
     };
     let url = url::Url::parse(&with_scheme).map_err(|e| bad(e.to_string()))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(bad(format!("scheme {:?} is not http or https", url.scheme())));
+        return Err(bad(format!(
+            "scheme {:?} is not http or https",
+            url.scheme()
+        )));
     }
     let host = match url.host() {
         Some(host) => host,
@@ -293,4 +306,54 @@ fn shared_profile() -> Profile {
         }
     }
     profile
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_checked_and_ip_addresses_recognised() {
+        let e = parse_endpoint("127.0.0.1:9000").unwrap();
+        assert_eq!(
+            (e.url.as_str(), e.host.as_str(), e.is_ip),
+            ("https://127.0.0.1:9000", "127.0.0.1:9000", true)
+        );
+        let e = parse_endpoint("http://[::1]:9000/").unwrap();
+        assert_eq!(
+            (e.url.as_str(), e.scheme.as_str(), e.is_ip),
+            ("http://[::1]:9000", "http", true)
+        );
+        let e = parse_endpoint("minio.internal").unwrap();
+        assert_eq!((e.url.as_str(), e.is_ip), ("https://minio.internal", false));
+        for bad in ["http://[::1", "ftp://host", "http://", "host:port"] {
+            let err = parse_endpoint(bad)
+                .err()
+                .unwrap_or_else(|| panic!("{bad} accepted"));
+            assert_eq!(err.kind, crate::error::ErrorKind::Config, "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_ip_endpoint_is_path_style_unless_told_host_which_is_refused() {
+        let options = |style| S3Options {
+            endpoint: Some("http://127.0.0.1:9".into()),
+            region: Some("us-east-1".into()),
+            uri_style_path: style,
+            ..Default::default()
+        };
+        let c = connect("s3://b/p", &options(None), Some(("k", "s")))
+            .await
+            .unwrap();
+        assert_eq!(c.bucket_url, "http://127.0.0.1:9/b");
+        let e = connect("s3://b/p", &options(Some(false)), Some(("k", "s")))
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string()
+                .contains("cannot be addressed virtual-host style"),
+            "{e}"
+        );
+    }
 }

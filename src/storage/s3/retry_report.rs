@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use object_store::client::{
-    HttpClient, HttpConnector, HttpError, HttpErrorKind, HttpRequest, HttpResponse,
-    HttpService, ReqwestConnector,
+    HttpClient, HttpConnector, HttpError, HttpErrorKind, HttpRequest, HttpResponse, HttpService,
+    ReqwestConnector,
 };
 use object_store::ClientOptions;
 
@@ -123,8 +123,9 @@ impl State {
             run.warned = Some(now);
             let until = chrono::Local::now() + left;
             tracing::warn!(
-                "{}: {what} failed ({why}), retrying for another {} s (until {})",
+                "{}: {what} failed ({why}) for {} s, retrying for another {} s (until {})",
                 self.name,
+                now.duration_since(run.started).as_secs(),
                 left.as_secs(),
                 until.format("%H:%M:%S")
             );

@@ -381,6 +381,44 @@ fn s3_ip_endpoint_implies_path_style_and_info_writes_nothing() {
         .collect();
     assert!(writes.is_empty(), "info wrote: {writes:?}");
 
+    // S3 keys only on pgward's command line: the archive_command would have none.
+    let before = src.sql("SHOW archive_command");
+    let keyless = ip_config("s3ip-keyless", &format!("http://127.0.0.1:{}", proxy.port));
+    std::fs::write(
+        &keyless,
+        std::fs::read_to_string(&keyless)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("s3-key"))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>(),
+    )
+    .unwrap();
+    let out = pgward(
+        &[
+            "--config",
+            &keyless,
+            "--s3-key",
+            "test",
+            "--s3-key-secret",
+            "test",
+            "--repo",
+            "s3://s3ip/repo",
+            "--stanza",
+            "main",
+            "pitr",
+            "enable",
+        ],
+        &src.cluster.env(),
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("would have no S3 keys") && stderr(&out).contains("s3-key-secret"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(src.sql("SHOW archive_command"), before);
+
     // Virtual-host style cannot address an IP: a named error, not a panic.
     let err = src.fails(&["--s3-uri-style", "host", "info"], 3);
     assert!(err.contains("an IP address cannot be addressed virtual-host style"), "{err}");

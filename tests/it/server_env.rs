@@ -167,3 +167,26 @@ fn encryption_flags_on_an_unencrypted_stanza_and_a_missing_passphrase_file_exit_
     // Without them, all is well.
     src.ok(&["info"]);
 }
+
+#[test]
+fn check_reports_the_archivers_last_failure_instead_of_a_bare_timeout() {
+    let src = Source::start("srvfail", 15);
+    // Archives into this stanza, but every archive-push fails (a bad option).
+    let command = format!(
+        "{} --compress bogus {} --repo {} --stanza main archive-push %p",
+        pgward_bin().display(),
+        src.extra.join(" "),
+        src.url
+    );
+    src.sql(&format!(
+        "ALTER SYSTEM SET archive_command = {}",
+        sql_quote(&command)
+    ));
+    src.sql("SELECT pg_reload_conf()");
+    let err = src.fails(&["check", "--archive-timeout", "15"], 9);
+    assert!(
+        err.contains("did not reach the archive: PostgreSQL's archive_command fails (last on"),
+        "{err}"
+    );
+    assert!(err.contains("grep archive-push"), "{err}");
+}

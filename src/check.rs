@@ -135,8 +135,12 @@ async fn archive_failure(client: &tokio_postgres::Client, segment: &str) -> Opti
         )
         .await
         .ok()?;
-    let (failed, last_failed, when, last_archived): (i64, Option<String>, Option<String>, Option<String>) =
-        (row.get(0), row.get(1), row.get(2), row.get(3));
+    let (failed, last_failed, when, last_archived): (
+        i64,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    ) = (row.get(0), row.get(1), row.get(2), row.get(3));
     let last_failed = last_failed?;
     if failed == 0 || last_archived.as_deref() >= Some(last_failed.as_str()) {
         return None; // the failure is older than the last success

@@ -78,6 +78,21 @@ impl Resolved {
         Ok(repo)
     }
 
+    /// The stanza for the commands PostgreSQL runs (archive-push, archive-get and their
+    /// workers): encryption options on an unencrypted stanza are a warning there, not an
+    /// error. Their command line was written earlier, by an operator or an older pgward,
+    /// and failing it would stop archiving or recovery over an option that does no harm.
+    async fn repo_run_by_server(&self) -> Result<Repo> {
+        let pass = self.passphrase()?;
+        let repo = self.stanza_handle().await?.unlock(pass.as_deref()).await?;
+        if repo.key.is_none() {
+            if let Err(e) = self.refuse_cipher_flags(&repo) {
+                tracing::warn!("{}: ignored", e.message);
+            }
+        }
+        Ok(repo)
+    }
+
     fn passphrase(&self) -> Result<Option<Vec<u8>>> {
         passphrase_of(&self.global)
     }

@@ -158,9 +158,11 @@ impl Repo {
         if self.storage.local_root().is_some() {
             return Ok(LOCAL.into());
         }
-        Ok("lock object created with a conditional write, or host-local only if the store \
+        Ok(
+            "lock object created with a conditional write, or host-local only if the store \
             ignores conditional writes (`pgward check` tests which)"
-            .into())
+                .into(),
+        )
     }
 
     /// How this stanza is protected, tested: on object storage it creates (and removes)

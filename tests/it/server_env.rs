@@ -166,6 +166,24 @@ fn encryption_flags_on_an_unencrypted_stanza_and_a_missing_passphrase_file_exit_
     );
     // Without them, all is well.
     src.ok(&["info"]);
+    // An archive_command written with a passphrase file for this unencrypted stanza
+    // keeps archiving: PostgreSQL's commands warn, they do not stop archiving over it.
+    let pass = work_dir("srvflags-secret").join("pass");
+    fs::write(&pass, "x\n").unwrap();
+    chown_pg(pass.parent().unwrap());
+    let command = format!(
+        "{} --cipher-pass-file {} {} --repo {} --stanza main archive-push %p",
+        pgward_bin().display(),
+        pass.display(),
+        src.extra.join(" "),
+        src.url
+    );
+    src.sql(&format!(
+        "ALTER SYSTEM SET archive_command = {}",
+        sql_quote(&command)
+    ));
+    src.sql("SELECT pg_reload_conf()");
+    src.archive_current_wal();
 }
 
 #[test]

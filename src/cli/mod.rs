@@ -70,8 +70,7 @@ impl Resolved {
 
     /// The stanza, unlocked when it is encrypted.
     async fn repo(&self) -> Result<Repo> {
-        let pass = self.passphrase()?;
-        let repo = self.stanza_handle().await?.unlock(pass.as_deref()).await?;
+        let repo = self.unlocked().await?;
         if repo.key.is_none() {
             self.refuse_cipher_flags(&repo)?;
         }
@@ -83,14 +82,18 @@ impl Resolved {
     /// error. Their command line was written earlier, by an operator or an older pgward,
     /// and failing it would stop archiving or recovery over an option that does no harm.
     async fn repo_run_by_server(&self) -> Result<Repo> {
-        let pass = self.passphrase()?;
-        let repo = self.stanza_handle().await?.unlock(pass.as_deref()).await?;
+        let repo = self.unlocked().await?;
         if repo.key.is_none() {
             if let Err(e) = self.refuse_cipher_flags(&repo) {
                 tracing::warn!("{}: ignored", e.message);
             }
         }
         Ok(repo)
+    }
+
+    async fn unlocked(&self) -> Result<Repo> {
+        let pass = self.passphrase()?;
+        self.stanza_handle().await?.unlock(pass.as_deref()).await
     }
 
     fn passphrase(&self) -> Result<Option<Vec<u8>>> {

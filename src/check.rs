@@ -24,7 +24,17 @@ pub struct CheckReport {
     pub lock: String,
 }
 
-pub async fn check(repo: &Repo, conn: &ConnOptions, timeout: Duration) -> Result<CheckReport> {
+/// `command_check` judges the server's archive_command beyond its repository and stanza
+/// (whether it can unlock the stanza with what it has), before any WAL is switched.
+pub async fn check<F>(
+    repo: &Repo,
+    conn: &ConnOptions,
+    timeout: Duration,
+    command_check: impl FnOnce(String) -> F,
+) -> Result<CheckReport>
+where
+    F: std::future::Future<Output = Result<()>>,
+{
     let stanza = repo.stanza_info().await?;
     warn_if_open_to_others(repo);
     let client = db::connect(conn).await?;
@@ -47,6 +57,7 @@ pub async fn check(repo: &Repo, conn: &ConnOptions, timeout: Duration) -> Result
             repo.cli_options()
         )));
     }
+    command_check(settings.archive_command.clone()).await?;
     if server.in_recovery {
         return Err(Error::config(
             "the cluster is a standby: it cannot switch WAL; run check on the primary",
@@ -67,14 +78,22 @@ pub async fn check(repo: &Repo, conn: &ConnOptions, timeout: Duration) -> Result
             ))
         }
     };
-    wait_for_archived(repo, vec![segment], timeout).await?;
+    if let Err(e) = wait_for_archived(repo, vec![segment], timeout).await {
+        return Err(match archive_failure(&client, &name).await {
+            Some(failure) => Error::new(ErrorKind::Timeout, failure).hint(
+                "PostgreSQL's log has the archive_command's error (grep archive-push); \
+                 `pgward pitr status` shows the archiver's state",
+            ),
+            None => e,
+        });
+    }
     Ok(CheckReport {
         stanza: repo.stanza.clone(),
         system_identifier: stanza.system_identifier.to_string(),
         archive_command: settings.archive_command,
         segment: name,
         seconds: started.elapsed().as_secs_f64(),
-        lock: repo.lock_mechanism().await?,
+        lock: repo.probe_lock_mechanism().await?,
     })
 }
 
@@ -102,4 +121,33 @@ fn warn_if_open_to_others(repo: &Repo) {
             root.display()
         );
     }
+}
+
+/// What pg_stat_archiver says about `segment` when it did not reach the archive: the
+/// archive_command failed on it (PostgreSQL retries it), or failed on an earlier segment
+/// it still has to archive first.
+async fn archive_failure(client: &tokio_postgres::Client, segment: &str) -> Option<String> {
+    let row = client
+        .query_one(
+            "SELECT failed_count, last_failed_wal, last_failed_time::text, last_archived_wal \
+             FROM pg_stat_archiver",
+            &[],
+        )
+        .await
+        .ok()?;
+    let (failed, last_failed, when, last_archived): (
+        i64,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    ) = (row.get(0), row.get(1), row.get(2), row.get(3));
+    let last_failed = last_failed?;
+    if failed == 0 || last_archived.as_deref() >= Some(last_failed.as_str()) {
+        return None; // the failure is older than the last success
+    }
+    Some(format!(
+        "segment {segment} did not reach the archive: PostgreSQL's archive_command fails \
+         (last on {last_failed} at {}, {failed} failure(s) since the statistics were reset)",
+        when.unwrap_or_default()
+    ))
 }

@@ -94,7 +94,7 @@ pub enum Command {
     Backup(BackupArgs),
     /// Restore a backup into an empty directory, with optional point-in-time target
     #[command(
-        after_help = "Examples:\n  pgward restore --pgdata /srv/pg/new\n  pgward restore --pgdata /srv/pg/new --target-time '2026-11-21 12:00:00+00' --target-action promote\n  pgward restore --pgdata /srv/pg/new --set 20261121-010000F --target immediate --tablespace-map 16390=/srv/ts1"
+        after_help = "Examples:\n  pgward restore --pgdata /srv/pg/new\n  pgward restore --pgdata /srv/pg/new --target-time '2026-11-21 12:00:00+00' --target-action promote\n  pgward restore --pgdata /srv/pg/new --set 20261121-010000F --target immediate --tablespace-map 16390=/srv/ts1\n\nThe restore_command written for the restored cluster repeats --config and\n--cipher-pass-file, never a passphrase or S3 key: restore refuses (exit 3) when the\nstanza's passphrase came only from --cipher-pass or PGWARD_CIPHER_PASS."
     )]
     Restore(RestoreArgs),
     /// Show backups, the archive and the recoverable window
@@ -164,7 +164,9 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum PitrCommand {
-    /// Set wal_level, archive_mode and archive_command (copies of the old files are kept)
+    /// Set wal_level, archive_mode and archive_command (copies of the old files are kept).
+    /// Refuses, changing nothing, when the archive_command could not unlock the stanza with
+    /// what PostgreSQL has: its own arguments (--cipher-pass-file) and the configuration file
     Enable,
     /// Put back the settings `pitr enable` replaced
     Disable,

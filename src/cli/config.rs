@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use super::args::GlobalArgs;
 use crate::error::{Error, Result};
 
-const DEFAULT_CONFIG: &str = "/etc/pgward/pgward.toml";
+pub(super) const DEFAULT_CONFIG: &str = "/etc/pgward/pgward.toml";
 
 /// Fills options left unset on the command line and in the environment from the file.
 pub fn apply_config_file(args: &mut GlobalArgs) -> Result<()> {

@@ -4,13 +4,14 @@
 pub mod args;
 mod commands;
 pub mod config;
+mod generated;
 pub mod options;
 
 use args::{Cli, GlobalArgs, OutputFormat};
 
 use crate::archive::spool::Background;
 use crate::db::ConnOptions;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::compress::{Codec, Compression};
 use crate::repo::{shell_quote, Repo, StanzaHandle};
 
@@ -46,8 +47,9 @@ impl Resolved {
     fn s3_options(&self) -> Result<crate::storage::s3::S3Options> {
         let g = &self.global;
         let uri_style_path = match g.s3_uri_style.as_deref() {
-            None | Some("host") => false,
-            Some("path") => true,
+            None => None,
+            Some("host") => Some(false),
+            Some("path") => Some(true),
             Some(other) => {
                 return Err(Error::config(format!(
                     "--s3-uri-style {other:?}: expected host or path"
@@ -68,23 +70,68 @@ impl Resolved {
 
     /// The stanza, unlocked when it is encrypted.
     async fn repo(&self) -> Result<Repo> {
+        let repo = self.unlocked().await?;
+        if !repo.is_encrypted() {
+            self.refuse_cipher_flags(&repo)?;
+        }
+        Ok(repo)
+    }
+
+    /// The stanza for the commands PostgreSQL runs (archive-push, archive-get and their
+    /// workers): encryption options on an unencrypted stanza are a warning there, not an
+    /// error. Their command line was written earlier, by an operator or an older pgward,
+    /// and failing it would stop archiving or recovery over an option that does no harm.
+    async fn repo_run_by_server(&self) -> Result<Repo> {
+        let repo = self.unlocked().await?;
+        if !repo.is_encrypted() {
+            if let Err(e) = self.refuse_cipher_flags(&repo) {
+                tracing::warn!("{}: ignored", e.message);
+            }
+        }
+        Ok(repo)
+    }
+
+    async fn unlocked(&self) -> Result<Repo> {
         let pass = self.passphrase()?;
         self.stanza_handle().await?.unlock(pass.as_deref()).await
     }
 
     fn passphrase(&self) -> Result<Option<Vec<u8>>> {
-        if let Some(p) = &self.global.cipher_pass {
-            return Ok(Some(p.as_bytes().to_vec()));
+        passphrase_of(&self.global)
+    }
+
+    /// Encryption options given on the command line or in the environment for a stanza
+    /// that is not encrypted: a mistake (the wrong stanza, or a forgotten `--cipher` at
+    /// stanza-create), never silently ignored. The configuration file may set them in
+    /// `[global]` for stanzas of both kinds, so what it sets is not an error.
+    fn refuse_cipher_flags(&self, repo: &Repo) -> Result<()> {
+        let e = &self.explicit;
+        let given: Vec<&str> = [
+            (e.cipher_pass.is_some(), "--cipher-pass/PGWARD_CIPHER_PASS"),
+            (
+                e.cipher_pass_file.is_some(),
+                "--cipher-pass-file/PGWARD_CIPHER_PASS_FILE",
+            ),
+            (
+                e.cipher.as_deref().is_some_and(|c| c != "none"),
+                "--cipher/PGWARD_CIPHER",
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(set, name)| set.then_some(name))
+        .collect();
+        if given.is_empty() {
+            return Ok(());
         }
-        match &self.global.cipher_pass_file {
-            Some(f) => {
-                let text =
-                    std::fs::read(f).map_err(|e| Error::io("reading the passphrase file", f, e))?;
-                let trimmed = text.strip_suffix(b"\n").unwrap_or(&text).to_vec();
-                Ok(Some(trimmed))
-            }
-            None => Ok(None),
-        }
+        Err(Error::config(format!(
+            "stanza {:?} is not encrypted, but {} given",
+            repo.stanza,
+            given.join(" and ")
+        ))
+        .hint(
+            "encryption is chosen when a stanza is created (stanza-create --cipher aes-256-gcm); \
+             check --stanza, or drop the encryption options for this stanza",
+        ))
     }
 
     fn cipher_requested(&self) -> Result<bool> {
@@ -139,10 +186,7 @@ impl Resolved {
         let exe = std::env::current_exe()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|_| "pgward".into());
-        let args = self
-            .with_handle(self.explicit.clone(), repo)
-            .invocation(options::COMMAND)
-            .args;
+        let args = self.command_args(repo).invocation(options::COMMAND).args;
         std::iter::once(exe)
             .chain(args)
             .map(|a| shell_quote(&a))
@@ -153,9 +197,13 @@ impl Resolved {
     /// How to start a background pgward that acts like this one: the options marked
     /// `WORKER`, secrets in its environment.
     fn background(&self, repo: &Repo, command: &[&str]) -> Background {
-        let mut background = self
-            .with_handle(self.global.clone(), repo)
-            .invocation(options::WORKER);
+        let mut global = self.with_handle(self.global.clone(), repo);
+        if !repo.is_encrypted() {
+            // Set by the configuration file for other stanzas; as the worker's own
+            // options they would be refused.
+            (global.cipher, global.cipher_pass, global.cipher_pass_file) = (None, None, None);
+        }
+        let mut background = global.invocation(options::WORKER);
         background
             .args
             .extend(command.iter().map(|a| a.to_string()));
@@ -206,6 +254,25 @@ pub async fn run(cli: Cli, resolved: Resolved) -> Result<()> {
     commands::run(cli.command, &resolved)
         .await?
         .print(resolved.output())
+}
+
+/// The passphrase `args` give: `cipher-pass`, else the contents of `cipher-pass-file`
+/// (one trailing newline dropped).
+fn passphrase_of(args: &GlobalArgs) -> Result<Option<Vec<u8>>> {
+    if let Some(p) = &args.cipher_pass {
+        return Ok(Some(p.as_bytes().to_vec()));
+    }
+    let Some(f) = &args.cipher_pass_file else {
+        return Ok(None);
+    };
+    // A missing or unreadable file is a configuration error (exit 3), not "not found"
+    // (exit 1, which restore_command's caller reads as the end of the archive).
+    let text = std::fs::read(f).map_err(|e| {
+        Error::io("reading the passphrase file", f, e)
+            .with_kind(ErrorKind::Config)
+            .hint("check --cipher-pass-file / cipher-pass-file: the file must exist and be readable by this user")
+    })?;
+    Ok(Some(text.strip_suffix(b"\n").unwrap_or(&text).to_vec()))
 }
 
 #[cfg(test)]

@@ -209,6 +209,18 @@ macro_rules! global_options {
                 Ok(())
             }
 
+            /// A copy holding only the options `keep` selects.
+            pub fn only(&self, keep: impl Fn(&OptionSpec) -> bool) -> GlobalArgs {
+                let mut out = GlobalArgs::default();
+                let mut specs = OPTIONS.iter();
+                $(
+                    if keep(specs.next().expect("one spec per field")) {
+                        out.$field.clone_from(&self.$field);
+                    }
+                )*
+                out
+            }
+
             /// Sets the options still unset from a configuration table whose keys were
             /// checked (`FILE` options only).
             pub(super) fn fill_unset(&mut self, table: &toml::Table, file: &str) -> Result<()> {
@@ -256,28 +268,33 @@ global_options! {
     log_level: String, "log-level", Pgward("PGWARD_LOG_LEVEL"), FILE | WORKER;
     /// Log format: text or json [default: text]
     log_format: String, "log-format", Pgward("PGWARD_LOG_FORMAT"), FILE | WORKER;
-    /// S3 endpoint (host[:port] or URL) [default: AWS]
+    /// S3 endpoint: host[:port] (https) or http://host:port; an IP address implies path
+    /// style [default: AWS]
     s3_endpoint: String, "s3-endpoint", Pgward("PGWARD_S3_ENDPOINT"), FILE | COMMAND | WORKER;
     /// S3 region [default: AWS_REGION or the profile's]
     s3_region: String, "s3-region", Pgward("PGWARD_S3_REGION"), FILE | COMMAND | WORKER;
-    /// S3 addressing: host (bucket.endpoint) or path (endpoint/bucket) [default: host]
+    /// S3 addressing: host (bucket.endpoint) or path (endpoint/bucket) [default: host; path
+    /// for an IP endpoint]
     s3_uri_style: String, "s3-uri-style", Pgward("PGWARD_S3_URI_STYLE"), FILE | COMMAND | WORKER;
     /// S3 storage class of new objects, e.g. STANDARD_IA
     s3_storage_class: String, "s3-storage-class", Pgward("PGWARD_S3_STORAGE_CLASS"),
         FILE | COMMAND | WORKER;
     /// Extra CA certificates (PEM) for the S3 endpoint
     s3_ca_file: PathBuf, "s3-ca-file", Pgward("PGWARD_S3_CA_FILE"), FILE | COMMAND | WORKER;
-    /// Seconds an S3 request keeps retrying transient failures (5xx, 429, timeouts) [default: 300]
+    /// Seconds an S3 request keeps retrying transient failures (5xx, 429, timeouts), with a
+    /// warning every 5 s [default: 300]
     s3_retry_seconds: u64, "s3-retry-seconds", Pgward("PGWARD_S3_RETRY_SECONDS"),
         FILE | COMMAND | WORKER;
-    /// S3 access key id [default: the usual AWS sources]
+    /// S3 access key id [default: the usual AWS sources]. Not written into the commands
+    /// pgward writes for PostgreSQL: give those the keys in the configuration file
     s3_key: String, "s3-key", Pgward("PGWARD_S3_KEY"), FILE | WORKER | SECRET;
     /// S3 secret access key
     s3_key_secret: String, "s3-key-secret", Pgward("PGWARD_S3_KEY_SECRET"),
         FILE | WORKER | SECRET;
     /// Encrypt a new stanza: aes-256-gcm or none (set at stanza-create) [default: none]
     cipher: String, "cipher", Pgward("PGWARD_CIPHER"), FILE;
-    /// Passphrase of an encrypted stanza
+    /// Passphrase of an encrypted stanza. Not written into the commands pgward writes for
+    /// PostgreSQL: `pitr enable` and `restore` need --cipher-pass-file or the configuration file
     cipher_pass: String, "cipher-pass", Pgward("PGWARD_CIPHER_PASS"), FILE | WORKER | SECRET;
     /// File holding the passphrase of an encrypted stanza
     cipher_pass_file: PathBuf, "cipher-pass-file", Pgward("PGWARD_CIPHER_PASS_FILE"),

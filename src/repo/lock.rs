@@ -28,6 +28,7 @@ use crate::storage::SharedStorage;
 
 const HEARTBEAT: Duration = Duration::from_secs(30);
 const STALE_AFTER: Duration = Duration::from_secs(300);
+const LOCAL: &str = "flock in the repository";
 
 /// Held while alive; call `release` when done (a crash leaves it to be taken over).
 #[derive(Debug)]
@@ -162,10 +163,25 @@ impl Repo {
         serde_json::from_slice(&json).ok()
     }
 
-    /// How this stanza is protected from concurrent backups, for `info` and `check`.
+    /// How this stanza is protected from concurrent backups, for `info`: read-only, so
+    /// on object storage it names both possibilities (a backup finds out which applies
+    /// when it takes the lock; `check` tests it with [`Repo::probe_lock_mechanism`]).
     pub async fn lock_mechanism(&self) -> Result<String> {
         if self.storage.local_root().is_some() {
-            return Ok("flock in the repository".into());
+            return Ok(LOCAL.into());
+        }
+        Ok(
+            "lock object created with a conditional write, or host-local only if the store \
+            ignores conditional writes (`pgward check` tests which)"
+                .into(),
+        )
+    }
+
+    /// How this stanza is protected, tested: on object storage it creates (and removes)
+    /// a probe object, so only `check`, which proves the setup works, calls it.
+    pub async fn probe_lock_mechanism(&self) -> Result<String> {
+        if self.storage.local_root().is_some() {
+            return Ok(LOCAL.into());
         }
         let probe = self.key("lock/.probe");
         let _ = self.storage.delete(&probe).await;

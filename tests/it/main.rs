@@ -13,6 +13,7 @@ mod incremental;
 mod operator;
 mod pitr;
 mod s3;
+mod server_env;
 mod tamper;
 mod targets;
 mod versions;

@@ -5,7 +5,7 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::harness::*;
@@ -17,6 +17,9 @@ struct Proxy {
     port: u16,
     up: Arc<AtomicBool>,
     uploaded: Arc<AtomicU64>,
+    /// While set, what clients send is kept in `sent`.
+    recording: Arc<AtomicBool>,
+    sent: Arc<Mutex<Vec<u8>>>,
 }
 
 impl Proxy {
@@ -25,8 +28,11 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let up = Arc::new(AtomicBool::new(true));
         let uploaded = Arc::new(AtomicU64::new(0));
+        let recording = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(Mutex::new(Vec::new()));
         let flag = up.clone();
         let counter = uploaded.clone();
+        let (record, log) = (recording.clone(), sent.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 if !flag.load(Ordering::SeqCst) {
@@ -36,12 +42,14 @@ impl Proxy {
                     continue;
                 };
                 let flag = flag.clone();
+                let (record, log) = (record.clone(), log.clone());
                 for (mut from, mut to, upstream) in [
                     (client.try_clone().unwrap(), server.try_clone().unwrap(), true),
                     (server, client, false),
                 ] {
                     let flag = flag.clone();
                     let counter = counter.clone();
+                    let (record, log) = (record.clone(), log.clone());
                     std::thread::spawn(move || {
                         let mut buf = [0u8; 65536];
                         loop {
@@ -53,6 +61,9 @@ impl Proxy {
                                     }
                                     if upstream {
                                         counter.fetch_add(n as u64, Ordering::SeqCst);
+                                        if record.load(Ordering::SeqCst) {
+                                            log.lock().unwrap().extend_from_slice(&buf[..n]);
+                                        }
                                     }
                                 }
                                 Ok(_) => break,
@@ -63,7 +74,32 @@ impl Proxy {
                 }
             }
         });
-        Proxy { port, up, uploaded }
+        Proxy {
+            port,
+            up,
+            uploaded,
+            recording,
+            sent,
+        }
+    }
+
+    /// The request lines (`GET /bucket/...`) clients sent while `f` ran. Bodies could
+    /// hold such lines too; the requests recorded here have none.
+    fn requests_during(&self, f: impl FnOnce()) -> Vec<String> {
+        self.sent.lock().unwrap().clear();
+        self.recording.store(true, Ordering::SeqCst);
+        f();
+        self.recording.store(false, Ordering::SeqCst);
+        let sent = String::from_utf8_lossy(&self.sent.lock().unwrap()).into_owned();
+        sent.lines()
+            .filter(|l| {
+                ["GET ", "HEAD ", "PUT ", "POST ", "DELETE "]
+                    .iter()
+                    .any(|m| l.starts_with(m))
+                    && l.ends_with("HTTP/1.1")
+            })
+            .map(str::to_string)
+            .collect()
     }
 }
 
@@ -256,9 +292,10 @@ fn s3_outage_fails_backup_and_archive_push_clearly_and_loses_nothing() {
 #[test]
 fn s3_lock_object_excludes_a_second_backup_and_a_killed_holder_is_taken_over() {
     let src = s3_source("s3lock", None, "", &[]);
-    let info = src.info_json();
+    let check: serde_json::Value =
+        serde_json::from_str(&src.ok(&["--output", "json", "check"])).unwrap();
     assert_eq!(
-        info["lock"], "lock object created with a conditional write",
+        check["lock"], "lock object created with a conditional write",
         "moto supports If-None-Match"
     );
     assert!(src
@@ -298,4 +335,159 @@ fn s3_lock_object_excludes_a_second_backup_and_a_killed_holder_is_taken_over() {
     // The killed holder's lock object is left behind; this host sees its pid is gone.
     src.backup(&[]);
     src.ok(&["verify"]);
+}
+
+/// A repository on the local moto through `endpoint`, with no `s3-uri-style`.
+fn ip_config(name: &str, endpoint: &str) -> String {
+    let dir = work_dir(&format!("{name}-conf"));
+    let config = dir.join("pgward.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[global]\ns3-endpoint = \"{endpoint}\"\ns3-region = \"us-east-1\"\ns3-key = \"test\"\ns3-key-secret = \"test\"\n"
+        ),
+    )
+    .unwrap();
+    chown_pg(&dir);
+    config.display().to_string()
+}
+
+#[test]
+fn s3_ip_endpoint_implies_path_style_and_info_writes_nothing() {
+    let proxy = Proxy::start(moto());
+    create_bucket(moto(), "s3ip");
+    let config = ip_config("s3ip", &format!("http://127.0.0.1:{}", proxy.port));
+    let src = Source::start_at(
+        "s3ip",
+        ClusterOptions::default(),
+        "s3://s3ip/repo".into(),
+        vec!["--config".into(), config],
+        &[],
+    );
+    src.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g");
+    let label = src.backup(&[]);
+    src.archive_current_wal();
+
+    let mut info = String::new();
+    let requests = proxy.requests_during(|| info = src.ok(&["info"]));
+    assert!(info.contains(&label), "{info}");
+    assert!(
+        requests.iter().any(|r| r.starts_with("GET /s3ip")),
+        "path style, through the proxy: {requests:?}"
+    );
+    let writes: Vec<_> = requests
+        .iter()
+        .filter(|r| !r.starts_with("GET ") && !r.starts_with("HEAD "))
+        .collect();
+    assert!(writes.is_empty(), "info wrote: {writes:?}");
+
+    // S3 keys only on pgward's command line: the archive_command would have none.
+    let before = src.sql("SHOW archive_command");
+    let keyless = ip_config("s3ip-keyless", &format!("http://127.0.0.1:{}", proxy.port));
+    std::fs::write(
+        &keyless,
+        std::fs::read_to_string(&keyless)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("s3-key"))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>(),
+    )
+    .unwrap();
+    let out = pgward(
+        &[
+            "--config",
+            &keyless,
+            "--s3-key",
+            "test",
+            "--s3-key-secret",
+            "test",
+            "--repo",
+            "s3://s3ip/repo",
+            "--stanza",
+            "main",
+            "pitr",
+            "enable",
+        ],
+        &src.cluster.env(),
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("would have no S3 keys") && stderr(&out).contains("s3-key-secret"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(src.sql("SHOW archive_command"), before);
+
+    // Virtual-host style cannot address an IP: a named error, not a panic.
+    let err = src.fails(&["--s3-uri-style", "host", "info"], 3);
+    assert!(err.contains("an IP address cannot be addressed virtual-host style"), "{err}");
+    // Without a scheme the endpoint is https; against this plain-HTTP server that fails
+    // with a hint, never a panic.
+    let out = pgward(
+        &[
+            "--config",
+            &ip_config("s3ip-https", &format!("127.0.0.1:{}", proxy.port)),
+            "--repo",
+            "s3://s3ip/repo",
+            "--stanza",
+            "main",
+            "--s3-retry-seconds",
+            "2",
+            "info",
+        ],
+        &src.cluster.env(),
+    );
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert!(stderr(&out).contains("host[:port] means https"), "{}", stderr(&out));
+}
+
+#[test]
+fn s3_unreachable_endpoint_warns_while_retrying_and_fails_with_a_hint() {
+    // A loopback port nothing listens on.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let started = std::time::Instant::now();
+    let out = pgward(
+        &[
+            "--repo",
+            "s3://unreachable/repo",
+            "--stanza",
+            "main",
+            "--s3-endpoint",
+            &endpoint,
+            "--s3-region",
+            "us-east-1",
+            "--s3-key",
+            "test",
+            "--s3-key-secret",
+            "test",
+            "--s3-retry-seconds",
+            "6",
+            "info",
+        ],
+        &[],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(7), "{err}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "gave up before its budget"
+    );
+    let retrying: Vec<_> = err.lines().filter(|l| l.contains("retrying for another")).collect();
+    assert!(!retrying.is_empty(), "no retry warning: {err}");
+    assert!(
+        retrying[0].contains("s3://unreachable: GET")
+            && retrying[0].contains(&endpoint)
+            && retrying[0].contains("(until "),
+        "{err}"
+    );
+    assert!(
+        err.contains("HINT:") && err.contains("--s3-retry-seconds"),
+        "{err}"
+    );
 }

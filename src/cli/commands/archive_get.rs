@@ -14,7 +14,7 @@ pub async fn run(
     dest: &Path,
     queue_max: usize,
 ) -> Result<Outcome> {
-    let repo = resolved.repo().await?;
+    let repo = resolved.repo_run_by_server().await?;
     // A missing stanza must stop recovery, not look like the end of the archive.
     repo.stanza_info().await?;
     let wal = WalFileName::parse(name).map_err(|e| {
@@ -52,7 +52,7 @@ pub async fn prefetch(
     dir: &Path,
     count: usize,
 ) -> Result<Outcome> {
-    let repo = resolved.repo().await?;
+    let repo = resolved.repo_run_by_server().await?;
     let Ok(WalFileName::Segment(segment)) = WalFileName::parse(after) else {
         return Err(Error::config(format!("{after} is not a WAL segment name")));
     };

@@ -15,7 +15,7 @@ pub async fn run(
     spool: Option<&Path>,
     queue_max: usize,
 ) -> Result<Outcome> {
-    let repo = resolved.repo().await?;
+    let repo = resolved.repo_run_by_server().await?;
     if let Some(spool_path) = spool {
         let spool = Spool::new(spool_path, &repo.stanza);
         let worker = resolved.background(
@@ -41,7 +41,7 @@ pub async fn run(
 }
 
 pub async fn worker(resolved: &Resolved, spool_path: &Path) -> Result<Outcome> {
-    let repo = resolved.repo().await?;
+    let repo = resolved.repo_run_by_server().await?;
     let spool = Spool::new(spool_path, &repo.stanza);
     run_worker(&repo, &spool, resolved.compression()?, resolved.jobs()).await?;
     Ok(Outcome::quiet())

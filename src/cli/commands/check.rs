@@ -13,6 +13,7 @@ pub async fn run(resolved: &Resolved, archive_timeout: u64) -> Result<Outcome> {
         &repo,
         &resolved.conn(),
         Duration::from_secs(archive_timeout),
+        |command| resolved.check_archive_command(&repo, command),
     )
     .await?;
     Ok(Outcome::report(report))

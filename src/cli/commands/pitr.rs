@@ -7,6 +7,11 @@ use crate::pitr::{ChangeReport, Status};
 
 pub async fn enable(resolved: &Resolved) -> Result<Outcome> {
     let repo = resolved.repo().await?;
+    // Before anything changes: never replace a working archive_command with one that
+    // cannot unlock the stanza.
+    resolved
+        .check_generated_command(&repo, "archive_command")
+        .await?;
     let report = crate::pitr::enable(
         &repo,
         &resolved.conn(),

@@ -18,6 +18,9 @@ pub async fn run(resolved: &Resolved, args: RestoreArgs) -> Result<Outcome> {
             .hint("pass --pgdata DIR (an empty or new directory)")
     })?;
     let opts = restore_options(resolved, &repo, pgdata, args)?;
+    resolved
+        .check_generated_command(&repo, "restore_command")
+        .await?;
     let manifest = crate::restore::restore(&repo, opts).await?;
     Ok(Outcome::report(Restored {
         manifest,
@@ -30,6 +33,9 @@ pub async fn fetch(resolved: &Resolved, dir: PathBuf, label: &str) -> Result<Out
     let repo = resolved.repo().await?;
     let set = (!label.eq_ignore_ascii_case("LATEST")).then(|| label.to_string());
     let opts = restore_options(resolved, &repo, dir.clone(), RestoreArgs::for_fetch(set))?;
+    resolved
+        .check_generated_command(&repo, "restore_command")
+        .await?;
     let manifest = crate::restore::restore(&repo, opts).await?;
     Ok(Outcome::report(Restored {
         manifest,

@@ -23,7 +23,11 @@ pub async fn run(resolved: &Resolved) -> Result<Outcome> {
         }
         handle.create_key(&pass).await?
     } else {
-        handle.unlock(pass.as_deref()).await?
+        let repo = handle.unlock(pass.as_deref()).await?;
+        if !repo.is_encrypted() {
+            resolved.refuse_cipher_flags(&repo)?;
+        }
+        repo
     };
     let client = crate::db::connect(&resolved.conn()).await?;
     let server = crate::db::server_info(&client).await?;

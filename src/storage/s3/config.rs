@@ -7,10 +7,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
-use object_store::client::{HttpClient, HttpConnector, ReqwestConnector};
+use object_store::client::{HttpClient, HttpConnector};
 use object_store::path::Path;
 use object_store::{BackoffConfig, Certificate, ClientOptions, RetryConfig};
 
+use super::retry_report::RetryReporter;
 use crate::error::{Error, Result};
 
 #[derive(Clone, Debug, Default)]
@@ -19,8 +20,10 @@ pub struct S3Options {
     pub endpoint: Option<String>,
     /// Default: AWS_REGION / AWS_DEFAULT_REGION, the profile's, else asked of AWS.
     pub region: Option<String>,
-    /// `https://endpoint/bucket/key` instead of `https://bucket.endpoint/key`.
-    pub uri_style_path: bool,
+    /// `https://endpoint/bucket/key` instead of `https://bucket.endpoint/key`. Unset:
+    /// virtual-host style, except for an endpoint that is an IP address (no name to put
+    /// the bucket in), which implies path style.
+    pub uri_style_path: Option<bool>,
     /// For new objects (STANDARD_IA, GLACIER_IR, ...).
     pub storage_class: Option<String>,
     /// PEM bundle of CAs to trust besides the system's (a private endpoint's).
@@ -116,38 +119,58 @@ pub(super) async fn connect(
             })?,
         None => "us-east-1".to_string(),
     };
+    let endpoint = endpoint.as_deref().map(parse_endpoint).transpose()?;
+    let path_style = match (&endpoint, options.uri_style_path) {
+        (Some(e), Some(false)) if e.is_ip => {
+            return Err(Error::config(format!(
+                "S3 endpoint {}: an IP address cannot be addressed virtual-host style \
+                 (bucket.{})",
+                e.url, e.host
+            ))
+            .hint("use --s3-uri-style path (or leave it unset), or a host name"))
+        }
+        (Some(e), None) if e.is_ip => {
+            tracing::debug!(
+                "S3 endpoint {} is an IP address: path-style requests",
+                e.url
+            );
+            true
+        }
+        (_, style) => style.unwrap_or(false),
+    };
     let bucket_url = match &endpoint {
-        Some(endpoint) => {
-            let endpoint = if endpoint.contains("://") {
-                endpoint.trim_end_matches('/').to_string()
-            } else {
-                format!("https://{}", endpoint.trim_end_matches('/'))
-            };
-            client = client.with_allow_http(endpoint.starts_with("http://"));
-            let (scheme, host) = endpoint.split_once("://").expect("has a scheme");
-            if options.uri_style_path {
-                format!("{endpoint}/{bucket}")
+        Some(e) => {
+            client = client.with_allow_http(e.url.starts_with("http://"));
+            if path_style {
+                format!("{}/{bucket}", e.url)
             } else {
                 // object_store takes a virtual-hosted endpoint with the bucket in it.
-                format!("{scheme}://{bucket}.{host}")
+                format!("{}://{bucket}.{}", e.scheme, e.host)
             }
         }
-        None if options.uri_style_path => format!("https://s3.{region}.amazonaws.com/{bucket}"),
+        None if path_style => format!("https://s3.{region}.amazonaws.com/{bucket}"),
         None => format!("https://{bucket}.s3.{region}.amazonaws.com"),
     };
+    let reporter = RetryReporter::new(
+        bucket,
+        Duration::from_secs(options.retry_seconds.unwrap_or(DEFAULT_RETRY_SECONDS)),
+    );
     builder = builder
         .with_region(&region)
-        .with_virtual_hosted_style_request(!options.uri_style_path)
+        .with_virtual_hosted_style_request(!path_style)
+        .with_http_connector(reporter.clone())
         .with_client_options(client.clone())
         .with_retry(RetryConfig {
             backoff: BackoffConfig::default(), // 100 ms doubling to 15 s, with jitter
             // The time budget decides, not a count: ten quick retries are over in
             // seconds, shorter than a storage node's restart.
             max_retries: 10_000,
-            retry_timeout: Duration::from_secs(options.retry_seconds.unwrap_or(300)),
+            retry_timeout: Duration::from_secs(
+                options.retry_seconds.unwrap_or(DEFAULT_RETRY_SECONDS),
+            ),
         });
     if endpoint.is_some() {
-        let endpoint = match options.uri_style_path {
+        let endpoint = match path_style {
             true => bucket_url
                 .strip_suffix(&format!("/{bucket}"))
                 .unwrap_or(&bucket_url),
@@ -158,7 +181,7 @@ pub(super) async fn connect(
     let store = builder
         .build()
         .map_err(|e| Error::config(format!("repository {url}: bad S3 configuration")).source(e))?;
-    let http = ReqwestConnector::default()
+    let http = reporter
         .connect(&client)
         .map_err(|e| Error::config(format!("repository {url}: HTTP client")).source(e))?;
     Ok(Connection {
@@ -168,6 +191,62 @@ pub(super) async fn connect(
         http,
         bucket_url,
         region,
+    })
+}
+
+/// [`S3Options::retry_seconds`] when unset.
+pub const DEFAULT_RETRY_SECONDS: u64 = 300;
+
+/// An endpoint as the user wrote it, checked: object_store would panic later on a host it
+/// cannot put into a URL.
+struct Endpoint {
+    /// `scheme://host[:port][/path]`, no trailing slash.
+    url: String,
+    scheme: String,
+    /// `host[:port]`.
+    host: String,
+    is_ip: bool,
+}
+
+/// `host[:port]` means https (credentials never go out in clear by guess); a plain-HTTP
+/// store (MinIO on a laptop, moto) is written `http://host:port`.
+fn parse_endpoint(endpoint: &str) -> Result<Endpoint> {
+    let trimmed = endpoint.trim();
+    let trimmed = match trimmed.split_once("://") {
+        // Not "http:" from "http://": the empty host must stay visible.
+        Some((_, rest)) if !rest.is_empty() => trimmed.trim_end_matches('/'),
+        _ => trimmed,
+    };
+    let with_scheme = if trimmed.contains("://") {
+        trimmed.to_string()
+    } else {
+        format!("https://{trimmed}")
+    };
+    let bad = |why: String| {
+        Error::config(format!("S3 endpoint {endpoint:?}: {why}"))
+            .hint("write it as host[:port] (https) or http://host:port, e.g. http://127.0.0.1:9000")
+    };
+    let url = url::Url::parse(&with_scheme).map_err(|e| bad(e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad(format!(
+            "scheme {:?} is not http or https",
+            url.scheme()
+        )));
+    }
+    let host = match url.host() {
+        Some(host) => host,
+        None => return Err(bad("no host".into())),
+    };
+    let is_ip = !matches!(host, url::Host::Domain(_));
+    let authority = match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    };
+    Ok(Endpoint {
+        url: with_scheme,
+        scheme: url.scheme().to_string(),
+        host: authority,
+        is_ip,
     })
 }
 
@@ -227,4 +306,54 @@ fn shared_profile() -> Profile {
         }
     }
     profile
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_checked_and_ip_addresses_recognised() {
+        let e = parse_endpoint("127.0.0.1:9000").unwrap();
+        assert_eq!(
+            (e.url.as_str(), e.host.as_str(), e.is_ip),
+            ("https://127.0.0.1:9000", "127.0.0.1:9000", true)
+        );
+        let e = parse_endpoint("http://[::1]:9000/").unwrap();
+        assert_eq!(
+            (e.url.as_str(), e.scheme.as_str(), e.is_ip),
+            ("http://[::1]:9000", "http", true)
+        );
+        let e = parse_endpoint("minio.internal").unwrap();
+        assert_eq!((e.url.as_str(), e.is_ip), ("https://minio.internal", false));
+        for bad in ["http://[::1", "ftp://host", "http://", "host:port"] {
+            let err = parse_endpoint(bad)
+                .err()
+                .unwrap_or_else(|| panic!("{bad} accepted"));
+            assert_eq!(err.kind, crate::error::ErrorKind::Config, "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_ip_endpoint_is_path_style_unless_told_host_which_is_refused() {
+        let options = |style| S3Options {
+            endpoint: Some("http://127.0.0.1:9".into()),
+            region: Some("us-east-1".into()),
+            uri_style_path: style,
+            ..Default::default()
+        };
+        let c = connect("s3://b/p", &options(None), Some(("k", "s")))
+            .await
+            .unwrap();
+        assert_eq!(c.bucket_url, "http://127.0.0.1:9/b");
+        let e = connect("s3://b/p", &options(Some(false)), Some(("k", "s")))
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string()
+                .contains("cannot be addressed virtual-host style"),
+            "{e}"
+        );
+    }
 }

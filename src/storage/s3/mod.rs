@@ -22,6 +22,7 @@ use super::{Listing, ObjectInfo, ObjectWriter, Reader, Storage};
 use crate::error::{Error, ErrorKind, Result};
 
 mod config;
+mod retry_report;
 mod upload;
 
 pub use config::S3Options;
@@ -148,6 +149,13 @@ fn error(bucket: &str, key: &str, action: &str, e: object_store::Error) -> Error
             Error::new(ErrorKind::Config, message).source(e).hint(
                 "check the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, \
                  the instance role) and that they may use this bucket",
+            )
+        }
+        E::Generic { .. } if text.contains("retry_timeout") || text.contains("sending request") => {
+            Error::new(ErrorKind::Io, message).source(e).hint(
+                "the S3 endpoint did not answer successfully: check the endpoint \
+                 (--s3-endpoint; host[:port] means https), the network and the credentials; \
+                 pgward retries transient failures for --s3-retry-seconds (default 300)",
             )
         }
         _ => Error::new(ErrorKind::Io, message).source(e),
@@ -321,7 +329,7 @@ mod tests {
         let options = S3Options {
             endpoint: Some(moto().to_string()),
             region: Some("us-east-1".into()),
-            uri_style_path: true,
+            uri_style_path: Some(true),
             ..Default::default()
         };
         S3Storage::open_with_keys(url, options, Some(("test", "test"))).await

@@ -390,6 +390,18 @@ mod tests {
             "3",
         ])
         .await;
+        // A plain stanza's workers get no encryption options (set for other stanzas).
+        let plain = resolved.background(&repo, &["archive-push-worker"]);
+        assert!(!plain.env.iter().any(|(k, _)| k == "PGWARD_CIPHER_PASS"));
+        let dir = tempfile::tempdir().unwrap();
+        let storage = std::sync::Arc::new(crate::storage::LocalStorage::new(
+            dir.path().to_str().unwrap(),
+        ));
+        let repo = StanzaHandle::new(storage, "main")
+            .unwrap()
+            .create_key(b"sekrit")
+            .await
+            .unwrap();
         let worker = resolved.background(&repo, &["archive-push-worker"]);
         let line = worker.args.join(" ");
         for part in [

@@ -92,8 +92,10 @@ pub enum WalErrorKind {
     UnexpectedContrecord,
     #[error("record starts inside the page header")]
     RecordInPageHeader,
-    #[error("record length 0: end of WAL")]
+    #[error("record length 0 or a zeroed page: end of WAL")]
     EndOfWal,
+    #[error("after abandoning the record at {aborted}, the next record is not the XLOG_OVERWRITE_CONTRECORD naming it")]
+    OverwriteMismatch { aborted: Lsn },
     #[error("{0}")]
     Record(RecordError),
     #[error("segment header: {0}")]
@@ -115,10 +117,12 @@ pub struct SegmentRecords {
     pub head_missing: Option<Lsn>,
     /// Records abandoned by an overwrite-contrecord in this segment: (record, page).
     pub aborted: Vec<(Lsn, Lsn)>,
-    /// Start of a record that continues into the next segment (it belongs there).
+    /// Start of a record that continues into the next segment (it belongs there); with
+    /// `end_of_wal`, a record that never finished.
     pub continues: Option<Lsn>,
-    /// Reading met a zero record length here (a `.partial` segment, or a segment cut
-    /// short): nothing after it was read.
+    /// Reading met a zero record length or a zeroed page here (a `.partial` segment, or
+    /// a segment cut short): nothing after it was read. In a complete archived segment
+    /// this is damage, and the caller must not trust the segment's map.
     pub end_of_wal: Option<Lsn>,
 }
 
@@ -183,11 +187,7 @@ pub fn read_segment(segment: &[u8], before: Option<&[u8]>) -> Result<SegmentReco
         records: Vec::new(),
         head_missing: None,
         aborted: Vec::new(),
-        continues: if end_of_wal.is_none() {
-            reader.record_in_progress()
-        } else {
-            None
-        },
+        continues: reader.record_in_progress(),
         end_of_wal,
     };
     for event in events {

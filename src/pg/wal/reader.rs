@@ -10,7 +10,7 @@ use super::record::{
     check_crc, check_total_len, decode_record, RecordError, RecordHeader, WalRecord,
     RECORD_HEADER_SIZE,
 };
-use super::special::is_switch;
+use super::special::{is_switch, Special};
 use super::{WalError, WalErrorKind, XLOG_BLCKSZ};
 use crate::pg::lsn::Lsn;
 
@@ -46,6 +46,9 @@ pub struct WalReader {
     state: State,
     /// Start of the last record read: the next record's `xl_prev` must equal it.
     prev_record: Option<Lsn>,
+    /// After an overwrite-contrecord page: the abandoned record, which the next record
+    /// (XLOG_OVERWRITE_CONTRECORD) must name (`VerifyOverwriteContrecord`).
+    overwritten: Option<Lsn>,
     failed: Option<WalError>,
 }
 
@@ -81,6 +84,7 @@ impl WalReader {
             skip_until: Lsn(0),
             state: State::Start,
             prev_record: None,
+            overwritten: None,
             failed: (!valid).then_some(WalError {
                 lsn: Lsn(0),
                 kind: WalErrorKind::BadInput(
@@ -145,6 +149,10 @@ impl WalReader {
         if page_lsn < self.skip_until {
             return Ok(());
         }
+        if page.len() >= XLOG_BLCKSZ && crate::pg::page::is_all_zero(&page[..XLOG_BLCKSZ]) {
+            // Never written: the end of a `.partial` segment or of a segment cut short.
+            return Err(at(WalErrorKind::EndOfWal));
+        }
         let header = parse_page_header(page, page_lsn, self.segment_size).map_err(at)?;
         self.check_stream(&header).map_err(at)?;
         let page = &page[..XLOG_BLCKSZ];
@@ -195,6 +203,7 @@ impl WalReader {
                         lsn,
                         overwritten_at: page_lsn,
                     });
+                    self.overwritten = Some(lsn);
                     header_size
                 } else {
                     let partial_err = |kind| WalError { lsn, kind };
@@ -315,6 +324,18 @@ impl WalReader {
         }
         let record =
             decode_record(bytes, lsn, end, next, self.pg_major().unwrap_or(0)).map_err(err)?;
+        if let Some(aborted) = self.overwritten.take() {
+            if record.special
+                != Some(Special::OverwriteContrecord {
+                    overwritten: aborted,
+                })
+            {
+                return Err(WalError {
+                    lsn,
+                    kind: WalErrorKind::OverwriteMismatch { aborted },
+                });
+            }
+        }
         self.prev_record = Some(lsn);
         out.push(WalEvent::Record(record));
         Ok(next)

@@ -543,8 +543,17 @@ fn a_segment_that_ends_inside_a_record_reports_where_it_starts() {
 #[test]
 fn corrupt_records_and_pages_are_errors_naming_the_spot() {
     let f = fixture(15);
-    let seg = &f.segments[1].1;
-    let prev = &f.segments[0].1;
+    // The segment with the most records, so there are records after the damage.
+    let i = (1..f.segments.len())
+        .max_by_key(|&i| {
+            read_segment(&f.segments[i].1, Some(&f.segments[i - 1].1))
+                .unwrap()
+                .records
+                .len()
+        })
+        .unwrap();
+    let seg = &f.segments[i].1;
+    let prev = &f.segments[i - 1].1;
     let good = read_segment(seg, Some(prev)).unwrap();
     let target = &good.records[good.records.len() / 2];
     let off = (target.lsn.0 - good.start.0) as usize;
@@ -601,9 +610,17 @@ fn corrupt_records_and_pages_are_errors_naming_the_spot() {
     for b in &mut cut[zero_from..] {
         *b = 0;
     }
-    let e = read_segment(&cut, Some(prev)).unwrap_err();
-    assert_eq!(e.lsn, Lsn(good.start.0 + zero_from as u64));
-    // ... unless only the records' part of the page is zero: then it is the end of WAL.
+    let s = read_segment(&cut, Some(prev)).unwrap();
+    assert_eq!(s.end_of_wal, Some(Lsn(good.start.0 + zero_from as u64)));
+    assert!(
+        s.records.len() < good.records.len(),
+        "{} {} {:?} {:?}",
+        s.records.len(),
+        good.records.len(),
+        s.end_of_wal,
+        target.lsn
+    );
+    // So is a zero record length.
     let mut cut = seg.clone();
     for b in &mut cut[off..(off / XLOG_BLCKSZ + 1) * XLOG_BLCKSZ] {
         *b = 0;
@@ -768,4 +785,99 @@ fn mutated_segments_and_records_never_panic() {
 #[ignore = "second tier: long fuzz run"]
 fn mutated_segments_and_records_never_panic_long() {
     fuzz(30_000, 0x5EED_0002);
+}
+
+/// Recomputes a record's CRC after a test edited it (`ValidXLogRecord`'s order: body,
+/// then the header up to `xl_crc`).
+fn fix_crc(record: &mut [u8]) {
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&record[24..]), &record[..20]);
+    record[20..24].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// The record after an overwrite-contrecord page must be XLOG_OVERWRITE_CONTRECORD
+/// naming the abandoned record; one naming another record is refused.
+#[test]
+fn overwrite_contrecord_must_name_the_abandoned_record() {
+    let f = fixture(17);
+    let (events, _) = stream(&f);
+    let overwrite = records(&events)
+        .into_iter()
+        .find(|r| matches!(r.special, Some(Special::OverwriteContrecord { .. })))
+        .unwrap()
+        .clone();
+    let segment_size = f.segments[0].1.len() as u64;
+    let i = f
+        .segments
+        .iter()
+        .position(|(_, b)| {
+            crate::pg::walheader::parse_long_page_header(b)
+                .unwrap()
+                .page_address
+                .0
+                == overwrite.lsn.0 / segment_size * segment_size
+        })
+        .unwrap();
+    let (prev, seg) = (&f.segments[i - 1].1, &f.segments[i].1);
+    let good = read_segment(seg, Some(prev)).unwrap();
+    assert_eq!(good.aborted.len(), 1);
+    assert_eq!(good.records[0], overwrite);
+
+    let off = (overwrite.lsn.0 % segment_size) as usize;
+    let mut bad = seg.clone();
+    let rec = &mut bad[off..off + overwrite.total_len as usize];
+    // Main data (xl_overwrite_contrecord) is the last 16 bytes: overwritten_lsn first.
+    let at = rec.len() - 16;
+    rec[at] ^= 0x08;
+    fix_crc(rec);
+    let e = read_segment(&bad, Some(prev)).unwrap_err();
+    assert!(
+        matches!(e.kind, WalErrorKind::OverwriteMismatch { .. }),
+        "{e}"
+    );
+}
+
+/// XLR_SPECIAL_REL_UPDATE on a record kind the decoder does not know (here a heap
+/// record, as a custom resource manager might write) is reported, so a block map can
+/// refuse to trust itself; on a kind it decodes, the decoded form wins.
+#[test]
+fn unknown_records_that_change_files_are_reported() {
+    let f = fixture(18);
+    let (events, _) = stream(&f);
+    let seg0 = crate::pg::walheader::parse_long_page_header(&f.segments[0].1)
+        .unwrap()
+        .page_address
+        .0;
+    let all: Vec<u8> = f.segments.iter().flat_map(|(_, b)| b.clone()).collect();
+    let bytes_of = |r: &WalRecord| {
+        let off = (r.lsn.0 - seg0) as usize;
+        all[off..off + r.total_len as usize].to_vec()
+    };
+    let rs = records(&events);
+    let heap = rs
+        .iter()
+        .find(|r| r.rmgr == 10 && r.total_len < 200)
+        .unwrap();
+    let mut b = bytes_of(heap);
+    b[16] |= record::XLR_SPECIAL_REL_UPDATE;
+    let d = record::decode_record(&b, heap.lsn, heap.end, heap.next, 18).unwrap();
+    assert_eq!(d.special, Some(Special::UnknownRelUpdate));
+    assert_eq!(d.blocks, heap.blocks);
+
+    let create = rs
+        .iter()
+        .find(|r| matches!(r.special, Some(Special::SmgrCreate { .. })))
+        .unwrap();
+    assert_ne!(bytes_of(create)[16] & record::XLR_SPECIAL_REL_UPDATE, 0);
+    let d = record::decode_record(&bytes_of(create), create.lsn, create.end, create.next, 18);
+    assert_eq!(d.unwrap().special, create.special);
+
+    // A custom resource manager (id 128+) is valid from PG 15 and decodes its blocks.
+    let mut custom = bytes_of(heap);
+    custom[17] = 200;
+    custom[16] |= record::XLR_SPECIAL_REL_UPDATE;
+    let d = record::decode_record(&custom, heap.lsn, heap.end, heap.next, 18).unwrap();
+    assert_eq!(d.special, Some(Special::UnknownRelUpdate));
+    let header = record::RecordHeader::parse(&custom).unwrap();
+    assert!(header.validate(heap.lsn, Some(heap.prev), 18).is_ok());
+    assert!(header.validate(heap.lsn, Some(heap.prev), 14).is_err());
 }

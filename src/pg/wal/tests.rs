@@ -776,15 +776,32 @@ fn fuzz(iterations: usize, seed: u64) {
     }
 }
 
+/// Runs `fuzz` on a thread and fails if it panics or has not finished in `limit`: a
+/// reader that loops on some input hangs no test run.
+fn fuzz_within(iterations: usize, seed: u64, limit: std::time::Duration) {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        fuzz(iterations, seed);
+        let _ = done.send(());
+    });
+    match finished.recv_timeout(limit) {
+        Ok(()) => {}
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("the fuzz run panicked"),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("{iterations} fuzz iterations took longer than {limit:?}: a loop?")
+        }
+    }
+}
+
 #[test]
 fn mutated_segments_and_records_never_panic() {
-    fuzz(300, 0x5EED_0001);
+    fuzz_within(1000, 0x5EED_0001, std::time::Duration::from_secs(120));
 }
 
 #[test]
 #[ignore = "second tier: long fuzz run"]
 fn mutated_segments_and_records_never_panic_long() {
-    fuzz(30_000, 0x5EED_0002);
+    fuzz_within(300_000, 0x5EED_0002, std::time::Duration::from_secs(3600));
 }
 
 /// Recomputes a record's CRC after a test edited it (`ValidXLogRecord`'s order: body,

@@ -215,7 +215,7 @@ impl WalReader {
                     if rem == 0 || Some(total_len) != rem.checked_add(got) {
                         return Err(partial_err(WalErrorKind::BadContrecordLength {
                             found: rem,
-                            expected: Some(total_len - got),
+                            expected: Some(total_len.saturating_sub(got)),
                         }));
                     }
                     let len = (rem as usize).min(XLOG_BLCKSZ - header_size);

@@ -7,6 +7,7 @@ pub mod datadir;
 pub mod history;
 pub mod lsn;
 pub mod page;
+pub mod wal;
 pub mod walheader;
 pub mod walname;
 

@@ -24,7 +24,11 @@ fn main() {
             }
             let code = report(&command_line_error(&e, &argv));
             // A malformed restore_command must stop recovery, not read as "not found".
-            std::process::exit(if fetching { EXIT_ARCHIVE_GET_FATAL } else { code });
+            std::process::exit(if fetching {
+                EXIT_ARCHIVE_GET_FATAL
+            } else {
+                code
+            });
         }
     };
     let is_archive_get = matches!(cli.command, Command::ArchiveGet { .. });

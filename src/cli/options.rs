@@ -234,7 +234,10 @@ macro_rules! global_options {
                     if self.$field.is_none() {
                         if let Some(value) = table.get($name) {
                             self.$field = Some(OptionValue::from_toml(value).map_err(|e| {
-                                Error::config(format!("{file}: {} {e}", $name))
+                                Error::config(format!("{file}: {} {e}", $name)).hint(format!(
+                                    "correct {} in {file}, or give --{} to override it",
+                                    $name, $name
+                                ))
                             })?);
                         }
                     }
@@ -451,7 +454,9 @@ mod tests {
         let t: toml::Table = "log-level = \"loud\"".parse().unwrap();
         let e = args.fill_unset(&t, "f.toml").unwrap_err().to_string();
         assert!(
-            e.contains("f.toml: log-level must be one of error, warn, info, debug, trace, found \"loud\""),
+            e.contains(
+                "f.toml: log-level must be one of error, warn, info, debug, trace, found \"loud\""
+            ),
             "{e}"
         );
     }

@@ -37,7 +37,11 @@ pub fn command_line_error(e: &clap::Error, argv: &[OsString]) -> Error {
         } else if let Some(u) = section.strip_prefix("Usage: ") {
             usage = Some(u.lines().next().unwrap_or(u).trim().to_string());
         } else if section.starts_with("tip: ") {
-            tips.extend(section.lines().filter_map(|l| l.trim().strip_prefix("tip: ")));
+            tips.extend(
+                section
+                    .lines()
+                    .filter_map(|l| l.trim().strip_prefix("tip: ")),
+            );
         }
         // "For more information, try '--help'." is replaced by the hint's own pointer.
     }
@@ -105,7 +109,10 @@ mod tests {
         assert_eq!(e.message, "unexpected argument '--bogus' found");
         let hint = e.hint.unwrap();
         assert!(hint.contains("usage: pgward restore [OPTIONS]"), "{hint}");
-        assert!(hint.ends_with("`pgward restore --help` describes every option"), "{hint}");
+        assert!(
+            hint.ends_with("`pgward restore --help` describes every option"),
+            "{hint}"
+        );
     }
 
     #[test]
@@ -118,7 +125,11 @@ mod tests {
         );
         assert!(e.hint.unwrap().contains("`pgward info --help`"));
         let e = rejected("pgward archive-get");
-        assert!(e.message.contains("not provided: <NAME> <DEST>"), "{}", e.message);
+        assert!(
+            e.message.contains("not provided: <NAME> <DEST>"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
@@ -133,7 +144,10 @@ mod tests {
     fn a_misspelt_command_gets_the_suggestion_in_the_hint() {
         let hint = rejected("pgward --stanza backup bakup").hint.unwrap();
         assert!(hint.contains("'backup'"), "{hint}");
-        assert!(hint.ends_with("`pgward --help` describes every option"), "{hint}");
+        assert!(
+            hint.ends_with("`pgward --help` describes every option"),
+            "{hint}"
+        );
     }
 
     #[test]
@@ -142,7 +156,10 @@ mod tests {
             let argv: Vec<OsString> = line.split(' ').map(OsString::from).collect();
             command_words(&argv)
         };
-        assert_eq!(words("pgward --stanza backup pitr enable"), ["pitr", "enable"]);
+        assert_eq!(
+            words("pgward --stanza backup pitr enable"),
+            ["pitr", "enable"]
+        );
         assert_eq!(words("pgward --stanza=x wal-fetch a b"), ["archive-get"]);
         assert_eq!(words("pgward restore --set info"), ["restore"]);
         assert!(words("pgward --repo").is_empty());

@@ -43,7 +43,13 @@ mod tests {
             for internal in ["archive-push-worker", "archive-get-prefetch"] {
                 assert!(!script.contains(internal), "{shell}: offers {internal}");
             }
-            for command in ["restore", "archive-get", "stanza-create", "wal", "log-level"] {
+            for command in [
+                "restore",
+                "archive-get",
+                "stanza-create",
+                "wal",
+                "log-level",
+            ] {
                 assert!(script.contains(command), "{shell}: lacks {command}");
             }
         }

@@ -13,7 +13,8 @@
 //! checked by the compiler, and clap derive keeps `--help`, the subcommands and shell
 //! completions as they were (`--output` gained `PGWARD_OUTPUT`); the macro adds the descriptor table and the
 //! per-field code (TOML parsing, rendering as arguments) that used to be written out by
-//! hand, and drifted, in four places. A new global option is one row below.
+//! hand, and drifted, in four places. A new global option is one row below, in the group
+//! whose heading it belongs under in `COMMAND --help`.
 
 use std::path::PathBuf;
 
@@ -128,7 +129,7 @@ macro_rules! value_enum_option {
                 Self::from_env(toml_string(value)?)
             }
             fn from_env(value: &str) -> std::result::Result<Self, String> {
-                <$t as clap::ValueEnum>::from_str(value, false).map_err(|_| {
+                <$t as clap::ValueEnum>::from_str(value, true).map_err(|_| {
                     let names: Vec<String> = <$t as clap::ValueEnum>::value_variants()
                         .iter()
                         .map(OptionValue::to_arg)
@@ -319,13 +320,13 @@ global_options! {
 
     ["Output"]
     /// Report format for commands that report [default: text]
-    #[arg(value_enum)]
+    #[arg(value_enum, ignore_case = true)]
     output: OutputFormat, "output", Pgward("PGWARD_OUTPUT"), 0;
     /// Log level [default: info]
-    #[arg(value_enum)]
+    #[arg(value_enum, ignore_case = true)]
     log_level: LogLevel, "log-level", Pgward("PGWARD_LOG_LEVEL"), FILE | WORKER;
     /// Log format [default: text]
-    #[arg(value_enum)]
+    #[arg(value_enum, ignore_case = true)]
     log_format: LogFormat, "log-format", Pgward("PGWARD_LOG_FORMAT"), FILE | WORKER;
 }
 

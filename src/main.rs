@@ -1,8 +1,10 @@
+use std::ffi::OsString;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use clap::Parser;
 
-use pgward::cli::args::{Cli, Command};
+use pgward::cli::args::{Cli, Command, LogFormat, LogLevel};
+use pgward::cli::usage::command_line_error;
 use pgward::cli::{resolve, run, EXIT_ARCHIVE_GET_FATAL};
 use pgward::error::{Error, ErrorKind, INTERNAL_HINT};
 
@@ -11,15 +13,22 @@ fn main() {
     // Until the command line is parsed, guess from the words on it.
     let fetching = std::env::args().any(|a| a == "archive-get" || a == "wal-fetch");
     end_process_on_panic(fetching);
-    let cli = match Cli::try_parse() {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&argv) {
         Ok(cli) => cli,
+        // --help, --version: printed to stdout, exit 0.
+        Err(e) if !e.use_stderr() => e.exit(),
         Err(e) => {
-            // A malformed restore_command must stop recovery, not read as "not found".
-            if fetching && e.use_stderr() {
-                let _ = e.print();
-                std::process::exit(EXIT_ARCHIVE_GET_FATAL);
+            if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                let _ = e.print(); // `pgward`, `pgward pitr`: the help, then why it ends so
             }
-            e.exit()
+            let code = report(&command_line_error(&e, &argv));
+            // A malformed restore_command must stop recovery, not read as "not found".
+            std::process::exit(if fetching {
+                EXIT_ARCHIVE_GET_FATAL
+            } else {
+                code
+            });
         }
     };
     let is_archive_get = matches!(cli.command, Command::ArchiveGet { .. });
@@ -28,8 +37,8 @@ fn main() {
         Err(e) => report(&e),
         Ok(resolved) => {
             init_logging(
-                resolved.global.log_level.as_deref(),
-                resolved.global.log_format.as_deref(),
+                resolved.global.log_level.unwrap_or_default(),
+                resolved.global.log_format.unwrap_or_default(),
             );
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -107,17 +116,15 @@ fn report(e: &Error) -> i32 {
     e.kind.exit_code()
 }
 
-fn init_logging(level: Option<&str>, format: Option<&str>) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(format!("pgward={}", level.unwrap_or("info")))
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("pgward=info"));
+fn init_logging(level: LogLevel, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::new(format!("pgward={}", level.directive()));
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal());
-    if format == Some("json") {
+    if format == LogFormat::Json {
         builder.json().init();
     } else {
         builder.init();

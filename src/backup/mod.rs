@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::db::{self, ConnOptions};
-use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::pg::backup_label::parse_backup_label;
 use crate::pg::control::parse_control_file;
 use crate::pg::datadir::CONTROL_FILE;
@@ -235,15 +235,40 @@ async fn remove_orphans(repo: &Repo) -> Result<()> {
     Ok(())
 }
 
+/// Why the data directory's control file cannot be read, as what the operator must fix:
+/// a wrong `--pgdata` is a configuration error, not "not found" (which is about the
+/// repository); a directory this user may not read is an I/O error whose usual cause is
+/// running as another user than the cluster's owner.
+fn unreadable_data_directory(pgdata: &Path, control_path: &Path, e: std::io::Error) -> Error {
+    let pass = "pass the cluster's data directory with --pgdata (or PGDATA), or leave both \
+                unset to use the one the server reports";
+    match e.kind() {
+        std::io::ErrorKind::NotFound if !pgdata.is_dir() => Error::config(format!(
+            "data directory {} does not exist",
+            pgdata.display()
+        ))
+        .hint(pass),
+        std::io::ErrorKind::NotFound => Error::config(format!(
+            "{} is not a PostgreSQL data directory: it has no {CONTROL_FILE}",
+            pgdata.display()
+        ))
+        .hint(pass),
+        std::io::ErrorKind::PermissionDenied => Error::io("reading", control_path, e).hint(
+            "this user may not read the data directory: run pgward as the cluster's owner \
+             (the user PostgreSQL runs as)",
+        ),
+        _ => Error::io("reading", control_path, e),
+    }
+}
+
 /// The directory we copy must be the cluster we are connected to.
 fn check_data_directory(pgdata: &Path, system_identifier: u64) -> Result<()> {
     let control_path = pgdata.join("global/pg_control");
     // The server may be rewriting pg_control as we read it: retry a torn read.
     let mut attempt = 0;
     let control = loop {
-        let bytes = std::fs::read(&control_path).at("reading", &control_path).map_err(|e| {
-            e.hint("pass the cluster's data directory with --pgdata (or PGDATA), readable by this user")
-        })?;
+        let bytes = std::fs::read(&control_path)
+            .map_err(|e| unreadable_data_directory(pgdata, &control_path, e))?;
         match parse_control_file(&bytes) {
             Ok(control) => break control,
             Err(_) if attempt < 5 => attempt += 1,

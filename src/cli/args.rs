@@ -29,6 +29,37 @@ pub enum OutputFormat {
     Json,
 }
 
+/// `--log-level`: how much pgward logs (to stderr).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    #[default]
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    /// The level as a `tracing` filter directive names it.
+    pub fn directive(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Record the cluster in the repository (idempotent)
@@ -93,6 +124,7 @@ pub enum Command {
     #[command(alias = "backup-push")]
     Backup(BackupArgs),
     /// Restore a backup into an empty directory, with optional point-in-time target
+    #[command(arg = restore_pgdata())]
     #[command(
         after_help = "Examples:\n  pgward restore --pgdata /srv/pg/new\n  pgward restore --pgdata /srv/pg/new --target-time '2026-11-21 12:00:00+00' --target-action promote\n  pgward restore --pgdata /srv/pg/new --set 20261121-010000F --target immediate --tablespace-map 16390=/srv/ts1\n\nThe restore_command written for the restored cluster repeats --config and\n--cipher-pass-file, never a passphrase or S3 key: restore refuses (exit 3) when the\nstanza's passphrase came only from --cipher-pass or PGWARD_CIPHER_PASS."
     )]
@@ -258,6 +290,24 @@ pub struct RestoreArgs {
     /// Archive mode of the restored cluster: 'preserve' keeps the source's archive_command, 'off' disables archiving
     #[arg(long, default_value = "preserve", value_parser = ["preserve", "off"])]
     pub archive_mode: String,
+}
+
+/// `restore --pgdata`: the global option under the same id, so the value still lands in
+/// [`GlobalArgs::pgdata`] (and PGDATA or the configuration file can still give it), but
+/// described as what it is to restore, the destination, and listed first among
+/// restore's own options rather than with the options that describe a running cluster.
+fn restore_pgdata() -> clap::Arg {
+    clap::Arg::new("pgdata")
+        .long("pgdata")
+        .global(true)
+        .env("PGDATA")
+        .value_name("DIR")
+        .value_parser(clap::value_parser!(PathBuf))
+        .display_order(0)
+        .help(
+            "Where to restore to: a new or empty directory (required; the configuration \
+             file's pgdata also sets it)",
+        )
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {

@@ -6,6 +6,7 @@ mod commands;
 pub mod config;
 mod generated;
 pub mod options;
+pub mod usage;
 
 use args::{Cli, GlobalArgs, OutputFormat};
 
@@ -294,6 +295,17 @@ mod tests {
         };
         let repo = resolved.stanza_handle().await.unwrap();
         (resolved, repo.unlock(None).await.unwrap())
+    }
+
+    #[test]
+    fn restore_pgdata_after_the_command_is_the_global_option() {
+        for argv in [
+            ["pgward", "restore", "--pgdata", "/srv/new"],
+            ["pgward", "--pgdata", "/srv/new", "restore"],
+        ] {
+            let cli = Cli::try_parse_from(argv).unwrap();
+            assert_eq!(cli.global.pgdata.as_deref(), Some("/srv/new".as_ref()));
+        }
     }
 
     #[test]

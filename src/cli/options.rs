@@ -13,11 +13,12 @@
 //! checked by the compiler, and clap derive keeps `--help`, the subcommands and shell
 //! completions as they were (`--output` gained `PGWARD_OUTPUT`); the macro adds the descriptor table and the
 //! per-field code (TOML parsing, rendering as arguments) that used to be written out by
-//! hand, and drifted, in four places. A new global option is one row below.
+//! hand, and drifted, in four places. A new global option is one row below, in the group
+//! whose heading it belongs under in `COMMAND --help`.
 
 use std::path::PathBuf;
 
-use super::args::OutputFormat;
+use super::args::{LogFormat, LogLevel, OutputFormat};
 use crate::archive::spool::Background;
 use crate::error::{Error, Result};
 
@@ -119,20 +120,32 @@ impl OptionValue for PathBuf {
     }
 }
 
-impl OptionValue for OutputFormat {
-    fn from_toml(value: &toml::Value) -> std::result::Result<Self, String> {
-        Self::from_env(toml_string(value)?)
-    }
-    fn from_env(value: &str) -> std::result::Result<Self, String> {
-        <OutputFormat as clap::ValueEnum>::from_str(value, false)
-            .map_err(|_| "must be text or json".to_string())
-    }
-    fn to_arg(&self) -> String {
-        clap::ValueEnum::to_possible_value(self)
-            .map(|v| v.get_name().to_string())
-            .unwrap_or_default()
-    }
+/// Options with a fixed set of values: the configuration file is held to the same list
+/// clap checks flags and variables against.
+macro_rules! value_enum_option {
+    ($($t:ty),*) => {$(
+        impl OptionValue for $t {
+            fn from_toml(value: &toml::Value) -> std::result::Result<Self, String> {
+                Self::from_env(toml_string(value)?)
+            }
+            fn from_env(value: &str) -> std::result::Result<Self, String> {
+                <$t as clap::ValueEnum>::from_str(value, true).map_err(|_| {
+                    let names: Vec<String> = <$t as clap::ValueEnum>::value_variants()
+                        .iter()
+                        .map(OptionValue::to_arg)
+                        .collect();
+                    format!("must be one of {}, found {value:?}", names.join(", "))
+                })
+            }
+            fn to_arg(&self) -> String {
+                clap::ValueEnum::to_possible_value(self)
+                    .map(|v| v.get_name().to_string())
+                    .unwrap_or_default()
+            }
+        }
+    )*};
 }
+value_enum_option!(OutputFormat, LogLevel, LogFormat);
 
 macro_rules! integer_option {
     ($($t:ty),*) => {$(
@@ -155,39 +168,45 @@ macro_rules! integer_option {
 integer_option!(u16, i32, u64, usize);
 
 /// Defines [`GlobalArgs`] (the clap flags) and [`OPTIONS`] (their descriptors) from one
-/// list of `doc; field: Type, "flag-name", Env, PROPS;` rows.
+/// list of `doc; field: Type, "flag-name", Env, PROPS;` rows, in groups that each start
+/// with `["Heading"]`: `COMMAND --help` lists the command's own options first, then the
+/// global ones under these headings.
 macro_rules! global_options {
     ($(
-        $(#[$attr:meta])*
-        $field:ident: $ty:ty, $name:literal, $env:expr, $props:expr;
+        [$heading:literal]
+        $(
+            $(#[$attr:meta])*
+            $field:ident: $ty:ty, $name:literal, $env:expr, $props:expr;
+        )*
     )*) => {
         /// The global options, as clap parsed them or as resolved with the
         /// configuration file (`config.rs`).
         #[derive(clap::Args, Debug, Default, Clone)]
         pub struct GlobalArgs {
-            $(
+            $($(
                 $(#[$attr])*
                 #[arg(
                     long = $name,
                     global = true,
                     env = $env.for_clap(),
-                    hide_env_values = (($props) & SECRET) != 0
+                    hide_env_values = (($props) & SECRET) != 0,
+                    help_heading = $heading
                 )]
                 pub $field: Option<$ty>,
-            )*
+            )*)*
         }
 
         /// Every global option, in `--help` order.
-        pub const OPTIONS: &[OptionSpec] = &[$(
+        pub const OPTIONS: &[OptionSpec] = &[$($(
             OptionSpec { name: $name, field: stringify!($field), env: $env, props: $props },
-        )*];
+        )*)*];
 
         impl GlobalArgs {
             /// Each option with its value written as an argument, in [`OPTIONS`] order.
             pub fn values(&self) -> impl Iterator<Item = (&'static OptionSpec, Option<String>)> {
                 OPTIONS
                     .iter()
-                    .zip([$(self.$field.as_ref().map(OptionValue::to_arg)),*])
+                    .zip([$($(self.$field.as_ref().map(OptionValue::to_arg),)*)*])
             }
 
             /// Sets the options still unset whose variable clap does not read (libpq's,
@@ -197,7 +216,7 @@ macro_rules! global_options {
                 &mut self,
                 var: impl Fn(&str) -> Option<String>,
             ) -> Result<()> {
-                $(
+                $($(
                     if let (Env::Libpq(name), None) = ($env, &self.$field) {
                         if let Some(value) = var(name).filter(|v| !v.is_empty()) {
                             self.$field = Some(OptionValue::from_env(&value).map_err(|e| {
@@ -205,7 +224,7 @@ macro_rules! global_options {
                             })?);
                         }
                     }
-                )*
+                )*)*
                 Ok(())
             }
 
@@ -213,26 +232,29 @@ macro_rules! global_options {
             pub fn only(&self, keep: impl Fn(&OptionSpec) -> bool) -> GlobalArgs {
                 let mut out = GlobalArgs::default();
                 let mut specs = OPTIONS.iter();
-                $(
+                $($(
                     if keep(specs.next().expect("one spec per field")) {
                         out.$field.clone_from(&self.$field);
                     }
-                )*
+                )*)*
                 out
             }
 
             /// Sets the options still unset from a configuration table whose keys were
             /// checked (`FILE` options only).
             pub(super) fn fill_unset(&mut self, table: &toml::Table, file: &str) -> Result<()> {
-                $(
+                $($(
                     if self.$field.is_none() {
                         if let Some(value) = table.get($name) {
                             self.$field = Some(OptionValue::from_toml(value).map_err(|e| {
-                                Error::config(format!("{file}: {} {e}", $name))
+                                Error::config(format!("{file}: {} {e}", $name)).hint(format!(
+                                    "correct {} in {file}, or give --{} to override it",
+                                    $name, $name
+                                ))
                             })?);
                         }
                     }
-                )*
+                )*)*
                 Ok(())
             }
         }
@@ -242,12 +264,15 @@ macro_rules! global_options {
 use Env::{Libpq, Pgward, Postgres};
 
 global_options! {
+    ["Repository"]
     /// Configuration file (TOML) [default: /etc/pgward/pgward.toml when it exists]
     config: PathBuf, "config", Pgward("PGWARD_CONFIG"), COMMAND | WORKER;
     /// Repository: a local directory, e.g. /var/lib/pgward
     repo: String, "repo", Pgward("PGWARD_REPO"), FILE | COMMAND | WORKER;
     /// Stanza: the name of this cluster in the repository, e.g. main
     stanza: String, "stanza", Pgward("PGWARD_STANZA"), FILE | COMMAND | WORKER;
+
+    ["Cluster"]
     /// The cluster's data directory [default: asked from the server]
     pgdata: PathBuf, "pgdata", Postgres("PGDATA"), FILE;
     /// Server host or socket directory [env: PGHOST]
@@ -258,16 +283,16 @@ global_options! {
     pg_user: String, "pg-user", Libpq("PGUSER"), FILE;
     /// Database to connect to [env: PGDATABASE; default: postgres]
     pg_database: String, "pg-database", Libpq("PGDATABASE"), FILE;
+
+    ["Workers and compression"]
     /// Parallel workers for copying and checking [default: number of cores]
     jobs: usize, "jobs", Pgward("PGWARD_JOBS"), FILE | WORKER;
     /// Compression of stored files: zstd, lz4, gzip or none [default: zstd]
     compress: String, "compress", Pgward("PGWARD_COMPRESS"), FILE | WORKER;
     /// Compression level (zstd 1-22, gzip 0-9)
     compress_level: i32, "compress-level", Pgward("PGWARD_COMPRESS_LEVEL"), FILE | WORKER;
-    /// Log level: error, warn, info, debug, trace [default: info]
-    log_level: String, "log-level", Pgward("PGWARD_LOG_LEVEL"), FILE | WORKER;
-    /// Log format: text or json [default: text]
-    log_format: String, "log-format", Pgward("PGWARD_LOG_FORMAT"), FILE | WORKER;
+
+    ["Object storage"]
     /// S3 endpoint: host[:port] (https) or http://host:port; an IP address implies path
     /// style [default: AWS]
     s3_endpoint: String, "s3-endpoint", Pgward("PGWARD_S3_ENDPOINT"), FILE | COMMAND | WORKER;
@@ -291,6 +316,8 @@ global_options! {
     /// S3 secret access key
     s3_key_secret: String, "s3-key-secret", Pgward("PGWARD_S3_KEY_SECRET"),
         FILE | WORKER | SECRET;
+
+    ["Encryption"]
     /// Encrypt a new stanza: aes-256-gcm or none (set at stanza-create) [default: none]
     cipher: String, "cipher", Pgward("PGWARD_CIPHER"), FILE;
     /// Passphrase of an encrypted stanza. Not written into the commands pgward writes for
@@ -299,15 +326,25 @@ global_options! {
     /// File holding the passphrase of an encrypted stanza
     cipher_pass_file: PathBuf, "cipher-pass-file", Pgward("PGWARD_CIPHER_PASS_FILE"),
         FILE | COMMAND | WORKER;
-    /// Retention: full backups to keep (expire runs after each backup when set)
+
+    ["Retention"]
+    /// Full backups to keep (expire runs after each backup when set)
     retain_full: usize, "retain-full", Pgward("PGWARD_RETAIN_FULL"), FILE;
-    /// Retention: differential backups to keep
+    /// Differential backups to keep
     retain_diff: usize, "retain-diff", Pgward("PGWARD_RETAIN_DIFF"), FILE;
-    /// Retention: keep full backups of the last D days (and the newest one before)
+    /// Keep full backups of the last D days (and the newest one before)
     retain_full_days: u64, "retain-full-days", Pgward("PGWARD_RETAIN_FULL_DAYS"), FILE;
-    /// Report format for commands that report: text or json [default: text]
-    #[arg(value_enum)]
+
+    ["Output"]
+    /// Report format for commands that report [default: text]
+    #[arg(value_enum, ignore_case = true)]
     output: OutputFormat, "output", Pgward("PGWARD_OUTPUT"), 0;
+    /// Log level [default: info]
+    #[arg(value_enum, ignore_case = true)]
+    log_level: LogLevel, "log-level", Pgward("PGWARD_LOG_LEVEL"), FILE | WORKER;
+    /// Log format [default: text]
+    #[arg(value_enum, ignore_case = true)]
+    log_format: LogFormat, "log-format", Pgward("PGWARD_LOG_FORMAT"), FILE | WORKER;
 }
 
 impl GlobalArgs {
@@ -345,7 +382,8 @@ mod tests {
             .iter()
             .map(|o| {
                 let value = match o.name {
-                    "output" => toml::Value::String("json".into()),
+                    "output" | "log-format" => toml::Value::String("json".into()),
+                    "log-level" => toml::Value::String("debug".into()),
                     "pg-port" | "jobs" | "compress-level" | "s3-retry-seconds" | "retain-full"
                     | "retain-diff" | "retain-full-days" => toml::Value::Integer(7),
                     _ => toml::Value::String(format!("value-of-{}", o.name)),
@@ -431,6 +469,14 @@ mod tests {
         let t: toml::Table = "repo = 3".parse().unwrap();
         let e = args.fill_unset(&t, "f.toml").unwrap_err().to_string();
         assert!(e.contains("f.toml: repo must be a string"), "{e}");
+        let t: toml::Table = "log-level = \"loud\"".parse().unwrap();
+        let e = args.fill_unset(&t, "f.toml").unwrap_err().to_string();
+        assert!(
+            e.contains(
+                "f.toml: log-level must be one of error, warn, info, debug, trace, found \"loud\""
+            ),
+            "{e}"
+        );
     }
 
     #[test]

@@ -368,10 +368,15 @@ fn verify_names_every_backup_a_missing_bundle_breaks() {
         report.contains(&format!("backups {full}, {incr} cannot be restored")),
         "{report}"
     );
+    // Restore: corrupt (5), naming the bundle, never "not found" (1: no such backup).
     let dir = work_dir("broken-r");
     let err = src.fails(
         &["restore", "--set", &incr, "--pgdata", dir.to_str().unwrap()],
-        1,
+        5,
     );
-    assert!(err.contains(&full), "{err}");
+    assert!(
+        err.contains("pgward: error [corrupt]: bundle ")
+            && err.contains(&format!("named by backup {full} is missing")),
+        "{err}"
+    );
 }

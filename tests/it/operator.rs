@@ -568,3 +568,150 @@ fn a_panic_in_a_backup_worker_exits_with_the_internal_code_and_leaves_no_backup(
     src.backup(&[]);
     src.ok(&["verify"]);
 }
+
+/// Where `needle` starts in `text`, or a panic showing the text.
+fn position(text: &str, needle: &str) -> usize {
+    text.find(needle)
+        .unwrap_or_else(|| panic!("{needle:?} not in:\n{text}"))
+}
+
+#[test]
+fn command_line_mistakes_are_config_errors_in_pgwards_form_and_stop_recovery_in_archive_get() {
+    let dir = work_dir("cli-mistakes");
+    let config = dir.join("pgward.toml");
+    fs::write(&config, "[global]\nlog-level = \"loud\"\n").unwrap();
+    chown_pg(&dir);
+    let config = config.display().to_string();
+    // Fails with `code` and clap's `message` in pgward's form, with a hint; returns stderr.
+    let rejects = |args: &[&str], env: &[(String, String)], code: i32, message: &str| {
+        let mut full = vec!["--repo", "/nonexistent-repo", "--stanza", "main"];
+        full.extend_from_slice(args);
+        let out = pgward(&full, env);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        assert!(
+            err.starts_with("pgward: error [config]: ")
+                && err.lines().next().unwrap().contains(message),
+            "{args:?}: {err}"
+        );
+        assert!(err.contains("\nHINT: "), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        err
+    };
+    let err = rejects(
+        &["restore", "--bogus"],
+        &[],
+        3,
+        "unexpected argument '--bogus' found",
+    );
+    assert!(err.contains("`pgward restore --help`"), "{err}");
+    let err = rejects(&["bakup"], &[], 3, "unrecognized subcommand 'bakup'");
+    assert!(err.contains("'backup'"), "{err}");
+    rejects(
+        &["--log-level", "loud", "info"],
+        &[],
+        3,
+        "invalid value 'loud' for '--log-level <LOG_LEVEL>' \
+         [possible values: error, warn, info, debug, trace]",
+    );
+    let loud = [("PGWARD_LOG_LEVEL".to_string(), "loud".to_string())];
+    rejects(&["info"], &loud, 3, "invalid value 'loud' for '--log-level");
+    rejects(
+        &["--config", &config, "info"],
+        &[],
+        3,
+        "log-level must be one of error, warn, info, debug, trace, found \"loud\"",
+    );
+    // restore_command with a bad flag: above 125, recovery stops.
+    rejects(
+        &[
+            "archive-get",
+            "--bogus",
+            "000000010000000000000001",
+            "pg_wal/RECOVERYXLOG",
+        ],
+        &[],
+        126,
+        "unexpected argument '--bogus' found",
+    );
+    rejects(
+        &["wal-fetch"],
+        &[],
+        126,
+        "the following required arguments were not provided",
+    );
+
+    // Asking for help or the version is no mistake.
+    for args in [
+        &["--help"][..],
+        &["--version"],
+        &["restore", "--help"],
+        &["archive-get", "--help"],
+    ] {
+        let text = assert_success(&pgward(args, &[]), &format!("pgward {args:?}"));
+        assert!(text.contains("pgward"), "{text}");
+    }
+}
+
+#[test]
+fn restore_help_lists_its_own_options_first_and_pgdata_as_the_destination() {
+    let help = assert_success(&pgward(&["restore", "--help"], &[]), "restore --help");
+    let pgdata = position(&help, "--pgdata <DIR>");
+    let set = position(&help, "--set <SET>");
+    let archive_mode = position(&help, "--archive-mode");
+    let repository = position(&help, "\nRepository:\n");
+    let repo = position(&help, "--repo <REPO>");
+    let log_level = position(&help, "--log-level");
+    assert!(
+        pgdata < set
+            && set < archive_mode
+            && archive_mode < repository
+            && repository < repo
+            && repo < log_level,
+        "{help}"
+    );
+    assert!(help.contains("Where to restore to"), "{help}");
+    assert!(!help.contains("asked from the server"), "{help}");
+    // backup's --pgdata is the running cluster's, under the global options.
+    let help = assert_success(&pgward(&["backup", "--help"], &[]), "backup --help");
+    assert!(
+        position(&help, "--type") < position(&help, "\nCluster:\n"),
+        "{help}"
+    );
+    assert!(help.contains("asked from the server"), "{help}");
+}
+
+#[test]
+fn completions_do_not_offer_internal_commands() {
+    for shell in ["bash", "zsh", "fish"] {
+        let script = assert_success(&pgward(&["completions", shell], &[]), shell);
+        for internal in ["archive-push-worker", "archive-get-prefetch"] {
+            assert!(!script.contains(internal), "{shell} offers {internal}");
+        }
+        assert!(script.contains("stanza-create"), "{shell}: {script}");
+    }
+    // They still run: pgward starts them itself.
+    let out = pgward(&["archive-push-worker", "--help"], &[]);
+    assert_success(&out, "archive-push-worker --help");
+}
+
+#[test]
+fn backup_of_a_missing_or_unreadable_pgdata_says_which_with_its_documented_code() {
+    use std::os::unix::fs::PermissionsExt;
+    let src = Source::start("bad-pgdata", 15);
+    let missing = work_dir("bad-pgdata-x").join("nothing-here");
+    let err = src.fails(&["backup", "--pgdata", missing.to_str().unwrap()], 3);
+    assert!(err.contains("does not exist"), "{err}");
+
+    let empty = work_dir("bad-pgdata-empty");
+    let err = src.fails(&["backup", "--pgdata", empty.to_str().unwrap()], 3);
+    assert!(err.contains("is not a PostgreSQL data directory"), "{err}");
+
+    // A directory this user may not read (as when run as another user than the owner).
+    fs::set_permissions(&empty, fs::Permissions::from_mode(0o000)).unwrap();
+    let err = src.fails(&["backup", "--pgdata", empty.to_str().unwrap()], 7);
+    fs::set_permissions(&empty, fs::Permissions::from_mode(0o700)).unwrap();
+    assert!(err.contains("pgward: error [io]: reading "), "{err}");
+    assert!(err.contains("run pgward as the cluster's owner"), "{err}");
+    assert!(src.labels().is_empty(), "{:?}", src.labels());
+}

@@ -73,6 +73,12 @@ fn u64_at(b: &[u8], off: usize) -> u64 {
     u64::from_le_bytes(b[off..off + 8].try_into().expect("8 bytes"))
 }
 
+/// PostgreSQL's IsValidWalSegSize: a power of two from 1 MiB to 1 GiB. Every segment
+/// computation divides by the size, so a stored one is checked before it is trusted.
+pub fn is_valid_wal_segment_size(size: u64) -> bool {
+    size.is_power_of_two() && (1 << 20..=1 << 30).contains(&size)
+}
+
 /// Parses `pg_control`, refusing to trust any field until the CRC-32C checks out.
 pub fn parse_control_file(bytes: &[u8]) -> Result<ControlFile, ControlFileError> {
     let header = OFF_CATALOG_VERSION + 4;
@@ -101,9 +107,8 @@ pub fn parse_control_file(bytes: &[u8]) -> Result<ControlFile, ControlFileError>
     if stored != computed {
         return Err(ControlFileError::CrcMismatch { stored, computed });
     }
-    // IsValidWalSegSize: every segment computation divides by it.
     let wal_segment_size = u32_at(bytes, OFF_XLOG_SEG_SIZE);
-    if !(wal_segment_size.is_power_of_two() && (1 << 20..=1 << 30).contains(&wal_segment_size)) {
+    if !is_valid_wal_segment_size(wal_segment_size.into()) {
         return Err(ControlFileError::BadSegmentSize(wal_segment_size));
     }
     Ok(ControlFile {

@@ -243,6 +243,15 @@ pub(super) fn pin_label(contents: Contents, key: &str) -> Result<String> {
 
 /// A manifest must be of the stanza's cluster.
 fn check_cluster(m: &Manifest, stanza: &StanzaInfo, key: &str) -> Result<()> {
+    if m.wal_segment_size != stanza.wal_segment_size {
+        return Err(damaged(
+            key,
+            format!(
+                "names WAL segment size {}, but stanza.json names {}",
+                m.wal_segment_size, stanza.wal_segment_size
+            ),
+        ));
+    }
     if m.system_identifier != stanza.system_identifier || m.pg_major != stanza.pg_major {
         return Err(damaged(
             key,

@@ -146,6 +146,15 @@ pub(super) fn parse_stanza(contents: Contents, key: &str, stanza: &str) -> Resul
             format!("says format {} but has no envelope", info.format_version),
         ));
     }
+    if !crate::pg::control::is_valid_wal_segment_size(info.wal_segment_size) {
+        return Err(object::damaged(
+            key,
+            format!(
+                "names WAL segment size {}, which PostgreSQL cannot have",
+                info.wal_segment_size
+            ),
+        ));
+    }
     if info.stanza != stanza {
         return Err(object::damaged(
             key,
@@ -182,5 +191,28 @@ pub(crate) mod u64_string {
         String::deserialize(d)?
             .parse()
             .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stanza_json(segment_size: u64) -> Vec<u8> {
+        format!(
+            r#"{{"format_version":4,"stanza":"main","system_identifier":"7","pg_major":15,"data_checksums":true,"wal_segment_size":{segment_size},"created":"2026-11-29T10:00:00Z"}}"#
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn a_wal_segment_size_postgresql_cannot_have_is_damage_not_a_later_division_by_zero() {
+        let ok = parse_stanza(Contents::Checked(stanza_json(16 << 20)), "k", "main").unwrap();
+        assert_eq!(ok.wal_segment_size, 16 << 20);
+        for bad in [0, 3 << 20, 1 << 19, 2 << 30] {
+            let e = parse_stanza(Contents::Checked(stanza_json(bad)), "k", "main").unwrap_err();
+            assert_eq!(e.kind, ErrorKind::Corrupt, "{bad}: {e}");
+            assert!(e.to_string().contains("segment size"), "{e}");
+        }
     }
 }

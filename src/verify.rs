@@ -7,16 +7,14 @@ use std::collections::HashMap;
 use futures::stream::{self, StreamExt};
 use serde::Serialize;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::info::{contiguous_end, segments_on};
 use crate::pg::WalSegment;
 use crate::pipeline::compress::Codec;
-use crate::pipeline::encrypt::MasterKey;
 use crate::repo::archive::ArchivedFile;
-use crate::repo::cipher::stored_read_error;
-use crate::repo::manifest::{bundle_key, Extent, Manifest};
+use crate::repo::frames::FrameReader;
+use crate::repo::manifest::{Extent, Manifest};
 use crate::repo::Repo;
-use crate::storage::{self, Reader};
 
 #[derive(Debug, Serialize)]
 pub struct Problem {
@@ -80,25 +78,14 @@ pub async fn verify(repo: &Repo, jobs: usize) -> Result<VerifyReport> {
         }
     }
     let mut checks = Vec::new();
-    for ((bundle, offset), (path, extent, users)) in &frames {
-        let what = format!(
-            "{path} (backup {}, bundle {bundle} at {offset})",
-            extent.backup
-        );
+    for (path, extent, users) in frames.into_values() {
         let breaks = format!(
             "backup{} {} cannot be restored",
             if users.len() > 1 { "s" } else { "" },
             users.join(", ")
         );
-        checks.push((
-            what,
-            breaks,
-            bundle_key(repo, bundle),
-            Some((*offset, extent.stored_length)),
-            codec_of[extent.backup.as_str()],
-            extent.frame_checksum.clone(),
-            Some(extent.frame_length),
-        ));
+        let codec = codec_of[extent.backup.as_str()];
+        checks.push((Check::Frame(path, extent.clone(), codec), breaks));
     }
     report.extents_checked = checks.len();
 
@@ -124,16 +111,9 @@ pub async fn verify(repo: &Repo, jobs: usize) -> Result<VerifyReport> {
             }
         )
     };
+    report.problems.extend(stored_twice(&archived, &dependants));
     for f in &archived {
-        checks.push((
-            format!("archived {}", f.file_name()),
-            dependants(f),
-            repo.archived_file_key(f),
-            None,
-            f.codec,
-            f.checksum.clone(),
-            None,
-        ));
+        checks.push((Check::Wal(f.clone()), dependants(f)));
     }
     report.wal_files_checked = archived.len();
 
@@ -141,36 +121,25 @@ pub async fn verify(repo: &Repo, jobs: usize) -> Result<VerifyReport> {
     // Progress counts original bytes: frames know theirs; WAL files are about a segment.
     let total: u64 = checks
         .iter()
-        .map(|c| c.6.unwrap_or(stanza.wal_segment_size))
+        .map(|(c, _)| match c {
+            Check::Frame(_, extent, _) => extent.frame_length,
+            Check::Wal(_) => stanza.wal_segment_size,
+        })
         .sum();
     let _reporter =
         crate::progress::Reporter::start("verify", total, checks.len() as u64, progress.clone());
     let results: Vec<(Option<Problem>, u64)> = stream::iter(checks)
-        .map(|(what, breaks, key, range, codec, checksum, length)| {
-            let storage = repo.storage.clone();
-            let master = repo.key.clone();
+        .map(|(check, breaks)| {
             let progress = progress.clone();
             async move {
-                let reader = match range {
-                    Some((offset, len)) => storage.read_range(&key, offset, len).await,
-                    None => storage.read(&key).await,
-                };
-                let result = match reader {
-                    Ok(reader) => tokio::task::spawn_blocking(move || {
-                        check_content(reader, master.as_deref(), codec, &checksum, length)
-                    })
-                    .await
-                    .expect("verify task panicked"),
-                    Err(e) => Err(e),
-                };
-                match result {
+                match check.run(repo).await {
                     Ok(bytes) => {
                         progress.add(bytes);
                         (None, bytes)
                     }
                     Err(e) => (
                         Some(Problem {
-                            problem: format!("{what}: {e}"),
+                            problem: e.to_string(),
                             breaks,
                         }),
                         0,
@@ -199,32 +168,51 @@ pub async fn verify(repo: &Repo, jobs: usize) -> Result<VerifyReport> {
     Ok(report)
 }
 
-fn check_content(
-    reader: Reader,
-    master: Option<&MasterKey>,
-    codec: Codec,
-    checksum: &str,
-    length: Option<u64>,
-) -> Result<u64> {
-    let mut decoder = crate::pipeline::unseal(master, storage::blocking_reader(reader))
-        .and_then(|r| codec.decoder(r))
-        .map_err(|e| stored_read_error("stored data", e))?;
-    let mut hasher = blake3::Hasher::new();
-    let n = std::io::copy(&mut decoder, &mut hasher)
-        .map_err(|e| stored_read_error("stored data", e))?;
-    if length.is_some_and(|l| l != n) {
-        return Err(Error::corrupt(format!(
-            "holds {n} bytes, the manifest says {}",
-            length.unwrap()
-        )));
+/// One stored thing to read through and check.
+enum Check {
+    /// A bundle frame: the path of a file it holds, its extent, its backup's codec.
+    Frame(String, Extent, Codec),
+    Wal(ArchivedFile),
+}
+
+impl Check {
+    /// Reads it whole and checks it; returns its original size. Errors name the object.
+    async fn run(self, repo: &Repo) -> Result<u64> {
+        match self {
+            Check::Frame(path, extent, codec) => {
+                let repo = repo.clone();
+                tokio::task::spawn_blocking(move || {
+                    let handle = tokio::runtime::Handle::current();
+                    let mut scratch = vec![0u8; 256 << 10];
+                    FrameReader::open(&repo, &handle, &extent, codec, &path)?.finish(&mut scratch)
+                })
+                .await
+                .expect("verify task panicked")
+            }
+            Check::Wal(file) => repo.check_wal(&file).await,
+        }
     }
-    let found = hasher.finalize().to_hex();
-    if found.as_str() != checksum {
-        return Err(Error::corrupt(format!(
-            "checksum mismatch (expected {checksum}, found {found})"
-        )));
+}
+
+/// Names stored twice with different contents: recovery could be handed either one.
+fn stored_twice(archived: &[ArchivedFile], breaks: &dyn Fn(&ArchivedFile) -> String) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for group in archived.chunk_by(|a, b| a.name == b.name) {
+        if group.iter().all(|f| f.checksum == group[0].checksum) {
+            continue;
+        }
+        let names: Vec<String> = group.iter().map(|f| f.file_name()).collect();
+        problems.push(Problem {
+            problem: format!(
+                "WAL file {} is stored {} times with different contents: {}; archive-get refuses it",
+                group[0].name,
+                group.len(),
+                names.join(", ")
+            ),
+            breaks: breaks(&group[0]),
+        });
     }
-    Ok(n)
+    problems
 }
 
 /// From each backup's start to the newest archived segment of its timeline, no segment

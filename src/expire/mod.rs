@@ -200,6 +200,7 @@ pub async fn execute(repo: &Repo, plan: &ExpirePlan) -> Result<()> {
     }
     for f in &plan.wal {
         repo.storage.delete(&repo.archived_file_key(f)).await?;
+        repo.storage.delete(&repo.wal_claim_key(&f.name)).await?;
     }
     if !plan.wal.is_empty() {
         tracing::info!(files = plan.wal.len(), kept_from = %plan.wal_kept_from.unwrap_or_default(), "expired WAL no retained backup needs");

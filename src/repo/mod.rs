@@ -12,10 +12,12 @@
 
 pub mod archive;
 pub mod cipher;
+pub mod frames;
 pub mod label;
 pub mod lock;
 pub mod manifest;
 pub mod stanza;
+pub mod wal;
 
 use crate::error::{Error, Result};
 use crate::storage::SharedStorage;
@@ -49,6 +51,11 @@ impl Repo {
             stanza: stanza.to_string(),
             key: None,
         })
+    }
+
+    /// The stanza's master key when it is encrypted (and unlocked).
+    pub(crate) fn master_key(&self) -> Option<&crate::pipeline::encrypt::MasterKey> {
+        self.key.as_deref()
     }
 
     pub fn key(&self, rest: &str) -> String {

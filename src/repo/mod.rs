@@ -4,6 +4,7 @@
 //! ```text
 //! <stanza>/stanza.json                                   cluster identity + format version
 //! <stanza>/archive/<TTTTTTTTLLLLLLLL>/<wal name>-<blake3>[.ext]   segments, .partial, .backup
+//! <stanza>/archive/<dir>/<wal name>.claim                 the one content a name may hold
 //! <stanza>/archive/history/<TTTTTTTT>.history-<blake3>[.ext]
 //! <stanza>/backups/<label>.manifest                      written last: a backup exists iff this does
 //! <stanza>/bundles/<label>-<job>-<seq>.bundle            compressed frames of the backup's files

@@ -16,7 +16,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::archive::{archive_subdir, ArchivedFile};
-use super::cipher::stored_read_error;
+use super::cipher::{decrypt_error, stored_read_error};
 use super::frames::naming;
 use super::Repo;
 use crate::error::{Error, ErrorKind, IoContext, Result};
@@ -89,7 +89,7 @@ impl Repo {
 
     async fn claim(&self, name: &WalFileName, checksum: &str) -> Result<Claim> {
         let key = self.wal_claim_key(name);
-        let content = format!("{checksum}\n");
+        let content = self.seal_claim(&key, checksum)?;
         let holder = |found: String| {
             if found == checksum {
                 Claim::Ours
@@ -100,7 +100,7 @@ impl Repo {
         // A claim found absent right after a failed create was removed meanwhile (expire):
         // try again.
         for _ in 0..3 {
-            match self.storage.create_exclusive(&key, content.as_bytes()).await? {
+            match self.storage.create_exclusive(&key, &content).await? {
                 Some(true) => return Ok(Claim::Created),
                 Some(false) => match self.read_claim(&key).await? {
                     Some(found) => return Ok(holder(found)),
@@ -113,7 +113,7 @@ impl Repo {
                     if let Some(found) = self.read_claim(&key).await? {
                         return Ok(holder(found));
                     }
-                    self.storage.put(&key, content.as_bytes()).await?;
+                    self.storage.put(&key, &content).await?;
                     return Ok(Claim::Created);
                 }
             }
@@ -132,6 +132,16 @@ impl Repo {
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e),
         };
+        let bytes = match self.master_key() {
+            None => bytes,
+            Some(master) => {
+                let mut plain = Vec::new();
+                crate::pipeline::unseal(Some(master), &bytes[..])
+                    .and_then(|mut r| r.read_to_end(&mut plain))
+                    .map_err(|e| decrypt_error(key, e))?;
+                plain
+            }
+        };
         let text = String::from_utf8_lossy(&bytes);
         let found = text.trim_end_matches('\n');
         if found.len() != 64 || !found.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
@@ -140,6 +150,21 @@ impl Repo {
             )));
         }
         Ok(Some(found.to_string()))
+    }
+
+    /// A claim's content: the checksum and a newline, sealed in an encrypted stanza
+    /// like every other object there.
+    fn seal_claim(&self, key: &str, checksum: &str) -> Result<Vec<u8>> {
+        let text = format!("{checksum}\n").into_bytes();
+        let Some(master) = self.master_key() else {
+            return Ok(text);
+        };
+        let mut sealed =
+            crate::pipeline::seal(Some(master), Vec::new()).map_err(|e| Error::io("encrypting", key, e))?;
+        sealed
+            .write_all(&text)
+            .and_then(|()| sealed.finish())
+            .map_err(|e| Error::io("encrypting", key, e))
     }
 
     /// One of a few lock files per host and stanza, chosen by the WAL name, each held

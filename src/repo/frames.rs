@@ -202,30 +202,33 @@ impl StoredFrame {
 /// One stored frame being read front to back. Every byte handed out is hashed; `finish`
 /// reads the rest and fails unless the whole frame has its recorded length and checksum,
 /// so a caller must not trust what it read before `finish` returns Ok. Errors name the
-/// file, the backup, the bundle and the frame's offset.
-pub struct FrameReader {
+/// file, the backup, the bundle and the frame's offset (formatted only on failure: a
+/// restore opens a frame per stored page run).
+pub struct FrameReader<'a> {
     decoder: Box<dyn Read>,
     position: u64,
-    frame_length: u64,
-    frame_checksum: String,
     hasher: blake3::Hasher,
-    what: String,
+    extent: &'a Extent,
+    path: &'a str,
 }
 
-impl FrameReader {
+impl<'a> FrameReader<'a> {
     /// Opens the frame `extent` is a slice of, written with `codec`, for the file `path`.
     /// Call on a blocking thread; local repositories read the bundle file directly.
     pub fn open(
         repo: &Repo,
         handle: &Handle,
-        extent: &Extent,
+        extent: &'a Extent,
         codec: Codec,
-        path: &str,
-    ) -> Result<FrameReader> {
-        let what = format!(
-            "{path} (backup {}, bundle {} at {})",
-            extent.backup, extent.bundle, extent.bundle_offset
-        );
+        path: &'a str,
+    ) -> Result<FrameReader<'a>> {
+        let mut frame = FrameReader {
+            decoder: Box::new(std::io::empty()),
+            position: 0,
+            hasher: blake3::Hasher::new(),
+            extent,
+            path,
+        };
         let reader = storage::read_range_blocking(
             &repo.storage,
             handle,
@@ -233,18 +236,11 @@ impl FrameReader {
             extent.bundle_offset,
             extent.stored_length,
         )
-        .map_err(|e| naming(&what, e))?;
-        let decoder = crate::pipeline::unseal(repo.master_key(), reader)
+        .map_err(|e| naming(&frame.what(), e))?;
+        frame.decoder = crate::pipeline::unseal(repo.master_key(), reader)
             .and_then(|r| codec.decoder(r))
-            .map_err(|e| stored_read_error(&what, e))?;
-        Ok(FrameReader {
-            decoder,
-            position: 0,
-            frame_length: extent.frame_length,
-            frame_checksum: extent.frame_checksum.clone(),
-            hasher: blake3::Hasher::new(),
-            what,
-        })
+            .map_err(|e| stored_read_error(frame.what(), e))?;
+        Ok(frame)
     }
 
     /// Bytes of the frame read so far.
@@ -253,30 +249,35 @@ impl FrameReader {
     }
 
     /// What this frame is, for messages.
-    pub fn what(&self) -> &str {
-        &self.what
+    pub fn what(&self) -> String {
+        format!(
+            "{} (backup {}, bundle {} at {})",
+            self.path, self.extent.backup, self.extent.bundle, self.extent.bundle_offset
+        )
     }
 
     /// Reads the frame's next bytes into `buf`: at least one, at most `buf.len()`.
     /// Asking past the recorded length, or a frame that ends before it, is an error.
     pub fn read(&mut self, buf: &mut [u8]) -> Result<usize> {
-        let want = (buf.len() as u64).min(self.frame_length - self.position) as usize;
+        let frame_length = self.extent.frame_length;
+        let want = (buf.len() as u64).min(frame_length - self.position) as usize;
         if want == 0 {
             return Err(Error::corrupt(format!(
-                "{}: the manifest reads past the frame's {} bytes",
-                self.what, self.frame_length
+                "{}: the manifest reads past the frame's {frame_length} bytes",
+                self.what()
             )));
         }
         let n = loop {
             match self.decoder.read(&mut buf[..want]) {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                result => break result.map_err(|e| stored_read_error(&self.what, e))?,
+                result => break result.map_err(|e| stored_read_error(self.what(), e))?,
             }
         };
         if n == 0 {
             return Err(Error::corrupt(format!(
-                "{}: the stored frame ends after {} of its {} bytes",
-                self.what, self.position, self.frame_length
+                "{}: the stored frame ends after {} of its {frame_length} bytes",
+                self.what(),
+                self.position
             )));
         }
         self.hasher.update(&buf[..n]);
@@ -295,28 +296,30 @@ impl FrameReader {
 
     /// Reads to the frame's end and checks its length and checksum; returns its length.
     pub fn finish(mut self, scratch: &mut [u8]) -> Result<u64> {
-        self.skip(self.frame_length - self.position, scratch)?;
+        let frame_length = self.extent.frame_length;
+        self.skip(frame_length - self.position, scratch)?;
         let mut extra = [0u8; 1];
         let more = loop {
             match self.decoder.read(&mut extra) {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                result => break result.map_err(|e| stored_read_error(&self.what, e))?,
+                result => break result.map_err(|e| stored_read_error(self.what(), e))?,
             }
         };
         if more != 0 {
             return Err(Error::corrupt(format!(
-                "{}: the stored frame is longer than its recorded {} bytes",
-                self.what, self.frame_length
+                "{}: the stored frame is longer than its recorded {frame_length} bytes",
+                self.what()
             )));
         }
         let found = self.hasher.finalize().to_hex();
-        if found.as_str() != self.frame_checksum {
+        if found.as_str() != self.extent.frame_checksum {
             return Err(Error::corrupt(format!(
                 "{}: does not match its checksum (expected {}, found {found})",
-                self.what, self.frame_checksum
+                self.what(),
+                self.extent.frame_checksum
             )));
         }
-        Ok(self.frame_length)
+        Ok(frame_length)
     }
 }
 

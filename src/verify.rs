@@ -195,7 +195,10 @@ impl Check {
 }
 
 /// Names stored twice with different contents: recovery could be handed either one.
-fn stored_twice(archived: &[ArchivedFile], breaks: &dyn Fn(&ArchivedFile) -> String) -> Vec<Problem> {
+fn stored_twice(
+    archived: &[ArchivedFile],
+    breaks: &dyn Fn(&ArchivedFile) -> String,
+) -> Vec<Problem> {
     let mut problems = Vec::new();
     for group in archived.chunk_by(|a, b| a.name == b.name) {
         if group.iter().all(|f| f.checksum == group[0].checksum) {

@@ -1,7 +1,8 @@
 //! archive-push: validate a WAL file against the stanza, then store it compressed under
-//! a name carrying its checksum. Idempotent: an identical file already archived is
-//! success; a different file under the same name is a conflict that must stop the
-//! archiver (PostgreSQL keeps the segment and retries).
+//! a name carrying its checksum (`repo::wal`). Idempotent: an identical file already
+//! archived is success; a different file under the same name, even from a push running
+//! at the same time, is a conflict that must stop the archiver (PostgreSQL keeps the
+//! segment and retries).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -351,7 +351,9 @@ mod tests {
                 t_cost: 1,
                 p_cost: 1,
             };
-            repo.key = Some(std::sync::Arc::new(KeyFile::create_with(b"pw", fast).unwrap().1));
+            repo.key = Some(std::sync::Arc::new(
+                KeyFile::create_with(b"pw", fast).unwrap().1,
+            ));
         }
         (repo, dir)
     }
@@ -370,7 +372,10 @@ mod tests {
         for (i, content) in contents.iter().enumerate() {
             let mut frame = bundles.frame().unwrap();
             if i + 1 == contents.len() {
-                assert_eq!(frame.write_from(&mut &content[..]).unwrap(), content.len() as u64);
+                assert_eq!(
+                    frame.write_from(&mut &content[..]).unwrap(),
+                    content.len() as u64
+                );
             } else {
                 for part in content.chunks(10_000) {
                     frame.write(part).unwrap();
@@ -452,13 +457,19 @@ mod tests {
             );
             assert!(err.to_string().contains(&named), "{err}");
             // The first frame is untouched and still reads.
-            assert_eq!(read_all(&repo, &extents[0], Codec::Lz4).unwrap(), contents[0]);
+            assert_eq!(
+                read_all(&repo, &extents[0], Codec::Lz4).unwrap(),
+                contents[0]
+            );
 
             // A manifest that disagrees with an intact frame: checksum, then length.
             let mut wrong = extents[0].clone();
             wrong.frame_checksum = "0".repeat(64);
             let err = read_all(&repo, &wrong, Codec::Lz4).unwrap_err();
-            assert!(err.to_string().contains("does not match its checksum"), "{err}");
+            assert!(
+                err.to_string().contains("does not match its checksum"),
+                "{err}"
+            );
             let mut longer = extents[0].clone();
             longer.frame_length += 1;
             let err = read_all(&repo, &longer, Codec::Lz4).unwrap_err();
@@ -466,7 +477,10 @@ mod tests {
             let mut shorter = extents[0].clone();
             shorter.frame_length -= 1;
             let err = read_all(&repo, &shorter, Codec::Lz4).unwrap_err();
-            assert!(err.to_string().contains("longer than its recorded"), "{err}");
+            assert!(
+                err.to_string().contains("longer than its recorded"),
+                "{err}"
+            );
             let _ = std::fs::remove_dir_all(dir);
         }
     }

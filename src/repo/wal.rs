@@ -144,7 +144,11 @@ impl Repo {
         };
         let text = String::from_utf8_lossy(&bytes);
         let found = text.trim_end_matches('\n');
-        if found.len() != 64 || !found.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        if found.len() != 64
+            || !found
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
             return Err(Error::corrupt(format!(
                 "{key} is damaged: it should hold the 64-digit checksum of the archived file it names"
             )));
@@ -159,8 +163,8 @@ impl Repo {
         let Some(master) = self.master_key() else {
             return Ok(text);
         };
-        let mut sealed =
-            crate::pipeline::seal(Some(master), Vec::new()).map_err(|e| Error::io("encrypting", key, e))?;
+        let mut sealed = crate::pipeline::seal(Some(master), Vec::new())
+            .map_err(|e| Error::io("encrypting", key, e))?;
         sealed
             .write_all(&text)
             .and_then(|()| sealed.finish())
@@ -286,10 +290,12 @@ impl StoredWal {
     /// Blocking: call it on a blocking thread.
     pub fn copy_to(self, out: &mut dyn Write) -> Result<u64> {
         let what = format!("archived {}", self.file.file_name());
-        let mut decoder =
-            crate::pipeline::unseal(self.repo.master_key(), storage::blocking_reader(self.reader))
-                .and_then(|r| self.file.codec.decoder(r))
-                .map_err(|e| stored_read_error(&what, e))?;
+        let mut decoder = crate::pipeline::unseal(
+            self.repo.master_key(),
+            storage::blocking_reader(self.reader),
+        )
+        .and_then(|r| self.file.codec.decoder(r))
+        .map_err(|e| stored_read_error(&what, e))?;
         let mut hasher = blake3::Hasher::new();
         let mut buf = vec![0u8; 256 << 10];
         let mut length = 0u64;
@@ -358,8 +364,14 @@ mod tests {
         }
         let archived = repo.find_archived(&name).await.unwrap();
         assert_eq!(archived.len(), 1);
-        let winner = sources.iter().find(|(_, s)| *s == archived[0].checksum).unwrap();
-        assert_eq!(repo.read_wal(&archived[0]).await.unwrap(), std::fs::read(&winner.0).unwrap());
+        let winner = sources
+            .iter()
+            .find(|(_, s)| *s == archived[0].checksum)
+            .unwrap();
+        assert_eq!(
+            repo.read_wal(&archived[0]).await.unwrap(),
+            std::fs::read(&winner.0).unwrap()
+        );
 
         // Identical content pushed again, concurrently: every push succeeds.
         let again = futures::future::join_all((0..4).map(|_| {
@@ -367,7 +379,9 @@ mod tests {
             async move { repo.put_wal(&name, &winner.0, &winner.1, lz4()).await }
         }))
         .await;
-        assert!(again.iter().all(|r| *r.as_ref().unwrap() == WalPut::AlreadyArchived));
+        assert!(again
+            .iter()
+            .all(|r| *r.as_ref().unwrap() == WalPut::AlreadyArchived));
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -389,24 +403,34 @@ mod tests {
             WalPut::Stored { .. }
         ));
         // ...and an archive written before claims is compared, then claimed.
-        repo.storage.delete(&repo.wal_claim_key(&name)).await.unwrap();
+        repo.storage
+            .delete(&repo.wal_claim_key(&name))
+            .await
+            .unwrap();
         let err = repo.put_wal(&name, &b, &b_sum, lz4()).await.unwrap_err();
         assert_eq!(err.kind, ErrorKind::Conflict);
         assert_eq!(
             repo.put_wal(&name, &a, &a_sum, lz4()).await.unwrap(),
             WalPut::AlreadyArchived
         );
-        let claim = repo.storage.read_all(&repo.wal_claim_key(&name)).await.unwrap();
+        let claim = repo
+            .storage
+            .read_all(&repo.wal_claim_key(&name))
+            .await
+            .unwrap();
         assert_eq!(claim, format!("{a_sum}\n").as_bytes());
         // A damaged claim is an error, never a guess.
         repo.storage
             .put(&repo.wal_claim_key(&name), b"garbage")
             .await
             .unwrap();
-        let other = WalFileName::parse("000000010000000000000003").unwrap();
-        let err = repo.put_wal(&other, &b, &b_sum, lz4()).await.unwrap_err();
+        let err = repo.put_wal(&name, &b, &b_sum, lz4()).await.unwrap_err();
         assert_eq!(err.kind, ErrorKind::Conflict, "data decides first: {err}");
-        repo.storage.delete(&repo.archived_file_key(&repo.find_archived(&name).await.unwrap()[0])).await.unwrap();
+        let stored = repo.find_archived(&name).await.unwrap();
+        repo.storage
+            .delete(&repo.archived_file_key(&stored[0]))
+            .await
+            .unwrap();
         let err = repo.put_wal(&name, &a, &a_sum, lz4()).await.unwrap_err();
         assert_eq!(err.kind, ErrorKind::Corrupt, "{err}");
         let _ = std::fs::remove_dir_all(dir);

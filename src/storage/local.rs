@@ -217,21 +217,22 @@ fn create_exclusive(target: &Path, bytes: &[u8]) -> Result<Option<bool>> {
             f.write_all(bytes)?;
             f.sync_all()
         });
-    let linked = written
-        .at("writing", &temp)
-        .and_then(|()| match std::fs::hard_link(&temp, target) {
-            Ok(()) => Ok(Some(true)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(Some(false)),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EPERM | libc::EOPNOTSUPP | libc::ENOSYS | libc::EMLINK)
-                ) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(Error::io("creating", target, e)),
-        });
+    let linked =
+        written
+            .at("writing", &temp)
+            .and_then(|()| match std::fs::hard_link(&temp, target) {
+                Ok(()) => Ok(Some(true)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(Some(false)),
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EPERM | libc::EOPNOTSUPP | libc::ENOSYS | libc::EMLINK)
+                    ) =>
+                {
+                    Ok(None)
+                }
+                Err(e) => Err(Error::io("creating", target, e)),
+            });
     let _ = std::fs::remove_file(&temp);
     if let Ok(Some(true)) = linked {
         sync_dir(dir).at("syncing directory", dir)?;
@@ -340,8 +341,14 @@ mod tests {
     #[tokio::test]
     async fn create_exclusive_creates_once_and_never_replaces() {
         let (s, dir) = storage("excl");
-        assert_eq!(s.create_exclusive("a/b.claim", b"first").await.unwrap(), Some(true));
-        assert_eq!(s.create_exclusive("a/b.claim", b"second").await.unwrap(), Some(false));
+        assert_eq!(
+            s.create_exclusive("a/b.claim", b"first").await.unwrap(),
+            Some(true)
+        );
+        assert_eq!(
+            s.create_exclusive("a/b.claim", b"second").await.unwrap(),
+            Some(false)
+        );
         assert_eq!(s.read_all("a/b.claim").await.unwrap(), b"first");
         let names: Vec<_> = std::fs::read_dir(dir.join("a"))
             .unwrap()
@@ -361,7 +368,9 @@ mod tests {
                 .map(|i| {
                     let (s, key, handle) = (s.clone(), key.clone(), runtime.handle().clone());
                     std::thread::spawn(move || {
-                        let won = handle.block_on(s.create_exclusive(&key, &[i; 100])).unwrap();
+                        let won = handle
+                            .block_on(s.create_exclusive(&key, &[i; 100]))
+                            .unwrap();
                         (i, won)
                     })
                 })

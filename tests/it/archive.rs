@@ -355,7 +355,10 @@ fn segment_as(template: &[u8], segno: u64) -> (String, Vec<u8>) {
     assert_eq!(template.len() as u64, seg_size);
     let mut bytes = template.to_vec();
     bytes[8..16].copy_from_slice(&(segno * seg_size).to_le_bytes());
-    (format!("00000001{:08X}{:08X}", segno >> 8, segno & 0xff), bytes)
+    (
+        format!("00000001{:08X}{:08X}", segno >> 8, segno & 0xff),
+        bytes,
+    )
 }
 
 fn write_pg(dir: &std::path::Path, name: &str, bytes: &[u8]) -> String {
@@ -382,10 +385,7 @@ fn concurrent_pushes_of_one_name_store_exactly_one_version() {
         let b = write_pg(&dir.join(format!("{round}b")), &name, &changed);
         let mut first = src.spawn(&["archive-push", &a], &[]);
         let mut second = src.spawn(&["archive-push", &b], &[]);
-        let codes = [
-            first.wait().unwrap().code(),
-            second.wait().unwrap().code(),
-        ];
+        let codes = [first.wait().unwrap().code(), second.wait().unwrap().code()];
         let winner = match codes {
             [Some(0), Some(4)] => &original,
             [Some(4), Some(0)] => &changed,
@@ -393,7 +393,10 @@ fn concurrent_pushes_of_one_name_store_exactly_one_version() {
         };
         let got = dir.join(format!("{round}got"));
         src.ok(&["archive-get", &name, got.to_str().unwrap()]);
-        assert!(fs::read(&got).unwrap() == *winner, "round {round}: archive-get serves the winner");
+        assert!(
+            fs::read(&got).unwrap() == *winner,
+            "round {round}: archive-get serves the winner"
+        );
 
         // The same content twice at once: both succeed, one version.
         let (name, same) = segment_as(&template, 0xB000 + round);
@@ -441,7 +444,10 @@ fn verify_names_a_wal_name_stored_twice_and_archive_get_refuses_it() {
     other(&["stanza-create"]);
     other(&["archive-push", &write_pg(&dir.join("b"), &name, &changed)]);
     let planted = stored_files(&scratch, &format!("{name}-")).pop().unwrap();
-    let twin = src.repo.join("main/archive/00000001000000A0").join(planted.file_name().unwrap());
+    let twin = src
+        .repo
+        .join("main/archive/00000001000000A0")
+        .join(planted.file_name().unwrap());
     fs::copy(&planted, &twin).unwrap();
     let kept = stored_files(&src.repo, &format!("{name}-"));
     assert_eq!(kept.len(), 2);

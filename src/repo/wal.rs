@@ -385,6 +385,62 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    /// A store that cannot create exclusively (Garage ignores If-None-Match).
+    #[derive(Debug)]
+    struct NoConditionalWrites(crate::storage::LocalStorage);
+
+    #[async_trait::async_trait]
+    impl crate::storage::Storage for NoConditionalWrites {
+        fn location(&self) -> String {
+            self.0.location()
+        }
+        async fn list(&self, dir: &str) -> Result<crate::storage::Listing> {
+            self.0.list(dir).await
+        }
+        async fn read(&self, key: &str) -> Result<Reader> {
+            self.0.read(key).await
+        }
+        async fn read_range(&self, key: &str, offset: u64, len: u64) -> Result<Reader> {
+            self.0.read_range(key, offset, len).await
+        }
+        async fn create(&self, key: &str) -> Result<Box<dyn crate::storage::ObjectWriter>> {
+            self.0.create(key).await
+        }
+        async fn delete(&self, key: &str) -> Result<()> {
+            self.0.delete(key).await
+        }
+        async fn remove_incomplete(
+            &self,
+            dir: &str,
+            older_than: Option<std::time::Duration>,
+        ) -> Result<usize> {
+            self.0.remove_incomplete(dir, older_than).await
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn without_conditional_writes_a_host_lock_keeps_one_version() {
+        let (_, dir) = repo("nocond");
+        let storage = NoConditionalWrites(crate::storage::LocalStorage::new(dir.join("repo")));
+        let repo = Repo::new(std::sync::Arc::new(storage), "main").unwrap();
+        let name = WalFileName::parse("000000010000000000000003").unwrap();
+        let sources: Vec<_> = (0..6u8)
+            .map(|i| source(&dir, &format!("s{i}"), &[i; 50_000]))
+            .collect();
+        let results = futures::future::join_all(sources.iter().map(|(path, sum)| {
+            let (repo, name) = (repo.clone(), name.clone());
+            async move { repo.put_wal(&name, path, sum, lz4()).await }
+        }))
+        .await;
+        assert_eq!(
+            results.iter().filter(|r| r.is_ok()).count(),
+            1,
+            "{results:?}"
+        );
+        assert_eq!(repo.find_archived(&name).await.unwrap().len(), 1);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     #[tokio::test]
     async fn a_claim_without_data_is_completed_and_unclaimed_archives_are_compared() {
         let (repo, dir) = repo("claims");

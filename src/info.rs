@@ -196,7 +196,7 @@ async fn timeline_windows(
                 .ok()?
                 .into_iter()
                 .next()?;
-            let text = crate::archive::get::read_archived(repo, &file).await.ok()?;
+            let text = repo.read_wal(&file).await.ok()?;
             let entry = crate::pg::history::parse_history(&String::from_utf8_lossy(&text))
                 .ok()?
                 .pop()?;

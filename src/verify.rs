@@ -9,18 +9,16 @@ use std::collections::HashMap;
 use futures::stream::{self, StreamExt};
 use serde::Serialize;
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{ErrorKind, Result};
 use crate::pg::walheader::{parse_long_page_header, WAL_LONG_PAGE_HEADER_SIZE};
 use crate::pg::WalSegment;
 use crate::pipeline::compress::Codec;
-use crate::pipeline::encrypt::MasterKey;
 use crate::repo::archive::ArchivedFile;
 use crate::repo::archive_map::{contiguous_end, segments_on};
-use crate::repo::cipher::stored_read_error;
-use crate::repo::manifest::{bundle_key, Extent, Manifest};
+use crate::repo::frames::FrameReader;
+use crate::repo::manifest::{Extent, Manifest};
 use crate::repo::stanza::StanzaInfo;
 use crate::repo::Repo;
-use crate::storage::{self, Reader};
 
 #[derive(Debug, Serialize)]
 pub struct Problem {
@@ -86,26 +84,14 @@ pub async fn verify(repo: &Repo, jobs: usize) -> Result<VerifyReport> {
         });
     }
     let mut checks = Vec::new();
-    for ((bundle, offset), (path, extent, users)) in &frames {
-        let what = format!(
-            "{path} (backup {}, bundle {bundle} at {offset})",
-            extent.backup
-        );
+    for (path, extent, users) in frames.into_values() {
         let breaks = format!(
             "backup{} {} cannot be restored",
             if users.len() > 1 { "s" } else { "" },
             users.join(", ")
         );
-        checks.push((
-            what,
-            breaks,
-            bundle_key(repo, bundle),
-            Some((*offset, extent.stored_length)),
-            codec_of[extent.backup.as_str()],
-            extent.frame_checksum.clone(),
-            Some(extent.frame_length),
-            None,
-        ));
+        let codec = codec_of[extent.backup.as_str()];
+        checks.push((Check::Frame(path, extent.clone(), codec), breaks));
     }
     report.extents_checked = checks.len();
 
@@ -131,47 +117,35 @@ pub async fn verify(repo: &Repo, jobs: usize) -> Result<VerifyReport> {
             }
         )
     };
+    report.problems.extend(stored_twice(&archived, &dependants));
     for (i, f) in archived.iter().enumerate() {
-        checks.push((
-            format!("archived {}", f.file_name()),
-            dependants(f),
-            repo.archived_file_key(f),
-            None,
-            f.codec,
-            f.checksum.clone(),
-            None,
-            f.name.segment().is_some().then_some(i),
-        ));
+        checks.push((Check::Wal(i, f.clone()), dependants(f)));
     }
     report.wal_files_checked = archived.len();
 
     let progress = std::sync::Arc::new(crate::progress::Progress::default());
     // Progress counts original bytes: frames know theirs; WAL files are about a segment.
-    let total: u64 = checks.iter().map(|c| c.6.unwrap_or(seg_size)).sum();
+    let total: u64 = checks
+        .iter()
+        .map(|(c, _)| match c {
+            Check::Frame(_, extent, _) => extent.frame_length,
+            Check::Wal(..) => seg_size,
+        })
+        .sum();
     let _reporter =
         crate::progress::Reporter::start("verify", total, checks.len() as u64, progress.clone());
     // Per check: its problem, the bytes read, and (archived index, system identifier)
     // of a WAL segment.
     type Checked = (Option<Problem>, u64, Option<(usize, u64)>);
     let results: Vec<Checked> = stream::iter(checks)
-        .map(|(what, breaks, key, range, codec, checksum, length, wal)| {
-            let storage = repo.data_storage().clone();
-            let master = repo.shared_key();
+        .map(|(check, breaks)| {
             let progress = progress.clone();
+            let wal = match &check {
+                Check::Wal(i, f) => f.name.segment().is_some().then_some(*i),
+                Check::Frame(..) => None,
+            };
             async move {
-                let reader = match range {
-                    Some((offset, len)) => storage.read_range(&key, offset, len).await,
-                    None => storage.read(&key).await,
-                };
-                let result = match reader {
-                    Ok(reader) => tokio::task::spawn_blocking(move || {
-                        check_content(reader, master.as_deref(), codec, &checksum, length)
-                    })
-                    .await
-                    .unwrap_or_else(crate::error::task_panicked),
-                    Err(e) => Err(e),
-                };
-                match result {
+                match check.run(repo).await {
                     Ok((bytes, head)) => {
                         progress.add(bytes);
                         // Which cluster wrote the segment: its first page says.
@@ -184,7 +158,7 @@ pub async fn verify(repo: &Repo, jobs: usize) -> Result<VerifyReport> {
                     }
                     Err(e) => (
                         Some(Problem {
-                            problem: format!("{what}: {e}"),
+                            problem: e.to_string(),
                             breaks,
                         }),
                         0,
@@ -218,6 +192,83 @@ pub async fn verify(repo: &Repo, jobs: usize) -> Result<VerifyReport> {
 
     check_wal_continuity(&manifests, &archived, seg_size, &mut report.problems);
     Ok(report)
+}
+
+enum Check {
+    /// A bundle frame: the path of a file it holds, its extent, its backup's codec.
+    Frame(String, Extent, Codec),
+    /// An archived file, with its index in the archive listing.
+    Wal(usize, ArchivedFile),
+}
+
+impl Check {
+    /// Reads it whole and checks it; returns its original size and, for WAL, its first
+    /// bytes (the long page header naming the cluster). Errors name the object.
+    async fn run(self, repo: &Repo) -> Result<(u64, Vec<u8>)> {
+        match self {
+            Check::Frame(path, extent, codec) => {
+                let repo = repo.clone();
+                tokio::task::spawn_blocking(move || {
+                    let handle = tokio::runtime::Handle::current();
+                    let mut scratch = vec![0u8; 256 << 10];
+                    FrameReader::open(&repo, &handle, &extent, codec, &path)?
+                        .finish(&mut scratch)
+                        .map(|n| (n, Vec::new()))
+                })
+                .await
+                .unwrap_or_else(crate::error::task_panicked)
+            }
+            Check::Wal(_, file) => {
+                let stored = repo.open_wal(&file).await?;
+                tokio::task::spawn_blocking(move || {
+                    let mut head = Head(Vec::with_capacity(WAL_LONG_PAGE_HEADER_SIZE));
+                    let n = stored.copy_to(&mut head)?;
+                    Ok((n, head.0))
+                })
+                .await
+                .unwrap_or_else(crate::error::task_panicked)
+            }
+        }
+    }
+}
+
+/// Keeps the first bytes written to it (a WAL file's long page header) and drops the rest.
+struct Head(Vec<u8>);
+
+impl std::io::Write for Head {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let room = WAL_LONG_PAGE_HEADER_SIZE.saturating_sub(self.0.len());
+        self.0.extend_from_slice(&buf[..room.min(buf.len())]);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Names stored twice with different contents: recovery could be handed either one.
+fn stored_twice(
+    archived: &[ArchivedFile],
+    breaks: &dyn Fn(&ArchivedFile) -> String,
+) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for group in archived.chunk_by(|a, b| a.name == b.name) {
+        if group.iter().all(|f| f.checksum == group[0].checksum) {
+            continue;
+        }
+        let names: Vec<String> = group.iter().map(|f| f.file_name()).collect();
+        problems.push(Problem {
+            problem: format!(
+                "WAL file {} is stored {} times with different contents: {}; archive-get refuses it",
+                group[0].name,
+                group.len(),
+                names.join(", ")
+            ),
+            breaks: breaks(&group[0]),
+        });
+    }
+    problems
 }
 
 /// What the metadata objects say, as far as they can be read.
@@ -354,47 +405,6 @@ fn check_cluster_identity(
     }
 }
 
-/// Checks stored content against its checksum; returns its length and first bytes.
-fn check_content(
-    reader: Reader,
-    master: Option<&MasterKey>,
-    codec: Codec,
-    checksum: &str,
-    length: Option<u64>,
-) -> Result<(u64, Vec<u8>)> {
-    let mut decoder = crate::pipeline::unseal(master, storage::blocking_reader(reader))
-        .and_then(|r| codec.decoder(r))
-        .map_err(|e| stored_read_error("stored data", e))?;
-    let mut hasher = blake3::Hasher::new();
-    let mut head = vec![0u8; WAL_LONG_PAGE_HEADER_SIZE];
-    let mut got = 0;
-    while got < head.len() {
-        match std::io::Read::read(&mut decoder, &mut head[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(stored_read_error("stored data", e)),
-        }
-    }
-    head.truncate(got);
-    hasher.update(&head);
-    let n = got as u64
-        + std::io::copy(&mut decoder, &mut hasher)
-            .map_err(|e| stored_read_error("stored data", e))?;
-    if length.is_some_and(|l| l != n) {
-        return Err(Error::corrupt(format!(
-            "holds {n} bytes, the manifest says {}",
-            length.unwrap()
-        )));
-    }
-    let found = hasher.finalize().to_hex();
-    if found.as_str() != checksum {
-        return Err(Error::corrupt(format!(
-            "checksum mismatch (expected {checksum}, found {found})"
-        )));
-    }
-    Ok((n, head))
-}
 
 /// From each backup's start to the newest archived segment of its timeline, no segment
 /// may be missing.

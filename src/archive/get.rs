@@ -6,28 +6,36 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::pg::WalFileName;
-use crate::pipeline::encrypt::MasterKey;
-use crate::pipeline::hash::HashingWriter;
 use crate::repo::archive::ArchivedFile;
-use crate::repo::cipher::stored_read_error;
+use crate::repo::wal::StoredWal;
 use crate::repo::Repo;
-use crate::storage::{self, local::sync_dir};
+use crate::storage::local::sync_dir;
 
 /// Finds `name`, falling back to the `.partial` copy of a segment (the end of a timeline
-/// left behind at a promotion).
+/// left behind at a promotion). Two versions of one name cannot both be right: that stops
+/// recovery rather than serve either.
 pub async fn find_for_get(repo: &Repo, name: &WalFileName) -> Result<Option<ArchivedFile>> {
-    let found = repo.find_archived(name).await?;
-    if let Some(file) = found.into_iter().next() {
-        return Ok(Some(file));
+    let mut found = one_version(repo, repo.find_archived(name).await?)?;
+    if found.is_none() {
+        if let WalFileName::Segment(seg) = name {
+            found = one_version(repo, repo.find_archived(&WalFileName::Partial(*seg)).await?)?;
+        }
     }
-    if let WalFileName::Segment(seg) = name {
-        return Ok(repo
-            .find_archived(&WalFileName::Partial(*seg))
-            .await?
-            .into_iter()
-            .next());
+    Ok(found)
+}
+
+fn one_version(repo: &Repo, found: Vec<ArchivedFile>) -> Result<Option<ArchivedFile>> {
+    if let Some(other) = found.iter().find(|f| f.checksum != found[0].checksum) {
+        return Err(Error::corrupt(format!(
+            "{} is archived twice with different contents in stanza {:?}: {} and {}",
+            other.name,
+            repo.stanza,
+            found[0].file_name(),
+            other.file_name()
+        ))
+        .hint("two clusters archived into one stanza; `pgward verify` names what each version breaks, remove the one that does not belong"));
     }
-    Ok(None)
+    Ok(found.into_iter().next())
 }
 
 pub async fn archive_get(repo: &Repo, wal_name: &str, dest: &Path) -> Result<ArchivedFile> {
@@ -66,13 +74,11 @@ pub async fn fetch(
     durability: Durability,
 ) -> Result<()> {
     let fetched = async {
-        let reader = repo.data_storage().read(&repo.archived_file_key(file)).await?;
-        let (file, dest, master) = (file.clone(), dest.to_path_buf(), repo.shared_key());
-        tokio::task::spawn_blocking(move || {
-            restore_file(reader, master.as_deref(), &file, &dest, durability)
-        })
-        .await
-        .unwrap_or_else(crate::error::task_panicked)
+        let stored = repo.open_wal(file).await?;
+        let dest = dest.to_path_buf();
+        tokio::task::spawn_blocking(move || write_file(stored, &dest, durability))
+            .await
+            .unwrap_or_else(crate::error::task_panicked)
     };
     fetched.await.map_err(|e| {
         if e.is_not_found() {
@@ -83,13 +89,7 @@ pub async fn fetch(
     })
 }
 
-fn restore_file(
-    reader: storage::Reader,
-    master: Option<&MasterKey>,
-    file: &ArchivedFile,
-    dest: &Path,
-    durability: Durability,
-) -> Result<()> {
+fn write_file(stored: StoredWal, dest: &Path, durability: Durability) -> Result<()> {
     let dir = dest
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -98,19 +98,8 @@ fn restore_file(
     crate::error::test_panic_point("archive-get");
     let out = crate::storage::local::replace_file(&temp, 0o640)?; // group: as PostgreSQL's umask says
     let result = (|| {
-        let mut writer = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, out));
-        let what = format!("archived {}", file.file_name());
-        let mut decoder = crate::pipeline::unseal(master, storage::blocking_reader(reader))
-            .and_then(|r| file.codec.decoder(r))
-            .map_err(|e| stored_read_error(&what, e))?;
-        std::io::copy(&mut decoder, &mut writer).map_err(|e| stored_read_error(&what, e))?;
-        let (buffered, checksum, _) = writer.finish();
-        if checksum != file.checksum {
-            return Err(Error::corrupt(format!(
-                "archived {} does not match its checksum (content hashes to {checksum})",
-                file.file_name()
-            )));
-        }
+        let mut buffered = std::io::BufWriter::with_capacity(1 << 20, out);
+        stored.copy_to(&mut buffered)?;
         let out = buffered
             .into_inner()
             .map_err(|e| Error::io("writing", &temp, e.into_error()))?;
@@ -125,28 +114,4 @@ fn restore_file(
         let _ = std::fs::remove_file(&temp);
     }
     result
-}
-
-/// Reads a small archived file (a history file) into memory, checked against its checksum.
-pub async fn read_archived(repo: &Repo, file: &ArchivedFile) -> Result<Vec<u8>> {
-    let stored = repo.data_storage().read_all(&repo.archived_file_key(file)).await?;
-    let codec = file.codec;
-    let master = repo.shared_key();
-    let name = file.file_name();
-    let checksum = file.checksum.clone();
-    tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
-        let mut out = Vec::new();
-        crate::pipeline::unseal(master.as_deref(), &stored[..])
-            .and_then(|r| codec.decoder(r))
-            .and_then(|mut d| std::io::Read::read_to_end(&mut d, &mut out))
-            .map_err(|e| stored_read_error(format!("archived {name}"), e))?;
-        if blake3::hash(&out).to_hex().as_str() != checksum {
-            return Err(Error::corrupt(format!(
-                "archived {name} does not match its checksum"
-            )));
-        }
-        Ok(out)
-    })
-    .await
-    .unwrap_or_else(crate::error::task_panicked)
 }

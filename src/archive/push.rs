@@ -1,7 +1,8 @@
 //! archive-push: validate a WAL file against the stanza, then store it compressed under
-//! a name carrying its checksum. Idempotent: an identical file already archived is
-//! success; a different file under the same name is a conflict that must stop the
-//! archiver (PostgreSQL keeps the segment and retries).
+//! a name carrying its checksum (`repo::wal`). Idempotent: an identical file already
+//! archived is success; a different file under the same name, even from a push running
+//! at the same time, is a conflict that must stop the archiver (PostgreSQL keeps the
+//! segment and retries).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -11,16 +12,11 @@ use crate::pg::walheader::{parse_long_page_header, pg_major_for_wal_magic};
 use crate::pg::WalFileName;
 use crate::pipeline::hash::HashingReader;
 use crate::pipeline::Compression;
-use crate::repo::archive::{stored_name, ArchivedFile};
 use crate::repo::stanza::StanzaInfo;
 use crate::repo::Repo;
-use crate::storage;
 
-#[derive(Debug, PartialEq, Eq)]
-pub enum PushOutcome {
-    Stored { stored_size: u64 },
-    AlreadyArchived,
-}
+/// What a push did: stored the file, or found it archived already.
+pub use crate::repo::wal::WalPut as PushOutcome;
 
 pub async fn archive_push(
     repo: &Repo,
@@ -30,46 +26,9 @@ pub async fn archive_push(
     let name = parse_pushed_name(path)?;
     let stanza = repo.stanza_info().await?;
     let checksum = validate(path, &name, &stanza).await?;
-
-    let existing = repo.find_archived(&name).await?;
-    if existing.iter().any(|f| f.checksum == checksum) {
-        return Ok(PushOutcome::AlreadyArchived);
-    }
-    if !existing.is_empty() {
-        return Err(Error::new(
-            ErrorKind::Conflict,
-            format!("WAL file {name} is already archived in stanza {:?} with different contents", repo.stanza),
-        )
-        .hint("two clusters may be archiving into one stanza, or a restored cluster kept the old archive_command; give each cluster its own stanza"));
-    }
-
-    let file = ArchivedFile {
-        name: name.clone(),
-        checksum: checksum.clone(),
-        codec: compression.codec,
-        stored_size: 0,
-        archived_at: 0,
-    };
-    let key = repo.archived_file_key(&file);
-    let source = path.to_path_buf();
-    let master = repo.shared_key();
-    let stored_size = storage::write_blocking(repo.data_storage().as_ref(), &key, move |out| {
-        let mut counting = crate::pipeline::CountingWriter { inner: out, written: 0 };
-        let mut reader = HashingReader::new(std::fs::File::open(&source).at("opening", &source)?);
-        let sealed = crate::pipeline::seal(master.as_deref(), &mut counting).at("encrypting", &source)?;
-        let mut encoder = compression.encoder(sealed).at("compressing", &source)?;
-        std::io::copy(&mut reader, &mut encoder).at("archiving", &source)?;
-        encoder.finish().and_then(|sealed| sealed.finish()).at("compressing", &source)?;
-        let (second_checksum, _) = reader.finish();
-        if second_checksum != checksum {
-            return Err(Error::new(ErrorKind::Conflict, format!("{} changed while it was being archived", source.display()))
-                .hint("PostgreSQL must not modify a file it hands to archive_command; the push will be retried"));
-        }
-        Ok(counting.written)
-    })
-    .await?;
-    tracing::debug!(stored = %stored_name(&name, &file.checksum, compression.codec), "archived");
-    Ok(PushOutcome::Stored { stored_size })
+    let outcome = repo.put_wal(&name, path, &checksum, compression).await?;
+    tracing::debug!(?outcome, %name, "archive-push");
+    Ok(outcome)
 }
 
 /// A segment must come from this stanza's cluster: same system identifier, same major

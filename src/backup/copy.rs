@@ -6,32 +6,21 @@
 //! afterwards. Memory per worker: one read buffer and the encoder's.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{Read, Seek, Write};
+use std::io::{Read, Seek};
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
-
-use tokio::runtime::Handle;
-use tokio_util::io::SyncIoBridge;
 
 use super::walk::SourceFile;
 use crate::error::{Error, IoContext, Result};
 use crate::pg::page::{is_all_zero, page_lsn, verify_page, PageVerdict, BLCKSZ};
 use crate::pg::Lsn;
-use crate::pipeline::compress::Encoder;
-use crate::pipeline::encrypt::MasterKey;
-use crate::pipeline::hash::CountingWriter;
 use crate::pipeline::Compression;
-use crate::pipeline::{seal, Sealed};
 use crate::progress::Progress;
-use crate::repo::manifest::{
-    bundle_key, merge_extents, ChecksumFailure, Extent, FileEntry, Manifest,
-};
+use crate::repo::frames::BundleWriter;
+use crate::repo::manifest::{merge_extents, ChecksumFailure, Extent, FileEntry, Manifest};
 use crate::repo::piece::{piece_size, PIECE_ALIGN};
 use crate::repo::Repo;
-use crate::storage::ObjectWriter;
 
-/// A bundle is closed and a new one started past this many stored bytes.
-const BUNDLE_TARGET_SIZE: u64 = 1 << 30;
 /// Pieces are a multiple of it (`PIECE_ALIGN`), so page-level reads stay whole buffers.
 const READ_BUFFER: usize = PIECE_ALIGN as usize;
 
@@ -263,122 +252,9 @@ fn join_pieces(mut pieces: Vec<CopiedPiece>) -> Vec<FileEntry> {
     files
 }
 
-type BundleSink = CountingWriter<std::io::BufWriter<SyncIoBridge<Box<dyn ObjectWriter>>>>;
-
-struct OpenBundle {
-    name: String,
-    sink: BundleSink,
-}
-
-/// The worker's current bundle, opened on first use so that a worker with nothing to
-/// store writes no bundle at all.
-struct BundleSlot {
-    repo: Repo,
-    label: String,
-    job: usize,
-    sequence: usize,
-    handle: Handle,
-    open: Option<OpenBundle>,
-    closed: Vec<(String, u64)>,
-}
-
-impl BundleSlot {
-    fn get(&mut self) -> Result<&mut OpenBundle> {
-        if self.open.is_none() {
-            let name = format!("{}-{:02}-{:04}.bundle", self.label, self.job, self.sequence);
-            self.sequence += 1;
-            let writer = self.handle.block_on(
-                self.repo
-                    .data_storage()
-                    .create_large(&bundle_key(&self.repo, &name)),
-            )?;
-            let sink = CountingWriter {
-                inner: std::io::BufWriter::with_capacity(1 << 20, SyncIoBridge::new(writer)),
-                written: 0,
-            };
-            self.open = Some(OpenBundle { name, sink });
-        }
-        Ok(self.open.as_mut().expect("just opened"))
-    }
-
-    fn close(&mut self) -> Result<()> {
-        let Some(bundle) = self.open.take() else {
-            return Ok(());
-        };
-        let written = bundle.sink.written;
-        if written == 0 {
-            return Ok(()); // nothing stored: dropping the writer leaves no object
-        }
-        let bridge = bundle
-            .sink
-            .inner
-            .into_inner()
-            .map_err(|e| Error::io("writing bundle", &bundle.name, e.into_error()))?;
-        self.handle.block_on(bridge.into_inner().finish())?;
-        self.closed.push((bundle.name, written));
-        Ok(())
-    }
-
-    fn is_full(&self) -> bool {
-        self.open
-            .as_ref()
-            .is_some_and(|b| b.sink.written >= BUNDLE_TARGET_SIZE)
-    }
-}
-
-/// One compressed frame being appended to a bundle.
-struct Frame<'a> {
-    encoder: Encoder<Sealed<&'a mut BundleSink>>,
-    bundle: String,
-    bundle_offset: u64,
-    file_offset: u64,
-    length: u64,
-    hasher: blake3::Hasher,
-}
-
-impl<'a> Frame<'a> {
-    fn start(
-        bundle: &'a mut OpenBundle,
-        compression: Compression,
-        master: Option<&MasterKey>,
-        file_offset: u64,
-    ) -> std::io::Result<Frame<'a>> {
-        let bundle_offset = bundle.sink.written;
-        Ok(Frame {
-            encoder: compression.encoder(seal(master, &mut bundle.sink)?)?,
-            bundle: bundle.name.clone(),
-            bundle_offset,
-            file_offset,
-            length: 0,
-            hasher: blake3::Hasher::new(),
-        })
-    }
-
-    fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
-        self.hasher.update(data);
-        self.length += data.len() as u64;
-        self.encoder.write_all(data)
-    }
-
-    fn finish(self, label: &str) -> std::io::Result<Extent> {
-        let sink = self.encoder.finish()?.finish()?;
-        Ok(Extent {
-            offset: self.file_offset,
-            length: self.length,
-            backup: label.to_string(),
-            bundle: self.bundle,
-            bundle_offset: self.bundle_offset,
-            stored_length: sink.written - self.bundle_offset,
-            frame_offset: 0,
-            frame_length: self.length,
-            frame_checksum: self.hasher.finalize().to_hex().to_string(),
-        })
-    }
-}
-
 struct Worker {
     settings: Arc<CopySettings>,
-    slot: BundleSlot,
+    slot: BundleWriter,
     copied: Vec<CopiedPiece>,
     checksum_failures: Vec<ChecksumFailure>,
     buffer: Vec<u8>,
@@ -386,15 +262,7 @@ struct Worker {
 
 impl Worker {
     fn new(repo: Repo, job: usize, settings: Arc<CopySettings>) -> Worker {
-        let slot = BundleSlot {
-            repo,
-            label: settings.label.clone(),
-            job,
-            sequence: 0,
-            handle: Handle::current(),
-            open: None,
-            closed: Vec::new(),
-        };
+        let slot = BundleWriter::new(repo, &settings.label, job, settings.compression);
         Worker {
             settings,
             slot,
@@ -425,10 +293,11 @@ impl Worker {
             }
         }
         self.slot.close()?;
+        let closed = self.slot.closed();
         let result = CopyResult {
             files: Vec::new(),
-            stored_size: self.slot.closed.iter().map(|(_, n)| n).sum(),
-            bundles: self.slot.closed.into_iter().map(|(name, _)| name).collect(),
+            stored_size: closed.iter().map(|(_, n)| n).sum(),
+            bundles: closed.iter().map(|(name, _)| name.clone()).collect(),
             checksum_failures: self.checksum_failures,
         };
         Ok((result, self.copied))
@@ -481,15 +350,8 @@ impl Worker {
     /// The piece as one frame.
     fn copy_whole(&mut self, piece: &Piece, source: &std::fs::File) -> Result<FileEntry> {
         let file = &*piece.file;
-        let master = self.slot.repo.shared_key();
         let settings = &self.settings;
-        let mut frame = Frame::start(
-            self.slot.get()?,
-            settings.compression,
-            master.as_deref(),
-            piece.start,
-        )
-        .at("compressing", &file.abs_path)?;
+        let mut frame = self.slot.frame()?;
         let size = read_chunks(
             settings,
             &mut self.buffer,
@@ -503,8 +365,9 @@ impl Worker {
             },
         )?;
         let extent = frame
-            .finish(&settings.label)
-            .at("writing bundle", &file.rel_path)?;
+            .finish()
+            .at("writing bundle", &file.rel_path)?
+            .extent(&settings.label, piece.start);
         Ok(FileEntry {
             path: file.rel_path.clone(),
             size,
@@ -527,10 +390,9 @@ impl Worker {
         old: &FileEntry,
     ) -> Result<FileEntry> {
         let file = &*piece.file;
-        let master = self.slot.repo.shared_key();
         let settings = &self.settings;
         let old_pages = old.size / BLCKSZ as u64;
-        let bundle = self.slot.get()?;
+        let bundle = &mut self.slot;
         let mut stored: Vec<Extent> = Vec::new();
         let size = read_chunks(
             settings,
@@ -559,15 +421,10 @@ impl Worker {
                     let from = run_start * BLCKSZ;
                     let to = (i * BLCKSZ).min(chunk.len());
                     let io = |e| Error::io("writing bundle", &file.rel_path, e);
-                    let mut frame = Frame::start(
-                        &mut *bundle,
-                        settings.compression,
-                        master.as_deref(),
-                        chunk_offset + from as u64,
-                    )
-                    .map_err(io)?;
+                    let mut frame = bundle.frame()?;
                     frame.write(&chunk[from..to]).map_err(io)?;
-                    stored.push(frame.finish(&settings.label).map_err(io)?);
+                    let frame = frame.finish().map_err(io)?;
+                    stored.push(frame.extent(&settings.label, chunk_offset + from as u64));
                 }
                 Ok(())
             },

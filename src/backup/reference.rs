@@ -80,7 +80,7 @@ async fn off_history(
     let Some(file) = repo.find_archived(&name).await?.into_iter().next() else {
         return Ok(Some(format!("the cluster is on timeline {timeline}, the reference backup on {}, and {name} is not archived", reference.timeline)));
     };
-    let bytes = crate::archive::get::read_archived(repo, &file).await?;
+    let bytes = repo.read_wal(&file).await?;
     let text = String::from_utf8_lossy(&bytes);
     let history = match parse_history(&text) {
         Ok(h) => h,

@@ -67,7 +67,23 @@ impl StanzaHandle {
                 self.stanza
             ))
             .hint("pass --cipher-pass, set PGWARD_CIPHER_PASS, or give --cipher-pass-file")),
-            (None, _) => Ok(self.into_repo(Sealing::Plain)),
+            (None, None) => Ok(self.into_repo(Sealing::Plain)),
+            (None, Some(_)) => {
+                // A passphrase for a stanza without a key file: either the wrong stanza
+                // (the caller says so), or an encrypted stanza whose key file is gone.
+                let stanza_file = self.key(super::stanza::FILE);
+                if let Some(stored) = object::get(&self.storage, &stanza_file).await? {
+                    if stored.starts_with(crate::pipeline::encrypt::MAGIC) {
+                        return Err(Error::corrupt(format!(
+                            "{} is missing, but {stanza_file} is encrypted: stanza {:?} cannot be unlocked",
+                            self.key_file_key(),
+                            self.stanza
+                        ))
+                        .hint("put keyfile.json back from a copy of the repository; without it nothing in the stanza can be read"));
+                    }
+                }
+                Ok(self.into_repo(Sealing::Plain))
+            }
         }
     }
 

@@ -195,7 +195,7 @@ impl Repo {
         })
     }
 
-    fn host_lock_dir(&self) -> PathBuf {
+    pub(super) fn host_lock_dir(&self) -> PathBuf {
         let id = blake3::hash(self.storage.location().as_bytes()).to_hex();
         std::env::temp_dir()
             .join("pgward-locks")

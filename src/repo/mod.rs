@@ -7,6 +7,7 @@
 //! <stanza>/keyfile.json                                  encrypted stanzas: the wrapped key
 //! <stanza>/pitr-previous-settings.json                   settings `pitr enable` replaced
 //! <stanza>/archive/<TTTTTTTTLLLLLLLL>/<wal name>-<blake3>[.ext]   segments, .partial, .backup
+//! <stanza>/archive/<dir>/<wal name>.claim                 the one content a name may hold
 //! <stanza>/archive/history/<TTTTTTTT>.history-<blake3>[.ext]
 //! <stanza>/backups/<label>.manifest                      written last: a backup exists iff this does
 //! <stanza>/backups/<label>.pin                           present while the backup is pinned
@@ -18,12 +19,14 @@ pub mod archive;
 pub mod archive_command;
 pub mod archive_map;
 pub mod cipher;
+pub mod frames;
 pub mod label;
 pub mod lock;
 pub mod manifest;
 pub mod piece;
 pub mod object;
 pub mod stanza;
+pub mod wal;
 mod upgrade;
 
 use std::sync::Arc;
@@ -132,22 +135,8 @@ impl Repo {
         }
     }
 
-    /// `master_key`, shared, for blocking tasks that outlive the borrow.
-    pub(crate) fn shared_key(&self) -> Option<Arc<MasterKey>> {
-        match &self.sealing {
-            Sealing::Plain => None,
-            Sealing::Encrypted(k) => Some(k.clone()),
-        }
-    }
-
     pub fn is_encrypted(&self) -> bool {
         matches!(self.sealing, Sealing::Encrypted(_))
-    }
-
-    /// The storage, for bundle frames and archived WAL only, until `repo/frames.rs` and
-    /// `repo/wal.rs` own those paths. Metadata never goes through here.
-    pub(crate) fn data_storage(&self) -> &SharedStorage {
-        &self.storage
     }
 
     /// Whether the repository is a local directory (readers then use more parallelism).
@@ -164,10 +153,16 @@ impl Repo {
     /// needs a handle.
     #[cfg(test)]
     pub(crate) fn plain_for_tests(storage: SharedStorage, stanza: &str) -> Repo {
+        Self::for_tests(storage, stanza, Sealing::Plain)
+    }
+
+    /// A stanza with the given sealing, without a key file, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests(storage: SharedStorage, stanza: &str, sealing: Sealing) -> Repo {
         Repo {
             storage,
             stanza: stanza.to_string(),
-            sealing: Sealing::Plain,
+            sealing,
         }
     }
 
@@ -191,8 +186,10 @@ impl Repo {
     }
 
     /// Removes an archived WAL file.
+    /// Removes an archived file and its name's claim (expire).
     pub async fn delete_archived(&self, file: &archive::ArchivedFile) -> Result<()> {
-        self.storage.delete(&self.archived_file_key(file)).await
+        self.storage.delete(&self.archived_file_key(file)).await?;
+        self.storage.delete(&self.wal_claim_key(&file.name)).await
     }
 
     /// Directories of the archive (one per timeline and log id, and `history`).

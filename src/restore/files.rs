@@ -5,7 +5,6 @@
 //! whole before the file counts as restored.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::Read;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,10 +13,9 @@ use tokio::runtime::Handle;
 
 use crate::error::{Error, IoContext, Result};
 use crate::pipeline::compress::Codec;
-use crate::repo::cipher::stored_read_error;
-use crate::repo::manifest::{bundle_key, Extent, FileEntry, Manifest};
+use crate::repo::frames::FrameReader;
+use crate::repo::manifest::{FileEntry, Manifest};
 use crate::repo::Repo;
-use crate::storage;
 
 use super::output::{OutputFile, WriteBehind};
 
@@ -128,76 +126,17 @@ async fn codec_by_backup(repo: &Repo, manifest: &Manifest) -> Result<HashMap<Str
     Ok(codecs)
 }
 
-/// One stored frame being read front to back.
-struct FrameReader {
-    decoder: Box<dyn Read>,
-    position: u64,
-    hasher: blake3::Hasher,
-}
-
-impl FrameReader {
-    /// Reads `len` bytes of the frame into `out` (None: into `buf`, just to hash them).
-    fn pump(
-        &mut self,
-        mut len: u64,
-        out: &mut Option<&mut OutputFile>,
-        buf: &mut [u8],
-        what: &dyn Fn() -> String,
-    ) -> Result<()> {
-        while len > 0 {
-            let room: &mut [u8] = match out.as_deref_mut() {
-                Some(file) => file.spare(),
-                None => &mut *buf,
-            };
-            let want = room.len().min(len as usize);
-            let n = self
-                .decoder
-                .read(&mut room[..want])
-                .map_err(|e| stored_read_error(what(), e))?;
-            if n == 0 {
-                return Err(Error::corrupt(format!(
-                    "{}: the stored frame ends early",
-                    what()
-                )));
-            }
-            self.hasher.update(&room[..n]);
-            if let Some(file) = out.as_deref_mut() {
-                file.commit(n)
-                    .map_err(|e| Error::io("writing", what(), e))?;
-            }
-            self.position += n as u64;
-            len -= n as u64;
-        }
-        Ok(())
+/// Reads `len` bytes of `frame` straight into the output file's chunk buffer.
+fn copy_out(frame: &mut FrameReader, mut len: u64, out: &mut OutputFile) -> Result<()> {
+    while len > 0 {
+        let room = out.spare();
+        let want = room.len().min(len as usize);
+        let n = frame.read(&mut room[..want])?;
+        out.commit(n)
+            .map_err(|e| Error::io("writing", frame.what(), e))?;
+        len -= n as u64;
     }
-
-    /// Reads to the frame's end and checks its length and checksum.
-    fn finish(mut self, extent: &Extent, buf: &mut [u8], what: &dyn Fn() -> String) -> Result<()> {
-        let rest = extent
-            .frame_length
-            .checked_sub(self.position)
-            .ok_or_else(|| Error::corrupt(format!("{}: frame longer than recorded", what())))?;
-        self.pump(rest, &mut None, buf, what)?;
-        let mut extra = [0u8; 1];
-        if self
-            .decoder
-            .read(&mut extra)
-            .map_err(|e| stored_read_error(what(), e))?
-            != 0
-        {
-            return Err(Error::corrupt(format!(
-                "{}: the stored frame is longer than recorded",
-                what()
-            )));
-        }
-        if self.hasher.finalize().to_hex().as_str() != extent.frame_checksum {
-            return Err(Error::corrupt(format!(
-                "{}: does not match its checksum",
-                what()
-            )));
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 /// A run of a file's extents that one worker restores: the whole file, or, for large
@@ -306,12 +245,6 @@ fn restore_part(
     }
     let mut open: HashMap<(&str, u64), FrameReader> = HashMap::new();
     for (i, extent) in extents.iter().enumerate() {
-        let what = || {
-            format!(
-                "{} (backup {}, bundle {} at {})",
-                file.path, extent.backup, extent.bundle, extent.bundle_offset
-            )
-        };
         if extent.offset != part.start + writer.written {
             return Err(Error::corrupt(format!(
                 "{}: extents leave a gap at byte {}",
@@ -322,39 +255,24 @@ fn restore_part(
         let key = extent.frame_key();
         let frame = match open.entry(key) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                let bundle = bundle_key(repo, &extent.bundle);
-                let reader = storage::read_range_blocking(
-                    repo.data_storage(),
-                    handle,
-                    &bundle,
-                    extent.bundle_offset,
-                    extent.stored_length,
-                )?;
-                let decoder = crate::pipeline::unseal(repo.master_key(), reader)
-                    .and_then(|r| codecs[&extent.backup].decoder(r))
-                    .map_err(|e| {
-                        stored_read_error(format!("{} (bundle {bundle})", file.path), e)
-                    })?;
-                slot.insert(FrameReader {
-                    decoder,
-                    position: 0,
-                    hasher: blake3::Hasher::new(),
-                })
-            }
+            std::collections::hash_map::Entry::Vacant(slot) => slot.insert(FrameReader::open(
+                repo,
+                handle,
+                extent,
+                codecs[&extent.backup],
+                &file.path,
+            )?),
         };
-        if extent.frame_offset < frame.position {
+        if extent.frame_offset < frame.position() {
             return Err(Error::corrupt(format!(
                 "{}: slices of one frame out of order",
-                what()
+                frame.what()
             )));
         }
-        frame.pump(extent.frame_offset - frame.position, &mut None, buf, &what)?;
-        frame.pump(extent.length, &mut Some(&mut writer), buf, &what)?;
+        frame.skip(extent.frame_offset - frame.position(), buf)?;
+        copy_out(frame, extent.length, &mut writer)?;
         if last_use[&key] == i {
-            open.remove(&key)
-                .expect("open")
-                .finish(extent, buf, &what)?;
+            open.remove(&key).expect("open").finish(buf)?;
         }
     }
     if part.start + writer.written != part.end {
@@ -391,6 +309,7 @@ fn restore_part(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::repo::manifest::Extent;
 
     const MIB: u64 = 1 << 20;
 

@@ -121,7 +121,7 @@ async fn timeline_path(
     };
     // The one checked reader of archived files lives in archive/ for now (info and backup
     // call it too); it belongs in repo/.
-    let text = crate::archive::get::read_archived(repo, &file).await?;
+    let text = repo.read_wal(&file).await?;
     let history = parse_history(&String::from_utf8_lossy(&text))
         .map_err(|e| Error::corrupt(format!("archived {name}: {e}")))?;
     match history.iter().find(|e| e.timeline == backup.timeline) {

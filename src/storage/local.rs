@@ -254,6 +254,17 @@ impl Storage for LocalStorage {
         }))
     }
 
+    /// Exact: the complete, synced content is linked under `key` by `link()`, which
+    /// fails when the name exists, so of concurrent creators exactly one succeeds and
+    /// nobody ever sees a partial object. None where the file system has no hard links.
+    async fn create_exclusive(&self, key: &str, bytes: &[u8]) -> Result<Option<bool>> {
+        let target = self.path(key);
+        let bytes = bytes.to_vec();
+        tokio::task::spawn_blocking(move || create_exclusive(&target, &bytes))
+            .await
+            .unwrap_or_else(crate::error::task_panicked)
+    }
+
     async fn remove_incomplete(
         &self,
         dir: &str,
@@ -305,6 +316,49 @@ impl Storage for LocalStorage {
             .await
             .unwrap_or_else(crate::error::task_panicked)
     }
+}
+
+fn create_exclusive(target: &Path, bytes: &[u8]) -> Result<Option<bool>> {
+    use std::io::Write;
+    let dir = target.parent().expect("keys have a parent");
+    create_dir_durable(dir).at("creating directory", dir)?;
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let temp = PathBuf::from(format!(
+        "{}.{}-x{n}{TEMP_SUFFIX}",
+        target.display(),
+        std::process::id()
+    ));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .open(&temp)
+        .and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.sync_all()
+        });
+    let linked =
+        written
+            .at("writing", &temp)
+            .and_then(|()| match std::fs::hard_link(&temp, target) {
+                Ok(()) => Ok(Some(true)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(Some(false)),
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EPERM | libc::EOPNOTSUPP | libc::ENOSYS | libc::EMLINK)
+                    ) =>
+                {
+                    Ok(None)
+                }
+                Err(e) => Err(Error::io("creating", target, e)),
+            });
+    let _ = std::fs::remove_file(&temp);
+    if let Ok(Some(true)) = linked {
+        sync_dir(dir).at("syncing directory", dir)?;
+    }
+    linked
 }
 
 fn list_dir(path: &Path) -> Result<Listing> {
@@ -479,5 +533,62 @@ mod tests {
         assert!(err.to_string().contains("sticky"), "{err}");
         std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
         refuse_open_parent(&open, "spool path").unwrap();
+    }
+
+    fn storage(name: &str) -> (LocalStorage, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("pgward-local-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        (LocalStorage::new(&dir), dir)
+    }
+
+    #[tokio::test]
+    async fn create_exclusive_creates_once_and_never_replaces() {
+        let (s, dir) = storage("excl");
+        assert_eq!(
+            s.create_exclusive("a/b.claim", b"first").await.unwrap(),
+            Some(true)
+        );
+        assert_eq!(
+            s.create_exclusive("a/b.claim", b"second").await.unwrap(),
+            Some(false)
+        );
+        assert_eq!(s.read_all("a/b.claim").await.unwrap(), b"first");
+        let names: Vec<_> = std::fs::read_dir(dir.join("a"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["b.claim"], "no temporary file is left behind");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn concurrent_exclusive_creates_have_exactly_one_winner() {
+        let (s, dir) = storage("race");
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        for round in 0..20 {
+            let key = format!("d/{round}.claim");
+            let threads: Vec<_> = (0..8u8)
+                .map(|i| {
+                    let (s, key, handle) = (s.clone(), key.clone(), runtime.handle().clone());
+                    std::thread::spawn(move || {
+                        let won = handle
+                            .block_on(s.create_exclusive(&key, &[i; 100]))
+                            .unwrap();
+                        (i, won)
+                    })
+                })
+                .collect();
+            let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+            let winners: Vec<u8> = results
+                .iter()
+                .filter(|(_, won)| *won == Some(true))
+                .map(|(i, _)| *i)
+                .collect();
+            assert_eq!(winners.len(), 1, "round {round}: {results:?}");
+            assert!(results.iter().all(|(_, won)| won.is_some()));
+            let content = runtime.block_on(s.read_all(&key)).unwrap();
+            assert_eq!(content, [winners[0]; 100], "the winner's content, whole");
+        }
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

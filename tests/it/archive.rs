@@ -468,3 +468,134 @@ fn a_panic_in_an_archive_get_worker_stops_recovery_with_126() {
     // The same call without the switch works: the panic was the only failure.
     src.ok(&["archive-get", &seg, dest.to_str().unwrap()]);
 }
+
+/// A copy of the 16 MiB segment `template` renamed to segment number `segno` of timeline
+/// 1: its first page's address (`xlp_pageaddr`) rewritten to match, as archive-push checks.
+fn segment_as(template: &[u8], segno: u64) -> (String, Vec<u8>) {
+    let seg_size = 16u64 << 20;
+    assert_eq!(template.len() as u64, seg_size);
+    let mut bytes = template.to_vec();
+    bytes[8..16].copy_from_slice(&(segno * seg_size).to_le_bytes());
+    (
+        format!("00000001{:08X}{:08X}", segno >> 8, segno & 0xff),
+        bytes,
+    )
+}
+
+fn write_pg(dir: &std::path::Path, name: &str, bytes: &[u8]) -> String {
+    fs::create_dir_all(dir).unwrap();
+    let path = dir.join(name);
+    fs::write(&path, bytes).unwrap();
+    chown_pg(dir);
+    path.display().to_string()
+}
+
+#[test]
+fn concurrent_pushes_of_one_name_store_exactly_one_version() {
+    let src = Source::start("race", 15);
+    src.archive_current_wal();
+    let seg = src.sql("SELECT last_archived_wal FROM pg_stat_archiver");
+    let template = fs::read(src.cluster.data.join("pg_wal").join(&seg)).expect("in pg_wal");
+    let dir = work_dir("race-files");
+    for round in 0..20u64 {
+        // Far past anything the cluster writes, a fresh name each round.
+        let (name, original) = segment_as(&template, 0xA000 + round);
+        let mut changed = original.clone();
+        changed[100_000 + round as usize] ^= 0xff;
+        let a = write_pg(&dir.join(format!("{round}a")), &name, &original);
+        let b = write_pg(&dir.join(format!("{round}b")), &name, &changed);
+        let mut first = src.spawn(&["archive-push", &a], &[]);
+        let mut second = src.spawn(&["archive-push", &b], &[]);
+        let codes = [first.wait().unwrap().code(), second.wait().unwrap().code()];
+        let winner = match codes {
+            [Some(0), Some(4)] => &original,
+            [Some(4), Some(0)] => &changed,
+            _ => panic!("round {round}: exactly one push must win, the other exit 4 (conflict); got {codes:?}"),
+        };
+        let got = dir.join(format!("{round}got"));
+        src.ok(&["archive-get", &name, got.to_str().unwrap()]);
+        assert!(
+            fs::read(&got).unwrap() == *winner,
+            "round {round}: archive-get serves the winner"
+        );
+
+        // The same content twice at once: both succeed, one version.
+        let (name, same) = segment_as(&template, 0xB000 + round);
+        let c = write_pg(&dir.join(format!("{round}c")), &name, &same);
+        let d = write_pg(&dir.join(format!("{round}d")), &name, &same);
+        let mut first = src.spawn(&["archive-push", &c], &[]);
+        let mut second = src.spawn(&["archive-push", &d], &[]);
+        let codes = [first.wait().unwrap().code(), second.wait().unwrap().code()];
+        assert_eq!(codes, [Some(0), Some(0)], "round {round}: identical pushes");
+    }
+    let listed: serde_json::Value =
+        serde_json::from_str(&src.ok(&["--output", "json", "wal", "list"])).unwrap();
+    let text = listed.to_string();
+    assert_eq!(
+        text.matches("00000001000000A000000000").count(),
+        1,
+        "wal list shows the first round's segment once: {text}"
+    );
+}
+
+#[test]
+fn verify_names_a_wal_name_stored_twice_and_archive_get_refuses_it() {
+    let src = Source::start("twice", 15);
+    if src.url.contains("://") {
+        return; // plants a file into a local repository
+    }
+    src.archive_current_wal();
+    let seg = src.sql("SELECT last_archived_wal FROM pg_stat_archiver");
+    let template = fs::read(src.cluster.data.join("pg_wal").join(&seg)).expect("in pg_wal");
+    let dir = work_dir("twice-files");
+    let (name, original) = segment_as(&template, 0xA000);
+    let mut changed = original.clone();
+    changed[100_000] ^= 0xff;
+    src.ok(&["archive-push", &write_pg(&dir.join("a"), &name, &original)]);
+
+    // The second version, as a push from before claims could leave it: archived into a
+    // scratch stanza of this cluster, then copied beside the first.
+    let scratch = work_dir("twice-scratch");
+    let scratch_s = scratch.display().to_string();
+    let other = |args: &[&str]| {
+        let mut full = vec!["--repo", &scratch_s, "--stanza", "main"];
+        full.extend_from_slice(args);
+        assert_success(&pgward(&full, &src.cluster.env()), &args.join(" "))
+    };
+    other(&["stanza-create"]);
+    other(&["archive-push", &write_pg(&dir.join("b"), &name, &changed)]);
+    let planted = stored_files(&scratch, &format!("{name}-")).pop().unwrap();
+    let twin = src
+        .repo
+        .join("main/archive/00000001000000A0")
+        .join(planted.file_name().unwrap());
+    fs::copy(&planted, &twin).unwrap();
+    let kept = stored_files(&src.repo, &format!("{name}-"));
+    assert_eq!(kept.len(), 2);
+
+    let out = src.pgward(&["verify"]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(5), "verify must fail:\n{report}");
+    let file_names: Vec<String> = kept
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        report.contains("stored 2 times with different contents")
+            && file_names.iter().all(|f| report.contains(f.as_str())),
+        "verify names both versions:\n{report}"
+    );
+    let got = dir.join("got");
+    let out = src.pgward(&["archive-get", &name, got.to_str().unwrap()]);
+    assert!(
+        out.status.code().unwrap() > 125,
+        "archive-get must not pick one: {:?} {}",
+        out.status.code(),
+        stderr(&out)
+    );
+    assert!(!got.exists());
+    // Listing still works and shows both.
+    let listed = src.ok(&["--output", "json", "wal", "list"]);
+    assert_eq!(listed.matches(name.as_str()).count(), 2, "{listed}");
+    src.ok(&["info"]);
+}

@@ -236,7 +236,22 @@ impl<'a> FrameReader<'a> {
             extent.bundle_offset,
             extent.stored_length,
         )
-        .map_err(|e| naming(&frame.what(), e))?;
+        .map_err(|e| {
+            if e.is_not_found() {
+                // A bundle a manifest names is part of the backup: its absence is damage
+                // to the repository (exit 5), never "not found" (no such backup).
+                Error::corrupt(format!(
+                    "{}: bundle {} named by backup {} is missing",
+                    frame.what(),
+                    extent.bundle,
+                    extent.backup
+                ))
+                .source(e)
+                .hint("run `pgward verify` to see every backup this breaks")
+            } else {
+                naming(&frame.what(), e)
+            }
+        })?;
         frame.decoder = crate::pipeline::unseal(repo.master_key(), reader)
             .and_then(|r| codec.decoder(r))
             .map_err(|e| stored_read_error(frame.what(), e))?;

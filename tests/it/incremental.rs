@@ -375,7 +375,7 @@ fn verify_names_every_backup_a_missing_bundle_breaks() {
         5,
     );
     assert!(
-        err.contains("pgward: error [corrupt]: bundle ")
+        err.contains("pgward: error [corrupt]: ")
             && err.contains(&format!("named by backup {full} is missing")),
         "{err}"
     );

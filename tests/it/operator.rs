@@ -259,7 +259,7 @@ fn configuration_precedence_is_flag_then_environment_then_file_and_bad_keys_are_
     let ext = |tl: &str| {
         stored
             .iter()
-            .find(|n| n.starts_with(tl))
+            .find(|n| n.starts_with(tl) && !n.ends_with(".claim"))
             .map(|n| n.rsplit_once('.').map(|(_, e)| e.to_string()).unwrap())
             .unwrap()
     };
@@ -268,7 +268,7 @@ fn configuration_precedence_is_flag_then_environment_then_file_and_bad_keys_are_
     assert!(
         stored
             .iter()
-            .find(|n| n.starts_with("00000013"))
+            .find(|n| n.starts_with("00000013") && !n.ends_with(".claim"))
             .unwrap()
             .ends_with(|c: char| c.is_ascii_hexdigit()),
         "{stored:?}"

@@ -21,7 +21,7 @@ pub async fn run(resolved: &Resolved, args: RestoreArgs) -> Result<Outcome> {
     resolved
         .check_generated_command(&repo, "restore_command")
         .await?;
-    let manifest = restore(&repo, opts).await?;
+    let manifest = crate::restore::restore(&repo, opts).await?;
     Ok(Outcome::report(Restored {
         manifest,
         fetched_into: None,
@@ -36,38 +36,11 @@ pub async fn fetch(resolved: &Resolved, dir: PathBuf, label: &str) -> Result<Out
     resolved
         .check_generated_command(&repo, "restore_command")
         .await?;
-    let manifest = restore(&repo, opts).await?;
+    let manifest = crate::restore::restore(&repo, opts).await?;
     Ok(Outcome::report(Restored {
         manifest,
         fetched_into: Some(dir),
     }))
-}
-
-/// The restore, with a bundle that a manifest names and that is gone reported as the
-/// damage to the repository it is (exit 5), not as "not found" (1: no such backup),
-/// which is how the frame reader passes on the storage's answer.
-async fn restore(repo: &Repo, opts: crate::restore::RestoreOptions) -> Result<Manifest> {
-    let e = match crate::restore::restore(repo, opts).await {
-        Ok(manifest) => return Ok(manifest),
-        Err(e) if e.is_not_found() => e,
-        Err(e) => return Err(e),
-    };
-    let Ok(manifests) = repo.load_manifests().await else {
-        return Err(e);
-    };
-    let missing = manifests
-        .iter()
-        .flat_map(|m| &m.files)
-        .flat_map(|f| &f.extents)
-        .find(|x| e.message.contains(&format!("bundles/{}", x.bundle)));
-    match missing {
-        Some(x) => Err(Error::corrupt(format!(
-            "bundle {} named by backup {} is missing",
-            x.bundle, x.backup
-        ))
-        .source(e)),
-        None => Err(e),
-    }
 }
 
 struct Restored {

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::pipeline::Compression;
-use crate::repo::Repo;
+use crate::repo::{Repo, ABANDONED_AFTER};
 use crate::storage::local::{
     create_dir_durable, ensure_private_dir, open_nofollow, refuse_open_parent,
     replace_private_file, sync_dir, try_flock,
@@ -49,6 +49,31 @@ impl Spool {
         refuse_open_parent(root, "spool path")?;
         ensure_private_dir(stanza_dir, "spool directory")?;
         ensure_private_dir(&self.dir, "spool directory")
+    }
+
+    /// Removes what killed foreground pushes left (`<name>.pgward-tmp`) once it is
+    /// `ABANDONED_AFTER` old: younger ones may be a push at work (it takes no lock).
+    /// PostgreSQL's retry of the name usually replaces it first; this is for names it
+    /// never retried (archive_command changed, the cluster gone).
+    fn remove_abandoned(&self) -> Result<usize> {
+        let cutoff = std::time::SystemTime::now() - ABANDONED_AFTER;
+        let mut removed = 0;
+        for e in std::fs::read_dir(&self.dir).at("listing", &self.dir)? {
+            let e = e.at("listing", &self.dir)?;
+            // DirEntry::metadata does not follow links: a planted link is removed, never
+            // what it points to.
+            let old = e
+                .metadata()
+                .is_ok_and(|m| !m.is_dir() && m.modified().is_ok_and(|t| t < cutoff));
+            if old && e.file_name().to_string_lossy().ends_with(".pgward-tmp") {
+                match std::fs::remove_file(e.path()) {
+                    Ok(()) => removed += 1,
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(err) => return Err(Error::io("removing", e.path(), err)),
+                }
+            }
+        }
+        Ok(removed)
     }
 
     /// What the worker last failed with, if anything.
@@ -209,6 +234,11 @@ pub async fn run_worker(
     let Ok(_lock) = try_flock(&lock_path)? else {
         return Ok(()); // another worker is on it
     };
+    match spool.remove_abandoned() {
+        Ok(0) => {}
+        Ok(removed) => tracing::info!(removed, "removed spool files that killed pushes left"),
+        Err(e) => tracing::warn!("leaving what killed pushes left in the spool: {e}"),
+    }
     let mut idle_since = std::time::Instant::now();
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -252,5 +282,38 @@ pub async fn run_worker(
             backoff = Duration::from_millis(100);
         }
         idle_since = std::time::Instant::now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_worker_removes_spool_files_killed_pushes_left_and_spares_pushes_in_progress() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spool = Spool::new(tmp.path(), "main");
+        spool.prepare().unwrap();
+        let plant = |name: &str, age: Duration| {
+            let path = spool.dir.join(name);
+            std::fs::File::create(&path)
+                .unwrap()
+                .set_modified(std::time::SystemTime::now() - age)
+                .unwrap();
+            path
+        };
+        let abandoned = plant(
+            "000000010000000000000001.pgward-tmp",
+            Duration::from_secs(7200),
+        );
+        let in_progress = plant(
+            "000000010000000000000002.pgward-tmp",
+            Duration::from_secs(5),
+        );
+        let queued = plant("000000010000000000000003", Duration::from_secs(7200));
+        assert_eq!(spool.remove_abandoned().unwrap(), 1);
+        assert!(!abandoned.exists());
+        assert!(in_progress.exists(), "a push may still be writing it");
+        assert!(queued.exists(), "spooled WAL is never a leftover");
     }
 }

@@ -12,7 +12,7 @@ use crate::pg::{Lsn, WalFileName};
 use crate::repo::archive::ArchivedFile;
 use crate::repo::label::BackupType;
 use crate::repo::manifest::{chain, Manifest};
-use crate::repo::Repo;
+use crate::repo::{Repo, ABANDONED_AFTER};
 
 #[derive(Clone, Debug, Default)]
 pub struct Retention {
@@ -207,10 +207,11 @@ pub async fn execute(repo: &Repo, plan: &ExpirePlan) -> Result<()> {
 }
 
 /// A killed archive-push leaves its partly written file behind, invisible but taking
-/// space. archive-push takes no lock, so only what is older than any push can be goes.
-const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
-
+/// space (on object storage, an unfinished upload, which archive-push itself never lists);
+/// a killed rekey leaves a key file that never took effect. Neither takes a lock, so only
+/// what is older than any run can be goes (`ABANDONED_AFTER`).
 async fn remove_abandoned_archive_writes(repo: &Repo) -> Result<()> {
+    repo.remove_abandoned_key_files().await?;
     let mut removed = 0;
     for dir in repo.archive_dirs().await? {
         removed += repo

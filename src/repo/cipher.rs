@@ -6,9 +6,12 @@
 use std::sync::Arc;
 
 use super::object::{self, Contents, Kind};
-use super::{Repo, Sealing, StanzaHandle};
+use tokio::io::AsyncWriteExt;
+
+use super::{Repo, Sealing, StanzaHandle, ABANDONED_AFTER};
 use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::encrypt::{crypto_error, KeyFile};
+use crate::storage::SharedStorage;
 
 pub(super) const KEY_FILE: &str = "keyfile.json";
 
@@ -100,7 +103,12 @@ impl StanzaHandle {
         Ok(self.into_repo(Sealing::Encrypted(Arc::new(key))))
     }
 
-    /// Re-wraps the master key under a new passphrase; no data is rewritten.
+    /// Re-wraps the master key under a new passphrase; no data is rewritten. The new key
+    /// file replaces the old one the way every object is written (`Storage::create`: a
+    /// temporary object, synced, renamed over the old one, directory synced), so a rekey
+    /// killed at any point leaves one readable key file: the old one until the rename,
+    /// the new one after. The temporary file of a killed run wraps the key under a
+    /// passphrase that never took effect; the next rekey (or expire) removes it.
     pub async fn rekey(&self, old: &[u8], new: &[u8]) -> Result<()> {
         let Some(stored) = self.key_file().await? else {
             return Err(Error::config(format!(
@@ -112,9 +120,15 @@ impl StanzaHandle {
             .file
             .rekey(old, new)
             .map_err(|e| e.at(format!("the key of stanza {:?}", self.stanza)))?;
-        self.storage
-            .put(&self.key_file_key(), &key_file_bytes(&next))
+        remove_abandoned_key_files(&self.storage, &self.stanza).await?;
+        let key = self.key_file_key();
+        let mut writer = self.storage.create(&key).await?;
+        writer
+            .write_all(&key_file_bytes(&next))
             .await
+            .map_err(|e| Error::io("writing", &key, e))?;
+        test_halt_point(&mut writer).await;
+        writer.finish().await
     }
 
     pub async fn is_encrypted(&self) -> Result<bool> {
@@ -122,7 +136,42 @@ impl StanzaHandle {
     }
 }
 
+/// Removes temporary files that killed writers left at the top of the stanza, older than
+/// `ABANDONED_AFTER` (a rekey's key file, stanza.json): rekey takes no lock, so a younger
+/// one may be a rekey at work.
+async fn remove_abandoned_key_files(storage: &SharedStorage, stanza: &str) -> Result<()> {
+    let removed = storage
+        .remove_incomplete(stanza, Some(ABANDONED_AFTER))
+        .await?;
+    if removed > 0 {
+        tracing::info!(
+            removed,
+            "removed temporary files that killed runs left beside {KEY_FILE} (the key file of a killed rekey among them never took effect)"
+        );
+    }
+    Ok(())
+}
+
+/// Lets tests kill rekey at a known point: with `PGWARD_TEST_REKEY_HALT=FILE` (debug
+/// builds only), rekey writes its new key file to the temporary object, creates FILE and
+/// waits to be killed before the rename.
+async fn test_halt_point(_writer: &mut Box<dyn crate::storage::ObjectWriter>) {
+    #[cfg(debug_assertions)]
+    if let Some(marker) = std::env::var_os("PGWARD_TEST_REKEY_HALT") {
+        let _ = _writer.flush().await;
+        let _ = std::fs::write(&marker, b"halted\n");
+        loop {
+            std::thread::park();
+        }
+    }
+}
+
 impl Repo {
+    /// Removes what killed rekeys left beside the key file (expire).
+    pub async fn remove_abandoned_key_files(&self) -> Result<()> {
+        remove_abandoned_key_files(&self.storage, &self.stanza).await
+    }
+
     /// Checks `keyfile.json` (envelope, fields, and that it wraps the key this stanza was
     /// unlocked with), for `verify`. Ok for a plain stanza without one.
     pub async fn check_key_file(&self) -> Result<()> {

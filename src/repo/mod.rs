@@ -38,6 +38,11 @@ use crate::storage::SharedStorage;
 /// Version of the layout and file formats this build writes (it reads 1 to this).
 pub const FORMAT_VERSION: u32 = 4;
 
+/// Age at which a temporary object of a writer that takes no lock (archive-push, rekey) is
+/// a leftover of a killed run that anyone may remove: no such write takes that long, so an
+/// older one is not in progress. Younger ones are left alone.
+pub const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// A stanza not yet unlocked: it can read and write only the key file (which is never
 /// encrypted) and tell whether the stanza is encrypted. `unlock` is the only way to a
 /// `Repo`, so nothing can be written to an encrypted stanza without its key:

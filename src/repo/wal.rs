@@ -12,13 +12,15 @@
 //! its data object was written, which we then write. Archives written before claims
 //! existed have data objects without claims: they are compared as before, then claimed.
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use super::archive::{archive_subdir, ArchivedFile};
 use super::cipher::{decrypt_error, stored_read_error};
 use super::frames::naming;
-use super::Repo;
+use super::{Repo, ABANDONED_AFTER};
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::pg::WalFileName;
 use crate::pipeline::hash::HashingReader;
@@ -84,7 +86,38 @@ impl Repo {
             archived_at: 0,
         };
         let stored_size = self.write_wal(&file, source, compression).await?;
+        self.remove_abandoned_pushes(name).await;
         Ok(WalPut::Stored { stored_size })
+    }
+
+    /// Removes what killed pushes left in `name`'s archive directory, older than
+    /// `ABANDONED_AFTER`, once per directory and process (an async push stores many
+    /// files). Only in a local repository: on object storage that is one more request
+    /// (ListMultipartUploads) per push, and expire does it there. Claims are not
+    /// leftovers: a claim without its data object reserves the name for its content.
+    /// The file is stored either way: a failure here is only logged.
+    async fn remove_abandoned_pushes(&self, name: &WalFileName) {
+        static SWEPT: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+        if self.storage.local_root().is_none() {
+            return;
+        }
+        let dir = format!("archive/{}", archive_subdir(name));
+        if !SWEPT
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(self.key(&dir))
+        {
+            return;
+        }
+        match self.remove_incomplete(&dir, Some(ABANDONED_AFTER)).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(
+                removed,
+                dir,
+                "removed archive files that killed archive-push runs left"
+            ),
+            Err(e) => tracing::warn!(dir, "leaving what killed pushes left: {e}"),
+        }
     }
 
     async fn claim(&self, name: &WalFileName, checksum: &str) -> Result<Claim> {

@@ -599,3 +599,61 @@ fn verify_names_a_wal_name_stored_twice_and_archive_get_refuses_it() {
     assert_eq!(listed.matches(name.as_str()).count(), 2, "{listed}");
     src.ok(&["info"]);
 }
+
+#[test]
+fn archive_push_removes_what_killed_pushes_left_and_spares_pushes_in_progress_and_claims() {
+    let src = Source::start("pushleftover", 15);
+    if src.url.starts_with("s3://") {
+        return; // on object storage, expire cleans up (one request fewer per push)
+    }
+    src.archive_current_wal();
+    let seg = src.sql("SELECT last_archived_wal FROM pg_stat_archiver");
+    let dir = src.repo.join(&src.stanza).join("archive").join(&seg[..16]);
+    let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    let age = |path: &std::path::Path| {
+        fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(two_hours_ago)
+            .unwrap();
+    };
+    // What a push killed mid-write leaves: its temporary file (named as LocalStorage
+    // names them), two hours old or seconds old.
+    let plant = |name: &str| {
+        let path = dir.join(name);
+        fs::write(&path, b"partial").unwrap();
+        path
+    };
+    let abandoned = plant("0000000100000000000000F0-x.lz4.1234-0.pgward-tmp");
+    age(&abandoned);
+    let in_progress = plant("0000000100000000000000F1-y.lz4.1235-0.pgward-tmp");
+    let claims: Vec<std::path::PathBuf> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "claim"))
+        .collect();
+    assert!(!claims.is_empty(), "pushes claim their names");
+    claims.iter().for_each(|c| age(c));
+
+    src.sql("CREATE TABLE t AS SELECT 1 AS x"); // something for the next segment to hold
+    src.archive_current_wal();
+    let next = src.sql("SELECT last_archived_wal FROM pg_stat_archiver");
+    assert!(next > seg, "{next} was pushed after {seg}");
+    assert_eq!(
+        next[..16],
+        seg[..16],
+        "the next push stores into the same directory"
+    );
+    assert!(!abandoned.exists(), "a 2-hour-old partial push is removed");
+    assert!(
+        in_progress.exists(),
+        "a push that may still be running is left alone"
+    );
+    assert!(
+        claims.iter().all(|c| c.exists()),
+        "claims are never leftovers"
+    );
+    fs::remove_file(&in_progress).unwrap();
+    src.ok(&["verify"]);
+}

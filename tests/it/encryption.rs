@@ -234,3 +234,86 @@ fn rekey_changes_the_passphrase_without_rewriting_data() {
     let restored = src.restore_and_start("rekey-r", &["--set", &label]);
     assert_eq!(restored.content_checksum("postgres"), expected);
 }
+
+/// The temporary key files in the stanza's directory (what a killed rekey leaves).
+fn key_file_leftovers(src: &Source) -> Vec<PathBuf> {
+    fs::read_dir(src.repo.join(&src.stanza))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with("keyfile.json.") && name.ends_with(".pgward-tmp")
+        })
+        .collect()
+}
+
+fn make_old(path: &Path) {
+    fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(7200))
+        .unwrap();
+}
+
+#[test]
+fn a_killed_rekey_leaves_the_old_passphrase_in_force_and_its_leftover_is_removed_later() {
+    let (src, pass_file) = encrypted("killrekey", "old passphrase");
+    if src.url.starts_with("s3://") {
+        return; // a single PUT on object storage: nothing is left to look at
+    }
+    src.backup(&[]);
+    let marker = work_dir("killrekey-halt").join("halted");
+    chown_pg(marker.parent().unwrap());
+    let halt = [(
+        "PGWARD_TEST_REKEY_HALT".to_string(),
+        marker.display().to_string(),
+    )];
+    let mut child = src.spawn(&["rekey", "--new-cipher-pass", "new passphrase"], &halt);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !marker.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "rekey ended before writing its key file"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rekey never wrote its key file"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    super::setup::kill_pgward(&mut child);
+    let leftovers = key_file_leftovers(&src);
+    assert_eq!(leftovers.len(), 1, "the killed rekey's key file");
+
+    // The rename never happened: the old passphrase is in force, the new one is not.
+    src.ok(&["verify"]);
+    fs::write(&pass_file, "new passphrase\n").unwrap();
+    let err = src.fails(&["info"], 3);
+    assert!(err.contains("wrong passphrase"), "{err}");
+    fs::write(&pass_file, "old passphrase\n").unwrap();
+
+    // A fresh leftover may be a rekey at work: left alone. An old one goes.
+    src.ok(&["rekey", "--new-cipher-pass", "newer passphrase"]);
+    assert_eq!(key_file_leftovers(&src), leftovers);
+    fs::write(&pass_file, "newer passphrase\n").unwrap();
+    make_old(&leftovers[0]);
+    src.ok(&["rekey", "--new-cipher-pass", "new passphrase"]);
+    assert!(
+        key_file_leftovers(&src).is_empty(),
+        "the next rekey removed it"
+    );
+    fs::write(&pass_file, "new passphrase\n").unwrap();
+    src.ok(&["verify"]);
+
+    // expire removes one too.
+    let planted = src
+        .repo
+        .join(&src.stanza)
+        .join("keyfile.json.4321-0.pgward-tmp");
+    fs::copy(src.repo.join(&src.stanza).join("keyfile.json"), &planted).unwrap();
+    make_old(&planted);
+    src.ok(&["expire", "--retain-full", "1"]);
+    assert!(!planted.exists(), "expire removed it");
+    src.ok(&["verify"]);
+}

@@ -380,3 +380,45 @@ fn verify_names_every_backup_a_missing_bundle_breaks() {
         "{err}"
     );
 }
+
+#[test]
+fn info_marks_an_incremental_whose_reference_backup_is_gone() {
+    let src = Source::start("incrorphan", 15);
+    if src.url.starts_with("s3://") {
+        return; // removes a manifest from the local repository
+    }
+    let full = src.backup(&[]);
+    let incr = src.backup(&["--type", "incr"]);
+    std::fs::remove_file(
+        src.repo
+            .join(&src.stanza)
+            .join("backups")
+            .join(format!("{full}.manifest")),
+    )
+    .unwrap();
+
+    let problems = backup_json(&src, &incr)["problems"].clone();
+    let problems: Vec<&str> = problems
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        problems,
+        [format!(
+            "builds on backup {full}, which is damaged or missing"
+        )],
+    );
+    let text = src.ok(&["info"]);
+    let incr_line = text
+        .lines()
+        .position(|l| l.contains(&incr))
+        .expect("the incremental is listed");
+    assert!(
+        text.lines()
+            .nth(incr_line + 1)
+            .is_some_and(|l| l.contains(&format!("PROBLEM: builds on backup {full}"))),
+        "{text}"
+    );
+}

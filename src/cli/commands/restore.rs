@@ -55,11 +55,13 @@ async fn restore(repo: &Repo, opts: crate::restore::RestoreOptions) -> Result<Ma
     let Ok(manifests) = repo.load_manifests().await else {
         return Err(e);
     };
+    // The bundle's path is in the storage's error, which the frame reader's names.
+    let said = e.to_string();
     let missing = manifests
         .iter()
         .flat_map(|m| &m.files)
         .flat_map(|f| &f.extents)
-        .find(|x| e.message.contains(&format!("bundles/{}", x.bundle)));
+        .find(|x| said.contains(&format!("bundles/{}", x.bundle)));
     match missing {
         Some(x) => Err(Error::corrupt(format!(
             "bundle {} named by backup {} is missing",

@@ -150,7 +150,7 @@ pub async fn verify(repo: &Repo, jobs: usize) -> Result<VerifyReport> {
         })
         .collect();
     let mut results: Vec<(usize, Checked)> =
-        crate::workers::run(workers, checks.into_iter().enumerate(), Some(progress))
+        crate::workers::run(workers, checks.into_iter().enumerate(), progress)
             .await?
             .into_iter()
             .flatten()
@@ -434,7 +434,6 @@ fn check_cluster_identity(
         });
     }
 }
-
 
 /// From each backup's start to the newest archived segment of its timeline, no segment
 /// may be missing.

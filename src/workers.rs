@@ -69,7 +69,7 @@ impl<J> Drop for StopOnPanic<'_, J> {
 pub async fn run<W: Worker>(
     workers: Vec<W>,
     jobs: impl IntoIterator<Item = W::Job>,
-    progress: Option<Arc<Progress>>,
+    progress: Arc<Progress>,
 ) -> Result<Vec<W::Output>> {
     let queue = Arc::new(Mutex::new(Queue {
         jobs: jobs.into_iter().collect(),
@@ -90,11 +90,7 @@ pub async fn run<W: Worker>(
                 };
                 let Some(job) = next else { break };
                 match worker.run(job) {
-                    Ok(bytes) => {
-                        if let Some(p) = &progress {
-                            p.add(bytes);
-                        }
-                    }
+                    Ok(bytes) => progress.add(bytes),
                     Err(e) => {
                         lock(&queue).fail(e);
                         return None;
@@ -176,7 +172,7 @@ mod tests {
     async fn every_job_runs_exactly_once_and_progress_counts_each() {
         let (workers, _) = recorders(4, None);
         let progress = Arc::new(Progress::default());
-        let outputs = run(workers, 0..1000, Some(progress.clone())).await.unwrap();
+        let outputs = run(workers, 0..1000, progress.clone()).await.unwrap();
         assert_eq!(outputs.len(), 4);
         let mut all: Vec<usize> = outputs.into_iter().flatten().collect();
         all.sort_unstable();
@@ -191,7 +187,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_first_error_is_returned_and_no_job_is_taken_after_it() {
         let (workers, started) = recorders(1, Some(3));
-        let err = run(workers, 0..100, None).await.unwrap_err();
+        let err = run(workers, 0..100, Arc::default()).await.unwrap_err();
         assert_eq!(err.to_string(), "job 3 failed");
         assert_eq!(started.load(Ordering::SeqCst), 4, "jobs 0 to 3, then none");
     }
@@ -260,7 +256,7 @@ mod tests {
                 panicking: false,
             })
             .collect();
-        let err = run(workers, 0..100, None).await.unwrap_err();
+        let err = run(workers, 0..100, Arc::default()).await.unwrap_err();
         assert_eq!(err.kind, crate::error::ErrorKind::Internal);
         assert!(err.to_string().contains("panicked"), "{err}");
         assert_eq!(started.load(Ordering::SeqCst), 2, "jobs 0 and 1, then none");

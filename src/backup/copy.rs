@@ -141,7 +141,7 @@ pub async fn copy_files(
         .map(|job| Worker::new(repo.clone(), settings.first_bundle + job, settings.clone()))
         .collect();
     let mut copied = Vec::new();
-    for (part, done) in crate::workers::run(workers, pieces, Some(progress)).await? {
+    for (part, done) in crate::workers::run(workers, pieces, progress).await? {
         result.merge(part);
         copied.extend(done);
     }
@@ -247,7 +247,6 @@ impl Worker {
             buffer: vec![0; READ_BUFFER],
         }
     }
-
 }
 
 impl crate::workers::Worker for Worker {

@@ -75,7 +75,7 @@ pub async fn restore_files(
             chunks: WriteBehind::new(chunks_each),
         })
         .collect();
-    crate::workers::run(workers, parts, Some(progress)).await?;
+    crate::workers::run(workers, parts, progress).await?;
     Ok(())
 }
 

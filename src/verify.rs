@@ -133,15 +133,8 @@ pub async fn verify(repo: &Repo, jobs: usize) -> Result<VerifyReport> {
         .sum();
     let _reporter =
         crate::progress::Reporter::start("verify", total, checks.len() as u64, progress.clone());
-    // Object storage answers each read after a round trip: more checks in flight hide
-    // the latency.
-    let workers = if repo.is_local() {
-        jobs.max(1)
-    } else {
-        (jobs.max(1) * 4).min(32)
-    };
     let handle = tokio::runtime::Handle::current();
-    let workers = (0..workers)
+    let workers = (0..crate::workers::readers(jobs, repo.is_local()))
         .map(|_| Checker {
             repo: repo.clone(),
             handle: handle.clone(),

@@ -64,6 +64,17 @@ impl<J> Drop for StopOnPanic<'_, J> {
     }
 }
 
+/// How many workers read from a repository: `jobs` on a local disk; on object storage,
+/// which answers each read after a round trip, more of them in flight hide the latency
+/// (a local disk gains nothing from them).
+pub fn readers(jobs: usize, local: bool) -> usize {
+    if local {
+        jobs.max(1)
+    } else {
+        (jobs.max(1) * 4).min(32)
+    }
+}
+
 /// Runs `jobs` on `workers` (one blocking thread each), reporting each finished job to
 /// `progress`. Returns the workers' outputs, in the order the workers were given.
 pub async fn run<W: Worker>(

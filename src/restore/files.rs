@@ -54,13 +54,13 @@ pub async fn restore_files(
     // Largest first, so the last part to finish is a small one.
     parts.sort_by_key(|p| std::cmp::Reverse(p.end - p.start));
     let codecs = Arc::new(codec_by_backup(repo, manifest).await?);
-    // Object storage answers each ranged read after a round trip: more readers in
-    // flight hide the latency (a local disk gains nothing from them). They wait on the
-    // network more than on the disk, so each keeps fewer chunks in memory.
-    let (readers, chunks_each) = if repo.is_local() {
-        (jobs.max(1), super::output::CHUNKS)
+    // Readers of object storage wait on the network more than on the disk, so each
+    // keeps fewer chunks in memory.
+    let readers = crate::workers::readers(jobs, repo.is_local());
+    let chunks_each = if repo.is_local() {
+        super::output::CHUNKS
     } else {
-        ((jobs.max(1) * 4).min(32), 2)
+        2
     };
     let handle = Handle::current();
     let workers = (0..readers)

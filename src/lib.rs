@@ -20,6 +20,7 @@ pub mod storage;
 pub mod units;
 pub mod verify;
 pub mod wal;
+pub mod workers;
 
 #[cfg(test)]
 mod parsers_never_panic;

@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 
-use futures::stream::{self, StreamExt};
 use serde::Serialize;
 
 use crate::error::{ErrorKind, Result};
@@ -134,48 +133,25 @@ pub async fn verify(repo: &Repo, jobs: usize) -> Result<VerifyReport> {
         .sum();
     let _reporter =
         crate::progress::Reporter::start("verify", total, checks.len() as u64, progress.clone());
-    // Per check: its problem, the bytes read, and (archived index, system identifier)
-    // of a WAL segment.
-    type Checked = (Option<Problem>, u64, Option<(usize, u64)>);
-    let results: Vec<Checked> = stream::iter(checks)
-        .map(|(check, breaks)| {
-            let progress = progress.clone();
-            let wal = match &check {
-                Check::Wal(i, f) => f.name.segment().is_some().then_some(*i),
-                Check::Frame(..) => None,
-            };
-            async move {
-                match check.run(repo).await {
-                    Ok((bytes, head)) => {
-                        progress.add(bytes);
-                        // Which cluster wrote the segment: its first page says.
-                        let system = wal.zip(
-                            parse_long_page_header(&head)
-                                .ok()
-                                .map(|h| h.system_identifier),
-                        );
-                        (None, bytes, system)
-                    }
-                    Err(e) => (
-                        Some(Problem {
-                            problem: e.to_string(),
-                            breaks,
-                        }),
-                        0,
-                        None,
-                    ),
-                }
-            }
+    let handle = tokio::runtime::Handle::current();
+    let workers = (0..crate::workers::readers(jobs, repo.is_local()))
+        .map(|_| Checker {
+            repo: repo.clone(),
+            handle: handle.clone(),
+            scratch: vec![0u8; 256 << 10],
+            checked: Vec::new(),
         })
-        .buffer_unordered(if repo.is_local() {
-            jobs.max(1)
-        } else {
-            (jobs.max(1) * 4).min(32)
-        })
-        .collect()
-        .await;
+        .collect();
+    let mut results: Vec<(usize, Checked)> =
+        crate::workers::run(workers, checks.into_iter().enumerate(), progress)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+    // In the order the checks were listed, whichever worker ran them.
+    results.sort_unstable_by_key(|(n, _)| *n);
     let mut wal_systems = Vec::new();
-    for (problem, bytes, system) in results {
+    for (_, (problem, bytes, system)) in results {
         report.bytes_read += bytes;
         report.problems.extend(problem);
         wal_systems.extend(system.map(|(i, id)| (&archived[i], id)));
@@ -201,32 +177,79 @@ enum Check {
     Wal(usize, ArchivedFile),
 }
 
+/// Per check: its problem, the bytes read, and (archived index, system identifier) of a
+/// WAL segment.
+type Checked = (Option<Problem>, u64, Option<(usize, u64)>);
+
+/// A verify worker: its scratch buffer and what its checks found, by check number.
+struct Checker {
+    repo: Repo,
+    handle: tokio::runtime::Handle,
+    scratch: Vec<u8>,
+    checked: Vec<(usize, Checked)>,
+}
+
+impl crate::workers::Worker for Checker {
+    type Job = (usize, (Check, String));
+    type Output = Vec<(usize, Checked)>;
+
+    /// A failed check is a problem to report, not the pool's error: every check runs.
+    fn run(&mut self, (n, (check, breaks)): Self::Job) -> Result<u64> {
+        let wal = match &check {
+            Check::Wal(i, f) => f.name.segment().is_some().then_some(*i),
+            Check::Frame(..) => None,
+        };
+        let checked = match check.run(&self.repo, &self.handle, &mut self.scratch) {
+            // Which cluster wrote the segment: its first page says.
+            Ok((bytes, head)) => (
+                None,
+                bytes,
+                wal.zip(
+                    parse_long_page_header(&head)
+                        .ok()
+                        .map(|h| h.system_identifier),
+                ),
+            ),
+            Err(e) => (
+                Some(Problem {
+                    problem: e.to_string(),
+                    breaks,
+                }),
+                0,
+                None,
+            ),
+        };
+        let bytes = checked.1;
+        self.checked.push((n, checked));
+        Ok(bytes)
+    }
+
+    fn finish(self) -> Result<Self::Output> {
+        Ok(self.checked)
+    }
+}
+
 impl Check {
     /// Reads it whole and checks it; returns its original size and, for WAL, its first
-    /// bytes (the long page header naming the cluster). Errors name the object.
-    async fn run(self, repo: &Repo) -> Result<(u64, Vec<u8>)> {
+    /// bytes (the long page header naming the cluster). Errors name the object. Runs on
+    /// a blocking thread.
+    fn run(
+        self,
+        repo: &Repo,
+        handle: &tokio::runtime::Handle,
+        scratch: &mut [u8],
+    ) -> Result<(u64, Vec<u8>)> {
         match self {
             Check::Frame(path, extent, codec) => {
-                let repo = repo.clone();
-                tokio::task::spawn_blocking(move || {
-                    let handle = tokio::runtime::Handle::current();
-                    let mut scratch = vec![0u8; 256 << 10];
-                    FrameReader::open(&repo, &handle, &extent, codec, &path)?
-                        .finish(&mut scratch)
-                        .map(|n| (n, Vec::new()))
-                })
-                .await
-                .unwrap_or_else(crate::error::task_panicked)
+                FrameReader::open(repo, handle, &extent, codec, &path)?
+                    .finish(scratch)
+                    .map(|n| (n, Vec::new()))
             }
             Check::Wal(_, file) => {
-                let stored = repo.open_wal(&file).await?;
-                tokio::task::spawn_blocking(move || {
-                    let mut head = Head(Vec::with_capacity(WAL_LONG_PAGE_HEADER_SIZE));
-                    let n = stored.copy_to(&mut head)?;
-                    Ok((n, head.0))
-                })
-                .await
-                .unwrap_or_else(crate::error::task_panicked)
+                let stored = handle.block_on(repo.open_wal(&file))?;
+                let mut head = Head(Vec::with_capacity(WAL_LONG_PAGE_HEADER_SIZE));
+                let n = stored.copy_to(&mut head)?;
+                Ok((n, head.0))
             }
         }
     }
@@ -404,7 +427,6 @@ fn check_cluster_identity(
         });
     }
 }
-
 
 /// From each backup's start to the newest archived segment of its timeline, no segment
 /// may be missing.

@@ -5,10 +5,10 @@
 //! worker busy long after the others are done), and the pieces' extents are joined
 //! afterwards. Memory per worker: one read buffer and the encoder's.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io::{Read, Seek};
 use std::os::unix::fs::FileExt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use super::walk::SourceFile;
 use crate::error::{Error, IoContext, Result};
@@ -136,38 +136,14 @@ pub async fn copy_files(
     }
     // Largest first, so the last piece to finish is a small one.
     pieces.sort_by_key(|p| std::cmp::Reverse(p.end - p.start));
-    let queue = Arc::new(Mutex::new(VecDeque::from(pieces)));
     let settings = Arc::new(settings);
-    let mut workers = Vec::new();
-    for job in 0..settings.jobs.max(1) {
-        let (repo, queue, settings, progress) = (
-            repo.clone(),
-            queue.clone(),
-            settings.clone(),
-            progress.clone(),
-        );
-        let job = settings.first_bundle + job;
-        workers.push(tokio::task::spawn_blocking(move || {
-            crate::error::test_panic_point("backup");
-            Worker::new(repo, job, settings).run(&queue, &progress)
-        }));
-    }
+    let workers = (0..settings.jobs.max(1))
+        .map(|job| Worker::new(repo.clone(), settings.first_bundle + job, settings.clone()))
+        .collect();
     let mut copied = Vec::new();
-    let mut first_error = None;
-    for worker in workers {
-        match worker.await.unwrap_or_else(crate::error::task_panicked) {
-            Ok((part, done)) => {
-                result.merge(part);
-                copied.extend(done);
-            }
-            Err(e) => {
-                queue.lock().unwrap().clear(); // stop the others soon
-                first_error.get_or_insert(e);
-            }
-        }
-    }
-    if let Some(e) = first_error {
-        return Err(e);
+    for (part, done) in crate::workers::run(workers, pieces, progress).await? {
+        result.merge(part);
+        copied.extend(done);
     }
     result.files.extend(join_pieces(copied));
     result.files.sort_by(|a, b| a.path.cmp(&b.path));
@@ -271,27 +247,28 @@ impl Worker {
             buffer: vec![0; READ_BUFFER],
         }
     }
+}
 
-    fn run(
-        mut self,
-        queue: &Mutex<VecDeque<Piece>>,
-        progress: &Progress,
-    ) -> Result<(CopyResult, Vec<CopiedPiece>)> {
-        loop {
-            let next = queue.lock().unwrap().pop_front();
-            let Some(piece) = next else { break };
-            let entry = self.copy_one(&piece)?;
-            progress.add(piece.end - piece.start);
-            self.copied.push(CopiedPiece {
-                path: piece.file.rel_path.clone(),
-                index: piece.index,
-                planned: piece.end - piece.start,
-                entry,
-            });
-            if self.slot.is_full() {
-                self.slot.close()?;
-            }
+impl crate::workers::Worker for Worker {
+    type Job = Piece;
+    type Output = (CopyResult, Vec<CopiedPiece>);
+
+    fn run(&mut self, piece: Piece) -> Result<u64> {
+        crate::error::test_panic_point("backup");
+        let entry = self.copy_one(&piece)?;
+        self.copied.push(CopiedPiece {
+            path: piece.file.rel_path.clone(),
+            index: piece.index,
+            planned: piece.end - piece.start,
+            entry,
+        });
+        if self.slot.is_full() {
+            self.slot.close()?;
         }
+        Ok(piece.end - piece.start)
+    }
+
+    fn finish(mut self) -> Result<Self::Output> {
         self.slot.close()?;
         let closed = self.slot.closed();
         let result = CopyResult {
@@ -302,7 +279,9 @@ impl Worker {
         };
         Ok((result, self.copied))
     }
+}
 
+impl Worker {
     /// Stores one piece of a file, or what changed in it since the reference; None when
     /// the file vanished. Unchanged files never get here (see `copy_files`).
     fn copy_one(&mut self, piece: &Piece) -> Result<Option<FileEntry>> {

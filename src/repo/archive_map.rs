@@ -298,23 +298,12 @@ pub async fn wait_for_archived(
 #[cfg(test)]
 mod reachable_end_tests {
     use super::*;
-    use crate::pipeline::compress::Codec;
 
     const SEG: u64 = 16 << 20;
 
     /// Segment names, each archived one second after the previous.
     fn listing(names: &[&str]) -> Vec<ArchivedFile> {
-        names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| ArchivedFile {
-                name: WalFileName::parse(n).unwrap(),
-                checksum: "0".repeat(64),
-                codec: Codec::None,
-                stored_size: 1,
-                archived_at: 1_000 + i as i64,
-            })
-            .collect()
+        super::tests::archived_from(names, 1_000)
     }
 
     fn end(tl: u32, lsn: u64, at: i64) -> Option<ReachableEnd> {
@@ -472,6 +461,12 @@ mod tests {
     const SEG: u64 = 16 << 20;
 
     fn archived(names: &[&str]) -> Vec<ArchivedFile> {
+        archived_from(names, 1_700_000_000)
+    }
+
+    /// Segment names of 100 stored bytes each, the first archived at `first_at`, each
+    /// next one a second later.
+    pub(super) fn archived_from(names: &[&str], first_at: i64) -> Vec<ArchivedFile> {
         names
             .iter()
             .enumerate()
@@ -480,7 +475,7 @@ mod tests {
                 checksum: "0".repeat(64),
                 codec: Codec::None,
                 stored_size: 100,
-                archived_at: 1_700_000_000 + i as i64,
+                archived_at: first_at + i as i64,
             })
             .collect()
     }

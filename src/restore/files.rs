@@ -4,10 +4,10 @@
 //! is read once, front to back, and drained to its end so that its checksum is checked
 //! whole before the file counts as restored.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::runtime::Handle;
 
@@ -53,57 +53,63 @@ pub async fn restore_files(
     }
     // Largest first, so the last part to finish is a small one.
     parts.sort_by_key(|p| std::cmp::Reverse(p.end - p.start));
-    let queue = Arc::new(Mutex::new(VecDeque::from(parts)));
     let codecs = Arc::new(codec_by_backup(repo, manifest).await?);
-    let mut workers = Vec::new();
-    // Object storage answers each ranged read after a round trip: more readers in
-    // flight hide the latency (a local disk gains nothing from them). They wait on the
-    // network more than on the disk, so each keeps fewer chunks in memory.
-    let (readers, chunks_each) = if repo.is_local() {
-        (jobs.max(1), super::output::CHUNKS)
+    // Readers of object storage wait on the network more than on the disk, so each
+    // keeps fewer chunks in memory.
+    let readers = crate::workers::readers(jobs, repo.is_local());
+    let chunks_each = if repo.is_local() {
+        super::output::CHUNKS
     } else {
-        ((jobs.max(1) * 4).min(32), 2)
+        2
     };
-    for _ in 0..readers {
-        let (repo, queue, codecs, pgdata) = (
-            repo.clone(),
-            queue.clone(),
-            codecs.clone(),
-            pgdata.to_path_buf(),
-        );
-        let progress = progress.clone();
-        workers.push(tokio::task::spawn_blocking(move || -> Result<()> {
-            let handle = Handle::current();
+    let handle = Handle::current();
+    let workers = (0..readers)
+        .map(|_| PartWriter {
+            handle: handle.clone(),
+            repo: repo.clone(),
+            codecs: codecs.clone(),
+            pgdata: pgdata.to_path_buf(),
             // Only the skipped parts of frames go through here (restored bytes are
             // decoded straight into the output's chunks): a block of lz4 is plenty.
-            let mut buf = vec![0u8; 256 << 10];
-            let mut chunks = WriteBehind::new(chunks_each);
-            loop {
-                let next = queue.lock().unwrap().pop_front();
-                let Some(part) = next else { return Ok(()) };
-                if let Err(e) = restore_part(
-                    &handle,
-                    &repo,
-                    &codecs,
-                    &part,
-                    &pgdata.join(&part.file.path),
-                    &mut buf,
-                    &mut chunks,
-                ) {
-                    queue.lock().unwrap().clear();
-                    return Err(e);
-                }
-                progress.add(part.end - part.start);
-            }
-        }));
+            buf: vec![0u8; 256 << 10],
+            chunks: WriteBehind::new(chunks_each),
+        })
+        .collect();
+    crate::workers::run(workers, parts, progress).await?;
+    Ok(())
+}
+
+/// A restore worker: its scratch buffer and its output chunks with their write-behind
+/// thread, kept from part to part.
+struct PartWriter {
+    handle: Handle,
+    repo: Repo,
+    codecs: Arc<HashMap<String, Codec>>,
+    pgdata: std::path::PathBuf,
+    buf: Vec<u8>,
+    chunks: WriteBehind,
+}
+
+impl crate::workers::Worker for PartWriter {
+    type Job = Part;
+    type Output = ();
+
+    fn run(&mut self, part: Part) -> Result<u64> {
+        restore_part(
+            &self.handle,
+            &self.repo,
+            &self.codecs,
+            &part,
+            &self.pgdata.join(&part.file.path),
+            &mut self.buf,
+            &mut self.chunks,
+        )?;
+        Ok(part.end - part.start)
     }
-    let mut first_error = None;
-    for w in workers {
-        if let Err(e) = w.await.unwrap_or_else(crate::error::task_panicked) {
-            first_error.get_or_insert(e);
-        }
+
+    fn finish(self) -> Result<()> {
+        Ok(())
     }
-    first_error.map_or(Ok(()), Err)
 }
 
 /// The codec of every backup an extent may point to.

@@ -1,7 +1,7 @@
-//! Where the repository lives. One async trait; the local filesystem implements it now,
-//! object storage later. Keys are relative, '/'-separated paths. A writer's object is
-//! invisible under its key until `finish` returns, and dropping an unfinished writer
-//! leaves nothing behind under that key.
+//! Where the repository lives. One async trait, implemented by the local filesystem
+//! (`local.rs`) and by S3-compatible object storage (`s3/`). Keys are relative,
+//! '/'-separated paths. A writer's object is invisible under its key until `finish`
+//! returns, and dropping an unfinished writer leaves nothing behind under that key.
 
 pub mod local;
 pub mod s3;

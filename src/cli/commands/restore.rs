@@ -18,14 +18,7 @@ pub async fn run(resolved: &Resolved, args: RestoreArgs) -> Result<Outcome> {
             .hint("pass --pgdata DIR (an empty or new directory)")
     })?;
     let opts = restore_options(resolved, &repo, pgdata, args)?;
-    resolved
-        .check_generated_command(&repo, "restore_command")
-        .await?;
-    let manifest = crate::restore::restore(&repo, opts).await?;
-    Ok(Outcome::report(Restored {
-        manifest,
-        fetched_into: None,
-    }))
+    restore_reported(resolved, &repo, opts, None).await
 }
 
 /// A restore with defaults (recovery to the end of the archive) of LABEL or LATEST.
@@ -33,13 +26,24 @@ pub async fn fetch(resolved: &Resolved, dir: PathBuf, label: &str) -> Result<Out
     let repo = resolved.repo().await?;
     let set = (!label.eq_ignore_ascii_case("LATEST")).then(|| label.to_string());
     let opts = restore_options(resolved, &repo, dir.clone(), RestoreArgs::for_fetch(set))?;
+    restore_reported(resolved, &repo, opts, Some(dir)).await
+}
+
+/// Both forms, once their options are resolved: the generated restore_command checked
+/// against what the server will have, then the restore.
+async fn restore_reported(
+    resolved: &Resolved,
+    repo: &Repo,
+    opts: crate::restore::RestoreOptions,
+    fetched_into: Option<PathBuf>,
+) -> Result<Outcome> {
     resolved
-        .check_generated_command(&repo, "restore_command")
+        .check_generated_command(repo, "restore_command")
         .await?;
-    let manifest = crate::restore::restore(&repo, opts).await?;
+    let manifest = crate::restore::restore(repo, opts).await?;
     Ok(Outcome::report(Restored {
         manifest,
-        fetched_into: Some(dir),
+        fetched_into,
     }))
 }
 

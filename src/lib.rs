@@ -24,3 +24,5 @@ pub mod workers;
 
 #[cfg(test)]
 mod parsers_never_panic;
+#[cfg(test)]
+mod test_rng;

@@ -14,21 +14,7 @@ use crate::repo::archive::parse_stored_name;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pg15");
 
-/// xorshift64*: reproducible without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
+use crate::test_rng::Rng;
 
 /// Bytes that parsers treat specially: separators, digits and hex, line ends, and the
 /// start of multi-byte UTF-8 characters (slicing a `str` inside one panics).
@@ -128,7 +114,7 @@ fn parse_everything(input: &[u8], key: &MasterKey) -> Option<&'static str> {
             let _ = pg::WalFileName::parse(&text);
         }),
         ("parse_long_page_header", &|| {
-            let _ = pg::walheader::parse_long_page_header(input);
+            let _ = pg::wal::page::parse_long_page_header(input);
         }),
         ("parse_control_file", &|| {
             let _ = pg::control::parse_control_file(input).map(|c| c.major_version());

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use crate::error::{ErrorKind, Result};
-use crate::pg::walheader::{parse_long_page_header, WAL_LONG_PAGE_HEADER_SIZE};
+use crate::pg::wal::page::{parse_long_page_header, LONG_HEADER_SIZE as WAL_LONG_PAGE_HEADER_SIZE};
 use crate::pg::WalSegment;
 use crate::pipeline::compress::Codec;
 use crate::repo::archive::ArchivedFile;

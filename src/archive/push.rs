@@ -8,7 +8,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, ErrorKind, IoContext, Result};
-use crate::pg::walheader::{parse_long_page_header, pg_major_for_wal_magic};
+use crate::pg::wal::page::{parse_long_page_header, pg_major_for_wal_magic};
 use crate::pg::WalFileName;
 use crate::pipeline::hash::HashingReader;
 use crate::pipeline::Compression;

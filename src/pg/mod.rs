@@ -8,7 +8,6 @@ pub mod history;
 pub mod lsn;
 pub mod page;
 pub mod wal;
-pub mod walheader;
 pub mod walname;
 
 pub use lsn::{Lsn, TimelineId};

@@ -422,18 +422,7 @@ mod fuzz {
     use super::*;
     use crate::pipeline::encrypt::{KdfParams, KeyFile};
 
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n.max(1) as u64) as usize
-        }
-    }
+    use crate::test_rng::Rng;
 
     fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
         let mut b = seed.to_vec();

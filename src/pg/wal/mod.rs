@@ -45,7 +45,7 @@ pub use special::{
 };
 
 use crate::pg::lsn::Lsn;
-use crate::pg::walheader::parse_long_page_header;
+use crate::pg::wal::page::parse_long_page_header;
 
 /// `XLOG_BLCKSZ`: the WAL page size this reader supports.
 pub const XLOG_BLCKSZ: usize = 8192;

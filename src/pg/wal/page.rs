@@ -1,11 +1,12 @@
 //! WAL page headers (`XLogPageHeaderData`, `XLogLongPageHeaderData` in
-//! `src/include/access/xlog_internal.h`) and the checks `XLogReaderValidatePageHeader`
-//! (`xlogreader.c`) makes before a byte of the page is believed. The layout is the same in
-//! PostgreSQL 13-18; the magic number alone differs.
+//! `src/include/access/xlog_internal.h`): the one place that knows their layout. The
+//! reader's [`parse_page_header`] makes the checks `XLogReaderValidatePageHeader`
+//! (`xlogreader.c`) makes before a byte of a page is believed; [`parse_long_page_header`]
+//! reads a segment's first page on its own. The layout is the same in PostgreSQL 13-18;
+//! the magic number alone differs.
 
 use super::{WalErrorKind, XLOG_BLCKSZ};
-use crate::pg::lsn::Lsn;
-use crate::pg::walheader::pg_major_for_wal_magic;
+use crate::pg::lsn::{Lsn, TimelineId};
 
 /// The page starts with the tail of a record begun on an earlier page.
 pub const XLP_FIRST_IS_CONTRECORD: u16 = 0x0001;
@@ -132,4 +133,140 @@ pub fn parse_page_header(
         remaining_length: short(16),
         long,
     })
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WalLongPageHeader {
+    pub magic: u16,
+    pub info: u16,
+    pub timeline: TimelineId,
+    /// LSN of the first byte of this page, i.e. of the segment.
+    pub page_address: Lsn,
+    /// Bytes of a record continued from the previous segment (0 if none).
+    pub remaining_length: u32,
+    pub system_identifier: u64,
+    pub segment_size: u32,
+    pub block_size: u32,
+}
+
+impl WalLongPageHeader {
+    pub fn pg_major(&self) -> Option<u32> {
+        pg_major_for_wal_magic(self.magic)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WalHeaderError {
+    #[error("WAL page is too short: {0} bytes, need {LONG_HEADER_SIZE}")]
+    TooShort(usize),
+    #[error("WAL page has no long header (xlp_info {0:#06x}): not the first page of a segment")]
+    NotLongHeader(u16),
+    #[error("unknown WAL page magic {0:#06x}: not a WAL segment of PostgreSQL 13-18")]
+    UnknownMagic(u16),
+}
+
+/// Parses the first page of a WAL segment on its own (archive-push's check of what it is
+/// handed, verify's check of what is stored), without the page-sequence checks of
+/// [`parse_page_header`]. The magic is checked first: it is what tells a WAL file from
+/// random bytes, and it decides whether the rest of the layout applies.
+pub fn parse_long_page_header(first_page: &[u8]) -> Result<WalLongPageHeader, WalHeaderError> {
+    let b = first_page
+        .get(..LONG_HEADER_SIZE)
+        .ok_or(WalHeaderError::TooShort(first_page.len()))?;
+    let at32 = |o| u32_at(b, o).unwrap_or(0);
+    let magic = u16_at(b, 0).unwrap_or(0);
+    if pg_major_for_wal_magic(magic).is_none() {
+        return Err(WalHeaderError::UnknownMagic(magic));
+    }
+    let info = u16_at(b, 2).unwrap_or(0);
+    if info & XLP_LONG_HEADER == 0 {
+        return Err(WalHeaderError::NotLongHeader(info));
+    }
+    // Offset 20..24 is alignment padding of the short header.
+    Ok(WalLongPageHeader {
+        magic,
+        info,
+        timeline: TimelineId(at32(4)),
+        page_address: Lsn(u64_at(b, 8).unwrap_or(0)),
+        remaining_length: at32(16),
+        system_identifier: u64_at(b, 24).unwrap_or(0),
+        segment_size: at32(32),
+        block_size: at32(36),
+    })
+}
+
+/// `XLOG_PAGE_MAGIC` of each supported major version.
+pub fn pg_major_for_wal_magic(magic: u16) -> Option<u32> {
+    match magic {
+        0xD106 => Some(13),
+        0xD10D => Some(14),
+        0xD110 => Some(15),
+        0xD113 => Some(16),
+        0xD116 => Some(17),
+        0xD118 => Some(18),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod long_header_tests {
+    use super::*;
+
+    /// First 8 KiB of 000000010000000000000004 from the PG 15 fixture cluster
+    /// (sysid 7710602386710402550, timeline 1, pageaddr 0/4000000).
+    const PAGE: &[u8] = include_bytes!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/pg15/wal-first-page.bin"
+    ));
+
+    #[test]
+    fn parses_a_real_pg15_segment_header() {
+        let h = parse_long_page_header(PAGE).unwrap();
+        assert_eq!(h.magic, 0xD110);
+        assert_eq!(h.pg_major(), Some(15));
+        assert_eq!(h.info & XLP_LONG_HEADER, XLP_LONG_HEADER);
+        assert_eq!(h.timeline, TimelineId(1));
+        assert_eq!(h.page_address, Lsn(0x400_0000));
+        assert_eq!(h.system_identifier, 7710602386710402550);
+        assert_eq!(h.segment_size, 16 * 1024 * 1024);
+        assert_eq!(h.block_size, 8192);
+        assert_eq!(h.remaining_length, 0);
+        assert_eq!(
+            parse_long_page_header(&PAGE[..LONG_HEADER_SIZE]).unwrap(),
+            h
+        );
+    }
+
+    #[test]
+    fn rejects_short_unknown_and_short_header_pages() {
+        assert_eq!(
+            parse_long_page_header(&PAGE[..39]),
+            Err(WalHeaderError::TooShort(39))
+        );
+        assert_eq!(
+            parse_long_page_header(&[]),
+            Err(WalHeaderError::TooShort(0))
+        );
+        let mut p = PAGE[..64].to_vec();
+        p[0..2].copy_from_slice(&0xD0FFu16.to_le_bytes());
+        assert_eq!(
+            parse_long_page_header(&p),
+            Err(WalHeaderError::UnknownMagic(0xD0FF))
+        );
+        let mut p = PAGE[..64].to_vec();
+        p[2] &= !(XLP_LONG_HEADER as u8);
+        assert!(matches!(
+            parse_long_page_header(&p),
+            Err(WalHeaderError::NotLongHeader(_))
+        ));
+    }
+
+    #[test]
+    fn magic_numbers_per_major() {
+        let all: Vec<_> = [0xD106, 0xD10D, 0xD110, 0xD113, 0xD116, 0xD118]
+            .map(pg_major_for_wal_magic)
+            .into();
+        assert_eq!(all, [13, 14, 15, 16, 17, 18].map(Some));
+        assert_eq!(pg_major_for_wal_magic(0xD101), None); // PG 12
+    }
 }

@@ -97,7 +97,7 @@ impl WalReader {
     /// The PostgreSQL major version of the WAL read so far.
     pub fn pg_major(&self) -> Option<u32> {
         self.magic
-            .and_then(crate::pg::walheader::pg_major_for_wal_magic)
+            .and_then(crate::pg::wal::page::pg_major_for_wal_magic)
     }
 
     /// Start of the record in progress at the end of the pages fed so far, if any.

@@ -63,7 +63,7 @@ fn fixture(major: u32) -> Fixture {
 /// All events of the fixture, reading its segments as one stream.
 fn stream(f: &Fixture) -> (Vec<WalEvent>, Option<Lsn>) {
     let segment_size = f.segments[0].1.len() as u64;
-    let start = crate::pg::walheader::parse_long_page_header(&f.segments[0].1)
+    let start = crate::pg::wal::page::parse_long_page_header(&f.segments[0].1)
         .unwrap()
         .page_address;
     let mut reader = WalReader::new(segment_size);
@@ -507,7 +507,7 @@ fn straddling_record_needs_the_previous_segment() {
         .segments
         .iter()
         .position(|(_, b)| {
-            let start = crate::pg::walheader::parse_long_page_header(b)
+            let start = crate::pg::wal::page::parse_long_page_header(b)
                 .unwrap()
                 .page_address;
             start.0 / segment_size == (straddler.end.0 - 1) / segment_size
@@ -630,21 +630,7 @@ fn corrupt_records_and_pages_are_errors_naming_the_spot() {
     assert_eq!(s.records.last().unwrap().next, target.lsn);
 }
 
-/// xorshift64*: reproducible without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
+use crate::test_rng::Rng;
 
 /// Values that make lengths and counts interesting.
 const WORDS: [u32; 10] = [
@@ -698,7 +684,7 @@ fn fuzz(iterations: usize, seed: u64) {
     let mut samples: Vec<(u32, Vec<u8>, Vec<usize>)> = Vec::new();
     for f in &fixtures {
         let (events, _) = stream(f);
-        let seg0 = crate::pg::walheader::parse_long_page_header(&f.segments[0].1)
+        let seg0 = crate::pg::wal::page::parse_long_page_header(&f.segments[0].1)
             .unwrap()
             .page_address
             .0;
@@ -760,7 +746,7 @@ fn fuzz(iterations: usize, seed: u64) {
             mutate(&mut rng, &mut b, hot);
             let _ = read_segment(&b, None);
             // Streaming, starting mid-stream at an arbitrary page.
-            let start = crate::pg::walheader::parse_long_page_header(seg)
+            let start = crate::pg::wal::page::parse_long_page_header(seg)
                 .unwrap()
                 .page_address;
             let mut reader = WalReader::new(1 << 20);
@@ -827,7 +813,7 @@ fn overwrite_contrecord_must_name_the_abandoned_record() {
         .segments
         .iter()
         .position(|(_, b)| {
-            crate::pg::walheader::parse_long_page_header(b)
+            crate::pg::wal::page::parse_long_page_header(b)
                 .unwrap()
                 .page_address
                 .0
@@ -860,7 +846,7 @@ fn overwrite_contrecord_must_name_the_abandoned_record() {
 fn unknown_records_that_change_files_are_reported() {
     let f = fixture(18);
     let (events, _) = stream(&f);
-    let seg0 = crate::pg::walheader::parse_long_page_header(&f.segments[0].1)
+    let seg0 = crate::pg::wal::page::parse_long_page_header(&f.segments[0].1)
         .unwrap()
         .page_address
         .0;

@@ -18,6 +18,7 @@
 pub mod archive;
 pub mod archive_command;
 pub mod archive_map;
+pub mod blockmap;
 pub mod cipher;
 pub mod frames;
 pub mod label;

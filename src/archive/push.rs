@@ -28,7 +28,34 @@ pub async fn archive_push(
     let checksum = validate(path, &name, &stanza).await?;
     let outcome = repo.put_wal(&name, path, &checksum, compression).await?;
     tracing::debug!(?outcome, %name, "archive-push");
+    if matches!(name, WalFileName::Segment(_)) {
+        let needed = match outcome {
+            PushOutcome::Stored { .. } => true,
+            PushOutcome::AlreadyArchived => !matches!(repo.read_wal_map(&name).await, Ok(Some(_))),
+        };
+        if needed {
+            store_block_map(repo, path, &name, &checksum).await;
+        }
+    }
     Ok(outcome)
+}
+
+/// Builds the segment's block map (`repo::wal_map`). The segment is archived already:
+/// a map that cannot be made or stored costs incrementals a page scan, never the push.
+async fn store_block_map(repo: &Repo, path: &Path, name: &WalFileName, checksum: &str) {
+    let bytes = match tokio::fs::read(path).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(%name, "no block map: reading {}: {e}", path.display());
+            return;
+        }
+    };
+    if let Err(e) = repo
+        .build_wal_map(name, bytes, checksum, path.parent())
+        .await
+    {
+        tracing::warn!(%name, "no block map stored: {e}");
+    }
 }
 
 /// A segment must come from this stanza's cluster: same system identifier, same major

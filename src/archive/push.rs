@@ -34,7 +34,9 @@ pub async fn archive_push(
             PushOutcome::AlreadyArchived => !matches!(repo.read_wal_map(&name).await, Ok(Some(_))),
         };
         if needed {
+            let started = std::time::Instant::now();
             store_block_map(repo, path, &name, &checksum).await;
+            tracing::debug!(%name, elapsed_us = started.elapsed().as_micros() as u64, "block map");
         }
     }
     Ok(outcome)

@@ -211,8 +211,9 @@ async fn check_wal_maps(
             Err(e) => return Err(e),
             Ok(None) => continue,
             Ok(Some(map)) => match checksums.get(name) {
-                Some(sum) if blake3::Hash::from_hex(sum.as_str()).ok()
-                    != Some(blake3::Hash::from(map.segment_checksum)) =>
+                Some(sum)
+                    if blake3::Hash::from_hex(sum.as_str()).ok()
+                        != Some(blake3::Hash::from(map.segment_checksum)) =>
                 {
                     format!("the block map of {name} was built from other content than the archived segment")
                 }

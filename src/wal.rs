@@ -145,7 +145,9 @@ pub async fn maps(repo: &Repo, backfill: bool) -> Result<MapsReport> {
             }
             Err(e) if e.kind == crate::error::ErrorKind::Corrupt => {
                 report.damaged += 1;
-                report.untrusted.push((file.name.to_string(), e.to_string()));
+                report
+                    .untrusted
+                    .push((file.name.to_string(), e.to_string()));
                 true
             }
             Err(e) => return Err(e),

@@ -49,12 +49,20 @@ fn archived_segments_get_block_maps_naming_changed_blocks_truncations_and_poison
         return;
     }
     let src = Source::start("blockmap", 15);
-    let db: u32 = src.sql("SELECT oid FROM pg_database WHERE datname = 'postgres'").parse().unwrap();
+    let db: u32 = src
+        .sql("SELECT oid FROM pg_database WHERE datname = 'postgres'")
+        .parse()
+        .unwrap();
     src.sql("CREATE TABLE t (id int, pad text) WITH (fillfactor = 10, autovacuum_enabled = off)");
     src.sql("INSERT INTO t SELECT g, repeat('x', 200) FROM generate_series(1, 400) g");
     src.archive_current_wal();
     let rel: u32 = src.sql("SELECT pg_relation_filenode('t')").parse().unwrap();
-    let file = RelFork { spc: 1663, db, rel, fork: 0 };
+    let file = RelFork {
+        spc: 1663,
+        db,
+        rel,
+        fork: 0,
+    };
 
     // A known UPDATE: the blocks of some rows.
     let before = src.sql("SELECT pg_walfile_name(pg_current_wal_insert_lsn())");
@@ -71,11 +79,23 @@ fn archived_segments_get_block_maps_naming_changed_blocks_truncations_and_poison
     let mut changed = Vec::new();
     for (name, (_, bytes)) in maps.range(before.clone()..=after.clone()) {
         let map = decode(bytes);
-        assert!(!map.poison.is_poisoned(), "{name}: {:?}", map.poison.reasons());
-        changed.extend(map.files.get(&file).map(|c| c.blocks.clone()).unwrap_or_default());
+        assert!(
+            !map.poison.is_poisoned(),
+            "{name}: {:?}",
+            map.poison.reasons()
+        );
+        changed.extend(
+            map.files
+                .get(&file)
+                .map(|c| c.blocks.clone())
+                .unwrap_or_default(),
+        );
     }
     for b in &blocks {
-        assert!(changed.contains(b), "block {b} of the UPDATE is not in the maps: {changed:?}");
+        assert!(
+            changed.contains(b),
+            "block {b} of the UPDATE is not in the maps: {changed:?}"
+        );
     }
 
     // TRUNCATE gives the table a new relfilenode, created in WAL: a whole-file mark.
@@ -90,12 +110,22 @@ fn archived_segments_get_block_maps_naming_changed_blocks_truncations_and_poison
     let maps = map_files(&src.repo);
     let segments = segments_archived(&src.repo);
     for s in &segments {
-        assert!(maps.contains_key(s), "{s} has no block map; maps: {:?}", maps.keys());
+        assert!(
+            maps.contains_key(s),
+            "{s} has no block map; maps: {:?}",
+            maps.keys()
+        );
     }
-    let decoded: BTreeMap<&String, BlockMap> = maps.iter().map(|(n, (_, b))| (n, decode(b))).collect();
-    let created = RelFork { rel: new_rel, ..file };
+    let decoded: BTreeMap<&String, BlockMap> =
+        maps.iter().map(|(n, (_, b))| (n, decode(b))).collect();
+    let created = RelFork {
+        rel: new_rel,
+        ..file
+    };
     assert!(
-        decoded.values().any(|m| m.files.get(&created).is_some_and(|c| c.whole)),
+        decoded
+            .values()
+            .any(|m| m.files.get(&created).is_some_and(|c| c.whole)),
         "TRUNCATE's new relfilenode {new_rel} is not marked created"
     );
     for m in decoded.values() {
@@ -109,14 +139,23 @@ fn archived_segments_get_block_maps_naming_changed_blocks_truncations_and_poison
         sizes as f64 / (segments.len() as f64 * 16.0 / 1024.0)
     );
     let stats = src.ok(&["wal", "stats"]);
-    assert!(stats.contains(&format!("block maps: {} segment(s) with one, 0 without", segments.len())), "{stats}");
+    assert!(
+        stats.contains(&format!(
+            "block maps: {} segment(s) with one, 0 without",
+            segments.len()
+        )),
+        "{stats}"
+    );
 
     // Backfill on a stanza whose maps were deleted rebuilds them identically.
     for (path, _) in maps.values() {
         std::fs::remove_file(path).unwrap();
     }
     let report = src.ok(&["wal", "maps"]);
-    assert!(report.contains(&format!("{} without", segments.len())), "{report}");
+    assert!(
+        report.contains(&format!("{} without", segments.len())),
+        "{report}"
+    );
     src.ok(&["wal", "maps", "--backfill"]);
     let rebuilt = map_files(&src.repo);
     assert_eq!(rebuilt.len(), maps.len());
@@ -139,7 +178,13 @@ fn archived_segments_get_block_maps_naming_changed_blocks_truncations_and_poison
     let data = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| p.file_name().unwrap().to_str().unwrap().starts_with(&format!("{previous}-")))
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with(&format!("{previous}-"))
+        })
         .unwrap();
     let aside = src.repo.join("aside");
     std::fs::rename(&data, &aside).unwrap();
@@ -149,11 +194,17 @@ fn archived_segments_get_block_maps_naming_changed_blocks_truncations_and_poison
     assert_eq!(poisoned.poison, Poison(Poison::HEAD_MISSING));
     assert!(poisoned.files.is_empty());
     let report = src.ok(&["wal", "maps"]);
-    assert!(report.contains(&format!("{straddling}: previous segment missing")), "{report}");
+    assert!(
+        report.contains(&format!("{straddling}: previous segment missing")),
+        "{report}"
+    );
     std::fs::rename(&aside, &data).unwrap();
     // With the predecessor back, backfill replaces the poisoned map with the real one.
     src.ok(&["wal", "maps", "--backfill"]);
-    assert_eq!(decode(&std::fs::read(&rebuilt[*straddling].0).unwrap()), *map);
+    assert_eq!(
+        decode(&std::fs::read(&rebuilt[*straddling].0).unwrap()),
+        *map
+    );
 
     // verify names a damaged map and what it breaks.
     let (path, bytes) = &rebuilt[&segments[segments.len() / 2]];
@@ -165,7 +216,8 @@ fn archived_segments_get_block_maps_naming_changed_blocks_truncations_and_poison
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
     assert!(!out.status.success(), "verify passed:\n{text}");
     assert!(
-        text.contains(&format!("{}.map", segments[segments.len() / 2])) && text.contains("page scan"),
+        text.contains(&format!("{}.map", segments[segments.len() / 2]))
+            && text.contains("page scan"),
         "{text}"
     );
     std::fs::write(path, bytes).unwrap();
@@ -181,6 +233,9 @@ fn archived_segments_get_block_maps_naming_changed_blocks_truncations_and_poison
     let maps_left = map_files(&src.repo);
     assert!(left.len() < segments.len(), "expire removed no WAL");
     for name in maps_left.keys() {
-        assert!(left.contains(name), "the map of expired {name} is left behind");
+        assert!(
+            left.contains(name),
+            "the map of expired {name} is left behind"
+        );
     }
 }

@@ -14,7 +14,7 @@ fn changes(limit: Option<u32>, whole: bool, blocks: &[u32]) -> FileChanges {
     FileChanges {
         limit,
         whole,
-        blocks: blocks.iter().copied().collect(),
+        blocks: blocks.to_vec(),
     }
 }
 

@@ -48,7 +48,17 @@ fn archived_segments_get_block_maps_naming_changed_blocks_truncations_and_poison
     if !is_root() {
         return;
     }
-    let src = Source::start("blockmap", 15);
+    // Always a local directory: the test reads and edits stored maps.
+    let src = Source::start_at(
+        "blockmap",
+        ClusterOptions {
+            major: 15,
+            ..Default::default()
+        },
+        work_dir("blockmap-repo").display().to_string(),
+        Vec::new(),
+        &[],
+    );
     let db: u32 = src
         .sql("SELECT oid FROM pg_database WHERE datname = 'postgres'")
         .parse()

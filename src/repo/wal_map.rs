@@ -72,9 +72,26 @@ impl Repo {
     }
 
     /// Builds and stores the map of segment `name` (content `segment`, BLAKE3
-    /// `checksum`). `local_dir` is where the segment came from, to look for its
-    /// predecessor before the archive. Never fails for bad WAL: the map says so.
+    /// `checksum`); see [`Repo::make_wal_map`].
     pub async fn build_wal_map(
+        &self,
+        name: &WalFileName,
+        segment: Vec<u8>,
+        checksum: &str,
+        local_dir: Option<&Path>,
+    ) -> Result<BlockMap> {
+        let map = self
+            .make_wal_map(name, segment, checksum, local_dir)
+            .await?;
+        self.put_wal_map(name, &map).await?;
+        Ok(map)
+    }
+
+    /// The map of segment `name` (content `segment`, BLAKE3 `checksum`). `local_dir` is
+    /// where the segment came from, to look for its predecessor before the archive.
+    /// Never fails for bad WAL: the map says so. The segment is parsed once: the head
+    /// of a straddling record is fetched first when the first page says there is one.
+    pub async fn make_wal_map(
         &self,
         name: &WalFileName,
         segment: Vec<u8>,
@@ -108,39 +125,39 @@ impl Repo {
                     .unwrap_or_else(|_| read_segment(&[], None))
             }
         };
-        let mut read = parse(None).await;
-        let head_missing = matches!(&read, Ok(r) if r.head_missing.is_some());
-        if head_missing && seg.segno(size) > 0 {
+        // xlp_info of the first page: XLP_FIRST_IS_CONTRECORD.
+        let straddles = segment.get(2..4).is_some_and(|i| i[0] & 1 != 0);
+        let mut read = None;
+        if straddles && seg.segno(size) > 0 {
             let previous =
                 crate::pg::WalSegment::from_segno(seg.timeline, seg.segno(size) - 1, size);
             let previous_name = WalFileName::Segment(previous);
-            let mut sources = Vec::new();
+            let whole_head = |r: &std::result::Result<crate::pg::wal::SegmentRecords, _>| matches!(r, Ok(r) if r.head_missing.is_none());
             if let Some(dir) = local_dir {
                 let path = dir.join(previous_name.to_string());
-                sources.push(local_tail(&path, Some(LOCAL_TAIL), size));
-                sources.push(local_tail(&path, None, size));
-            }
-            for before in sources.into_iter().flatten() {
-                let again = parse(Some(before)).await;
-                if matches!(&again, Ok(r) if r.head_missing.is_none()) {
-                    read = again;
-                    break;
+                for tail in [Some(LOCAL_TAIL), None] {
+                    if let Some(before) = local_tail(&path, tail, size) {
+                        let again = parse(Some(before)).await;
+                        if whole_head(&again) {
+                            read = Some(again);
+                            break;
+                        }
+                    }
                 }
             }
-            if matches!(&read, Ok(r) if r.head_missing.is_some()) {
+            if read.is_none() {
                 if let Some(file) = self.find_archived(&previous_name).await?.first() {
                     match self.read_wal(file).await {
-                        Ok(before) => {
-                            let again = parse(Some(before)).await;
-                            if again.is_ok() {
-                                read = again;
-                            }
-                        }
+                        Ok(before) => read = Some(parse(Some(before)).await),
                         Err(e) => tracing::debug!(%name, "reading the previous segment: {e}"),
                     }
                 }
             }
         }
+        let read = match read {
+            Some(read) => read,
+            None => parse(None).await,
+        };
         if let Err(e) = &read {
             tracing::debug!(%name, "block map poisoned: {e}");
         }
@@ -148,7 +165,6 @@ impl Repo {
         if map.poison.is_poisoned() {
             tracing::debug!(%name, reasons = ?map.poison.reasons(), "block map poisoned");
         }
-        self.put_wal_map(name, &map).await?;
         Ok(map)
     }
 }

@@ -30,6 +30,7 @@ pub struct VerifyReport {
     pub backups_checked: usize,
     pub extents_checked: usize,
     pub wal_files_checked: usize,
+    pub wal_maps_checked: usize,
     pub bytes_read: u64,
     pub problems: Vec<Problem>,
 }
@@ -167,7 +168,37 @@ pub async fn verify(repo: &Repo, jobs: usize) -> Result<VerifyReport> {
     }
 
     check_wal_continuity(&manifests, &archived, seg_size, &mut report.problems);
+    report.wal_maps_checked = check_wal_maps(repo, &archived, &mut report.problems).await?;
     Ok(report)
+}
+
+/// Every block map, read through the checked path and matched to its segment's checksum.
+async fn check_wal_maps(
+    repo: &Repo,
+    archived: &[ArchivedFile],
+    problems: &mut Vec<Problem>,
+) -> Result<usize> {
+    let names = repo.wal_map_names().await?;
+    let checksums: HashMap<_, _> = archived.iter().map(|f| (&f.name, &f.checksum)).collect();
+    for name in &names {
+        let breaks = format!("incremental backups over {name} fall back to a page scan");
+        let problem = match repo.read_wal_map(name).await {
+            Err(e) if e.kind == ErrorKind::Corrupt => e.to_string(),
+            Err(e) => return Err(e),
+            Ok(None) => continue,
+            Ok(Some(map)) => match checksums.get(name) {
+                Some(sum)
+                    if blake3::Hash::from_hex(sum.as_str()).ok()
+                        != Some(blake3::Hash::from(map.segment_checksum)) =>
+                {
+                    format!("the block map of {name} was built from other content than the archived segment")
+                }
+                _ => continue,
+            },
+        };
+        problems.push(Problem { problem, breaks });
+    }
+    Ok(names.len())
 }
 
 enum Check {

@@ -1,4 +1,4 @@
-//! `wal list` and `wal stats`: what the archive holds.
+//! `wal list`, `wal stats` and `wal maps`: what the archive holds, and its block maps.
 
 use chrono::{DateTime, TimeZone, Utc};
 use serde::Serialize;
@@ -36,6 +36,9 @@ pub struct WalStats {
     pub oldest_archived_at: Option<DateTime<Utc>>,
     pub newest_archived_at: Option<DateTime<Utc>>,
     pub timelines: Vec<TimelineArchive>,
+    /// Complete segments with a block map, and without one (from listings).
+    pub segments_with_maps: usize,
+    pub segments_without_maps: usize,
 }
 
 pub async fn list(repo: &Repo) -> Result<Vec<WalEntry>> {
@@ -75,6 +78,11 @@ pub async fn stats(repo: &Repo) -> Result<WalStats> {
     let segments: Vec<&WalEntry> = entries.iter().filter(|e| e.kind == "segment").collect();
     let original: u64 = segments.iter().filter_map(|e| e.original_size).sum();
     let stored_segments: u64 = segments.iter().map(|e| e.stored_size).sum();
+    let mapped = repo.wal_map_names().await?;
+    let with_maps = archived
+        .iter()
+        .filter(|f| matches!(f.name, WalFileName::Segment(_)) && mapped.contains(&f.name))
+        .count();
     Ok(WalStats {
         files: entries.len(),
         segments: segments.len(),
@@ -89,5 +97,71 @@ pub async fn stats(repo: &Repo) -> Result<WalStats> {
         oldest_archived_at: entries.iter().map(|e| e.archived_at).min(),
         newest_archived_at: entries.iter().map(|e| e.archived_at).max(),
         timelines: timelines(&archived, stanza.wal_segment_size),
+        segments_with_maps: with_maps,
+        segments_without_maps: segments.len() - with_maps,
     })
+}
+
+/// What `wal maps` found (and, with `--backfill`, built).
+#[derive(Debug, Serialize, Default)]
+pub struct MapsReport {
+    pub segments: usize,
+    pub with_maps: usize,
+    pub poisoned: usize,
+    pub damaged: usize,
+    pub missing: usize,
+    pub built: usize,
+    pub built_poisoned: usize,
+    /// Segment name and why its map is poisoned (or damaged).
+    pub untrusted: Vec<(String, String)>,
+}
+
+/// Reads every block map; with `backfill`, builds the missing and damaged ones and
+/// rebuilds those poisoned only for want of the previous segment, in WAL order.
+pub async fn maps(repo: &Repo, backfill: bool) -> Result<MapsReport> {
+    let mut report = MapsReport::default();
+    let segments: Vec<_> = repo
+        .list_archive()
+        .await?
+        .into_iter()
+        .filter(|f| matches!(f.name, WalFileName::Segment(_)))
+        .collect();
+    report.segments = segments.len();
+    for file in &segments {
+        let rebuild = match repo.read_wal_map(&file.name).await {
+            Ok(Some(map)) => {
+                report.with_maps += 1;
+                if map.poison.is_poisoned() {
+                    report.poisoned += 1;
+                    report
+                        .untrusted
+                        .push((file.name.to_string(), map.poison.reasons().join(", ")));
+                }
+                crate::repo::wal_map::retry_worthwhile(&map)
+            }
+            Ok(None) => {
+                report.missing += 1;
+                true
+            }
+            Err(e) if e.kind == crate::error::ErrorKind::Corrupt => {
+                report.damaged += 1;
+                report
+                    .untrusted
+                    .push((file.name.to_string(), e.to_string()));
+                true
+            }
+            Err(e) => return Err(e),
+        };
+        if backfill && rebuild {
+            let bytes = repo.read_wal(file).await?;
+            let map = repo
+                .build_wal_map(&file.name, bytes, &file.checksum, None)
+                .await?;
+            report.built += 1;
+            if map.poison.is_poisoned() {
+                report.built_poisoned += 1;
+            }
+        }
+    }
+    Ok(report)
 }

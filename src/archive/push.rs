@@ -26,9 +26,59 @@ pub async fn archive_push(
     let name = parse_pushed_name(path)?;
     let stanza = repo.stanza_info().await?;
     let checksum = validate(path, &name, &stanza).await?;
-    let outcome = repo.put_wal(&name, path, &checksum, compression).await?;
+    // The map is made while the segment is stored (both on blocking threads), and
+    // stored only once the segment is.
+    let is_segment = matches!(name, WalFileName::Segment(_));
+    let started = std::time::Instant::now();
+    let (outcome, map) = tokio::join!(repo.put_wal(&name, path, &checksum, compression), async {
+        if is_segment {
+            make_block_map(repo, path, &name, &checksum).await
+        } else {
+            None
+        }
+    });
+    let outcome = outcome?;
     tracing::debug!(?outcome, %name, "archive-push");
+    if let Some(map) = map {
+        let needed = match outcome {
+            PushOutcome::Stored { .. } => true,
+            PushOutcome::AlreadyArchived => !matches!(repo.read_wal_map(&name).await, Ok(Some(_))),
+        };
+        if needed {
+            if let Err(e) = repo.put_wal_map(&name, &map).await {
+                tracing::warn!(%name, "no block map stored: {e}");
+            }
+        }
+        tracing::debug!(%name, elapsed_us = started.elapsed().as_micros() as u64, "pushed with its block map");
+    }
     Ok(outcome)
+}
+
+/// The segment's block map (`repo::wal_map`). The segment is being archived: a map
+/// that cannot be made or stored costs incrementals a page scan, never the push.
+async fn make_block_map(
+    repo: &Repo,
+    path: &Path,
+    name: &WalFileName,
+    checksum: &str,
+) -> Option<crate::repo::blockmap::BlockMap> {
+    let bytes = match tokio::fs::read(path).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(%name, "no block map: reading {}: {e}", path.display());
+            return None;
+        }
+    };
+    match repo
+        .make_wal_map(name, bytes, checksum, path.parent())
+        .await
+    {
+        Ok(map) => Some(map),
+        Err(e) => {
+            tracing::warn!(%name, "no block map: {e}");
+            None
+        }
+    }
 }
 
 /// A segment must come from this stanza's cluster: same system identifier, same major

@@ -212,6 +212,13 @@ pub enum WalCommand {
     List,
     /// Totals, compression ratio, oldest and newest, gaps
     Stats,
+    /// Block maps of archived segments: present, poisoned, missing
+    Maps {
+        /// Build the maps of segments archived without one (before this feature, or
+        /// when the previous segment was not yet archived)
+        #[arg(long)]
+        backfill: bool,
+    },
 }
 
 #[derive(Args, Debug)]

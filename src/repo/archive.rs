@@ -1,8 +1,8 @@
 //! The WAL archive's layout. A stored file's name carries the checksum of its original
 //! content and its codec: `<wal name>-<blake3 hex>[.zst|.lz4|.gz]`, so listing a
 //! directory tells what is archived, whether a re-push is identical, and how to verify
-//! it, without opening anything. Other suffixes are reserved (per-segment block-change
-//! summaries will sit beside their segment as `<wal name>-<blake3>.summary`).
+//! it, without opening anything. Other names are not archived files: claims (`wal.rs`)
+//! and block maps (`<wal name>.map`, `wal_map.rs`).
 
 use super::Repo;
 use crate::error::Result;

@@ -8,6 +8,7 @@
 //! <stanza>/pitr-previous-settings.json                   settings `pitr enable` replaced
 //! <stanza>/archive/<TTTTTTTTLLLLLLLL>/<wal name>-<blake3>[.ext]   segments, .partial, .backup
 //! <stanza>/archive/<dir>/<wal name>.claim                 the one content a name may hold
+//! <stanza>/archive/<dir>/<wal name>.map                   a segment's block map (blockmap.rs)
 //! <stanza>/archive/history/<TTTTTTTT>.history-<blake3>[.ext]
 //! <stanza>/backups/<label>.manifest                      written last: a backup exists iff this does
 //! <stanza>/backups/<label>.pin                           present while the backup is pinned
@@ -18,6 +19,7 @@
 pub mod archive;
 pub mod archive_command;
 pub mod archive_map;
+pub mod blockmap;
 pub mod cipher;
 pub mod frames;
 pub mod label;
@@ -27,6 +29,7 @@ pub mod piece;
 pub mod object;
 pub mod stanza;
 pub mod wal;
+pub mod wal_map;
 mod upgrade;
 
 use std::sync::Arc;
@@ -190,9 +193,11 @@ impl Repo {
             .await
     }
 
-    /// Removes an archived WAL file.
-    /// Removes an archived file and its name's claim (expire).
+    /// Removes an archived file, its block map and its name's claim (expire).
     pub async fn delete_archived(&self, file: &archive::ArchivedFile) -> Result<()> {
+        if matches!(file.name, crate::pg::WalFileName::Segment(_)) {
+            self.delete_wal_map(&file.name).await?;
+        }
         self.storage.delete(&self.archived_file_key(file)).await?;
         self.storage.delete(&self.wal_claim_key(&file.name)).await
     }

@@ -45,6 +45,7 @@ pub enum Kind {
     KeyFile,
     PitrSettings,
     Lock,
+    BlockMap,
 }
 
 impl Kind {
@@ -56,6 +57,7 @@ impl Kind {
             Kind::KeyFile => 4,
             Kind::PitrSettings => 5,
             Kind::Lock => 6,
+            Kind::BlockMap => 7,
         }
     }
 
@@ -67,6 +69,7 @@ impl Kind {
             Kind::KeyFile,
             Kind::PitrSettings,
             Kind::Lock,
+            Kind::BlockMap,
         ]
         .into_iter()
         .find(|k| k.code() == code)
@@ -80,6 +83,7 @@ impl Kind {
             Kind::KeyFile => "keyfile.json",
             Kind::PitrSettings => "saved PITR settings",
             Kind::Lock => "a lock object",
+            Kind::BlockMap => "a WAL block map",
         }
     }
 }
@@ -473,6 +477,9 @@ mod fuzz {
             Kind::KeyFile => {
                 let _ = crate::repo::cipher::parse_key_file(stored, "fuzz");
             }
+            Kind::BlockMap => {
+                let _ = crate::repo::blockmap::BlockMap::decode(&payload);
+            }
             _ => {
                 let _ = parse_json::<serde_json::Value>(&payload, "fuzz");
             }
@@ -501,6 +508,7 @@ mod fuzz {
             (Kind::Pin, br#"{"label": "20261121-124507F"}"#.to_vec()),
             (Kind::KeyFile, key_file.to_json()),
             (Kind::PitrSettings, br#"[{"name": "archive_mode"}]"#.to_vec()),
+            (Kind::BlockMap, crate::repo::blockmap::tests::sample().encode()),
         ];
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         let started = std::time::Instant::now();

@@ -6,6 +6,7 @@ mod harness_selftest;
 mod setup;
 
 mod archive;
+mod blockmap;
 mod backup_restore;
 mod encryption;
 mod expire;

@@ -121,6 +121,7 @@ pub async fn run(command: Command, resolved: &Resolved) -> Result<Outcome> {
         Command::Pitr(PitrCommand::Status) => pitr::status(resolved).await,
         Command::Wal(WalCommand::List) => wal::list(resolved).await,
         Command::Wal(WalCommand::Stats) => wal::stats(resolved).await,
+        Command::Wal(WalCommand::Maps { backfill }) => wal::maps(resolved, backfill).await,
         Command::Completions { shell } => Ok(completions::run(shell)),
         Command::Rekey { new_cipher_pass } => rekey::run(resolved, &new_cipher_pass).await,
         Command::Pin { label } => pin::run(resolved, label, true).await,

@@ -4,7 +4,7 @@ use super::{pretty, Outcome, Report};
 use crate::cli::Resolved;
 use crate::error::Result;
 use crate::units::human_bytes;
-use crate::wal::{WalEntry, WalStats};
+use crate::wal::{MapsReport, WalEntry, WalStats};
 
 pub async fn list(resolved: &Resolved) -> Result<Outcome> {
     let entries = crate::wal::list(&resolved.repo().await?).await?;
@@ -15,6 +15,35 @@ pub async fn stats(resolved: &Resolved) -> Result<Outcome> {
     Ok(Outcome::report(
         crate::wal::stats(&resolved.repo().await?).await?,
     ))
+}
+
+pub async fn maps(resolved: &Resolved, backfill: bool) -> Result<Outcome> {
+    Ok(Outcome::report(
+        crate::wal::maps(&resolved.repo().await?, backfill).await?,
+    ))
+}
+
+impl Report for MapsReport {
+    fn text(&self) -> String {
+        let mut s = format!(
+            "{} segment(s): {} with a block map ({} poisoned), {} damaged, {} without\n",
+            self.segments, self.with_maps, self.poisoned, self.damaged, self.missing
+        );
+        if self.built > 0 {
+            s.push_str(&format!(
+                "built {} map(s), {} of them poisoned\n",
+                self.built, self.built_poisoned
+            ));
+        }
+        for (name, why) in &self.untrusted {
+            s.push_str(&format!("{name}: {why}\n"));
+        }
+        s
+    }
+
+    fn json(&self) -> Option<String> {
+        pretty(self)
+    }
 }
 
 struct WalList(Vec<WalEntry>);
@@ -66,6 +95,10 @@ fn render_stats(s: &WalStats) -> String {
         human_bytes(s.original_bytes), human_bytes(s.stored_bytes),
         s.compression_ratio.map_or(String::new(), |r| format!(" (compression {r:.1}x)"))
     );
+    out.push_str(&format!(
+        "block maps: {} segment(s) with one, {} without\n",
+        s.segments_with_maps, s.segments_without_maps
+    ));
     if let (Some(o), Some(n)) = (&s.oldest, &s.newest) {
         out.push_str(&format!("oldest segment {o}, newest {n}\n"));
     }

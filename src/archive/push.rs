@@ -18,17 +18,19 @@ use crate::repo::Repo;
 /// What a push did: stored the file, or found it archived already.
 pub use crate::repo::wal::WalPut as PushOutcome;
 
+/// Stores the WAL file at `path`; with `block_maps`, a segment's block map too.
 pub async fn archive_push(
     repo: &Repo,
     path: &Path,
     compression: Compression,
+    block_maps: bool,
 ) -> Result<PushOutcome> {
     let name = parse_pushed_name(path)?;
     let stanza = repo.stanza_info().await?;
     let checksum = validate(path, &name, &stanza).await?;
     // The map is made while the segment is stored (both on blocking threads), and
     // stored only once the segment is.
-    let is_segment = matches!(name, WalFileName::Segment(_));
+    let is_segment = block_maps && matches!(name, WalFileName::Segment(_));
     let started = std::time::Instant::now();
     let (outcome, map) = tokio::join!(repo.put_wal(&name, path, &checksum, compression), async {
         if is_segment {

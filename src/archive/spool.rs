@@ -227,6 +227,7 @@ pub async fn run_worker(
     repo: &Repo,
     spool: &Spool,
     compression: Compression,
+    block_maps: bool,
     jobs: usize,
 ) -> Result<()> {
     let lock_path = spool.lock_path();
@@ -254,7 +255,7 @@ pub async fn run_worker(
             queued
                 .iter()
                 .take(jobs.max(1))
-                .map(|path| async move { (path, archive_push(repo, path, compression).await) }),
+                .map(|path| async move { (path, archive_push(repo, path, compression, block_maps).await) }),
         )
         .await;
         let mut failed = false;

@@ -53,6 +53,15 @@ impl LogLevel {
     }
 }
 
+/// Whether archive-push builds a block map of each segment (`repo::blockmap`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum WalMaps {
+    /// No maps (the default until incrementals read them: a map costs archive-push time).
+    #[default]
+    Off,
+    On,
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     #[default]

@@ -169,6 +169,11 @@ impl Resolved {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
     }
 
+    /// Whether archive-push builds block maps (`--wal-maps`).
+    fn wal_maps(&self) -> bool {
+        self.global.wal_maps == Some(args::WalMaps::On)
+    }
+
     fn compression(&self) -> Result<Compression> {
         let codec: Codec = self
             .global

@@ -18,7 +18,7 @@
 
 use std::path::PathBuf;
 
-use super::args::{LogFormat, LogLevel, OutputFormat};
+use super::args::{LogFormat, LogLevel, OutputFormat, WalMaps};
 use crate::archive::spool::Background;
 use crate::error::{Error, Result};
 
@@ -145,7 +145,7 @@ macro_rules! value_enum_option {
         }
     )*};
 }
-value_enum_option!(OutputFormat, LogLevel, LogFormat);
+value_enum_option!(OutputFormat, LogLevel, LogFormat, WalMaps);
 
 macro_rules! integer_option {
     ($($t:ty),*) => {$(
@@ -291,6 +291,10 @@ global_options! {
     compress: String, "compress", Pgward("PGWARD_COMPRESS"), FILE | WORKER;
     /// Compression level (zstd 1-22, gzip 0-9)
     compress_level: i32, "compress-level", Pgward("PGWARD_COMPRESS_LEVEL"), FILE | WORKER;
+    /// archive-push also stores a block map of each segment (experimental: incrementals
+    /// do not read maps yet, and a map costs each push about as much again) [default: off]
+    #[arg(value_enum, ignore_case = true)]
+    wal_maps: WalMaps, "wal-maps", Pgward("PGWARD_WAL_MAPS"), FILE | COMMAND | WORKER;
 
     ["Object storage"]
     /// S3 endpoint: host[:port] (https) or http://host:port; an IP address implies path
@@ -384,6 +388,7 @@ mod tests {
                 let value = match o.name {
                     "output" | "log-format" => toml::Value::String("json".into()),
                     "log-level" => toml::Value::String("debug".into()),
+                    "wal-maps" => toml::Value::String("on".into()),
                     "pg-port" | "jobs" | "compress-level" | "s3-retry-seconds" | "retain-full"
                     | "retain-diff" | "retain-full-days" => toml::Value::Integer(7),
                     _ => toml::Value::String(format!("value-of-{}", o.name)),

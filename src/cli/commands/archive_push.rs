@@ -29,7 +29,8 @@ pub async fn run(
         push_async(&repo, path, &spool, queue_max, &worker).await?;
         return Ok(Outcome::quiet());
     }
-    match crate::archive::push::archive_push(&repo, path, resolved.compression()?).await? {
+    match crate::archive::push::archive_push(&repo, path, resolved.compression()?, resolved.wal_maps())
+        .await? {
         PushOutcome::Stored { stored_size } => {
             tracing::debug!(path = %path.display(), stored_size, "archived")
         }
@@ -43,6 +44,13 @@ pub async fn run(
 pub async fn worker(resolved: &Resolved, spool_path: &Path) -> Result<Outcome> {
     let repo = resolved.repo_run_by_server().await?;
     let spool = Spool::new(spool_path, &repo.stanza);
-    run_worker(&repo, &spool, resolved.compression()?, resolved.jobs()).await?;
+    run_worker(
+        &repo,
+        &spool,
+        resolved.compression()?,
+        resolved.wal_maps(),
+        resolved.jobs(),
+    )
+    .await?;
     Ok(Outcome::quiet())
 }

@@ -152,7 +152,7 @@ fn fixture_segments(major: u32) -> Vec<Vec<u8>> {
 }
 
 fn build(segment: &[u8], before: Option<&[u8]>) -> BlockMap {
-    let h = crate::pg::walheader::parse_long_page_header(segment).unwrap();
+    let h = crate::pg::wal::page::parse_long_page_header(segment).unwrap();
     BlockMap::build(
         read_segment(segment, before),
         (h.system_identifier, 0, h.timeline.0, h.page_address),

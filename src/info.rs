@@ -97,16 +97,18 @@ pub async fn info(repo: &Repo) -> Result<InfoReport> {
     let mut problems: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for label in &pinned {
         if let Err(e) = repo.check_pin(label).await {
-            problems.entry(label.clone()).or_default().push(e.to_string());
+            problems
+                .entry(label.clone())
+                .or_default()
+                .push(e.to_string());
         }
     }
     for m in &manifests {
         let chain = crate::repo::manifest::chain(&manifests, &m.label);
         if let Some(missing) = chain.first().and_then(|first| first.reference.as_ref()) {
-            problems
-                .entry(m.label.clone())
-                .or_default()
-                .push(format!("builds on backup {missing}, which is damaged or missing"));
+            problems.entry(m.label.clone()).or_default().push(format!(
+                "builds on backup {missing}, which is damaged or missing"
+            ));
         }
     }
     let seg_size = stanza.wal_segment_size;

@@ -141,11 +141,7 @@ pub async fn enable(
         .find(|s| s.name == "wal_level")
         .map(|s| s.value.clone())
         .unwrap_or_default();
-    if repo
-        .saved_pitr_settings::<Vec<Setting>>()
-        .await?
-        .is_none()
-    {
+    if repo.saved_pitr_settings::<Vec<Setting>>().await?.is_none() {
         repo.save_pitr_settings(&before).await?;
     }
     let mut wanted = vec![

@@ -251,13 +251,14 @@ pub async fn run_worker(
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         }
-        let results = futures::future::join_all(
-            queued
-                .iter()
-                .take(jobs.max(1))
-                .map(|path| async move { (path, archive_push(repo, path, compression, block_maps).await) }),
-        )
-        .await;
+        let results =
+            futures::future::join_all(queued.iter().take(jobs.max(1)).map(|path| async move {
+                (
+                    path,
+                    archive_push(repo, path, compression, block_maps).await,
+                )
+            }))
+            .await;
         let mut failed = false;
         for (path, result) in results {
             match result {

@@ -350,8 +350,8 @@ pub(super) fn naming(what: &str, e: Error) -> Error {
 mod tests {
     use super::*;
     use crate::error::ErrorKind;
-    use crate::repo::Sealing;
     use crate::pipeline::encrypt::{KdfParams, KeyFile};
+    use crate::repo::Sealing;
 
     fn repo(name: &str, encrypted: bool) -> (Repo, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!("pgward-frames-{name}-{}", std::process::id()));

@@ -25,12 +25,12 @@ pub mod frames;
 pub mod label;
 pub mod lock;
 pub mod manifest;
-pub mod piece;
 pub mod object;
+pub mod piece;
 pub mod stanza;
+mod upgrade;
 pub mod wal;
 pub mod wal_map;
-mod upgrade;
 
 use std::sync::Arc;
 

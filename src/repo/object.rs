@@ -507,8 +507,14 @@ mod fuzz {
             (Kind::Manifest, manifest.to_vec()),
             (Kind::Pin, br#"{"label": "20261121-124507F"}"#.to_vec()),
             (Kind::KeyFile, key_file.to_json()),
-            (Kind::PitrSettings, br#"[{"name": "archive_mode"}]"#.to_vec()),
-            (Kind::BlockMap, crate::repo::blockmap::tests::sample().encode()),
+            (
+                Kind::PitrSettings,
+                br#"[{"name": "archive_mode"}]"#.to_vec(),
+            ),
+            (
+                Kind::BlockMap,
+                crate::repo::blockmap::tests::sample().encode(),
+            ),
         ];
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         let started = std::time::Instant::now();

@@ -109,11 +109,17 @@ async fn select(repo: &Repo, opts: &RestoreOptions) -> Result<Manifest> {
                 format!(
                     "backup {} is damaged{}: pgward cannot tell which backup the target needs: {}",
                     d.label,
-                    if chosen.is_empty() { String::new() } else { format!(" and newer than backup {chosen}") },
+                    if chosen.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" and newer than backup {chosen}")
+                    },
                     d.error
                 ),
             )
-            .hint("run `pgward verify`; to restore an intact backup anyway, name it with --set LABEL"));
+            .hint(
+                "run `pgward verify`; to restore an intact backup anyway, name it with --set LABEL",
+            ));
         }
     }
     let manifest = selected?;

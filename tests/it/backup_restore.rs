@@ -187,7 +187,10 @@ fn page_checksum_failure_is_recorded_without_failing_the_backup() {
 
 #[test]
 fn restore_as_root_gives_the_files_to_the_data_directory_owner_or_refuses() {
-    assert!(is_root(), "this test runs restore as root, as the test suite does");
+    assert!(
+        is_root(),
+        "this test runs restore as root, as the test suite does"
+    );
     let src = Source::start("rootrestore", 15);
     src.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g");
     let label = src.backup(&[]);
@@ -211,7 +214,10 @@ fn restore_as_root_gives_the_files_to_the_data_directory_owner_or_refuses() {
     let out = as_root(&refused);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("owned by root"), "{}", stderr(&out));
-    assert!(!refused.exists(), "a refused restore must leave nothing behind");
+    assert!(
+        !refused.exists(),
+        "a refused restore must leave nothing behind"
+    );
 
     // Into a directory the cluster's user owns: every file restored is that user's, and
     // the cluster starts.
@@ -235,7 +241,10 @@ fn restore_as_root_gives_the_files_to_the_data_directory_owner_or_refuses() {
     owners(&data, &mut seen);
     assert!(seen.len() > 100);
     let wrong: Vec<_> = seen.iter().filter(|(_, u)| *u != uid).collect();
-    assert!(wrong.is_empty(), "not owned by the cluster's user: {wrong:?}");
+    assert!(
+        wrong.is_empty(),
+        "not owned by the cluster's user: {wrong:?}"
+    );
     let restored = Cluster::from_existing("rootrestore-r", 15, data);
     restored.start();
     assert_eq!(

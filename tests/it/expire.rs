@@ -154,7 +154,10 @@ fn killed_expire_leaves_a_valid_repository_and_finishes_on_the_next_run() {
             child.try_wait().unwrap().is_none(),
             "expire ended before its first removal"
         );
-        assert!(std::time::Instant::now() < deadline, "expire never removed a backup");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expire never removed a backup"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     kill_pgward(&mut child);

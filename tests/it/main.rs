@@ -6,8 +6,8 @@ mod harness_selftest;
 mod setup;
 
 mod archive;
-mod blockmap;
 mod backup_restore;
+mod blockmap;
 mod encryption;
 mod expire;
 mod incremental;

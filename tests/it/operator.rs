@@ -416,12 +416,18 @@ fn failed_connections_name_their_cause_and_the_parameters_used() {
     expect(
         with(&[("PGUSER", "no_such_role")]),
         6,
-        &["authentication failed for user \"no_such_role\"", "user=no_such_role"],
+        &[
+            "authentication failed for user \"no_such_role\"",
+            "user=no_such_role",
+        ],
     );
     expect(
         with(&[("PGDATABASE", "no_such_db")]),
         6,
-        &["database \"no_such_db\" does not exist", "dbname=no_such_db"],
+        &[
+            "database \"no_such_db\" does not exist",
+            "dbname=no_such_db",
+        ],
     );
     // A listener that accepts and never answers: bounded by PGCONNECT_TIMEOUT.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -44,7 +44,11 @@ impl Proxy {
                 let flag = flag.clone();
                 let (record, log) = (record.clone(), log.clone());
                 for (mut from, mut to, upstream) in [
-                    (client.try_clone().unwrap(), server.try_clone().unwrap(), true),
+                    (
+                        client.try_clone().unwrap(),
+                        server.try_clone().unwrap(),
+                        true,
+                    ),
                     (server, client, false),
                 ] {
                     let flag = flag.clone();
@@ -224,7 +228,10 @@ fn s3_outage_fails_backup_and_archive_push_clearly_and_loses_nothing() {
         std::thread::spawn(move || {
             let deadline = std::time::Instant::now() + Duration::from_secs(120);
             while uploaded.load(Ordering::SeqCst) < from + (1 << 20) {
-                assert!(std::time::Instant::now() < deadline, "the backup never uploaded");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the backup never uploaded"
+                );
                 std::thread::sleep(Duration::from_millis(5));
             }
             up.store(false, Ordering::SeqCst);
@@ -421,7 +428,10 @@ fn s3_ip_endpoint_implies_path_style_and_info_writes_nothing() {
 
     // Virtual-host style cannot address an IP: a named error, not a panic.
     let err = src.fails(&["--s3-uri-style", "host", "info"], 3);
-    assert!(err.contains("an IP address cannot be addressed virtual-host style"), "{err}");
+    assert!(
+        err.contains("an IP address cannot be addressed virtual-host style"),
+        "{err}"
+    );
     // Without a scheme the endpoint is https; against this plain-HTTP server that fails
     // with a hint, never a panic.
     let out = pgward(
@@ -439,7 +449,11 @@ fn s3_ip_endpoint_implies_path_style_and_info_writes_nothing() {
         &src.cluster.env(),
     );
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
-    assert!(stderr(&out).contains("host[:port] means https"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("host[:port] means https"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -478,7 +492,10 @@ fn s3_unreachable_endpoint_warns_while_retrying_and_fails_with_a_hint() {
         started.elapsed() >= Duration::from_secs(5),
         "gave up before its budget"
     );
-    let retrying: Vec<_> = err.lines().filter(|l| l.contains("retrying for another")).collect();
+    let retrying: Vec<_> = err
+        .lines()
+        .filter(|l| l.contains("retrying for another"))
+        .collect();
     assert!(!retrying.is_empty(), "no retry warning: {err}");
     assert!(
         retrying[0].contains("s3://unreachable: GET")

@@ -314,7 +314,11 @@ pub fn create_bucket(port: u16, bucket: &str) {
 /// answers 404 for a missing object and 403 (private) for an existing one.
 pub fn s3_object_exists(port: u16, bucket: &str, key: &str) -> bool {
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(conn, "HEAD /{bucket}/{key} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        conn,
+        "HEAD /{bucket}/{key} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut answer = String::new();
     conn.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 "), "HEAD {key}: {answer}");

@@ -29,8 +29,14 @@ pub async fn run(
         push_async(&repo, path, &spool, queue_max, &worker).await?;
         return Ok(Outcome::quiet());
     }
-    match crate::archive::push::archive_push(&repo, path, resolved.compression()?, resolved.wal_maps())
-        .await? {
+    match crate::archive::push::archive_push(
+        &repo,
+        path,
+        resolved.compression()?,
+        resolved.wal_maps(),
+    )
+    .await?
+    {
         PushOutcome::Stored { stored_size } => {
             tracing::debug!(path = %path.display(), stored_size, "archived")
         }

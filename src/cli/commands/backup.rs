@@ -7,9 +7,9 @@ use crate::backup::BackupOptions;
 use crate::cli::args::{BackupArgs, BackupTypeArg};
 use crate::cli::Resolved;
 use crate::error::Result;
-use crate::units::human_bytes;
 use crate::repo::label::BackupType;
 use crate::repo::manifest::Manifest;
+use crate::units::human_bytes;
 
 pub async fn run(resolved: &Resolved, args: BackupArgs) -> Result<Outcome> {
     let repo = resolved.repo().await?;

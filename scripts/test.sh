@@ -19,6 +19,9 @@ else
     export PGWARD_REQUIRE_VERSIONS=14,15,17
     cargo test --all-targets
 fi
+# The doctests (not in --all-targets) hold the compile_fail proofs that nothing writes to
+# an encrypted stanza without unlocking it.
+cargo test --doc
 
 # The tests listed in tests/it/s3-pass.txt run a second time with the repository in a
 # bucket of a local S3 server (moto). A listed test that no longer exists is an error.

@@ -5,18 +5,25 @@
 //! segment and retries).
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use bytes::Bytes;
 
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::pg::wal::page::{parse_long_page_header, pg_major_for_wal_magic};
 use crate::pg::WalFileName;
-use crate::pipeline::hash::HashingReader;
+use crate::pipeline::hash::{checksum_of, HashingReader};
 use crate::pipeline::Compression;
 use crate::repo::stanza::StanzaInfo;
 use crate::repo::Repo;
 
 /// What a push did: stored the file, or found it archived already.
 pub use crate::repo::wal::WalPut as PushOutcome;
+
+/// Files up to this size are read once into memory, for their checks, their checksum,
+/// their upload and their block map; larger ones (segments of clusters made with a
+/// large --wal-segsize) are streamed from the file, and read again for a map.
+const READ_ONCE_MAX: u64 = 64 << 20;
 
 /// Stores the WAL file at `path`; with `block_maps`, a segment's block map too.
 pub async fn archive_push(
@@ -27,14 +34,23 @@ pub async fn archive_push(
 ) -> Result<PushOutcome> {
     let name = parse_pushed_name(path)?;
     let stanza = repo.stanza_info().await?;
-    let checksum = validate(path, &name, &stanza).await?;
+    let (content, checksum) = read_validated(path, &name, &stanza).await?;
     // The map is made while the segment is stored (both on blocking threads), and
     // stored only once the segment is.
     let is_segment = block_maps && matches!(name, WalFileName::Segment(_));
     let started = std::time::Instant::now();
-    let (outcome, map) = tokio::join!(repo.put_wal(&name, path, &checksum, compression), async {
+    let put = async {
+        match &content {
+            Some(bytes) => {
+                repo.put_wal_bytes(&name, bytes.clone(), &checksum, compression)
+                    .await
+            }
+            None => repo.put_wal(&name, path, &checksum, compression).await,
+        }
+    };
+    let (outcome, map) = tokio::join!(put, async {
         if is_segment {
-            make_block_map(repo, path, &name, &checksum).await
+            make_block_map(repo, path, content.clone(), &name, &checksum).await
         } else {
             None
         }
@@ -56,20 +72,25 @@ pub async fn archive_push(
     Ok(outcome)
 }
 
-/// The segment's block map (`repo::wal_map`). The segment is being archived: a map
-/// that cannot be made or stored costs incrementals a page scan, never the push.
+/// The segment's block map (`repo::wal_map`), from `content` when it was read already.
+/// The segment is being archived: a map that cannot be made or stored costs
+/// incrementals a page scan, never the push.
 async fn make_block_map(
     repo: &Repo,
     path: &Path,
+    content: Option<Bytes>,
     name: &WalFileName,
     checksum: &str,
 ) -> Option<crate::repo::blockmap::BlockMap> {
-    let bytes = match tokio::fs::read(path).await {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::warn!(%name, "no block map: reading {}: {e}", path.display());
-            return None;
-        }
+    let bytes = match content {
+        Some(bytes) => bytes,
+        None => match tokio::fs::read(path).await {
+            Ok(b) => b.into(),
+            Err(e) => {
+                tracing::warn!(%name, "no block map: reading {}: {e}", path.display());
+                return None;
+            }
+        },
     };
     match repo
         .make_wal_map(name, bytes, checksum, path.parent())
@@ -99,23 +120,52 @@ pub fn parse_pushed_name(path: &Path) -> Result<WalFileName> {
 
 /// Checks a file against the stanza and returns its checksum.
 pub async fn validate(path: &Path, name: &WalFileName, stanza: &StanzaInfo) -> Result<String> {
+    read_validated(path, name, stanza).await.map(|(_, sum)| sum)
+}
+
+/// Checks a file against the stanza and returns its checksum, and its content when it
+/// is small enough to keep (`READ_ONCE_MAX`): the file is read once.
+async fn read_validated(
+    path: &Path,
+    name: &WalFileName,
+    stanza: &StanzaInfo,
+) -> Result<(Option<Bytes>, String)> {
     let (path, name, stanza) = (path.to_path_buf(), name.clone(), stanza.clone());
-    tokio::task::spawn_blocking(move || -> Result<String> {
-        if name.segment().is_some() && !matches!(name, WalFileName::BackupHistory { .. }) {
-            check_segment(&path, &name, &stanza)?;
+    tokio::task::spawn_blocking(move || -> Result<(Option<Bytes>, String)> {
+        let mut file = std::fs::File::open(&path).at("opening", &path)?;
+        let size = file.metadata().at("reading metadata of", &path)?.len();
+        let is_segment =
+            name.segment().is_some() && !matches!(name, WalFileName::BackupHistory { .. });
+        if size > READ_ONCE_MAX {
+            if is_segment {
+                let mut first_page = vec![0u8; 8192];
+                file.read_exact(&mut first_page).at("reading", &path)?;
+                check_segment(&path, &first_page, size, &name, &stanza)?;
+            }
+            return Ok((None, checksum_file(&path)?));
         }
-        checksum_file(&path)
+        let mut content = Vec::with_capacity(size as usize);
+        file.read_to_end(&mut content).at("reading", &path)?;
+        if is_segment {
+            let first_page = &content[..8192.min(content.len())];
+            check_segment(&path, first_page, content.len() as u64, &name, &stanza)?;
+        }
+        let sum = checksum_of(&content);
+        Ok((Some(content.into()), sum))
     })
     .await
     .unwrap_or_else(crate::error::task_panicked)
 }
 
-pub(crate) fn check_segment(path: &PathBuf, name: &WalFileName, stanza: &StanzaInfo) -> Result<()> {
-    let mut file = std::fs::File::open(path).at("opening", path)?;
-    let size = file.metadata().at("reading metadata of", path)?.len();
-    let mut first_page = vec![0u8; 8192.min(size as usize)];
-    file.read_exact(&mut first_page).at("reading", path)?;
-    let header = parse_long_page_header(&first_page).map_err(|e| {
+/// `first_page`: the file's first 8192 bytes (all of it when shorter); `size`: its size.
+pub(crate) fn check_segment(
+    path: &Path,
+    first_page: &[u8],
+    size: u64,
+    name: &WalFileName,
+    stanza: &StanzaInfo,
+) -> Result<()> {
+    let header = parse_long_page_header(first_page).map_err(|e| {
         Error::new(
             ErrorKind::Corrupt,
             format!("{}: not a valid WAL segment: {e}", path.display()),

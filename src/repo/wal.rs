@@ -17,6 +17,8 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use bytes::Bytes;
+
 use super::archive::{archive_subdir, ArchivedFile};
 use super::cipher::{decrypt_error, stored_read_error};
 use super::frames::naming;
@@ -29,6 +31,12 @@ use crate::storage::{self, Reader};
 
 /// Suffix of a WAL name's claim (never parsed as an archived file: it has no checksum).
 pub const CLAIM_SUFFIX: &str = ".claim";
+
+/// What `write_wal` stores: a file it reads, or content already read and hashed.
+enum WalSource {
+    File(PathBuf),
+    Bytes(Bytes),
+}
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum WalPut {
@@ -61,6 +69,30 @@ impl Repo {
         &self,
         name: &WalFileName,
         source: &Path,
+        checksum: &str,
+        compression: Compression,
+    ) -> Result<WalPut> {
+        self.put_wal_from(name, WalSource::File(source.to_path_buf()), checksum, compression)
+            .await
+    }
+
+    /// [`Repo::put_wal`] of content already in memory (archive-push reads a segment
+    /// once for its checks, its checksum, its upload and its block map).
+    pub async fn put_wal_bytes(
+        &self,
+        name: &WalFileName,
+        content: Bytes,
+        checksum: &str,
+        compression: Compression,
+    ) -> Result<WalPut> {
+        self.put_wal_from(name, WalSource::Bytes(content), checksum, compression)
+            .await
+    }
+
+    async fn put_wal_from(
+        &self,
+        name: &WalFileName,
+        source: WalSource,
         checksum: &str,
         compression: Compression,
     ) -> Result<WalPut> {
@@ -236,27 +268,42 @@ impl Repo {
     async fn write_wal(
         &self,
         file: &ArchivedFile,
-        source: &Path,
+        source: WalSource,
         compression: Compression,
     ) -> Result<u64> {
         let key = self.archived_file_key(file);
-        let (repo, source, checksum) = (self.clone(), source.to_path_buf(), file.checksum.clone());
+        let (repo, checksum) = (self.clone(), file.checksum.clone());
+        let name = file.name.to_string();
         storage::write_blocking(self.storage.as_ref(), &key, move |out| {
             let mut counting = CountingWriter { inner: out, written: 0 };
-            let mut reader =
-                HashingReader::new(std::fs::File::open(&source).at("opening", &source)?);
-            let sealed = crate::pipeline::seal(repo.master_key(), &mut counting)
-                .at("encrypting", &source)?;
-            let mut encoder = compression.encoder(sealed).at("compressing", &source)?;
-            std::io::copy(&mut reader, &mut encoder).at("archiving", &source)?;
+            let what = match &source {
+                WalSource::File(path) => path.display().to_string(),
+                WalSource::Bytes(_) => name,
+            };
+            let sealed =
+                crate::pipeline::seal(repo.master_key(), &mut counting).at("encrypting", &what)?;
+            let mut encoder = compression.encoder(sealed).at("compressing", &what)?;
+            let changed = match &source {
+                WalSource::File(path) => {
+                    let mut reader =
+                        HashingReader::new(std::fs::File::open(path).at("opening", path)?);
+                    std::io::copy(&mut reader, &mut encoder).at("archiving", path)?;
+                    reader.finish().0 != checksum
+                }
+                // Hashed by the caller from these very bytes: they cannot have changed.
+                WalSource::Bytes(bytes) => {
+                    encoder.write_all(bytes).at("archiving", &what)?;
+                    false
+                }
+            };
             encoder
                 .finish()
                 .and_then(|sealed| sealed.finish())
-                .at("compressing", &source)?;
-            if reader.finish().0 != checksum {
+                .at("compressing", &what)?;
+            if changed {
                 return Err(Error::new(
                     ErrorKind::Conflict,
-                    format!("{} changed while it was being archived", source.display()),
+                    format!("{what} changed while it was being archived"),
                 )
                 .hint("PostgreSQL must not modify a file it hands to archive_command; the push will be retried"));
             }

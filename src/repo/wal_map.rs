@@ -81,7 +81,7 @@ impl Repo {
         local_dir: Option<&Path>,
     ) -> Result<BlockMap> {
         let map = self
-            .make_wal_map(name, segment, checksum, local_dir)
+            .make_wal_map(name, segment.into(), checksum, local_dir)
             .await?;
         self.put_wal_map(name, &map).await?;
         Ok(map)
@@ -94,7 +94,7 @@ impl Repo {
     pub async fn make_wal_map(
         &self,
         name: &WalFileName,
-        segment: Vec<u8>,
+        segment: bytes::Bytes,
         checksum: &str,
         local_dir: Option<&Path>,
     ) -> Result<BlockMap> {
@@ -115,7 +115,6 @@ impl Repo {
             seg.timeline.0,
             seg.start_lsn(size),
         );
-        let segment = std::sync::Arc::new(segment);
         let parse = |before: Option<Vec<u8>>| {
             let segment = segment.clone();
             async move {

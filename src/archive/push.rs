@@ -144,7 +144,7 @@ async fn read_validated(
             }
             return Ok((None, checksum_file(&path)?));
         }
-        let mut content = Vec::with_capacity(size as usize);
+        let mut content = segment_buffer(size as usize);
         file.read_to_end(&mut content).at("reading", &path)?;
         if is_segment {
             let first_page = &content[..8192.min(content.len())];
@@ -155,6 +155,26 @@ async fn read_validated(
     })
     .await
     .unwrap_or_else(crate::error::task_panicked)
+}
+
+/// An empty buffer for `len` bytes, backed by huge pages where the kernel gives them on
+/// request: filling 16 MiB of fresh 4 KiB pages costs thousands of page faults, a
+/// third of a push's time.
+fn segment_buffer(len: usize) -> Vec<u8> {
+    let buf = Vec::with_capacity(len);
+    #[cfg(target_os = "linux")]
+    {
+        let start = (buf.as_ptr() as usize).next_multiple_of(4096);
+        let end = (buf.as_ptr() as usize + len) & !4095;
+        if end > start {
+            // SAFETY: advice about memory this Vec owns; it changes no content, and a
+            // refusal only leaves ordinary pages.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+    buf
 }
 
 /// `first_page`: the file's first 8192 bytes (all of it when shorter); `size`: its size.

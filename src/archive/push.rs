@@ -25,6 +25,33 @@ pub use crate::repo::wal::WalPut as PushOutcome;
 /// large --wal-segsize) are streamed from the file, and read again for a map.
 const READ_ONCE_MAX: u64 = 64 << 20;
 
+/// At most this many pushes of one process hold their file in memory at once (the async
+/// worker runs `--jobs` pushes together): the others stream, so memory stays within the
+/// budget whatever `--jobs` is.
+const BUFFERED_MAX: usize = 2;
+static BUFFERED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// One of the `BUFFERED_MAX` places for a file in memory, given back when dropped.
+struct BufferSlot;
+
+impl BufferSlot {
+    fn take() -> Option<BufferSlot> {
+        use std::sync::atomic::Ordering;
+        let before = BUFFERED.fetch_add(1, Ordering::SeqCst);
+        if before >= BUFFERED_MAX {
+            BUFFERED.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(BufferSlot)
+    }
+}
+
+impl Drop for BufferSlot {
+    fn drop(&mut self) {
+        BUFFERED.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Stores the WAL file at `path`; with `block_maps`, a segment's block map too.
 pub async fn archive_push(
     repo: &Repo,
@@ -34,7 +61,8 @@ pub async fn archive_push(
 ) -> Result<PushOutcome> {
     let name = parse_pushed_name(path)?;
     let stanza = repo.stanza_info().await?;
-    let (content, checksum) = read_validated(path, &name, &stanza).await?;
+    let slot = BufferSlot::take(); // held until the push is done with the content
+    let (content, checksum) = read_validated(path, &name, &stanza, slot.is_some()).await?;
     // The map is made while the segment is stored (both on blocking threads), and
     // stored only once the segment is.
     let is_segment = block_maps && matches!(name, WalFileName::Segment(_));
@@ -69,6 +97,7 @@ pub async fn archive_push(
         }
         tracing::debug!(%name, elapsed_us = started.elapsed().as_micros() as u64, "pushed with its block map");
     }
+    drop(slot);
     Ok(outcome)
 }
 
@@ -120,15 +149,16 @@ pub fn parse_pushed_name(path: &Path) -> Result<WalFileName> {
 
 /// Checks a file against the stanza and returns its checksum.
 pub async fn validate(path: &Path, name: &WalFileName, stanza: &StanzaInfo) -> Result<String> {
-    read_validated(path, name, stanza).await.map(|(_, sum)| sum)
+    read_validated(path, name, stanza, false).await.map(|(_, sum)| sum)
 }
 
 /// Checks a file against the stanza and returns its checksum, and its content when it
-/// is small enough to keep (`READ_ONCE_MAX`): the file is read once.
+/// may be kept (`keep`) and is small enough (`READ_ONCE_MAX`): the file is read once.
 async fn read_validated(
     path: &Path,
     name: &WalFileName,
     stanza: &StanzaInfo,
+    keep: bool,
 ) -> Result<(Option<Bytes>, String)> {
     let (path, name, stanza) = (path.to_path_buf(), name.clone(), stanza.clone());
     tokio::task::spawn_blocking(move || -> Result<(Option<Bytes>, String)> {
@@ -136,7 +166,7 @@ async fn read_validated(
         let size = file.metadata().at("reading metadata of", &path)?.len();
         let is_segment =
             name.segment().is_some() && !matches!(name, WalFileName::BackupHistory { .. });
-        if size > READ_ONCE_MAX {
+        if !keep || size > READ_ONCE_MAX {
             if is_segment {
                 let mut first_page = vec![0u8; 8192];
                 file.read_exact(&mut first_page).at("reading", &path)?;

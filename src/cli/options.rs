@@ -292,7 +292,7 @@ global_options! {
     /// Compression level (zstd 1-22, gzip 0-9)
     compress_level: i32, "compress-level", Pgward("PGWARD_COMPRESS_LEVEL"), FILE | WORKER;
     /// archive-push also stores a block map of each segment (experimental: incrementals
-    /// do not read maps yet, and a map costs each push about as much again) [default: off]
+    /// do not read maps yet, and a map costs each push about a third more) [default: off]
     #[arg(value_enum, ignore_case = true)]
     wal_maps: WalMaps, "wal-maps", Pgward("PGWARD_WAL_MAPS"), FILE | COMMAND | WORKER;
 

@@ -149,7 +149,9 @@ pub fn parse_pushed_name(path: &Path) -> Result<WalFileName> {
 
 /// Checks a file against the stanza and returns its checksum.
 pub async fn validate(path: &Path, name: &WalFileName, stanza: &StanzaInfo) -> Result<String> {
-    read_validated(path, name, stanza, false).await.map(|(_, sum)| sum)
+    read_validated(path, name, stanza, false)
+        .await
+        .map(|(_, sum)| sum)
 }
 
 /// Checks a file against the stanza and returns its checksum, and its content when it

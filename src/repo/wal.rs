@@ -72,8 +72,13 @@ impl Repo {
         checksum: &str,
         compression: Compression,
     ) -> Result<WalPut> {
-        self.put_wal_from(name, WalSource::File(source.to_path_buf()), checksum, compression)
-            .await
+        self.put_wal_from(
+            name,
+            WalSource::File(source.to_path_buf()),
+            checksum,
+            compression,
+        )
+        .await
     }
 
     /// [`Repo::put_wal`] of content already in memory (archive-push reads a segment

@@ -72,7 +72,7 @@ impl Repo {
     /// Every archived file in one archive directory (see `archive_subdir`).
     pub async fn archived_in(&self, subdir: &str) -> Result<Vec<ArchivedFile>> {
         Ok(parse_listing(
-            self.storage.list(&self.archive_dir_key(subdir)).await?,
+            &self.storage.list(&self.archive_dir_key(subdir)).await?,
         ))
     }
 
@@ -88,7 +88,7 @@ impl Repo {
         let mut files = Vec::new();
         for dir in top.dirs {
             files.extend(parse_listing(
-                self.storage.list(&self.archive_dir_key(&dir)).await?,
+                &self.storage.list(&self.archive_dir_key(&dir)).await?,
             ));
         }
         files.sort_by(|a, b| a.name.cmp(&b.name));
@@ -98,17 +98,18 @@ impl Repo {
     /// Timeline history files in the archive, parsed lazily by callers.
     pub async fn history_files(&self) -> Result<Vec<ArchivedFile>> {
         Ok(parse_listing(
-            self.storage
+            &self
+                .storage
                 .list(&self.archive_dir_key(HISTORY_DIR))
                 .await?,
         ))
     }
 }
 
-fn parse_listing(listing: crate::storage::Listing) -> Vec<ArchivedFile> {
+pub(super) fn parse_listing(listing: &crate::storage::Listing) -> Vec<ArchivedFile> {
     listing
         .files
-        .into_iter()
+        .iter()
         .filter_map(|f| {
             let (name, checksum, codec) = parse_stored_name(&f.name)?;
             Some(ArchivedFile {

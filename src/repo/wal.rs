@@ -12,10 +12,8 @@
 //! its data object was written, which we then write. Archives written before claims
 //! existed have data objects without claims: they are compared as before, then claimed.
 
-use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use bytes::Bytes;
 
@@ -27,7 +25,7 @@ use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::pg::WalFileName;
 use crate::pipeline::hash::HashingReader;
 use crate::pipeline::{Compression, CountingWriter};
-use crate::storage::{self, Reader};
+use crate::storage::{self, ObjectInfo, Reader};
 
 /// Suffix of a WAL name's claim (never parsed as an archived file: it has no checksum).
 pub const CLAIM_SUFFIX: &str = ".claim";
@@ -101,8 +99,14 @@ impl Repo {
         checksum: &str,
         compression: Compression,
     ) -> Result<WalPut> {
-        // Data objects decide first: archives from before claims have no claim.
-        let existing = self.find_archived(name).await?;
+        // Data objects decide first: archives from before claims have no claim. The one
+        // listing also shows what killed pushes left in the directory.
+        let dir = self.archive_dir_key(&archive_subdir(name));
+        let listing = self.storage.list(&dir).await?;
+        let existing: Vec<ArchivedFile> = super::archive::parse_listing(&listing)
+            .into_iter()
+            .filter(|f| &f.name == name)
+            .collect();
         if existing.iter().any(|f| f.checksum != checksum) {
             return Err(already_archived(self, name));
         }
@@ -123,37 +127,32 @@ impl Repo {
             archived_at: 0,
         };
         let stored_size = self.write_wal(&file, source, compression).await?;
-        self.remove_abandoned_pushes(name).await;
+        self.remove_abandoned_pushes(&dir, &listing.incomplete)
+            .await;
         Ok(WalPut::Stored { stored_size })
     }
 
-    /// Removes what killed pushes left in `name`'s archive directory, older than
-    /// `ABANDONED_AFTER`, once per directory and process (an async push stores many
-    /// files). Only in a local repository: on object storage that is one more request
-    /// (ListMultipartUploads) per push, and expire does it there. Claims are not
-    /// leftovers: a claim without its data object reserves the name for its content.
-    /// The file is stored either way: a failure here is only logged.
-    async fn remove_abandoned_pushes(&self, name: &WalFileName) {
-        static SWEPT: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
-        if self.storage.local_root().is_none() {
-            return;
+    /// Removes what killed pushes left in archive directory `dir` (`incomplete`, from the
+    /// listing the push made anyway), older than `ABANDONED_AFTER`: a push in progress is
+    /// never that old. Local repositories list their temporary files; object storage
+    /// lists none (its unfinished uploads cost a request of their own, and expire removes
+    /// them). Claims are not leftovers: a claim without its data object reserves the
+    /// name for its content. The file is stored either way: a failure here is only logged.
+    async fn remove_abandoned_pushes(&self, dir: &str, incomplete: &[ObjectInfo]) {
+        let cutoff = chrono::Utc::now().timestamp() - ABANDONED_AFTER.as_secs() as i64;
+        let mut removed = 0;
+        for left in incomplete.iter().filter(|f| f.modified < cutoff) {
+            match self.storage.delete(&format!("{dir}/{}", left.name)).await {
+                Ok(()) => removed += 1,
+                Err(e) => tracing::warn!(dir, "leaving what killed pushes left: {e}"),
+            }
         }
-        let dir = format!("archive/{}", archive_subdir(name));
-        if !SWEPT
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(self.key(&dir))
-        {
-            return;
-        }
-        match self.remove_incomplete(&dir, Some(ABANDONED_AFTER)).await {
-            Ok(0) => {}
-            Ok(removed) => tracing::info!(
+        if removed > 0 {
+            tracing::info!(
                 removed,
                 dir,
                 "removed archive files that killed archive-push runs left"
-            ),
-            Err(e) => tracing::warn!(dir, "leaving what killed pushes left: {e}"),
+            );
         }
     }
 

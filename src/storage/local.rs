@@ -371,15 +371,18 @@ fn list_dir(path: &Path) -> Result<Listing> {
     for entry in entries {
         let entry = entry.at("listing", path)?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.ends_with(TEMP_SUFFIX) {
-            continue;
-        }
         let meta = match entry.metadata() {
             Ok(meta) => meta,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue, // removed meanwhile
             Err(e) => return Err(Error::io("reading metadata of", entry.path(), e)),
         };
-        if meta.is_dir() {
+        if name.ends_with(TEMP_SUFFIX) {
+            listing.incomplete.push(ObjectInfo {
+                name,
+                size: meta.len(),
+                modified: meta.mtime(),
+            });
+        } else if meta.is_dir() {
             listing.dirs.push(name);
         } else {
             listing.files.push(ObjectInfo {

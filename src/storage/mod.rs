@@ -28,6 +28,9 @@ pub struct ObjectInfo {
 pub struct Listing {
     pub files: Vec<ObjectInfo>,
     pub dirs: Vec<String>,
+    /// What unfinished writers left in the directory (local temporary files), never
+    /// visible as objects; object storage reports none here (`remove_incomplete`).
+    pub incomplete: Vec<ObjectInfo>,
 }
 
 pub type Reader = Box<dyn AsyncRead + Send + Unpin>;

@@ -118,6 +118,13 @@ pub async fn verify(repo: &Repo, jobs: usize) -> Result<VerifyReport> {
         )
     };
     report.problems.extend(stored_twice(&archived, &dependants));
+    for (claim, problem) in repo.check_wal_claims(&archived).await? {
+        report.problems.push(Problem {
+            problem: format!("{claim}: {problem}"),
+            breaks: "archive-push of that WAL file: a retry is refused as different contents"
+                .into(),
+        });
+    }
     for (i, f) in archived.iter().enumerate() {
         checks.push((Check::Wal(i, f.clone()), dependants(f)));
     }

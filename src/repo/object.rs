@@ -46,6 +46,7 @@ pub enum Kind {
     PitrSettings,
     Lock,
     BlockMap,
+    Claim,
 }
 
 impl Kind {
@@ -58,6 +59,7 @@ impl Kind {
             Kind::PitrSettings => 5,
             Kind::Lock => 6,
             Kind::BlockMap => 7,
+            Kind::Claim => 8,
         }
     }
 
@@ -70,6 +72,7 @@ impl Kind {
             Kind::PitrSettings,
             Kind::Lock,
             Kind::BlockMap,
+            Kind::Claim,
         ]
         .into_iter()
         .find(|k| k.code() == code)
@@ -84,6 +87,7 @@ impl Kind {
             Kind::PitrSettings => "saved PITR settings",
             Kind::Lock => "a lock object",
             Kind::BlockMap => "a WAL block map",
+            Kind::Claim => "a WAL name claim",
         }
     }
 }

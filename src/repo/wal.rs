@@ -18,8 +18,9 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 
 use super::archive::{archive_subdir, ArchivedFile};
-use super::cipher::{decrypt_error, stored_read_error};
+use super::cipher::stored_read_error;
 use super::frames::naming;
+use super::object::Kind;
 use super::{Repo, ABANDONED_AFTER};
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::pg::WalFileName;
@@ -158,7 +159,7 @@ impl Repo {
 
     async fn claim(&self, name: &WalFileName, checksum: &str) -> Result<Claim> {
         let key = self.wal_claim_key(name);
-        let content = self.seal_claim(&key, checksum)?;
+        let content = self.claim_bytes(&key, name, checksum)?;
         let holder = |found: String| {
             if found == checksum {
                 Claim::Ours
@@ -171,7 +172,7 @@ impl Repo {
         for _ in 0..3 {
             match self.storage.create_exclusive(&key, &content).await? {
                 Some(true) => return Ok(Claim::Created),
-                Some(false) => match self.read_claim(&key).await? {
+                Some(false) => match self.read_claim(&key, name).await? {
                     Some(found) => return Ok(holder(found)),
                     None => continue,
                 },
@@ -179,7 +180,7 @@ impl Repo {
                     // The store would let both creators win: serialise the pushes of
                     // this host instead (as the backup lock does on such stores).
                     let _lock = self.host_claim_lock(name).await?;
-                    if let Some(found) = self.read_claim(&key).await? {
+                    if let Some(found) = self.read_claim(&key, name).await? {
                         return Ok(holder(found));
                     }
                     self.storage.put(&key, &content).await?;
@@ -194,50 +195,82 @@ impl Repo {
         .hint("another process is archiving or expiring this WAL file; the push will be retried"))
     }
 
-    /// The checksum a claim holds; None when there is no claim.
-    async fn read_claim(&self, key: &str) -> Result<Option<String>> {
-        let bytes = match self.storage.read_all(key).await {
-            Ok(bytes) => bytes,
-            Err(e) if e.is_not_found() => return Ok(None),
-            Err(e) => return Err(e),
+    /// The checksum a claim holds; None when there is no claim. A claim is a metadata
+    /// object (`repo::object`): checksummed, sealed in an encrypted stanza, and it must
+    /// name the WAL file its key names.
+    async fn read_claim(&self, key: &str, name: &WalFileName) -> Result<Option<String>> {
+        let Some(claim) = self.read_object::<ClaimRecord>(key, Kind::Claim).await? else {
+            return Ok(None);
         };
-        let bytes = match self.master_key() {
-            None => bytes,
-            Some(master) => {
-                let mut plain = Vec::new();
-                crate::pipeline::unseal(Some(master), &bytes[..])
-                    .and_then(|mut r| r.read_to_end(&mut plain))
-                    .map_err(|e| decrypt_error(key, e))?;
-                plain
-            }
-        };
-        let text = String::from_utf8_lossy(&bytes);
-        let found = text.trim_end_matches('\n');
-        if found.len() != 64
-            || !found
+        if claim.name != name.to_string() {
+            return Err(super::object::damaged(
+                key,
+                format!("claims WAL file {}: it was copied from another name", claim.name),
+            ));
+        }
+        if claim.checksum.len() != 64
+            || !claim
+                .checksum
                 .bytes()
                 .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
         {
-            return Err(Error::corrupt(format!(
-                "{key} is damaged: it should hold the 64-digit checksum of the archived file it names"
-            )));
+            return Err(super::object::damaged(
+                key,
+                "does not hold the 64-digit checksum of the archived file it names",
+            ));
         }
-        Ok(Some(found.to_string()))
+        Ok(Some(claim.checksum))
     }
 
-    /// A claim's content: the checksum and a newline, sealed in an encrypted stanza
-    /// like every other object there.
-    fn seal_claim(&self, key: &str, checksum: &str) -> Result<Vec<u8>> {
-        let text = format!("{checksum}\n").into_bytes();
-        let Some(master) = self.master_key() else {
-            return Ok(text);
-        };
-        let mut sealed = crate::pipeline::seal(Some(master), Vec::new())
-            .map_err(|e| Error::io("encrypting", key, e))?;
-        sealed
-            .write_all(&text)
-            .and_then(|()| sealed.finish())
-            .map_err(|e| Error::io("encrypting", key, e))
+    /// Reads every claim in the archive (`verify`): each must read through the checked
+    /// path and hold the checksum of the archived file of its name, if there is one.
+    /// Returns (claim key, what is wrong) for each that does not.
+    pub async fn check_wal_claims(&self, archived: &[ArchivedFile]) -> Result<Vec<(String, String)>> {
+        let mut problems = Vec::new();
+        for dir in self.archive_dirs().await? {
+            let dir_key = self.archive_dir_key(&dir);
+            for file in self.storage.list(&dir_key).await?.files {
+                let Some(name) = file.name.strip_suffix(CLAIM_SUFFIX) else {
+                    continue;
+                };
+                let key = format!("{dir_key}/{}", file.name);
+                let Ok(name) = WalFileName::parse(name) else {
+                    problems.push((key, "is not named for a WAL file".to_string()));
+                    continue;
+                };
+                match self.read_claim(&key, &name).await {
+                    Err(e) => problems.push((key, e.to_string())),
+                    Ok(None) => {} // removed meanwhile (expire)
+                    Ok(Some(claimed)) => {
+                        if let Some(other) = archived
+                            .iter()
+                            .find(|f| f.name == name && f.checksum != claimed)
+                        {
+                            problems.push((
+                                key,
+                                format!(
+                                    "reserves {name} for content {claimed}, but the archive holds {}",
+                                    other.file_name()
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(problems)
+    }
+
+    /// A claim's stored bytes.
+    fn claim_bytes(&self, key: &str, name: &WalFileName, checksum: &str) -> Result<Vec<u8>> {
+        self.encode_object(
+            key,
+            Kind::Claim,
+            &ClaimRecord {
+                name: name.to_string(),
+                checksum: checksum.to_string(),
+            },
+        )
     }
 
     /// One of a few lock files per host and stanza, chosen by the WAL name, each held
@@ -359,6 +392,13 @@ fn already_archived(repo: &Repo, name: &WalFileName) -> Error {
         ),
     )
     .hint("two clusters may be archiving into one stanza, or a restored cluster kept the old archive_command; give each cluster its own stanza")
+}
+
+/// What a claim holds: the one content (by checksum) its WAL name may have.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ClaimRecord {
+    name: String,
+    checksum: String,
 }
 
 /// An archived file opened for reading.

@@ -156,6 +156,16 @@ fn cases(st: &Stanza, encrypted: bool) -> Vec<Case> {
     if encrypted {
         objects.push((main.join("keyfile.json"), "keyfile.json".into(), true));
     }
+    // A WAL name's claim (restore does not read claims; archive-push and verify do).
+    let claim = std::fs::read_dir(main.join("archive"))
+        .unwrap()
+        .flatten()
+        .flat_map(|d| std::fs::read_dir(d.path()).unwrap().flatten())
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "claim"))
+        .expect("archived WAL has claims");
+    let claim_name = claim.file_name().unwrap().to_string_lossy().into_owned();
+    objects.push((claim, claim_name, false));
     let mut out = Vec::new();
     for (object, names, restore_refuses) in objects {
         let file = object.file_name().unwrap().to_string_lossy().into_owned();
@@ -165,7 +175,11 @@ fn cases(st: &Stanza, encrypted: bool) -> Vec<Case> {
         ];
         // A deleted pin is an unpinned backup, and deleted settings were never saved:
         // nothing to detect.
-        if !file.ends_with(".pin") && file != "pitr-previous-settings.json" {
+        // A deleted claim is an archive from before claims: nothing to detect either.
+        if !file.ends_with(".pin")
+            && !file.ends_with(".claim")
+            && file != "pitr-previous-settings.json"
+        {
             changes.push(("delete", Change::Delete));
         }
         let plaintext = !encrypted || file == "keyfile.json";
@@ -178,6 +192,10 @@ fn cases(st: &Stanza, encrypted: bool) -> Vec<Case> {
                 "keyfile.json" => (
                     "edit a digit of the salt",
                     Change::JsonEdit("\"salt\": \"", 5),
+                ),
+                f if f.ends_with(".claim") => (
+                    "edit a digit of the WAL name",
+                    Change::JsonEdit("\"name\": \"", 5),
                 ),
                 f if f.ends_with(".pin") => (
                     "edit a digit of the label",

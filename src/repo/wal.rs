@@ -205,7 +205,10 @@ impl Repo {
         if claim.name != name.to_string() {
             return Err(super::object::damaged(
                 key,
-                format!("claims WAL file {}: it was copied from another name", claim.name),
+                format!(
+                    "claims WAL file {}: it was copied from another name",
+                    claim.name
+                ),
             ));
         }
         if claim.checksum.len() != 64
@@ -225,7 +228,10 @@ impl Repo {
     /// Reads every claim in the archive (`verify`): each must read through the checked
     /// path and hold the checksum of the archived file of its name, if there is one.
     /// Returns (claim key, what is wrong) for each that does not.
-    pub async fn check_wal_claims(&self, archived: &[ArchivedFile]) -> Result<Vec<(String, String)>> {
+    pub async fn check_wal_claims(
+        &self,
+        archived: &[ArchivedFile],
+    ) -> Result<Vec<(String, String)>> {
         let mut problems = Vec::new();
         for dir in self.archive_dirs().await? {
             let dir_key = self.archive_dir_key(&dir);

@@ -271,18 +271,7 @@ fn async_archive_push_never_loses_wal_when_the_repository_fails_and_the_queue_fi
     // Back to normal: everything arrives, in order, with no gap.
     lock_out(0o755);
     src.archive_current_wal();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while fs::read_dir(spool.join("main/push"))
-        .unwrap()
-        .flatten()
-        .any(|e| !e.file_name().to_string_lossy().starts_with('.'))
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the spool never drained"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_for_drained_spool(&spool.join("main/push"));
     let stats = wal_stats(&src);
     assert_eq!(
         stats["timelines"][0]["gaps"].as_array().unwrap().len(),
@@ -420,18 +409,7 @@ fn async_push_refuses_a_spool_others_can_write_and_never_follows_links_planted_i
     // not written through) and pushed; the victim is never touched.
     fs::remove_file(spool.join(".worker.lock")).unwrap();
     assert_success(&push(), "archive-push --async");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while fs::read_dir(&spool)
-        .unwrap()
-        .flatten()
-        .any(|e| !e.file_name().to_string_lossy().starts_with('.'))
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the spool never drained"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_for_drained_spool(&spool);
     assert_eq!(victim_state(&victim), before, "a planted link was followed");
     src.ok(&["verify"]);
 }
@@ -656,4 +634,21 @@ fn archive_push_removes_what_killed_pushes_left_and_spares_pushes_in_progress_an
     );
     fs::remove_file(&in_progress).unwrap();
     src.ok(&["verify"]);
+}
+
+/// Waits until the spool directory `dir` holds no queued file (hidden files are the
+/// spool's own), failing after a minute.
+fn wait_for_drained_spool(dir: &std::path::Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .any(|e| !e.file_name().to_string_lossy().starts_with('.'))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the spool never drained"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

@@ -178,11 +178,7 @@ fn encryption_flags_on_an_unencrypted_stanza_and_a_missing_passphrase_file_exit_
         src.extra.join(" "),
         src.url
     );
-    src.sql(&format!(
-        "ALTER SYSTEM SET archive_command = {}",
-        sql_quote(&command)
-    ));
-    src.sql("SELECT pg_reload_conf()");
+    set_archive_command(&src, &command);
     src.archive_current_wal();
 }
 
@@ -196,15 +192,20 @@ fn check_reports_the_archivers_last_failure_instead_of_a_bare_timeout() {
         src.extra.join(" "),
         src.url
     );
-    src.sql(&format!(
-        "ALTER SYSTEM SET archive_command = {}",
-        sql_quote(&command)
-    ));
-    src.sql("SELECT pg_reload_conf()");
+    set_archive_command(&src, &command);
     let err = src.fails(&["check", "--archive-timeout", "15"], 9);
     assert!(
         err.contains("did not reach the archive: PostgreSQL's archive_command fails (last on"),
         "{err}"
     );
     assert!(err.contains("grep archive-push"), "{err}");
+}
+
+/// Sets the source's archive_command and reloads the configuration.
+fn set_archive_command(src: &Source, command: &str) {
+    src.sql(&format!(
+        "ALTER SYSTEM SET archive_command = {}",
+        sql_quote(command)
+    ));
+    src.sql("SELECT pg_reload_conf()");
 }

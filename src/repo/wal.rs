@@ -578,10 +578,9 @@ mod tests {
         let (a, a_sum) = source(&dir, "a", b"first content");
         let (b, b_sum) = source(&dir, "b", b"other content");
         // A push that crashed after claiming: the same content completes it...
-        repo.storage
-            .put(&repo.wal_claim_key(&name), format!("{a_sum}\n").as_bytes())
-            .await
-            .unwrap();
+        let key = repo.wal_claim_key(&name);
+        let claim_of_a = repo.claim_bytes(&key, &name, &a_sum).unwrap();
+        repo.storage.put(&key, &claim_of_a).await.unwrap();
         let err = repo.put_wal(&name, &b, &b_sum, lz4()).await.unwrap_err();
         assert!(err.to_string().contains("different contents"), "{err}");
         assert!(matches!(
@@ -599,12 +598,10 @@ mod tests {
             repo.put_wal(&name, &a, &a_sum, lz4()).await.unwrap(),
             WalPut::AlreadyArchived
         );
-        let claim = repo
-            .storage
-            .read_all(&repo.wal_claim_key(&name))
-            .await
-            .unwrap();
-        assert_eq!(claim, format!("{a_sum}\n").as_bytes());
+        assert_eq!(
+            repo.read_claim(&key, &name).await.unwrap(),
+            Some(a_sum.clone())
+        );
         // A damaged claim is an error, never a guess.
         repo.storage
             .put(&repo.wal_claim_key(&name), b"garbage")

@@ -13,6 +13,7 @@
 //! <stanza>/backups/<label>.manifest                      written last: a backup exists iff this does
 //! <stanza>/backups/<label>.pin                           present while the backup is pinned
 //! <stanza>/bundles/<label>-<job>-<seq>.bundle            compressed frames of the backup's files
+//! <stanza>/records/last-drill.json, last-verify.json   outcome of the last drill / verify
 //! <stanza>/lock/                                         flock files (local), lock objects (S3)
 //! ```
 
@@ -27,6 +28,7 @@ pub mod lock;
 pub mod manifest;
 pub mod object;
 pub mod piece;
+pub mod records;
 pub mod stanza;
 mod upgrade;
 pub mod wal;

@@ -47,6 +47,8 @@ pub enum Kind {
     Lock,
     BlockMap,
     Claim,
+    DrillRecord,
+    VerifyRecord,
 }
 
 impl Kind {
@@ -60,6 +62,8 @@ impl Kind {
             Kind::Lock => 6,
             Kind::BlockMap => 7,
             Kind::Claim => 8,
+            Kind::DrillRecord => 9,
+            Kind::VerifyRecord => 10,
         }
     }
 
@@ -73,6 +77,8 @@ impl Kind {
             Kind::Lock,
             Kind::BlockMap,
             Kind::Claim,
+            Kind::DrillRecord,
+            Kind::VerifyRecord,
         ]
         .into_iter()
         .find(|k| k.code() == code)
@@ -88,6 +94,8 @@ impl Kind {
             Kind::Lock => "a lock object",
             Kind::BlockMap => "a WAL block map",
             Kind::Claim => "a WAL name claim",
+            Kind::DrillRecord => "a drill record",
+            Kind::VerifyRecord => "a verify record",
         }
     }
 }

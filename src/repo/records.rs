@@ -1,0 +1,149 @@
+//! Outcome records of the routines that prove a stanza: the last `drill` and the last
+//! `verify`. `info` and `metrics` read them (small metadata objects, no bundle or WAL
+//! content), so an operator's monitoring sees when a stanza was last proven and how it
+//! went. Each is one metadata object through `object.rs` (checksummed, sealed in
+//! encrypted stanzas), replaced whole by the next run.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::object::Kind;
+use super::Repo;
+use crate::error::Result;
+
+const LAST_DRILL: &str = "records/last-drill.json";
+const LAST_VERIFY: &str = "records/last-verify.json";
+
+/// One check a drill ran on the restored cluster (`pg_amcheck`, `pg_checksums`, an SQL
+/// check from the operator's file).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DrillCheck {
+    pub name: String,
+    pub passed: bool,
+    /// The checker's own words when it failed (trimmed), or a short summary.
+    #[serde(default)]
+    pub detail: String,
+}
+
+/// What the last `pgward drill` of a stanza did and found.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DrillRecord {
+    /// When the drill finished.
+    pub time: DateTime<Utc>,
+    pub passed: bool,
+    /// The backup restored.
+    pub backup: String,
+    /// The restore target asked for, as the operator would write it (`--target ...`),
+    /// or None for the backup's end.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// Where recovery ended: LSN and, when known, the time of the last replayed commit.
+    #[serde(default)]
+    pub reached_lsn: Option<String>,
+    #[serde(default)]
+    pub reached_time: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub restore_seconds: f64,
+    #[serde(default)]
+    pub recovery_seconds: f64,
+    /// Bytes of WAL replayed (from the backup's start to where recovery ended).
+    #[serde(default)]
+    pub wal_replayed_bytes: Option<u64>,
+    #[serde(default)]
+    pub checks: Vec<DrillCheck>,
+    /// Why the drill failed, when it did not get as far as the checks.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// What the last `pgward verify` of a stanza found.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct VerifyRecord {
+    /// When the verify finished.
+    pub time: DateTime<Utc>,
+    pub passed: bool,
+    /// Problems found (0 when passed).
+    pub problems: u64,
+    #[serde(default)]
+    pub seconds: f64,
+    /// Backups and WAL segments checked.
+    #[serde(default)]
+    pub backups: u64,
+    #[serde(default)]
+    pub wal_segments: u64,
+}
+
+impl Repo {
+    pub async fn last_drill(&self) -> Result<Option<DrillRecord>> {
+        self.read_object(&self.key(LAST_DRILL), Kind::DrillRecord)
+            .await
+    }
+
+    pub async fn save_drill(&self, record: &DrillRecord) -> Result<()> {
+        self.write_object(&self.key(LAST_DRILL), Kind::DrillRecord, record)
+            .await
+    }
+
+    pub async fn last_verify(&self) -> Result<Option<VerifyRecord>> {
+        self.read_object(&self.key(LAST_VERIFY), Kind::VerifyRecord)
+            .await
+    }
+
+    pub async fn save_verify(&self, record: &VerifyRecord) -> Result<()> {
+        self.write_object(&self.key(LAST_VERIFY), Kind::VerifyRecord, record)
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn records_round_trip_and_a_flipped_byte_is_named() {
+        let dir = std::env::temp_dir().join(format!("pgward-records-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let storage = std::sync::Arc::new(crate::storage::LocalStorage::new(dir.join("repo")));
+        let repo = Repo::plain_for_tests(storage, "main");
+        assert_eq!(repo.last_drill().await.unwrap(), None);
+        let drill = DrillRecord {
+            time: Utc::now(),
+            passed: false,
+            backup: "20261129-120000F".into(),
+            target: Some("--target random".into()),
+            reached_lsn: Some("0/3000060".into()),
+            reached_time: None,
+            restore_seconds: 1.5,
+            recovery_seconds: 0.5,
+            wal_replayed_bytes: Some(16 << 20),
+            checks: vec![DrillCheck {
+                name: "pg_amcheck".into(),
+                passed: false,
+                detail: "heap table \"public.t\", block 0: invalid".into(),
+            }],
+            error: None,
+        };
+        repo.save_drill(&drill).await.unwrap();
+        assert_eq!(repo.last_drill().await.unwrap(), Some(drill));
+        let verify = VerifyRecord {
+            time: Utc::now(),
+            passed: true,
+            problems: 0,
+            seconds: 0.25,
+            backups: 2,
+            wal_segments: 10,
+        };
+        repo.save_verify(&verify).await.unwrap();
+        assert_eq!(repo.last_verify().await.unwrap(), Some(verify));
+
+        let path = dir.join("repo").join(repo.key(LAST_VERIFY));
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        let err = repo.last_verify().await.unwrap_err().to_string();
+        assert!(err.contains("last-verify.json"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -16,6 +16,7 @@ use crate::repo::archive::ArchivedFile;
 use crate::repo::archive_map::{contiguous_end, segments_on};
 use crate::repo::frames::FrameReader;
 use crate::repo::manifest::{Extent, Manifest};
+use crate::repo::read_plan::ReadPlan;
 use crate::repo::stanza::StanzaInfo;
 use crate::repo::Repo;
 
@@ -142,8 +143,18 @@ pub async fn verify(repo: &Repo, jobs: usize) -> Result<VerifyReport> {
     let _reporter =
         crate::progress::Reporter::start("verify", total, checks.len() as u64, progress.clone());
     let handle = tokio::runtime::Handle::current();
+    // Frames are listed in bundle order: on object storage they are fetched in spans.
+    let plan = ReadPlan::new(
+        repo,
+        handle.clone(),
+        checks.iter().filter_map(|(c, _)| match c {
+            Check::Frame(_, extent, _) => Some(extent),
+            Check::Wal(..) => None,
+        }),
+    );
     let workers = (0..crate::workers::readers(jobs, repo.is_local()))
         .map(|_| Checker {
+            plan: plan.clone(),
             repo: repo.clone(),
             handle: handle.clone(),
             scratch: vec![0u8; 256 << 10],
@@ -221,6 +232,7 @@ type Checked = (Option<Problem>, u64, Option<(usize, u64)>);
 
 /// A verify worker: its scratch buffer and what its checks found, by check number.
 struct Checker {
+    plan: Option<std::sync::Arc<ReadPlan>>,
     repo: Repo,
     handle: tokio::runtime::Handle,
     scratch: Vec<u8>,
@@ -237,7 +249,12 @@ impl crate::workers::Worker for Checker {
             Check::Wal(i, f) => f.name.segment().is_some().then_some(*i),
             Check::Frame(..) => None,
         };
-        let checked = match check.run(&self.repo, &self.handle, &mut self.scratch) {
+        let checked = match check.run(
+            self.plan.as_ref(),
+            &self.repo,
+            &self.handle,
+            &mut self.scratch,
+        ) {
             // Which cluster wrote the segment: its first page says.
             Ok((bytes, head)) => (
                 None,
@@ -273,13 +290,14 @@ impl Check {
     /// a blocking thread.
     fn run(
         self,
+        plan: Option<&std::sync::Arc<ReadPlan>>,
         repo: &Repo,
         handle: &tokio::runtime::Handle,
         scratch: &mut [u8],
     ) -> Result<(u64, Vec<u8>)> {
         match self {
             Check::Frame(path, extent, codec) => {
-                FrameReader::open(repo, handle, &extent, codec, &path)?
+                FrameReader::open_planned(plan, repo, handle, &extent, codec, &path)?
                     .finish(scratch)
                     .map(|n| (n, Vec::new()))
             }

@@ -66,6 +66,7 @@ impl Resolved {
             retry_seconds: g.s3_retry_seconds,
             access_key: g.s3_key.clone(),
             secret_key: g.s3_key_secret.clone(),
+            read_ahead: g.repo_read_ahead,
         })
     }
 

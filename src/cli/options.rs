@@ -321,6 +321,12 @@ global_options! {
     s3_key_secret: String, "s3-key-secret", Pgward("PGWARD_S3_KEY_SECRET"),
         FILE | WORKER | SECRET;
 
+    /// Ranged GETs (of up to 4 MiB of adjacent frames each) that restore and verify keep
+    /// in flight ahead of their workers on object storage; 0 fetches each frame alone
+    /// [default: 8]
+    repo_read_ahead: usize, "repo-read-ahead", Pgward("PGWARD_REPO_READ_AHEAD"),
+        FILE | COMMAND | WORKER;
+
     ["Encryption"]
     /// Encrypt a new stanza: aes-256-gcm or none (set at stanza-create) [default: none]
     cipher: String, "cipher", Pgward("PGWARD_CIPHER"), FILE;

@@ -9,12 +9,14 @@
 //! storage is reached through a runtime handle.
 
 use std::io::{Read, Write};
+use std::sync::Arc;
 
 use tokio::runtime::Handle;
 use tokio_util::io::SyncIoBridge;
 
 use super::cipher::stored_read_error;
 use super::manifest::{bundle_key, Extent};
+use super::read_plan::ReadPlan;
 use super::Repo;
 use crate::error::{Error, Result};
 use crate::pipeline::compress::{Codec, Encoder};
@@ -222,6 +224,19 @@ impl<'a> FrameReader<'a> {
         codec: Codec,
         path: &'a str,
     ) -> Result<FrameReader<'a>> {
+        Self::open_planned(None, repo, handle, extent, codec, path)
+    }
+
+    /// As `open`, taking the frame's stored bytes from `plan` when it holds them (object
+    /// storage: see `read_plan`); they are checked the same way.
+    pub fn open_planned(
+        plan: Option<&Arc<ReadPlan>>,
+        repo: &Repo,
+        handle: &Handle,
+        extent: &'a Extent,
+        codec: Codec,
+        path: &'a str,
+    ) -> Result<FrameReader<'a>> {
         let mut frame = FrameReader {
             decoder: Box::new(std::io::empty()),
             position: 0,
@@ -229,29 +244,33 @@ impl<'a> FrameReader<'a> {
             extent,
             path,
         };
-        let reader = storage::read_range_blocking(
-            &repo.storage,
-            handle,
-            &bundle_key(repo, &extent.bundle),
-            extent.bundle_offset,
-            extent.stored_length,
-        )
-        .map_err(|e| {
-            if e.is_not_found() {
-                // A bundle a manifest names is part of the backup: its absence is damage
-                // to the repository (exit 5), never "not found" (no such backup).
-                Error::corrupt(format!(
-                    "{}: bundle {} named by backup {} is missing",
-                    frame.what(),
-                    extent.bundle,
-                    extent.backup
-                ))
-                .source(e)
-                .hint("run `pgward verify` to see every backup this breaks")
-            } else {
-                naming(&frame.what(), e)
-            }
-        })?;
+        let planned = plan.and_then(|p| p.open(extent));
+        let reader = match planned {
+            Some(reader) => reader,
+            None => storage::read_range_blocking(
+                &repo.storage,
+                handle,
+                &bundle_key(repo, &extent.bundle),
+                extent.bundle_offset,
+                extent.stored_length,
+            )
+            .map_err(|e| {
+                if e.is_not_found() {
+                    // A bundle a manifest names is part of the backup: its absence is damage
+                    // to the repository (exit 5), never "not found" (no such backup).
+                    Error::corrupt(format!(
+                        "{}: bundle {} named by backup {} is missing",
+                        frame.what(),
+                        extent.bundle,
+                        extent.backup
+                    ))
+                    .source(e)
+                    .hint("run `pgward verify` to see every backup this breaks")
+                } else {
+                    naming(&frame.what(), e)
+                }
+            })?,
+        };
         frame.decoder = crate::pipeline::unseal(repo.master_key(), reader)
             .and_then(|r| codec.decoder(r))
             .map_err(|e| stored_read_error(frame.what(), e))?;

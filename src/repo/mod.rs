@@ -28,6 +28,7 @@ pub mod lock;
 pub mod manifest;
 pub mod object;
 pub mod piece;
+pub mod read_plan;
 pub mod records;
 pub mod stanza;
 mod upgrade;

@@ -15,6 +15,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::pipeline::compress::Codec;
 use crate::repo::frames::FrameReader;
 use crate::repo::manifest::{FileEntry, Manifest};
+use crate::repo::read_plan::ReadPlan;
 use crate::repo::Repo;
 
 use super::output::{OutputFile, WriteBehind};
@@ -51,8 +52,20 @@ pub async fn restore_files(
         }
         parts.extend(cut);
     }
-    // Largest first, so the last part to finish is a small one.
+    // Largest first, so the last part to finish is a small one. On object storage,
+    // where the reads are planned, in bundle order instead: workers then take frames
+    // in the order the spans are fetched ahead.
     parts.sort_by_key(|p| std::cmp::Reverse(p.end - p.start));
+    let plan = if repo.is_local() {
+        None
+    } else {
+        parts.sort_by(|a, b| a.first_frame().cmp(&b.first_frame()));
+        ReadPlan::new(
+            repo,
+            Handle::current(),
+            parts.iter().flat_map(|p| p.frames()),
+        )
+    };
     let codecs = Arc::new(codec_by_backup(repo, manifest).await?);
     // Readers of object storage wait on the network more than on the disk, so each
     // keeps fewer chunks in memory.
@@ -68,6 +81,7 @@ pub async fn restore_files(
             handle: handle.clone(),
             repo: repo.clone(),
             codecs: codecs.clone(),
+            plan: plan.clone(),
             pgdata: pgdata.to_path_buf(),
             // Only the skipped parts of frames go through here (restored bytes are
             // decoded straight into the output's chunks): a block of lz4 is plenty.
@@ -76,6 +90,9 @@ pub async fn restore_files(
         })
         .collect();
     crate::workers::run(workers, parts, progress).await?;
+    if let Some(plan) = plan {
+        tracing::debug!(requests = plan.requests(), "planned reads");
+    }
     Ok(())
 }
 
@@ -85,6 +102,7 @@ struct PartWriter {
     handle: Handle,
     repo: Repo,
     codecs: Arc<HashMap<String, Codec>>,
+    plan: Option<Arc<ReadPlan>>,
     pgdata: std::path::PathBuf,
     buf: Vec<u8>,
     chunks: WriteBehind,
@@ -99,6 +117,7 @@ impl crate::workers::Worker for PartWriter {
             &self.handle,
             &self.repo,
             &self.codecs,
+            self.plan.as_ref(),
             &part,
             &self.pgdata.join(&part.file.path),
             &mut self.buf,
@@ -158,6 +177,21 @@ struct Part {
 }
 
 impl Part {
+    /// Where its first frame is stored, for reading in bundle order.
+    fn first_frame(&self) -> Option<(&str, &str, u64)> {
+        self.file.extents[self.extents.clone()]
+            .first()
+            .map(|e| (e.backup.as_str(), e.bundle.as_str(), e.bundle_offset))
+    }
+
+    /// The frames it opens, each once, in the order it opens them.
+    fn frames(&self) -> impl Iterator<Item = &crate::repo::manifest::Extent> {
+        let mut seen = std::collections::HashSet::new();
+        self.file.extents[self.extents.clone()]
+            .iter()
+            .filter(move |e| seen.insert(e.frame_key()))
+    }
+
     /// Parts are cut once they reach the size of the pieces backups store large files in.
     fn cut(file: &Arc<FileEntry>) -> Vec<Part> {
         let part_size = crate::repo::piece::piece_size();
@@ -225,6 +259,7 @@ fn restore_part(
     handle: &Handle,
     repo: &Repo,
     codecs: &HashMap<String, Codec>,
+    plan: Option<&Arc<ReadPlan>>,
     part: &Part,
     dest: &Path,
     buf: &mut [u8],
@@ -261,13 +296,16 @@ fn restore_part(
         let key = extent.frame_key();
         let frame = match open.entry(key) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(slot) => slot.insert(FrameReader::open(
-                repo,
-                handle,
-                extent,
-                codecs[&extent.backup],
-                &file.path,
-            )?),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(FrameReader::open_planned(
+                    plan,
+                    repo,
+                    handle,
+                    extent,
+                    codecs[&extent.backup],
+                    &file.path,
+                )?)
+            }
         };
         if extent.frame_offset < frame.position() {
             return Err(Error::corrupt(format!(

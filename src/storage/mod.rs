@@ -82,6 +82,12 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         Ok(None)
     }
 
+    /// Spans of planned reads to fetch ahead of the readers (`repo::read_plan`); 0 reads
+    /// each frame when it is needed (local storage, where a read costs no round trip).
+    fn read_ahead(&self) -> usize {
+        0
+    }
+
     /// A local directory backing this storage, for host-local locks.
     fn local_root(&self) -> Option<std::path::PathBuf> {
         None

@@ -33,6 +33,9 @@ pub struct S3Options {
     /// Static credentials (`s3-key`/`s3-key-secret`), beating every other source.
     pub access_key: Option<String>,
     pub secret_key: Option<String>,
+    /// Ranged GETs restore and verify keep in flight ahead of their readers (0: one
+    /// request per frame, as they are needed) [default: `read_plan::DEFAULT_AHEAD`].
+    pub read_ahead: Option<usize>,
 }
 
 /// A configured, not yet probed, connection to one repository in one bucket.

@@ -40,6 +40,7 @@ pub struct S3Storage {
     bucket_url: String,
     region: String,
     conditional_put: tokio::sync::OnceCell<bool>,
+    read_ahead: usize,
 }
 
 impl S3Storage {
@@ -64,6 +65,9 @@ impl S3Storage {
             bucket_url: c.bucket_url,
             region: c.region,
             conditional_put: Default::default(),
+            read_ahead: options
+                .read_ahead
+                .unwrap_or(crate::repo::read_plan::DEFAULT_AHEAD),
         };
         // Fail now, with the cause, on a wrong bucket, endpoint or credentials.
         storage.list("").await?;
@@ -164,6 +168,10 @@ fn error(bucket: &str, key: &str, action: &str, e: object_store::Error) -> Error
 
 #[async_trait]
 impl Storage for S3Storage {
+    fn read_ahead(&self) -> usize {
+        self.read_ahead
+    }
+
     async fn create_exclusive(&self, key: &str, bytes: &[u8]) -> Result<Option<bool>> {
         if !self.supports_conditional_put().await {
             return Ok(None);

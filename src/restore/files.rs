@@ -14,7 +14,7 @@ use tokio::runtime::Handle;
 use crate::error::{Error, IoContext, Result};
 use crate::pipeline::compress::Codec;
 use crate::repo::frames::FrameReader;
-use crate::repo::manifest::{FileEntry, Manifest};
+use crate::repo::manifest::{Extent, FileEntry, Manifest};
 use crate::repo::read_plan::ReadPlan;
 use crate::repo::Repo;
 
@@ -66,7 +66,7 @@ pub async fn restore_files(
             parts.iter().flat_map(|p| p.frames()),
         )
     };
-    let codecs = Arc::new(codec_by_backup(repo, manifest).await?);
+    let codecs = codec_by_backup(repo, manifest).await?;
     // Readers of object storage wait on the network more than on the disk, so each
     // keeps fewer chunks in memory.
     let readers = crate::workers::readers(jobs, repo.is_local());
@@ -75,13 +75,15 @@ pub async fn restore_files(
     } else {
         2
     };
-    let handle = Handle::current();
+    let frames = Arc::new(Frames {
+        handle: Handle::current(),
+        repo: repo.clone(),
+        codecs,
+        plan: plan.clone(),
+    });
     let workers = (0..readers)
         .map(|_| PartWriter {
-            handle: handle.clone(),
-            repo: repo.clone(),
-            codecs: codecs.clone(),
-            plan: plan.clone(),
+            frames: frames.clone(),
             pgdata: pgdata.to_path_buf(),
             // Only the skipped parts of frames go through here (restored bytes are
             // decoded straight into the output's chunks): a block of lz4 is plenty.
@@ -99,10 +101,7 @@ pub async fn restore_files(
 /// A restore worker: its scratch buffer and its output chunks with their write-behind
 /// thread, kept from part to part.
 struct PartWriter {
-    handle: Handle,
-    repo: Repo,
-    codecs: Arc<HashMap<String, Codec>>,
-    plan: Option<Arc<ReadPlan>>,
+    frames: Arc<Frames>,
     pgdata: std::path::PathBuf,
     buf: Vec<u8>,
     chunks: WriteBehind,
@@ -114,10 +113,7 @@ impl crate::workers::Worker for PartWriter {
 
     fn run(&mut self, part: Part) -> Result<u64> {
         restore_part(
-            &self.handle,
-            &self.repo,
-            &self.codecs,
-            self.plan.as_ref(),
+            &self.frames,
             &part,
             &self.pgdata.join(&part.file.path),
             &mut self.buf,
@@ -185,7 +181,7 @@ impl Part {
     }
 
     /// The frames it opens, each once, in the order it opens them.
-    fn frames(&self) -> impl Iterator<Item = &crate::repo::manifest::Extent> {
+    fn frames(&self) -> impl Iterator<Item = &Extent> {
         let mut seen = std::collections::HashSet::new();
         self.file.extents[self.extents.clone()]
             .iter()
@@ -255,11 +251,30 @@ impl Part {
     }
 }
 
+/// Where a restore's frames come from: the repository, the codec of each backup of the
+/// chain, and on object storage the planned reads.
+struct Frames {
+    handle: Handle,
+    repo: Repo,
+    codecs: HashMap<String, Codec>,
+    plan: Option<Arc<ReadPlan>>,
+}
+
+impl Frames {
+    fn open<'a>(&self, extent: &'a Extent, path: &'a str) -> Result<FrameReader<'a>> {
+        FrameReader::open_planned(
+            self.plan.as_ref(),
+            &self.repo,
+            &self.handle,
+            extent,
+            self.codecs[&extent.backup],
+            path,
+        )
+    }
+}
+
 fn restore_part(
-    handle: &Handle,
-    repo: &Repo,
-    codecs: &HashMap<String, Codec>,
-    plan: Option<&Arc<ReadPlan>>,
+    frames: &Frames,
     part: &Part,
     dest: &Path,
     buf: &mut [u8],
@@ -297,14 +312,7 @@ fn restore_part(
         let frame = match open.entry(key) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(FrameReader::open_planned(
-                    plan,
-                    repo,
-                    handle,
-                    extent,
-                    codecs[&extent.backup],
-                    &file.path,
-                )?)
+                slot.insert(frames.open(extent, &file.path)?)
             }
         };
         if extent.frame_offset < frame.position() {
@@ -353,7 +361,6 @@ fn restore_part(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::manifest::Extent;
 
     const MIB: u64 = 1 << 20;
 

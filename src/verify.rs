@@ -152,7 +152,12 @@ pub async fn verify(repo: &Repo, jobs: usize) -> Result<VerifyReport> {
             Check::Wal(..) => None,
         }),
     );
-    let workers = (0..crate::workers::readers(jobs, repo.is_local()))
+    let readers = crate::memory::workers(
+        crate::workers::readers(jobs, repo.is_local()),
+        crate::workers::READER_MEMORY,
+        plan.as_ref().map_or(0, |p| p.memory()),
+    );
+    let workers = (0..readers)
         .map(|_| Checker {
             plan: plan.clone(),
             repo: repo.clone(),

@@ -254,6 +254,14 @@ fn resolve_with_env(
     if global.jobs == Some(0) {
         return Err(Error::config("--jobs must be at least 1"));
     }
+    if let Some(mib) = global.memory_budget {
+        if mib < 8 {
+            return Err(Error::config(format!(
+                "--memory-budget {mib} is too small: give at least 8 (MiB)"
+            )));
+        }
+        crate::memory::set_budget(mib * crate::memory::MIB);
+    }
     Ok(Resolved { global, explicit })
 }
 

@@ -287,6 +287,9 @@ global_options! {
     ["Workers and compression"]
     /// Parallel workers for copying and checking [default: number of cores]
     jobs: usize, "jobs", Pgward("PGWARD_JOBS"), FILE | WORKER;
+    /// MiB of buffers all workers, uploads and read-ahead may hold together; past it,
+    /// fewer workers run than --jobs asks [default: 36, under 64 MiB in all]
+    memory_budget: u64, "memory-budget", Pgward("PGWARD_MEMORY_BUDGET"), FILE | WORKER;
     /// Compression of stored files: zstd, lz4, gzip or none [default: zstd]
     compress: String, "compress", Pgward("PGWARD_COMPRESS"), FILE | WORKER;
     /// Compression level (zstd 1-22, gzip 0-9)
@@ -322,8 +325,8 @@ global_options! {
         FILE | WORKER | SECRET;
 
     /// Ranged GETs (of up to 4 MiB of adjacent frames each) that restore and verify keep
-    /// in flight ahead of their workers on object storage; 0 fetches each frame alone
-    /// [default: 8]
+    /// in flight ahead of their workers on object storage, within a quarter of
+    /// --memory-budget; 0 fetches each frame alone [default: 8]
     repo_read_ahead: usize, "repo-read-ahead", Pgward("PGWARD_REPO_READ_AHEAD"),
         FILE | COMMAND | WORKER;
 
@@ -396,6 +399,7 @@ mod tests {
                     "log-level" => toml::Value::String("debug".into()),
                     "wal-maps" => toml::Value::String("on".into()),
                     "pg-port" | "jobs" | "compress-level" | "s3-retry-seconds" | "retain-full"
+                    | "memory-budget" | "repo-read-ahead"
                     | "retain-diff" | "retain-full-days" => toml::Value::Integer(7),
                     _ => toml::Value::String(format!("value-of-{}", o.name)),
                 };

@@ -155,6 +155,11 @@ impl Repo {
         self.storage.local_root().is_some()
     }
 
+    /// Memory each bundle writer holds for its upload (`Storage::large_writer_memory`).
+    pub fn bundle_upload_memory(&self) -> u64 {
+        self.storage.large_writer_memory()
+    }
+
     /// The local directory of the repository, if it is one (for permission checks).
     pub fn local_root(&self) -> Option<std::path::PathBuf> {
         self.storage.local_root()

@@ -32,7 +32,8 @@ pub const SPAN_MAX: u64 = 4 << 20;
 /// Bytes between two frames read through rather than split into two requests: a
 /// request's round trip costs more than this many bytes on any link worth using.
 const GAP_MAX: u64 = 256 << 10;
-/// Spans fetched ahead by default (`--repo-read-ahead`): 8 × 4 MiB in memory at most.
+/// Spans fetched ahead by default (`--repo-read-ahead`), as far as a quarter of the
+/// memory budget allows (`crate::memory`).
 pub const DEFAULT_AHEAD: usize = 8;
 
 /// Where a span's bytes are.
@@ -86,7 +87,7 @@ impl ReadPlan {
         handle: Handle,
         frames: impl IntoIterator<Item = &'a Extent>,
     ) -> Option<Arc<ReadPlan>> {
-        let ahead = repo.storage.read_ahead();
+        let ahead = crate::memory::read_ahead_spans(repo.storage.read_ahead(), SPAN_MAX);
         if repo.is_local() || ahead == 0 {
             return None;
         }
@@ -116,6 +117,11 @@ impl ReadPlan {
             changed: Condvar::new(),
             requests: AtomicU64::new(0),
         }))
+    }
+
+    /// Memory the spans fetched ahead may take (part of the process's budget).
+    pub fn memory(&self) -> u64 {
+        self.ahead as u64 * SPAN_MAX
     }
 
     /// Ranged GETs issued so far.

@@ -69,7 +69,11 @@ pub async fn restore_files(
     let codecs = codec_by_backup(repo, manifest).await?;
     // Readers of object storage wait on the network more than on the disk, so each
     // keeps fewer chunks in memory.
-    let readers = crate::workers::readers(jobs, repo.is_local());
+    let readers = crate::memory::workers(
+        crate::workers::readers(jobs, repo.is_local()),
+        crate::workers::READER_MEMORY,
+        plan.as_ref().map_or(0, |p| p.memory()),
+    );
     let chunks_each = if repo.is_local() {
         super::output::CHUNKS
     } else {

@@ -88,6 +88,12 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         0
     }
 
+    /// Memory one writer of a large object (`create_large`) holds: the parts it buffers
+    /// and keeps in flight. Local files are written through the page cache.
+    fn large_writer_memory(&self) -> u64 {
+        0
+    }
+
     /// A local directory backing this storage, for host-local locks.
     fn local_root(&self) -> Option<std::path::PathBuf> {
         None

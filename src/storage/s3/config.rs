@@ -34,7 +34,8 @@ pub struct S3Options {
     pub access_key: Option<String>,
     pub secret_key: Option<String>,
     /// Ranged GETs restore and verify keep in flight ahead of their readers (0: one
-    /// request per frame, as they are needed) [default: `read_plan::DEFAULT_AHEAD`].
+    /// request per frame, as they are needed) [default: `read_plan::DEFAULT_AHEAD`, within
+    /// the memory budget].
     pub read_ahead: Option<usize>,
 }
 

@@ -172,6 +172,10 @@ impl Storage for S3Storage {
         self.read_ahead
     }
 
+    fn large_writer_memory(&self) -> u64 {
+        (LARGE_PART_SIZE * (1 + LARGE_PARTS_IN_FLIGHT)) as u64
+    }
+
     async fn create_exclusive(&self, key: &str, bytes: &[u8]) -> Result<Option<bool>> {
         if !self.supports_conditional_put().await {
             return Ok(None);

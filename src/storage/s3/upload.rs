@@ -27,11 +27,11 @@ use crate::storage::ObjectWriter;
 pub(super) const PART_SIZE: usize = 16 << 20;
 /// Parts uploading at once per writer: a writer holds at most (1 + this) parts in memory.
 pub(super) const PARTS_IN_FLIGHT: usize = 3;
-/// Bundles, written by every backup worker at once, use smaller parts (S3's minimum is
-/// 5 MiB) and fewer in flight: 18 MiB per worker instead of 64 MiB kept a 2-job backup
-/// to object storage within the 64 MiB memory budget.
-pub(super) const LARGE_PART_SIZE: usize = 6 << 20;
-pub(super) const LARGE_PARTS_IN_FLIGHT: usize = 2;
+/// Bundles, written by every backup worker at once, use S3's smallest parts and one in
+/// flight: 10 MiB per worker, so that the memory budget (`crate::memory`) affords three
+/// workers writing to object storage.
+pub(super) const LARGE_PART_SIZE: usize = 5 << 20;
+pub(super) const LARGE_PARTS_IN_FLIGHT: usize = 1;
 
 impl S3Storage {
     pub(super) fn writer(

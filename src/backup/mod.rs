@@ -192,7 +192,6 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
     match &standby {
         Some(standby) => {
             let has_reference = choice.reference.is_some();
-            let seg_size = stanza.wal_segment_size;
             standby
                 .finish(
                     &client,
@@ -200,7 +199,7 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
                     &label_file,
                     timeline,
                     has_reference,
-                    seg_size,
+                    &server,
                 )
                 .await?;
             standby

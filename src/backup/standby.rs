@@ -5,9 +5,11 @@
 //! - A standby cannot switch WAL: the segment holding the stop LSN reaches the archive
 //!   only once the primary (whose archive_command, or an `archive_mode = always`
 //!   standby's, archives it) finishes it. Given the primary's connection (`--primary-host`,
-//!   `--primary-port`), pgward checks it is this cluster's primary and switches WAL there
-//!   once the standby's stop returns; without it, it waits up to `--archive-timeout` and
-//!   then names the missing segment and both remedies.
+//!   `--primary-port`), pgward checks it is this cluster's primary before starting (a
+//!   mistake fails early) and switches WAL there once the standby's stop returns,
+//!   connecting again then (a backup can outlast an idle connection). The switch only
+//!   makes the wait short: if it fails, pgward warns and waits as without the primary, up
+//!   to `--archive-timeout`, and then names the missing segment and the remedies.
 //! - The stop LSN is where the standby's replay was (its minimum recovery point), not the
 //!   primary's position: a standby far behind the primary makes an old backup, which
 //!   pgward says when it can measure it.
@@ -22,6 +24,7 @@
 //!   timeline). Either way no manifest is written, and the bundles copied so far are left
 //!   for the next backup to remove, as after any interrupted backup.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
@@ -41,10 +44,12 @@ pub struct Standby {
     primary: Option<Primary>,
     /// Warn when replay is this many bytes behind the primary at the stop.
     lag_warning: u64,
+    /// WAL was switched on the primary after the stop (for the timeout's message).
+    switched: AtomicBool,
 }
 
 struct Primary {
-    client: Client,
+    conn: ConnOptions,
     node: String,
 }
 
@@ -69,7 +74,7 @@ impl Standby {
         }
         let primary = match primary {
             None => None,
-            Some(conn) => Some(Primary::connect(conn, server).await?),
+            Some(conn) => Some(Primary::connect(conn, server).await?.0),
         };
         tracing::info!(
             primary = primary.as_ref().map(|p| p.node.as_str()),
@@ -79,6 +84,7 @@ impl Standby {
             node: node.to_string(),
             primary,
             lag_warning,
+            switched: AtomicBool::new(false),
         }))
     }
 
@@ -158,7 +164,7 @@ impl Standby {
         label: &BackupLabel,
         chosen_timeline: TimelineId,
         has_reference: bool,
-        segment_size: u64,
+        server: &ServerInfo,
     ) -> Result<()> {
         let row = client
             .query_one(
@@ -189,9 +195,17 @@ impl Standby {
             .hint("nothing was recorded; a standby follows a new timeline after a failover: take the backup again once it has settled on the new timeline"));
         }
         if let Some(primary) = &self.primary {
-            primary
-                .finish_segment(stop.lsn, &self.node, self.lag_warning, segment_size)
-                .await?;
+            match primary
+                .finish_segment(stop.lsn, &self.node, self.lag_warning, server)
+                .await
+            {
+                Ok(()) => self.switched.store(true, Ordering::Relaxed),
+                Err(e) => tracing::warn!(
+                    "could not switch WAL on the primary {}: {e}; waiting for the segment holding the stop LSN {} to be archived anyway",
+                    primary.node,
+                    stop.lsn
+                ),
+            }
         }
         Ok(())
     }
@@ -214,11 +228,16 @@ impl Standby {
             n => format!(" (and {n} more)"),
         };
         let waited = timeout.as_secs();
-        let (message, hint) = match &self.primary {
+        let switched = self.switched.load(Ordering::Relaxed);
+        let (message, hint) = match self.primary.as_ref().filter(|_| switched) {
             None => (
                 format!(
-                    "WAL segment {first}{more} did not reach the archive within {waited}s; this backup was taken from standby {}, which cannot switch WAL, so the segment holding its stop LSN {stop_lsn} is archived only when the primary finishes it",
-                    self.node
+                    "WAL segment {first}{more} did not reach the archive within {waited}s; this backup was taken from standby {}, which cannot switch WAL, so the segment holding its stop LSN {stop_lsn} is archived only when the primary finishes it{}",
+                    self.node,
+                    match &self.primary {
+                        Some(p) => format!(" (switching WAL on the primary {} failed, see the warning above)", p.node),
+                        None => String::new(),
+                    }
                 ),
                 "give the primary's connection (--primary-host/--primary-port), on which pgward then switches WAL; or set archive_timeout on the primary so that it finishes segments by itself (and --archive-timeout longer than that); with archive_mode = always on the standby, it archives the segment once the primary has finished it",
             ),
@@ -235,7 +254,8 @@ impl Standby {
 }
 
 impl Primary {
-    async fn connect(conn: &ConnOptions, standby: &ServerInfo) -> Result<Primary> {
+    /// Connects, and checks it is the standby's primary: same cluster, not in recovery.
+    async fn connect(conn: &ConnOptions, standby: &ServerInfo) -> Result<(Primary, Client)> {
         let client = db::connect(conn).await?;
         let node = db::node_address(&client, conn).await?;
         let info = db::server_info(&client).await?;
@@ -258,7 +278,11 @@ impl Primary {
                 "--primary-host/--primary-port must name the primary itself, not another standby",
             ));
         }
-        Ok(Primary { client, node })
+        let primary = Primary {
+            conn: conn.clone(),
+            node,
+        };
+        Ok((primary, client))
     }
 
     /// Checks the primary is at or past the standby's stop LSN (it is the primary the
@@ -269,11 +293,12 @@ impl Primary {
         stop_lsn: Lsn,
         standby: &str,
         lag_warning: u64,
-        segment_size: u64,
+        server: &ServerInfo,
     ) -> Result<()> {
+        let segment_size = server.identity.wal_segment_size;
+        let (_, client) = Primary::connect(&self.conn, server).await?;
         let current = db::parse_lsn(
-            &self
-                .client
+            &client
                 .query_one("SELECT pg_current_wal_lsn()::text", &[])
                 .await?
                 .get::<_, String>(0),
@@ -296,8 +321,7 @@ impl Primary {
             );
         }
         if current.segment_number(segment_size) <= stop_lsn.prev_segment_number(segment_size) {
-            let switched: String = self
-                .client
+            let switched: String = client
                 .query_one("SELECT pg_switch_wal()::text", &[])
                 .await?
                 .get(0);

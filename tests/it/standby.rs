@@ -363,11 +363,12 @@ fn standby_behind_its_reference_is_waited_for_and_a_lag_is_reported() {
 
 /// Starts a backup of the standby that pauses after the start call, until `marker` is
 /// removed.
-fn spawn_paused_backup(src: &Source, standby: &Cluster, marker: &Path) -> Child {
+fn spawn_paused_backup(src: &Source, standby: &Cluster, marker: &Path, extra: &[&str]) -> Child {
     let mut args: Vec<String> = src.extra.clone();
     args.extend(["--repo", &src.url, "--stanza", &src.stanza].map(String::from));
     args.extend(primary_options(src));
     args.push("backup".into());
+    args.extend(extra.iter().map(|a| a.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut env = standby.env();
     env.push((
@@ -381,6 +382,43 @@ fn spawn_paused_backup(src: &Source, standby: &Cluster, marker: &Path) -> Child 
         .unwrap()
 }
 
+fn wait_for_start(marker: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "the backup never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn standby_backup_whose_primary_is_gone_at_the_end_warns_and_names_the_unarchived_segment() {
+    let src = Source::start("sbgone", 15);
+    let standby = start_standby(&src, "sbgone-st");
+    src.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g");
+    wait_for_replay(&src, &standby);
+
+    let marker = work_dir("sbgone-hook").join("started");
+    let child = spawn_paused_backup(&src, &standby, &marker, &["--archive-timeout", "3"]);
+    wait_for_start(&marker);
+    // Immediate: a fast shutdown would finish the segment itself (archiving is on).
+    src.cluster.stop_immediate();
+    std::fs::remove_file(&marker).unwrap();
+
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(9), "{err}");
+    let primary = format!("{}:{}", src.cluster.socket_dir.display(), src.cluster.port);
+    for needed in [
+        format!("could not switch WAL on the primary {primary}"),
+        "did not reach the archive within 3s; this backup was taken from standby".to_string(),
+        format!("(switching WAL on the primary {primary} failed, see the warning above)"),
+    ] {
+        assert!(err.contains(&needed), "{needed:?} missing from:\n{err}");
+    }
+    src.cluster.start();
+    assert!(src.labels().is_empty(), "the failed backup left a manifest");
+}
+
 #[test]
 fn standby_promoted_during_the_backup_fails_clearly_and_records_nothing() {
     let src = Source::start("sbpromo", 15);
@@ -389,12 +427,8 @@ fn standby_promoted_during_the_backup_fails_clearly_and_records_nothing() {
     wait_for_replay(&src, &standby);
 
     let marker = work_dir("sbpromo-hook").join("started");
-    let child = spawn_paused_backup(&src, &standby, &marker);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !marker.exists() {
-        assert!(Instant::now() < deadline, "the backup never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let child = spawn_paused_backup(&src, &standby, &marker, &[]);
+    wait_for_start(&marker);
     standby.psql("postgres", "SELECT pg_promote(true, 60)");
     assert_eq!(standby.psql("postgres", "SELECT pg_is_in_recovery()"), "f");
     std::fs::remove_file(&marker).unwrap();

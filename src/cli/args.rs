@@ -245,7 +245,8 @@ pub struct BackupArgs {
     /// Ask for an immediate checkpoint instead of waiting for the next one
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub start_fast: bool,
-    /// Seconds to wait for the backup's WAL to reach the archive
+    /// Seconds to wait for the backup's WAL to reach the archive (and, from a standby, for
+    /// its replay to pass the end of the backup an incremental builds on)
     #[arg(long, default_value_t = 60)]
     pub archive_timeout: u64,
     /// Backing up a standby with --primary-host/--primary-port: warn when its replay is

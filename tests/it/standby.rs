@@ -12,7 +12,11 @@ use super::setup::{stderr, Source};
 /// A hot standby of `src`'s cluster, made with `pg_basebackup -R -X stream` and started on
 /// its own port; returns once the primary reports it streaming.
 fn start_standby(src: &Source, name: &str) -> Cluster {
-    let primary = &src.cluster;
+    start_standby_of(&src.cluster, name)
+}
+
+/// A hot standby streaming from `primary` (itself a standby, for a cascade).
+fn start_standby_of(primary: &Cluster, name: &str) -> Cluster {
     let data = work_dir(&format!("{name}-pgdata")).join("data");
     // pg_basebackup refuses servers newer than itself: the server's own when it has one.
     let own = primary.bin.join("pg_basebackup");
@@ -48,7 +52,8 @@ fn start_standby(src: &Source, name: &str) -> Cluster {
     let standby = Cluster::from_existing(name, primary.major, data);
     standby.start();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while src.sql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") != "1" {
+    let streaming = "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'";
+    while primary.psql("postgres", streaming) != "1" {
         assert!(
             Instant::now() < deadline,
             "the standby never streamed:\n{}",
@@ -448,4 +453,59 @@ fn standby_promoted_during_the_backup_fails_clearly_and_records_nothing() {
     // What it copied is only bundles no manifest names, which the next backup removes.
     src.backup(&[]);
     src.ok(&["verify"]);
+}
+
+#[test]
+fn standby_that_follows_a_new_timeline_during_the_backup_fails_clearly_and_records_nothing() {
+    let src = Source::start("sbtli", 15);
+    src.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g");
+    let upstream = start_standby(&src, "sbtli-up");
+    let cascaded = start_standby_of(&upstream, "sbtli-cas");
+    wait_for_replay(&src, &upstream);
+
+    let marker = work_dir("sbtli-hook").join("started");
+    let mut args: Vec<String> = src.extra.clone();
+    args.extend(["--repo", &src.url, "--stanza", &src.stanza, "backup"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut env = cascaded.env();
+    env.push((
+        "PGWARD_TEST_BACKUP_PAUSE".into(),
+        marker.display().to_string(),
+    ));
+    let child = pg_command(&pgward_bin(), &args, &env)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_start(&marker);
+
+    // A failover above the cascaded standby: it follows its upstream onto timeline 2, and
+    // once a restartpoint on the new timeline has moved its minimum recovery point there,
+    // the backup's stop lies on another timeline than its start.
+    upstream.psql("postgres", "SELECT pg_promote(true, 60)");
+    upstream.psql("postgres", "CHECKPOINT");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let on_new_timeline = "SELECT min_recovery_end_timeline FROM pg_control_recovery()";
+    while cascaded.psql("postgres", &format!("CHECKPOINT; {on_new_timeline}")) != "2" {
+        assert!(
+            Instant::now() < deadline,
+            "the cascaded standby did not follow timeline 2:\n{}",
+            cascaded.log_tail(20)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::remove_file(&marker).unwrap();
+
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(
+        err.contains(&format!(
+            "standby {}:{} changed timelines during the backup (it started on timeline 1, and was on timeline 2 too)",
+            cascaded.socket_dir.display(),
+            cascaded.port
+        )),
+        "{err}"
+    );
+    assert!(src.labels().is_empty(), "the failed backup left a manifest");
 }

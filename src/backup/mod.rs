@@ -60,13 +60,7 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
     let server = db::server_info(&client).await?;
     check_same_cluster(&stanza, &server.identity)?;
     let node = db::node_address(&client, conn).await?;
-    let standby = standby::Standby::connect(
-        &server,
-        &node,
-        opts.primary.as_ref(),
-        opts.standby_lag_warning,
-    )
-    .await?;
+    let standby = standby::Standby::connect(&server, &node, &opts).await?;
     let stanza = repo.upgrade_metadata().await?.unwrap_or(stanza);
 
     remove_orphans(repo).await?;
@@ -112,9 +106,7 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
     if let Some(r) = &choice.reference {
         tracing::info!(reference = %r.label, "{} backup builds on {}", choice.backup_type, r.label);
         if let Some(standby) = &standby {
-            standby
-                .wait_for_replay(&client, r, opts.archive_timeout)
-                .await?;
+            standby.wait_for_replay(&client, r).await?;
         }
     }
     tracing::info!(%label, pgdata = %pgdata.display(), "starting backup");
@@ -172,7 +164,7 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
     );
 
     let stop = match &standby {
-        Some(standby) => standby.stop(&client, server.version_num).await?,
+        Some(standby) => standby.stop(&client).await?,
         None => db::backup_stop(&client, server.version_num).await?,
     };
     let stop_time = chrono::Utc::now();
@@ -189,22 +181,12 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
         stop.lsn,
         stanza.wal_segment_size,
     );
+    let reference_timeline = choice.reference.as_ref().map(|_| timeline);
     match &standby {
-        Some(standby) => {
-            let has_reference = choice.reference.is_some();
-            standby
-                .finish(
-                    &client,
-                    &stop,
-                    &label_file,
-                    timeline,
-                    has_reference,
-                    &server,
-                )
-                .await?;
-            standby
-                .wait_for_archived(repo, segments, stop.lsn, opts.archive_timeout)
-                .await?;
+        Some(s) => {
+            let label = &label_file;
+            s.finish(&client, repo, &stop, label, reference_timeline, segments)
+                .await?
         }
         None => wait_for_archived(repo, segments, opts.archive_timeout).await?,
     }

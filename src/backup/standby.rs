@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
+use super::BackupOptions;
 use crate::db::{self, BackupStop, ConnOptions, ServerInfo};
 use crate::error::{Error, ErrorKind, Result};
 use crate::pg::backup_label::BackupLabel;
@@ -41,9 +42,12 @@ use crate::repo::Repo;
 pub struct Standby {
     /// The standby, for messages (`host:port`).
     node: String,
+    server: ServerInfo,
     primary: Option<Primary>,
     /// Warn when replay is this many bytes behind the primary at the stop.
     lag_warning: u64,
+    /// Bounds the wait for replay and the wait for WAL (`--archive-timeout`).
+    timeout: Duration,
     /// WAL was switched on the primary after the stop (for the timeout's message).
     switched: AtomicBool,
 }
@@ -60,9 +64,9 @@ impl Standby {
     pub async fn connect(
         server: &ServerInfo,
         node: &str,
-        primary: Option<&ConnOptions>,
-        lag_warning: u64,
+        opts: &BackupOptions,
     ) -> Result<Option<Standby>> {
+        let primary = opts.primary.as_ref();
         if !server.in_recovery {
             if let Some(p) = primary {
                 tracing::warn!(
@@ -82,20 +86,18 @@ impl Standby {
         );
         Ok(Some(Standby {
             node: node.to_string(),
+            server: server.clone(),
             primary,
-            lag_warning,
+            lag_warning: opts.standby_lag_warning,
+            timeout: opts.archive_timeout,
             switched: AtomicBool::new(false),
         }))
     }
 
     /// Waits until the standby has replayed past the end of `reference` (see the module
-    /// comment), at most `timeout`.
-    pub async fn wait_for_replay(
-        &self,
-        client: &Client,
-        reference: &Manifest,
-        timeout: Duration,
-    ) -> Result<()> {
+    /// comment), at most `--archive-timeout`.
+    pub async fn wait_for_replay(&self, client: &Client, reference: &Manifest) -> Result<()> {
+        let timeout = self.timeout;
         let deadline = Instant::now() + timeout;
         let mut told = false;
         loop {
@@ -128,8 +130,8 @@ impl Standby {
 
     /// The stop call, with a promotion during the backup (which PostgreSQL refuses)
     /// reported as such.
-    pub async fn stop(&self, client: &Client, version_num: u32) -> Result<BackupStop> {
-        match db::backup_stop(client, version_num).await {
+    pub async fn stop(&self, client: &Client) -> Result<BackupStop> {
+        match db::backup_stop(client, self.server.version_num).await {
             Ok(stop) => Ok(stop),
             Err(e) => {
                 let promoted =
@@ -154,17 +156,42 @@ impl Standby {
         .hint("nothing was recorded; take the backup again, from the new primary or from a standby that follows it")
     }
 
-    /// After the stop: the standby is still a standby on the timeline the backup started
-    /// on (and the reference was chosen for); then, with the primary known, the standby's
-    /// lag is measured and the primary finishes the segment holding the stop LSN.
+    /// After the stop: checks the standby is still a standby on the timeline the backup
+    /// started on, and the one its reference was chosen for (`reference_timeline`); with
+    /// the primary known, measures the lag and has the primary finish the segment holding
+    /// the stop LSN; then waits for `segments` to be archived.
     pub async fn finish(
         &self,
         client: &Client,
+        repo: &Repo,
         stop: &BackupStop,
         label: &BackupLabel,
-        chosen_timeline: TimelineId,
-        has_reference: bool,
-        server: &ServerInfo,
+        reference_timeline: Option<TimelineId>,
+        segments: Vec<WalSegment>,
+    ) -> Result<()> {
+        self.check_still_following(client, label, reference_timeline)
+            .await?;
+        if let Some(primary) = &self.primary {
+            match primary
+                .finish_segment(stop.lsn, &self.node, self.lag_warning, &self.server)
+                .await
+            {
+                Ok(()) => self.switched.store(true, Ordering::Relaxed),
+                Err(e) => tracing::warn!(
+                    "could not switch WAL on the primary {}: {e}; waiting for the segment holding the stop LSN {} to be archived anyway",
+                    primary.node,
+                    stop.lsn
+                ),
+            }
+        }
+        self.wait_for_archived(repo, segments, stop.lsn).await
+    }
+
+    async fn check_still_following(
+        &self,
+        client: &Client,
+        label: &BackupLabel,
+        reference_timeline: Option<TimelineId>,
     ) -> Result<()> {
         let row = client
             .query_one(
@@ -179,10 +206,8 @@ impl Standby {
         let start_timeline = label.start_timeline;
         let moved = if stop_timeline.0 != 0 && stop_timeline != start_timeline {
             Some(stop_timeline)
-        } else if has_reference && chosen_timeline != start_timeline {
-            Some(chosen_timeline)
         } else {
-            None
+            reference_timeline.filter(|t| *t != start_timeline)
         };
         if let Some(other) = moved {
             return Err(Error::new(
@@ -194,31 +219,18 @@ impl Standby {
             )
             .hint("nothing was recorded; a standby follows a new timeline after a failover: take the backup again once it has settled on the new timeline"));
         }
-        if let Some(primary) = &self.primary {
-            match primary
-                .finish_segment(stop.lsn, &self.node, self.lag_warning, server)
-                .await
-            {
-                Ok(()) => self.switched.store(true, Ordering::Relaxed),
-                Err(e) => tracing::warn!(
-                    "could not switch WAL on the primary {}: {e}; waiting for the segment holding the stop LSN {} to be archived anyway",
-                    primary.node,
-                    stop.lsn
-                ),
-            }
-        }
         Ok(())
     }
 
     /// Waits for `segments`; a timeout says which segment is missing, that the backup
     /// came from a standby, and what finishes that segment.
-    pub async fn wait_for_archived(
+    async fn wait_for_archived(
         &self,
         repo: &Repo,
         segments: Vec<WalSegment>,
         stop_lsn: Lsn,
-        timeout: Duration,
     ) -> Result<()> {
+        let timeout = self.timeout;
         let missing = wait_until_archived(repo, segments, timeout).await?;
         let Some(first) = missing.first() else {
             return Ok(());

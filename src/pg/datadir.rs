@@ -315,6 +315,8 @@ mod tests {
         for (path, skip) in [
             ("postmaster.pid", true),
             ("postmaster.opts", true),
+            ("standby.signal", true),
+            ("recovery.signal", true),
             ("backup_label", true),
             ("tablespace_map", true),
             ("backup_manifest", true),

@@ -311,6 +311,18 @@ fn standby_backup_without_the_primary_names_the_unarchived_segment_and_both_reme
     }
     assert!(src.labels().is_empty(), "the failed backup left a manifest");
 
+    // A wrong primary fails before anything is copied: here the standby itself.
+    let sock = standby.socket_dir.display().to_string();
+    let port = standby.port.to_string();
+    let wrong = ["--primary-host", &sock, "--primary-port", &port, "backup"];
+    let out = on_standby(&src, &standby, &wrong);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is in recovery too: pgward cannot switch WAL there"),
+        "{}",
+        stderr(&out)
+    );
+
     // The first remedy: with the primary's connection the same backup succeeds at once.
     let label = standby_backup(&src, &standby, &["--archive-timeout", "30"]);
     assert_eq!(backup_json(&src, &label)["from_standby"], true);

@@ -270,6 +270,20 @@ pub async fn server_info(client: &Client) -> Result<ServerInfo> {
     })
 }
 
+/// Where a backup was taken, to record and show: the host (or socket directory) and port
+/// pgward connected to, and the server's own address when that was over TCP.
+pub async fn node_address(client: &Client, conn: &ConnOptions) -> Result<String> {
+    let (host, port, _, _) = conn.resolved();
+    let addr: Option<String> = client
+        .query_one("SELECT host(inet_server_addr())", &[])
+        .await?
+        .get(0);
+    Ok(match addr {
+        Some(addr) if addr != host => format!("{host}:{port} ({addr})"),
+        _ => format!("{host}:{port}"),
+    })
+}
+
 /// Starts a non-exclusive backup on this session; returns the start LSN.
 pub async fn backup_start(
     client: &Client,

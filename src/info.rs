@@ -69,6 +69,11 @@ pub struct BackupSummary {
     pub file_count: usize,
     pub checksum_failures: usize,
     pub annotations: BTreeMap<String, String>,
+    /// Taken on a standby in recovery rather than on the primary.
+    pub from_standby: bool,
+    /// The server it was taken on (`host:port`); none for backups from before pgward
+    /// recorded it.
+    pub node: Option<String>,
     /// What is wrong around an otherwise readable backup (a damaged pin, a damaged
     /// backup it builds on); empty when nothing is.
     pub problems: Vec<String>,
@@ -158,6 +163,8 @@ fn summarize(
         file_count: m.files.len(),
         checksum_failures: m.checksum_failures.iter().map(|f| f.blocks.len()).sum(),
         annotations: m.annotations.clone(),
+        from_standby: m.from_standby,
+        node: m.node.clone(),
         problems: problems.remove(&m.label).unwrap_or_default(),
     }
 }

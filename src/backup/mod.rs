@@ -8,6 +8,7 @@
 
 pub mod copy;
 pub mod reference;
+pub mod standby;
 pub mod walk;
 
 use std::collections::BTreeMap;
@@ -39,6 +40,10 @@ pub struct BackupOptions {
     pub max_chain: Option<usize>,
     /// Never expire this backup (nor what it references).
     pub pin: bool,
+    /// The primary, when the server backed up is a standby (see `standby`).
+    pub primary: Option<ConnOptions>,
+    /// Backing up a standby: warn when it is this many bytes behind the primary.
+    pub standby_lag_warning: u64,
 }
 
 pub async fn backup(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> Result<Manifest> {
@@ -54,6 +59,8 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
     let client = db::connect(conn).await?;
     let server = db::server_info(&client).await?;
     check_same_cluster(&stanza, &server.identity)?;
+    let node = db::node_address(&client, conn).await?;
+    let standby = standby::Standby::connect(&server, &node, &opts).await?;
     let stanza = repo.upgrade_metadata().await?.unwrap_or(stanza);
 
     remove_orphans(repo).await?;
@@ -98,6 +105,9 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
     let label = new_label(choice.backup_type, chrono::Utc::now(), &labels);
     if let Some(r) = &choice.reference {
         tracing::info!(reference = %r.label, "{} backup builds on {}", choice.backup_type, r.label);
+        if let Some(standby) = &standby {
+            standby.wait_for_replay(&client, r).await?;
+        }
     }
     tracing::info!(%label, pgdata = %pgdata.display(), "starting backup");
     let start_time = chrono::Utc::now();
@@ -109,6 +119,7 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
     )
     .await?;
     tracing::info!(%start_lsn, "backup started");
+    test_pause_point().await;
 
     let walk_root = pgdata.clone();
     let listing = tokio::task::spawn_blocking(move || walk::walk_data_dir(&walk_root))
@@ -152,7 +163,10 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
         .await?,
     );
 
-    let stop = db::backup_stop(&client, server.version_num).await?;
+    let stop = match &standby {
+        Some(standby) => standby.stop(&client).await?,
+        None => db::backup_stop(&client, server.version_num).await?,
+    };
     let stop_time = chrono::Utc::now();
     let label_file = parse_backup_label(&stop.backup_label).map_err(|e| {
         Error::new(
@@ -161,17 +175,21 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
         )
     })?;
     tracing::info!(stop_lsn = %stop.lsn, "backup stopped; waiting for WAL to be archived");
-    wait_for_archived(
-        repo,
-        segments_between(
-            label_file.start_timeline,
-            start_lsn,
-            stop.lsn,
-            stanza.wal_segment_size,
-        ),
-        opts.archive_timeout,
-    )
-    .await?;
+    let segments = segments_between(
+        label_file.start_timeline,
+        start_lsn,
+        stop.lsn,
+        stanza.wal_segment_size,
+    );
+    let reference_timeline = choice.reference.as_ref().map(|_| timeline);
+    match &standby {
+        Some(s) => {
+            let label = &label_file;
+            s.finish(&client, repo, &stop, label, reference_timeline, segments)
+                .await?
+        }
+        None => wait_for_archived(repo, segments, opts.archive_timeout).await?,
+    }
 
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
@@ -188,7 +206,8 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
         stop_time,
         wal_segment_size: stanza.wal_segment_size,
         data_checksums: stanza.data_checksums,
-        from_standby: server.in_recovery,
+        from_standby: standby.is_some(),
+        node: Some(node),
         compression: opts.compression,
         backup_label: stop.backup_label,
         tablespace_map: stop.tablespace_map,
@@ -215,6 +234,20 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
     }
     tracing::info!(%label, seconds = started.elapsed().as_secs_f64(), files = manifest.files.len(), "backup complete");
     Ok(manifest)
+}
+
+/// Lets tests act while a backup is running (promote the standby it copies, say): with
+/// `PGWARD_TEST_BACKUP_PAUSE=FILE` (debug builds only), backup creates FILE once the
+/// start call returned and goes on when the test removes it: an observable event, not a
+/// guessed delay.
+async fn test_pause_point() {
+    #[cfg(debug_assertions)]
+    if let Some(marker) = std::env::var_os("PGWARD_TEST_BACKUP_PAUSE") {
+        let _ = std::fs::write(&marker, b"started\n");
+        while std::path::Path::new(&marker).exists() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// Deletes bundles that no manifest references. Safe only under the backup lock.

@@ -245,9 +245,14 @@ pub struct BackupArgs {
     /// Ask for an immediate checkpoint instead of waiting for the next one
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub start_fast: bool,
-    /// Seconds to wait for the backup's WAL to reach the archive
+    /// Seconds to wait for the backup's WAL to reach the archive (and, from a standby, for
+    /// its replay to pass the end of the backup an incremental builds on)
     #[arg(long, default_value_t = 60)]
     pub archive_timeout: u64,
+    /// Backing up a standby with --primary-host/--primary-port: warn when its replay is
+    /// more than this many MiB behind the primary when the backup stops
+    #[arg(long, default_value_t = 1024, value_name = "MIB")]
+    pub standby_lag_warning: u64,
     /// Attach KEY=VALUE to the backup (repeatable)
     #[arg(long = "annotation", value_parser = parse_key_value)]
     pub annotations: Vec<(String, String)>,

@@ -156,6 +156,17 @@ impl Resolved {
         }
     }
 
+    /// The standby's primary, when --primary-host or --primary-port is given: user and
+    /// database as for the server backed up.
+    fn primary_conn(&self) -> Option<ConnOptions> {
+        let g = &self.global;
+        (g.primary_host.is_some() || g.primary_port.is_some()).then(|| ConnOptions {
+            host: g.primary_host.clone().or_else(|| g.pg_host.clone()),
+            port: g.primary_port.or(g.pg_port),
+            ..self.conn()
+        })
+    }
+
     fn retention(&self) -> crate::expire::Retention {
         crate::expire::Retention {
             full: self.global.retain_full,

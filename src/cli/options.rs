@@ -283,6 +283,13 @@ global_options! {
     pg_user: String, "pg-user", Libpq("PGUSER"), FILE;
     /// Database to connect to [env: PGDATABASE; default: postgres]
     pg_database: String, "pg-database", Libpq("PGDATABASE"), FILE;
+    /// When the server is a standby: its primary's host or socket directory, where backup
+    /// switches WAL once the standby's backup stops [default: --pg-host when --primary-port
+    /// is given]
+    primary_host: String, "primary-host", Pgward("PGWARD_PRIMARY_HOST"), FILE;
+    /// When the server is a standby: its primary's port [default: --pg-port when
+    /// --primary-host is given]
+    primary_port: u16, "primary-port", Pgward("PGWARD_PRIMARY_PORT"), FILE;
 
     ["Workers and compression"]
     /// Parallel workers for copying and checking [default: number of cores]
@@ -398,9 +405,9 @@ mod tests {
                     "output" | "log-format" => toml::Value::String("json".into()),
                     "log-level" => toml::Value::String("debug".into()),
                     "wal-maps" => toml::Value::String("on".into()),
-                    "pg-port" | "jobs" | "compress-level" | "s3-retry-seconds" | "retain-full"
-                    | "memory-budget" | "repo-read-ahead"
-                    | "retain-diff" | "retain-full-days" => toml::Value::Integer(7),
+                    "pg-port" | "primary-port" | "jobs" | "compress-level" | "s3-retry-seconds"
+                    | "retain-full" | "retain-diff" | "retain-full-days" | "memory-budget"
+                    | "repo-read-ahead" => toml::Value::Integer(7),
                     _ => toml::Value::String(format!("value-of-{}", o.name)),
                 };
                 (o.name.to_string(), value)

@@ -22,8 +22,12 @@ const EXCLUDE_DIR_CONTENTS: [&str; 7] = [
 /// `PG_TEMP_FILE_PREFIX`: temporary files and directories (`pgsql_tmp`, `pgsql_tmp1234.5`).
 const TEMP_PREFIX: &str = "pgsql_tmp";
 
-/// Files basebackup.c never sends, by exact name, at any depth.
-const EXCLUDE_FILES: [&str; 8] = [
+/// Files basebackup.c never sends, by exact name, at any depth; and the recovery signal
+/// files, as pgBackRest leaves them out: a backup of a standby must not restore as a
+/// standby (restore writes the signal file the restored cluster needs).
+const EXCLUDE_FILES: [&str; 10] = [
+    "standby.signal",
+    "recovery.signal",
     "postgresql.auto.conf.tmp",
     "current_logfiles.tmp",
     // Ours come from pg_backup_stop() and are stored with the backup instead.
@@ -311,6 +315,8 @@ mod tests {
         for (path, skip) in [
             ("postmaster.pid", true),
             ("postmaster.opts", true),
+            ("standby.signal", true),
+            ("recovery.signal", true),
             ("backup_label", true),
             ("tablespace_map", true),
             ("backup_manifest", true),

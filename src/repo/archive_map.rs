@@ -258,6 +258,25 @@ pub async fn wait_for_archived(
     segments: Vec<WalSegment>,
     timeout: Duration,
 ) -> Result<()> {
+    let missing = wait_until_archived(repo, segments, timeout).await?;
+    let Some(first_missing) = missing.first() else {
+        return Ok(());
+    };
+    Err(Error::new(
+        ErrorKind::Timeout,
+        format!("WAL segment {first_missing} (and {} more) did not reach the archive within {}s", missing.len() - 1, timeout.as_secs()),
+    )
+    .hint("check that archive_mode is on and archive_command runs `pgward archive-push %p` for this repository and stanza; the server log and `pgward pitr status` show archiving failures"))
+}
+
+/// Polls the archive until every one of `segments` is there or `timeout` has passed;
+/// returns the ones still missing then (in order; empty when all arrived), for callers
+/// that explain a timeout their own way.
+pub async fn wait_until_archived(
+    repo: &Repo,
+    segments: Vec<WalSegment>,
+    timeout: Duration,
+) -> Result<Vec<WalSegment>> {
     let mut missing: BTreeSet<WalSegment> = segments.into_iter().collect();
     let deadline = Instant::now() + timeout;
     loop {
@@ -281,15 +300,8 @@ pub async fn wait_for_archived(
             }
         }
         missing = still;
-        let Some(first_missing) = missing.first() else {
-            return Ok(());
-        };
-        if Instant::now() >= deadline {
-            return Err(Error::new(
-                ErrorKind::Timeout,
-                format!("WAL segment {first_missing} (and {} more) did not reach the archive within {}s", missing.len() - 1, timeout.as_secs()),
-            )
-            .hint("check that archive_mode is on and archive_command runs `pgward archive-push %p` for this repository and stanza; the server log and `pgward pitr status` show archiving failures"));
+        if missing.is_empty() || Instant::now() >= deadline {
+            return Ok(missing.into_iter().collect());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

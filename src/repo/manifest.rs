@@ -37,6 +37,11 @@ pub struct Manifest {
     pub wal_segment_size: u64,
     pub data_checksums: bool,
     pub from_standby: bool,
+    /// The server the backup was taken on: `host:port` as pgward connected (the host may
+    /// be a socket directory), with the server's own address when over TCP. None in
+    /// backups taken before pgward recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     pub compression: Compression,
     /// As returned by the stop call; restored verbatim.
     pub backup_label: String,

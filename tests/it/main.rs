@@ -14,6 +14,7 @@ mod incremental;
 mod operator;
 mod pitr;
 mod s3;
+mod standby;
 mod server_env;
 mod tamper;
 mod targets;

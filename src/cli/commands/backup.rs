@@ -27,6 +27,8 @@ pub async fn run(resolved: &Resolved, args: BackupArgs) -> Result<Outcome> {
         annotations: args.annotations.into_iter().collect(),
         max_chain: args.max_chain,
         pin: args.pin,
+        primary: resolved.primary_conn(),
+        standby_lag_warning: args.standby_lag_warning.saturating_mul(1 << 20),
     };
     let manifest = crate::backup::backup(&repo, &resolved.conn(), opts).await?;
     let retention = resolved.retention();
@@ -42,8 +44,11 @@ impl Report for BackupDone {
     fn text(&self) -> String {
         let m = &self.0;
         format!(
-            "backup {} complete: {} files, database {}, {} stored, WAL {} .. {}\n",
+            "backup {} complete{}: {} files, database {}, {} stored, WAL {} .. {}\n",
             m.label,
+            super::info::taken_on(m.from_standby, m.node.as_deref())
+                .map(|t| format!(" ({t})"))
+                .unwrap_or_default(),
             m.files.len(),
             human_bytes(m.database_size),
             human_bytes(m.stored_size),
@@ -58,7 +63,8 @@ impl Report for BackupDone {
         Some(
             serde_json::json!({"label": m.label, "type": m.backup_type, "start_lsn": m.start_lsn,
                 "stop_lsn": m.stop_lsn, "database_size": m.database_size,
-                "stored_size": m.stored_size, "checksum_failures": m.checksum_failures})
+                "stored_size": m.stored_size, "checksum_failures": m.checksum_failures,
+                "from_standby": m.from_standby, "node": m.node})
             .to_string()
                 + "\n",
         )

@@ -38,7 +38,7 @@ fn render_text(r: &InfoReport) -> String {
     s.push_str(&format!("\nbackups: {}\n", r.backups.len()));
     for b in &r.backups {
         s.push_str(&format!(
-            "  {}  {}{}{}  timeline {}  {} .. {}  {} .. {}  {:.1}s  database {}  stored {}{}\n",
+            "  {}  {}{}{}  timeline {}  {} .. {}  {} .. {}  {:.1}s  database {}  stored {}{}{}\n",
             b.label,
             b.backup_type,
             b.reference
@@ -54,6 +54,9 @@ fn render_text(r: &InfoReport) -> String {
             b.duration_seconds,
             human_bytes(b.database_size),
             human_bytes(b.stored_size),
+            taken_on(b.from_standby, b.node.as_deref())
+                .map(|t| format!("  {t}"))
+                .unwrap_or_default(),
             if b.checksum_failures > 0 {
                 format!("  {} page checksum failure(s)", b.checksum_failures)
             } else {
@@ -113,6 +116,16 @@ fn render_text(r: &InfoReport) -> String {
         None => s.push_str("\nrecoverable window: none (no backup with its WAL archived)\n"),
     }
     s
+}
+
+/// Where a backup was taken: "from standby HOST:PORT"; None when not recorded.
+pub fn taken_on(from_standby: bool, node: Option<&str>) -> Option<String> {
+    let role = if from_standby { "standby" } else { "primary" };
+    match node {
+        Some(node) => Some(format!("from {role} {node}")),
+        None if from_standby => Some("from a standby".to_string()),
+        None => None,
+    }
 }
 
 /// One line per timeline: a bar from the window's start to its end with each backup's

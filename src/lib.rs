@@ -10,6 +10,7 @@ pub mod db;
 pub mod error;
 pub mod expire;
 pub mod info;
+pub mod metrics;
 pub mod pg;
 pub mod pipeline;
 pub mod pitr;

@@ -327,6 +327,31 @@ impl Repo {
     /// Every backup, sorted into those that read and check (against `stanza` when given)
     /// and those that do not. Errors only when the listing itself fails.
     pub async fn load_backups(&self, stanza: Option<&StanzaInfo>) -> Result<Backups> {
+        self.load_backups_keeping(stanza, |_| true).await
+    }
+
+    /// Like `load_backups`, for reports over many backups (`info`, `metrics`): each
+    /// healthy manifest is shown to `inspect` whole, then kept without its file and
+    /// directory lists, so that a hundred backups of a large cluster take a few MiB
+    /// instead of hundreds. Never restore from what this returns.
+    pub async fn load_backup_headers(
+        &self,
+        stanza: Option<&StanzaInfo>,
+        mut inspect: impl FnMut(&Manifest) + Send,
+    ) -> Result<Backups> {
+        self.load_backups_keeping(stanza, |m| {
+            inspect(m);
+            false
+        })
+        .await
+    }
+
+    /// `keep_files` tells, for each healthy manifest, whether to keep its file lists.
+    async fn load_backups_keeping(
+        &self,
+        stanza: Option<&StanzaInfo>,
+        mut keep_files: impl FnMut(&Manifest) -> bool + Send,
+    ) -> Result<Backups> {
         let mut out = Backups::default();
         for label in self.backup_labels().await? {
             let checked = match self.read_manifest(&label).await {
@@ -337,7 +362,13 @@ impl Repo {
                 Err(e) => Err(e),
             };
             match checked {
-                Ok(m) => out.healthy.push(m),
+                Ok(mut m) => {
+                    if !keep_files(&m) {
+                        m.files = Vec::new();
+                        m.directories = Vec::new();
+                    }
+                    out.healthy.push(m)
+                }
                 Err(error) if error.kind == ErrorKind::Io => return Err(error),
                 // Expired between the listing and the read: no longer a backup.
                 Err(error) if error.is_not_found() => {}

@@ -239,3 +239,28 @@ fn prometheus_scrapes_serve_and_finds_the_newest_backups_time() {
     assert!(status.success(), "serve did not stop cleanly on SIGTERM: {status}\n{}", served_log());
     assert!(http_get(port, "/metrics").is_none(), "serve still answers after SIGTERM");
 }
+
+#[test]
+fn alert_rules_fire_as_recorded_samples_say_and_the_guide_shows_them_verbatim() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/prometheus");
+    for args in [["check", "rules", "alerts.yml"], ["test", "rules", "alerts.test.yml"]] {
+        let out = Command::new(tool("promtool"))
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let rules = std::fs::read_to_string(dir.join("alerts.yml")).unwrap();
+    let guide = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/guide.md")).unwrap();
+    assert!(
+        guide.contains(&format!("```yaml\n{rules}```\n")),
+        "docs/guide.md must show contrib/prometheus/alerts.yml as it is"
+    );
+}

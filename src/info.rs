@@ -1,7 +1,7 @@
 //! `info`: what the repository holds and what it can restore. Built as a plain report
 //! struct, which the CLI prints as JSON or text (`cli/commands/info.rs`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -69,7 +69,9 @@ pub struct DamagedBackupSummary {
 
 pub async fn info(repo: &Repo) -> Result<InfoReport> {
     let stanza = repo.stanza_info().await?;
-    let loaded = repo.load_backups(Some(&stanza)).await?;
+    // Without file lists: `info` must stay small and fast on a stanza of many backups.
+    let headers = repo.load_backup_headers(Some(&stanza)).await?;
+    let (loaded, file_counts) = (headers.backups, headers.file_counts);
     let manifests = loaded.healthy;
     let damaged_backups: Vec<DamagedBackupSummary> = loaded
         .damaged
@@ -110,7 +112,7 @@ pub async fn info(repo: &Repo) -> Result<InfoReport> {
         lock: repo.lock_mechanism().await?,
         backups: manifests
             .iter()
-            .map(|m| summarize(m, &manifests, &pinned, &mut problems))
+            .map(|m| summarize(m, &manifests, &pinned, &file_counts, &mut problems))
             .collect(),
         damaged_backups,
         archive: timelines(&archived, seg_size),
@@ -123,6 +125,7 @@ fn summarize(
     m: &Manifest,
     all: &[Manifest],
     pinned: &[String],
+    file_counts: &HashMap<String, usize>,
     problems: &mut BTreeMap<String, Vec<String>>,
 ) -> BackupSummary {
     BackupSummary {
@@ -142,7 +145,7 @@ fn summarize(
         duration_seconds: (m.stop_time - m.start_time).num_milliseconds() as f64 / 1000.0,
         database_size: m.database_size,
         stored_size: m.stored_size,
-        file_count: m.files.len(),
+        file_count: file_counts.get(&m.label).copied().unwrap_or_default(),
         checksum_failures: m.checksum_failures.iter().map(|f| f.blocks.len()).sum(),
         annotations: m.annotations.clone(),
         problems: problems.remove(&m.label).unwrap_or_default(),

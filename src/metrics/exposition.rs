@@ -61,11 +61,23 @@ impl Families {
         family.samples.push((labels, value));
     }
 
-    fn gauge(&mut self, name: &'static str, help: &'static str, labels: Vec<(&'static str, String)>, value: f64) {
+    fn gauge(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        labels: Vec<(&'static str, String)>,
+        value: f64,
+    ) {
         self.add(name, Kind::Gauge, help, labels, value)
     }
 
-    fn counter(&mut self, name: &'static str, help: &'static str, labels: Vec<(&'static str, String)>, value: f64) {
+    fn counter(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        labels: Vec<(&'static str, String)>,
+        value: f64,
+    ) {
         self.add(name, Kind::Counter, help, labels, value)
     }
 
@@ -375,7 +387,10 @@ mod tests {
         ]);
         assert_eq!(text.matches("# TYPE pgward_up gauge").count(), 1, "{text}");
         assert!(text.contains("pgward_up{stanza=\"a\"} 1\n"), "{text}");
-        assert!(text.contains("pgward_up{stanza=\"b\\\"\\\\\\n\"} 0\n"), "{text}");
+        assert!(
+            text.contains("pgward_up{stanza=\"b\\\"\\\\\\n\"} 0\n"),
+            "{text}"
+        );
         assert!(text.contains("pgward_verify_last_timestamp_seconds{stanza=\"a\"} 1700000000.5\n"));
         assert!(text.contains("pgward_verify_last_success{stanza=\"a\"} 0\n"));
         assert!(text.contains("pgward_verify_last_problems{stanza=\"a\"} 2\n"));

@@ -95,7 +95,7 @@ pub async fn collect(
 ) -> Result<StanzaMetrics> {
     let stanza = repo.stanza_info().await?;
     let seg_size = stanza.wal_segment_size;
-    let loaded = repo.load_backup_headers(Some(&stanza), |_| {}).await?;
+    let loaded = repo.load_backup_headers(Some(&stanza)).await?.backups;
     let manifests = loaded.healthy;
     let archived = repo.list_archive().await?;
     let mut newest: Vec<NewestBackup> = Vec::new();
@@ -150,7 +150,10 @@ fn archive_metrics(archived: &[ArchivedFile], seg_size: u64) -> Vec<TimelineMetr
                 gaps: t.gaps.len(),
                 stored_bytes: t.stored_size,
                 newest_end: Lsn((segment.segno(seg_size) + 1) * seg_size),
-                newest_archived: Utc.timestamp_opt(archived_at, 0).single().unwrap_or_default(),
+                newest_archived: Utc
+                    .timestamp_opt(archived_at, 0)
+                    .single()
+                    .unwrap_or_default(),
             })
         })
         .collect()

@@ -200,7 +200,7 @@ impl Manifest {
     }
 }
 
-fn manifest_key(repo: &Repo, label: &str) -> String {
+pub(super) fn manifest_key(repo: &Repo, label: &str) -> String {
     repo.key(&format!("backups/{label}.manifest"))
 }
 
@@ -242,7 +242,7 @@ pub(super) fn pin_label(contents: Contents, key: &str) -> Result<String> {
 }
 
 /// A manifest must be of the stanza's cluster.
-fn check_cluster(m: &Manifest, stanza: &StanzaInfo, key: &str) -> Result<()> {
+pub(super) fn check_cluster(m: &Manifest, stanza: &StanzaInfo, key: &str) -> Result<()> {
     if m.wal_segment_size != stanza.wal_segment_size {
         return Err(damaged(
             key,
@@ -282,6 +282,18 @@ impl Repo {
     /// Reads a manifest and checks that it is the one stored under its label (envelope,
     /// parse, label); the cluster is checked by the callers, against `stanza.json`.
     pub async fn read_manifest(&self, label: &str) -> Result<Manifest> {
+        self.read_manifest_as(label, parse_manifest, |m| &m.label)
+            .await
+    }
+
+    /// Reads the manifest of `label` through the checked path, parses it with `parse`,
+    /// and checks that it is the one stored under its label.
+    pub(super) async fn read_manifest_as<T>(
+        &self,
+        label: &str,
+        parse: impl Fn(&[u8]) -> std::result::Result<T, ManifestError>,
+        label_of: impl Fn(&T) -> &str,
+    ) -> Result<T> {
         let key = manifest_key(self, label);
         let bytes = match self.read_contents(&key, Kind::Manifest).await? {
             None => {
@@ -297,19 +309,19 @@ impl Repo {
                 raw
             }
         };
-        let m = parse_manifest(&bytes).map_err(|e| match e {
+        let m = parse(&bytes).map_err(|e| match e {
             ManifestError::Unreadable(e) => damaged(&key, format!("does not parse: {e}")),
             ManifestError::Newer(v) => Error::config(format!(
                 "backup {label} uses repository format {v}, newer than this pgward"
             ))
             .hint("upgrade pgward"),
         })?;
-        if m.label != label {
+        if label_of(&m) != label {
             return Err(damaged(
                 &key,
                 format!(
                     "is the manifest of backup {}, copied over the manifest of backup {label}",
-                    m.label
+                    label_of(&m)
                 ),
             ));
         }
@@ -327,31 +339,6 @@ impl Repo {
     /// Every backup, sorted into those that read and check (against `stanza` when given)
     /// and those that do not. Errors only when the listing itself fails.
     pub async fn load_backups(&self, stanza: Option<&StanzaInfo>) -> Result<Backups> {
-        self.load_backups_keeping(stanza, |_| true).await
-    }
-
-    /// Like `load_backups`, for reports over many backups (`info`, `metrics`): each
-    /// healthy manifest is shown to `inspect` whole, then kept without its file and
-    /// directory lists, so that a hundred backups of a large cluster take a few MiB
-    /// instead of hundreds. Never restore from what this returns.
-    pub async fn load_backup_headers(
-        &self,
-        stanza: Option<&StanzaInfo>,
-        mut inspect: impl FnMut(&Manifest) + Send,
-    ) -> Result<Backups> {
-        self.load_backups_keeping(stanza, |m| {
-            inspect(m);
-            false
-        })
-        .await
-    }
-
-    /// `keep_files` tells, for each healthy manifest, whether to keep its file lists.
-    async fn load_backups_keeping(
-        &self,
-        stanza: Option<&StanzaInfo>,
-        mut keep_files: impl FnMut(&Manifest) -> bool + Send,
-    ) -> Result<Backups> {
         let mut out = Backups::default();
         for label in self.backup_labels().await? {
             let checked = match self.read_manifest(&label).await {
@@ -362,13 +349,7 @@ impl Repo {
                 Err(e) => Err(e),
             };
             match checked {
-                Ok(mut m) => {
-                    if !keep_files(&m) {
-                        m.files = Vec::new();
-                        m.directories = Vec::new();
-                    }
-                    out.healthy.push(m)
-                }
+                Ok(m) => out.healthy.push(m),
                 Err(error) if error.kind == ErrorKind::Io => return Err(error),
                 // Expired between the listing and the read: no longer a backup.
                 Err(error) if error.is_not_found() => {}

@@ -26,6 +26,7 @@ pub mod frames;
 pub mod label;
 pub mod lock;
 pub mod manifest;
+pub mod manifest_head;
 pub mod object;
 pub mod piece;
 pub mod records;

@@ -49,7 +49,9 @@ fn promtool_check_metrics(text: &str) {
 /// while nothing answers there.
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .ok()?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
@@ -59,7 +61,11 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 }
 
 /// Polls `probe` every 100 ms until it gives a value; panics after `timeout` with `what`.
-fn wait_for<T>(timeout: Duration, what: impl Fn() -> String, mut probe: impl FnMut() -> Option<T>) -> T {
+fn wait_for<T>(
+    timeout: Duration,
+    what: impl Fn() -> String,
+    mut probe: impl FnMut() -> Option<T>,
+) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = probe() {
@@ -105,7 +111,10 @@ impl Prometheus {
         let log = dir.join("prometheus.log");
         let child = Command::new(tool("prometheus"))
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .current_dir(dir)
             .stdout(Stdio::null())
@@ -143,11 +152,15 @@ fn serving_pid(child: &Child) -> String {
         return child.id().to_string();
     }
     let pid = child.id().to_string();
-    wait_for(Duration::from_secs(10), || format!("no child of runuser {pid}"), || {
-        let out = Command::new("pgrep").args(["-P", &pid]).output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        text.lines().next().map(str::to_string)
-    })
+    wait_for(
+        Duration::from_secs(10),
+        || format!("no child of runuser {pid}"),
+        || {
+            let out = Command::new("pgrep").args(["-P", &pid]).output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            text.lines().next().map(str::to_string)
+        },
+    )
 }
 
 #[test]
@@ -175,13 +188,28 @@ fn prometheus_scrapes_serve_and_finds_the_newest_backups_time() {
     );
     assert_eq!(sample(&text, "pgward_up", stanza), Some(1.0), "{text}");
     assert_eq!(sample(&text, "pgward_backups", stanza), Some(1.0), "{text}");
-    assert_eq!(sample(&text, "pgward_verify_last_success", stanza), Some(1.0), "{text}");
+    assert_eq!(
+        sample(&text, "pgward_verify_last_success", stanza),
+        Some(1.0),
+        "{text}"
+    );
     // The server answers: the lag is there, and small (the backup waited for its WAL).
-    let lag = sample(&text, "pgward_archive_lag_bytes", "stanza=\"main\",timeline=\"1\"");
-    assert!(lag.is_some_and(|b| b < (16 << 20) as f64), "{lag:?}\n{text}");
+    let lag = sample(
+        &text,
+        "pgward_archive_lag_bytes",
+        "stanza=\"main\",timeline=\"1\"",
+    );
     assert!(
-        sample(&text, "pgward_recoverable_window_start_timestamp_seconds", "stanza=\"main\",timeline=\"1\"")
-            .is_some_and(|t| (t - stop).abs() < 0.002),
+        lag.is_some_and(|b| b < (16 << 20) as f64),
+        "{lag:?}\n{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            "pgward_recoverable_window_start_timestamp_seconds",
+            "stanza=\"main\",timeline=\"1\""
+        )
+        .is_some_and(|t| (t - stop).abs() < 0.002),
         "{text}"
     );
     // Without --stanza: every stanza of the repository (here the one).
@@ -198,7 +226,15 @@ fn prometheus_scrapes_serve_and_finds_the_newest_backups_time() {
     let serve_log = dir.join("serve.log");
     let mut serve = pg_command(
         &pgward_bin(),
-        &["--repo", &src.url, "--stanza", "main", "serve", "--listen", &format!("127.0.0.1:{port}")],
+        &[
+            "--repo",
+            &src.url,
+            "--stanza",
+            "main",
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ],
         &src.cluster.env(),
     )
     .stdout(Stdio::null())
@@ -206,9 +242,11 @@ fn prometheus_scrapes_serve_and_finds_the_newest_backups_time() {
     .spawn()
     .unwrap();
     let served_log = || std::fs::read_to_string(&serve_log).unwrap_or_default();
-    let (status, body) = wait_for(Duration::from_secs(30), || format!("serve never answered:\n{}", served_log()), || {
-        http_get(port, "/metrics")
-    });
+    let (status, body) = wait_for(
+        Duration::from_secs(30),
+        || format!("serve never answered:\n{}", served_log()),
+        || http_get(port, "/metrics"),
+    );
     assert_eq!(status, 200, "{body}");
     promtool_check_metrics(&body);
     assert_eq!(http_get(port, "/").map(|r| r.0), Some(404));
@@ -227,23 +265,42 @@ fn prometheus_scrapes_serve_and_finds_the_newest_backups_time() {
     assert_eq!(found[0]["metric"]["stanza"], "main");
     assert_eq!(found[0]["metric"]["type"], "full");
     let value: f64 = found[0]["value"][1].as_str().unwrap().parse().unwrap();
-    assert!((value - stop).abs() < 0.002, "Prometheus has {value}, the backup ended at {stop}");
+    assert!(
+        (value - stop).abs() < 0.002,
+        "Prometheus has {value}, the backup ended at {stop}"
+    );
 
     // SIGTERM to pgward itself: runuser, between it and the test when root, answers a
     // SIGTERM of its own by killing its child after 2 s.
     let pid = serving_pid(&serve);
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let status = wait_for(Duration::from_secs(20), || format!("serve still runs after SIGTERM:\n{}", served_log()), || {
-        serve.try_wait().unwrap()
-    });
-    assert!(status.success(), "serve did not stop cleanly on SIGTERM: {status}\n{}", served_log());
-    assert!(http_get(port, "/metrics").is_none(), "serve still answers after SIGTERM");
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = wait_for(
+        Duration::from_secs(20),
+        || format!("serve still runs after SIGTERM:\n{}", served_log()),
+        || serve.try_wait().unwrap(),
+    );
+    assert!(
+        status.success(),
+        "serve did not stop cleanly on SIGTERM: {status}\n{}",
+        served_log()
+    );
+    assert!(
+        http_get(port, "/metrics").is_none(),
+        "serve still answers after SIGTERM"
+    );
 }
 
 #[test]
 fn alert_rules_fire_as_recorded_samples_say_and_the_guide_shows_them_verbatim() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/prometheus");
-    for args in [["check", "rules", "alerts.yml"], ["test", "rules", "alerts.test.yml"]] {
+    for args in [
+        ["check", "rules", "alerts.yml"],
+        ["test", "rules", "alerts.test.yml"],
+    ] {
         let out = Command::new(tool("promtool"))
             .args(args)
             .current_dir(&dir)
@@ -258,9 +315,248 @@ fn alert_rules_fire_as_recorded_samples_say_and_the_guide_shows_them_verbatim() 
         );
     }
     let rules = std::fs::read_to_string(dir.join("alerts.yml")).unwrap();
-    let guide = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/guide.md")).unwrap();
+    let guide =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/guide.md"))
+            .unwrap();
     assert!(
         guide.contains(&format!("```yaml\n{rules}```\n")),
         "docs/guide.md must show contrib/prometheus/alerts.yml as it is"
     );
+}
+
+/// A stanza of `backups` backups (a full every tenth, incrementals between, each listing
+/// `files` files) and `segments` archived segments on timeline 1, fabricated without a
+/// cluster: the stanza and manifests through pgward's repository API, the archive as hard
+/// links of one stored file (and one claim) under each segment's name, which is all a
+/// listing shows. Nothing reads their content: that is the point.
+fn fabricate_large_stanza(repo_dir: &Path, backups: u64, segments: u64, files: usize) {
+    use pgward::pg::{Lsn, TimelineId, WalFileName, WalSegment};
+    use pgward::pipeline::compress::{Codec, Compression};
+    use pgward::repo::label::BackupType;
+    use pgward::repo::manifest::{DirEntry, Extent, FileEntry, Manifest};
+    use pgward::repo::stanza::ClusterIdentity;
+    const SEG: u64 = 16 << 20;
+    const SYSTEM: u64 = 7_300_000_000_000_000_001;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let repo = runtime.block_on(async {
+        let storage = std::sync::Arc::new(pgward::storage::LocalStorage::new(repo_dir));
+        let repo = pgward::repo::StanzaHandle::new(storage, "main")
+            .unwrap()
+            .unlock(None)
+            .await
+            .unwrap();
+        let cluster = ClusterIdentity {
+            system_identifier: SYSTEM,
+            pg_major: 15,
+            data_checksums: true,
+            wal_segment_size: SEG,
+        };
+        repo.stanza_create(&cluster).await.unwrap();
+        repo
+    });
+    let base = chrono::DateTime::from_timestamp(1_790_000_000, 0).unwrap();
+    let spacing = segments / backups;
+    let mut previous: Option<String> = None;
+    for i in 0..backups {
+        let full = i % 10 == 0;
+        let start_time = base + chrono::Duration::hours(i as i64);
+        let label = format!(
+            "{}{}",
+            start_time.format("%Y%m%d-%H%M%S"),
+            if full { 'F' } else { 'I' }
+        );
+        let bundle = format!("{label}-0-0.bundle");
+        let files: Vec<FileEntry> = (0..files)
+            .map(|f| FileEntry {
+                path: format!("base/5/{}", 16384 + f),
+                size: 8192,
+                mtime: 1_790_000_000,
+                mode: 0o600,
+                checksum: Some("ab".repeat(32)),
+                extents: vec![Extent {
+                    offset: 0,
+                    length: 8192,
+                    backup: label.clone(),
+                    bundle: bundle.clone(),
+                    bundle_offset: f as u64 * 300,
+                    stored_length: 300,
+                    frame_offset: 0,
+                    frame_length: 8192,
+                    frame_checksum: "cd".repeat(32),
+                }],
+            })
+            .collect();
+        let start_lsn = Lsn(i * spacing * SEG + 0x28);
+        let manifest = Manifest {
+            format_version: pgward::repo::FORMAT_VERSION,
+            label: label.clone(),
+            backup_type: if full {
+                BackupType::Full
+            } else {
+                BackupType::Incr
+            },
+            reference: if full { None } else { previous.clone() },
+            system_identifier: SYSTEM,
+            pg_major: 15,
+            pg_version_num: 150018,
+            timeline: TimelineId(1),
+            start_lsn,
+            stop_lsn: Lsn(start_lsn.0 + SEG),
+            start_time,
+            stop_time: start_time + chrono::Duration::seconds(90),
+            wal_segment_size: SEG,
+            data_checksums: true,
+            from_standby: false,
+            compression: Compression {
+                codec: Codec::Zstd,
+                level: 3,
+            },
+            backup_label: format!("START WAL LOCATION: {start_lsn}\nLABEL: {label}\n"),
+            tablespace_map: None,
+            tablespaces: Vec::new(),
+            annotations: Default::default(),
+            directories: vec![DirEntry {
+                path: "base/5".into(),
+                mode: 0o700,
+            }],
+            database_size: files.len() as u64 * 8192,
+            stored_size: files.len() as u64 * 300,
+            files,
+            bundles: vec![bundle],
+            checksum_failures: Vec::new(),
+        };
+        runtime.block_on(repo.save_manifest(&manifest)).unwrap();
+        previous = Some(label);
+    }
+    let stored = repo_dir.join("stored-wal");
+    let claim = repo_dir.join("stored-claim");
+    let checksum = "ef".repeat(32);
+    for n in 0..segments {
+        // A new file to link to now and then: a file system caps links per inode.
+        if n % 10_000 == 0 {
+            for (path, len) in [(&stored, 4096), (&claim, 200)] {
+                let _ = std::fs::remove_file(path);
+                std::fs::write(path, vec![7u8; len]).unwrap();
+            }
+        }
+        let name = WalFileName::Segment(WalSegment::from_segno(TimelineId(1), n, SEG));
+        let file = pgward::repo::archive::stored_name(&name, &checksum, Codec::Zstd);
+        let dir =
+            repo_dir.join(repo.archive_dir_key(&pgward::repo::archive::archive_subdir(&name)));
+        if n % 256 == 0 || n == 0 {
+            std::fs::create_dir_all(&dir).unwrap();
+        }
+        std::fs::hard_link(&stored, dir.join(file)).unwrap();
+        std::fs::hard_link(&claim, repo_dir.join(repo.wal_claim_key(&name))).unwrap();
+    }
+    chown_pg(&repo_dir.join("main").join("backups"));
+}
+
+/// What GNU time measured of a run.
+struct Cost {
+    wall: f64,
+    /// User plus system CPU seconds: what the run costs whatever else the machine does
+    /// (the test machines are shared, their wall clock is not the program's).
+    cpu: f64,
+    peak_rss_kib: u64,
+}
+
+/// Runs pgward `args` under GNU time: its stdout and what it cost.
+fn timed_pgward(args: &[&str]) -> (String, Cost) {
+    let mut full = vec![
+        "-f".to_string(),
+        "%e %U %S %M".to_string(),
+        pgward_bin().display().to_string(),
+    ];
+    full.extend(args.iter().map(|a| a.to_string()));
+    let out = Command::new("/usr/bin/time").args(&full).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "pgward {}: {stderr}", args.join(" "));
+    let last = stderr.lines().last().unwrap_or_default();
+    let v: Vec<f64> = last.split(' ').map(|x| x.parse().unwrap()).collect();
+    let cost = Cost {
+        wall: v[0],
+        cpu: v[1] + v[2],
+        peak_rss_kib: v[3] as u64,
+    };
+    (String::from_utf8_lossy(&out.stdout).into_owned(), cost)
+}
+
+/// `metrics` and `info` on a fabricated stanza: the right counts, within a second of CPU
+/// (two for the unoptimised build tests run by default) and 64 MiB. The fabricated WAL
+/// is not WAL and the bundles do not exist: reading either would fail the commands.
+fn metrics_and_info_stay_small(name: &str, backups: u64, segments: u64) {
+    let limit = if cfg!(debug_assertions) { 2.0 } else { 1.0 };
+    let dir = work_dir(name);
+    let repo = dir.join("repo");
+    fabricate_large_stanza(&repo, backups, segments, 1_500);
+    let url = repo.display().to_string();
+    let base = [
+        "--repo",
+        url.as_str(),
+        "--stanza",
+        "main",
+        "--pg-host",
+        "/nonexistent",
+    ];
+    let check = |what: &str, cost: &Cost| {
+        eprintln!(
+            "{what}: {} s wall, {:.2} s CPU, {} KiB",
+            cost.wall, cost.cpu, cost.peak_rss_kib
+        );
+        assert!(cost.cpu < limit, "{what} took {:.2} s of CPU", cost.cpu);
+        assert!(
+            cost.peak_rss_kib < 64 << 10,
+            "{what} peaked at {} KiB",
+            cost.peak_rss_kib
+        );
+    };
+    let mut args = base.to_vec();
+    args.push("metrics");
+    let (text, cost) = timed_pgward(&args);
+    assert_eq!(
+        sample(&text, "pgward_backups", "stanza=\"main\""),
+        Some(backups as f64),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "pgward_archive_segments",
+            "stanza=\"main\",timeline=\"1\""
+        ),
+        Some(segments as f64),
+        "{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            "pgward_recoverable_window_seconds",
+            "stanza=\"main\""
+        )
+        .is_some(),
+        "{text}"
+    );
+    check("metrics", &cost);
+    let mut args = base.to_vec();
+    args.extend(["--output", "json", "info"]);
+    let (json, cost) = timed_pgward(&args);
+    let info: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let listed = info["backups"].as_array().unwrap();
+    assert_eq!(listed.len() as u64, backups);
+    assert_eq!(listed[0]["file_count"], 1_500);
+    assert_eq!(info["archive"][0]["segments"], segments);
+    check("info", &cost);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn metrics_and_info_of_a_stanza_read_only_metadata_and_listings() {
+    metrics_and_info_stay_small("metrics_small", 10, 2_000);
+}
+
+#[test]
+#[ignore = "second tier: fabricates 100 backups and 100,000 archived segments"]
+fn metrics_and_info_take_under_a_second_for_100_backups_and_100000_segments() {
+    metrics_and_info_stay_small("metrics_large", 100, 100_000);
 }

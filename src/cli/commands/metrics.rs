@@ -17,7 +17,9 @@ use crate::repo::{stanza_names, StanzaHandle};
 const SERVER_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub async fn run(resolved: &Resolved, args: &MetricsArgs) -> Result<Outcome> {
-    Ok(Outcome::report(MetricsText(exposition(resolved, args).await?)))
+    Ok(Outcome::report(MetricsText(
+        exposition(resolved, args).await?,
+    )))
 }
 
 struct MetricsText(String);

@@ -49,9 +49,8 @@ pub async fn run(resolved: &Resolved, listen: SocketAddr, args: MetricsArgs) -> 
         args,
         cache: Mutex::new(None),
     });
-    let signal = |kind| {
-        tokio::signal::unix::signal(kind).map_err(|e| Error::io("handling", "signals", e))
-    };
+    let signal =
+        |kind| tokio::signal::unix::signal(kind).map_err(|e| Error::io("handling", "signals", e));
     let mut term = signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = signal(tokio::signal::unix::SignalKind::interrupt())?;
     let (stop, stopping) = watch::channel(false);
@@ -120,7 +119,10 @@ async fn serve_connection(
 
 async fn answer<B>(server: &Server, request: &Request<B>) -> Response<Full<Bytes>> {
     if request.uri().path() != "/metrics" {
-        return plain(StatusCode::NOT_FOUND, "not found: metrics are on /metrics\n");
+        return plain(
+            StatusCode::NOT_FOUND,
+            "not found: metrics are on /metrics\n",
+        );
     }
     if !matches!(*request.method(), Method::GET | Method::HEAD) {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");

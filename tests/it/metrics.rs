@@ -560,3 +560,85 @@ fn metrics_and_info_of_a_stanza_read_only_metadata_and_listings() {
 fn metrics_and_info_take_under_a_second_for_100_backups_and_100000_segments() {
     metrics_and_info_stay_small("metrics_large", 100, 100_000);
 }
+
+#[test]
+fn metrics_count_failed_async_pushes_queued_wal_and_the_lag_while_the_repository_refuses() {
+    let src = Source::start("metrics_spool", 15);
+    let spool = work_dir("metrics-spool-dir");
+    let spool_s = spool.display().to_string();
+    let cmd = format!(
+        "{} --repo {} --stanza main archive-push --async --spool-path {spool_s} --archive-push-queue-max 2 %p",
+        pgward_bin().display(),
+        src.repo.display(),
+    );
+    src.sql(&format!(
+        "ALTER SYSTEM SET archive_command = {}",
+        sql_quote(&cmd)
+    ));
+    src.sql("SELECT pg_reload_conf()");
+    src.archive_current_wal();
+    let metrics = || src.ok(&["metrics", "--spool-path", &spool_s]);
+    let stanza = "stanza=\"main\"";
+    let text = metrics();
+    promtool_check_metrics(&text);
+    assert_eq!(
+        sample(&text, "pgward_spool_push_failures_total", stanza),
+        Some(0.0),
+        "{text}"
+    );
+
+    // The repository refuses writes: background pushes fail, WAL waits in the spool.
+    let lock_out = |mode: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        for d in std::fs::read_dir(src.repo.join("main/archive"))
+            .unwrap()
+            .flatten()
+        {
+            std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+    };
+    lock_out(0o500);
+    for _ in 0..3 {
+        src.sql("CREATE TABLE IF NOT EXISTS filler (x int); INSERT INTO filler SELECT generate_series(1, 1000)");
+        src.sql("SELECT pg_switch_wal()");
+    }
+    let text = wait_for(
+        Duration::from_secs(60),
+        || format!("no failed push counted:\n{}", metrics()),
+        || {
+            let text = metrics();
+            let failed = sample(&text, "pgward_spool_push_failures_total", stanza)?;
+            let queued = sample(&text, "pgward_spool_queued_files", stanza)?;
+            (failed > 0.0 && queued >= 2.0).then_some(text)
+        },
+    );
+    promtool_check_metrics(&text);
+    assert!(
+        sample(&text, "pgward_spool_last_failure_timestamp_seconds", stanza).is_some(),
+        "{text}"
+    );
+    // Complete segments wait: more than one segment of lag, and it has an age.
+    let timeline = "stanza=\"main\",timeline=\"1\"";
+    let lag = sample(&text, "pgward_archive_lag_bytes", timeline).unwrap();
+    assert!(lag > (16 << 20) as f64, "{text}");
+    assert!(
+        sample(&text, "pgward_archive_lag_seconds", timeline).is_some(),
+        "{text}"
+    );
+
+    // Back to normal: the queue drains, the failures stay counted.
+    lock_out(0o755);
+    src.archive_current_wal();
+    let text = wait_for(
+        Duration::from_secs(60),
+        || format!("the spool never drained:\n{}", metrics()),
+        || {
+            let text = metrics();
+            (sample(&text, "pgward_spool_queued_files", stanza)? == 0.0).then_some(text)
+        },
+    );
+    assert!(
+        sample(&text, "pgward_spool_push_failures_total", stanza).is_some_and(|n| n > 0.0),
+        "{text}"
+    );
+}

@@ -213,8 +213,12 @@ fn prometheus_scrapes_serve_and_finds_the_newest_backups_time() {
         "{text}"
     );
     // Without --stanza: every stanza of the repository (here the one).
+    let mut args: Vec<&str> = src.extra.iter().map(String::as_str).collect();
+    args.extend(["--repo", &src.url]);
+    let mut all_args = args.clone();
+    all_args.push("metrics");
     let all = assert_success(
-        &pgward(&["--repo", &src.url, "metrics"], &src.cluster.env()),
+        &pgward(&all_args, &src.cluster.env()),
         "metrics of every stanza",
     );
     assert_eq!(sample(&all, "pgward_backups", stanza), Some(1.0), "{all}");
@@ -224,23 +228,13 @@ fn prometheus_scrapes_serve_and_finds_the_newest_backups_time() {
     let dir = src.cluster.dir.join("prometheus");
     mkdir_pg(&dir);
     let serve_log = dir.join("serve.log");
-    let mut serve = pg_command(
-        &pgward_bin(),
-        &[
-            "--repo",
-            &src.url,
-            "--stanza",
-            "main",
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ],
-        &src.cluster.env(),
-    )
-    .stdout(Stdio::null())
-    .stderr(std::fs::File::create(&serve_log).unwrap())
-    .spawn()
-    .unwrap();
+    let listen = format!("127.0.0.1:{port}");
+    args.extend(["--stanza", "main", "serve", "--listen", &listen]);
+    let mut serve = pg_command(&pgward_bin(), &args, &src.cluster.env())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&serve_log).unwrap())
+        .spawn()
+        .unwrap();
     let served_log = || std::fs::read_to_string(&serve_log).unwrap_or_default();
     let (status, body) = wait_for(
         Duration::from_secs(30),

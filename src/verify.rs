@@ -49,8 +49,11 @@ pub async fn verify(repo: &Repo, jobs: usize) -> Result<VerifyReport> {
         backups: result.as_ref().map_or(0, |r| r.backups_checked as u64),
         wal_segments: result.as_ref().map_or(0, |r| r.wal_files_checked as u64),
     };
-    if let Err(e) = repo.save_verify(&record).await {
-        tracing::warn!("could not record the outcome of this verify: {e}");
+    // Not into a stanza that does not exist (a mistyped --stanza): that would create it.
+    if result.is_ok() || repo.stanza_exists().await.unwrap_or(false) {
+        if let Err(e) = repo.save_verify(&record).await {
+            tracing::warn!("could not record the outcome of this verify: {e}");
+        }
     }
     result
 }

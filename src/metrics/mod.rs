@@ -210,6 +210,80 @@ mod tests {
         }]
     }
 
+    #[tokio::test]
+    async fn a_stanza_without_backups_reports_its_last_verify_and_drill() {
+        use crate::repo::records::DrillCheck;
+        use crate::repo::stanza::ClusterIdentity;
+        let dir = tempfile::tempdir().unwrap();
+        let storage = std::sync::Arc::new(crate::storage::LocalStorage::new(dir.path()));
+        let repo = Repo::plain_for_tests(storage, "main");
+        repo.stanza_create(&ClusterIdentity {
+            system_identifier: 42,
+            pg_major: 15,
+            data_checksums: true,
+            wal_segment_size: SEG,
+        })
+        .await
+        .unwrap();
+        let at = |s| Utc.timestamp_opt(s, 0).unwrap();
+        let drill = DrillRecord {
+            time: at(1_800_000_000),
+            passed: false,
+            backup: "20270115-080000F".into(),
+            target: None,
+            reached_lsn: None,
+            reached_time: None,
+            restore_seconds: 12.5,
+            recovery_seconds: 3.0,
+            wal_replayed_bytes: None,
+            checks: vec![DrillCheck {
+                name: "pg_amcheck".into(),
+                passed: false,
+                detail: "invalid page".into(),
+            }],
+            error: None,
+        };
+        repo.save_drill(&drill).await.unwrap();
+        // A server of another cluster is not this stanza's: no lag from it.
+        let elsewhere = WalPosition {
+            system_identifier: 43,
+            current: Some((TimelineId(1), Lsn(5 * SEG))),
+            archive_failed_count: 7,
+        };
+        let m = collect(&repo, Some(&elsewhere), None, at(1_800_000_100))
+            .await
+            .unwrap();
+        assert_eq!(
+            (m.backups, m.damaged_backups, m.stored_bytes > 0),
+            (0, 0, true)
+        );
+        assert!(m.newest.is_empty() && m.archive.is_empty() && m.window.is_none());
+        assert_eq!((&m.lag, m.archive_command_failures), (&None, None));
+        assert_eq!(m.last_drill, Some(drill));
+        assert_eq!(m.last_verify, None);
+        let text = exposition::render(&[exposition::Collected::Read(Box::new(m))]);
+        for line in [
+            "pgward_backups{stanza=\"main\"} 0\n",
+            "pgward_drill_last_timestamp_seconds{stanza=\"main\"} 1800000000\n",
+            "pgward_drill_last_success{stanza=\"main\"} 0\n",
+            "pgward_drill_last_restore_duration_seconds{stanza=\"main\"} 12.5\n",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        assert!(!text.contains("pgward_verify_"), "{text}");
+
+        // The stanza's own server: its lag and failures count.
+        let here = WalPosition {
+            system_identifier: 42,
+            ..elsewhere
+        };
+        let m = collect(&repo, Some(&here), None, at(1_800_000_100))
+            .await
+            .unwrap();
+        assert_eq!(m.archive_command_failures, Some(7));
+        assert_eq!(m.lag.map(|l| l.bytes), Some(5 * SEG));
+    }
+
     #[test]
     fn lag_counts_bytes_past_the_archive_and_seconds_only_while_segments_wait() {
         let now = Utc.timestamp_opt(1_000, 0).unwrap();

@@ -215,6 +215,11 @@ fn prometheus_scrapes_serve_and_finds_the_newest_backups_time() {
     // Without --stanza: every stanza of the repository (here the one).
     let mut args: Vec<&str> = src.extra.iter().map(String::as_str).collect();
     args.extend(["--repo", &src.url]);
+    // A verify of a stanza that does not exist fails, and records nothing that would
+    // make the stanza appear.
+    let mut typo = args.clone();
+    typo.extend(["--stanza", "typo", "verify"]);
+    assert!(!pgward(&typo, &src.cluster.env()).status.success());
     let mut all_args = args.clone();
     all_args.push("metrics");
     let all = assert_success(
@@ -222,6 +227,7 @@ fn prometheus_scrapes_serve_and_finds_the_newest_backups_time() {
         "metrics of every stanza",
     );
     assert_eq!(sample(&all, "pgward_backups", stanza), Some(1.0), "{all}");
+    assert_eq!(all.matches("pgward_up{").count(), 1, "{all}");
 
     // serve, scraped by a real Prometheus.
     let port = next_port();

@@ -36,7 +36,9 @@ done
 
 # ---- Debian packages -------------------------------------------------------------
 # System libs the PyPI builds link against (postgresql-15 pulls most of them anyway).
-apt_pkgs=(postgresql-15 postgresql-client-15 util-linux procps time
+# prometheus brings promtool too: the metrics tests start their own server (own port,
+# configuration and storage); the service the package may start is not used.
+apt_pkgs=(postgresql-15 postgresql-client-15 util-linux procps time prometheus
           libicu72 libxml2 libssl3 libgssapi-krb5-2 libzstd1 liblz4-1 liblzma5 zlib1g)
 need_py=0 need_npm=0
 for m in "${majors[@]}"; do case $m in 13) need_npm=1 ;; 15) ;; *) need_py=1 ;; esac; done
@@ -59,6 +61,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 [ -x /usr/lib/postgresql/15/bin/initdb ] || { echo "install-test-deps: no /usr/lib/postgresql/15/bin/initdb" >&2; exit 1; }
+command -v promtool >/dev/null || { echo "install-test-deps: no promtool (Debian's prometheus)" >&2; exit 1; }
 
 # ---- helpers ---------------------------------------------------------------------
 mkdir -p "$CACHE" "$PREFIX"

@@ -361,3 +361,47 @@ pub async fn archive_settings(client: &Client) -> Result<ArchiveSettings> {
         config_file: PathBuf::from(row.get::<_, String>(3)),
     })
 }
+
+/// Where a server's WAL stands, for the archive lag `metrics` reports.
+#[derive(Clone, Debug)]
+pub struct WalPosition {
+    pub system_identifier: u64,
+    /// The insert position and its timeline; None on a standby, which writes no WAL.
+    pub current: Option<(crate::pg::TimelineId, Lsn)>,
+    /// archive_command failures since the archiver's statistics were reset.
+    pub archive_failed_count: i64,
+}
+
+pub async fn wal_position(client: &Client) -> Result<WalPosition> {
+    // The timeline from the name of the segment being written, not from the last
+    // checkpoint: right after a promotion that checkpoint still names the old timeline.
+    let row = client
+        .query_one(
+            "SELECT (SELECT system_identifier::text FROM pg_control_system()),
+                    CASE WHEN NOT pg_is_in_recovery() THEN pg_current_wal_lsn()::text END,
+                    CASE WHEN NOT pg_is_in_recovery() THEN pg_walfile_name(pg_current_wal_lsn()) END,
+                    (SELECT failed_count FROM pg_stat_archiver)",
+            &[],
+        )
+        .await?;
+    let unreadable = |what: &str, s: &str| {
+        Error::new(
+            ErrorKind::Database,
+            format!("server reported an unreadable {what}: {s:?}"),
+        )
+    };
+    let id: String = row.get(0);
+    let current = match (row.get::<_, Option<String>>(1), row.get::<_, Option<String>>(2)) {
+        (Some(lsn), Some(file)) => {
+            let name = crate::pg::WalFileName::parse(&file)
+                .map_err(|_| unreadable("WAL file name", &file))?;
+            Some((name.timeline(), parse_lsn(&lsn)?))
+        }
+        _ => None,
+    };
+    Ok(WalPosition {
+        system_identifier: id.parse().map_err(|_| unreadable("system identifier", &id))?,
+        current,
+        archive_failed_count: row.get(3),
+    })
+}

@@ -1,16 +1,16 @@
 //! `info`: what the repository holds and what it can restore. Built as a plain report
 //! struct, which the CLI prints as JSON or text (`cli/commands/info.rs`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::pg::{Lsn, TimelineId, WalFileName};
-use crate::repo::archive::ArchivedFile;
+use crate::pg::{Lsn, TimelineId};
+pub use crate::repo::archive_map::TimelineWindow;
 use crate::repo::archive_map::{
-    recoverable_window, run_end, timelines, RecoverableWindow, TimelineArchive,
+    recoverable_window, timeline_windows, timelines, RecoverableWindow, TimelineArchive,
 };
 use crate::repo::label::BackupType;
 use crate::repo::manifest::Manifest;
@@ -34,19 +34,6 @@ pub struct InfoReport {
     pub recoverable_window: Option<RecoverableWindow>,
     /// Per timeline: the range that point-in-time recovery can reach on it.
     pub recoverable_windows: Vec<TimelineWindow>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct TimelineWindow {
-    pub timeline: TimelineId,
-    pub from_lsn: Lsn,
-    /// Where the window starts: the end of a backup, or the switch from the parent timeline.
-    pub from: String,
-    pub from_time: Option<DateTime<Utc>>,
-    pub to_lsn: Lsn,
-    pub to_archived_time: DateTime<Utc>,
-    /// Backups on this timeline inside the window: (label, type letter, stop LSN).
-    pub backups: Vec<(String, char, Lsn)>,
 }
 
 #[derive(Debug, Serialize)]
@@ -87,7 +74,9 @@ pub struct DamagedBackupSummary {
 
 pub async fn info(repo: &Repo) -> Result<InfoReport> {
     let stanza = repo.stanza_info().await?;
-    let loaded = repo.load_backups(Some(&stanza)).await?;
+    // Without file lists: `info` must stay small and fast on a stanza of many backups.
+    let headers = repo.load_backup_headers(Some(&stanza)).await?;
+    let (loaded, file_counts) = (headers.backups, headers.file_counts);
     let manifests = loaded.healthy;
     let damaged_backups: Vec<DamagedBackupSummary> = loaded
         .damaged
@@ -128,7 +117,7 @@ pub async fn info(repo: &Repo) -> Result<InfoReport> {
         lock: repo.lock_mechanism().await?,
         backups: manifests
             .iter()
-            .map(|m| summarize(m, &manifests, &pinned, &mut problems))
+            .map(|m| summarize(m, &manifests, &pinned, &file_counts, &mut problems))
             .collect(),
         damaged_backups,
         archive: timelines(&archived, seg_size),
@@ -141,6 +130,7 @@ fn summarize(
     m: &Manifest,
     all: &[Manifest],
     pinned: &[String],
+    file_counts: &HashMap<String, usize>,
     problems: &mut BTreeMap<String, Vec<String>>,
 ) -> BackupSummary {
     BackupSummary {
@@ -160,94 +150,11 @@ fn summarize(
         duration_seconds: (m.stop_time - m.start_time).num_milliseconds() as f64 / 1000.0,
         database_size: m.database_size,
         stored_size: m.stored_size,
-        file_count: m.files.len(),
+        file_count: file_counts.get(&m.label).copied().unwrap_or_default(),
         checksum_failures: m.checksum_failures.iter().map(|f| f.blocks.len()).sum(),
         annotations: m.annotations.clone(),
         from_standby: m.from_standby,
         node: m.node.clone(),
         problems: problems.remove(&m.label).unwrap_or_default(),
     }
-}
-
-async fn timeline_windows(
-    repo: &Repo,
-    manifests: &[Manifest],
-    archived: &[ArchivedFile],
-    seg_size: u64,
-) -> Result<Vec<TimelineWindow>> {
-    let mut timelines: Vec<TimelineId> = archived
-        .iter()
-        .filter(|f| f.name.segment().is_some())
-        .map(|f| f.name.timeline())
-        .collect();
-    timelines.sort();
-    timelines.dedup();
-    let mut out: Vec<TimelineWindow> = Vec::new();
-    for tl in timelines {
-        let on_tl: Vec<&Manifest> = manifests.iter().filter(|m| m.timeline == tl).collect();
-        let from_backup = on_tl.iter().find_map(|m| {
-            let (to, at) = run_end(archived, tl, m.start_lsn.segment_number(seg_size), seg_size)?;
-            (to > m.stop_lsn).then(|| {
-                (
-                    m.stop_lsn,
-                    format!("end of backup {}", m.label),
-                    Some(m.stop_time),
-                    to,
-                    at,
-                )
-            })
-        });
-        // Without a backup of its own, a timeline is reachable from its parent's window.
-        let from_parent = || async {
-            let file = repo
-                .find_archived(&WalFileName::History(tl))
-                .await
-                .ok()?
-                .into_iter()
-                .next()?;
-            let text = repo.read_wal(&file).await.ok()?;
-            let entry = crate::pg::history::parse_history(&String::from_utf8_lossy(&text))
-                .ok()?
-                .pop()?;
-            let parent = out.iter().find(|w| {
-                w.timeline == entry.timeline
-                    && w.from_lsn <= entry.switch_point
-                    && entry.switch_point <= w.to_lsn
-            })?;
-            let (to, at) = run_end(
-                archived,
-                tl,
-                entry.switch_point.segment_number(seg_size),
-                seg_size,
-            )?;
-            Some((
-                entry.switch_point,
-                format!("switch from timeline {}", parent.timeline),
-                None,
-                to,
-                at,
-            ))
-        };
-        let found = match from_backup {
-            Some(f) => Some(f),
-            None => from_parent().await,
-        };
-        if let Some((from_lsn, from, from_time, to_lsn, to_archived_time)) = found {
-            let backups = on_tl
-                .iter()
-                .filter(|m| m.stop_lsn >= from_lsn && m.stop_lsn <= to_lsn)
-                .map(|m| (m.label.clone(), m.backup_type.letter(), m.stop_lsn))
-                .collect();
-            out.push(TimelineWindow {
-                timeline: tl,
-                from_lsn,
-                from,
-                from_time,
-                to_lsn,
-                to_archived_time,
-                backups,
-            });
-        }
-    }
-    Ok(out)
 }

@@ -11,6 +11,7 @@ pub mod error;
 pub mod expire;
 pub mod info;
 pub mod memory;
+pub mod metrics;
 pub mod pg;
 pub mod pipeline;
 pub mod pitr;

@@ -17,6 +17,7 @@ use crate::repo::archive_map::{contiguous_end, segments_on};
 use crate::repo::frames::FrameReader;
 use crate::repo::manifest::{Extent, Manifest};
 use crate::repo::read_plan::ReadPlan;
+use crate::repo::records::VerifyRecord;
 use crate::repo::stanza::StanzaInfo;
 use crate::repo::Repo;
 
@@ -36,7 +37,29 @@ pub struct VerifyReport {
     pub problems: Vec<Problem>,
 }
 
+/// Verifies the stanza and records the outcome, passed or not, for `info` and `metrics`
+/// (a verify that could not finish counts as one problem).
 pub async fn verify(repo: &Repo, jobs: usize) -> Result<VerifyReport> {
+    let started = std::time::Instant::now();
+    let result = verify_stanza(repo, jobs).await;
+    let record = VerifyRecord {
+        time: chrono::Utc::now(),
+        passed: matches!(&result, Ok(r) if r.problems.is_empty()),
+        problems: result.as_ref().map_or(1, |r| r.problems.len() as u64),
+        seconds: started.elapsed().as_secs_f64(),
+        backups: result.as_ref().map_or(0, |r| r.backups_checked as u64),
+        wal_segments: result.as_ref().map_or(0, |r| r.wal_files_checked as u64),
+    };
+    // Not into a stanza that does not exist (a mistyped --stanza): that would create it.
+    if result.is_ok() || repo.stanza_exists().await.unwrap_or(false) {
+        if let Err(e) = repo.save_verify(&record).await {
+            tracing::warn!("could not record the outcome of this verify: {e}");
+        }
+    }
+    result
+}
+
+async fn verify_stanza(repo: &Repo, jobs: usize) -> Result<VerifyReport> {
     let mut report = VerifyReport::default();
     let metadata = check_metadata(repo, &mut report.problems).await?;
     let manifests = metadata.manifests;

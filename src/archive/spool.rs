@@ -118,6 +118,39 @@ impl Spool {
         Ok(out)
     }
 
+    /// Counts one failed background push in `.push-failures` (a decimal number, kept
+    /// for monitoring: `metrics` reports it as a counter; its mtime is the last failure).
+    /// Only the worker holding the spool's lock writes it.
+    fn count_failure(&self) -> Result<()> {
+        let path = self.failures_path();
+        let count = read_count(&path) + 1;
+        replace_private_file(&path)?
+            .write_all(count.to_string().as_bytes())
+            .at("writing", &path)
+    }
+
+    /// Files waiting and background pushes failed, for monitoring; None when the stanza
+    /// has no spool here (it archives synchronously, or spools elsewhere).
+    pub fn status(&self) -> Result<Option<SpoolStatus>> {
+        if !self.dir.is_dir() {
+            return Ok(None);
+        }
+        let failures = self.failures_path();
+        let last_failure = std::fs::symlink_metadata(&failures)
+            .and_then(|m| m.modified())
+            .ok()
+            .map(chrono::DateTime::<chrono::Utc>::from);
+        Ok(Some(SpoolStatus {
+            queued: self.queued()?.len(),
+            push_failures: read_count(&failures),
+            last_failure,
+        }))
+    }
+
+    fn failures_path(&self) -> PathBuf {
+        self.dir.join(".push-failures")
+    }
+
     fn lock_path(&self) -> PathBuf {
         self.dir.join(".worker.lock")
     }
@@ -125,6 +158,25 @@ impl Spool {
     fn error_path(&self) -> PathBuf {
         self.dir.join(".last-error")
     }
+}
+
+/// What `metrics` reports of an asynchronous archive-push spool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpoolStatus {
+    /// WAL files waiting to be pushed.
+    pub queued: usize,
+    /// Background pushes that failed (each retry counts), since the spool was made.
+    pub push_failures: u64,
+    pub last_failure: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The number in a counter file; a missing or unreadable one counts as 0.
+fn read_count(path: &Path) -> u64 {
+    let mut text = String::new();
+    if let Ok(mut file) = open_nofollow(path) {
+        let _ = file.read_to_string(&mut text);
+    }
+    text.trim().parse().unwrap_or(0)
 }
 
 /// Foreground: validate, spool durably, make sure a worker runs.
@@ -273,6 +325,9 @@ pub async fn run_worker(
                         "{}: {e}\n",
                         chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC")
                     ));
+                    if let Err(e) = spool.count_failure() {
+                        tracing::warn!("counting the failed push: {e}");
+                    }
                 }
             }
         }
@@ -317,5 +372,25 @@ mod tests {
         assert!(!abandoned.exists());
         assert!(in_progress.exists(), "a push may still be writing it");
         assert!(queued.exists(), "spooled WAL is never a leftover");
+    }
+
+    #[test]
+    fn status_counts_queued_files_and_failed_pushes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spool = Spool::new(tmp.path(), "main");
+        assert_eq!(spool.status().unwrap(), None, "no spool, no status");
+        spool.prepare().unwrap();
+        std::fs::write(spool.dir.join("000000010000000000000003"), b"wal").unwrap();
+        std::fs::write(spool.dir.join("000000010000000000000004.pgward-tmp"), b"").unwrap();
+        let status = spool.status().unwrap().unwrap();
+        assert_eq!((status.queued, status.push_failures), (1, 0));
+        assert_eq!(status.last_failure, None);
+        spool.count_failure().unwrap();
+        spool.count_failure().unwrap();
+        let status = spool.status().unwrap().unwrap();
+        assert_eq!(status.push_failures, 2);
+        assert!(status.last_failure.is_some());
+        // A failure counter is never mistaken for queued WAL.
+        assert_eq!(status.queued, 1);
     }
 }

@@ -196,6 +196,23 @@ pub enum Command {
         #[arg(long, env = "PGWARD_NEW_CIPHER_PASS", hide_env_values = true)]
         new_cipher_pass: String,
     },
+    /// Print Prometheus metrics of the stanza, or of every stanza of the repository
+    /// without --stanza (for node_exporter's textfile collector). Reads only metadata and
+    /// listings; asks the server (--pg-host, --pg-port) for the archive lag when it answers
+    #[command(
+        after_help = "Examples:\n  pgward --repo /var/lib/pgward metrics > /var/lib/node_exporter/pgward.prom.tmp \\\n    && mv /var/lib/node_exporter/pgward.prom.tmp /var/lib/node_exporter/pgward.prom\n  pgward --repo /var/lib/pgward --stanza main metrics | promtool check metrics"
+    )]
+    Metrics(MetricsArgs),
+    /// Serve the metrics of `pgward metrics` over HTTP on /metrics (computed on each
+    /// scrape, cached for a few seconds); stops cleanly on SIGTERM
+    #[command(after_help = "Example:\n  pgward --repo /var/lib/pgward serve --listen 127.0.0.1:9187")]
+    Serve {
+        /// Address and port to listen on
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: std::net::SocketAddr,
+        #[command(flatten)]
+        metrics: MetricsArgs,
+    },
     /// Protect a backup (and what it builds on) from expire
     #[command(after_help = "Example:\n  pgward pin 20261121-010000F")]
     Pin { label: String },
@@ -228,6 +245,17 @@ pub enum WalCommand {
         #[arg(long)]
         backfill: bool,
     },
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct MetricsArgs {
+    /// Every stanza of the repository, even when --stanza or the configuration file
+    /// names one [default: every stanza when none is named]
+    #[arg(long)]
+    pub all_stanzas: bool,
+    /// The archive-push --async spool to report on (queue depth, failed pushes)
+    #[arg(long, env = "PGWARD_SPOOL_PATH", default_value = "/var/spool/pgward")]
+    pub spool_path: PathBuf,
 }
 
 #[derive(Args, Debug)]

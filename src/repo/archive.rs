@@ -84,13 +84,19 @@ impl Repo {
 
     /// Everything in the archive, sorted by name (timeline, then position).
     pub async fn list_archive(&self) -> Result<Vec<ArchivedFile>> {
+        use futures::stream::{StreamExt, TryStreamExt};
         let top = self.storage.list(&self.key("archive")).await?;
-        let mut files = Vec::new();
-        for dir in top.dirs {
-            files.extend(parse_listing(
-                &self.storage.list(&self.archive_dir_key(&dir)).await?,
-            ));
-        }
+        // A directory holds 256 segments: a large archive is hundreds of listings, each
+        // a round trip on object storage. A few at a time.
+        let listings: Vec<Vec<ArchivedFile>> = futures::stream::iter(top.dirs)
+            .map(|dir| async move {
+                let listing = self.storage.list(&self.archive_dir_key(&dir)).await?;
+                Ok::<_, crate::error::Error>(parse_listing(&listing))
+            })
+            .buffered(8)
+            .try_collect()
+            .await?;
+        let mut files: Vec<ArchivedFile> = listings.into_iter().flatten().collect();
         files.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(files)
     }

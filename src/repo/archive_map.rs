@@ -161,6 +161,106 @@ pub fn run_end(
     ))
 }
 
+#[derive(Debug, Serialize)]
+pub struct TimelineWindow {
+    pub timeline: TimelineId,
+    pub from_lsn: Lsn,
+    /// Where the window starts: the end of a backup, or the switch from the parent timeline.
+    pub from: String,
+    pub from_time: Option<DateTime<Utc>>,
+    pub to_lsn: Lsn,
+    pub to_archived_time: DateTime<Utc>,
+    /// Backups on this timeline inside the window: (label, type letter, stop LSN).
+    pub backups: Vec<(String, char, Lsn)>,
+}
+
+/// Per timeline with archived segments: the range point-in-time recovery can reach on it,
+/// from the end of its first backup whose WAL follows without a gap, or else from its
+/// switch off a parent timeline whose window holds the switch point (read from the
+/// timeline's history file, a few bytes).
+pub async fn timeline_windows(
+    repo: &Repo,
+    manifests: &[Manifest],
+    archived: &[ArchivedFile],
+    seg_size: u64,
+) -> Result<Vec<TimelineWindow>> {
+    let mut timelines: Vec<TimelineId> = archived
+        .iter()
+        .filter(|f| f.name.segment().is_some())
+        .map(|f| f.name.timeline())
+        .collect();
+    timelines.sort();
+    timelines.dedup();
+    let mut out: Vec<TimelineWindow> = Vec::new();
+    for tl in timelines {
+        let on_tl: Vec<&Manifest> = manifests.iter().filter(|m| m.timeline == tl).collect();
+        let from_backup = on_tl.iter().find_map(|m| {
+            let (to, at) = run_end(archived, tl, m.start_lsn.segment_number(seg_size), seg_size)?;
+            (to > m.stop_lsn).then(|| {
+                (
+                    m.stop_lsn,
+                    format!("end of backup {}", m.label),
+                    Some(m.stop_time),
+                    to,
+                    at,
+                )
+            })
+        });
+        // Without a backup of its own, a timeline is reachable from its parent's window.
+        let from_parent = || async {
+            let file = repo
+                .find_archived(&WalFileName::History(tl))
+                .await
+                .ok()?
+                .into_iter()
+                .next()?;
+            let text = repo.read_wal(&file).await.ok()?;
+            let entry = crate::pg::history::parse_history(&String::from_utf8_lossy(&text))
+                .ok()?
+                .pop()?;
+            let parent = out.iter().find(|w| {
+                w.timeline == entry.timeline
+                    && w.from_lsn <= entry.switch_point
+                    && entry.switch_point <= w.to_lsn
+            })?;
+            let (to, at) = run_end(
+                archived,
+                tl,
+                entry.switch_point.segment_number(seg_size),
+                seg_size,
+            )?;
+            Some((
+                entry.switch_point,
+                format!("switch from timeline {}", parent.timeline),
+                None,
+                to,
+                at,
+            ))
+        };
+        let found = match from_backup {
+            Some(f) => Some(f),
+            None => from_parent().await,
+        };
+        if let Some((from_lsn, from, from_time, to_lsn, to_archived_time)) = found {
+            let backups = on_tl
+                .iter()
+                .filter(|m| m.stop_lsn >= from_lsn && m.stop_lsn <= to_lsn)
+                .map(|m| (m.label.clone(), m.backup_type.letter(), m.stop_lsn))
+                .collect();
+            out.push(TimelineWindow {
+                timeline: tl,
+                from_lsn,
+                from,
+                from_time,
+                to_lsn,
+                to_archived_time,
+                backups,
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// Where the WAL that recovery can replay without a gap ends, on the way to a target
 /// timeline (see [`reachable_end`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

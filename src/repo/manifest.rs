@@ -205,7 +205,7 @@ impl Manifest {
     }
 }
 
-fn manifest_key(repo: &Repo, label: &str) -> String {
+pub(super) fn manifest_key(repo: &Repo, label: &str) -> String {
     repo.key(&format!("backups/{label}.manifest"))
 }
 
@@ -247,7 +247,7 @@ pub(super) fn pin_label(contents: Contents, key: &str) -> Result<String> {
 }
 
 /// A manifest must be of the stanza's cluster.
-fn check_cluster(m: &Manifest, stanza: &StanzaInfo, key: &str) -> Result<()> {
+pub(super) fn check_cluster(m: &Manifest, stanza: &StanzaInfo, key: &str) -> Result<()> {
     if m.wal_segment_size != stanza.wal_segment_size {
         return Err(damaged(
             key,
@@ -287,6 +287,18 @@ impl Repo {
     /// Reads a manifest and checks that it is the one stored under its label (envelope,
     /// parse, label); the cluster is checked by the callers, against `stanza.json`.
     pub async fn read_manifest(&self, label: &str) -> Result<Manifest> {
+        self.read_manifest_as(label, parse_manifest, |m| &m.label)
+            .await
+    }
+
+    /// Reads the manifest of `label` through the checked path, parses it with `parse`,
+    /// and checks that it is the one stored under its label.
+    pub(super) async fn read_manifest_as<T>(
+        &self,
+        label: &str,
+        parse: impl Fn(&[u8]) -> std::result::Result<T, ManifestError>,
+        label_of: impl Fn(&T) -> &str,
+    ) -> Result<T> {
         let key = manifest_key(self, label);
         let bytes = match self.read_contents(&key, Kind::Manifest).await? {
             None => {
@@ -302,19 +314,19 @@ impl Repo {
                 raw
             }
         };
-        let m = parse_manifest(&bytes).map_err(|e| match e {
+        let m = parse(&bytes).map_err(|e| match e {
             ManifestError::Unreadable(e) => damaged(&key, format!("does not parse: {e}")),
             ManifestError::Newer(v) => Error::config(format!(
                 "backup {label} uses repository format {v}, newer than this pgward"
             ))
             .hint("upgrade pgward"),
         })?;
-        if m.label != label {
+        if label_of(&m) != label {
             return Err(damaged(
                 &key,
                 format!(
                     "is the manifest of backup {}, copied over the manifest of backup {label}",
-                    m.label
+                    label_of(&m)
                 ),
             ));
         }

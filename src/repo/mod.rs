@@ -26,6 +26,7 @@ pub mod frames;
 pub mod label;
 pub mod lock;
 pub mod manifest;
+pub mod manifest_head;
 pub mod object;
 pub mod piece;
 pub mod read_plan;
@@ -84,6 +85,20 @@ pub struct Repo {
     storage: SharedStorage,
     pub stanza: String,
     sealing: Sealing,
+}
+
+/// The stanzas of a repository: its top-level directories that hold a `stanza.json`.
+pub async fn stanza_names(storage: &SharedStorage) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for dir in storage.list("").await?.dirs {
+        let Ok(handle) = StanzaHandle::new(storage.clone(), &dir) else {
+            continue; // not a name pgward gives a stanza
+        };
+        if handle.exists().await? {
+            out.push(dir);
+        }
+    }
+    Ok(out)
 }
 
 impl StanzaHandle {
@@ -213,6 +228,17 @@ impl Repo {
     /// Directories of the archive (one per timeline and log id, and `history`).
     pub async fn archive_dirs(&self) -> Result<Vec<String>> {
         Ok(self.storage.list(&self.key("archive")).await?.dirs)
+    }
+
+    /// Bytes stored for the stanza's backups (bundles, manifests, pins) and records, from
+    /// their listings; the archive's listing gives the rest of what the stanza occupies.
+    pub async fn backup_stored_bytes(&self) -> Result<u64> {
+        let mut total = 0;
+        for dir in ["bundles", "backups", "records"] {
+            let listing = self.storage.list(&self.key(dir)).await?;
+            total += listing.files.iter().map(|f| f.size).sum::<u64>();
+        }
+        Ok(total)
     }
 
     /// Repository URL and stanza as command-line options, for generated commands.

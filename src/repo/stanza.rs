@@ -70,7 +70,7 @@ impl Repo {
     }
 
     /// Whether `stanza.json` exists (whatever it holds).
-    pub(super) async fn stanza_exists(&self) -> Result<bool> {
+    pub async fn stanza_exists(&self) -> Result<bool> {
         Ok(object::get(&self.storage, &self.key(FILE)).await?.is_some())
     }
 

@@ -11,6 +11,7 @@ mod blockmap;
 mod encryption;
 mod expire;
 mod incremental;
+mod metrics;
 mod operator;
 mod pitr;
 mod s3;

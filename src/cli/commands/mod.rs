@@ -10,10 +10,12 @@ mod check;
 mod completions;
 mod expire;
 mod info;
+mod metrics;
 mod pin;
 mod pitr;
 mod rekey;
 mod restore;
+mod serve;
 mod stanza_create;
 mod verify;
 mod wal;
@@ -124,6 +126,8 @@ pub async fn run(command: Command, resolved: &Resolved) -> Result<Outcome> {
         Command::Wal(WalCommand::Maps { backfill }) => wal::maps(resolved, backfill).await,
         Command::Completions { shell } => Ok(completions::run(shell)),
         Command::Rekey { new_cipher_pass } => rekey::run(resolved, &new_cipher_pass).await,
+        Command::Metrics(args) => metrics::run(resolved, &args).await,
+        Command::Serve { listen, metrics } => serve::run(resolved, listen, metrics).await,
         Command::Pin { label } => pin::run(resolved, label, true).await,
         Command::Unpin { label } => pin::run(resolved, label, false).await,
     }

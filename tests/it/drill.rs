@@ -1,0 +1,221 @@
+//! `pgward drill` proves a backup restores without touching the source: it restores into
+//! scratch space, recovers, checks and removes the copy, and stores the outcome that
+//! `info` shows. A damaged bundle or a false SQL check fails it with the problem named.
+
+use std::path::Path;
+
+use super::harness::*;
+use super::setup::{stderr, Source};
+
+fn lsn(s: &str) -> u64 {
+    let (hi, lo) = s.split_once('/').unwrap_or_else(|| panic!("not an LSN: {s:?}"));
+    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+}
+
+/// Connections the source's log recorded (the source runs with log_connections).
+fn connections(src: &Source) -> usize {
+    std::fs::read_to_string(&src.cluster.log)
+        .unwrap()
+        .matches("connection received")
+        .count()
+}
+
+fn source(name: &str) -> Source {
+    let src = Source::start_with(
+        name,
+        ClusterOptions {
+            extra_conf: vec!["log_connections = on".into()],
+            ..Default::default()
+        },
+    );
+    src.sql("CREATE TABLE t (id int PRIMARY KEY, note text)");
+    src.sql("CREATE INDEX t_note ON t (note)");
+    src.sql("INSERT INTO t SELECT g, 'row ' || g FROM generate_series(1, 5000) g");
+    src
+}
+
+fn drill(src: &Source, scratch: &Path, extra: &[&str]) -> std::process::Output {
+    let scratch = scratch.display().to_string();
+    let mut args = vec!["--output", "json", "drill", "--scratch", &scratch];
+    args.extend_from_slice(extra);
+    src.pgward(&args)
+}
+
+fn report(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "drill --output json: {e}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            stderr(out)
+        )
+    })
+}
+
+#[test]
+fn drill_of_a_healthy_stanza_passes_reports_and_never_touches_the_source() {
+    let src = source("drill-ok");
+    let label = src.backup(&[]);
+    src.sql("INSERT INTO t SELECT g, 'after backup' FROM generate_series(5001, 6000) g");
+    src.archive_current_wal();
+    let checks = work_dir("drill-ok-checks").join("checks.sql");
+    std::fs::write(
+        &checks,
+        "-- the rows committed before the archived end are all there\n\
+         SELECT count(*) = 6000 FROM t;\nSELECT count(*) = 1000 FROM t WHERE note = 'after backup';\n",
+    )
+    .unwrap();
+    chown_pg(checks.parent().unwrap());
+    let pid_before = std::fs::read_to_string(src.cluster.data.join("postmaster.pid")).unwrap();
+    let rows_before = src.sql("SELECT count(*) FROM t");
+    let scratch = work_dir("drill-ok-scratch").join("s");
+    let connections_before = connections(&src);
+
+    let out = drill(&src, &scratch, &["--check-sql", checks.to_str().unwrap()]);
+    let r = report(&out);
+    assert!(out.status.success(), "drill failed:\n{r:#}\n{}", stderr(&out));
+    assert_eq!(r["passed"], true, "{r:#}");
+    assert_eq!(r["backup"], label.as_str());
+    assert_eq!(r["target"], serde_json::Value::Null);
+    for field in ["restore_seconds", "recovery_seconds", "wal_replayed_bytes"] {
+        assert!(r[field].as_f64().is_some_and(|v| v > 0.0), "{field}: {r:#}");
+    }
+    let reached = lsn(r["reached_lsn"].as_str().unwrap());
+    assert!(reached > lsn(r["backup_stop_lsn"].as_str().unwrap()), "{r:#}");
+    assert_eq!(
+        r["wal_replayed_bytes"].as_u64().unwrap(),
+        reached - lsn(r["backup_start_lsn"].as_str().unwrap())
+    );
+    assert!(r["reached_time"].is_string(), "the inserts' commit: {r:#}");
+    let names: Vec<&str> = r["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            assert_eq!(c["passed"], true, "{c}");
+            c["name"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(names.len(), 4, "{names:?}");
+    assert_eq!(names[0], "pg_amcheck");
+    assert!(names[1].starts_with("sql: -- the rows committed") && names[2].contains("'after backup'"));
+    assert_eq!(names[3], "pg_checksums");
+
+    // Nothing left behind; the source untouched: same postmaster, same rows, and no
+    // connection from the drill in its log.
+    assert!(!scratch.exists(), "scratch directory left behind");
+    assert_eq!(connections(&src), connections_before, "the drill connected to the source");
+    assert_eq!(
+        std::fs::read_to_string(src.cluster.data.join("postmaster.pid")).unwrap(),
+        pid_before
+    );
+    assert_eq!(src.sql("SELECT count(*) FROM t"), rows_before);
+
+    let info = src.info_json();
+    assert_eq!(info["last_drill"]["passed"], true, "{info:#}");
+    assert_eq!(info["last_drill"]["backup"], label.as_str());
+    assert_eq!(info["last_drill"]["checks"].as_array().unwrap().len(), 4);
+    let text = src.ok(&["info"]);
+    assert!(
+        text.contains(&format!("passed backup {label}, reached ")),
+        "{text}"
+    );
+}
+
+#[test]
+fn drill_fails_naming_a_false_sql_check_then_a_flipped_bundle_byte_and_leaves_nothing() {
+    let src = source("drill-bad");
+    let label = src.backup(&[]);
+    src.archive_current_wal();
+    let dir = work_dir("drill-bad-checks");
+    let checks = dir.join("checks.sql");
+    std::fs::write(&checks, "SELECT true;\nSELECT count(*) = 0 FROM t;\n").unwrap();
+    chown_pg(&dir);
+    let scratch = work_dir("drill-bad-scratch").join("s");
+
+    let out = drill(&src, &scratch, &["--check-sql", checks.to_str().unwrap(), "--target", "immediate"]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("pgward: error [corrupt]: drill of backup")
+            && err.contains("sql: SELECT count(*) = 0 FROM t: returned f, not true"),
+        "{err}"
+    );
+    let r = report(&out);
+    assert_eq!(r["passed"], false);
+    assert_eq!(r["target"], "--target immediate");
+    let failed: Vec<&str> = r["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["passed"] == false)
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(failed, ["sql: SELECT count(*) = 0 FROM t"]);
+    assert!(!scratch.exists());
+    assert_eq!(src.info_json()["last_drill"]["passed"], false);
+
+    // One byte flipped in the middle of a bundle of the backup.
+    let bundles = src.repo.join("main/bundles");
+    let bundle = std::fs::read_dir(&bundles)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(&label))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .expect("a bundle of the backup");
+    let mut bytes = std::fs::read(&bundle).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x20;
+    std::fs::write(&bundle, &bytes).unwrap();
+
+    let out = drill(&src, &scratch, &[]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    let err = stderr(&out);
+    let name = bundle.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(err.contains("[corrupt]") && err.contains(&name), "{err}");
+    let r = report(&out);
+    assert_eq!(r["passed"], false);
+    assert!(r["error"].as_str().unwrap().contains(&name), "{r:#}");
+    assert!(!scratch.exists(), "scratch directory left behind");
+    let last = &src.info_json()["last_drill"];
+    assert_eq!(last["passed"], false);
+    assert!(last["error"].as_str().unwrap().contains(&name), "{last}");
+}
+
+#[test]
+fn drill_to_a_random_target_stops_inside_the_backup_window() {
+    let src = source("drill-random");
+    let label = src.backup(&[]);
+    for round in 0..3 {
+        src.sql(&format!("INSERT INTO t SELECT g, 'round {round}' FROM generate_series(1, 2000) g ON CONFLICT (id) DO UPDATE SET note = excluded.note"));
+        src.archive_current_wal();
+    }
+    let info = src.info_json();
+    let window_end = lsn(info["recoverable_window"]["latest_lsn"].as_str().unwrap());
+    let backup_end = lsn(info["backups"][0]["stop_lsn"].as_str().unwrap());
+    let scratch = work_dir("drill-random-scratch").join("s");
+
+    let out = drill(&src, &scratch, &["--target", "random"]);
+    let r = report(&out);
+    assert!(out.status.success(), "{r:#}\n{}", stderr(&out));
+    assert_eq!(r["backup"], label.as_str());
+    let random = &r["random"];
+    let seed = random["seed"].as_u64().unwrap();
+    let point = lsn(random["lsn"].as_str().unwrap());
+    assert_eq!(lsn(random["window_start_lsn"].as_str().unwrap()), backup_end);
+    assert_eq!(lsn(random["window_end_lsn"].as_str().unwrap()), window_end);
+    assert!(backup_end <= point && point < window_end, "{r:#}");
+    // Recovery stopped right after the record drawn: inside the window, not at its end.
+    let reached = lsn(r["reached_lsn"].as_str().unwrap());
+    assert!(point < reached && reached <= window_end, "{r:#}");
+    assert_eq!(
+        r["target"],
+        format!("--target random --seed {seed} (--target-lsn {})", random["lsn"].as_str().unwrap())
+    );
+    assert!(!scratch.exists());
+
+    // The same seed draws the same point.
+    let again = report(&drill(&src, &scratch, &["--target", "random", "--seed", &seed.to_string()]));
+    assert_eq!(again["random"]["lsn"], random["lsn"]);
+    assert_eq!(again["reached_lsn"], r["reached_lsn"]);
+}

@@ -105,7 +105,10 @@ mod tests {
     #[test]
     fn version_majors_read_like_postgres_prints_them() {
         let v = |s| version_major(s);
-        assert_eq!(v("postgres (PostgreSQL) 15.8 (Debian 15.8-1.pgdg120+1)\n"), Some(15));
+        assert_eq!(
+            v("postgres (PostgreSQL) 15.8 (Debian 15.8-1.pgdg120+1)\n"),
+            Some(15)
+        );
         assert_eq!(v("postgres (PostgreSQL) 18beta1\n"), Some(18));
         assert_eq!(v("postgres (PostgreSQL) 9.6.24\n"), Some(9));
         assert_eq!(v("something else"), None);
@@ -115,7 +118,10 @@ mod tests {
     fn a_missing_directory_is_named_with_the_hint() {
         let e = find(Some(Path::new("/nonexistent/pg/bin")), 15).unwrap_err();
         assert_eq!(e.kind, ErrorKind::Config);
-        assert!(e.message.contains("/nonexistent/pg/bin: no such directory"), "{e}");
+        assert!(
+            e.message.contains("/nonexistent/pg/bin: no such directory"),
+            "{e}"
+        );
         assert!(e.hint.unwrap().contains("--pg-bin"));
     }
 }

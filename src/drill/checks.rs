@@ -18,7 +18,10 @@ const MAX_DETAIL: usize = 4000;
 fn check(name: &str, passed: bool, detail: impl Into<String>) -> DrillCheck {
     let mut detail: String = detail.into();
     if detail.len() > MAX_DETAIL {
-        let cut = (0..=MAX_DETAIL).rev().find(|i| detail.is_char_boundary(*i)).unwrap_or(0);
+        let cut = (0..=MAX_DETAIL)
+            .rev()
+            .find(|i| detail.is_char_boundary(*i))
+            .unwrap_or(0);
         detail.truncate(cut);
         detail.push_str(" ...");
     }
@@ -37,13 +40,22 @@ pub async fn amcheck(bin: &Path, server: &Server, cwd: &Path, jobs: usize) -> Re
         .arg(&server.socket_dir)
         .args(["--port", &server.port.to_string()])
         .args(["--username", server.user()])
-        .args(["--no-password", "--all", "--heapallindexed", "--install-missing"])
+        .args([
+            "--no-password",
+            "--all",
+            "--heapallindexed",
+            "--install-missing",
+        ])
         .args(["--jobs", &jobs.max(1).to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let (ok, out) = run(cmd, "pg_amcheck").await?;
     Ok(if ok {
-        check("pg_amcheck", true, "no corruption found (heap and all indexes, every database)")
+        check(
+            "pg_amcheck",
+            true,
+            "no corruption found (heap and all indexes, every database)",
+        )
     } else {
         check("pg_amcheck", false, out)
     })
@@ -194,8 +206,13 @@ pub fn split_statements(text: &str) -> Vec<String> {
                     .iter()
                     .position(|ch| !(ch.is_alphanumeric() || *ch == '_'))
                     .map(|p| i + 1 + p);
-                let starts_ident = i == 0 || !(chars[i - 1].is_alphanumeric() || chars[i - 1] == '_');
-                if let Some(end) = tag_end.filter(|&e| chars[e] == '$' && starts_ident && !chars.get(i + 1).is_some_and(char::is_ascii_digit)) {
+                let starts_ident =
+                    i == 0 || !(chars[i - 1].is_alphanumeric() || chars[i - 1] == '_');
+                if let Some(end) = tag_end.filter(|&e| {
+                    chars[e] == '$'
+                        && starts_ident
+                        && !chars.get(i + 1).is_some_and(char::is_ascii_digit)
+                }) {
                     let tag: String = chars[i..=end].iter().collect();
                     current.push_str(&tag);
                     has_code = true;
@@ -263,7 +280,10 @@ mod tests {
         assert!(split_statements("  -- nothing\n/* at all */ ; ;").is_empty());
         // Unterminated quotes never panic, and keep the rest as one statement.
         assert_eq!(split_statements("SELECT 'open;"), vec!["SELECT 'open;"]);
-        assert_eq!(split_statements("SELECT $a$ open;"), vec!["SELECT $a$ open;"]);
+        assert_eq!(
+            split_statements("SELECT $a$ open;"),
+            vec!["SELECT $a$ open;"]
+        );
         assert_eq!(split_statements("SELECT $1;"), vec!["SELECT $1"]);
     }
 

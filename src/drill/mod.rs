@@ -268,11 +268,13 @@ impl Plan {
             record.wal_replayed_bytes = Some(lsn.0.saturating_sub(self.backup.start_lsn.0));
         }
         record.reached_lsn = reached;
-        record.reached_time = reached_epoch
-            .and_then(|e| DateTime::from_timestamp_micros((e * 1e6).round() as i64));
+        record.reached_time =
+            reached_epoch.and_then(|e| DateTime::from_timestamp_micros((e * 1e6).round() as i64));
         tracing::info!(reached = ?record.reached_lsn, "recovery ended; checking the copy");
 
-        record.checks.push(checks::amcheck(&self.bin, &server, &scratch.root, opts.jobs).await?);
+        record
+            .checks
+            .push(checks::amcheck(&self.bin, &server, &scratch.root, opts.jobs).await?);
         if !self.sql_checks.is_empty() {
             let checked = match server.connect(&opts.check_database).await {
                 Ok(c) => checks::sql_checks(&c, &self.sql_checks).await,

@@ -91,13 +91,20 @@ pub async fn pick(
             continue;
         };
         let bytes = repo.read_wal(file).await?;
-        let records = tokio::task::spawn_blocking(move || crate::pg::wal::read_segment(&bytes, None))
-            .await
-            .unwrap_or_else(|e| Err(crate::pg::wal::WalError {
-                lsn: Lsn(0),
-                kind: crate::pg::wal::WalErrorKind::BadInput(if e.is_panic() { "reader panicked" } else { "reader cancelled" }),
-            }))
-            .map_err(|e| Error::corrupt(format!("archived {name}: {e}")))?;
+        let records =
+            tokio::task::spawn_blocking(move || crate::pg::wal::read_segment(&bytes, None))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(crate::pg::wal::WalError {
+                        lsn: Lsn(0),
+                        kind: crate::pg::wal::WalErrorKind::BadInput(if e.is_panic() {
+                            "reader panicked"
+                        } else {
+                            "reader cancelled"
+                        }),
+                    })
+                })
+                .map_err(|e| Error::corrupt(format!("archived {name}: {e}")))?;
         let starts: Vec<Lsn> = records
             .records
             .iter()
@@ -122,7 +129,9 @@ pub async fn pick(
             backup.label, backup.stop_lsn, end.lsn
         ),
     )
-    .hint("give a target yourself (--target-lsn, --target-time), or drill to the end of the archive"))
+    .hint(
+        "give a target yourself (--target-lsn, --target-time), or drill to the end of the archive",
+    ))
 }
 
 /// The timeline whose file of segment `segno` recovery reads along `history` to
@@ -157,12 +166,23 @@ mod tests {
     fn segments_are_read_from_the_newest_timeline_that_began_before_them() {
         let seg = 16 << 20;
         let history = vec![
-            HistoryEntry { timeline: TimelineId(1), switch_point: Lsn(3 * seg + 100), reason: String::new() },
-            HistoryEntry { timeline: TimelineId(2), switch_point: Lsn(6 * seg), reason: String::new() },
+            HistoryEntry {
+                timeline: TimelineId(1),
+                switch_point: Lsn(3 * seg + 100),
+                reason: String::new(),
+            },
+            HistoryEntry {
+                timeline: TimelineId(2),
+                switch_point: Lsn(6 * seg),
+                reason: String::new(),
+            },
         ];
         let tl = |n| timeline_of(n, TimelineId(1), TimelineId(3), &history, seg).0;
         assert_eq!([tl(2), tl(3), tl(5), tl(6), tl(9)], [1, 2, 2, 3, 3]);
-        assert_eq!(timeline_of(9, TimelineId(1), TimelineId(1), &[], seg), TimelineId(1));
+        assert_eq!(
+            timeline_of(9, TimelineId(1), TimelineId(1), &[], seg),
+            TimelineId(1)
+        );
     }
 
     #[test]

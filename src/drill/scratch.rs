@@ -66,7 +66,8 @@ pub fn owner(run_as: Option<&str>, source_pgdata: Option<&Path>) -> Result<Optio
 
 /// uid and primary gid of the operating system user `name`.
 fn user_named(name: &str) -> Result<Owner> {
-    let c = CString::new(name).map_err(|_| Error::config(format!("--run-as {name:?}: not a user name")))?;
+    let c = CString::new(name)
+        .map_err(|_| Error::config(format!("--run-as {name:?}: not a user name")))?;
     // SAFETY: getpwnam takes a NUL-terminated string; its result is read at once, before
     // any other call that could reuse its static buffer.
     let pw = unsafe { libc::getpwnam(c.as_ptr()) };
@@ -107,7 +108,12 @@ pub struct Scratch {
 impl Scratch {
     /// Makes (or takes, when empty) the scratch directory, after checking that its file
     /// system has room for `backup`.
-    pub fn create(dir: Option<&Path>, stanza: &str, owner: Option<Owner>, backup: &Manifest) -> Result<Scratch> {
+    pub fn create(
+        dir: Option<&Path>,
+        stanza: &str,
+        owner: Option<Owner>,
+        backup: &Manifest,
+    ) -> Result<Scratch> {
         let root = match dir {
             Some(d) => std::path::absolute(d).at("resolving", d)?,
             None => std::env::temp_dir().join(format!(
@@ -221,7 +227,8 @@ fn check_space(dir: &Path, backup: &Manifest) -> Result<()> {
         .find(|a| a.exists())
         .unwrap_or(Path::new("/"));
     let free = free_bytes(existing)?;
-    let needed = backup.database_size + (backup.database_size / 10).max(4 * backup.wal_segment_size);
+    let needed =
+        backup.database_size + (backup.database_size / 10).max(4 * backup.wal_segment_size);
     if free < needed {
         return Err(Error::new(
             ErrorKind::Io,
@@ -246,7 +253,11 @@ fn free_bytes(path: &Path) -> Result<u64> {
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: c is NUL-terminated and st is a valid statvfs to fill.
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(Error::io("reading the free space of", path, std::io::Error::last_os_error()));
+        return Err(Error::io(
+            "reading the free space of",
+            path,
+            std::io::Error::last_os_error(),
+        ));
     }
     Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }

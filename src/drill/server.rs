@@ -18,12 +18,28 @@ use crate::restore::ownership::Owner;
 /// libpq's variables: a drill's programs get their connection on the command line, and
 /// none of the caller's may point them at the source.
 const LIBPQ_VARS: &[&str] = &[
-    "PGHOST", "PGHOSTADDR", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSWORD", "PGPASSFILE",
-    "PGSERVICE", "PGSERVICEFILE", "PGOPTIONS", "PGDATA", "PGSSLMODE", "PGTARGETSESSIONATTRS",
+    "PGHOST",
+    "PGHOSTADDR",
+    "PGPORT",
+    "PGUSER",
+    "PGDATABASE",
+    "PGPASSWORD",
+    "PGPASSFILE",
+    "PGSERVICE",
+    "PGSERVICEFILE",
+    "PGOPTIONS",
+    "PGDATA",
+    "PGSSLMODE",
+    "PGTARGETSESSIONATTRS",
 ];
 
 /// A program of the drill's PostgreSQL, run as the scratch cluster's owner.
-pub fn program(bin: &Path, name: &str, owner: Option<Owner>, cwd: &Path) -> tokio::process::Command {
+pub fn program(
+    bin: &Path,
+    name: &str,
+    owner: Option<Owner>,
+    cwd: &Path,
+) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(bin.join(name));
     cmd.current_dir(cwd).stdin(Stdio::null()).kill_on_drop(true);
     for v in LIBPQ_VARS {
@@ -171,7 +187,10 @@ impl Server {
                     self.log_problems()
                 ),
             )
-            .hint(format!("its log: {} (kept with --keep)", self.log.display())));
+            .hint(format!(
+                "its log: {} (kept with --keep)",
+                self.log.display()
+            )));
         }
         Ok(())
     }
@@ -184,9 +203,15 @@ impl Server {
             if !self.is_running() {
                 return Err(Error::new(
                     ErrorKind::Database,
-                    format!("the scratch server stopped during recovery{}", self.log_problems()),
+                    format!(
+                        "the scratch server stopped during recovery{}",
+                        self.log_problems()
+                    ),
                 )
-                .hint(format!("its log: {} (kept with --keep)", self.log.display())));
+                .hint(format!(
+                    "its log: {} (kept with --keep)",
+                    self.log.display()
+                )));
             }
             if client.as_ref().is_none_or(|c| c.is_closed()) {
                 client = self.connect("template1").await.ok();
@@ -203,7 +228,9 @@ impl Server {
                     ErrorKind::Timeout,
                     "the scratch server was still recovering when the drill's time ran out",
                 )
-                .hint("give recovery more time with --timeout SECONDS, or choose a nearer target"));
+                .hint(
+                    "give recovery more time with --timeout SECONDS, or choose a nearer target",
+                ));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -273,11 +300,17 @@ impl Server {
         let Ok(text) = std::fs::read_to_string(self.data.join("postmaster.pid")) else {
             return false;
         };
-        let Some(pid) = text.lines().next().and_then(|l| l.trim().parse::<i32>().ok()) else {
+        let Some(pid) = text
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse::<i32>().ok())
+        else {
             return false;
         };
         // SAFETY: kill with signal 0 only checks that the process exists.
-        pid > 0 && (unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+        pid > 0
+            && (unsafe { libc::kill(pid, 0) } == 0
+                || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
     }
 
     /// The server log's FATAL and PANIC lines (the last few), or its last lines.
@@ -328,7 +361,10 @@ impl Drop for Server {
 }
 
 fn first_line(text: &str) -> &str {
-    text.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim()
+    text.lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
 }
 
 /// A TCP port nothing listens on. The server listens on none (its socket file is named
@@ -338,5 +374,7 @@ fn free_port() -> Result<u16> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .map_err(|e| Error::new(ErrorKind::Io, "finding a free port for the scratch server").source(e))
+        .map_err(|e| {
+            Error::new(ErrorKind::Io, "finding a free port for the scratch server").source(e)
+        })
 }

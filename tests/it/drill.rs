@@ -8,7 +8,9 @@ use super::harness::*;
 use super::setup::{stderr, Source};
 
 fn lsn(s: &str) -> u64 {
-    let (hi, lo) = s.split_once('/').unwrap_or_else(|| panic!("not an LSN: {s:?}"));
+    let (hi, lo) = s
+        .split_once('/')
+        .unwrap_or_else(|| panic!("not an LSN: {s:?}"));
     (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
 }
 
@@ -72,7 +74,11 @@ fn drill_of_a_healthy_stanza_passes_reports_and_never_touches_the_source() {
 
     let out = drill(&src, &scratch, &["--check-sql", checks.to_str().unwrap()]);
     let r = report(&out);
-    assert!(out.status.success(), "drill failed:\n{r:#}\n{}", stderr(&out));
+    assert!(
+        out.status.success(),
+        "drill failed:\n{r:#}\n{}",
+        stderr(&out)
+    );
     assert_eq!(r["passed"], true, "{r:#}");
     assert_eq!(r["backup"], label.as_str());
     assert_eq!(r["target"], serde_json::Value::Null);
@@ -80,7 +86,10 @@ fn drill_of_a_healthy_stanza_passes_reports_and_never_touches_the_source() {
         assert!(r[field].as_f64().is_some_and(|v| v > 0.0), "{field}: {r:#}");
     }
     let reached = lsn(r["reached_lsn"].as_str().unwrap());
-    assert!(reached > lsn(r["backup_stop_lsn"].as_str().unwrap()), "{r:#}");
+    assert!(
+        reached > lsn(r["backup_stop_lsn"].as_str().unwrap()),
+        "{r:#}"
+    );
     assert_eq!(
         r["wal_replayed_bytes"].as_u64().unwrap(),
         reached - lsn(r["backup_start_lsn"].as_str().unwrap())
@@ -97,13 +106,19 @@ fn drill_of_a_healthy_stanza_passes_reports_and_never_touches_the_source() {
         .collect();
     assert_eq!(names.len(), 4, "{names:?}");
     assert_eq!(names[0], "pg_amcheck");
-    assert!(names[1].starts_with("sql: -- the rows committed") && names[2].contains("'after backup'"));
+    assert!(
+        names[1].starts_with("sql: -- the rows committed") && names[2].contains("'after backup'")
+    );
     assert_eq!(names[3], "pg_checksums");
 
     // Nothing left behind; the source untouched: same postmaster, same rows, and no
     // connection from the drill in its log.
     assert!(!scratch.exists(), "scratch directory left behind");
-    assert_eq!(connections(&src), connections_before, "the drill connected to the source");
+    assert_eq!(
+        connections(&src),
+        connections_before,
+        "the drill connected to the source"
+    );
     assert_eq!(
         std::fs::read_to_string(src.cluster.data.join("postmaster.pid")).unwrap(),
         pid_before
@@ -132,7 +147,16 @@ fn drill_fails_naming_a_false_sql_check_then_a_flipped_bundle_byte_and_leaves_no
     chown_pg(&dir);
     let scratch = work_dir("drill-bad-scratch").join("s");
 
-    let out = drill(&src, &scratch, &["--check-sql", checks.to_str().unwrap(), "--target", "immediate"]);
+    let out = drill(
+        &src,
+        &scratch,
+        &[
+            "--check-sql",
+            checks.to_str().unwrap(),
+            "--target",
+            "immediate",
+        ],
+    );
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(
@@ -202,7 +226,10 @@ fn drill_to_a_random_target_stops_inside_the_backup_window() {
     let random = &r["random"];
     let seed = random["seed"].as_u64().unwrap();
     let point = lsn(random["lsn"].as_str().unwrap());
-    assert_eq!(lsn(random["window_start_lsn"].as_str().unwrap()), backup_end);
+    assert_eq!(
+        lsn(random["window_start_lsn"].as_str().unwrap()),
+        backup_end
+    );
     assert_eq!(lsn(random["window_end_lsn"].as_str().unwrap()), window_end);
     assert!(backup_end <= point && point < window_end, "{r:#}");
     // Recovery stopped right after the record drawn: inside the window, not at its end.
@@ -210,12 +237,19 @@ fn drill_to_a_random_target_stops_inside_the_backup_window() {
     assert!(point < reached && reached <= window_end, "{r:#}");
     assert_eq!(
         r["target"],
-        format!("--target random --seed {seed} (--target-lsn {})", random["lsn"].as_str().unwrap())
+        format!(
+            "--target random --seed {seed} (--target-lsn {})",
+            random["lsn"].as_str().unwrap()
+        )
     );
     assert!(!scratch.exists());
 
     // The same seed draws the same point.
-    let again = report(&drill(&src, &scratch, &["--target", "random", "--seed", &seed.to_string()]));
+    let again = report(&drill(
+        &src,
+        &scratch,
+        &["--target", "random", "--seed", &seed.to_string()],
+    ));
     assert_eq!(again["random"]["lsn"], random["lsn"]);
     assert_eq!(again["reached_lsn"], r["reached_lsn"]);
 }

@@ -17,7 +17,9 @@ pub async fn run(resolved: &Resolved, args: DrillArgs) -> Result<Outcome> {
         DrillTarget::Random { seed: args.seed }
     } else {
         if args.seed.is_some() {
-            return Err(crate::error::Error::config("--seed goes with --target random"));
+            return Err(crate::error::Error::config(
+                "--seed goes with --target random",
+            ));
         }
         DrillTarget::Restore(
             TargetOptions {
@@ -85,7 +87,11 @@ impl Report for DrillReport {
         if let Some(random) = &self.random {
             s.push_str(&format!(
                 "  random point {} drawn with seed {} from the window {} .. {} (timeline {})\n",
-                random.lsn, random.seed, random.window_start_lsn, random.window_end_lsn, random.timeline
+                random.lsn,
+                random.seed,
+                random.window_start_lsn,
+                random.window_end_lsn,
+                random.timeline
             ));
         }
         s.push_str(&format!("  restore: {:.1}s\n", r.restore_seconds));
@@ -112,7 +118,10 @@ impl Report for DrillReport {
             s.push_str(&format!("  error: {e}\n"));
         }
         if self.kept {
-            s.push_str(&format!("  scratch directory kept: {}\n", self.scratch.display()));
+            s.push_str(&format!(
+                "  scratch directory kept: {}\n",
+                self.scratch.display()
+            ));
         }
         s
     }

@@ -130,7 +130,12 @@ fn render_last_drill(drill: Option<&crate::repo::records::DrillRecord>) -> Strin
             .map(|l| format!(", reached {l}"))
             .unwrap_or_default()
     );
-    let failed: Vec<&str> = d.checks.iter().filter(|c| !c.passed).map(|c| c.name.as_str()).collect();
+    let failed: Vec<&str> = d
+        .checks
+        .iter()
+        .filter(|c| !c.passed)
+        .map(|c| c.name.as_str())
+        .collect();
     if !d.checks.is_empty() {
         s.push_str(&format!(
             ", {} check(s){}",

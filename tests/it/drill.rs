@@ -253,3 +253,74 @@ fn drill_to_a_random_target_stops_inside_the_backup_window() {
     assert_eq!(again["random"]["lsn"], random["lsn"]);
     assert_eq!(again["reached_lsn"], r["reached_lsn"]);
 }
+
+#[test]
+fn drill_run_as_root_gives_the_copy_to_an_unprivileged_user() {
+    if !is_root() {
+        return; // the root path needs root; the other drill tests cover the rest
+    }
+    let src = source("drill-root");
+    src.backup(&[]);
+    src.archive_current_wal();
+    let scratch = work_dir("drill-root-scratch").join("s");
+    let as_root = |extra: &[&str]| {
+        let mut args = src.extra.clone();
+        args.extend(
+            [
+                "--repo",
+                &src.url,
+                "--stanza",
+                &src.stanza,
+                "--output",
+                "json",
+                "drill",
+            ]
+            .map(String::from),
+        );
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let mut cmd = std::process::Command::new(pgward_bin());
+        cmd.args(&args).current_dir("/tmp");
+        for v in ["PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGDATA"] {
+            cmd.env_remove(v);
+        }
+        cmd.output().unwrap()
+    };
+    // No user to run the copy as: refused before anything is written.
+    let out = as_root(&["--scratch", scratch.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--run-as USER"), "{}", stderr(&out));
+    assert!(!scratch.exists());
+
+    let out = as_root(&[
+        "--scratch",
+        scratch.to_str().unwrap(),
+        "--run-as",
+        RUN_AS_USER,
+        "--keep",
+    ]);
+    let r = report(&out);
+    assert!(
+        out.status.success() && r["passed"] == true,
+        "{r:#}\n{}",
+        stderr(&out)
+    );
+    assert_eq!(r["kept"], true);
+    // Kept, stopped, and the copy's files are the user's, not root's.
+    use std::os::unix::fs::MetadataExt;
+    let (uid, _) = pg_owner().unwrap();
+    for path in [
+        "data",
+        "data/global/pg_control",
+        "data/postgresql.auto.conf",
+        "sock",
+        "server.log",
+    ] {
+        let meta = std::fs::metadata(scratch.join(path)).unwrap();
+        assert_eq!(meta.uid(), uid, "{path} belongs to uid {}", meta.uid());
+    }
+    assert!(
+        !scratch.join("data/postmaster.pid").exists(),
+        "the scratch server still runs"
+    );
+    std::fs::remove_dir_all(&scratch).unwrap();
+}

@@ -177,6 +177,9 @@ fn drill_fails_naming_a_false_sql_check_then_a_flipped_bundle_byte_and_leaves_no
     assert_eq!(failed, ["sql: SELECT count(*) = 0 FROM t"]);
     assert!(!scratch.exists());
     assert_eq!(src.info_json()["last_drill"]["passed"], false);
+    if src.url.starts_with("s3://") {
+        return; // flips a byte in the local repository
+    }
 
     // One byte flipped in the middle of a bundle of the backup.
     let bundles = src.repo.join("main/bundles");
@@ -323,4 +326,30 @@ fn drill_run_as_root_gives_the_copy_to_an_unprivileged_user() {
         "the scratch server still runs"
     );
     std::fs::remove_dir_all(&scratch).unwrap();
+}
+
+#[test]
+fn drill_of_an_encrypted_stanza_gives_the_copy_a_passphrase_from_the_command_line() {
+    // The passphrase only on pgward's command line: the copy's restore_command cannot
+    // repeat it, so the drill hands it to the scratch server in its environment.
+    let src = Source::start_full(
+        "drill-enc",
+        ClusterOptions::default(),
+        vec!["--cipher-pass".into(), "drill-secret".into()],
+        &["--cipher", "aes-256-gcm"],
+    );
+    src.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g");
+    src.backup(&[]);
+    src.sql("INSERT INTO t SELECT g FROM generate_series(1001, 2000) g");
+    src.archive_current_wal();
+    let scratch = work_dir("drill-enc-scratch").join("s");
+    let out = drill(&src, &scratch, &[]);
+    let r = report(&out);
+    assert!(
+        out.status.success() && r["passed"] == true,
+        "{r:#}\n{}",
+        stderr(&out)
+    );
+    assert!(lsn(r["reached_lsn"].as_str().unwrap()) > lsn(r["backup_stop_lsn"].as_str().unwrap()));
+    assert!(!scratch.exists());
 }

@@ -145,7 +145,12 @@ impl Scratch {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
             Err(e) => return Err(Error::io("opening", &root, e)),
         };
-        check_space(&root, backup)?;
+        check_space(
+            &root,
+            &backup.label,
+            backup.database_size,
+            needed_space(backup),
+        )?;
         if created {
             create_dir_durable(&root).at("creating", &root)?;
         }
@@ -218,27 +223,29 @@ impl Scratch {
     }
 }
 
-/// Refuses before anything is written when the file system holding `dir` has less room
-/// than the restored cluster needs: the backup's database size, plus room for the WAL
+/// Room the restored cluster needs: the backup's database size, plus room for the WAL
 /// recovery restores and the checks' extension (a tenth, and at least four segments).
-fn check_space(dir: &Path, backup: &Manifest) -> Result<()> {
+fn needed_space(backup: &Manifest) -> u64 {
+    backup.database_size + (backup.database_size / 10).max(4 * backup.wal_segment_size)
+}
+
+/// Refuses before anything is written when the file system holding `dir` has less room
+/// than `needed` (for backup `label` of `size` bytes).
+fn check_space(dir: &Path, label: &str, size: u64, needed: u64) -> Result<()> {
     let existing = dir
         .ancestors()
         .find(|a| a.exists())
         .unwrap_or(Path::new("/"));
     let free = free_bytes(existing)?;
-    let needed =
-        backup.database_size + (backup.database_size / 10).max(4 * backup.wal_segment_size);
     if free < needed {
         return Err(Error::new(
             ErrorKind::Io,
             format!(
-                "not enough space for the drill in {}: {} free, backup {} needs about {} ({} of data plus room for WAL)",
+                "not enough space for the drill in {}: {} free, backup {label} needs about {} ({} of data plus room for WAL)",
                 existing.display(),
                 human_bytes(free),
-                backup.label,
                 human_bytes(needed),
-                human_bytes(backup.database_size)
+                human_bytes(size)
             ),
         )
         .hint("choose a scratch directory on a file system with more room: --scratch DIR"));
@@ -260,4 +267,26 @@ fn free_bytes(path: &Path) -> Result<u64> {
         ));
     }
     Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn too_little_space_is_refused_naming_the_place_and_the_sizes() {
+        let dir = tempfile::tempdir().unwrap();
+        let scratch = dir.path().join("not/yet/made");
+        assert!(check_space(&scratch, "20261129-120000F", 1, 1).is_ok());
+        let e = check_space(&scratch, "20261129-120000F", 1 << 50, 1 << 51).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Io);
+        let shown = dir.path().display().to_string();
+        assert!(e.message.contains(&format!("in {shown}: ")), "{e}");
+        assert!(
+            e.message
+                .contains("backup 20261129-120000F needs about 2048.0 TiB (1024.0 TiB of data"),
+            "{e}"
+        );
+        assert!(e.hint.unwrap().contains("--scratch"));
+    }
 }

@@ -52,14 +52,16 @@ pub fn program(
     cmd
 }
 
-/// Runs a program to its end; (success, stdout and stderr together).
+/// Runs a program to its end; (success, stderr and stdout together).
 pub async fn run(mut cmd: tokio::process::Command, what: &str) -> Result<(bool, String)> {
     let out = cmd
         .output()
         .await
         .map_err(|e| Error::new(ErrorKind::Io, format!("running {what}")).source(e))?;
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    // The complaint first (pg_checksums puts its summary on stdout, its error on stderr).
+    let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
+    text.push('\n');
+    text.push_str(&String::from_utf8_lossy(&out.stdout));
     Ok((out.status.success(), text.trim().to_string()))
 }
 

@@ -353,3 +353,52 @@ fn drill_of_an_encrypted_stanza_gives_the_copy_a_passphrase_from_the_command_lin
     assert!(lsn(r["reached_lsn"].as_str().unwrap()) > lsn(r["backup_stop_lsn"].as_str().unwrap()));
     assert!(!scratch.exists());
 }
+
+#[test]
+fn drill_of_a_backup_holding_a_damaged_page_fails_with_the_checkers_words() {
+    let src = source("drill-page");
+    src.sql(
+        "CREATE TABLE victim AS SELECT g, repeat('x', 100) AS pad FROM generate_series(1, 2000) g",
+    );
+    src.sql("CHECKPOINT");
+    let path = src.sql("SELECT pg_relation_filepath('victim')");
+    src.cluster.stop();
+    // Damage the middle of page 1's tuple data: the backup stores it as it is (and says so).
+    let file = src.cluster.data.join(&path);
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[8192 + 4000] ^= 0xff;
+    std::fs::write(&file, &bytes).unwrap();
+    src.cluster.start();
+    src.backup(&[]);
+    src.archive_current_wal();
+    let scratch = work_dir("drill-page-scratch").join("s");
+
+    let out = drill(&src, &scratch, &["--target", "immediate"]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    let r = report(&out);
+    let check = |name: &str| {
+        r["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} check: {r:#}"))
+            .clone()
+    };
+    let checksums = check("pg_checksums");
+    assert_eq!(checksums["passed"], false);
+    let words = checksums["detail"].as_str().unwrap();
+    assert!(
+        words.contains("checksum verification failed")
+            && words.contains(&format!("{path}\", block 1")),
+        "{words}"
+    );
+    let amcheck = check("pg_amcheck");
+    assert_eq!(amcheck["passed"], false, "{amcheck}");
+    assert!(
+        amcheck["detail"].as_str().unwrap().contains("victim"),
+        "{amcheck}"
+    );
+    assert!(stderr(&out).contains("drill of backup"), "{}", stderr(&out));
+    assert!(!scratch.exists());
+}

@@ -402,3 +402,83 @@ fn drill_of_a_backup_holding_a_damaged_page_fails_with_the_checkers_words() {
     assert!(stderr(&out).contains("drill of backup"), "{}", stderr(&out));
     assert!(!scratch.exists());
 }
+
+#[test]
+fn an_interrupted_drill_stops_its_scratch_server_and_removes_the_copy() {
+    let src = source("drill-int");
+    src.backup(&[]);
+    src.archive_current_wal();
+    let dir = work_dir("drill-int-checks");
+    let checks = dir.join("checks.sql");
+    // Holds the drill with its server running for long after the server is up.
+    std::fs::write(&checks, "SELECT pg_sleep(60) IS NOT NULL;\n").unwrap();
+    chown_pg(&dir);
+    let scratch = work_dir("drill-int-scratch").join("s");
+    let scratch_s = scratch.display().to_string();
+    let mut child = src.spawn(
+        &[
+            "drill",
+            "--scratch",
+            &scratch_s,
+            "--target",
+            "immediate",
+            "--check-sql",
+            checks.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let pid_file = scratch.join("data/postmaster.pid");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let postmaster = loop {
+        let pid = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<u32>().ok()));
+        if let Some(pid) = pid {
+            break pid;
+        }
+        assert!(
+            std::time::Instant::now() < deadline && child.try_wait().unwrap().is_none(),
+            "the scratch server never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    // SIGTERM to pgward itself: runuser (as root) would SIGKILL it 2 s after forwarding.
+    let pgward_pid = if is_root() {
+        let out = std::process::Command::new("pgrep")
+            .args(["-P", &child.id().to_string(), "-f", "pgward"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    } else {
+        child.id().to_string()
+    };
+    assert!(
+        !pgward_pid.is_empty(),
+        "no pgward process under {}",
+        child.id()
+    );
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pgward_pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the drill ended normally: {status}");
+    assert!(
+        !Path::new(&format!("/proc/{postmaster}")).exists()
+            || std::fs::read_to_string(format!("/proc/{postmaster}/stat")).is_ok_and(|s| s
+                .rsplit(')')
+                .next()
+                .unwrap()
+                .trim_start()
+                .starts_with('Z')),
+        "the scratch server (pid {postmaster}) outlived the drill"
+    );
+    assert!(!scratch.exists(), "scratch directory left behind");
+    let last = &src.info_json()["last_drill"];
+    assert_eq!(last["passed"], false);
+    assert!(
+        last["error"].as_str().unwrap().contains("interrupted"),
+        "{last}"
+    );
+}

@@ -216,7 +216,13 @@ impl Server {
                 )));
             }
             if client.as_ref().is_none_or(|c| c.is_closed()) {
-                client = self.connect("template1").await.ok();
+                client = match self.connect("template1").await {
+                    Ok(c) => Some(c),
+                    // Refused for good (no such role): waiting longer will not help.
+                    Err(e) if e.kind == ErrorKind::Config => return Err(e),
+                    // Not yet consistent, or not yet listening.
+                    Err(_) => None,
+                };
             }
             if let Some(c) = &client {
                 if let Ok(row) = c.query_one("SELECT pg_is_in_recovery()", &[]).await {
@@ -238,14 +244,17 @@ impl Server {
         }
     }
 
-    /// A connection to `database` as the first role of the copy that exists.
+    /// A connection to `database` as the first role of the copy that exists. When the
+    /// server refuses every role (SQLSTATE class 28: no such role, authentication), a
+    /// `Config` error naming them.
     pub async fn connect(&mut self, database: &str) -> Result<Client> {
         let users = match &self.user {
             Some(u) => vec![u.clone()],
             None => self.users.clone(),
         };
         let mut last = None;
-        for user in users {
+        let mut refused = Vec::new();
+        for user in users.iter().cloned() {
             let mut config = tokio_postgres::Config::new();
             config
                 .host_path(&self.socket_dir)
@@ -262,8 +271,23 @@ impl Server {
                     self.user = Some(user);
                     return Ok(client);
                 }
-                Err(e) => last = Some(Error::from(e)),
+                Err(e) => {
+                    if let Some(db) = e
+                        .as_db_error()
+                        .filter(|d| d.code().code().starts_with("28"))
+                    {
+                        refused.push(format!("{user}: {}", db.message()));
+                    }
+                    last = Some(Error::from(e));
+                }
             }
+        }
+        if !refused.is_empty() && refused.len() == users.len() {
+            return Err(Error::config(format!(
+                "the restored copy refused every role pgward tried ({})",
+                refused.join("; ")
+            ))
+            .hint("pass --pg-user ROLE naming a superuser of the cluster"));
         }
         Err(last.unwrap_or_else(|| Error::new(ErrorKind::Database, "no role to connect as")))
     }

@@ -180,7 +180,7 @@ impl Plan {
         record.error = failure.as_ref().map(|e| e.to_string());
         record.time = Utc::now();
         if !self.opts.keep {
-            if let Err(e) = scratch.remove() {
+            if let Err(e) = scratch.remove(Duration::from_secs(30)).await {
                 tracing::warn!(dir = %scratch.root.display(), "could not remove the scratch directory: {e}");
                 failure.get_or_insert(e);
             }

@@ -205,8 +205,28 @@ impl Scratch {
         self.give(path)
     }
 
-    /// Removes what the drill made.
-    pub fn remove(&self) -> Result<()> {
+    /// Removes what the drill made. Processes of the stopped server may still be
+    /// finishing in it for a moment (a restore_command and the prefetcher it started,
+    /// whose last file lands or vanishes while the tree is walked): a failed removal is
+    /// tried again until it succeeds or `patience` has passed.
+    pub async fn remove(&self, patience: std::time::Duration) -> Result<()> {
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            match self.remove_once() {
+                Ok(()) => return Ok(()),
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::debug!("removing the scratch directory again: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn remove_once(&self) -> Result<()> {
+        if !self.root.exists() {
+            return Ok(());
+        }
         if self.created {
             return std::fs::remove_dir_all(&self.root).at("removing", &self.root);
         }
@@ -217,7 +237,12 @@ impl Scratch {
             } else {
                 std::fs::remove_file(&path)
             };
-            removed.at("removing", &path)?;
+            match removed {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::io("removing", &path, e))
+                }
+                _ => {}
+            }
         }
         Ok(())
     }

@@ -138,9 +138,13 @@ pub enum Command {
         after_help = "Examples:\n  pgward restore --pgdata /srv/pg/new\n  pgward restore --pgdata /srv/pg/new --target-time '2026-11-21 12:00:00+00' --target-action promote\n  pgward restore --pgdata /srv/pg/new --set 20261121-010000F --target immediate --tablespace-map 16390=/srv/ts1\n\nThe restore_command written for the restored cluster repeats --config and\n--cipher-pass-file, never a passphrase or S3 key: restore refuses (exit 3) when the\nstanza's passphrase came only from --cipher-pass or PGWARD_CIPHER_PASS."
     )]
     Restore(RestoreArgs),
-    /// Prove a backup restores: restore it into a scratch directory, start it beside the
-    /// source (never touching it), wait for recovery, run pg_amcheck, SQL checks and
-    /// pg_checksums, then stop and remove it. The outcome is stored; `info` shows it
+    /// Prove a backup restores: restore, recover and check a copy, never touching the source
+    ///
+    /// Restores the backup into a scratch directory, starts it beside the source (another
+    /// port, no TCP, a socket directory of its own, archiving off), waits until recovery
+    /// has ended, runs pg_amcheck --heapallindexed, the SQL checks and, after a clean stop,
+    /// pg_checksums; then removes it. The outcome is stored in the repository; `info`
+    /// shows the last drill
     #[command(
         after_help = "Examples:\n  pgward drill                                   # the newest backup, to the end of the archive\n  pgward drill --target random                   # a random point of its recoverable window\n  pgward drill --set 20261121-010000F --target-time '2026-11-21 12:00:00+00'\n  pgward drill --check-sql /etc/pgward/checks.sql --check-database app\n  pgward --output json drill --scratch /srv/scratch/drill --keep\n\nRun as root, the scratch cluster belongs to --run-as USER, or to the owner of the\nsource's data directory (--pgdata). A failed check exits 5, like verify, with the\nchecker's own words; the scratch directory is removed then too unless --keep."
     )]

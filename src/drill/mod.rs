@@ -170,7 +170,14 @@ impl Plan {
                         "drill of backup {} failed: {}: {}",
                         record.backup,
                         c.name,
-                        c.detail.lines().next().unwrap_or("")
+                        // A checker's finding often spans lines (pg_amcheck: where, then what).
+                        c.detail
+                            .lines()
+                            .map(str::trim)
+                            .filter(|l| !l.is_empty())
+                            .take(3)
+                            .collect::<Vec<_>>()
+                            .join(" ")
                     ),
                 )
                 .hint("the report lists every check with the checker's own words")

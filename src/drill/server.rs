@@ -181,11 +181,26 @@ impl Server {
         self.stopped = false;
         let (ok, out) = run(cmd, "pg_ctl start").await?;
         if !ok {
+            // pg_ctl gave up waiting while recovery goes on: the drill's time ran out.
+            if out.contains("did not start in time") {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    "the scratch server was still recovering when the drill's time ran out",
+                )
+                .hint(
+                    "give recovery more time with --timeout SECONDS, or choose a nearer target",
+                ));
+            }
+            let words = out
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with("waiting for server"))
+                .collect::<Vec<_>>()
+                .join(" ");
             return Err(Error::new(
                 ErrorKind::Database,
                 format!(
-                    "the scratch server did not start: {}{}",
-                    first_line(&out),
+                    "the scratch server did not start: {words}{}",
                     self.log_problems()
                 ),
             )

@@ -137,7 +137,7 @@ fn drill_of_a_healthy_stanza_passes_reports_and_never_touches_the_source() {
 }
 
 #[test]
-fn drill_fails_naming_a_false_sql_check_then_a_flipped_bundle_byte_and_leaves_nothing() {
+fn drill_fails_naming_a_false_sql_check_an_unreached_target_and_a_flipped_bundle_byte() {
     let src = source("drill-bad");
     let label = src.backup(&[]);
     src.archive_current_wal();
@@ -177,6 +177,26 @@ fn drill_fails_naming_a_false_sql_check_then_a_flipped_bundle_byte_and_leaves_no
     assert_eq!(failed, ["sql: SELECT count(*) = 0 FROM t"]);
     assert!(!scratch.exists());
     assert_eq!(src.info_json()["last_drill"]["passed"], false);
+
+    // A target the archive never reaches: the scratch server stops, in its own words.
+    let out = drill(
+        &src,
+        &scratch,
+        &[
+            "--target-time",
+            "2999-01-01 00:00:00+00",
+            "--target-unchecked",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("recovery ended before configured recovery target was reached"),
+        "{err}"
+    );
+    assert_eq!(report(&out)["passed"], false);
+    assert!(!scratch.exists());
+
     if src.url.starts_with("s3://") {
         return; // flips a byte in the local repository
     }

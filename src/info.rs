@@ -14,6 +14,7 @@ use crate::repo::archive_map::{
 };
 use crate::repo::label::BackupType;
 use crate::repo::manifest::Manifest;
+use crate::repo::records::DrillRecord;
 use crate::repo::Repo;
 
 #[derive(Debug, Serialize)]
@@ -34,6 +35,8 @@ pub struct InfoReport {
     pub recoverable_window: Option<RecoverableWindow>,
     /// Per timeline: the range that point-in-time recovery can reach on it.
     pub recoverable_windows: Vec<TimelineWindow>,
+    /// The outcome of the stanza's last `pgward drill`, if one ran.
+    pub last_drill: Option<DrillRecord>,
 }
 
 #[derive(Debug, Serialize)]
@@ -123,6 +126,7 @@ pub async fn info(repo: &Repo) -> Result<InfoReport> {
         archive: timelines(&archived, seg_size),
         recoverable_window: recoverable_window(&manifests, &archived, seg_size),
         recoverable_windows: timeline_windows(repo, &manifests, &archived, seg_size).await?,
+        last_drill: repo.last_drill().await?,
     })
 }
 

@@ -7,6 +7,7 @@ pub mod backup;
 pub mod check;
 pub mod cli;
 pub mod db;
+pub mod drill;
 pub mod error;
 pub mod expire;
 pub mod info;

@@ -68,6 +68,12 @@ pub async fn run(
     count: usize,
     jobs: usize,
 ) -> Result<()> {
+    // The cluster's pg_wal is gone (a drill's scratch copy removed after its server
+    // stopped): there is nothing to prefetch for, and creating the directory with its
+    // parents would bring a removed tree back.
+    if !dir.parent().is_some_and(Path::is_dir) {
+        return Ok(());
+    }
     ensure_private_dir(dir, "prefetch directory")?;
     let lock_path = dir.join(".lock");
     let Ok(_lock) = try_flock(&lock_path)? else {

@@ -138,6 +138,17 @@ pub enum Command {
         after_help = "Examples:\n  pgward restore --pgdata /srv/pg/new\n  pgward restore --pgdata /srv/pg/new --target-time '2026-11-21 12:00:00+00' --target-action promote\n  pgward restore --pgdata /srv/pg/new --set 20261121-010000F --target immediate --tablespace-map 16390=/srv/ts1\n\nThe restore_command written for the restored cluster repeats --config and\n--cipher-pass-file, never a passphrase or S3 key: restore refuses (exit 3) when the\nstanza's passphrase came only from --cipher-pass or PGWARD_CIPHER_PASS."
     )]
     Restore(RestoreArgs),
+    /// Prove a backup restores: restore, recover and check a copy, never touching the source
+    ///
+    /// Restores the backup into a scratch directory, starts it beside the source (another
+    /// port, no TCP, a socket directory of its own, archiving off), waits until recovery
+    /// has ended, runs pg_amcheck --heapallindexed, the SQL checks and, after a clean stop,
+    /// pg_checksums; then removes it. The outcome is stored in the repository; `info`
+    /// shows the last drill
+    #[command(
+        after_help = "Examples:\n  pgward drill                                   # the newest backup, to the end of the archive\n  pgward drill --target random                   # a random point of its recoverable window\n  pgward drill --set 20261121-010000F --target-time '2026-11-21 12:00:00+00'\n  pgward drill --check-sql /etc/pgward/checks.sql --check-database app\n  pgward --output json drill --scratch /srv/scratch/drill --keep\n\nRun as root, the scratch cluster belongs to --run-as USER, or to the owner of the\nsource's data directory (--pgdata). A failed check exits 5, like verify, with the\nchecker's own words; the scratch directory is removed then too unless --keep."
+    )]
+    Drill(DrillArgs),
     /// Show backups, the archive and the recoverable window
     #[command(
         after_help = "Examples:\n  pgward info\n  pgward --output json info | jq '.recoverable_window'"
@@ -339,6 +350,65 @@ pub struct RestoreArgs {
     /// Archive mode of the restored cluster: 'preserve' keeps the source's archive_command, 'off' disables archiving
     #[arg(long, default_value = "preserve", value_parser = ["preserve", "off"])]
     pub archive_mode: String,
+}
+
+#[derive(Args, Debug)]
+pub struct DrillArgs {
+    /// Backup label to restore [default: the newest that ends before the target]
+    #[arg(long)]
+    pub set: Option<String>,
+    /// Restore into this new or empty directory [default: a new one under the system's
+    /// temporary directory]. Its file system must hold the backup's size
+    #[arg(long, value_name = "DIR")]
+    pub scratch: Option<PathBuf>,
+    /// 'immediate': stop as soon as the backup is consistent; 'random': a random point
+    /// inside the backup's recoverable window (the seed is reported)
+    #[arg(long, group = "drill_target", value_parser = ["immediate", "random"])]
+    pub target: Option<String>,
+    /// With --target random: repeat the draw of an earlier drill
+    #[arg(long, requires = "target")]
+    pub seed: Option<u64>,
+    /// Recover until this time, with its UTC offset (as restore)
+    #[arg(long, group = "drill_target")]
+    pub target_time: Option<String>,
+    /// Recover until this transaction id (as restore)
+    #[arg(long, group = "drill_target")]
+    pub target_xid: Option<u64>,
+    /// Recover until this WAL position (as restore)
+    #[arg(long, group = "drill_target")]
+    pub target_lsn: Option<String>,
+    /// Recover until this named restore point (as restore)
+    #[arg(long, group = "drill_target")]
+    pub target_name: Option<String>,
+    /// Timeline to recover along: latest, current or a number [default: latest]
+    #[arg(long)]
+    pub target_timeline: Option<String>,
+    /// Stop just before the target instead of just after it
+    #[arg(long)]
+    pub target_exclusive: bool,
+    /// Drill even when --target-time or --target-lsn lies outside what the archive reaches now
+    #[arg(long)]
+    pub target_unchecked: bool,
+    /// Directory of pg_ctl, pg_amcheck and pg_checksums of the backup's major version
+    /// [default: the packagers' places, pg_config --bindir, PATH]
+    #[arg(long, value_name = "DIR")]
+    pub pg_bin: Option<PathBuf>,
+    /// Run as root: the operating system user the scratch server runs as [default: the
+    /// owner of the source's data directory]
+    #[arg(long, value_name = "USER")]
+    pub run_as: Option<String>,
+    /// SQL checks, ';'-separated; each statement must return true
+    #[arg(long, value_name = "FILE")]
+    pub check_sql: Option<PathBuf>,
+    /// Database the SQL checks run in
+    #[arg(long, value_name = "DB", default_value = "postgres")]
+    pub check_database: String,
+    /// Leave the scratch directory (its server stopped) for inspection
+    #[arg(long)]
+    pub keep: bool,
+    /// Seconds the scratch server may take to start and recover
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+    pub timeout: u64,
 }
 
 /// `restore --pgdata`: the global option under the same id, so the value still lands in

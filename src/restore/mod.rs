@@ -6,8 +6,8 @@
 
 pub mod files;
 mod output;
-mod ownership;
-mod reach;
+pub mod ownership;
+pub mod reach;
 pub mod recovery;
 pub mod target;
 
@@ -42,7 +42,7 @@ pub async fn restore(repo: &Repo, opts: RestoreOptions) -> Result<Manifest> {
     if let RecoveryTarget::Name(name) = &opts.target {
         target::check_target_name(name)?;
     }
-    let manifest = select(repo, &opts).await?;
+    let manifest = select_backup(repo, opts.set.as_deref(), &opts.target).await?;
     if !opts.target_unchecked {
         reach::check_reachable(
             repo,
@@ -83,15 +83,20 @@ pub async fn restore(repo: &Repo, opts: RestoreOptions) -> Result<Manifest> {
     Ok(manifest)
 }
 
-/// The backup to restore, refusing when a damaged manifest is the one asked for, could
-/// have been the one chosen, or is part of the chosen backup's chain.
-async fn select(repo: &Repo, opts: &RestoreOptions) -> Result<Manifest> {
+/// The backup to restore (`set`, else the newest that ends before `target`), refusing
+/// when a damaged manifest is the one asked for, could have been the one chosen, or is
+/// part of the chosen backup's chain. `drill` chooses its backup with it too.
+pub async fn select_backup(
+    repo: &Repo,
+    set: Option<&str>,
+    target: &RecoveryTarget,
+) -> Result<Manifest> {
     let stanza = repo.stanza_info().await?;
     let backups = repo.load_backups(Some(&stanza)).await?;
     if let Some(d) = backups
         .damaged
         .iter()
-        .find(|d| Some(d.label.as_str()) == opts.set.as_deref())
+        .find(|d| Some(d.label.as_str()) == set)
     {
         return Err(Error::corrupt(format!(
             "backup {} cannot be restored: {}",
@@ -99,8 +104,8 @@ async fn select(repo: &Repo, opts: &RestoreOptions) -> Result<Manifest> {
         )));
     }
     let manifests = backups.healthy;
-    let selected = target::select_backup(&manifests, opts.set.as_deref(), &opts.target);
-    if opts.set.is_none() {
+    let selected = target::select_backup(&manifests, set, target);
+    if set.is_none() {
         // A damaged backup newer than the one chosen may be the one the target needs.
         let chosen = selected.as_ref().map_or("", |m| m.label.as_str());
         if let Some(d) = backups.damaged.iter().find(|d| d.label.as_str() > chosen) {

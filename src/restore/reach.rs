@@ -40,6 +40,29 @@ pub async fn check_reachable(
     if !matches!(target, RecoveryTarget::Time(_) | RecoveryTarget::Lsn(_)) {
         return Ok(());
     }
+    let window = reachable_window(repo, backup, timeline).await?;
+    check_window(target, &BackupSpan::of(backup), window.timeline, window.end)
+}
+
+/// Where recovery of a backup can go along one timeline path.
+pub struct Reach {
+    /// The timeline recovery follows (`--target-timeline`, default `latest`).
+    pub timeline: TimelineId,
+    /// That timeline's history (empty when it is the backup's own).
+    pub history: Vec<HistoryEntry>,
+    /// The end of the WAL replayable without a gap from the backup's start, if its start
+    /// segment is archived at all.
+    pub end: Option<ReachableEnd>,
+}
+
+/// How far recovery of `backup` can reach along the timeline `timeline` names (default
+/// `latest`): what `restore` checks targets against, and where `drill --target random`
+/// draws its point from.
+pub async fn reachable_window(
+    repo: &Repo,
+    backup: &Manifest,
+    timeline: Option<&str>,
+) -> Result<Reach> {
     let goal = match timeline {
         Some(t) => parse_target_timeline(t)?,
         None => TimelineGoal::Latest,
@@ -54,7 +77,11 @@ pub async fn check_reachable(
         &history,
         backup.wal_segment_size,
     );
-    check_window(target, &BackupSpan::of(backup), target_timeline, end)
+    Ok(Reach {
+        timeline: target_timeline,
+        history,
+        end,
+    })
 }
 
 /// What the window needs of a backup.

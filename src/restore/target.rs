@@ -170,6 +170,38 @@ pub fn select_backup<'a>(
     })
 }
 
+/// The recovery target options as given (clap lets at most one be set); none is the
+/// end of the archive. Shared by `restore` and `drill`.
+#[derive(Clone, Debug, Default)]
+pub struct TargetOptions<'a> {
+    pub time: Option<&'a str>,
+    pub xid: Option<u64>,
+    pub lsn: Option<&'a str>,
+    pub name: Option<&'a str>,
+    pub immediate: bool,
+}
+
+impl TargetOptions<'_> {
+    pub fn parse(&self) -> Result<RecoveryTarget> {
+        Ok(if let Some(t) = self.time {
+            RecoveryTarget::Time(parse_target_time(t)?)
+        } else if let Some(x) = self.xid {
+            RecoveryTarget::Xid(x)
+        } else if let Some(l) = self.lsn {
+            RecoveryTarget::Lsn(l.parse().map_err(|e: crate::pg::lsn::ParseLsnError| {
+                Error::config(format!("--target-lsn: {e}"))
+            })?)
+        } else if let Some(n) = self.name {
+            check_target_name(n)?;
+            RecoveryTarget::Name(n.to_string())
+        } else if self.immediate {
+            RecoveryTarget::Immediate
+        } else {
+            RecoveryTarget::EndOfArchive
+        })
+    }
+}
+
 /// `postgresql.auto.conf` lines for the target, as (name, value) pairs.
 pub fn target_settings(
     target: &RecoveryTarget,

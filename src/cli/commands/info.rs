@@ -115,6 +115,45 @@ fn render_text(r: &InfoReport) -> String {
         }
         None => s.push_str("\nrecoverable window: none (no backup with its WAL archived)\n"),
     }
+    s.push_str(&render_last_drill(r.last_drill.as_ref()));
+    s
+}
+
+fn render_last_drill(drill: Option<&crate::repo::records::DrillRecord>) -> String {
+    let Some(d) = drill else {
+        return "\nlast drill: none (`pgward drill` proves a backup restores)\n".into();
+    };
+    let mut s = format!(
+        "\nlast drill: {} {} backup {}{}",
+        d.time.format("%Y-%m-%d %H:%M:%S UTC"),
+        if d.passed { "passed" } else { "FAILED" },
+        d.backup,
+        d.reached_lsn
+            .as_ref()
+            .map(|l| format!(", reached {l}"))
+            .unwrap_or_default()
+    );
+    let failed: Vec<&str> = d
+        .checks
+        .iter()
+        .filter(|c| !c.passed)
+        .map(|c| c.name.as_str())
+        .collect();
+    if !d.checks.is_empty() {
+        s.push_str(&format!(
+            ", {} check(s){}",
+            d.checks.len(),
+            if failed.is_empty() {
+                String::new()
+            } else {
+                format!(", failed: {}", failed.join(", "))
+            }
+        ));
+    }
+    s.push('\n');
+    if let Some(e) = &d.error {
+        s.push_str(&format!("  error: {e}\n"));
+    }
     s
 }
 

@@ -8,6 +8,7 @@ mod archive_push;
 mod backup;
 mod check;
 mod completions;
+mod drill;
 mod expire;
 mod info;
 mod metrics;
@@ -114,6 +115,7 @@ pub async fn run(command: Command, resolved: &Resolved) -> Result<Outcome> {
         Command::Backup(args) => backup::run(resolved, args).await,
         Command::Restore(args) => restore::run(resolved, args).await,
         Command::BackupFetch { dir, label } => restore::fetch(resolved, dir, &label).await,
+        Command::Drill(args) => drill::run(resolved, args).await,
         Command::Info => info::run(resolved).await,
         Command::Verify => verify::run(resolved).await,
         Command::Expire { dry_run } => expire::run(resolved, dry_run).await,

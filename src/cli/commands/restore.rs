@@ -9,7 +9,7 @@ use crate::cli::Resolved;
 use crate::error::{Error, Result};
 use crate::repo::manifest::Manifest;
 use crate::repo::Repo;
-use crate::restore::target::{parse_target_time, parse_target_timeline, RecoveryTarget};
+use crate::restore::target::{parse_target_timeline, TargetOptions};
 
 pub async fn run(resolved: &Resolved, args: RestoreArgs) -> Result<Outcome> {
     let repo = resolved.repo().await?;
@@ -73,21 +73,14 @@ fn restore_options(
     pgdata: PathBuf,
     args: RestoreArgs,
 ) -> Result<crate::restore::RestoreOptions> {
-    let target = if let Some(t) = &args.target_time {
-        RecoveryTarget::Time(parse_target_time(t)?)
-    } else if let Some(x) = args.target_xid {
-        RecoveryTarget::Xid(x)
-    } else if let Some(l) = &args.target_lsn {
-        RecoveryTarget::Lsn(l.parse().map_err(|e: crate::pg::lsn::ParseLsnError| {
-            Error::config(format!("--target-lsn: {e}"))
-        })?)
-    } else if let Some(n) = &args.target_name {
-        RecoveryTarget::Name(n.clone())
-    } else if args.target.is_some() {
-        RecoveryTarget::Immediate
-    } else {
-        RecoveryTarget::EndOfArchive
-    };
+    let target = TargetOptions {
+        time: args.target_time.as_deref(),
+        xid: args.target_xid,
+        lsn: args.target_lsn.as_deref(),
+        name: args.target_name.as_deref(),
+        immediate: args.target.is_some(),
+    }
+    .parse()?;
     let mut tablespace_map = BTreeMap::new();
     for (oid, dir) in args.tablespace_map {
         let oid: u32 = oid.parse().map_err(|_| {

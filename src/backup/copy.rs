@@ -50,15 +50,15 @@ pub struct Reference {
 }
 
 impl Reference {
-    pub fn new(manifest: &Manifest) -> Reference {
+    pub fn new(manifest: Manifest) -> Reference {
         Reference {
-            label: manifest.label.clone(),
+            label: manifest.label,
             start_lsn: manifest.start_lsn,
             start_epoch: manifest.start_time.timestamp(),
             files: manifest
                 .files
-                .iter()
-                .map(|f| (f.path.clone(), f.clone()))
+                .into_iter()
+                .map(|f| (f.path.clone(), f))
                 .collect(),
         }
     }

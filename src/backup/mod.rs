@@ -72,8 +72,10 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
     check_data_directory(&pgdata, server.identity.system_identifier)?;
 
     // A damaged manifest must not stop new backups: build only on intact ones, and keep
-    // the damaged ones' labels (and bundles) untouched for `verify` to name.
-    let backups = repo.load_backups(Some(&stanza)).await?;
+    // the damaged ones' labels (and bundles) untouched for `verify` to name. Choosing the
+    // reference needs no file lists: only the reference's own is read (below), so memory
+    // does not grow with the backups the repository holds.
+    let backups = repo.load_backup_headers(Some(&stanza)).await?.backups;
     for d in &backups.damaged {
         tracing::warn!(label = %d.label, "not building on a damaged backup: {}", d.error);
     }
@@ -138,10 +140,12 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
         verify_pages_before: stanza.data_checksums.then_some(start_lsn),
         jobs: opts.jobs,
         first_bundle: 0,
-        reference: choice
-            .reference
-            .as_ref()
-            .map(|m| Arc::new(copy::Reference::new(m))),
+        reference: match &choice.reference {
+            Some(r) => Some(Arc::new(copy::Reference::new(
+                repo.load_manifest(&r.label).await?,
+            ))),
+            None => None,
+        },
     };
     // pg_control goes last, after every other file, as pg_basebackup does.
     let (control, others): (Vec<_>, Vec<_>) = listing

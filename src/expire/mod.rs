@@ -55,7 +55,13 @@ pub async fn plan(
     retention: &Retention,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<ExpirePlan> {
-    let manifests = repo.load_manifests().await?;
+    // Headers only: retention needs labels, chains, LSNs and bundle names, not file lists.
+    let stanza = repo.stanza_info().await?;
+    let backups = repo.load_backup_headers(Some(&stanza)).await?.backups;
+    if let Some(d) = backups.damaged.into_iter().next() {
+        return Err(d.error);
+    }
+    let manifests = backups.healthy;
     let pinned = repo.pinned_labels().await?;
     let archived = repo.list_archive().await?;
     Ok(plan_for(&manifests, &pinned, &archived, retention, now))

@@ -131,20 +131,37 @@ impl crate::workers::Worker for PartWriter {
     }
 }
 
-/// The codec of every backup an extent may point to.
+/// The codec of every backup an extent may point to (from their manifests' headers:
+/// their file lists are not needed).
 async fn codec_by_backup(repo: &Repo, manifest: &Manifest) -> Result<HashMap<String, Codec>> {
     let mut codecs = HashMap::new();
     codecs.insert(manifest.label.clone(), manifest.compression.codec);
-    for file in &manifest.files {
-        for extent in &file.extents {
-            if !codecs.contains_key(&extent.backup) {
-                let other = repo.load_manifest(&extent.backup).await.map_err(|e| {
-                    Error::corrupt(format!(
-                        "backup {} needs backup {}, which cannot be read: {e}",
-                        manifest.label, extent.backup
-                    ))
-                })?;
-                codecs.insert(extent.backup.clone(), other.compression.codec);
+    let needed: std::collections::BTreeSet<&str> = manifest
+        .files
+        .iter()
+        .flat_map(|f| f.extents.iter().map(|e| e.backup.as_str()))
+        .filter(|b| *b != manifest.label)
+        .collect();
+    if needed.is_empty() {
+        return Ok(codecs);
+    }
+    let stanza = repo.stanza_info().await?;
+    let headers = repo.load_backup_headers(Some(&stanza)).await?.backups;
+    for label in needed {
+        match headers.healthy.iter().find(|m| m.label == label) {
+            Some(other) => {
+                codecs.insert(label.to_string(), other.compression.codec);
+            }
+            None => {
+                let why = headers
+                    .damaged
+                    .iter()
+                    .find(|d| d.label == label)
+                    .map_or_else(|| "it is missing".to_string(), |d| d.error.to_string());
+                return Err(Error::corrupt(format!(
+                    "backup {} needs backup {label}, which cannot be read: {why}",
+                    manifest.label
+                )));
             }
         }
     }

@@ -92,7 +92,8 @@ pub async fn select_backup(
     target: &RecoveryTarget,
 ) -> Result<Manifest> {
     let stanza = repo.stanza_info().await?;
-    let backups = repo.load_backups(Some(&stanza)).await?;
+    // Chosen by their headers: only the chosen backup's file list is read (at the end).
+    let backups = repo.load_backup_headers(Some(&stanza)).await?.backups;
     if let Some(d) = backups
         .damaged
         .iter()
@@ -135,7 +136,7 @@ pub async fn select_backup(
             manifest.label
         )));
     }
-    Ok(manifest.clone())
+    repo.load_manifest(&manifest.label).await
 }
 
 /// Where each tablespace goes: its original location unless remapped.

@@ -306,6 +306,30 @@ pub struct RestoreArgs {
     /// Archive mode of the restored cluster: 'preserve' keeps the source's archive_command, 'off' disables archiving
     #[arg(long, default_value = "preserve", value_parser = ["preserve", "off"])]
     pub archive_mode: String,
+    /// Restore into an existing data directory of the same cluster (stopped): files that
+    /// match the backup are kept, differing blocks rewritten in place, files the backup
+    /// does not have removed. Every file's content is compared, whatever its mtime
+    #[arg(long)]
+    pub delta: bool,
+    /// With --delta: restore over a data directory of another cluster (another system
+    /// identifier), or one whose pg_control cannot be read
+    #[arg(long, requires = "delta")]
+    pub force: bool,
+    /// recovery: recover and (by default) promote; standby: follow a primary
+    /// (standby.signal and primary_conninfo, as pg_basebackup -R writes them)
+    #[arg(long = "type", value_enum, default_value = "recovery")]
+    pub restore_type: RestoreType,
+    /// The primary a --type standby follows, a libpq connection string
+    /// ('host=primary user=replicator')
+    #[arg(long, required_if_eq("restore_type", "standby"))]
+    pub primary_conninfo: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum RestoreType {
+    #[default]
+    Recovery,
+    Standby,
 }
 
 /// `restore --pgdata`: the global option under the same id, so the value still lands in
@@ -349,6 +373,10 @@ impl RestoreArgs {
             target_exclusive: false,
             target_unchecked: false,
             archive_mode: "preserve".into(),
+            delta: false,
+            force: false,
+            restore_type: RestoreType::Recovery,
+            primary_conninfo: None,
         }
     }
 }

@@ -113,7 +113,10 @@ impl crate::workers::Worker for PartWriter {
 }
 
 /// The codec of every backup an extent may point to.
-async fn codec_by_backup(repo: &Repo, manifest: &Manifest) -> Result<HashMap<String, Codec>> {
+pub(super) async fn codec_by_backup(
+    repo: &Repo,
+    manifest: &Manifest,
+) -> Result<HashMap<String, Codec>> {
     let mut codecs = HashMap::new();
     codecs.insert(manifest.label.clone(), manifest.compression.codec);
     for file in &manifest.files {

@@ -8,6 +8,7 @@ mod setup;
 mod archive;
 mod backup_restore;
 mod blockmap;
+mod delta;
 mod encryption;
 mod expire;
 mod incremental;

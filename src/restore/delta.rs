@@ -86,8 +86,24 @@ pub fn prepare(
     validate(pgdata, manifest, force)?;
     mark(pgdata, manifest)?;
     let mut stats = DeltaStats::default();
-    clean(pgdata, manifest, tablespaces, &mut stats)?;
-    layout(pgdata, manifest, tablespaces)?;
+    let wanted = Wanted {
+        files: manifest.files.iter().map(|f| f.path.as_str()).collect(),
+        dirs: manifest
+            .directories
+            .iter()
+            .map(|d| d.path.as_str())
+            .collect(),
+        links: tablespaces
+            .iter()
+            .map(|(oid, loc)| (format!("pg_tblspc/{oid}"), loc.as_path()))
+            .collect(),
+    };
+    clean_dir(pgdata, "", &wanted, false, &mut stats)?;
+    // A tablespace directory linked only now may hold an older copy of the same
+    // tablespace: its entries the backup has are cleaned like the rest.
+    for (rel, location) in layout(pgdata, manifest, tablespaces)? {
+        clean_dir(&location, &rel, &wanted, true, &mut stats)?;
+    }
     Ok(stats)
 }
 
@@ -257,27 +273,6 @@ struct Wanted<'a> {
     links: BTreeMap<String, &'a Path>,
 }
 
-fn clean(
-    pgdata: &Path,
-    manifest: &Manifest,
-    tablespaces: &[(u32, PathBuf)],
-    stats: &mut DeltaStats,
-) -> Result<()> {
-    let wanted = Wanted {
-        files: manifest.files.iter().map(|f| f.path.as_str()).collect(),
-        dirs: manifest
-            .directories
-            .iter()
-            .map(|d| d.path.as_str())
-            .collect(),
-        links: tablespaces
-            .iter()
-            .map(|(oid, loc)| (format!("pg_tblspc/{oid}"), loc.as_path()))
-            .collect(),
-    };
-    clean_dir(pgdata, "", &wanted, false, stats)
-}
-
 /// Removes what `dir` (the data directory's `rel`) holds that the backup lacks. In a
 /// tablespace's own directory (`only_known`) entries the backup lacks are left alone.
 fn clean_dir(
@@ -364,9 +359,14 @@ fn remove(path: &Path, stats: &mut DeltaStats) -> Result<()> {
     Ok(())
 }
 
-/// The backup's directories and tablespace links, made where missing (what `clean` kept
-/// is right already).
-fn layout(pgdata: &Path, manifest: &Manifest, tablespaces: &[(u32, PathBuf)]) -> Result<()> {
+/// The backup's directories and tablespace links, made where missing (what `clean_dir`
+/// kept is right already); returns the links it made (`pg_tblspc/<oid>`, location).
+fn layout(
+    pgdata: &Path,
+    manifest: &Manifest,
+    tablespaces: &[(u32, PathBuf)],
+) -> Result<Vec<(String, PathBuf)>> {
+    let mut linked = Vec::new();
     let links: BTreeMap<String, &PathBuf> = tablespaces
         .iter()
         .map(|(oid, loc)| (format!("pg_tblspc/{oid}"), loc))
@@ -384,6 +384,7 @@ fn layout(pgdata: &Path, manifest: &Manifest, tablespaces: &[(u32, PathBuf)]) ->
                 }
                 std::os::unix::fs::symlink(location, &path)
                     .at("creating tablespace link", &path)?;
+                linked.push((dir.path.clone(), location.to_path_buf()));
             }
             continue;
         }
@@ -395,7 +396,7 @@ fn layout(pgdata: &Path, manifest: &Manifest, tablespaces: &[(u32, PathBuf)]) ->
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(dir.mode))
             .at("setting permissions of", &path)?;
     }
-    Ok(())
+    Ok(linked)
 }
 
 #[cfg(test)]

@@ -14,20 +14,25 @@ use super::setup::{kill_pgward, Source};
 /// What a delta restore leaves while under way (`restore::delta::MARKER`).
 const MARKER: &str = "pgward.delta-restore";
 
-/// Every entry below `root` (links not followed): its kind, mode and content.
+/// Every entry below `root`: its kind, mode and content. Tablespace links are followed
+/// (where they point differs from restore to restore), other links are not.
 fn tree(root: &Path) -> BTreeMap<String, String> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+    fn walk(dir: &Path, prefix: &str, out: &mut BTreeMap<String, String>) {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
-            let rel = path.strip_prefix(root).unwrap().display().to_string();
+            let name = path.file_name().unwrap().to_string_lossy();
+            let rel = format!("{prefix}{name}");
             let meta = std::fs::symlink_metadata(&path).unwrap();
             let mode = meta.permissions().mode() & 0o7777;
-            if meta.is_symlink() {
+            if meta.is_symlink() && prefix == "pg_tblspc/" {
+                out.insert(rel.clone(), "tablespace link".into());
+                walk(&path, &format!("{rel}/"), out);
+            } else if meta.is_symlink() {
                 let target = std::fs::read_link(&path).unwrap();
                 out.insert(rel, format!("link {}", target.display()));
             } else if meta.is_dir() {
-                out.insert(rel, format!("dir {mode:o}"));
-                walk(root, &path, out);
+                out.insert(rel.clone(), format!("dir {mode:o}"));
+                walk(&path, &format!("{rel}/"), out);
             } else {
                 let content = std::fs::read(&path).unwrap();
                 let hash = format!("{:x}", fnv1a(&content));
@@ -36,7 +41,9 @@ fn tree(root: &Path) -> BTreeMap<String, String> {
         }
     }
     let mut out = BTreeMap::new();
-    walk(root, root, &mut out);
+    walk(root, "", &mut out);
+    // Names where each restore put its tablespaces.
+    out.remove("tablespace_map");
     out
 }
 
@@ -85,10 +92,10 @@ fn delta_restore(src: &Source, dir: &Path, extra: &[&str]) -> serde_json::Value 
 
 /// A fresh restore of `label` into a new directory, not started: what a delta restore
 /// must equal.
-fn fresh_restore(src: &Source, name: &str, label: &str) -> PathBuf {
+fn fresh_restore(src: &Source, name: &str, label: &str, extra: &[&str]) -> PathBuf {
     let dir = work_dir(name).join("data");
     let dir_s = dir.display().to_string();
-    src.ok(&[
+    let mut args = vec![
         "restore",
         "--pgdata",
         &dir_s,
@@ -96,22 +103,36 @@ fn fresh_restore(src: &Source, name: &str, label: &str) -> PathBuf {
         "off",
         "--set",
         label,
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    src.ok(&args);
     dir
 }
 
-/// A source with pgbench data at `scale`, a full backup, and a few rows written after it
-/// and archived; returns the source, the label and the content the restores must show.
-fn backed_up_source(name: &str, scale: &str) -> (Source, String, String) {
+/// A source with pgbench data at `scale`, a full backup (and with `incremental`, an
+/// incremental after a change, whose files are then slices of the full's frames), and a
+/// few rows written after it and archived; returns the source, the label of the last
+/// backup and the content the restores must show.
+fn backed_up_source(
+    name: &str,
+    scale: &str,
+    incremental: bool,
+    before_backup: &dyn Fn(&Source),
+) -> (Source, String, String) {
     let src = Source::start(name, 15);
     assert!(src
         .cluster
         .pgbench(&["-i", "-s", scale, "-q"])
         .status
         .success());
+    before_backup(&src);
     src.sql("CREATE TABLE kept (id int); INSERT INTO kept SELECT generate_series(1, 1000)");
     src.sql("CREATE TABLE dropped_later (id int); INSERT INTO dropped_later SELECT generate_series(1, 1000)");
-    let label = src.backup(&[]);
+    let mut label = src.backup(&[]);
+    if incremental {
+        src.sql("UPDATE pgbench_accounts SET abalance = abalance - 1 WHERE aid % 50 = 0");
+        label = src.backup(&["--type", "incr"]);
+    }
     src.sql("INSERT INTO kept SELECT generate_series(1001, 1100)");
     let expected = src.cluster.content_checksum("postgres");
     src.archive_current_wal();
@@ -148,16 +169,36 @@ fn start_restored(name: &str, data: PathBuf) -> Cluster {
 
 #[test]
 fn delta_restore_of_a_promoted_and_diverged_copy_equals_a_fresh_restore_and_writes_little() {
-    let (src, label, expected) = backed_up_source("delta-div", "4");
+    let in_tablespace = |src: &Source| {
+        let ts = work_dir("delta-div-ts");
+        src.sql(&format!(
+            "CREATE TABLESPACE ts1 LOCATION '{}'",
+            ts.display()
+        ));
+        src.sql("CREATE TABLE in_ts TABLESPACE ts1 AS SELECT g, md5(g::text) v FROM generate_series(1, 20000) g");
+    };
+    let (src, label, expected) = backed_up_source("delta-div", "4", false, &in_tablespace);
+    let ts_oid = src.sql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts1'");
+    let copy_ts = work_dir("delta-div-copy-ts");
+    let copy_map = format!("{ts_oid}={}", copy_ts.display());
     // The copy recovers, promotes onto a timeline of its own, and then diverges.
-    let copy = src.restore_and_start("delta-div-copy", &[]);
+    let copy = src.restore_and_start("delta-div-copy", &["--tablespace-map", &copy_map]);
+    copy.psql("postgres", "UPDATE in_ts SET v = 'diverged' WHERE g <= 200");
     diverge(&copy, 4);
     let data = copy.data.clone();
+    // Another cluster's directory in the same tablespace location is not this restore's.
+    let neighbour = copy_ts.join("PG_99_199901011");
+    mkdir_pg(&neighbour);
+    std::fs::write(neighbour.join("keep"), b"not ours").unwrap();
     let database_size = src.info_json()["backups"][0]["database_size"]
         .as_u64()
         .unwrap();
 
-    let report = delta_restore(&src, &data, &["--set", &label]);
+    let report = delta_restore(
+        &src,
+        &data,
+        &["--set", &label, "--tablespace-map", &copy_map],
+    );
     let delta = &report["delta"];
     eprintln!("delta restore of a {database_size} B cluster: {delta}");
     let written = delta["written"].as_u64().unwrap();
@@ -176,12 +217,25 @@ fn delta_restore_of_a_promoted_and_diverged_copy_equals_a_fresh_restore_and_writ
         "the new database's files: {delta}"
     );
     assert!(!data.join(MARKER).exists());
+    assert_eq!(std::fs::read(neighbour.join("keep")).unwrap(), b"not ours");
+    std::fs::remove_dir_all(&neighbour).unwrap();
 
-    assert_same_tree(&data, &fresh_restore(&src, "delta-div-fresh", &label));
+    let fresh_map = format!("{ts_oid}={}", work_dir("delta-div-fresh-ts").display());
+    let fresh = fresh_restore(
+        &src,
+        "delta-div-fresh",
+        &label,
+        &["--tablespace-map", &fresh_map],
+    );
+    assert_same_tree(&data, &fresh);
 
     // Again over what is now an exact restore: every file is kept but
     // postgresql.auto.conf, which the recovery settings were appended to.
-    let again = delta_restore(&src, &data, &["--set", &label]);
+    let again = delta_restore(
+        &src,
+        &data,
+        &["--set", &label, "--tablespace-map", &copy_map],
+    );
     let delta = &again["delta"];
     assert_eq!(delta["files_rewritten"], 1, "{delta}");
     assert!(delta["written"].as_u64().unwrap() < 4096, "{delta}");
@@ -195,11 +249,18 @@ fn delta_restore_of_a_promoted_and_diverged_copy_equals_a_fresh_restore_and_writ
         ),
         "0"
     );
+    assert_eq!(
+        restored.psql(
+            "postgres",
+            "SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'ts1'"
+        ),
+        copy_ts.display().to_string()
+    );
 }
 
 #[test]
 fn delta_restore_refuses_a_running_cluster_a_foreign_one_and_a_stranger_directory() {
-    let (src, label, expected) = backed_up_source("delta-refuse", "1");
+    let (src, label, expected) = backed_up_source("delta-refuse", "1", false, &|_| {});
     let data_s = src.cluster.data.display().to_string();
     let err = src.fails(
         &["restore", "--delta", "--pgdata", &data_s, "--set", &label],
@@ -223,6 +284,14 @@ fn delta_restore_refuses_a_running_cluster_a_foreign_one_and_a_stranger_director
         "a refused delta restore changes nothing"
     );
 
+    let err = src.fails(
+        &[
+            "restore", "--delta", "--pgdata", &foreign_s, "--type", "standby",
+        ],
+        3,
+    );
+    assert!(err.contains("--primary-conninfo"), "{err}");
+
     let stranger = work_dir("delta-refuse-stranger");
     std::fs::write(stranger.join("notes.txt"), b"mine").unwrap();
     chown_pg(&stranger);
@@ -238,7 +307,7 @@ fn delta_restore_refuses_a_running_cluster_a_foreign_one_and_a_stranger_director
     assert!(report["delta"]["written"].as_u64().unwrap() > 0);
     assert_same_tree(
         &foreign.data,
-        &fresh_restore(&src, "delta-refuse-fresh", &label),
+        &fresh_restore(&src, "delta-refuse-fresh", &label, &[]),
     );
     // `foreign` keeps its directory (which holds the data directory) until the end.
     let restored = start_restored("delta-refuse-restored", foreign.data.clone());
@@ -247,7 +316,7 @@ fn delta_restore_refuses_a_running_cluster_a_foreign_one_and_a_stranger_director
 
 #[test]
 fn killed_delta_restore_cannot_start_and_a_rerun_finishes_it_exactly() {
-    let (src, label, expected) = backed_up_source("delta-kill", "2");
+    let (src, label, expected) = backed_up_source("delta-kill", "2", true, &|_| {});
     let copy = src.restore_and_start("delta-kill-copy", &[]);
     diverge(&copy, 2);
     let data = copy.data.clone();
@@ -294,7 +363,7 @@ fn killed_delta_restore_cannot_start_and_a_rerun_finishes_it_exactly() {
 
     let report = delta_restore(&src, &data, &["--set", &label]);
     assert!(report["delta"]["files_kept"].as_u64().unwrap() > 0);
-    assert_same_tree(&data, &fresh_restore(&src, "delta-kill-fresh", &label));
+    assert_same_tree(&data, &fresh_restore(&src, "delta-kill-fresh", &label, &[]));
     drop(copy);
     let restored = start_restored("delta-kill-restored", data);
     assert_eq!(restored.content_checksum("postgres"), expected);
@@ -302,7 +371,7 @@ fn killed_delta_restore_cannot_start_and_a_rerun_finishes_it_exactly() {
 
 #[test]
 fn diverged_old_primary_rebuilt_by_delta_as_a_standby_streams_from_the_new_primary() {
-    let (src, _, _) = backed_up_source("delta-standby", "1");
+    let (src, _, _) = backed_up_source("delta-standby", "1", false, &|_| {});
     // Failover: a copy becomes the new primary (archiving into the same stanza, on a
     // timeline of its own), and is backed up; the old primary writes on, diverging.
     let primary = src.restore_and_start_archiving("delta-standby-new", &[], true);

@@ -132,10 +132,10 @@ pub enum Command {
     )]
     #[command(alias = "backup-push")]
     Backup(BackupArgs),
-    /// Restore a backup into an empty directory, with optional point-in-time target
+    /// Restore a backup into an empty directory (or with --delta over the cluster's own), with optional point-in-time target
     #[command(arg = restore_pgdata())]
     #[command(
-        after_help = "Examples:\n  pgward restore --pgdata /srv/pg/new\n  pgward restore --pgdata /srv/pg/new --target-time '2026-11-21 12:00:00+00' --target-action promote\n  pgward restore --pgdata /srv/pg/new --set 20261121-010000F --target immediate --tablespace-map 16390=/srv/ts1\n\nThe restore_command written for the restored cluster repeats --config and\n--cipher-pass-file, never a passphrase or S3 key: restore refuses (exit 3) when the\nstanza's passphrase came only from --cipher-pass or PGWARD_CIPHER_PASS."
+        after_help = "Examples:\n  pgward restore --pgdata /srv/pg/new\n  pgward restore --pgdata /srv/pg/new --target-time '2026-11-21 12:00:00+00' --target-action promote\n  pgward restore --pgdata /srv/pg/new --set 20261121-010000F --target immediate --tablespace-map 16390=/srv/ts1\n  pgward restore --pgdata /srv/pg/main --delta --type standby --primary-conninfo 'host=primary user=replicator'\n\nThe restore_command written for the restored cluster repeats --config and\n--cipher-pass-file, never a passphrase or S3 key: restore refuses (exit 3) when the\nstanza's passphrase came only from --cipher-pass or PGWARD_CIPHER_PASS."
     )]
     Restore(RestoreArgs),
     /// Show backups, the archive and the recoverable window
@@ -345,8 +345,8 @@ fn restore_pgdata() -> clap::Arg {
         .value_parser(clap::value_parser!(PathBuf))
         .display_order(0)
         .help(
-            "Where to restore to: a new or empty directory (required; the configuration \
-             file's pgdata also sets it)",
+            "Where to restore to: a new or empty directory, or with --delta the cluster's \
+             own data directory (required; the configuration file's pgdata also sets it)",
         )
 }
 

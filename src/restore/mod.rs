@@ -260,7 +260,7 @@ fn prepare_empty_dir(dir: &Path, what: &str, created: &mut Vec<PathBuf>) -> Resu
         Ok(mut entries) => {
             if entries.next().is_some() {
                 return Err(Error::new(ErrorKind::Conflict, format!("{what} {} is not empty", dir.display()))
-                    .hint("restore into an empty or new directory; stop and move away the old cluster first"));
+                    .hint("restore into an empty or new directory, or stop and move away the old cluster first; over a stopped data directory of the same cluster, --delta writes only what differs"));
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -134,7 +134,9 @@ impl DeltaWriter {
             covered += extent.length;
             let whole_frame = extent.frame_offset == 0 && extent.length == extent.frame_length;
             let key = extent.frame_key();
-            if whole_frame && !open.contains_key(&key) && self.range_matches(&out, &dest, extent)? {
+            // A range hashed already is in the page cache: read again, it counts once.
+            let hashed = whole_frame && !open.contains_key(&key);
+            if hashed && self.range_matches(&out, &dest, extent)? {
                 continue;
             }
             let frame = match open.entry(key) {
@@ -165,7 +167,9 @@ impl DeltaWriter {
                 let len = ((end - at) as usize).min(WINDOW);
                 read_frame_exactly(frame, &mut self.frame_bytes[..len])?;
                 read_file_exactly(&out, &mut self.file_bytes[..len], at).at("reading", &dest)?;
-                self.stats.read += len as u64;
+                if !hashed {
+                    self.stats.read += len as u64;
+                }
                 self.stats.written +=
                     write_differing(&out, at, &self.frame_bytes[..len], &self.file_bytes[..len])
                         .at("writing", &dest)?;

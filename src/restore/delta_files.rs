@@ -110,7 +110,8 @@ impl DeltaWriter {
             .truncate(false)
             .open(&dest)
             .at("opening", &dest)?;
-        let existing = out.metadata().at("reading", &dest)?.len();
+        let before = out.metadata().at("reading", &dest)?;
+        let existing = before.len();
         let written_before = self.stats.written;
         if existing != file.size {
             // Longer: the tail is not the backup's. Shorter: the new tail reads as zeros
@@ -187,14 +188,23 @@ impl DeltaWriter {
                 file.path, file.size
             )));
         }
+        // Metadata already right is left alone: setting it anyway would dirty the inode
+        // of every kept file for the fsync below to write out.
         use std::os::unix::fs::PermissionsExt;
-        out.set_permissions(std::fs::Permissions::from_mode(file.mode))
-            .at("setting permissions of", &dest)?;
+        if before.permissions().mode() & 0o7777 != file.mode {
+            out.set_permissions(std::fs::Permissions::from_mode(file.mode))
+                .at("setting permissions of", &dest)?;
+        }
         let mtime =
             std::time::UNIX_EPOCH + std::time::Duration::from_secs(file.mtime.max(0) as u64);
-        out.set_modified(mtime).at("setting mtime of", &dest)?;
+        let changed = existing != file.size || self.stats.written > written_before;
+        if changed || before.modified().ok() != Some(mtime) {
+            out.set_modified(mtime).at("setting mtime of", &dest)?;
+        }
+        // Even an unchanged file is synced: what it was compared against may be a killed
+        // run's writes, still only in the page cache.
         out.sync_all().at("syncing", &dest)?;
-        Ok(existing != file.size || self.stats.written > written_before)
+        Ok(changed)
     }
 
     /// Whether the file's bytes in the range of `extent` (a whole frame) hash to the

@@ -113,15 +113,10 @@ pub async fn restore(repo: &Repo, opts: RestoreOptions) -> Result<Restored> {
         ownership::give_to(owner, &opts.pgdata, &tablespaces)?;
     }
     sync_tree(&opts.pgdata, &tablespaces)?;
-    restore_control_file(repo, &manifest, control, &opts.pgdata, owner).await?;
+    let control_fetched =
+        restore_control_file(repo, &manifest, control, &opts.pgdata, owner).await?;
     if let Some(stats) = &mut delta {
-        stats.fetched += manifest
-            .files
-            .iter()
-            .filter(|f| f.path == crate::pg::datadir::CONTROL_FILE)
-            .flat_map(|f| &f.extents)
-            .map(|e| e.stored_length)
-            .sum::<u64>();
+        stats.fetched += control_fetched;
         delta::finish(&opts.pgdata)?;
     }
     tracing::info!(label = %manifest.label, "restore complete; start the cluster to recover");
@@ -130,14 +125,19 @@ pub async fn restore(repo: &Repo, opts: RestoreOptions) -> Result<Restored> {
 
 /// `global/pg_control`, written once everything else is durable: a directory without it
 /// cannot be started, so a crash before this point leaves nothing a server would take
-/// for a cluster.
+/// for a cluster. Returns the stored bytes it read.
 async fn restore_control_file(
     repo: &Repo,
     manifest: &Manifest,
     control: Vec<crate::repo::manifest::FileEntry>,
     pgdata: &Path,
     owner: Option<ownership::Owner>,
-) -> Result<()> {
+) -> Result<u64> {
+    let fetched = control
+        .iter()
+        .flat_map(|f| &f.extents)
+        .map(|e| e.stored_length)
+        .sum();
     let only_control = Manifest {
         files: control,
         ..manifest.clone()
@@ -149,7 +149,8 @@ async fn restore_control_file(
             .at("changing the owner of", &path)?;
     }
     let global = path.parent().expect("global/");
-    sync_dir(global).at("syncing", global)
+    sync_dir(global).at("syncing", global)?;
+    Ok(fetched)
 }
 
 /// The backup to restore, refusing when a damaged manifest is the one asked for, could

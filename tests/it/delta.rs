@@ -309,6 +309,27 @@ fn delta_restore_refuses_a_running_cluster_a_foreign_one_and_a_stranger_director
         &foreign.data,
         &fresh_restore(&src, "delta-refuse-fresh", &label, &[]),
     );
+    // Now of the backup's cluster: no --force needed, and the text report says what it did.
+    let text = src.ok(&[
+        "restore",
+        "--delta",
+        "--pgdata",
+        &foreign_s,
+        "--archive-mode",
+        "off",
+        "--set",
+        &label,
+    ]);
+    assert!(
+        text.contains(" by delta; start the cluster to recover"),
+        "{text}"
+    );
+    // postgresql.auto.conf loses the recovery settings appended to it (a truncation,
+    // nothing to write); backup_label and recovery.signal go, to be written again.
+    assert!(
+        text.contains(" files kept, 1 rewritten, 2 removed; read ") && text.contains("wrote 0 B"),
+        "{text}"
+    );
     // `foreign` keeps its directory (which holds the data directory) until the end.
     let restored = start_restored("delta-refuse-restored", foreign.data.clone());
     assert_eq!(restored.content_checksum("postgres"), expected);

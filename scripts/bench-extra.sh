@@ -22,7 +22,13 @@
 #      vs pgBackRest, per-segment wall;
 #   6. pg_basebackup -Ft --compress=server-lz4 vs pgward backup lz4 --jobs 2 (alternating);
 #   7. peak memory of one pgward backup and restore at MEM_SCALE (skipped when that would
-#      leave less than 15 GB free on $BASE's file system).
+#      leave less than 15 GB free on $BASE's file system);
+#   8. delta restore: a full backup by each tool; per run, pgward's restore of it is
+#      started, 1% of pgbench_accounts updated (contiguous), checkpointed and stopped, and
+#      two copies of that diverged directory are brought back by `pgward restore --delta`
+#      and `pgbackrest restore --delta` (alternating), beside a full restore by each tool
+#      into an empty directory; wall, and bytes written (GNU time's file system outputs;
+#      pgward's own report too).
 # Prints markdown tables (per-run figures in $RES), stops every server it started (and the
 # moto server and any background archive-push worker of its spool), removes the restore
 # directories; raw results stay in $BASE/results.
@@ -44,7 +50,8 @@
 #   PREFETCH_WAL_MB WAL to replay in step 4 (default 2048)
 #   AGET_SEGS       segments for step 5 (default 10)
 #   MEM_SCALE       pgbench scale for step 7 (default 500; 0 skips step 7)
-#   STEPS           which steps to run (default "1 2 3 4 5 6 7")
+#   STEPS           which steps to run (default "1 2 3 4 5 6 7 8")
+#   DROP_CACHES     1: drop the page cache before each timed restore of step 8 (default 0)
 set -euo pipefail
 
 SCALE=${SCALE:-100}
@@ -60,7 +67,7 @@ DRAIN_MAX=${DRAIN_MAX:-300}
 PREFETCH_WAL_MB=${PREFETCH_WAL_MB:-2048}
 AGET_SEGS=${AGET_SEGS:-10}
 MEM_SCALE=${MEM_SCALE:-500}
-STEPS=${STEPS:-"1 2 3 4 5 6 7"}
+STEPS=${STEPS:-"1 2 3 4 5 6 7 8"}
 BRSTANZA=bench
 BUCKET=pgward-bench
 
@@ -488,6 +495,69 @@ if want 7 && [ "$MEM_SCALE" -gt 0 ]; then
     fi
 fi
 
+
+# ================================================================ 8. delta restore
+# pgward and pgBackRest each restore their own full backup of the same data over the same
+# diverged directory (two copies of it), and into an empty one for reference.
+if want 8; then
+    log "=== step 8: delta restore after a 1% divergence (pgward --delta vs pgBackRest --delta)"
+    set_archive_command "$WRAPPER %p"; set_targets pgbackrest local-plain
+    psqlq -c "SELECT pg_switch_wal()" >/dev/null; wait_archived
+    pgw local-plain
+    run_timed s8-backup-pgward "${PW[@]}" backup --type full --jobs 2 --compress lz4
+    S8_PW=$(pw_label_last local-plain || true)
+    record s8-backup pgward 1 1 "$(pw_stored local-plain "$S8_PW")" "label=$S8_PW" s8-backup-pgward
+    run_timed s8-backup-pgbackrest "${BR[@]}" backup --type=full --process-max=2
+    S8_BR=$(pg pgbackrest --config="$CONF" --stanza="$BRSTANZA" --output=json info | jq -r '.[0].backup | last | .label')
+    record s8-backup pgbackrest 1 1 0 "label=$S8_BR" s8-backup-pgbackrest
+    psqlq -c "SELECT pg_switch_wal()" >/dev/null; wait_archived
+    set_targets local-plain
+    [ -n "$S8_PW" ] && [ -n "$S8_BR" ] || die "step 8: a full backup failed"
+    NACC=$((100000 * SCALE)); ONEPCT=$((NACC / 100))
+    S8_DIV=$RST-diverged
+    for r in $(seq 1 "$RUNS"); do
+        # the diverged directory: pgward's restore, recovered, 1% changed, stopped cleanly
+        new_dir "$S8_DIV"
+        pgw local-plain
+        pg "${PW[@]}" restore --set "$S8_PW" --pgdata "$S8_DIV" --archive-mode off --jobs 2 > "$RES/s8-diverge-$r.out" 2>&1 ||
+            die "step 8: restore of the copy to diverge failed"
+        start_restored "$S8_DIV" "s8-diverge-$r" || die "step 8: the copy to diverge did not start"
+        lo=$(( (r % 100) * ONEPCT + 1 )); hi=$(( (r % 100 + 1) * ONEPCT ))
+        rq -c "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid BETWEEN $lo AND $hi" -c "CHECKPOINT"
+        stop_server "$S8_DIV"
+        o=0
+        for tool in $(order2 "$r" pgward pgbackrest); do
+            o=$((o + 1))
+            dir=$RST-delta-$tool
+            rm -rf "$dir"; cp -a "$S8_DIV" "$dir"
+            drop_caches
+            if [ "$tool" = pgward ]; then
+                run_timed "s8-delta-$tool-$r" "${PW[@]}" --output json restore --delta --set "$S8_PW" --pgdata "$dir" --archive-mode off --jobs 2
+                note="pgward: $(sed -n '/^{/,/^}/p' "$RES/s8-delta-$tool-$r.out" | jq -c '.delta' 2>/dev/null || echo '?')"
+            else
+                run_timed "s8-delta-$tool-$r" "${BR[@]}" --pg1-path="$dir" restore --set="$S8_BR" --delta --archive-mode=off --process-max=2
+                note="aid $lo..$hi"
+            fi
+            record s8-delta "$tool" "$r" "$o" "$((FSO * 512))" "$note" "s8-delta-$tool-$r"
+            rm -rf "$dir"
+        done
+        o=0
+        for tool in $(order2 "$r" pgward pgbackrest); do
+            o=$((o + 1))
+            dir=$RST-full-$tool; new_dir "$dir"
+            drop_caches
+            if [ "$tool" = pgward ]; then
+                run_timed "s8-full-$tool-$r" "${PW[@]}" restore --set "$S8_PW" --pgdata "$dir" --archive-mode off --jobs 2
+            else
+                run_timed "s8-full-$tool-$r" "${BR[@]}" --pg1-path="$dir" restore --set="$S8_BR" --archive-mode=off --process-max=2
+            fi
+            record s8-full "$tool" "$r" "$o" "$((FSO * 512))" "into an empty directory" "s8-full-$tool-$r"
+            rm -rf "$dir"
+        done
+    done
+    rm -rf "$S8_DIV"
+fi
+
 # ---------------------------------------------------------------- finish
 for v in local-plain local-enc; do pgw $v; pg "${PW[@]}" --output json info > "$RES/pgward-info-$v.json" 2>&1 || true; done
 cp "$BASE/log/postgres.log" "$RES/source-postgres.log" || true
@@ -497,7 +567,7 @@ if [ -d "$MOTO_DIR" ]; then bash "$MOTO_SH" stop "$MOTO_DIR" || true; fi
 # ---------------------------------------------------------------- report
 # (col, median, rng, ratio, mib, mb, mbps, nok, arch_stats: bench-lib.sh)
 {
-echo "## pgward extras: encryption, S3, async archiving, prefetch, archive-get, pg_basebackup, memory"
+echo "## pgward extras: encryption, S3, async archiving, prefetch, archive-get, pg_basebackup, memory, delta restore"
 echo
 echo "- host: $(host_line); machine shared with other work"
 echo "- $(pgward_line); $(pgbackrest version); server $(postgres --version | awk '{print $3}')"
@@ -610,6 +680,21 @@ if [ -n "$(col s7-backup pgward 6)" ] || [ -n "$(awk -F'\t' '$1=="s7-backup"' "$
     echo "|---|---|---|---|---|---|---|"
     awk -F'\t' '$1=="s7-backup" || $1=="s7-restore" || $1=="s7-setup" {printf "| %s | %s | %.2f | %.1f | %s | %s | %s |\n", $1, $5, $6, $7/1024, $8, $9, $11}' "$TSV"
 fi
+echo
+fi
+if want 8; then
+echo "### 8. Delta restore after a 1% divergence (--jobs/--process-max 2, DROP_CACHES=${DROP_CACHES:-0})"
+echo
+echo "- the diverged directory: pgward's restore of its full backup, recovered and promoted, then 1% of pgbench_accounts (contiguous aids) updated, CHECKPOINT, clean stop; each tool restores its own full backup of the same data over a copy of it; bytes written = GNU time's file system outputs × 512 (what the page cache handed the kernel for this process, fsyncs included)"
+echo
+echo "| tool | delta runs ok | delta wall s (min–max) | delta written MB | full restore wall s (min–max) | full written MB | delta/full wall | delta max RSS MiB |"
+echo "|---|---|---|---|---|---|---|---|"
+for t in pgward pgbackrest; do
+    dw=$(col s8-delta $t 6 | median); fw=$(col s8-full $t 6 | median)
+    echo "| $t | $(nok s8-delta $t "$RUNS") | $dw ($(col s8-delta $t 6 | rng)) | $(mb "$(col s8-delta $t 11 | median)") | $fw ($(col s8-full $t 6 | rng)) | $(mb "$(col s8-full $t 11 | median)") | $(ratio "$dw" "$fw") | $(mib "$(col s8-delta $t 7 | median)") |"
+done
+echo
+echo "- ratio pgward/pgBackRest, delta restore (median wall): **$(ratio "$(col s8-delta pgward 6 | median)" "$(col s8-delta pgbackrest 6 | median)")**; pgward's own report per run is in the per-run table's note"
 echo
 fi
 echo "### Per run"

@@ -132,10 +132,10 @@ pub enum Command {
     )]
     #[command(alias = "backup-push")]
     Backup(BackupArgs),
-    /// Restore a backup into an empty directory, with optional point-in-time target
+    /// Restore a backup into an empty directory (or with --delta over the cluster's own), with optional point-in-time target
     #[command(arg = restore_pgdata())]
     #[command(
-        after_help = "Examples:\n  pgward restore --pgdata /srv/pg/new\n  pgward restore --pgdata /srv/pg/new --target-time '2026-11-21 12:00:00+00' --target-action promote\n  pgward restore --pgdata /srv/pg/new --set 20261121-010000F --target immediate --tablespace-map 16390=/srv/ts1\n\nThe restore_command written for the restored cluster repeats --config and\n--cipher-pass-file, never a passphrase or S3 key: restore refuses (exit 3) when the\nstanza's passphrase came only from --cipher-pass or PGWARD_CIPHER_PASS."
+        after_help = "Examples:\n  pgward restore --pgdata /srv/pg/new\n  pgward restore --pgdata /srv/pg/new --target-time '2026-11-21 12:00:00+00' --target-action promote\n  pgward restore --pgdata /srv/pg/new --set 20261121-010000F --target immediate --tablespace-map 16390=/srv/ts1\n  pgward restore --pgdata /srv/pg/main --delta --type standby --primary-conninfo 'host=primary user=replicator'\n\nThe restore_command written for the restored cluster repeats --config and\n--cipher-pass-file, never a passphrase or S3 key: restore refuses (exit 3) when the\nstanza's passphrase came only from --cipher-pass or PGWARD_CIPHER_PASS."
     )]
     Restore(RestoreArgs),
     /// Prove a backup restores: restore, recover and check a copy, never touching the source
@@ -350,6 +350,30 @@ pub struct RestoreArgs {
     /// Archive mode of the restored cluster: 'preserve' keeps the source's archive_command, 'off' disables archiving
     #[arg(long, default_value = "preserve", value_parser = ["preserve", "off"])]
     pub archive_mode: String,
+    /// Restore into an existing data directory of the same cluster (stopped): files that
+    /// match the backup are kept, differing blocks rewritten in place, files the backup
+    /// does not have removed. Every file's content is compared, whatever its mtime
+    #[arg(long)]
+    pub delta: bool,
+    /// With --delta: restore over a data directory of another cluster (another system
+    /// identifier), or one whose pg_control cannot be read
+    #[arg(long, requires = "delta")]
+    pub force: bool,
+    /// recovery: recover and (by default) promote; standby: follow a primary
+    /// (standby.signal and primary_conninfo, as pg_basebackup -R writes them)
+    #[arg(long = "type", value_enum, default_value = "recovery")]
+    pub restore_type: RestoreType,
+    /// The primary a --type standby follows, a libpq connection string
+    /// ('host=primary user=replicator')
+    #[arg(long, required_if_eq("restore_type", "standby"))]
+    pub primary_conninfo: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum RestoreType {
+    #[default]
+    Recovery,
+    Standby,
 }
 
 #[derive(Args, Debug)]
@@ -424,8 +448,8 @@ fn restore_pgdata() -> clap::Arg {
         .value_parser(clap::value_parser!(PathBuf))
         .display_order(0)
         .help(
-            "Where to restore to: a new or empty directory (required; the configuration \
-             file's pgdata also sets it)",
+            "Where to restore to: a new or empty directory, or with --delta the cluster's \
+             own data directory (required; the configuration file's pgdata also sets it)",
         )
 }
 
@@ -452,6 +476,10 @@ impl RestoreArgs {
             target_exclusive: false,
             target_unchecked: false,
             archive_mode: "preserve".into(),
+            delta: false,
+            force: false,
+            restore_type: RestoreType::Recovery,
+            primary_conninfo: None,
         }
     }
 }

@@ -243,6 +243,9 @@ impl Plan {
                 jobs: opts.jobs,
                 restore_command: opts.restore_command.clone(),
                 archive_off: true,
+                delta: false,
+                force: false,
+                primary_conninfo: None,
             },
         )
         .await?;

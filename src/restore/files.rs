@@ -133,7 +133,10 @@ impl crate::workers::Worker for PartWriter {
 
 /// The codec of every backup an extent may point to (from their manifests' headers:
 /// their file lists are not needed).
-async fn codec_by_backup(repo: &Repo, manifest: &Manifest) -> Result<HashMap<String, Codec>> {
+pub(super) async fn codec_by_backup(
+    repo: &Repo,
+    manifest: &Manifest,
+) -> Result<HashMap<String, Codec>> {
     let mut codecs = HashMap::new();
     codecs.insert(manifest.label.clone(), manifest.compression.codec);
     let needed: std::collections::BTreeSet<&str> = manifest

@@ -2,8 +2,13 @@
 //! against what the archive can reach (`reach`), validate the destination, lay out
 //! directories and tablespace links, copy every file once from the backup that holds each
 //! extent, write `backup_label`/`tablespace_map` and the recovery settings, then fsync
-//! everything. Nothing is started: a plain `pg_ctl start` recovers.
+//! everything, and last `global/pg_control`: until it is there, the directory cannot start
+//! as a cluster, whatever step a crash interrupted. Nothing is started: a plain
+//! `pg_ctl start` recovers. `--delta` replaces the validation and the layout with its own
+//! phases (`delta.rs`) and the copy with a comparison (`delta_files.rs`).
 
+pub mod delta;
+mod delta_files;
 pub mod files;
 mod output;
 pub mod ownership;
@@ -36,9 +41,21 @@ pub struct RestoreOptions {
     pub restore_command: String,
     /// Turn archiving off in the restored cluster (a copy must not archive into its source's stanza by accident).
     pub archive_off: bool,
+    /// Restore into an existing data directory of the cluster, writing only what differs.
+    pub delta: bool,
+    /// With `delta`: over another cluster's data directory, or one whose pg_control is unreadable.
+    pub force: bool,
+    /// Restore a standby following this primary (`standby.signal` and `primary_conninfo`).
+    pub primary_conninfo: Option<String>,
 }
 
-pub async fn restore(repo: &Repo, opts: RestoreOptions) -> Result<Manifest> {
+/// What a restore restored, and for a delta restore what it read, wrote and removed.
+pub struct Restored {
+    pub manifest: Manifest,
+    pub delta: Option<delta::DeltaStats>,
+}
+
+pub async fn restore(repo: &Repo, opts: RestoreOptions) -> Result<Restored> {
     if let RecoveryTarget::Name(name) = &opts.target {
         target::check_target_name(name)?;
     }
@@ -56,22 +73,39 @@ pub async fn restore(repo: &Repo, opts: RestoreOptions) -> Result<Manifest> {
 
     let tablespaces = resolve_tablespaces(&manifest, &opts.tablespace_map)?;
     let owner = ownership::cluster_owner(&opts.pgdata)?;
-    // A restore refused before the copy leaves no trace, not even the directories it made.
-    let mut created = Vec::new();
-    let prepared = prepare_destination(&opts.pgdata, &manifest, &tablespaces, &mut created);
-    if let Err(e) = prepared {
-        for dir in created.iter().rev() {
-            match std::fs::remove_dir_all(dir) {
-                Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
-                    tracing::warn!(dir = %dir.display(), %err, "could not remove a directory this restore created");
+    let (control, rest): (Vec<_>, Vec<_>) = manifest
+        .files
+        .iter()
+        .cloned()
+        .partition(|f| f.path == crate::pg::datadir::CONTROL_FILE);
+    let mut delta = None;
+    if opts.delta {
+        let mut stats = delta::prepare(&opts.pgdata, &manifest, &tablespaces, opts.force)?;
+        let rewritten =
+            delta_files::rewrite(repo, &manifest, rest, &opts.pgdata, opts.jobs).await?;
+        stats.add(&rewritten);
+        delta = Some(stats);
+    } else {
+        // A restore refused before the copy leaves no trace, not even the directories it made.
+        let mut created = Vec::new();
+        let prepared = prepare_destination(&opts.pgdata, &manifest, &tablespaces, &mut created);
+        if let Err(e) = prepared {
+            for dir in created.iter().rev() {
+                match std::fs::remove_dir_all(dir) {
+                    Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                        tracing::warn!(dir = %dir.display(), %err, "could not remove a directory this restore created");
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
+            return Err(e);
         }
-        return Err(e);
+        let all_but_control = Manifest {
+            files: rest,
+            ..manifest.clone()
+        };
+        files::restore_files(repo, &all_but_control, &opts.pgdata, opts.jobs).await?;
     }
-
-    files::restore_files(repo, &manifest, &opts.pgdata, opts.jobs).await?;
 
     recovery::write_backup_files(&opts.pgdata, &manifest, &tablespaces)?;
     recovery::write_recovery_settings(&opts.pgdata, &manifest, &opts)?;
@@ -79,8 +113,44 @@ pub async fn restore(repo: &Repo, opts: RestoreOptions) -> Result<Manifest> {
         ownership::give_to(owner, &opts.pgdata, &tablespaces)?;
     }
     sync_tree(&opts.pgdata, &tablespaces)?;
+    let control_fetched =
+        restore_control_file(repo, &manifest, control, &opts.pgdata, owner).await?;
+    if let Some(stats) = &mut delta {
+        stats.fetched += control_fetched;
+        delta::finish(&opts.pgdata)?;
+    }
     tracing::info!(label = %manifest.label, "restore complete; start the cluster to recover");
-    Ok(manifest)
+    Ok(Restored { manifest, delta })
+}
+
+/// `global/pg_control`, written once everything else is durable: a directory without it
+/// cannot be started, so a crash before this point leaves nothing a server would take
+/// for a cluster. Returns the stored bytes it read.
+async fn restore_control_file(
+    repo: &Repo,
+    manifest: &Manifest,
+    control: Vec<crate::repo::manifest::FileEntry>,
+    pgdata: &Path,
+    owner: Option<ownership::Owner>,
+) -> Result<u64> {
+    let fetched = control
+        .iter()
+        .flat_map(|f| &f.extents)
+        .map(|e| e.stored_length)
+        .sum();
+    let only_control = Manifest {
+        files: control,
+        ..manifest.clone()
+    };
+    files::restore_files(repo, &only_control, pgdata, 1).await?;
+    let path = pgdata.join(crate::pg::datadir::CONTROL_FILE);
+    if let Some(owner) = owner {
+        std::os::unix::fs::lchown(&path, Some(owner.uid), Some(owner.gid))
+            .at("changing the owner of", &path)?;
+    }
+    let global = path.parent().expect("global/");
+    sync_dir(global).at("syncing", global)?;
+    Ok(fetched)
 }
 
 /// The backup to restore (`set`, else the newest that ends before `target`), refusing
@@ -197,7 +267,7 @@ fn prepare_empty_dir(dir: &Path, what: &str, created: &mut Vec<PathBuf>) -> Resu
         Ok(mut entries) => {
             if entries.next().is_some() {
                 return Err(Error::new(ErrorKind::Conflict, format!("{what} {} is not empty", dir.display()))
-                    .hint("restore into an empty or new directory; stop and move away the old cluster first"));
+                    .hint("restore into an empty or new directory, or stop and move away the old cluster first; over a stopped data directory of the same cluster, --delta writes only what differs"));
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

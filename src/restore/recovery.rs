@@ -1,6 +1,7 @@
 //! The files that make a restored directory recover instead of crash-start:
-//! `backup_label` (kept, never removed), `tablespace_map`, `recovery.signal`, and the
-//! recovery settings appended to `postgresql.auto.conf`.
+//! `backup_label` (kept, never removed), `tablespace_map`, `recovery.signal` (or, for a
+//! standby, `standby.signal` and `primary_conninfo`, as `pg_basebackup -R` writes them),
+//! and the recovery settings appended to `postgresql.auto.conf`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -63,7 +64,9 @@ pub fn write_recovery_settings(
         .lines()
         .filter(|line| {
             let key = line.split('=').next().unwrap_or("").trim();
-            !(OWNED.contains(&key) || (opts.archive_off && key == "archive_mode"))
+            !(OWNED.contains(&key)
+                || (opts.archive_off && key == "archive_mode")
+                || (opts.primary_conninfo.is_some() && key == "primary_conninfo"))
         })
         .map(|l| format!("{l}\n"))
         .collect();
@@ -81,9 +84,24 @@ pub fn write_recovery_settings(
     if opts.archive_off {
         settings.push(("archive_mode".into(), "off".into()));
     }
+    if let Some(conninfo) = &opts.primary_conninfo {
+        settings.push(("primary_conninfo".into(), conninfo.clone()));
+    }
     for (key, value) in settings {
         out.push_str(&format!("{key} = '{}'\n", value.replace('\'', "''")));
     }
     write_synced(&conf, out.as_bytes())?;
-    write_synced(&pgdata.join("recovery.signal"), b"")
+    // The backup's own signal files (one taken from a standby has standby.signal) give
+    // way to the one asked for: both present would make a standby of any restore.
+    let (signal, other) = match opts.primary_conninfo {
+        Some(_) => ("standby.signal", "recovery.signal"),
+        None => ("recovery.signal", "standby.signal"),
+    };
+    match std::fs::remove_file(pgdata.join(other)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(crate::error::Error::io("removing", pgdata.join(other), e))
+        }
+        _ => {}
+    }
+    write_synced(&pgdata.join(signal), b"")
 }

@@ -9,6 +9,7 @@ mod archive;
 mod backup_restore;
 mod blockmap;
 mod drill;
+mod delta;
 mod encryption;
 mod expire;
 mod incremental;

@@ -4,12 +4,15 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::{Outcome, Report};
-use crate::cli::args::RestoreArgs;
+use crate::cli::args::{RestoreArgs, RestoreType};
 use crate::cli::Resolved;
 use crate::error::{Error, Result};
 use crate::repo::manifest::Manifest;
 use crate::repo::Repo;
 use crate::restore::target::{parse_target_timeline, TargetOptions};
+use crate::restore::delta::DeltaStats;
+use crate::restore::target::RecoveryTarget;
+use crate::units::human_bytes;
 
 pub async fn run(resolved: &Resolved, args: RestoreArgs) -> Result<Outcome> {
     let repo = resolved.repo().await?;
@@ -40,15 +43,20 @@ async fn restore_reported(
     resolved
         .check_generated_command(repo, "restore_command")
         .await?;
-    let manifest = crate::restore::restore(repo, opts).await?;
+    let standby = opts.primary_conninfo.is_some();
+    let restored = crate::restore::restore(repo, opts).await?;
     Ok(Outcome::report(Restored {
-        manifest,
+        manifest: restored.manifest,
+        delta: restored.delta,
+        standby,
         fetched_into,
     }))
 }
 
 struct Restored {
     manifest: Manifest,
+    delta: Option<DeltaStats>,
+    standby: bool,
     /// backup-fetch's DIR: it says where, restore says what next.
     fetched_into: Option<PathBuf>,
 }
@@ -56,14 +64,46 @@ struct Restored {
 impl Report for Restored {
     fn text(&self) -> String {
         let m = &self.manifest;
-        match &self.fetched_into {
+        let mut out = match &self.fetched_into {
             Some(dir) => format!("restored backup {} into {}\n", m.label, dir.display()),
             None => format!(
-                "restored backup {} ({} files); start the cluster to recover\n",
+                "restored backup {} ({} files){}; start the cluster to {}\n",
                 m.label,
-                m.files.len()
+                m.files.len(),
+                if self.delta.is_some() {
+                    " by delta"
+                } else {
+                    ""
+                },
+                if self.standby {
+                    "follow the primary"
+                } else {
+                    "recover"
+                }
             ),
+        };
+        if let Some(d) = &self.delta {
+            out.push_str(&format!(
+                "delta: {} files kept, {} rewritten, {} removed; read {}, wrote {}, fetched {}, removed {}\n",
+                d.files_kept,
+                d.files_rewritten,
+                d.files_removed,
+                human_bytes(d.read),
+                human_bytes(d.written),
+                human_bytes(d.fetched),
+                human_bytes(d.removed)
+            ));
         }
+        out
+    }
+
+    fn json(&self) -> Option<String> {
+        super::pretty(&serde_json::json!({
+            "label": self.manifest.label,
+            "files": self.manifest.files.len(),
+            "type": if self.standby { "standby" } else { "recovery" },
+            "delta": self.delta,
+        }))
     }
 }
 
@@ -90,6 +130,14 @@ fn restore_options(
         })?;
         tablespace_map.insert(oid, PathBuf::from(dir));
     }
+    if args.restore_type == RestoreType::Standby
+        && (target != RecoveryTarget::EndOfArchive || args.target_action.is_some())
+    {
+        return Err(Error::config(
+            "--type standby follows its primary: it takes no recovery target or target action",
+        )
+        .hint("restore to a target with --type recovery, or drop the --target-* options"));
+    }
     if let Some(tl) = &args.target_timeline {
         parse_target_timeline(tl)?;
     }
@@ -105,5 +153,11 @@ fn restore_options(
         jobs: resolved.jobs(),
         restore_command: resolved.restore_command(repo),
         archive_off: args.archive_mode == "off",
+        delta: args.delta,
+        force: args.force,
+        primary_conninfo: match args.restore_type {
+            RestoreType::Standby => args.primary_conninfo,
+            RestoreType::Recovery => None,
+        },
     })
 }

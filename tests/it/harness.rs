@@ -257,10 +257,15 @@ pub fn work_dir(name: &str) -> PathBuf {
 
 /// The pgward binary, copied once per process to a world-readable place
 /// (/tmp/pgward-it/bin/<size>-<mtime>/pgward): the build may live under /root.
+/// `PGWARD_IT_BIN` runs the tests against another build (a release binary, for the
+/// second-tier timing tests).
 pub fn pgward_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let src = Path::new(env!("CARGO_BIN_EXE_pgward"));
+        let chosen = std::env::var_os("PGWARD_IT_BIN");
+        let src = chosen
+            .as_deref()
+            .map_or(Path::new(env!("CARGO_BIN_EXE_pgward")), Path::new);
         let meta = fs::metadata(src).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
         let bins = it_root().join("bin");
         fs::create_dir_all(&bins).unwrap();

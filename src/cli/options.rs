@@ -324,6 +324,9 @@ global_options! {
     /// warning every 5 s [default: 300]
     s3_retry_seconds: u64, "s3-retry-seconds", Pgward("PGWARD_S3_RETRY_SECONDS"),
         FILE | COMMAND | WORKER;
+    /// Seconds an S3 request may wait for the server's next byte before it is cut and
+    /// retried (a hung request) [default: 60]
+    s3_timeout: u64, "s3-timeout", Pgward("PGWARD_S3_TIMEOUT"), FILE | COMMAND | WORKER;
     /// S3 access key id [default: the usual AWS sources]. Not written into the commands
     /// pgward writes for PostgreSQL: give those the keys in the configuration file
     s3_key: String, "s3-key", Pgward("PGWARD_S3_KEY"), FILE | WORKER | SECRET;
@@ -407,7 +410,7 @@ mod tests {
                     "wal-maps" => toml::Value::String("on".into()),
                     "pg-port" | "primary-port" | "jobs" | "compress-level" | "s3-retry-seconds"
                     | "retain-full" | "retain-diff" | "retain-full-days" | "memory-budget"
-                    | "repo-read-ahead" => toml::Value::Integer(7),
+                    | "repo-read-ahead" | "s3-timeout" => toml::Value::Integer(7),
                     _ => toml::Value::String(format!("value-of-{}", o.name)),
                 };
                 (o.name.to_string(), value)

@@ -598,3 +598,144 @@ fn s3_restore_and_verify_fetch_adjacent_frames_in_one_ranged_get() {
     );
     let _ = full;
 }
+
+/// An HTTP proxy in front of moto that answers some requests itself, as an overloaded
+/// or broken S3 does: `503 SlowDown` every `every_503`th request, `429 Too Many
+/// Requests` every `every_429`th, and request number `hang_at` never (it holds the
+/// connection until the client gives up). Every other request goes to moto on a
+/// connection of its own, and its connection is closed after the answer.
+struct FaultyProxy {
+    port: u16,
+    requests: Arc<AtomicU64>,
+    slowdowns: Arc<AtomicU64>,
+    throttled: Arc<AtomicU64>,
+    hung: Arc<AtomicU64>,
+}
+
+impl FaultyProxy {
+    fn start(target: u16, every_503: u64, every_429: u64, hang_at: u64) -> FaultyProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let counters: [Arc<AtomicU64>; 4] = Default::default();
+        let [requests, slowdowns, throttled, hung] = counters.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let [requests, slowdowns, throttled, hung] = counters.clone();
+                std::thread::spawn(move || {
+                    let mut reader = std::io::BufReader::new(client.try_clone().unwrap());
+                    let mut client = client;
+                    loop {
+                        let Some(request) = read_request(&mut reader) else {
+                            return;
+                        };
+                        let n = requests.fetch_add(1, Ordering::SeqCst) + 1;
+                        let refuse = |status: &str, code: &str| {
+                            let body = format!(
+                                "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>injected by the test</Message></Error>"
+                            );
+                            format!(
+                                "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{body}",
+                                body.len()
+                            )
+                        };
+                        if n == hang_at {
+                            hung.fetch_add(1, Ordering::SeqCst);
+                            // Never answer: wait until the client hangs up.
+                            let mut sink = [0u8; 4096];
+                            while matches!(reader.read(&mut sink), Ok(k) if k > 0) {}
+                            return;
+                        } else if n % every_503 == 0 {
+                            slowdowns.fetch_add(1, Ordering::SeqCst);
+                            let _ = client.write_all(refuse("503 Slow Down", "SlowDown").as_bytes());
+                        } else if n % every_429 == 0 {
+                            throttled.fetch_add(1, Ordering::SeqCst);
+                            let _ = client.write_all(
+                                refuse("429 Too Many Requests", "TooManyRequests").as_bytes(),
+                            );
+                        } else {
+                            let Ok(mut server) = TcpStream::connect(("127.0.0.1", target)) else {
+                                return;
+                            };
+                            if server.write_all(&request).is_err() {
+                                return;
+                            }
+                            let mut answer = Vec::new();
+                            let _ = server.read_to_end(&mut answer);
+                            let _ = client.write_all(&answer);
+                            return; // the answer said Connection: close
+                        }
+                    }
+                });
+            }
+        });
+        FaultyProxy {
+            port,
+            requests,
+            slowdowns,
+            throttled,
+            hung,
+        }
+    }
+}
+
+/// One HTTP/1.1 request from `reader` (head and Content-Length body), rewritten to close
+/// its connection after the answer; None at the end of the connection.
+fn read_request(reader: &mut std::io::BufReader<TcpStream>) -> Option<Vec<u8>> {
+    use std::io::BufRead;
+    let mut head = Vec::new();
+    let mut length = 0usize;
+    loop {
+        let mut line = Vec::new();
+        if reader.read_until(b'\n', &mut line).ok()? == 0 {
+            return None;
+        }
+        let text = String::from_utf8_lossy(&line).to_ascii_lowercase();
+        if let Some(v) = text.strip_prefix("content-length:") {
+            length = v.trim().parse().ok()?;
+        }
+        if text.starts_with("connection:") {
+            continue;
+        }
+        if line == b"\r\n" {
+            head.extend_from_slice(b"Connection: close\r\n\r\n");
+            break;
+        }
+        head.extend_from_slice(&line);
+    }
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body).ok()?;
+    head.extend_from_slice(&body);
+    Some(head)
+}
+
+/// Object storage that fights back (issue 13): requests answered `503 SlowDown` or `429`
+/// back off and continue, and a request that hangs is cut by `s3-timeout` and retried;
+/// archiving, a full and an incremental backup, a restore and a verify all succeed.
+#[test]
+fn s3_slowdowns_throttling_and_a_hung_request_are_retried_and_every_command_succeeds() {
+    let proxy = FaultyProxy::start(moto(), 5, 7, 60);
+    let src = s3_source("s3faults", Some(proxy.port), "s3-timeout = 2\n", &[]);
+    assert!(src
+        .cluster
+        .pgbench(&["-i", "-s", "1", "-q"])
+        .status
+        .success());
+    src.backup(&["--jobs", "2"]);
+    src.sql("UPDATE pgbench_accounts SET abalance = abalance + 3 WHERE aid <= 5000");
+    let incr = src.backup(&["--type", "incr"]);
+    let expected = src.cluster.content_checksum("postgres");
+    src.ok(&["verify"]);
+    let restored = src.restore_and_start("s3faults-r", &["--set", &incr]);
+    assert_eq!(restored.content_checksum("postgres"), expected);
+    let count = |c: &AtomicU64| c.load(Ordering::SeqCst);
+    eprintln!(
+        "{} requests: {} answered 503, {} answered 429, {} hung",
+        count(&proxy.requests),
+        count(&proxy.slowdowns),
+        count(&proxy.throttled),
+        count(&proxy.hung)
+    );
+    assert!(count(&proxy.slowdowns) >= 10, "too few 503s injected");
+    assert!(count(&proxy.throttled) >= 5, "too few 429s injected");
+    assert_eq!(count(&proxy.hung), 1, "the hung request was never made");
+}

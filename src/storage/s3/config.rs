@@ -30,6 +30,9 @@ pub struct S3Options {
     pub ca_file: Option<PathBuf>,
     /// How long a transient outage may last before a request gives up [default: 300 s].
     pub retry_seconds: Option<u64>,
+    /// How long a request may wait for the server's next byte before it is cut and
+    /// retried [default: 60 s].
+    pub timeout_seconds: Option<u64>,
     /// Static credentials (`s3-key`/`s3-key-secret`), beating every other source.
     pub access_key: Option<String>,
     pub secret_key: Option<String>,
@@ -93,9 +96,12 @@ pub(super) async fn connect(
 
     let mut client = ClientOptions::new()
         .with_connect_timeout(Duration::from_secs(10))
-        // A stalled connection fails after a minute; the whole-request cap is long
-        // because GETs stream whole bundles (an interrupted GET resumes where it was).
-        .with_read_timeout(Duration::from_secs(60))
+        // A stalled request is cut after a minute (by default) and retried; the
+        // whole-request cap is long because GETs stream whole bundles (an interrupted
+        // GET resumes where it was).
+        .with_read_timeout(Duration::from_secs(
+            options.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT_SECONDS).max(1),
+        ))
         .with_timeout(Duration::from_secs(15 * 60));
     if let Some(ca) = &options.ca_file {
         let pem = std::fs::read(ca).map_err(|e| Error::io("reading CA file", ca, e))?;
@@ -200,6 +206,8 @@ pub(super) async fn connect(
 
 /// [`S3Options::retry_seconds`] when unset.
 pub const DEFAULT_RETRY_SECONDS: u64 = 300;
+/// [`S3Options::timeout_seconds`] when unset.
+pub const DEFAULT_TIMEOUT_SECONDS: u64 = 60;
 
 /// An endpoint as the user wrote it, checked: object_store would panic later on a host it
 /// cannot put into a URL.

@@ -7,6 +7,7 @@
 //! any point leaves the repository as it was plus unreferenced bundles.
 
 pub mod copy;
+pub mod plan;
 pub mod reference;
 pub mod walk;
 

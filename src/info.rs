@@ -68,6 +68,8 @@ pub struct BackupSummary {
     pub stored_size: u64,
     pub file_count: usize,
     pub checksum_failures: usize,
+    /// What the backup read from the cluster and how (absent for older backups).
+    pub reads: Option<crate::repo::manifest::BackupReads>,
     pub annotations: BTreeMap<String, String>,
     /// What is wrong around an otherwise readable backup (a damaged pin, a damaged
     /// backup it builds on); empty when nothing is.
@@ -157,6 +159,7 @@ fn summarize(
         stored_size: m.stored_size,
         file_count: m.files.len(),
         checksum_failures: m.checksum_failures.iter().map(|f| f.blocks.len()).sum(),
+        reads: m.reads.clone(),
         annotations: m.annotations.clone(),
         problems: problems.remove(&m.label).unwrap_or_default(),
     }

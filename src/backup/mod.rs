@@ -40,6 +40,8 @@ pub struct BackupOptions {
     pub max_chain: Option<usize>,
     /// Never expire this backup (nor what it references).
     pub pin: bool,
+    /// How many blocks the WAL block maps leave out are read to check them.
+    pub block_map_check: plan::BlockMapCheck,
 }
 
 pub async fn backup(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> Result<Manifest> {
@@ -115,6 +117,22 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
     let listing = tokio::task::spawn_blocking(move || walk::walk_data_dir(&walk_root))
         .await
         .unwrap_or_else(crate::error::task_panicked)?;
+    let maps = match &choice.reference {
+        Some(r) => {
+            // The timeline the backup started on: a promotion may have come in between.
+            let started_on = db::current_timeline(&client).await?;
+            let maps = plan::map_use(
+                repo,
+                r,
+                started_on,
+                start_lsn,
+                &pgdata,
+                opts.block_map_check,
+            );
+            Some(Arc::new(maps.await))
+        }
+        None => None,
+    };
     let progress = Arc::new(crate::progress::Progress::default());
     let _reporter = crate::progress::Reporter::start(
         "backup",
@@ -132,6 +150,7 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
             .reference
             .as_ref()
             .map(|m| Arc::new(copy::Reference::new(m))),
+        maps,
     };
     // pg_control goes last, after every other file, as pg_basebackup does.
     let (control, others): (Vec<_>, Vec<_>) = listing
@@ -201,6 +220,7 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
         bundles: copied.bundles,
         checksum_failures: copied.checksum_failures,
         files: copied.files,
+        reads: Some(copied.reads),
     };
     repo.save_manifest(&manifest).await?;
     if opts.pin {

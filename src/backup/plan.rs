@@ -20,6 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use super::copy::MapUse;
 use crate::pg::datadir::relation_file;
 use crate::pg::history::{parse_history, HistoryEntry};
 use crate::pg::page::BLCKSZ;
@@ -54,7 +55,7 @@ impl std::str::FromStr for BlockMapCheck {
             "all" => Ok(BlockMapCheck::All),
             n => match n.parse::<f64>() {
                 Ok(f) if f > 0.0 && f <= 1.0 => Ok(BlockMapCheck::Fraction(f)),
-                Ok(f) if f == 0.0 => Ok(BlockMapCheck::Off),
+                Ok(0.0) => Ok(BlockMapCheck::Off),
                 _ => Err(format!(
                     "must be off, all or a fraction in (0, 1], found {s:?}"
                 )),
@@ -299,6 +300,52 @@ pub fn combine(maps: &[BlockMap], from: Lsn, to: Lsn) -> Result<Changes, String>
         }
     }
     Ok(out)
+}
+
+/// What the copy needs of the maps for an incremental on `reference` starting at
+/// `start` on `timeline`.
+pub async fn map_use(
+    repo: &Repo,
+    reference: &Manifest,
+    timeline: TimelineId,
+    start: Lsn,
+    pgdata: &Path,
+    check: BlockMapCheck,
+) -> MapUse {
+    let plan = match block_size(pgdata) {
+        Err(why) => MapPlan::Unusable(why),
+        Ok(_) => {
+            plan(
+                repo,
+                reference,
+                timeline,
+                start,
+                pgdata,
+                reference.wal_segment_size,
+            )
+            .await
+        }
+    };
+    MapUse {
+        plan,
+        check,
+        range_end: start,
+    }
+}
+
+/// The cluster's block size, when it is the one the maps' block numbers assume.
+fn block_size(pgdata: &Path) -> Result<u32, String> {
+    let path = pgdata.join(crate::pg::datadir::CONTROL_FILE);
+    let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let control = crate::pg::control::parse_control_file(&bytes)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if control.block_size as usize != BLCKSZ {
+        return Err(format!(
+            "the cluster's block size is {}, block maps assume {BLCKSZ}",
+            control.block_size
+        ));
+    }
+    Ok(control.block_size)
 }
 
 /// The plan of an incremental on `reference`, starting at `start` on `timeline`.

@@ -11,6 +11,7 @@ mod blockmap;
 mod encryption;
 mod expire;
 mod incremental;
+mod mapped_incr;
 mod operator;
 mod pitr;
 mod s3;

@@ -60,6 +60,11 @@ fn render_text(r: &InfoReport) -> String {
                 String::new()
             }
         ));
+        if let Some(reads) = &b.reads {
+            for line in super::backup::reads_line(reads).lines() {
+                s.push_str(&format!("    {line}\n"));
+            }
+        }
         for p in &b.problems {
             s.push_str(&format!("    PROBLEM: {p}\n"));
         }

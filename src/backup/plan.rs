@@ -406,6 +406,7 @@ async fn try_plan(
     )?;
     let mut maps = Vec::new();
     let mut previous: Option<Vec<u8>> = None;
+    let mut predecessor: Option<WalSegment> = None;
     for seg in segments(&steps, seg_size) {
         let name = WalFileName::Segment(seg);
         let stored = repo
@@ -418,51 +419,69 @@ async fn try_plan(
                 m
             }
             _ => {
-                let (map, bytes) = local_map(repo, pgdata, seg, seg_size, start, previous.take())
+                let before = match previous.take() {
+                    Some(bytes) => Before::Read(bytes),
+                    // At a switch, the segment before is the parent timeline's.
+                    None => Before::Find(
+                        predecessor
+                            .filter(|p| p.segno(seg_size) + 1 == seg.segno(seg_size))
+                            .unwrap_or_else(|| {
+                                WalSegment::from_segno(
+                                    seg.timeline,
+                                    seg.segno(seg_size).saturating_sub(1),
+                                    seg_size,
+                                )
+                            }),
+                    ),
+                };
+                let (map, bytes) = local_map(repo, pgdata, seg, seg_size, start, before)
                     .await
                     .map_err(|why| format!("no block map of {name} ({why})"))?;
                 previous = Some(bytes);
                 map
             }
         };
+        predecessor = Some(seg);
         maps.push(map);
     }
     combine(&maps, reference.start_lsn, start)
 }
 
+/// The WAL before a segment read from pg_wal, for a record straddling into it.
+enum Before {
+    /// Read already (the previous segment came from pg_wal too).
+    Read(Vec<u8>),
+    /// To be looked for in pg_wal, then in the archive, when needed.
+    Find(WalSegment),
+}
+
 /// The map of a segment still in `pg_wal` (whole, or up to `upto` for the segment
-/// holding it), and the bytes read. `before` is the previous segment when it was read
-/// from pg_wal too.
+/// holding it), and the bytes read.
 async fn local_map(
     repo: &Repo,
     pgdata: &Path,
     seg: WalSegment,
     seg_size: u64,
     upto: Lsn,
-    before: Option<Vec<u8>>,
+    before: Before,
 ) -> Result<(BlockMap, Vec<u8>), String> {
     let stanza = repo.stanza_info().await.map_err(|e| e.to_string())?;
     let seg_start = seg.start_lsn(seg_size);
     let path = pgdata.join("pg_wal").join(seg.to_string());
-    let mut bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if bytes.len() as u64 != seg_size {
+    let io = |e: std::io::Error| format!("{}: {e}", path.display());
+    let file = std::fs::File::open(&path).map_err(io)?;
+    if file.metadata().map_err(io)?.len() != seg_size {
         return Err(format!("{} is not a whole segment", path.display()));
     }
-    if upto.0 < seg_start.0 + seg_size {
-        // Only what precedes `upto`: later bytes may be being written right now.
-        let cut = (upto.0 - seg_start.0) as usize;
-        bytes.truncate(cut.div_ceil(XLOG_BLCKSZ) * XLOG_BLCKSZ);
-        bytes[cut..].fill(0);
-    }
+    // Only the pages before `upto`: later bytes may be being written right now.
+    let cut = upto.0.saturating_sub(seg_start.0).min(seg_size) as usize;
+    let mut bytes = vec![0u8; cut.div_ceil(XLOG_BLCKSZ) * XLOG_BLCKSZ];
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes, 0).map_err(io)?;
+    bytes[cut..].fill(0);
     let straddles = bytes.get(2..4).is_some_and(|i| i[0] & 1 != 0);
     let before = match before {
-        Some(b) => Some(b),
-        None if straddles => {
-            let previous = WalSegment::from_segno(
-                seg.timeline,
-                seg.segno(seg_size).saturating_sub(1),
-                seg_size,
-            );
+        Before::Read(b) => Some(b),
+        Before::Find(previous) if straddles => {
             let name = WalFileName::Segment(previous);
             match std::fs::read(pgdata.join("pg_wal").join(name.to_string())) {
                 Ok(b) if b.len() as u64 == seg_size => Some(b),
@@ -477,7 +496,7 @@ async fn local_map(
                 },
             }
         }
-        None => None,
+        Before::Find(_) => None,
     };
     let checksum = *blake3::hash(&bytes).as_bytes();
     let identity = (

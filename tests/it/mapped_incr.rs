@@ -121,6 +121,7 @@ fn an_incremental_after_a_small_update_reads_only_the_mapped_blocks_and_restores
     assert!(reads.get("map_misses").is_none(), "{reads}");
     assert_eq!(scanned(&checked), 0, "{reads}");
     src.ok(&["verify"]);
+    verify_names_a_recorded_miss(&src, checked["label"].as_str().unwrap());
 
     assert_restores_to(&src, &label, "mapped-update-r1", &at_incr);
     let last = checked["label"].as_str().unwrap();
@@ -191,6 +192,31 @@ fn truncation_new_tables_and_new_databases_between_reference_and_incremental_res
         "mapped-ddl-r",
         &want,
     );
+}
+
+/// A backup whose manifest records a block the maps missed (as a cross-check hit
+/// would) is reported by verify; the manifest as it was passes again.
+fn verify_names_a_recorded_miss(src: &Source, label: &str) {
+    use pgward::repo::object::{envelope, Kind};
+    let path = src.repo.join(format!("main/backups/{label}.manifest"));
+    let stored = std::fs::read(&path).unwrap();
+    let mut manifest: serde_json::Value = serde_json::from_slice(&stored[48..]).unwrap();
+    manifest["reads"]["map_misses"] = serde_json::json!([{"path": "base/5/1259", "blocks": [3]}]);
+    let payload = serde_json::to_vec(&manifest).unwrap();
+    std::fs::write(&path, envelope(Kind::Manifest, &payload)).unwrap();
+    let out = src.pgward(&["verify"]);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(!out.status.success(), "verify passed:\n{text}");
+    assert!(
+        text.contains(&format!("backup {label} found 1 changed block(s)"))
+            && text.contains("base/5/1259"),
+        "{text}"
+    );
+    assert!(src
+        .ok(&["info"])
+        .contains("BLOCK MAP MISS: 1 block(s) of base/5/1259"));
+    std::fs::write(&path, stored).unwrap();
+    src.ok(&["verify"]);
 }
 
 /// Every `<segment>.map` of the stanza: segment name -> path.

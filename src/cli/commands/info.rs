@@ -60,13 +60,13 @@ fn render_text(r: &InfoReport) -> String {
                 String::new()
             }
         ));
+        for p in &b.problems {
+            s.push_str(&format!("    PROBLEM: {p}\n"));
+        }
         if let Some(reads) = &b.reads {
             for line in super::backup::reads_line(reads).lines() {
                 s.push_str(&format!("    {line}\n"));
             }
-        }
-        for p in &b.problems {
-            s.push_str(&format!("    PROBLEM: {p}\n"));
         }
     }
     if !r.damaged_backups.is_empty() {

@@ -320,3 +320,154 @@ fn a_missing_or_poisoned_map_in_the_range_makes_the_incremental_scan_and_say_why
         &want,
     );
 }
+
+#[test]
+fn an_incremental_of_a_promoted_copy_plans_past_abandoned_wal_and_restores_exactly() {
+    let src = source("mapped-tl");
+    src.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, note text) WITH (autovacuum_enabled = off); \
+         INSERT INTO t SELECT g, repeat('b', 200) FROM generate_series(1, 20000) g",
+    );
+    settle();
+    let full = src.backup(&[]);
+    src.sql("UPDATE t SET note = 'tl1' WHERE id BETWEEN 100 AND 300");
+    src.sql("SELECT pg_create_restore_point('on_tl1')");
+    src.archive_current_wal();
+
+    // Promoted on timeline 2, archiving into the same stanza; timeline 1 goes on with
+    // changes timeline 2 never saw (truncations included), in the same archive.
+    let tl2 = src.restore_and_start_archiving(
+        "mapped-tl2",
+        &["--target-name", "on_tl1", "--target-action", "promote"],
+        true,
+    );
+    src.sql("UPDATE t SET note = 'abandoned' WHERE id BETWEEN 5000 AND 9000");
+    src.sql("DELETE FROM t WHERE id > 15000");
+    src.sql("VACUUM t");
+    src.archive_current_wal();
+    // The backup follows timeline 2's history file from the archive. (The copy's files
+    // were all born after the reference, so they are read whole: the maps' plan is what
+    // this test checks; the in-place promotion below reads mapped blocks.)
+    let done = tl2.data.join("pg_wal/archive_status/00000002.history.done");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done.exists() {
+        assert!(Instant::now() < deadline, "00000002.history not archived");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    tl2.psql(
+        "postgres",
+        "UPDATE t SET note = 'tl2' WHERE id BETWEEN 12000 AND 12300",
+    );
+    tl2.psql("postgres", "CHECKPOINT");
+
+    let mut args: Vec<String> = src.extra.clone();
+    args.extend(["--repo", &src.url, "--stanza", "main"].map(String::from));
+    args.extend(
+        [
+            "--output",
+            "json",
+            "backup",
+            "--type",
+            "incr",
+            "--block-map-check",
+            "all",
+        ]
+        .map(String::from),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = pgward(&args, &tl2.env());
+    let incr: serde_json::Value =
+        serde_json::from_str(assert_success(&out, "backup on timeline 2").trim()).unwrap();
+    let reads = &incr["reads"];
+    eprintln!("{reads}");
+    let label = incr["label"].as_str().unwrap();
+    let info = src.info_json();
+    let shown = info["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["label"] == label)
+        .unwrap();
+    assert_eq!(shown["reference"], full.as_str(), "{shown}");
+    assert_eq!(shown["timeline"], 2, "{shown}");
+    assert!(reads["files_mapped"].as_u64().unwrap() > 0, "{reads}");
+    assert_eq!(scanned(&incr), 0, "{reads}");
+    assert!(reads.get("map_misses").is_none(), "{reads}");
+
+    let want = vec![("postgres".to_string(), tl2.content_checksum("postgres"))];
+    tl2.stop();
+    assert_restores_to(&src, label, "mapped-tl-r", &want);
+}
+
+#[test]
+fn an_incremental_after_an_in_place_promotion_reads_mapped_blocks_across_the_switch() {
+    let src = source("mapped-inplace");
+    src.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, note text) WITH (autovacuum_enabled = off); \
+         INSERT INTO t SELECT g, repeat('b', 200) FROM generate_series(1, 40000) g",
+    );
+    settle();
+    src.backup(&[]);
+    src.sql("UPDATE t SET note = 'tl1' WHERE id BETWEEN 100 AND 300");
+    src.sql("DELETE FROM t WHERE id > 38000");
+    src.sql("VACUUM t");
+
+    // Archive recovery of the same data directory to the end of the archive: it
+    // promotes to timeline 2 and its files keep their birth times (not "created since").
+    src.cluster.stop();
+    src.cluster.append_conf(&[format!(
+        "restore_command = '{} {} --repo {} --stanza main archive-get %f %p'",
+        pgward_bin().display(),
+        src.extra.join(" "),
+        src.url
+    )]);
+    let signal = src.cluster.data.join("recovery.signal");
+    std::fs::write(&signal, "").unwrap();
+    chown_pg(&signal);
+    src.cluster.start();
+    assert_eq!(
+        src.cluster.wait_for_recovery_end(Duration::from_secs(120)),
+        RecoveryEnd::Promoted
+    );
+    assert_eq!(
+        src.sql("SELECT timeline_id FROM pg_control_checkpoint()"),
+        "2"
+    );
+    // The backup follows timeline 2's history file from the archive.
+    let done = src
+        .cluster
+        .data
+        .join("pg_wal/archive_status/00000002.history.done");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done.exists() {
+        assert!(Instant::now() < deadline, "00000002.history not archived");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    src.sql("UPDATE t SET note = 'tl2' WHERE id BETWEEN 20000 AND 20300");
+    src.sql("INSERT INTO t SELECT g, 'back' FROM generate_series(38001, 38500) g");
+    src.sql("CHECKPOINT");
+
+    let incr = backup(&src, &["--type", "incr", "--block-map-check", "all"]);
+    let reads = &incr["reads"];
+    let table: u64 = src.sql("SELECT pg_relation_size('t')").parse().unwrap();
+    assert!(reads["files_mapped"].as_u64().unwrap() > 0, "{reads}");
+    assert_eq!(scanned(&incr), 0, "{reads}");
+    assert!(reads["map_checked_blocks"].as_u64().unwrap() > 0, "{reads}");
+    assert!(reads.get("map_misses").is_none(), "{reads}");
+    // Without the check's reads, a small part of the table would be read.
+    let quiet = {
+        src.sql("UPDATE t SET note = 'again' WHERE id BETWEEN 30000 AND 30100");
+        src.sql("CHECKPOINT");
+        backup(&src, &["--type", "incr", "--block-map-check", "off"])
+    };
+    let read = quiet["reads"]["bytes_read"].as_u64().unwrap();
+    assert!(read < table / 5, "read {read} of a {table}-byte table");
+
+    let want = contents(&src, &["postgres"]);
+    assert_restores_to(
+        &src,
+        quiet["label"].as_str().unwrap(),
+        "mapped-inplace-r",
+        &want,
+    );
+}

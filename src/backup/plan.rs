@@ -20,6 +20,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use futures::StreamExt;
+
 use super::copy::MapUse;
 use crate::pg::datadir::relation_file;
 use crate::pg::history::{parse_history, HistoryEntry};
@@ -252,8 +254,26 @@ fn reaches(end: Lsn, target: Lsn) -> bool {
 /// Merges the maps (in LSN order, consecutive per timeline) and proves they cover
 /// `[from, to)`.
 pub fn combine(maps: &[BlockMap], from: Lsn, to: Lsn) -> Result<Changes, String> {
-    let mut timelines: Vec<BlockMap> = Vec::new();
+    let mut merge = Merge::default();
     for m in maps {
+        merge.push(m.clone())?;
+    }
+    merge.finish(from, to)
+}
+
+/// Maps merged one at a time, in LSN order: memory holds the merge, not the maps.
+#[derive(Default)]
+pub struct Merge {
+    /// Where the first map starts.
+    start: Option<Lsn>,
+    /// The current timeline's maps, merged.
+    current: Option<BlockMap>,
+    /// The changes of the timelines before it.
+    before: Changes,
+}
+
+impl Merge {
+    pub fn push(&mut self, m: BlockMap) -> Result<(), String> {
         if m.poison.is_poisoned() {
             return Err(format!(
                 "the block map of WAL from {} on timeline {} is poisoned ({})",
@@ -262,44 +282,59 @@ pub fn combine(maps: &[BlockMap], from: Lsn, to: Lsn) -> Result<Changes, String>
                 m.poison.reasons().join(", ")
             ));
         }
-        match timelines.last_mut() {
-            Some(last) if last.timeline == m.timeline => {
-                last.then(m).map_err(|e| format!("block maps: {e}"))?
+        match &mut self.current {
+            Some(cur) if cur.timeline == m.timeline => {
+                cur.then(&m).map_err(|e| format!("block maps: {e}"))?
             }
-            Some(last) if !reaches(last.end, m.start) || last.timeline > m.timeline => {
+            Some(cur) if !reaches(cur.end, m.start) || cur.timeline > m.timeline => {
                 return Err(format!(
                     "block maps do not join at the switch to timeline {}: {} ends at {}, the next starts at {}",
-                    m.timeline, last.timeline, last.end, m.start
+                    m.timeline, cur.timeline, cur.end, m.start
                 ))
             }
-            _ => timelines.push(m.clone()),
+            Some(_) => {
+                let done = self.current.replace(m).expect("matched Some");
+                self.before.add(done);
+            }
+            None => {
+                self.start = Some(m.start);
+                self.current = Some(m);
+            }
         }
+        Ok(())
     }
-    let (Some(first), Some(last)) = (timelines.first(), timelines.last()) else {
-        return Err("no block maps for the range".into());
-    };
-    if first.start > from || !reaches(last.end, to) {
-        return Err(format!(
-            "block maps cover {} .. {}, not the range {from} .. {to}",
-            first.start, last.end
-        ));
+
+    pub fn finish(mut self, from: Lsn, to: Lsn) -> Result<Changes, String> {
+        let (Some(start), Some(last)) = (self.start, self.current.take()) else {
+            return Err("no block maps for the range".into());
+        };
+        if start > from || !reaches(last.end, to) {
+            return Err(format!(
+                "block maps cover {start} .. {}, not the range {from} .. {to}",
+                last.end
+            ));
+        }
+        self.before.add(last);
+        Ok(self.before)
     }
-    let mut out = Changes::default();
-    for m in &timelines {
-        for (file, changes) in &m.files {
+}
+
+impl Changes {
+    /// Applies a later timeline's merged map.
+    fn add(&mut self, m: BlockMap) {
+        for (file, changes) in m.files {
             if file.rel == 0 {
-                out.databases.insert((file.spc, file.db));
+                self.databases.insert((file.spc, file.db));
                 continue;
             }
-            match out.files.get_mut(file) {
-                Some(mine) => mine.then(changes),
+            match self.files.get_mut(&file) {
+                Some(mine) => mine.then(&changes),
                 None => {
-                    out.files.insert(*file, changes.clone());
+                    self.files.insert(file, changes);
                 }
             }
         }
     }
-    Ok(out)
 }
 
 /// What the copy needs of the maps for an incremental on `reference` starting at
@@ -404,14 +439,22 @@ async fn try_plan(
         (timeline, start),
         &history,
     )?;
-    let mut maps = Vec::new();
+    let segments = segments(&steps, seg_size);
+    // A few reads in flight (object storage), taken in order.
+    let mut stored_maps = futures::stream::iter(segments.iter().map(|seg| {
+        let name = WalFileName::Segment(*seg);
+        async move { repo.read_wal_map(&name).await }
+    }))
+    .buffered(8);
+    let mut merge = Merge::default();
     let mut previous: Option<Vec<u8>> = None;
     let mut predecessor: Option<WalSegment> = None;
-    for seg in segments(&steps, seg_size) {
+    for &seg in &segments {
         let name = WalFileName::Segment(seg);
-        let stored = repo
-            .read_wal_map(&name)
+        let stored = stored_maps
+            .next()
             .await
+            .expect("one read per segment")
             .map_err(|e| format!("reading the block map of {name}: {e}"))?;
         let map = match stored {
             Some(m) if !retry_worthwhile(&m) => {
@@ -442,9 +485,9 @@ async fn try_plan(
             }
         };
         predecessor = Some(seg);
-        maps.push(map);
+        merge.push(map)?;
     }
-    combine(&maps, reference.start_lsn, start)
+    merge.finish(reference.start_lsn, start)
 }
 
 /// The WAL before a segment read from pg_wal, for a record straddling into it.

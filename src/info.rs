@@ -58,6 +58,8 @@ pub struct BackupSummary {
     pub stored_size: u64,
     pub file_count: usize,
     pub checksum_failures: usize,
+    /// What the backup read from the cluster and how (absent for older backups).
+    pub reads: Option<crate::repo::manifest::BackupReads>,
     pub annotations: BTreeMap<String, String>,
     /// Taken on a standby in recovery rather than on the primary.
     pub from_standby: bool,
@@ -156,6 +158,7 @@ fn summarize(
         stored_size: m.stored_size,
         file_count: file_counts.get(&m.label).copied().unwrap_or_default(),
         checksum_failures: m.checksum_failures.iter().map(|f| f.blocks.len()).sum(),
+        reads: m.reads.clone(),
         annotations: m.annotations.clone(),
         from_standby: m.from_standby,
         node: m.node.clone(),

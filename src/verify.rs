@@ -65,6 +65,23 @@ async fn verify_stanza(repo: &Repo, jobs: usize) -> Result<VerifyReport> {
     let manifests = metadata.manifests;
     let seg_size = metadata.wal_segment_size;
     report.backups_checked = manifests.len();
+    for m in &manifests {
+        let misses = m.reads.as_ref().map_or(&[][..], |r| &r.map_misses[..]);
+        if let Some(first) = misses.first() {
+            // The backup is whole (those files were scanned), but the maps are wrong.
+            report.problems.push(Problem {
+                problem: format!(
+                    "backup {} found {} changed block(s) in {} file(s) that the WAL block maps did not name (first: {} blocks {:?}): a bug in the block maps",
+                    m.label,
+                    misses.iter().map(|f| f.blocks.len()).sum::<usize>(),
+                    misses.len(),
+                    first.path,
+                    first.blocks
+                ),
+                breaks: "nothing in this backup (those files were scanned page by page), but incrementals that trust the maps may miss changes: report it, and take incrementals with --block-map-check all".into(),
+            });
+        }
+    }
 
     // Every stored frame once, naming every backup that reads from it.
     let labels: std::collections::HashSet<&str> =

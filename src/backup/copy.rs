@@ -10,6 +10,7 @@ use std::io::{Read, Seek};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
+use super::plan::{BlockMapCheck, FilePlan, MapPlan};
 use super::walk::SourceFile;
 use crate::error::{Error, IoContext, Result};
 use crate::pg::page::{is_all_zero, page_lsn, verify_page, PageVerdict, BLCKSZ};
@@ -17,9 +18,13 @@ use crate::pg::Lsn;
 use crate::pipeline::Compression;
 use crate::progress::Progress;
 use crate::repo::frames::BundleWriter;
-use crate::repo::manifest::{merge_extents, ChecksumFailure, Extent, FileEntry, Manifest};
+use crate::repo::manifest::{
+    merge_extents, BackupReads, ChecksumFailure, Extent, FileEntry, Manifest,
+};
 use crate::repo::piece::{piece_size, PIECE_ALIGN};
 use crate::repo::Repo;
+
+mod mapped;
 
 /// Pieces are a multiple of it (`PIECE_ALIGN`), so page-level reads stay whole buffers.
 const READ_BUFFER: usize = PIECE_ALIGN as usize;
@@ -38,6 +43,17 @@ pub struct CopySettings {
     pub jobs: usize,
     /// The backup this one builds on (incremental and differential backups).
     pub reference: Option<Arc<Reference>>,
+    /// What the WAL block maps say changed since the reference (`plan.rs`).
+    pub maps: Option<Arc<MapUse>>,
+}
+
+/// The block maps' plan and how to cross-check it.
+pub struct MapUse {
+    pub plan: MapPlan,
+    pub check: BlockMapCheck,
+    /// This backup's start: a page whose LSN is in `[reference start, this)` changed
+    /// in the range the maps describe.
+    pub range_end: Lsn,
 }
 
 /// What an incremental or differential backup compares the cluster with.
@@ -88,6 +104,7 @@ pub struct CopyResult {
     pub bundles: Vec<String>,
     pub stored_size: u64,
     pub checksum_failures: Vec<ChecksumFailure>,
+    pub reads: BackupReads,
 }
 
 impl CopyResult {
@@ -96,6 +113,7 @@ impl CopyResult {
         self.bundles.extend(other.bundles);
         self.stored_size += other.stored_size;
         self.checksum_failures.extend(other.checksum_failures);
+        self.reads.add(other.reads);
         self.files.sort_by(|a, b| a.path.cmp(&b.path));
         self.bundles.sort();
         // Pieces of one file report their failures apart: one entry per file.
@@ -135,7 +153,31 @@ pub async fn copy_files(
             });
             continue;
         }
-        pieces.extend(Piece::cut(Arc::new(file)));
+        let how = match (
+            &settings.maps,
+            settings
+                .reference
+                .as_ref()
+                .and_then(|r| r.files.get(&file.rel_path)),
+        ) {
+            (Some(maps), Some(old)) if file.page_level => {
+                FilePlan::of(&maps.plan, &file.rel_path, file.size, old)
+            }
+            _ => None,
+        };
+        match &how {
+            Some(FilePlan::Scan(why)) => {
+                *result.reads.files_scanned.entry(why.clone()).or_default() += 1
+            }
+            Some(_) => result.reads.files_mapped += 1,
+            None => {}
+        }
+        pieces.extend(Piece::cut(Arc::new(file), how.map(Arc::new)));
+    }
+    if let Some(maps) = &settings.maps {
+        if matches!(maps.plan, MapPlan::Mapped(_)) {
+            result.reads.map_check = Some(maps.check.to_string());
+        }
     }
     // Largest first, so the last piece to finish is a small one.
     pieces.sort_by_key(|p| std::cmp::Reverse(p.end - p.start));
@@ -157,18 +199,21 @@ pub async fn copy_files(
 /// A byte range of a source file, copied by one worker as one unit.
 struct Piece {
     file: Arc<SourceFile>,
+    /// For relation files of an incremental with block maps: what to read.
+    how: Option<Arc<FilePlan>>,
     index: usize,
     start: u64,
     end: u64,
 }
 
 impl Piece {
-    fn cut(file: Arc<SourceFile>) -> Vec<Piece> {
+    fn cut(file: Arc<SourceFile>, how: Option<Arc<FilePlan>>) -> Vec<Piece> {
         let piece = piece_size();
         let count = file.size.div_ceil(piece).max(1);
         (0..count)
             .map(|i| Piece {
                 file: file.clone(),
+                how: how.clone(),
                 index: i as usize,
                 start: i * piece,
                 end: if i + 1 == count {
@@ -237,6 +282,7 @@ struct Worker {
     slot: BundleWriter,
     copied: Vec<CopiedPiece>,
     checksum_failures: Vec<ChecksumFailure>,
+    reads: BackupReads,
     buffer: Vec<u8>,
 }
 
@@ -248,6 +294,7 @@ impl Worker {
             slot,
             copied: Vec::new(),
             checksum_failures: Vec::new(),
+            reads: BackupReads::default(),
             buffer: vec![0; READ_BUFFER],
         }
     }
@@ -280,6 +327,7 @@ impl crate::workers::Worker for Worker {
             stored_size: closed.iter().map(|(_, n)| n).sum(),
             bundles: closed.iter().map(|(name, _)| name.clone()).collect(),
             checksum_failures: self.checksum_failures,
+            reads: self.reads,
         };
         Ok((result, self.copied))
     }
@@ -302,7 +350,13 @@ impl Worker {
         };
         match old {
             Some((r, old)) if file.page_level && !r.created_since(&source) => {
-                self.copy_changed_pages(piece, &source, r, old).map(Some)
+                match piece.how.as_deref() {
+                    Some(FilePlan::Blocks { blocks, rest_from }) => self
+                        .copy_mapped(piece, &source, r, old, blocks, *rest_from)
+                        .map(Some),
+                    Some(FilePlan::Whole) => self.copy_whole(piece, &source).map(Some),
+                    _ => self.copy_changed_pages(piece, &source, r, old).map(Some),
+                }
             }
             Some((_, old))
                 if old.size == file.size
@@ -312,7 +366,7 @@ impl Worker {
             {
                 // Small non-relation files: read once to compare before storing.
                 let mut hasher = blake3::Hasher::new();
-                std::io::copy(&mut (&source).take(file.size), &mut hasher)
+                self.reads.bytes_read += std::io::copy(&mut (&source).take(file.size), &mut hasher)
                     .at("reading", &file.abs_path)?;
                 if Some(hasher.finalize().to_hex().to_string()) == old.checksum {
                     return Ok(Some(FileEntry {
@@ -347,6 +401,7 @@ impl Worker {
                     .map_err(|e| Error::io("writing bundle", &file.rel_path, e))
             },
         )?;
+        self.reads.bytes_read += size;
         let extent = frame
             .finish()
             .at("writing bundle", &file.rel_path)?
@@ -412,33 +467,45 @@ impl Worker {
                 Ok(())
             },
         )?;
-
-        // Interleave the stored runs with the reference's extents for the gaps.
-        let mut extents = Vec::new();
-        let fill = |from: u64, to: u64, extents: &mut Vec<Extent>| {
-            extents.extend(old.extents.iter().filter_map(|e| e.slice(from, to)))
-        };
-        let mut cursor = piece.start;
-        for e in stored {
-            fill(cursor, e.offset, &mut extents);
-            cursor = e.offset + e.length;
-            extents.push(e);
-        }
-        fill(cursor, piece.start + size, &mut extents);
-        let extents = merge_extents(extents);
-        let covered: u64 = extents.iter().map(|e| e.length).sum();
-        if covered != size {
-            return Err(Error::corrupt(format!("{}: page-level copy covers {covered} of {size} bytes; reference backup {} lacks the rest", file.rel_path, r.label)));
-        }
-        Ok(FileEntry {
-            path: file.rel_path.clone(),
-            size,
-            mtime: file.mtime,
-            mode: file.mode,
-            checksum: None,
-            extents,
-        })
+        self.reads.bytes_read += size;
+        page_level_entry(piece, size, stored, r, old)
     }
+}
+
+/// The entry of a piece stored at page level: the `stored` runs (in file order)
+/// interleaved with the reference's extents for the gaps.
+fn page_level_entry(
+    piece: &Piece,
+    size: u64,
+    stored: Vec<Extent>,
+    r: &Reference,
+    old: &FileEntry,
+) -> Result<FileEntry> {
+    let file = &*piece.file;
+    let mut extents = Vec::new();
+    let fill = |from: u64, to: u64, extents: &mut Vec<Extent>| {
+        extents.extend(old.extents.iter().filter_map(|e| e.slice(from, to)))
+    };
+    let mut cursor = piece.start;
+    for e in stored {
+        fill(cursor, e.offset, &mut extents);
+        cursor = e.offset + e.length;
+        extents.push(e);
+    }
+    fill(cursor, piece.start + size, &mut extents);
+    let extents = merge_extents(extents);
+    let covered: u64 = extents.iter().map(|e| e.length).sum();
+    if covered != size {
+        return Err(Error::corrupt(format!("{}: page-level copy covers {covered} of {size} bytes; reference backup {} lacks the rest", file.rel_path, r.label)));
+    }
+    Ok(FileEntry {
+        path: file.rel_path.clone(),
+        size,
+        mtime: file.mtime,
+        mode: file.mode,
+        checksum: None,
+        extents,
+    })
 }
 
 /// Reads the piece, up to the file's listed size, in page-aligned chunks, verifying page

@@ -7,6 +7,7 @@
 //! any point leaves the repository as it was plus unreferenced bundles.
 
 pub mod copy;
+pub mod plan;
 pub mod reference;
 pub mod standby;
 pub mod walk;
@@ -44,6 +45,8 @@ pub struct BackupOptions {
     pub primary: Option<ConnOptions>,
     /// Backing up a standby: warn when it is this many bytes behind the primary.
     pub standby_lag_warning: u64,
+    /// How many blocks the WAL block maps leave out are read to check them.
+    pub block_map_check: plan::BlockMapCheck,
 }
 
 pub async fn backup(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> Result<Manifest> {
@@ -127,6 +130,22 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
     let listing = tokio::task::spawn_blocking(move || walk::walk_data_dir(&walk_root))
         .await
         .unwrap_or_else(crate::error::task_panicked)?;
+    let maps = match &choice.reference {
+        Some(r) => {
+            // The timeline the backup started on: a promotion may have come in between.
+            let started_on = db::current_timeline(&client).await?;
+            let maps = plan::map_use(
+                repo,
+                r,
+                started_on,
+                start_lsn,
+                &pgdata,
+                opts.block_map_check,
+            );
+            Some(Arc::new(maps.await))
+        }
+        None => None,
+    };
     let progress = Arc::new(crate::progress::Progress::default());
     let _reporter = crate::progress::Reporter::start(
         "backup",
@@ -146,6 +165,7 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
             ))),
             None => None,
         },
+        maps,
     };
     // pg_control goes last, after every other file, as pg_basebackup does.
     let (control, others): (Vec<_>, Vec<_>) = listing
@@ -223,6 +243,7 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
         bundles: copied.bundles,
         checksum_failures: copied.checksum_failures,
         files: copied.files,
+        reads: Some(copied.reads),
     };
     repo.save_manifest(&manifest).await?;
     if opts.pin {

@@ -20,6 +20,7 @@ use std::path::PathBuf;
 
 use super::args::{LogFormat, LogLevel, OutputFormat, WalMaps};
 use crate::archive::spool::Background;
+use crate::backup::plan::BlockMapCheck;
 use crate::error::{Error, Result};
 
 /// Read from the configuration file's `[global]` and `[stanza.NAME]` tables.
@@ -167,6 +168,22 @@ macro_rules! integer_option {
 }
 integer_option!(u16, i32, u64, usize);
 
+impl OptionValue for BlockMapCheck {
+    fn from_toml(value: &toml::Value) -> std::result::Result<Self, String> {
+        match value {
+            toml::Value::Float(f) => f.to_string().parse(),
+            toml::Value::Integer(i) => i.to_string().parse(),
+            v => toml_string(v)?.parse(),
+        }
+    }
+    fn from_env(value: &str) -> std::result::Result<Self, String> {
+        value.parse()
+    }
+    fn to_arg(&self) -> String {
+        self.to_string()
+    }
+}
+
 /// Defines [`GlobalArgs`] (the clap flags) and [`OPTIONS`] (their descriptors) from one
 /// list of `doc; field: Type, "flag-name", Env, PROPS;` rows, in groups that each start
 /// with `["Heading"]`: `COMMAND --help` lists the command's own options first, then the
@@ -305,6 +322,9 @@ global_options! {
     /// do not read maps yet, and a map costs each push about a third more) [default: off]
     #[arg(value_enum, ignore_case = true)]
     wal_maps: WalMaps, "wal-maps", Pgward("PGWARD_WAL_MAPS"), FILE | COMMAND | WORKER;
+    /// Incrementals read blocks the WAL block maps leave out to check their page LSN:
+    /// off, all, or a fraction of each file's [default: 0.01]
+    block_map_check: BlockMapCheck, "block-map-check", Pgward("PGWARD_BLOCK_MAP_CHECK"), FILE;
 
     ["Object storage"]
     /// S3 endpoint: host[:port] (https) or http://host:port; an IP address implies path
@@ -408,6 +428,7 @@ mod tests {
                     "output" | "log-format" => toml::Value::String("json".into()),
                     "log-level" => toml::Value::String("debug".into()),
                     "wal-maps" => toml::Value::String("on".into()),
+                    "block-map-check" => toml::Value::String("all".into()),
                     "pg-port" | "primary-port" | "jobs" | "compress-level" | "s3-retry-seconds"
                     | "retain-full" | "retain-diff" | "retain-full-days" | "memory-budget"
                     | "repo-read-ahead" | "s3-timeout" => toml::Value::Integer(7),

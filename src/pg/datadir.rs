@@ -157,6 +157,43 @@ impl RelationFile {
     }
 }
 
+/// `DEFAULTTABLESPACE_OID`: the tablespace WAL names for files under `base/`.
+pub const DEFAULT_TABLESPACE_OID: u32 = 1663;
+/// `GLOBALTABLESPACE_OID`: the tablespace WAL names for files under `global/`
+/// (with database 0).
+pub const GLOBAL_TABLESPACE_OID: u32 = 1664;
+
+impl RelationFile {
+    /// The relation as WAL names it (`RelFileLocator`): `base/<db>` is tablespace 1663,
+    /// `global/` is tablespace 1664 with database 0.
+    pub fn locator(&self) -> super::wal::RelFileLocator {
+        super::wal::RelFileLocator {
+            spc: self.tablespace_oid.unwrap_or(match self.database_oid {
+                Some(_) => DEFAULT_TABLESPACE_OID,
+                None => GLOBAL_TABLESPACE_OID,
+            }),
+            db: self.database_oid.unwrap_or(0),
+            rel: self.relfilenode,
+        }
+    }
+
+    /// The fork as WAL numbers it.
+    pub fn wal_fork(&self) -> super::wal::Fork {
+        match self.fork {
+            Fork::Main => super::wal::Fork::Main,
+            Fork::Fsm => super::wal::Fork::FreeSpaceMap,
+            Fork::VisibilityMap => super::wal::Fork::VisibilityMap,
+            Fork::Init => super::wal::Fork::Init,
+        }
+    }
+
+    /// Fork blocks `first_block() .. first_block() + RELSEG_SIZE` are in this file.
+    pub fn blocks(&self) -> std::ops::Range<u64> {
+        let first = u64::from(self.segment) * u64::from(RELSEG_SIZE_BLOCKS);
+        first..first + u64::from(RELSEG_SIZE_BLOCKS)
+    }
+}
+
 /// Name of the init fork of `relfilenode`; its presence in a directory marks the relation as
 /// unlogged, and then every other fork of it is skipped (they are reset from `_init` at startup).
 pub fn init_fork_name(relfilenode: u32) -> String {
@@ -416,6 +453,34 @@ mod tests {
         ] {
             assert_eq!(relation_file(path), want, "{path}");
         }
+    }
+
+    #[test]
+    fn relation_files_name_the_relation_wal_names() {
+        use crate::pg::wal::{Fork as WalFork, RelFileLocator};
+        let loc = |spc, db, rel| RelFileLocator { spc, db, rel };
+        for (path, want, fork, first) in [
+            ("base/5/16384", loc(1663, 5, 16384), WalFork::Main, 0),
+            ("base/5/16384.2", loc(1663, 5, 16384), WalFork::Main, 2 * 131072),
+            ("base/5/16384_fsm", loc(1663, 5, 16384), WalFork::FreeSpaceMap, 0),
+            ("base/5/16384_vm.1", loc(1663, 5, 16384), WalFork::VisibilityMap, 131072),
+            ("base/5/16391_init", loc(1663, 5, 16391), WalFork::Init, 0),
+            ("global/1262", loc(1664, 0, 1262), WalFork::Main, 0),
+            (
+                &format!("{SPC}/16401/16402.12"),
+                loc(16400, 16401, 16402),
+                WalFork::Main,
+                12 * 131072,
+            ),
+        ] {
+            let r = relation_file(path).unwrap();
+            assert_eq!(r.locator(), want, "{path}");
+            assert_eq!(r.wal_fork(), fork, "{path}");
+            assert_eq!(r.blocks(), first..first + 131072, "{path}");
+        }
+        // The last segment a u32 block number reaches ends past it, without overflow.
+        let last = relation_file("base/5/1.32767").unwrap();
+        assert_eq!(last.blocks().end, 1 << 32);
     }
 
     #[test]

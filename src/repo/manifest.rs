@@ -57,6 +57,48 @@ pub struct Manifest {
     pub bundles: Vec<String>,
     /// Pages that failed data-checksum verification (path, block numbers).
     pub checksum_failures: Vec<ChecksumFailure>,
+    /// What the backup read from the cluster and how it chose (absent before format
+    /// additions of issue 12).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reads: Option<BackupReads>,
+}
+
+/// How much a backup read from the cluster, and how an incremental chose what to read.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct BackupReads {
+    /// Bytes read from the cluster's files (cross-check reads included).
+    pub bytes_read: u64,
+    /// Relation files whose blocks the WAL block maps chose.
+    #[serde(default)]
+    pub files_mapped: u64,
+    /// Relation files scanned page by page instead, by reason.
+    #[serde(default)]
+    pub files_scanned: BTreeMap<String, u64>,
+    /// `--block-map-check` as given, when the maps were used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map_check: Option<String>,
+    /// Unmapped blocks read to check their page LSN.
+    #[serde(default)]
+    pub map_checked_blocks: u64,
+    /// Blocks changed in the range that the maps did not name: a bug in the maps. Each
+    /// file named here was scanned page by page instead, so the backup itself is whole.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub map_misses: Vec<ChecksumFailure>,
+}
+
+impl BackupReads {
+    pub fn add(&mut self, other: BackupReads) {
+        self.bytes_read += other.bytes_read;
+        self.files_mapped += other.files_mapped;
+        for (why, n) in other.files_scanned {
+            *self.files_scanned.entry(why).or_default() += n;
+        }
+        self.map_checked_blocks += other.map_checked_blocks;
+        self.map_misses.extend(other.map_misses);
+        if self.map_check.is_none() {
+            self.map_check = other.map_check;
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -16,8 +16,8 @@ use serde::{Deserialize, Deserializer};
 
 use super::label::BackupType;
 use super::manifest::{
-    check_cluster, manifest_key, Backups, ChecksumFailure, DamagedBackup, Manifest, ManifestError,
-    Tablespace,
+    check_cluster, manifest_key, BackupReads, Backups, ChecksumFailure, DamagedBackup, Manifest,
+    ManifestError, Tablespace,
 };
 use super::stanza::StanzaInfo;
 use super::Repo;
@@ -70,6 +70,8 @@ struct Head {
     stored_size: u64,
     bundles: Vec<String>,
     checksum_failures: Vec<ChecksumFailure>,
+    #[serde(default)]
+    reads: Option<BackupReads>,
 }
 
 /// The length of a JSON array whose elements are skipped unparsed.
@@ -125,6 +127,7 @@ fn parse_head(bytes: &[u8]) -> std::result::Result<(Manifest, usize), ManifestEr
         stored_size: h.stored_size,
         bundles: h.bundles,
         checksum_failures: h.checksum_failures,
+        reads: h.reads,
     };
     Ok((manifest, h.file_count))
 }

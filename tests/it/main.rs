@@ -14,6 +14,7 @@ mod encryption;
 mod expire;
 mod incremental;
 mod metrics;
+mod mapped_incr;
 mod operator;
 mod pitr;
 mod s3;

@@ -408,6 +408,7 @@ fn fabricate_large_stanza(repo_dir: &Path, backups: u64, segments: u64, files: u
             data_checksums: true,
             from_standby: false,
             node: None,
+            reads: None,
             compression: Compression {
                 codec: Codec::Zstd,
                 level: 3,

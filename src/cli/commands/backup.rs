@@ -29,6 +29,7 @@ pub async fn run(resolved: &Resolved, args: BackupArgs) -> Result<Outcome> {
         pin: args.pin,
         primary: resolved.primary_conn(),
         standby_lag_warning: args.standby_lag_warning.saturating_mul(1 << 20),
+        block_map_check: resolved.global.block_map_check.unwrap_or_default(),
     };
     let manifest = crate::backup::backup(&repo, &resolved.conn(), opts).await?;
     let retention = resolved.retention();
@@ -43,10 +44,10 @@ struct BackupDone(Manifest);
 impl Report for BackupDone {
     fn text(&self) -> String {
         let m = &self.0;
-        format!(
+        let mut s = format!(
             "backup {} complete{}: {} files, database {}, {} stored, WAL {} .. {}\n",
             m.label,
-            super::info::taken_on(m.from_standby, m.node.as_deref())
+            super::describe::taken_on(m.from_standby, m.node.as_deref())
                 .map(|t| format!(" ({t})"))
                 .unwrap_or_default(),
             m.files.len(),
@@ -54,7 +55,11 @@ impl Report for BackupDone {
             human_bytes(m.stored_size),
             m.start_lsn,
             m.stop_lsn
-        )
+        );
+        if let Some(reads) = &m.reads {
+            s.push_str(&super::describe::reads_line(reads));
+        }
+        s
     }
 
     /// One line: a summary, not the manifest.
@@ -64,7 +69,7 @@ impl Report for BackupDone {
             serde_json::json!({"label": m.label, "type": m.backup_type, "start_lsn": m.start_lsn,
                 "stop_lsn": m.stop_lsn, "database_size": m.database_size,
                 "stored_size": m.stored_size, "checksum_failures": m.checksum_failures,
-                "from_standby": m.from_standby, "node": m.node})
+                "from_standby": m.from_standby, "node": m.node, "reads": m.reads})
             .to_string()
                 + "\n",
         )

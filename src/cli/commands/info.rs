@@ -54,7 +54,7 @@ fn render_text(r: &InfoReport) -> String {
             b.duration_seconds,
             human_bytes(b.database_size),
             human_bytes(b.stored_size),
-            taken_on(b.from_standby, b.node.as_deref())
+            super::describe::taken_on(b.from_standby, b.node.as_deref())
                 .map(|t| format!("  {t}"))
                 .unwrap_or_default(),
             if b.checksum_failures > 0 {
@@ -65,6 +65,11 @@ fn render_text(r: &InfoReport) -> String {
         ));
         for p in &b.problems {
             s.push_str(&format!("    PROBLEM: {p}\n"));
+        }
+        if let Some(reads) = &b.reads {
+            for line in super::describe::reads_line(reads).lines() {
+                s.push_str(&format!("    {line}\n"));
+            }
         }
     }
     if !r.damaged_backups.is_empty() {
@@ -155,16 +160,6 @@ fn render_last_drill(drill: Option<&crate::repo::records::DrillRecord>) -> Strin
         s.push_str(&format!("  error: {e}\n"));
     }
     s
-}
-
-/// Where a backup was taken: "from standby HOST:PORT"; None when not recorded.
-pub fn taken_on(from_standby: bool, node: Option<&str>) -> Option<String> {
-    let role = if from_standby { "standby" } else { "primary" };
-    match node {
-        Some(node) => Some(format!("from {role} {node}")),
-        None if from_standby => Some("from a standby".to_string()),
-        None => None,
-    }
 }
 
 /// One line per timeline: a bar from the window's start to its end with each backup's

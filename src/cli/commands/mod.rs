@@ -8,6 +8,7 @@ mod archive_push;
 mod backup;
 mod check;
 mod completions;
+mod describe;
 mod drill;
 mod expire;
 mod info;

@@ -11,6 +11,7 @@ mod blockmap;
 mod encryption;
 mod expire;
 mod incremental;
+mod map_drill;
 mod operator;
 mod pitr;
 mod s3;

@@ -17,6 +17,7 @@
 use std::fs;
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -75,6 +76,7 @@ struct Db {
 }
 
 /// What a backup must restore to.
+#[derive(Clone)]
 struct Taken {
     label: String,
     /// Per database, as `all_databases_checksum` gives it, with load paused.
@@ -84,6 +86,27 @@ struct Taken {
 }
 
 const SPACES: [&str; 2] = ["ts_a", "ts_b"];
+
+/// The step kinds with their weights for random picks. Every run does each at least once.
+const KINDS: [(&str, usize); 17] = [
+    ("update-hot", 3),
+    ("update-non-hot", 3),
+    ("insert", 3),
+    ("delete", 2),
+    ("vacuum-truncate", 2),
+    ("truncate", 1),
+    ("vacuum-full", 1),
+    ("cluster", 1),
+    ("reindex", 1),
+    ("set-tablespace", 1),
+    ("set-logged-unlogged", 1),
+    ("create-database", 2),
+    ("drop-database", 1),
+    ("move-database", 1),
+    ("drop-recreate", 1),
+    ("checkpoint", 1),
+    ("vacuum-freeze", 1),
+];
 
 struct Drill {
     name: String,
@@ -102,12 +125,18 @@ struct Drill {
     taken: Vec<Taken>,
     /// `backup --block-map-check all` is available.
     map_check: bool,
+    started: Instant,
+    /// The restore check of the newest backup, running while the next interval's steps do.
+    checking: Option<(usize, JoinHandle<Result<(), String>>)>,
 }
 
 impl Drop for Drill {
     fn drop(&mut self) {
         if let Some(mut load) = self.load.take() {
             terminate(&mut load, Duration::from_secs(10));
+        }
+        if let Some((_, check)) = self.checking.take() {
+            let _ = check.join();
         }
         if std::thread::panicking() {
             eprintln!("{}", self.replay());
@@ -131,7 +160,10 @@ impl Drill {
 
     fn log(&mut self, step: String) {
         let step = step.split_whitespace().collect::<Vec<_>>().join(" ");
-        eprintln!("drill: {step}");
+        eprintln!(
+            "drill {:>5.1}s: {step}",
+            self.started.elapsed().as_secs_f64()
+        );
         self.steps.push(step);
     }
 
@@ -165,6 +197,8 @@ impl Drill {
             counter: 0,
             taken: Vec::new(),
             map_check,
+            started: Instant::now(),
+            checking: None,
         };
         for space in SPACES {
             let dir = work_dir(&format!("{name}-{space}"));
@@ -280,41 +314,25 @@ impl Drill {
         }
     }
 
-    /// One random step; returns false when the chosen kind had nothing to act on.
-    fn random_step(&mut self, interval: usize) -> bool {
-        const KINDS: [(&str, usize); 17] = [
-            ("update-hot", 3),
-            ("update-non-hot", 3),
-            ("insert", 3),
-            ("delete", 2),
-            ("vacuum-truncate", 2),
-            ("truncate", 1),
-            ("vacuum-full", 1),
-            ("cluster", 1),
-            ("reindex", 1),
-            ("set-tablespace", 1),
-            ("set-logged-unlogged", 1),
-            ("create-database", 2),
-            ("drop-database", 1),
-            ("move-database", 1),
-            ("drop-recreate", 1),
-            ("checkpoint", 1),
-            ("vacuum-freeze", 1),
-        ];
-        let total: usize = KINDS.iter().map(|k| k.1).sum();
-        let mut n = self.rng.below(total);
-        let kind = KINDS
-            .iter()
-            .find(|k| {
-                if n < k.1 {
-                    true
-                } else {
-                    n -= k.1;
-                    false
-                }
-            })
-            .unwrap()
-            .0;
+    /// A step of `kind`, or of a random kind; returns false when the kind had nothing to
+    /// act on.
+    fn step(&mut self, interval: usize, kind: Option<&str>) -> bool {
+        let kind = kind.unwrap_or_else(|| {
+            let total: usize = KINDS.iter().map(|k| k.1).sum();
+            let mut n = self.rng.below(total);
+            KINDS
+                .iter()
+                .find(|k| {
+                    if n < k.1 {
+                        true
+                    } else {
+                        n -= k.1;
+                        false
+                    }
+                })
+                .unwrap()
+                .0
+        });
         let salt = self.rng.below(1000);
         let step = match kind {
             "create-database" if self.dbs.len() < 3 => self.create_database(),
@@ -522,7 +540,7 @@ impl Drill {
         ));
         self.start_load();
         for _ in 0..2 {
-            while !self.random_step(interval) {}
+            while !self.step(interval, None) {}
         }
         self.stop_load();
         let c = &self.src.cluster;
@@ -624,7 +642,44 @@ impl Drill {
             expected,
             spaces,
         });
-        self.restore_and_compare(i);
+        self.join_check();
+        let restorer = Restorer {
+            name: format!("{}-r{i}", self.name),
+            major: self.major,
+            pgward_args: [
+                &self.src.extra[..],
+                &[
+                    "--repo".into(),
+                    self.src.url.clone(),
+                    "--stanza".into(),
+                    self.src.stanza.clone(),
+                ],
+            ]
+            .concat(),
+            started: self.started,
+        };
+        let taken = self.taken[i].clone();
+        self.checking = Some((i, std::thread::spawn(move || restorer.check(i, &taken))));
+    }
+
+    /// Waits for the running restore check; fails the drill if it failed.
+    fn join_check(&mut self) {
+        let Some((i, check)) = self.checking.take() else {
+            return;
+        };
+        let label = self.taken[i].label.clone();
+        match check.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => self.fail(format!("backup {i} ({label}): {e}")),
+            Err(panic) => {
+                let e = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                self.fail(format!("restoring backup {i} ({label}): {e}"))
+            }
+        }
     }
 
     /// With `--block-map-check all`, the backup must report no block the maps missed.
@@ -668,21 +723,42 @@ impl Drill {
             }
         }
     }
+}
 
-    /// Restores backup `i` to its end beside the source and compares it with what the
-    /// source held then; checks indexes against heaps and every page checksum.
-    fn restore_and_compare(&self, i: usize) {
-        let taken = &self.taken[i];
-        let name = format!("{}-r{i}", self.name);
-        let mut args = vec![
-            "--set".to_string(),
-            taken.label.clone(),
-            "--target".into(),
-            "immediate".into(),
-            "--target-action".into(),
-            "promote".into(),
-        ];
-        let mut dirs = Vec::new();
+/// What a restore check needs, apart from the drill (it runs in a thread of its own).
+struct Restorer {
+    name: String,
+    major: u32,
+    /// --repo, --stanza and the source's extra options.
+    pgward_args: Vec<String>,
+    started: Instant,
+}
+
+impl Restorer {
+    /// Restores backup `i` to its end into a fresh directory (tablespaces into fresh ones),
+    /// starts it beside the source and compares it with what the source held then; checks
+    /// indexes against heaps and every page checksum. Harness failures panic.
+    fn check(&self, i: usize, taken: &Taken) -> Result<(), String> {
+        let name = &self.name;
+        let data = work_dir(&format!("{name}-pgdata")).join("data");
+        let mut args: Vec<String> = self.pgward_args.clone();
+        args.extend(
+            [
+                "restore",
+                "--pgdata",
+                &data.display().to_string(),
+                "--archive-mode",
+                "off",
+                "--set",
+                &taken.label,
+                "--target",
+                "immediate",
+                "--target-action",
+                "promote",
+            ]
+            .map(String::from),
+        );
+        let mut dirs = vec![data.parent().unwrap().to_path_buf()];
         for oid in &taken.spaces {
             let dir = work_dir(&format!("{name}-ts{oid}"));
             args.extend([
@@ -692,8 +768,16 @@ impl Drill {
             dirs.push(dir);
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let restored = self.src.restore_and_start(&name, &args);
-        dirs.push(restored.data.parent().unwrap().to_path_buf());
+        assert_success(&pgward(&args, &[]), "pgward restore");
+        let restored = Cluster::from_existing(name, self.major, data);
+        restored.start();
+        let end = restored.wait_for_recovery_end(Duration::from_secs(120));
+        if end != RecoveryEnd::Promoted {
+            return Err(format!(
+                "the restored cluster did not promote:\n{}",
+                restored.log_tail(30)
+            ));
+        }
 
         let got = all_databases_checksum(&restored);
         if got != taken.expected {
@@ -701,27 +785,27 @@ impl Drill {
                 .lines()
                 .zip(taken.expected.lines())
                 .filter(|(g, e)| g != e)
-                .map(|(g, e)| format!("restored {g}\n    source {e}"))
+                .map(|(g, e)| format!("restored {g}\n    source   {e}"))
                 .collect();
-            self.fail(format!(
-                "backup {i} ({}) restored other contents:\n    {}\n(all restored: {got}\n all source: {})",
-                taken.label,
+            return Err(format!(
+                "restored other contents:\n    {}\n(all restored:\n{got}\nall source:\n{})",
                 diff.join("\n    "),
                 taken.expected
             ));
         }
-        if let Err(e) = amcheck(&restored) {
-            self.fail(format!("backup {i} ({}): {e}", taken.label));
-        }
+        amcheck(&restored)?;
         restored.stop();
-        if let Err(e) = checksums(&restored) {
-            self.fail(format!("backup {i} ({}): {e}", taken.label));
-        }
+        checksums(&restored)?;
         drop(restored);
         for d in dirs {
             let _ = fs::remove_dir_all(d);
         }
-        eprintln!("drill: backup {i} ({}) restored exactly", taken.label);
+        eprintln!(
+            "drill {:>5.1}s: backup {i} ({}) restored exactly",
+            self.started.elapsed().as_secs_f64(),
+            taken.label
+        );
+        Ok(())
     }
 }
 
@@ -893,6 +977,11 @@ fn drill(name: &str, major: u32, seed: u64, backups: usize) {
     d.log(format!(
         "plan: {kinds:?}, wal_level=minimal before backup {minimal}, promotion before backup {promote}"
     ));
+    let mut deck: Vec<&str> = KINDS.iter().map(|k| k.0).collect();
+    for i in (1..deck.len()).rev() {
+        let j = d.rng.below(i + 1);
+        deck.swap(i, j);
+    }
     d.start_load();
     for (i, kind) in kinds.iter().enumerate() {
         if i == promote {
@@ -905,15 +994,29 @@ fn drill(name: &str, major: u32, seed: u64, backups: usize) {
             d.minimal_period(i);
             d.start_load();
         }
-        let steps = if i == 0 { 2 } else { 3 + d.rng.below(4) };
-        let mut done = 0;
-        while done < steps {
-            if d.random_step(i) {
-                done += 1;
+        // Deal the deck over the intervals after the full, plus a random step in each.
+        let mut todo: Vec<&str> = if i == 0 {
+            Vec::new()
+        } else {
+            let quota = deck.len().div_ceil(backups - i);
+            deck.split_off(deck.len() - quota)
+        };
+        while let Some(kind) = todo.pop() {
+            if !d.step(i, Some(kind)) {
+                // Nothing to drop or move yet, or no room for another database.
+                let enabler = if kind == "create-database" {
+                    "drop-database"
+                } else {
+                    "create-database"
+                };
+                assert!(d.step(i, Some(enabler)));
+                assert!(d.step(i, Some(kind)), "{kind} after {enabler}");
             }
         }
+        while !d.step(i, None) {}
         d.backup(i, kind);
     }
+    d.join_check();
     d.stop_load();
     d.src.ok(&["verify"]);
     eprintln!("map drill {name}: seed {seed} passed, {} backups", backups);

@@ -389,13 +389,12 @@ impl Drill {
             ),
             "delete" => format!("DELETE FROM {n} WHERE id % {} = {}", 5 + salt % 11, salt % 5),
             "vacuum-truncate" => {
+                // The physical tail: rows moved by updates are anywhere.
                 let before = self.pages(&t);
+                let keep = before.parse::<usize>().unwrap() * (30 + salt % 50) / 100;
                 self.psql(
                     &t.db,
-                    &format!(
-                        "DELETE FROM {n} WHERE id > (SELECT min(id) + (max(id) - min(id)) * {} / 100 FROM {n}); VACUUM {n}",
-                        30 + salt % 50
-                    ),
+                    &format!("DELETE FROM {n} WHERE ctid >= '({keep},0)'::tid; VACUUM {n}"),
                 );
                 return format!(
                     "{}.{n}: delete the tail, VACUUM (pages {before} -> {})",
@@ -563,7 +562,7 @@ impl Drill {
 
     /// The newest backup restored to its end and promoted: timeline 2, archiving into the
     /// same stanza, becomes the source. The old primary writes on and archives some more
-    /// timeline-1 WAL past the switch point (what a map combiner must not follow), then stops.
+    /// WAL of the old timeline past the switch point (what a map combiner must not follow), then stops.
     fn promote_newest_backup(&mut self, interval: usize) {
         let taken = self.taken.last().expect("a backup to promote");
         let label = taken.label.clone();
@@ -605,7 +604,48 @@ impl Drill {
         old.archive_current_wal();
         old.cluster.stop();
         self.log(format!(
-            "[{interval}] the old primary updates t0 on timeline 1, archives it, stops"
+            "[{interval}] the old primary updates t0 on its old timeline, archives it, stops"
+        ));
+    }
+
+    /// The source itself becomes a standby of the archive and is promoted: a new timeline
+    /// on the same files (their birth times predate the reference, so the next incremental
+    /// follows the maps across the switch instead of copying files a restore created).
+    fn promote_in_place(&mut self, interval: usize) {
+        let c = &self.src.cluster;
+        c.stop();
+        let signal = c.data.join("standby.signal");
+        fs::write(&signal, "").unwrap();
+        chown_pg(&signal);
+        let restore_command = format!(
+            "{} {} --repo {} --stanza {} archive-get %f \"%p\"",
+            pgward_bin().display(),
+            self.src.extra.join(" "),
+            self.src.url,
+            self.src.stanza
+        );
+        c.append_conf(&[format!(
+            "restore_command = {}",
+            conf_quote(&restore_command)
+        )]);
+        c.start();
+        let data = c.data.display().to_string();
+        assert_success(
+            &run_as_pg(
+                &c.bin.join("pg_ctl"),
+                &["-D", &data, "-w", "-t", "120", "promote"],
+                &[],
+            ),
+            "pg_ctl promote",
+        );
+        if c.wait_for_recovery_end(Duration::from_secs(120)) != RecoveryEnd::Promoted {
+            self.fail(format!("promotion in place failed:\n{}", c.log_tail(30)));
+        }
+        let timeline = self
+            .src
+            .sql("SELECT timeline_id FROM pg_control_checkpoint()");
+        self.log(format!(
+            "[{interval}] stop, start as a standby of the archive, promote in place: timeline {timeline}"
         ));
     }
 
@@ -981,17 +1021,17 @@ fn drill(name: &str, major: u32, seed: u64, backups: usize, replay: &str) {
     kinds[0] = "full";
     let diff = 2 + d.rng.below(backups - 2);
     kinds[diff] = "diff";
-    let minimal = 1 + d.rng.below(backups - 1);
-    let mut promote = 2 + d.rng.below(backups - 2);
-    if promote == minimal {
-        promote = if promote + 1 < backups {
-            promote + 1
-        } else {
-            2
-        };
+    // Three different intervals: a wal_level=minimal period, a promotion of a restored
+    // copy, a promotion in place.
+    let mut slots: Vec<usize> = (1..backups).collect();
+    for i in (1..slots.len()).rev() {
+        let j = d.rng.below(i + 1);
+        slots.swap(i, j);
     }
+    let (minimal, promote, in_place) = (slots[0], slots[1], slots[2]);
     d.log(format!(
-        "plan: {kinds:?}, wal_level=minimal before backup {minimal}, promotion before backup {promote}"
+        "plan: {kinds:?}; before backup {minimal} wal_level=minimal, before {promote} a restored \
+         copy promoted, before {in_place} a promotion in place"
     ));
     let mut deck: Vec<&str> = KINDS.iter().map(|k| k.0).collect();
     for i in (1..deck.len()).rev() {
@@ -1003,6 +1043,11 @@ fn drill(name: &str, major: u32, seed: u64, backups: usize, replay: &str) {
         if i == promote {
             d.stop_load();
             d.promote_newest_backup(i);
+            d.start_load();
+        }
+        if i == in_place {
+            d.stop_load();
+            d.promote_in_place(i);
             d.start_load();
         }
         if i == minimal {

@@ -560,9 +560,10 @@ impl Drill {
         self.log(format!("[{interval}] restart with wal_level = replica"));
     }
 
-    /// The newest backup restored to its end and promoted: timeline 2, archiving into the
-    /// same stanza, becomes the source. The old primary writes on and archives some more
-    /// WAL of the old timeline past the switch point (what a map combiner must not follow), then stops.
+    /// The newest backup restored to its end and promoted: a new timeline, archiving into
+    /// the same stanza, becomes the source. The old primary writes on and archives more WAL
+    /// of the old timeline past the switch point (what a map combiner must not follow),
+    /// then stops.
     fn promote_newest_backup(&mut self, interval: usize) {
         let taken = self.taken.last().expect("a backup to promote");
         let label = taken.label.clone();

@@ -1,18 +1,21 @@
 //! The block-map drill (issue 12): a randomized workload, repeatable by seed, between a
 //! full backup and a chain of incrementals (and a differential) under pgbench load, on a
-//! cluster archiving with `--wal-maps on`. The steps are the changes that reach files
-//! without an ordinary block reference (truncation, new relfilenumbers, database copies
-//! and moves, a wal_level=minimal period, a promotion between a reference and its
-//! incremental, a database OID reused for a FILE_COPY copy). Every backup is restored to
-//! its end and compared with the source as it was then: every row of every table of every
-//! database, the catalogs' relation list, pg_amcheck --heapallindexed and pg_checksums.
+//! cluster archiving with `--wal-maps on`. The steps are ordinary updates, inserts and
+//! deletes, and the changes that reach files without an ordinary block reference:
+//! truncation, new relfilenumbers, database copies (FILE_COPY and WAL_LOG, with a dropped
+//! database's OID reused) and moves, a wal_level=minimal period, and two promotions
+//! between a reference and its incremental (a restored copy, and the source in place).
+//! Each run does every step kind at least once. Every backup is restored to its end and
+//! compared with the source as it was then: every row of every table of every database,
+//! the catalogs' relation list, pg_amcheck --heapallindexed and pg_checksums.
 //!
-//! Against today's page-LSN incrementals this proves the incremental and restore paths;
-//! once `backup --block-map-check` exists, every backup also runs it in `all` mode and must
-//! report no miss.
+//! Against page-LSN incrementals this proves the incremental and restore paths; when
+//! `backup --block-map-check` exists, every backup runs it in `all` mode and must report
+//! no miss, and some incremental of the run must have read files through the maps.
 //!
-//! Replay: `PGWARD_DRILL_SEED=<seed>` (printed at start and in every failure, with the
-//! step list). Second tier: `PGWARD_DRILL_SEEDS=<n>` seeds on every installed major.
+//! Replay: the seed is printed at the start, and a failure prints the command that runs
+//! it again (`PGWARD_DRILL_SEED=<seed> ...`) with the step list. Second tier:
+//! `PGWARD_DRILL_SEEDS=<n>` seeds on every installed major (or `PGWARD_DRILL_MAJORS`).
 
 use std::fs;
 use std::path::PathBuf;
@@ -613,6 +616,13 @@ impl Drill {
     /// on the same files (their birth times predate the reference, so the next incremental
     /// follows the maps across the switch instead of copying files a restore created).
     fn promote_in_place(&mut self, interval: usize) {
+        // A restored copy keeps its restore's recovery target (postgresql.auto.conf), which
+        // this recovery would never reach.
+        self.src.sql(
+            "ALTER SYSTEM RESET recovery_target; ALTER SYSTEM RESET recovery_target_name; \
+             ALTER SYSTEM RESET recovery_target_time; ALTER SYSTEM RESET recovery_target_xid; \
+             ALTER SYSTEM RESET recovery_target_lsn; ALTER SYSTEM RESET recovery_target_action",
+        );
         let c = &self.src.cluster;
         c.stop();
         let signal = c.data.join("standby.signal");
@@ -631,16 +641,20 @@ impl Drill {
         )]);
         c.start();
         let data = c.data.display().to_string();
-        assert_success(
-            &run_as_pg(
-                &c.bin.join("pg_ctl"),
-                &["-D", &data, "-w", "-t", "120", "promote"],
-                &[],
-            ),
-            "pg_ctl promote",
+        let out = run_as_pg(
+            &c.bin.join("pg_ctl"),
+            &["-D", &data, "-w", "-t", "120", "promote"],
+            &[],
         );
-        if c.wait_for_recovery_end(Duration::from_secs(120)) != RecoveryEnd::Promoted {
-            self.fail(format!("promotion in place failed:\n{}", c.log_tail(30)));
+        if !out.status.success()
+            || c.wait_for_recovery_end(Duration::from_secs(120)) != RecoveryEnd::Promoted
+        {
+            self.fail(format!(
+                "promotion in place failed: {}{}\n--- server log ---\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                c.log_tail(40)
+            ));
         }
         let timeline = self
             .src

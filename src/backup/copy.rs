@@ -89,9 +89,9 @@ impl Reference {
     /// A file created after the reference started is new even if its path is old (a
     /// database directory copied with CREATE DATABASE under a reused OID keeps old page
     /// LSNs). Filesystems without birth times fall back to page LSNs alone.
-    fn created_since(&self, source: &std::fs::File) -> bool {
-        let created = source.metadata().and_then(|m| m.created());
-        created
+    fn created_since(&self, metadata: std::io::Result<std::fs::Metadata>) -> bool {
+        metadata
+            .and_then(|m| m.created())
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .is_some_and(|d| d.as_secs() as i64 >= self.start_epoch - 2)
@@ -158,9 +158,20 @@ pub async fn copy_files(
             settings
                 .reference
                 .as_ref()
-                .and_then(|r| r.files.get(&file.rel_path)),
+                .and_then(|r| r.files.get(&file.rel_path).map(|old| (r, old))),
         ) {
-            (Some(maps), Some(old)) if file.page_level => {
+            // Copied whole by the worker whatever the maps say (see `copy_one`).
+            (Some(_), Some((r, _)))
+                if file.page_level && r.created_since(std::fs::metadata(&file.abs_path)) =>
+            {
+                *result
+                    .reads
+                    .files_scanned
+                    .entry("created after the reference: copied whole".into())
+                    .or_default() += 1;
+                None
+            }
+            (Some(maps), Some((_, old))) if file.page_level => {
                 FilePlan::of(&maps.plan, &file.rel_path, file.size, old)
             }
             _ => None,
@@ -349,7 +360,7 @@ impl Worker {
             Err(e) => return Err(Error::io("opening", &file.abs_path, e)),
         };
         match old {
-            Some((r, old)) if file.page_level && !r.created_since(&source) => {
+            Some((r, old)) if file.page_level && !r.created_since(source.metadata()) => {
                 match piece.how.as_deref() {
                     Some(FilePlan::Blocks { blocks, rest_from }) => self
                         .copy_mapped(piece, &source, r, old, blocks, *rest_from)

@@ -15,6 +15,7 @@ mod expire;
 mod incremental;
 mod metrics;
 mod mapped_incr;
+mod map_drill;
 mod operator;
 mod pitr;
 mod s3;

@@ -62,6 +62,8 @@ pub struct Reference {
     pub start_lsn: Lsn,
     /// Seconds since the epoch when the reference backup started.
     pub start_epoch: i64,
+    /// When the reference backup started, to the nanosecond.
+    pub start_time: std::time::SystemTime,
     pub files: HashMap<String, FileEntry>,
 }
 
@@ -71,6 +73,7 @@ impl Reference {
             label: manifest.label,
             start_lsn: manifest.start_lsn,
             start_epoch: manifest.start_time.timestamp(),
+            start_time: manifest.start_time.into(),
             files: manifest
                 .files
                 .into_iter()
@@ -88,13 +91,15 @@ impl Reference {
 
     /// A file created after the reference started is new even if its path is old (a
     /// database directory copied with CREATE DATABASE under a reused OID keeps old page
-    /// LSNs). Filesystems without birth times fall back to page LSNs alone.
+    /// LSNs). Filesystems without birth times fall back to page LSNs alone. Birth times
+    /// have nanosecond fields but come from the kernel's coarse clock (a few ms behind):
+    /// a second of margin covers that with room to spare, and files created earlier than
+    /// that are older than the reference.
     fn created_since(&self, metadata: std::io::Result<std::fs::Metadata>) -> bool {
+        let margin = std::time::Duration::from_secs(1);
         metadata
             .and_then(|m| m.created())
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .is_some_and(|d| d.as_secs() as i64 >= self.start_epoch - 2)
+            .is_ok_and(|born| born + margin >= self.start_time)
     }
 }
 
@@ -164,11 +169,7 @@ pub async fn copy_files(
             (Some(_), Some((r, _)))
                 if file.page_level && r.created_since(std::fs::metadata(&file.abs_path)) =>
             {
-                *result
-                    .reads
-                    .files_scanned
-                    .entry("created after the reference: copied whole".into())
-                    .or_default() += 1;
+                result.reads.files_whole += 1;
                 None
             }
             (Some(maps), Some((_, old))) if file.page_level => {

@@ -74,6 +74,10 @@ pub struct BackupReads {
     /// Relation files scanned page by page instead, by reason.
     #[serde(default)]
     pub files_scanned: BTreeMap<String, u64>,
+    /// Relation files at a path the reference has, created after it started (dropped
+    /// and created again under the same name): copied whole, whatever the maps say.
+    #[serde(default)]
+    pub files_whole: u64,
     /// `--block-map-check` as given, when the maps were used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub map_check: Option<String>,
@@ -90,6 +94,7 @@ impl BackupReads {
     pub fn add(&mut self, other: BackupReads) {
         self.bytes_read += other.bytes_read;
         self.files_mapped += other.files_mapped;
+        self.files_whole += other.files_whole;
         for (why, n) in other.files_scanned {
             *self.files_scanned.entry(why).or_default() += n;
         }

@@ -20,11 +20,14 @@ use crate::repo::Repo;
 
 use super::output::{OutputFile, WriteBehind};
 
+/// Writes `manifest`'s files under `pgdata`. With `sync_each`, each file is fsynced as it
+/// is finished; without, the caller makes them durable at once (`sync_filesystem`).
 pub async fn restore_files(
     repo: &Repo,
     manifest: &Manifest,
     pgdata: &Path,
     jobs: usize,
+    sync_each: bool,
 ) -> Result<()> {
     let files: Vec<Arc<FileEntry>> = manifest.files.iter().cloned().map(Arc::new).collect();
     let progress = Arc::new(crate::progress::Progress::default());
@@ -84,6 +87,7 @@ pub async fn restore_files(
         repo: repo.clone(),
         codecs,
         plan: plan.clone(),
+        sync_each,
     });
     let workers = (0..readers)
         .map(|_| PartWriter {
@@ -282,6 +286,8 @@ struct Frames {
     repo: Repo,
     codecs: HashMap<String, Codec>,
     plan: Option<Arc<ReadPlan>>,
+    /// fsync each file when done (else the caller syncs the file system at the end).
+    sync_each: bool,
 }
 
 impl Frames {
@@ -379,7 +385,10 @@ fn restore_part(
         .at("setting permissions of", dest)?;
     let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_secs(file.mtime.max(0) as u64);
     out.set_modified(mtime).at("setting mtime of", dest)?;
-    out.sync_all().at("syncing", dest)
+    if frames.sync_each {
+        out.sync_all().at("syncing", dest)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::repo::manifest::Manifest;
 use crate::repo::Repo;
-use crate::storage::local::{create_dir_durable, sync_dir};
+use crate::storage::local::{create_dir_durable, sync_dir, sync_filesystem};
 use target::{RecoveryTarget, TargetAction};
 
 pub struct RestoreOptions {
@@ -104,7 +104,7 @@ pub async fn restore(repo: &Repo, opts: RestoreOptions) -> Result<Restored> {
             files: rest,
             ..manifest.clone()
         };
-        files::restore_files(repo, &all_but_control, &opts.pgdata, opts.jobs).await?;
+        files::restore_files(repo, &all_but_control, &opts.pgdata, opts.jobs, false).await?;
     }
 
     recovery::write_backup_files(&opts.pgdata, &manifest, &tablespaces)?;
@@ -142,7 +142,7 @@ async fn restore_control_file(
         files: control,
         ..manifest.clone()
     };
-    files::restore_files(repo, &only_control, pgdata, 1).await?;
+    files::restore_files(repo, &only_control, pgdata, 1, true).await?;
     let path = pgdata.join(crate::pg::datadir::CONTROL_FILE);
     if let Some(owner) = owner {
         std::os::unix::fs::lchown(&path, Some(owner.uid), Some(owner.gid))
@@ -311,8 +311,17 @@ fn layout(pgdata: &Path, manifest: &Manifest, tablespaces: &[(u32, PathBuf)]) ->
     Ok(())
 }
 
-/// fsync every directory of the restored cluster (files were synced as written).
+/// Makes the restored cluster durable: its files with one `syncfs` per file system they
+/// are on (they were written without an fsync each), then every directory.
 fn sync_tree(pgdata: &Path, tablespaces: &[(u32, PathBuf)]) -> Result<()> {
+    let mut synced = std::collections::HashSet::new();
+    for root in std::iter::once(pgdata).chain(tablespaces.iter().map(|(_, l)| l.as_path())) {
+        use std::os::unix::fs::MetadataExt;
+        let device = std::fs::metadata(root).at("reading", root)?.dev();
+        if synced.insert(device) {
+            sync_filesystem(root).at("syncing the file system of", root)?;
+        }
+    }
     fn walk(dir: &Path) -> Result<()> {
         for entry in std::fs::read_dir(dir).at("listing", dir)? {
             let entry = entry.at("listing", dir)?;

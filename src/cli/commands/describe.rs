@@ -19,11 +19,17 @@ pub fn taken_on(from_standby: bool, node: Option<&str>) -> Option<String> {
 pub fn reads_line(r: &BackupReads) -> String {
     let mut s = format!("read {} from the cluster", human_bytes(r.bytes_read));
     let scanned: u64 = r.files_scanned.values().sum();
-    if r.files_mapped + scanned > 0 {
+    if r.files_mapped + r.files_whole + scanned > 0 {
         s.push_str(&format!(
             "; relation files: {} from block maps, {} scanned",
             r.files_mapped, scanned
         ));
+        if r.files_whole > 0 {
+            s.push_str(&format!(
+                ", {} created after the reference (copied whole)",
+                r.files_whole
+            ));
+        }
         if scanned > 0 {
             let why: Vec<String> = r
                 .files_scanned

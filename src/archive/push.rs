@@ -15,6 +15,7 @@ use crate::pg::WalFileName;
 use crate::pipeline::hash::{checksum_of, HashingReader};
 use crate::pipeline::Compression;
 use crate::repo::stanza::StanzaInfo;
+use crate::repo::wal_map::PreparedWalMap;
 use crate::repo::Repo;
 
 /// What a push did: stored the file, or found it archived already.
@@ -63,8 +64,8 @@ pub async fn archive_push(
     let stanza = repo.stanza_info().await?;
     let slot = BufferSlot::take(); // held until the push is done with the content
     let (content, checksum) = read_validated(path, &name, &stanza, slot.is_some()).await?;
-    // The map is made while the segment is stored (both on blocking threads), and
-    // stored only once the segment is.
+    // The map is made, written and synced while the segment is stored (both on
+    // blocking threads), and published only once the segment is (`PreparedWalMap`).
     let is_segment = block_maps && matches!(name, WalFileName::Segment(_));
     let started = std::time::Instant::now();
     let put = async {
@@ -78,7 +79,7 @@ pub async fn archive_push(
     };
     let (outcome, map) = tokio::join!(put, async {
         if is_segment {
-            make_block_map(repo, path, content.clone(), &name, &checksum).await
+            prepare_block_map(repo, path, content.clone(), &name, &checksum).await
         } else {
             None
         }
@@ -91,7 +92,7 @@ pub async fn archive_push(
             PushOutcome::AlreadyArchived => !matches!(repo.read_wal_map(&name).await, Ok(Some(_))),
         };
         if needed {
-            if let Err(e) = repo.put_wal_map(&name, &map).await {
+            if let Err(e) = map.publish().await {
                 tracing::warn!(%name, "no block map stored: {e}");
             }
         }
@@ -101,16 +102,16 @@ pub async fn archive_push(
     Ok(outcome)
 }
 
-/// The segment's block map (`repo::wal_map`), from `content` when it was read already.
-/// The segment is being archived: a map that cannot be made or stored costs
-/// incrementals a page scan, never the push.
-async fn make_block_map(
+/// The segment's block map (`repo::wal_map`), from `content` when it was read already,
+/// written and synced, ready to publish. The segment is being archived: a map that
+/// cannot be made or stored costs incrementals a page scan, never the push.
+async fn prepare_block_map(
     repo: &Repo,
     path: &Path,
     content: Option<Bytes>,
     name: &WalFileName,
     checksum: &str,
-) -> Option<crate::repo::blockmap::BlockMap> {
+) -> Option<PreparedWalMap> {
     let bytes = match content {
         Some(bytes) => bytes,
         None => match tokio::fs::read(path).await {
@@ -121,16 +122,15 @@ async fn make_block_map(
             }
         },
     };
-    match repo
+    let made = repo
         .make_wal_map(name, bytes, checksum, path.parent())
-        .await
-    {
-        Ok(map) => Some(map),
-        Err(e) => {
-            tracing::warn!(%name, "no block map: {e}");
-            None
-        }
+        .await;
+    match made {
+        Ok(map) => repo.prepare_wal_map(name, &map).await,
+        Err(e) => Err(e),
     }
+    .inspect_err(|e| tracing::warn!(%name, "no block map: {e}"))
+    .ok()
 }
 
 /// A segment must come from this stanza's cluster: same system identifier, same major

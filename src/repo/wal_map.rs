@@ -17,7 +17,6 @@ use super::blockmap::{BlockMap, Poison};
 use super::object::{damaged, Contents, Kind};
 use super::Repo;
 use crate::error::Result;
-use crate::pg::wal::read_segment;
 use crate::pg::WalFileName;
 
 /// Suffix of a segment's block map.
@@ -38,6 +37,25 @@ impl Repo {
     pub async fn put_wal_map(&self, name: &WalFileName, map: &BlockMap) -> Result<()> {
         self.write_payload(&self.wal_map_key(name), Kind::BlockMap, &map.encode())
             .await
+    }
+
+    /// Writes the map of segment `name` durably but invisibly, while the segment is
+    /// still being stored; see [`PreparedWalMap`].
+    pub async fn prepare_wal_map(
+        &self,
+        name: &WalFileName,
+        map: &BlockMap,
+    ) -> Result<PreparedWalMap> {
+        use tokio::io::AsyncWriteExt;
+        let key = self.wal_map_key(name);
+        let bytes = self.encode_payload(&key, Kind::BlockMap, &map.encode())?;
+        let mut writer = self.storage.create(&key).await?;
+        writer
+            .write_all(&bytes)
+            .await
+            .map_err(|e| crate::error::Error::io("writing", &key, e))?;
+        writer.sync().await?;
+        Ok(PreparedWalMap { writer })
     }
 
     /// A segment's map, checked; Ok(None) when it has none.
@@ -118,53 +136,79 @@ impl Repo {
         let parse = |before: Option<Vec<u8>>| {
             let segment = segment.clone();
             async move {
-                tokio::task::spawn_blocking(move || read_segment(&segment, before.as_deref()))
-                    .await
-                    // A reader panic is a parse error too (read_segment of nothing).
-                    .unwrap_or_else(|_| read_segment(&[], None))
+                tokio::task::spawn_blocking(move || {
+                    BlockMap::of_segment(&segment, before.as_deref(), identity, sum)
+                })
+                .await
+                // A reader panic is a parse error too.
+                .unwrap_or_else(|_| {
+                    (
+                        BlockMap::poisoned(
+                            (identity.0, identity.1, identity.2),
+                            identity.3,
+                            sum,
+                            Poison::PARSE_ERROR,
+                        ),
+                        false,
+                    )
+                })
             }
         };
         // xlp_info of the first page: XLP_FIRST_IS_CONTRECORD.
         let straddles = segment.get(2..4).is_some_and(|i| i[0] & 1 != 0);
-        let mut read = None;
+        let mut map = None;
         if straddles && seg.segno(size) > 0 {
             let previous =
                 crate::pg::WalSegment::from_segno(seg.timeline, seg.segno(size) - 1, size);
             let previous_name = WalFileName::Segment(previous);
-            let whole_head = |r: &std::result::Result<crate::pg::wal::SegmentRecords, _>| matches!(r, Ok(r) if r.head_missing.is_none());
             if let Some(dir) = local_dir {
                 let path = dir.join(previous_name.to_string());
                 for tail in [Some(LOCAL_TAIL), None] {
                     if let Some(before) = local_tail(&path, tail, size) {
-                        let again = parse(Some(before)).await;
-                        if whole_head(&again) {
-                            read = Some(again);
+                        let (again, whole_head) = parse(Some(before)).await;
+                        if whole_head {
+                            map = Some(again);
                             break;
                         }
                     }
                 }
             }
-            if read.is_none() {
+            if map.is_none() {
                 if let Some(file) = self.find_archived(&previous_name).await?.first() {
                     match self.read_wal(file).await {
-                        Ok(before) => read = Some(parse(Some(before)).await),
+                        Ok(before) => map = Some(parse(Some(before)).await.0),
                         Err(e) => tracing::debug!(%name, "reading the previous segment: {e}"),
                     }
                 }
             }
         }
-        let read = match read {
-            Some(read) => read,
-            None => parse(None).await,
+        let map = match map {
+            Some(map) => map,
+            None => parse(None).await.0,
         };
-        if let Err(e) = &read {
-            tracing::debug!(%name, "block map poisoned: {e}");
-        }
-        let map = BlockMap::build(read, identity, sum);
         if map.poison.is_poisoned() {
             tracing::debug!(%name, reasons = ?map.poison.reasons(), "block map poisoned");
         }
         Ok(map)
+    }
+}
+
+/// A segment's map whose content is durable but not yet visible. Archive-push makes
+/// it while the segment is being stored, so that the device's wait for the map overlaps
+/// the segment's compression, and publishes it only once the segment is stored: a map is
+/// never visible before its segment is durable. Publishing leaves the map's name to the
+/// archive directory's next sync (the next push's), not a sync of its own: a crash may
+/// lose the map of the last segments pushed, never anything else, and a segment without
+/// a map is safe (incrementals fall back to a page scan; `wal maps --backfill` rebuilds
+/// it). Dropped unpublished, it leaves nothing under its key.
+pub struct PreparedWalMap {
+    writer: Box<dyn crate::storage::ObjectWriter>,
+}
+
+impl PreparedWalMap {
+    /// Makes the map visible; call only once its segment is durably archived.
+    pub async fn publish(self) -> Result<()> {
+        self.writer.finish_expendable().await
     }
 }
 
@@ -185,4 +229,40 @@ fn local_tail(path: &Path, tail: Option<u64>, size: u64) -> Option<Vec<u8>> {
 /// Whether a map's poison means its segment should be rebuilt once more WAL is there.
 pub fn retry_worthwhile(map: &BlockMap) -> bool {
     map.poison.0 == Poison::HEAD_MISSING
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pg::lsn::Lsn;
+
+    /// Archive-push writes a segment's map while the segment is stored: nobody sees it
+    /// before it is published (after the segment), and a push that ends without
+    /// publishing it (a conflict, an error) leaves nothing behind.
+    #[tokio::test]
+    async fn a_prepared_map_is_invisible_until_published() {
+        let tmp = tempfile::tempdir().unwrap();
+        let storage = std::sync::Arc::new(crate::storage::LocalStorage::new(tmp.path()));
+        let repo = Repo::plain_for_tests(storage, "main");
+        let name = WalFileName::parse("000000010000000000000003").unwrap();
+        let map = BlockMap::poisoned((1, 15, 1), Lsn(3 << 24), [7; 32], Poison::HEAD_MISSING);
+
+        let dropped = repo.prepare_wal_map(&name, &map).await.unwrap();
+        drop(dropped);
+        let prepared = repo.prepare_wal_map(&name, &map).await.unwrap();
+        assert_eq!(repo.read_wal_map(&name).await.unwrap(), None);
+        assert!(repo.wal_map_names().await.unwrap().is_empty());
+        prepared.publish().await.unwrap();
+        assert_eq!(repo.read_wal_map(&name).await.unwrap(), Some(map));
+        let dir = tmp.path().join(repo.wal_map_key(&name));
+        let leftovers: Vec<_> = std::fs::read_dir(dir.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| {
+                n.to_string_lossy()
+                    .ends_with(crate::storage::local::TEMP_SUFFIX)
+            })
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
 }

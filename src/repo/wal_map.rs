@@ -22,9 +22,10 @@ use crate::pg::WalFileName;
 /// Suffix of a segment's block map.
 pub const MAP_SUFFIX: &str = ".map";
 
-/// How much of a local predecessor is read first: records longer than this that
-/// straddle in make the whole segment be read.
-const LOCAL_TAIL: u64 = 1 << 20;
+/// How much of the predecessor is given to the reader first (its records are all
+/// decoded: context costs as much as content): a record straddling in from further back
+/// (over 64 KiB: rare) makes the whole predecessor be read.
+const LOCAL_TAIL: u64 = 64 << 10;
 
 impl Repo {
     pub fn wal_map_key(&self, name: &WalFileName) -> String {
@@ -176,7 +177,14 @@ impl Repo {
             if map.is_none() {
                 if let Some(file) = self.find_archived(&previous_name).await?.first() {
                     match self.read_wal(file).await {
-                        Ok(before) => map = Some(parse(Some(before)).await.0),
+                        Ok(before) => {
+                            let tail = before.len().saturating_sub(LOCAL_TAIL as usize);
+                            let (again, whole_head) = parse(Some(before[tail..].to_vec())).await;
+                            map = Some(match whole_head {
+                                true => again,
+                                false => parse(Some(before)).await.0,
+                            });
+                        }
                         Err(e) => tracing::debug!(%name, "reading the previous segment: {e}"),
                     }
                 }

@@ -25,7 +25,7 @@ pub const MAP_SUFFIX: &str = ".map";
 /// How much of the predecessor is given to the reader first (its records are all
 /// decoded: context costs as much as content): a record straddling in from further back
 /// (over 64 KiB: rare) makes the whole predecessor be read.
-const LOCAL_TAIL: u64 = 64 << 10;
+pub const PREDECESSOR_TAIL: u64 = 64 << 10;
 
 impl Repo {
     pub fn wal_map_key(&self, name: &WalFileName) -> String {
@@ -100,14 +100,16 @@ impl Repo {
         local_dir: Option<&Path>,
     ) -> Result<BlockMap> {
         let map = self
-            .make_wal_map(name, segment.into(), checksum, local_dir)
+            .make_wal_map(name, segment.into(), checksum, local_dir, None)
             .await?;
         self.put_wal_map(name, &map).await?;
         Ok(map)
     }
 
     /// The map of segment `name` (content `segment`, BLAKE3 `checksum`). `local_dir` is
-    /// where the segment came from, to look for its predecessor before the archive.
+    /// where the segment came from, to look for its predecessor before the archive;
+    /// `known_tail`, the predecessor's last bytes when the caller holds them (the async
+    /// push worker keeps those of what it pushed: it deletes the files).
     /// Never fails for bad WAL: the map says so. The segment is parsed once: the head
     /// of a straddling record is fetched first when the first page says there is one.
     pub async fn make_wal_map(
@@ -116,6 +118,7 @@ impl Repo {
         segment: bytes::Bytes,
         checksum: &str,
         local_dir: Option<&Path>,
+        known_tail: Option<bytes::Bytes>,
     ) -> Result<BlockMap> {
         let Some(seg) = name.segment() else {
             return Err(crate::error::Error::config(format!(
@@ -162,9 +165,13 @@ impl Repo {
             let previous =
                 crate::pg::WalSegment::from_segno(seg.timeline, seg.segno(size) - 1, size);
             let previous_name = WalFileName::Segment(previous);
-            if let Some(dir) = local_dir {
+            if let Some(tail) = known_tail {
+                let (again, whole_head) = parse(Some(tail.to_vec())).await;
+                map = whole_head.then_some(again);
+            }
+            if let (None, Some(dir)) = (&map, local_dir) {
                 let path = dir.join(previous_name.to_string());
-                for tail in [Some(LOCAL_TAIL), None] {
+                for tail in [Some(PREDECESSOR_TAIL), None] {
                     if let Some(before) = local_tail(&path, tail, size) {
                         let (again, whole_head) = parse(Some(before)).await;
                         if whole_head {
@@ -178,7 +185,7 @@ impl Repo {
                 if let Some(file) = self.find_archived(&previous_name).await?.first() {
                     match self.read_wal(file).await {
                         Ok(before) => {
-                            let tail = before.len().saturating_sub(LOCAL_TAIL as usize);
+                            let tail = before.len().saturating_sub(PREDECESSOR_TAIL as usize);
                             let (again, whole_head) = parse(Some(before[tail..].to_vec())).await;
                             map = Some(match whole_head {
                                 true => again,

@@ -3,10 +3,12 @@
 //! metadata object (envelope, sealed in encrypted stanzas). The codec is `blockmap.rs`.
 //!
 //! Building needs the head of a record straddling in from the previous segment: it is
-//! read from the directory the segment came from (pg_wal, the push spool) when the
-//! previous segment is still there, else from the archive (a GET on object storage,
-//! paid only when the segment starts inside a record). Without it the map is poisoned
-//! (`head_missing`); `wal maps --backfill` rebuilds it once the predecessor is archived.
+//! taken from the tail of the predecessor the caller still holds (the async push worker
+//! keeps those of what it pushed), or read from the directory the segment came from
+//! (pg_wal, the push spool) when the previous segment is still there, else from the
+//! archive (a GET on object storage, paid only when the segment starts inside a record).
+//! Without it the map is poisoned (`head_missing`); `wal maps --backfill` rebuilds it
+//! once the predecessor is archived.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Seek, SeekFrom};

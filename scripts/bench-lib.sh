@@ -14,7 +14,8 @@
 #     timed command in $TSV (`record`), columns:
 #       1 step  2 tool/variant  3 run  4 order  5 status  6 wall s  7 max RSS KiB  8 user s
 #       9 sys s  10 srv CPU s  11 bytes  12 note  13 id (stem of $RES/ID.{out,time,cmd})
-#       14 host 1-min load average just before the step
+#       14 host 1-min load average just before the step  15 bytes the command read from
+#       disk (GNU time's file system inputs x 512: page-cache misses of it and its children)
 # shellcheck disable=SC2034   # variables used by the sourcing scripts
 
 BENCH_LIB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -167,17 +168,18 @@ srv_cpu() {   # CPU ticks of postmaster + children (live ones' own + cumulative 
         END { printf "%d\n", tot }'
 }
 
-# parse_time FILE -> "wall rss_kb user sys vcs ivcs fsout"
+# parse_time FILE -> "wall rss_kb user sys vcs ivcs fsout fsin"
 parse_time() {
     awk -F': ' '/User time/{u=$2} /System time/{s=$2} /Elapsed \(wall/{e=$2}
         /Maximum resident/{m=$2} /^\tVoluntary context/{v=$2} /Involuntary context/{iv=$2}
-        /File system outputs/{fo=$2}
+        /File system outputs/{fo=$2} /File system inputs/{fi=$2}
         END{n=split(e,a,":"); w=0; for(i=1;i<=n;i++) w=w*60+a[i];
-            printf "%.2f %d %.2f %.2f %d %d %d\n", w, m, u, s, v, iv, fo}' "$1"
+            printf "%.2f %d %.2f %.2f %d %d %d %d\n", w, m, u, s, v, iv, fo, fi}' "$1"
 }
 
 # run_timed ID CMD... : sync, run CMD as postgres under time -v (output in $RES/ID.*);
-# sets WALL RSS USR SYS SRV VCS IVCS FSO RC LOAD.  GNU time's wall has a resolution of
+# sets WALL RSS USR SYS SRV VCS IVCS FSO FSI RC LOAD (FSO, FSI: file system outputs and
+# inputs, 512-byte blocks).  GNU time's wall has a resolution of
 # 10 ms; with HIRES_WALL=1 a bash between time and CMD takes the wall to the microsecond
 # from $EPOCHREALTIME just before and after CMD (max RSS is still CMD's: bash is smaller).
 run_timed() {
@@ -195,9 +197,9 @@ run_timed() {
     s1=$(srv_cpu)
     SRV=$(echo "scale=2; ($s1 - $s0) / $CLK" | bc | awk '{printf "%.2f", $1}')
     if [ -s "$RES/$id.time" ] && grep -q 'Elapsed' "$RES/$id.time"; then
-        read -r WALL RSS USR SYS VCS IVCS FSO < <(parse_time "$RES/$id.time")
+        read -r WALL RSS USR SYS VCS IVCS FSO FSI < <(parse_time "$RES/$id.time")
     else
-        WALL=0 RSS=0 USR=0 SYS=0 VCS=0 IVCS=0 FSO=0
+        WALL=0 RSS=0 USR=0 SYS=0 VCS=0 IVCS=0 FSO=0 FSI=0
     fi
     [ ! -s "$RES/$id.wall" ] || WALL=$(awk '{printf "%.4f", $2 - $1}' "$RES/$id.wall")
     printf '%q ' "$@" > "$RES/$id.cmd"; echo >> "$RES/$id.cmd"
@@ -217,12 +219,13 @@ setup_step() {
     [ "$RC" -eq 0 ] || die "$tool: $note failed (see $RES/$id.out)"
 }
 
-# record STEP TOOL RUN ORDER BYTES NOTE ID   (uses RC WALL RSS USR SYS SRV LOAD)
+# record STEP TOOL RUN ORDER BYTES NOTE ID   (uses RC WALL RSS USR SYS SRV LOAD FSI)
 record() {
     local status=ok
     [ "$RC" -eq 0 ] || status="FAILED($RC)"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
-        "$1" "$2" "$3" "$4" "$status" "$WALL" "$RSS" "$USR" "$SYS" "$SRV" "$5" "$6" "$7" "${LOAD:--}" >> "$TSV"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+        "$1" "$2" "$3" "$4" "$status" "$WALL" "$RSS" "$USR" "$SYS" "$SRV" "$5" "$6" "$7" "${LOAD:--}" \
+        "$(( ${FSI:-0} * 512 ))" >> "$TSV"
     log "$1 $2 run $3 (#$4): $status wall=${WALL}s rss=$((RSS / 1024))MiB user=${USR} sys=${SYS} srv=${SRV} bytes=$5 $6"
 }
 

@@ -16,8 +16,12 @@
 #            same rounds, syncing its files as pgward does (BB_SYNC=0 adds --no-sync);
 #   incr     one full per tool (lz4, --jobs 2), then RUNS incrementals each after an UPDATE
 #            of a contiguous 1% of pgbench_accounts (aid BETWEEN k*N/100+1 AND (k+1)*N/100,
-#            a different k each round) + CHECKPOINT, then RUNS incrementals with nothing
-#            changed (lz4, --jobs 2; 3 s sleeps keep both tools' timestamp checks honest);
+#            a different k each round) + CHECKPOINT, each with the page cache dropped
+#            first (DROP_CACHES=1; both tools' programs are then loaded again, untimed),
+#            so that what it reads from disk is what it needs;
+#            then RUNS incrementals with nothing changed (warm), and one more by pgward
+#            with the page cache dropped (lz4, --jobs 2; 3 s sleeps keep both tools'
+#            timestamp checks honest);
 #   restore  restore of the latest full and of the full+incr chain of the incr step
 #            (full + the 1% incrementals + the no-change ones) by each tool, and by pgward
 #            of a full taken right after the chain's last backup (the same data, for the
@@ -33,12 +37,17 @@
 #   archive  archive-push of AR_SEGS real WAL segments, the load's first (fetched
 #            beforehand from the archive, untimed), one process per segment, into a fresh
 #            scratch stanza and repository per tool and round (the real archive is not
-#            touched; lz4 for both); then archive-get of the same segments, one process
+#            touched; lz4 for both), by pgward with block maps (--wal-maps on) and
+#            without them (tool pgward-nomaps); then archive-get of the same segments, one process
 #            each, from those repositories (pgward with prefetch off:
 #            --archive-get-queue-max 0; pgBackRest synchronous), each result compared
 #            byte for byte with the original.
 # Prints a markdown table of medians (successful runs), pgward/other ratios, the project's
-# targets and whether they are met, and each side's peak RSS; stops every server it
+# targets and whether they are met, and each side's peak RSS, then the block-map table
+# (issue 12; PASS/MISS per row): archive-push with maps against without, map bytes per
+# GiB of WAL (every map of the run's real archive), and, page cache dropped, the bytes
+# the incrementals read from disk (GNU time's file system inputs of the command and its
+# children) and their wall against pgBackRest's; stops every server it
 # started (trap on EXIT) and removes the restore directories.  Per-run raw figures stay in
 # $BASE/results/results.tsv (columns: see bench-lib.sh), every command's output in
 # $BASE/results/ID.{out,time,cmd}, the report in $BASE/results/results.md, a per-run
@@ -76,6 +85,8 @@
 #     including archive_command children), from /proc/*/stat.
 #   * bytes: a backup's stored data (pgward `info` stored_size; pgBackRest `info`
 #     repository.delta; pg_basebackup du -sb of its tar files), a restore's du -sb.
+#   * bytes read: GNU time's "File system inputs" x 512 (reads that missed the page
+#     cache, the command's and its children's), in column 15 of results.tsv.
 set -euo pipefail
 
 SCALE=${SCALE:-100}
@@ -135,6 +146,9 @@ BR=(pgbackrest --config="$CONF" --stanza="$STANZA" --log-level-console=info)
 br_last() { pg "${BR[@]}" info --output=json 2>/dev/null | jq -c '.[0].backup[-1] // empty'; }
 pw_last() { pg "${PGW[@]}" --output json info 2>/dev/null | jq -c '.backups | sort_by(.label) | last // empty'; }
 order_for() { if (( $1 % 2 == 1 )); then echo "pgward pgbackrest"; else echo "pgbackrest pgward"; fi; }
+order3_for() {   # archive-push: pgward with block maps, without them, pgBackRest
+    if (( $1 % 2 == 1 )); then echo "pgward pgward-nomaps pgbackrest"; else echo "pgbackrest pgward-nomaps pgward"; fi
+}
 
 # ================================================================ cluster and load
 setup_cluster() {
@@ -272,6 +286,15 @@ base_full() {
     sleep 3
 }
 
+# after the page cache is dropped, load both tools' programs again (untimed): the
+# bytes-read rows count what a backup reads, not the loading of its executable (pgward's
+# alone is about 20 MB)
+warm_programs() {
+    pg "$PGWARD" --version >/dev/null 2>&1 || true
+    pg pgbackrest version >/dev/null 2>&1 || true
+    pg /usr/bin/time -o /dev/null bash -c true 2>/dev/null || true
+}
+
 UPD_NOTES=()
 step_incr() {
     local r o k lo hi t0 ut tool
@@ -291,6 +314,7 @@ step_incr() {
         for tool in $(order_for "$r"); do
             o=$((o + 1))
             [ $o -gt 1 ] && sleep 3
+            drop_caches; warm_programs
             backup_one incr-1pct "$tool" incr lz4 2 "$r" "$o"
         done
     done
@@ -302,6 +326,9 @@ step_incr() {
             backup_one incr-0 "$tool" incr lz4 2 "$r" "$o"
         done
     done
+    sleep 3
+    drop_caches; warm_programs
+    backup_one incr-0-cold pgward incr lz4 2 1 1
     INCR_PW=${LAST_LABEL[pgward]:-}
     INCR_BR=${LAST_LABEL[pgbackrest]:-}
     [ "$INCR_PW" != "$FULL_PW" ] || INCR_PW=""
@@ -434,12 +461,17 @@ step_archive() {
         setup_step "ar-stanza-create-pgward-$r" pgward "$r" "scratch stanza-create" "${AR_CMD[@]}" stanza-create
         ar_br "$r"
         setup_step "ar-stanza-create-pgbackrest-$r" pgbackrest "$r" "scratch stanza-create" "${AR_CMD[@]}" stanza-create
+        mkdir -p "$AR/pgward-nomaps-$r"; chown postgres:postgres "$AR/pgward-nomaps-$r"
+        ar_pw "nomaps-$r"
+        setup_step "ar-stanza-create-pgward-nomaps-$r" pgward "$r" "scratch stanza-create" "${AR_CMD[@]}" stanza-create
         o=0
-        for tool in $(order_for "$r"); do
+        for tool in $(order3_for "$r"); do
             o=$((o + 1))
             while read -r seg; do
                 if [ "$tool" = pgward ]; then
-                    ar_pw "$r"; run_timed "archive-push-$tool-$r-$seg" "${AR_CMD[@]}" --compress lz4 archive-push "$AR/segs/$seg"
+                    ar_pw "$r"; run_timed "archive-push-$tool-$r-$seg" "${AR_CMD[@]}" --compress lz4 --wal-maps on archive-push "$AR/segs/$seg"
+                elif [ "$tool" = pgward-nomaps ]; then
+                    ar_pw "nomaps-$r"; run_timed "archive-push-$tool-$r-$seg" "${AR_CMD[@]}" --compress lz4 --wal-maps off archive-push "$AR/segs/$seg"
                 else
                     ar_br "$r"; run_timed "archive-push-$tool-$r-$seg" "${AR_CMD[@]}" --compress-type=lz4 archive-push "$AR/segs/$seg"
                 fi
@@ -476,6 +508,12 @@ want full && step_full
 want incr && step_incr
 if want restore; then step_restore; check_restored; fi
 want archive && step_archive
+
+# block maps of the run's real archive (every segment archive_command pushed)
+WALSEG=$(psqlq -c "SELECT pg_size_bytes(current_setting('wal_segment_size'))" 2>/dev/null || echo 16777216)
+read -r MAP_N MAP_BYTES < <(find "$PWREPO/$STANZA/archive" -name '*.map' -printf '%s\n' 2>/dev/null |
+    awk '{n++; s+=$1} END{print n+0, s+0}')
+SEG_N=$(find "$PWREPO/$STANZA/archive" -regextype posix-extended -regex '.*/[0-9A-F]{24}-[0-9a-f]{64}(\.[a-z0-9]+)?' 2>/dev/null | wc -l)
 
 pg "${BR[@]}" info > "$RES/pgbackrest-info.txt" 2>&1 || true
 pg "${BR[@]}" info --output=json > "$RES/pgbackrest-info.json" 2>&1 || true
@@ -560,6 +598,7 @@ report() {
     echo "| peak memory (MiB, max RSS over every timed step; pgward: $pw_peak_step, pgBackRest: $br_peak_step) | $(mib "$pw_peak") | $(mib "$br_peak") | $(ratio "$pw_peak" "$br_peak") | pgward < 64 MiB | $(met below 65536 "$pw_peak" "") | $(mib "$pw_peak") | $(mib "$br_peak") | |"
     echo
     echo "ratio = pgward / other (median wall; below 1 pgward is faster). \"≥ N× faster\" is met when other ≥ N × pgward."
+    maps_report
     echo
     local fails
     fails=$(awk -F'\t' '$5!="ok" {print $13}' "$TSV")
@@ -576,6 +615,50 @@ report() {
         echo
     fi
     echo "Per-run figures: \`$TSV\` (table: \`$RES/per-run.md\`); script wall time $((SECONDS - T_START)) s"
+}
+
+# ---------------------------------------------------------------- block maps (issue 12)
+fsi_col() { awk -F'\t' -v s="$1" -v v="$2" '$1==s && $2==v && $5=="ok" && $15 != "" {print $15}' "$TSV"; }
+pct() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a=="nan" || a=="" || b=="" || b+0==0) print "n/a"; else printf "%.2f %%", 100*a/b }'; }
+# pass KIND LIMIT VALUE [OTHER] -> PASS / **MISS** / n/a   (ratio: VALUE/OTHER <= LIMIT;
+# fraction: VALUE/OTHER <= LIMIT; below: VALUE < LIMIT)
+pass() {
+    awk -v k="$1" -v x="$2" -v a="$3" -v b="${4:-}" 'BEGIN {
+        if (a == "nan" || a == "" || (k != "below" && (b == "nan" || b == "" || b + 0 == 0))) { print "n/a"; exit }
+        ok = (k == "below") ? (a + 0 < x + 0) : (a / b <= x + 1e-9)
+        print ok ? "PASS" : "**MISS**" }'
+}
+maps_report() {
+    local on off pw br pwr brr cold wal cache
+    echo
+    echo "### Block maps (issue 12)"
+    echo
+    cache="page cache dropped before each (DROP_CACHES=1)"
+    [ "$DROP_CACHES" = 1 ] || cache="**page cache NOT dropped (DROP_CACHES=$DROP_CACHES): the bytes-read rows measure a warm cache, not what the backups need**"
+    echo "- incrementals: $cache; bytes read = file system inputs × 512 of the backup command and its children; database size = du -sb pgdata without pg_wal after the load ($SRC_NOWAL bytes)"
+    echo
+    echo "| row | pgward | other | target | result |"
+    echo "|---|---|---|---|---|"
+    if want archive; then
+        on=$(col archive-push pgward 6 | median); off=$(col archive-push pgward-nomaps 6 | median)
+        echo "| archive-push per segment, with maps / without (other) | $(sec "$on") s | $(sec "$off") s ($(ratio "$on" "$off")) | ≤ 1.10 | $(pass ratio 1.10 "$on" "$off") |"
+    fi
+    wal=$((SEG_N * WALSEG))
+    if [ "${MAP_N:-0}" -gt 0 ]; then
+        echo "| map bytes per GiB of WAL ($MAP_N maps of $SEG_N segments in the run's archive) | $(awk -v m="$MAP_BYTES" -v n="$MAP_N" -v s="$WALSEG" 'BEGIN{printf "%.2f MiB (%.3f %%)", m/(n*s)*1024, 100*m/(n*s)}') | - | ≤ 2 % | $(pass ratio 0.02 "$MAP_BYTES" "$((MAP_N * WALSEG))") |"
+    else
+        echo "| map bytes per GiB of WAL | no maps in the run's archive ($SEG_N segments, $(mb "$wal") MB) | - | ≤ 2 % | n/a |"
+    fi
+    if want incr; then
+        pw=$(fsi_col incr-1pct pgward | median); br=$(fsi_col incr-1pct pgbackrest | median)
+        echo "| incr after a contiguous 1% change: bytes read from disk / database size | $(mb "$pw") MB ($(pct "$pw" "$SRC_NOWAL")) | $(mb "$br") MB ($(pct "$br" "$SRC_NOWAL")) | ≤ 5 % | $(pass ratio 0.05 "$pw" "$SRC_NOWAL") |"
+        pwr=$(col incr-1pct pgward 6 | median); brr=$(col incr-1pct pgbackrest 6 | median)
+        echo "| incr after a contiguous 1% change: wall, pgward / pgBackRest | $(sec "$pwr") s | $(sec "$brr") s ($(ratio "$pwr" "$brr")) | ≤ 0.3 | $(pass ratio 0.3 "$pwr" "$brr") |"
+        cold=$(fsi_col incr-0-cold pgward | median)
+        echo "| incr after no change: bytes read from disk | $(mb "$cold") MB | - | < 1 MB | $(pass below 1000000 "$cold") |"
+    fi
+    echo
+    echo "MB = 10^6 bytes. other: pgBackRest on the same change, or pgward without maps."
 }
 
 per_run() {

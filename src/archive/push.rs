@@ -15,6 +15,7 @@ use crate::pg::WalFileName;
 use crate::pipeline::hash::{checksum_of, HashingReader};
 use crate::pipeline::Compression;
 use crate::repo::stanza::StanzaInfo;
+use crate::repo::wal_map::{PreparedWalMap, PREDECESSOR_TAIL};
 use crate::repo::Repo;
 
 /// What a push did: stored the file, or found it archived already.
@@ -52,19 +53,64 @@ impl Drop for BufferSlot {
     }
 }
 
-/// Stores the WAL file at `path`; with `block_maps`, a segment's block map too.
+/// The last bytes of segments a process pushed, for the block maps of their successors:
+/// the async worker deletes each file it pushed, and the head of a record straddling
+/// into the next segment would otherwise be fetched back from the repository (a
+/// download and a decompression of the whole segment).
+#[derive(Default)]
+pub struct PushedTails(std::sync::Mutex<std::collections::VecDeque<(WalFileName, Bytes)>>);
+
+impl PushedTails {
+    /// More than the async worker pushes at once (`--jobs`), in the usual case.
+    const KEPT: usize = 16;
+
+    fn get(&self, name: &WalFileName) -> Option<Bytes> {
+        let tails = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        tails
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.clone())
+    }
+
+    fn keep(&self, name: &WalFileName, segment: &[u8]) {
+        let start = segment.len().saturating_sub(PREDECESSOR_TAIL as usize);
+        let mut tails = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if tails.len() >= Self::KEPT {
+            tails.pop_front();
+        }
+        tails.push_back((name.clone(), Bytes::copy_from_slice(&segment[start..])));
+    }
+}
+
+/// Stores the WAL file at `path`; with `block_maps`, a segment's block map too. `tails`:
+/// where to find and keep the tails of segments pushed before (the async worker).
 pub async fn archive_push(
     repo: &Repo,
     path: &Path,
     compression: Compression,
     block_maps: bool,
+    tails: Option<&PushedTails>,
 ) -> Result<PushOutcome> {
     let name = parse_pushed_name(path)?;
     let stanza = repo.stanza_info().await?;
     let slot = BufferSlot::take(); // held until the push is done with the content
     let (content, checksum) = read_validated(path, &name, &stanza, slot.is_some()).await?;
-    // The map is made while the segment is stored (both on blocking threads), and
-    // stored only once the segment is.
+    let known_tail = match (&name, tails) {
+        (WalFileName::Segment(seg), Some(tails)) => {
+            let segno = seg.segno(stanza.wal_segment_size);
+            let previous = segno.checked_sub(1).map(|p| {
+                WalFileName::Segment(crate::pg::WalSegment::from_segno(
+                    seg.timeline,
+                    p,
+                    stanza.wal_segment_size,
+                ))
+            });
+            previous.and_then(|p| tails.get(&p))
+        }
+        _ => None,
+    };
+    // The map is made, written and synced while the segment is stored (both on
+    // blocking threads), and published only once the segment is (`PreparedWalMap`).
     let is_segment = block_maps && matches!(name, WalFileName::Segment(_));
     let started = std::time::Instant::now();
     let put = async {
@@ -78,20 +124,23 @@ pub async fn archive_push(
     };
     let (outcome, map) = tokio::join!(put, async {
         if is_segment {
-            make_block_map(repo, path, content.clone(), &name, &checksum).await
+            prepare_block_map(repo, path, content.clone(), &name, &checksum, known_tail).await
         } else {
             None
         }
     });
     let outcome = outcome?;
     tracing::debug!(?outcome, %name, "archive-push");
+    if let (Some(tails), Some(content), true) = (tails, &content, is_segment) {
+        tails.keep(&name, content);
+    }
     if let Some(map) = map {
         let needed = match outcome {
             PushOutcome::Stored { .. } => true,
             PushOutcome::AlreadyArchived => !matches!(repo.read_wal_map(&name).await, Ok(Some(_))),
         };
         if needed {
-            if let Err(e) = repo.put_wal_map(&name, &map).await {
+            if let Err(e) = map.publish().await {
                 tracing::warn!(%name, "no block map stored: {e}");
             }
         }
@@ -101,16 +150,17 @@ pub async fn archive_push(
     Ok(outcome)
 }
 
-/// The segment's block map (`repo::wal_map`), from `content` when it was read already.
-/// The segment is being archived: a map that cannot be made or stored costs
-/// incrementals a page scan, never the push.
-async fn make_block_map(
+/// The segment's block map (`repo::wal_map`), from `content` when it was read already,
+/// written and synced, ready to publish. The segment is being archived: a map that
+/// cannot be made or stored costs incrementals a page scan, never the push.
+async fn prepare_block_map(
     repo: &Repo,
     path: &Path,
     content: Option<Bytes>,
     name: &WalFileName,
     checksum: &str,
-) -> Option<crate::repo::blockmap::BlockMap> {
+    known_tail: Option<Bytes>,
+) -> Option<PreparedWalMap> {
     let bytes = match content {
         Some(bytes) => bytes,
         None => match tokio::fs::read(path).await {
@@ -121,16 +171,15 @@ async fn make_block_map(
             }
         },
     };
-    match repo
-        .make_wal_map(name, bytes, checksum, path.parent())
-        .await
-    {
-        Ok(map) => Some(map),
-        Err(e) => {
-            tracing::warn!(%name, "no block map: {e}");
-            None
-        }
+    let made = repo
+        .make_wal_map(name, bytes, checksum, path.parent(), known_tail)
+        .await;
+    match made {
+        Ok(map) => repo.prepare_wal_map(name, &map).await,
+        Err(e) => Err(e),
     }
+    .inspect_err(|e| tracing::warn!(%name, "no block map: {e}"))
+    .ok()
 }
 
 /// A segment must come from this stanza's cluster: same system identifier, same major

@@ -25,7 +25,7 @@ use crate::storage::local::{
     replace_private_file, sync_dir, try_flock,
 };
 
-use super::push::{archive_push, parse_pushed_name, validate};
+use super::push::{archive_push, parse_pushed_name, validate, PushedTails};
 
 pub struct Spool {
     pub dir: PathBuf,
@@ -294,6 +294,7 @@ pub async fn run_worker(
     }
     let mut idle_since = std::time::Instant::now();
     let mut backoff = Duration::from_millis(100);
+    let tails = &PushedTails::default();
     loop {
         let queued = spool.queued()?;
         if queued.is_empty() {
@@ -307,7 +308,7 @@ pub async fn run_worker(
             futures::future::join_all(queued.iter().take(jobs.max(1)).map(|path| async move {
                 (
                     path,
-                    archive_push(repo, path, compression, block_maps).await,
+                    archive_push(repo, path, compression, block_maps, Some(tails)).await,
                 )
             }))
             .await;

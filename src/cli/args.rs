@@ -56,9 +56,11 @@ impl LogLevel {
 /// Whether archive-push builds a block map of each segment (`repo::blockmap`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum WalMaps {
-    /// No maps (the default until incrementals read them: a map costs archive-push time).
-    #[default]
+    /// No maps: incrementals scan the pages of changed files for WAL archived meanwhile.
     Off,
+    /// The default: a map costs a push a few percent (it is built and synced while the
+    /// segment is compressed and stored).
+    #[default]
     On,
 }
 

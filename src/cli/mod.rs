@@ -182,9 +182,9 @@ impl Resolved {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
     }
 
-    /// Whether archive-push builds block maps (`--wal-maps`).
+    /// Whether archive-push builds block maps (`--wal-maps`, on unless set off).
     fn wal_maps(&self) -> bool {
-        self.global.wal_maps == Some(args::WalMaps::On)
+        self.global.wal_maps != Some(args::WalMaps::Off)
     }
 
     fn compression(&self) -> Result<Compression> {
@@ -321,6 +321,21 @@ mod tests {
         };
         let repo = resolved.stanza_handle().await.unwrap();
         (resolved, repo.unlock(None).await.unwrap())
+    }
+
+    #[test]
+    fn archive_push_builds_block_maps_unless_told_off() {
+        let maps = |argv: &[&str]| {
+            let cli = Cli::try_parse_from(argv).unwrap();
+            Resolved {
+                explicit: cli.global.clone(),
+                global: cli.global,
+            }
+            .wal_maps()
+        };
+        assert!(maps(&["pgward", "info"]));
+        assert!(maps(&["pgward", "--wal-maps", "on", "info"]));
+        assert!(!maps(&["pgward", "--wal-maps", "off", "info"]));
     }
 
     #[test]

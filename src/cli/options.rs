@@ -318,8 +318,9 @@ global_options! {
     compress: String, "compress", Pgward("PGWARD_COMPRESS"), FILE | WORKER;
     /// Compression level (zstd 1-22, gzip 0-9)
     compress_level: i32, "compress-level", Pgward("PGWARD_COMPRESS_LEVEL"), FILE | WORKER;
-    /// archive-push also stores a block map of each segment (experimental: incrementals
-    /// do not read maps yet, and a map costs each push about a third more) [default: off]
+    /// archive-push also stores a block map of each segment, which blocks its records
+    /// change, for incrementals that read only those (a few percent more per push)
+    /// [default: on]
     #[arg(value_enum, ignore_case = true)]
     wal_maps: WalMaps, "wal-maps", Pgward("PGWARD_WAL_MAPS"), FILE | COMMAND | WORKER;
     /// Incrementals read blocks the WAL block maps leave out to check their page LSN:

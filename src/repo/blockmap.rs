@@ -37,7 +37,8 @@ use std::collections::BTreeMap;
 
 use crate::pg::lsn::Lsn;
 use crate::pg::wal::{
-    Fork, RelFileLocator, SegmentRecords, Special, WalError, WalErrorKind, WalLevel,
+    read_segment_each, Fork, RelFileLocator, SegmentRecords, Special, WalError, WalErrorKind,
+    WalLevel, WalRecord,
 };
 
 pub const MAGIC: &[u8; 4] = b"PGBM";
@@ -162,6 +163,156 @@ pub struct BlockMap {
     pub files: BTreeMap<RelFork, FileChanges>,
 }
 
+/// Folds a segment's records into a map, one at a time, in WAL order.
+#[derive(Default)]
+struct MapBuilder {
+    files: BTreeMap<RelFork, FileChanges>,
+    poison: u8,
+    /// Start of the first record and where the record after the last one starts.
+    first: Option<Lsn>,
+    next: Option<Lsn>,
+}
+
+impl MapBuilder {
+    fn record(&mut self, record: &WalRecord) {
+        self.first.get_or_insert(record.lsn);
+        self.next = Some(record.next);
+        let files = &mut self.files;
+        for b in &record.blocks {
+            // The FSM is not WAL-logged reliably; backups copy it whole.
+            if b.fork != Fork::FreeSpaceMap {
+                files
+                    .entry(RelFork::of(b.rel, b.fork))
+                    .or_default()
+                    .blocks
+                    .push(b.block);
+            }
+        }
+        match &record.special {
+            None | Some(Special::Switch) | Some(Special::OverwriteContrecord { .. }) => {}
+            Some(Special::SmgrCreate { rel, fork }) => {
+                if *fork != Fork::FreeSpaceMap {
+                    files.entry(RelFork::of(*rel, *fork)).or_default().whole = true;
+                }
+            }
+            Some(Special::SmgrTruncate { rel, blocks, forks }) => {
+                if forks.main {
+                    files
+                        .entry(RelFork::of(*rel, Fork::Main))
+                        .or_default()
+                        .truncate(*blocks);
+                }
+                if forks.visibility_map {
+                    // Its new length is in map pages, not heap blocks: copy it whole.
+                    files
+                        .entry(RelFork::of(*rel, Fork::VisibilityMap))
+                        .or_default()
+                        .whole = true;
+                }
+            }
+            Some(Special::DatabaseCreate { db, spc, .. }) => {
+                files.entry(RelFork::database(*spc, *db)).or_default().whole = true;
+            }
+            Some(Special::DatabaseDrop { db, tablespaces }) => {
+                for spc in tablespaces {
+                    let f = files.entry(RelFork::database(*spc, *db)).or_default();
+                    f.truncate(0);
+                    f.whole = true;
+                }
+            }
+            Some(Special::TransactionEnd { dropped, .. }) => {
+                for rel in dropped {
+                    for fork in [Fork::Main, Fork::VisibilityMap, Fork::Init] {
+                        files
+                            .entry(RelFork::of(*rel, fork))
+                            .or_default()
+                            .truncate(0);
+                    }
+                }
+            }
+            Some(Special::WalLevel { level, .. }) => {
+                if matches!(level, WalLevel::Minimal | WalLevel::Unknown(_)) {
+                    self.poison |= Poison::MINIMAL_WAL;
+                }
+            }
+            Some(Special::UnknownRelUpdate) => self.poison |= Poison::UNKNOWN_REL_UPDATE,
+        }
+    }
+
+    /// The map, given how reading ended (its records were fed to `record`).
+    fn finish(
+        self,
+        read: Result<SegmentRecords, WalError>,
+        identity: (u64, u32, u32, Lsn),
+        checksum: [u8; 32],
+    ) -> BlockMap {
+        let (sysid, major, tli, seg_start) = identity;
+        let read = match read {
+            Ok(read) => read,
+            Err(WalError {
+                kind: WalErrorKind::UnknownMagic(_),
+                ..
+            }) => {
+                return BlockMap::poisoned(
+                    (sysid, major, tli),
+                    seg_start,
+                    checksum,
+                    Poison::UNKNOWN_MAGIC,
+                )
+            }
+            Err(_) => {
+                return BlockMap::poisoned(
+                    (sysid, major, tli),
+                    seg_start,
+                    checksum,
+                    Poison::PARSE_ERROR,
+                )
+            }
+        };
+        let header = (read.system_identifier, read.pg_major, read.timeline);
+        let MapBuilder {
+            mut files,
+            mut poison,
+            first,
+            next,
+        } = self;
+        if read.head_missing.is_some() {
+            poison |= Poison::HEAD_MISSING;
+        }
+        if read.end_of_wal.is_some() {
+            poison |= Poison::INCOMPLETE;
+        }
+        let (start, end) = match (first, next) {
+            // Only page headers precede a first record that starts in the segment.
+            (Some(first), Some(next)) => (first.min(read.start), next),
+            _ => (read.start, read.start),
+        };
+        // A record abandoned by an overwrite-contrecord here started in an earlier
+        // segment and changed nothing: the map covers its bytes too, so maps still chain.
+        let start = read.aborted.iter().map(|a| a.0).fold(start, Lsn::min);
+        for changes in files.values_mut() {
+            changes.blocks.sort_unstable();
+            changes.blocks.dedup();
+        }
+        if files.values().map(|c| c.blocks.len()).sum::<usize>() > MAX_BLOCKS {
+            poison |= Poison::PARSE_ERROR;
+        }
+        if poison != 0 {
+            return BlockMap::poisoned(header, read.start, checksum, poison);
+        }
+        BlockMap {
+            system_identifier: header.0,
+            pg_major: header.1,
+            timeline: header.2,
+            start,
+            end,
+            segment_checksum: checksum,
+            poison: Poison(0),
+            files,
+        }
+    }
+}
+
 /// Why bytes are not a block map.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum MapError {
@@ -228,127 +379,26 @@ impl BlockMap {
         identity: (u64, u32, u32, Lsn),
         checksum: [u8; 32],
     ) -> BlockMap {
-        let (sysid, major, tli, seg_start) = identity;
-        let read = match read {
-            Ok(read) => read,
-            Err(WalError {
-                kind: WalErrorKind::UnknownMagic(_),
-                ..
-            }) => {
-                return Self::poisoned(
-                    (sysid, major, tli),
-                    seg_start,
-                    checksum,
-                    Poison::UNKNOWN_MAGIC,
-                )
-            }
-            Err(_) => {
-                return Self::poisoned(
-                    (sysid, major, tli),
-                    seg_start,
-                    checksum,
-                    Poison::PARSE_ERROR,
-                )
-            }
-        };
-        let header = (read.system_identifier, read.pg_major, read.timeline);
-        let mut poison = 0;
-        if read.head_missing.is_some() {
-            poison |= Poison::HEAD_MISSING;
+        let mut builder = MapBuilder::default();
+        if let Ok(read) = &read {
+            read.records.iter().for_each(|r| builder.record(r));
         }
-        if read.end_of_wal.is_some() {
-            poison |= Poison::INCOMPLETE;
-        }
-        let mut files: BTreeMap<RelFork, FileChanges> = BTreeMap::new();
-        for record in &read.records {
-            for b in &record.blocks {
-                // The FSM is not WAL-logged reliably; backups copy it whole.
-                if b.fork != Fork::FreeSpaceMap {
-                    files
-                        .entry(RelFork::of(b.rel, b.fork))
-                        .or_default()
-                        .blocks
-                        .push(b.block);
-                }
-            }
-            match &record.special {
-                None | Some(Special::Switch) | Some(Special::OverwriteContrecord { .. }) => {}
-                Some(Special::SmgrCreate { rel, fork }) => {
-                    if *fork != Fork::FreeSpaceMap {
-                        files.entry(RelFork::of(*rel, *fork)).or_default().whole = true;
-                    }
-                }
-                Some(Special::SmgrTruncate { rel, blocks, forks }) => {
-                    if forks.main {
-                        files
-                            .entry(RelFork::of(*rel, Fork::Main))
-                            .or_default()
-                            .truncate(*blocks);
-                    }
-                    if forks.visibility_map {
-                        // Its new length is in map pages, not heap blocks: copy it whole.
-                        files
-                            .entry(RelFork::of(*rel, Fork::VisibilityMap))
-                            .or_default()
-                            .whole = true;
-                    }
-                }
-                Some(Special::DatabaseCreate { db, spc, .. }) => {
-                    files.entry(RelFork::database(*spc, *db)).or_default().whole = true;
-                }
-                Some(Special::DatabaseDrop { db, tablespaces }) => {
-                    for spc in tablespaces {
-                        let f = files.entry(RelFork::database(*spc, *db)).or_default();
-                        f.truncate(0);
-                        f.whole = true;
-                    }
-                }
-                Some(Special::TransactionEnd { dropped, .. }) => {
-                    for rel in dropped {
-                        for fork in [Fork::Main, Fork::VisibilityMap, Fork::Init] {
-                            files
-                                .entry(RelFork::of(*rel, fork))
-                                .or_default()
-                                .truncate(0);
-                        }
-                    }
-                }
-                Some(Special::WalLevel { level, .. }) => {
-                    if matches!(level, WalLevel::Minimal | WalLevel::Unknown(_)) {
-                        poison |= Poison::MINIMAL_WAL;
-                    }
-                }
-                Some(Special::UnknownRelUpdate) => poison |= Poison::UNKNOWN_REL_UPDATE,
-            }
-        }
-        let (start, end) = match (read.records.first(), read.records.last()) {
-            // Only page headers precede a first record that starts in the segment.
-            (Some(first), Some(last)) => (first.lsn.min(read.start), last.next),
-            _ => (read.start, read.start),
-        };
-        // A record abandoned by an overwrite-contrecord here started in an earlier
-        // segment and changed nothing: the map covers its bytes too, so maps still chain.
-        let start = read.aborted.iter().map(|a| a.0).fold(start, Lsn::min);
-        for changes in files.values_mut() {
-            changes.blocks.sort_unstable();
-            changes.blocks.dedup();
-        }
-        if files.values().map(|c| c.blocks.len()).sum::<usize>() > MAX_BLOCKS {
-            poison |= Poison::PARSE_ERROR;
-        }
-        if poison != 0 {
-            return Self::poisoned(header, read.start, checksum, poison);
-        }
-        BlockMap {
-            system_identifier: header.0,
-            pg_major: header.1,
-            timeline: header.2,
-            start,
-            end,
-            segment_checksum: checksum,
-            poison: Poison(0),
-            files,
-        }
+        builder.finish(read, identity, checksum)
+    }
+
+    /// The map of `segment` (`before`: as `pg::wal::read_segment` takes it), built as
+    /// its records are read, none kept; and whether the head of a record straddling in
+    /// was among the bytes given (with a parse error, no).
+    pub fn of_segment(
+        segment: &[u8],
+        before: Option<&[u8]>,
+        identity: (u64, u32, u32, Lsn),
+        checksum: [u8; 32],
+    ) -> (BlockMap, bool) {
+        let mut builder = MapBuilder::default();
+        let read = read_segment_each(segment, before, |r| builder.record(&r));
+        let whole_head = matches!(&read, Ok(r) if r.head_missing.is_none());
+        (builder.finish(read, identity, checksum), whole_head)
     }
 
     /// Merges the map of the range right after this one into it (ascending LSN order).

@@ -286,8 +286,13 @@ impl Repo {
 
     /// Writes an already serialized payload (legacy objects being upgraded keep their bytes).
     pub(super) async fn write_payload(&self, key: &str, kind: Kind, payload: &[u8]) -> Result<()> {
-        let bytes = encode(self.sealing_key(kind), kind, payload, key)?;
+        let bytes = self.encode_payload(key, kind, payload)?;
         self.storage.put(key, &bytes).await
+    }
+
+    /// The stored bytes of an already serialized payload.
+    pub(super) fn encode_payload(&self, key: &str, kind: Kind, payload: &[u8]) -> Result<Vec<u8>> {
+        encode(self.sealing_key(kind), kind, payload, key)
     }
 
     /// Reads a metadata object's contents; Ok(None) when it is absent.

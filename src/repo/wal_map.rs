@@ -3,10 +3,12 @@
 //! metadata object (envelope, sealed in encrypted stanzas). The codec is `blockmap.rs`.
 //!
 //! Building needs the head of a record straddling in from the previous segment: it is
-//! read from the directory the segment came from (pg_wal, the push spool) when the
-//! previous segment is still there, else from the archive (a GET on object storage,
-//! paid only when the segment starts inside a record). Without it the map is poisoned
-//! (`head_missing`); `wal maps --backfill` rebuilds it once the predecessor is archived.
+//! taken from the tail of the predecessor the caller still holds (the async push worker
+//! keeps those of what it pushed), or read from the directory the segment came from
+//! (pg_wal, the push spool) when the previous segment is still there, else from the
+//! archive (a GET on object storage, paid only when the segment starts inside a record).
+//! Without it the map is poisoned (`head_missing`); `wal maps --backfill` rebuilds it
+//! once the predecessor is archived.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Seek, SeekFrom};
@@ -17,15 +19,15 @@ use super::blockmap::{BlockMap, Poison};
 use super::object::{damaged, Contents, Kind};
 use super::Repo;
 use crate::error::Result;
-use crate::pg::wal::read_segment;
 use crate::pg::WalFileName;
 
 /// Suffix of a segment's block map.
 pub const MAP_SUFFIX: &str = ".map";
 
-/// How much of a local predecessor is read first: records longer than this that
-/// straddle in make the whole segment be read.
-const LOCAL_TAIL: u64 = 1 << 20;
+/// How much of the predecessor is given to the reader first (its records are all
+/// decoded: context costs as much as content): a record straddling in from further back
+/// (over 64 KiB: rare) makes the whole predecessor be read.
+pub const PREDECESSOR_TAIL: u64 = 64 << 10;
 
 impl Repo {
     pub fn wal_map_key(&self, name: &WalFileName) -> String {
@@ -38,6 +40,25 @@ impl Repo {
     pub async fn put_wal_map(&self, name: &WalFileName, map: &BlockMap) -> Result<()> {
         self.write_payload(&self.wal_map_key(name), Kind::BlockMap, &map.encode())
             .await
+    }
+
+    /// Writes the map of segment `name` durably but invisibly, while the segment is
+    /// still being stored; see [`PreparedWalMap`].
+    pub async fn prepare_wal_map(
+        &self,
+        name: &WalFileName,
+        map: &BlockMap,
+    ) -> Result<PreparedWalMap> {
+        use tokio::io::AsyncWriteExt;
+        let key = self.wal_map_key(name);
+        let bytes = self.encode_payload(&key, Kind::BlockMap, &map.encode())?;
+        let mut writer = self.storage.create(&key).await?;
+        writer
+            .write_all(&bytes)
+            .await
+            .map_err(|e| crate::error::Error::io("writing", &key, e))?;
+        writer.sync().await?;
+        Ok(PreparedWalMap { writer })
     }
 
     /// A segment's map, checked; Ok(None) when it has none.
@@ -81,14 +102,16 @@ impl Repo {
         local_dir: Option<&Path>,
     ) -> Result<BlockMap> {
         let map = self
-            .make_wal_map(name, segment.into(), checksum, local_dir)
+            .make_wal_map(name, segment.into(), checksum, local_dir, None)
             .await?;
         self.put_wal_map(name, &map).await?;
         Ok(map)
     }
 
     /// The map of segment `name` (content `segment`, BLAKE3 `checksum`). `local_dir` is
-    /// where the segment came from, to look for its predecessor before the archive.
+    /// where the segment came from, to look for its predecessor before the archive;
+    /// `known_tail`, the predecessor's last bytes when the caller holds them (the async
+    /// push worker keeps those of what it pushed: it deletes the files).
     /// Never fails for bad WAL: the map says so. The segment is parsed once: the head
     /// of a straddling record is fetched first when the first page says there is one.
     pub async fn make_wal_map(
@@ -97,6 +120,7 @@ impl Repo {
         segment: bytes::Bytes,
         checksum: &str,
         local_dir: Option<&Path>,
+        known_tail: Option<bytes::Bytes>,
     ) -> Result<BlockMap> {
         let Some(seg) = name.segment() else {
             return Err(crate::error::Error::config(format!(
@@ -118,53 +142,90 @@ impl Repo {
         let parse = |before: Option<Vec<u8>>| {
             let segment = segment.clone();
             async move {
-                tokio::task::spawn_blocking(move || read_segment(&segment, before.as_deref()))
-                    .await
-                    // A reader panic is a parse error too (read_segment of nothing).
-                    .unwrap_or_else(|_| read_segment(&[], None))
+                tokio::task::spawn_blocking(move || {
+                    BlockMap::of_segment(&segment, before.as_deref(), identity, sum)
+                })
+                .await
+                // A reader panic is a parse error too.
+                .unwrap_or_else(|_| {
+                    (
+                        BlockMap::poisoned(
+                            (identity.0, identity.1, identity.2),
+                            identity.3,
+                            sum,
+                            Poison::PARSE_ERROR,
+                        ),
+                        false,
+                    )
+                })
             }
         };
         // xlp_info of the first page: XLP_FIRST_IS_CONTRECORD.
         let straddles = segment.get(2..4).is_some_and(|i| i[0] & 1 != 0);
-        let mut read = None;
+        let mut map = None;
         if straddles && seg.segno(size) > 0 {
             let previous =
                 crate::pg::WalSegment::from_segno(seg.timeline, seg.segno(size) - 1, size);
             let previous_name = WalFileName::Segment(previous);
-            let whole_head = |r: &std::result::Result<crate::pg::wal::SegmentRecords, _>| matches!(r, Ok(r) if r.head_missing.is_none());
-            if let Some(dir) = local_dir {
+            if let Some(tail) = known_tail {
+                let (again, whole_head) = parse(Some(tail.to_vec())).await;
+                map = whole_head.then_some(again);
+            }
+            if let (None, Some(dir)) = (&map, local_dir) {
                 let path = dir.join(previous_name.to_string());
-                for tail in [Some(LOCAL_TAIL), None] {
+                for tail in [Some(PREDECESSOR_TAIL), None] {
                     if let Some(before) = local_tail(&path, tail, size) {
-                        let again = parse(Some(before)).await;
-                        if whole_head(&again) {
-                            read = Some(again);
+                        let (again, whole_head) = parse(Some(before)).await;
+                        if whole_head {
+                            map = Some(again);
                             break;
                         }
                     }
                 }
             }
-            if read.is_none() {
+            if map.is_none() {
                 if let Some(file) = self.find_archived(&previous_name).await?.first() {
                     match self.read_wal(file).await {
-                        Ok(before) => read = Some(parse(Some(before)).await),
+                        Ok(before) => {
+                            let tail = before.len().saturating_sub(PREDECESSOR_TAIL as usize);
+                            let (again, whole_head) = parse(Some(before[tail..].to_vec())).await;
+                            map = Some(match whole_head {
+                                true => again,
+                                false => parse(Some(before)).await.0,
+                            });
+                        }
                         Err(e) => tracing::debug!(%name, "reading the previous segment: {e}"),
                     }
                 }
             }
         }
-        let read = match read {
-            Some(read) => read,
-            None => parse(None).await,
+        let map = match map {
+            Some(map) => map,
+            None => parse(None).await.0,
         };
-        if let Err(e) = &read {
-            tracing::debug!(%name, "block map poisoned: {e}");
-        }
-        let map = BlockMap::build(read, identity, sum);
         if map.poison.is_poisoned() {
             tracing::debug!(%name, reasons = ?map.poison.reasons(), "block map poisoned");
         }
         Ok(map)
+    }
+}
+
+/// A segment's map whose content is durable but not yet visible. Archive-push makes
+/// it while the segment is being stored, so that the device's wait for the map overlaps
+/// the segment's compression, and publishes it only once the segment is stored: a map is
+/// never visible before its segment is durable. Publishing leaves the map's name to the
+/// archive directory's next sync (the next push's), not a sync of its own: a crash may
+/// lose the map of the last segments pushed, never anything else, and a segment without
+/// a map is safe (incrementals fall back to a page scan; `wal maps --backfill` rebuilds
+/// it). Dropped unpublished, it leaves nothing under its key.
+pub struct PreparedWalMap {
+    writer: Box<dyn crate::storage::ObjectWriter>,
+}
+
+impl PreparedWalMap {
+    /// Makes the map visible; call only once its segment is durably archived.
+    pub async fn publish(self) -> Result<()> {
+        self.writer.finish_expendable().await
     }
 }
 
@@ -185,4 +246,40 @@ fn local_tail(path: &Path, tail: Option<u64>, size: u64) -> Option<Vec<u8>> {
 /// Whether a map's poison means its segment should be rebuilt once more WAL is there.
 pub fn retry_worthwhile(map: &BlockMap) -> bool {
     map.poison.0 == Poison::HEAD_MISSING
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pg::lsn::Lsn;
+
+    /// Archive-push writes a segment's map while the segment is stored: nobody sees it
+    /// before it is published (after the segment), and a push that ends without
+    /// publishing it (a conflict, an error) leaves nothing behind.
+    #[tokio::test]
+    async fn a_prepared_map_is_invisible_until_published() {
+        let tmp = tempfile::tempdir().unwrap();
+        let storage = std::sync::Arc::new(crate::storage::LocalStorage::new(tmp.path()));
+        let repo = Repo::plain_for_tests(storage, "main");
+        let name = WalFileName::parse("000000010000000000000003").unwrap();
+        let map = BlockMap::poisoned((1, 15, 1), Lsn(3 << 24), [7; 32], Poison::HEAD_MISSING);
+
+        let dropped = repo.prepare_wal_map(&name, &map).await.unwrap();
+        drop(dropped);
+        let prepared = repo.prepare_wal_map(&name, &map).await.unwrap();
+        assert_eq!(repo.read_wal_map(&name).await.unwrap(), None);
+        assert!(repo.wal_map_names().await.unwrap().is_empty());
+        prepared.publish().await.unwrap();
+        assert_eq!(repo.read_wal_map(&name).await.unwrap(), Some(map));
+        let dir = tmp.path().join(repo.wal_map_key(&name));
+        let leftovers: Vec<_> = std::fs::read_dir(dir.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| {
+                n.to_string_lossy()
+                    .ends_with(crate::storage::local::TEMP_SUFFIX)
+            })
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
 }

@@ -264,6 +264,7 @@ impl Storage for LocalStorage {
             temp,
             target,
             dir,
+            synced: false,
         }))
     }
 
@@ -415,6 +416,8 @@ struct LocalWriter {
     temp: PathBuf,
     target: PathBuf,
     dir: PathBuf,
+    /// The temporary file is synced and nothing was written since.
+    synced: bool,
 }
 
 impl LocalWriter {
@@ -429,6 +432,7 @@ impl AsyncWrite for LocalWriter {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.synced = false;
         Pin::new(self.file()).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -439,20 +443,44 @@ impl AsyncWrite for LocalWriter {
     }
 }
 
+impl LocalWriter {
+    /// Syncs the temporary file (unless `sync` did and nothing was written since) and
+    /// renames it over the key: the name is not durable until the directory is synced.
+    async fn rename_into_place(&mut self) -> Result<()> {
+        if !self.synced {
+            self.sync_file().await?;
+        }
+        self.file = None;
+        tokio::fs::rename(&self.temp, &self.target)
+            .await
+            .at("renaming into place", &self.target)
+    }
+
+    async fn sync_file(&mut self) -> Result<()> {
+        let file = self.file.as_mut().expect("writer used after finish");
+        file.flush().await.at("writing", &self.temp)?;
+        file.sync_all().await.at("syncing", &self.temp)?;
+        self.synced = true;
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl ObjectWriter for LocalWriter {
     async fn finish(mut self: Box<Self>) -> Result<()> {
-        let mut file = self.file.take().expect("finish called once");
-        file.flush().await.at("writing", &self.temp)?;
-        file.sync_all().await.at("syncing", &self.temp)?;
-        drop(file);
-        tokio::fs::rename(&self.temp, &self.target)
-            .await
-            .at("renaming into place", &self.target)?;
+        self.rename_into_place().await?;
         let dir = self.dir.clone();
         tokio::task::spawn_blocking(move || sync_dir(&dir).at("syncing directory", &dir))
             .await
             .unwrap_or_else(crate::error::task_panicked)
+    }
+
+    async fn sync(&mut self) -> Result<()> {
+        self.sync_file().await
+    }
+
+    async fn finish_expendable(mut self: Box<Self>) -> Result<()> {
+        self.rename_into_place().await
     }
 }
 
@@ -473,6 +501,27 @@ mod tests {
 
     fn mode(path: &Path) -> u32 {
         std::fs::symlink_metadata(path).unwrap().mode() & 0o7777
+    }
+
+    #[tokio::test]
+    async fn a_synced_object_stays_invisible_until_finished_and_dropped_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let storage = LocalStorage::new(tmp.path());
+        let mut writer = storage.create("a/map").await.unwrap();
+        writer.write_all(b"first").await.unwrap();
+        writer.sync().await.unwrap();
+        writer.write_all(b" second").await.unwrap(); // written after the sync: synced again
+        assert!(storage.list("a").await.unwrap().files.is_empty());
+        writer.finish_expendable().await.unwrap();
+        assert_eq!(storage.read_all("a/map").await.unwrap(), b"first second");
+
+        let mut writer = storage.create("a/other").await.unwrap();
+        writer.write_all(b"never published").await.unwrap();
+        writer.sync().await.unwrap();
+        drop(writer);
+        let listing = storage.list("a").await.unwrap();
+        assert_eq!(listing.files.len(), 1);
+        assert!(listing.incomplete.is_empty(), "{:?}", listing.incomplete);
     }
 
     #[tokio::test]

@@ -39,6 +39,21 @@ pub type Reader = Box<dyn AsyncRead + Send + Unpin>;
 pub trait ObjectWriter: AsyncWrite + Send + Unpin {
     /// Makes the object durable and visible under its key.
     async fn finish(self: Box<Self>) -> Result<()>;
+
+    /// Makes what was written so far durable without making it visible, so that a caller
+    /// can wait for the device while it has other work in flight; `finish` after it is
+    /// then cheaper. Where nothing is durable before `finish` (object storage), nothing.
+    async fn sync(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// `finish` for an object that is expendable: its content is durable before it
+    /// becomes visible, but its name may still be lost in a crash (local storage leaves
+    /// it to the directory's next sync instead of syncing the directory now). Only for
+    /// objects whose absence is always safe, e.g. a block map (`repo::wal_map`).
+    async fn finish_expendable(self: Box<Self>) -> Result<()> {
+        self.finish().await
+    }
 }
 
 #[async_trait]

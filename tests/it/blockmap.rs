@@ -45,8 +45,8 @@ fn segments_archived(repo: &Path) -> Vec<String> {
 
 #[test]
 fn archived_segments_get_block_maps_naming_changed_blocks_truncations_and_poison() {
-    // Always a local directory: the test reads and edits stored maps. Maps are built only
-    // when asked for (`--wal-maps on`, in archive_command too).
+    // Always a local directory: the test reads and edits stored maps. Maps are built by
+    // default (no `--wal-maps` in archive_command).
     let src = Source::start_at(
         "blockmap",
         ClusterOptions {
@@ -54,7 +54,7 @@ fn archived_segments_get_block_maps_naming_changed_blocks_truncations_and_poison
             ..Default::default()
         },
         work_dir("blockmap-repo").display().to_string(),
-        vec!["--wal-maps".into(), "on".into()],
+        Vec::new(),
         &[],
     );
     let db: u32 = src

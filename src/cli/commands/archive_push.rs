@@ -34,6 +34,7 @@ pub async fn run(
         path,
         resolved.compression()?,
         resolved.wal_maps(),
+        None,
     )
     .await?
     {

@@ -131,6 +131,20 @@ pub struct SegmentRecords {
 /// several segments): enough of it to hold the start of a record that straddles into
 /// the segment; with too little, or none, `head_missing` says so.
 pub fn read_segment(segment: &[u8], before: Option<&[u8]>) -> Result<SegmentRecords, WalError> {
+    let mut records = Vec::new();
+    let mut read = read_segment_each(segment, before, |r| records.push(r))?;
+    read.records = records;
+    Ok(read)
+}
+
+/// [`read_segment`] that hands each record to `each`, in WAL order, instead of keeping
+/// it (`records` comes back empty): a busy segment holds a quarter of a million records,
+/// and archive-push only folds them into a block map.
+pub fn read_segment_each(
+    segment: &[u8],
+    before: Option<&[u8]>,
+    mut each: impl FnMut(WalRecord),
+) -> Result<SegmentRecords, WalError> {
     let header = parse_long_page_header(segment).map_err(|e| WalError {
         lsn: Lsn(0),
         kind: WalErrorKind::SegmentHeader(e.to_string()),
@@ -158,26 +172,10 @@ pub fn read_segment(segment: &[u8], before: Option<&[u8]>) -> Result<SegmentReco
         ));
     }
     let mut reader = WalReader::new(segment_size);
-    let mut events = Vec::new();
     let first = start.0 - before.len() as u64;
     for (i, page) in before.chunks(XLOG_BLCKSZ).enumerate() {
-        reader.feed(Lsn(first + (i * XLOG_BLCKSZ) as u64), page, &mut events)?;
-    }
-    // Everything before the segment is context: keep only what ends inside it.
-    events.clear();
-    let mut end_of_wal = None;
-    for (i, page) in segment.chunks(XLOG_BLCKSZ).enumerate() {
-        match reader.feed(Lsn(start.0 + (i * XLOG_BLCKSZ) as u64), page, &mut events) {
-            Ok(()) => {}
-            Err(WalError {
-                lsn,
-                kind: WalErrorKind::EndOfWal,
-            }) => {
-                end_of_wal = Some(lsn);
-                break;
-            }
-            Err(e) => return Err(e),
-        }
+        // Everything before the segment is context: keep only what ends inside it.
+        reader.feed_to(Lsn(first + (i * XLOG_BLCKSZ) as u64), page, &mut drop)?;
     }
     let mut out = SegmentRecords {
         start,
@@ -187,18 +185,31 @@ pub fn read_segment(segment: &[u8], before: Option<&[u8]>) -> Result<SegmentReco
         records: Vec::new(),
         head_missing: None,
         aborted: Vec::new(),
-        continues: reader.record_in_progress(),
-        end_of_wal,
+        continues: None,
+        end_of_wal: None,
     };
-    for event in events {
-        match event {
-            WalEvent::Record(r) => out.records.push(r),
-            WalEvent::HeadMissing { end } => out.head_missing = Some(end),
-            WalEvent::Aborted {
+    let (head_missing, aborted) = (&mut out.head_missing, &mut out.aborted);
+    let mut sink = |event| match event {
+        WalEvent::Record(r) => each(r),
+        WalEvent::HeadMissing { end } => *head_missing = Some(end),
+        WalEvent::Aborted {
+            lsn,
+            overwritten_at,
+        } => aborted.push((lsn, overwritten_at)),
+    };
+    for (i, page) in segment.chunks(XLOG_BLCKSZ).enumerate() {
+        match reader.feed_to(Lsn(start.0 + (i * XLOG_BLCKSZ) as u64), page, &mut sink) {
+            Ok(()) => {}
+            Err(WalError {
                 lsn,
-                overwritten_at,
-            } => out.aborted.push((lsn, overwritten_at)),
+                kind: WalErrorKind::EndOfWal,
+            }) => {
+                out.end_of_wal = Some(lsn);
+                break;
+            }
+            Err(e) => return Err(e),
         }
     }
+    out.continues = reader.record_in_progress();
     Ok(out)
 }

@@ -117,6 +117,16 @@ impl WalReader {
         page: &[u8],
         out: &mut Vec<WalEvent>,
     ) -> Result<(), WalError> {
+        self.feed_to(page_lsn, page, &mut |e| out.push(e))
+    }
+
+    /// [`WalReader::feed`] that hands each event to `out` as it is complete.
+    pub fn feed_to(
+        &mut self,
+        page_lsn: Lsn,
+        page: &[u8],
+        out: &mut impl FnMut(WalEvent),
+    ) -> Result<(), WalError> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
@@ -131,7 +141,7 @@ impl WalReader {
         &mut self,
         page_lsn: Lsn,
         page: &[u8],
-        out: &mut Vec<WalEvent>,
+        out: &mut impl FnMut(WalEvent),
     ) -> Result<(), WalError> {
         let at = |kind| WalError {
             lsn: page_lsn,
@@ -172,7 +182,7 @@ impl WalReader {
                         self.state = State::SkippingHead;
                         return Ok(());
                     }
-                    out.push(WalEvent::HeadMissing {
+                    out(WalEvent::HeadMissing {
                         end: Lsn(page_lsn.0 + (header_size + rem) as u64),
                     });
                     maxalign(header_size + rem)
@@ -199,7 +209,7 @@ impl WalReader {
                 mut header_checked,
             } => {
                 if header.is_overwrite_contrecord() {
-                    out.push(WalEvent::Aborted {
+                    out(WalEvent::Aborted {
                         lsn,
                         overwritten_at: page_lsn,
                     });
@@ -253,7 +263,7 @@ impl WalReader {
         page: &[u8],
         header_size: usize,
         mut pos: usize,
-        out: &mut Vec<WalEvent>,
+        out: &mut impl FnMut(WalEvent),
     ) -> Result<(), WalError> {
         loop {
             if pos >= XLOG_BLCKSZ {
@@ -309,7 +319,7 @@ impl WalReader {
         lsn: Lsn,
         end: Lsn,
         bytes: &[u8],
-        out: &mut Vec<WalEvent>,
+        out: &mut impl FnMut(WalEvent),
     ) -> Result<Lsn, WalError> {
         let err = |e| WalError {
             lsn,
@@ -337,7 +347,7 @@ impl WalReader {
             }
         }
         self.prev_record = Some(lsn);
-        out.push(WalEvent::Record(record));
+        out(WalEvent::Record(record));
         Ok(next)
     }
 

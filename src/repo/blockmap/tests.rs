@@ -160,6 +160,31 @@ fn build(segment: &[u8], before: Option<&[u8]>) -> BlockMap {
     )
 }
 
+/// Archive-push folds records into the map as they are read (`of_segment`), keeping
+/// none: the same map as from all the records at once, on every major's real WAL, with
+/// and without the segment before, and it says whether the head straddling in was there.
+#[test]
+fn maps_built_while_reading_equal_maps_of_all_records() {
+    for major in 13..=18 {
+        let segments = fixture_segments(major);
+        for (i, seg) in segments.iter().enumerate() {
+            let h = crate::pg::wal::page::parse_long_page_header(seg).unwrap();
+            let identity = (h.system_identifier, 0, h.timeline.0, h.page_address);
+            for before in [None, i.checked_sub(1).map(|p| &segments[p][..])] {
+                let read = read_segment(seg, before);
+                let head = matches!(&read, Ok(r) if r.head_missing.is_none());
+                let (map, whole_head) = BlockMap::of_segment(seg, before, identity, [1; 32]);
+                assert_eq!(
+                    map,
+                    BlockMap::build(read, identity, [1; 32]),
+                    "pg{major} #{i}"
+                );
+                assert_eq!(whole_head, head, "pg{major} #{i}");
+            }
+        }
+    }
+}
+
 /// Real WAL of PostgreSQL 15 (the fixture's workload: VACUUM truncation, TRUNCATE,
 /// CREATE/DROP DATABASE, wal_level changes): maps chain, stay small, and carry the
 /// truncation; without its predecessor a segment whose first record straddles in is

@@ -77,12 +77,20 @@ impl std::fmt::Display for BlockMapCheck {
 }
 
 impl BlockMapCheck {
-    /// How many of `unmapped` blocks to check.
-    pub fn sample_size(self, unmapped: u64) -> u64 {
+    /// How many of `unmapped` blocks to check: the fraction of them, its fractional part
+    /// decided by `coin` (a random u64), so that over many files the expected share read
+    /// is the fraction itself. Rounding up instead read one block of every small file
+    /// whose mtime moved: hundreds of catalog files, many times the fraction.
+    pub fn sample_size(self, unmapped: u64, coin: u64) -> u64 {
         match self {
             BlockMapCheck::Off => 0,
             BlockMapCheck::All => unmapped,
-            BlockMapCheck::Fraction(f) => ((unmapped as f64 * f).ceil() as u64).min(unmapped),
+            BlockMapCheck::Fraction(f) => {
+                let expected = unmapped as f64 * f;
+                let whole = expected.floor();
+                let heads = (coin as f64 / u64::MAX as f64) < expected - whole;
+                (whole as u64 + u64::from(heads)).min(unmapped)
+            }
         }
     }
 }

@@ -111,15 +111,15 @@ impl Worker {
             .filter(|&&b| (lo..hi).contains(&u64::from(b)))
             .count() as u64;
         let unmapped = hi - lo - named;
-        let wanted = maps.check.sample_size(unmapped);
+        // Different blocks each backup: seeded by the file and the range.
+        let seed = blake3::hash(
+            format!("{}:{}:{}", file.rel_path, piece.index, maps.range_end).as_bytes(),
+        );
+        let mut state = u64::from_le_bytes(seed.as_bytes()[..8].try_into().expect("8"));
+        let wanted = maps.check.sample_size(unmapped, splitmix64(&mut state));
         let sample: Vec<u64> = if wanted == unmapped {
             (lo..hi).filter(|&b| !mapped(b)).collect()
         } else {
-            // Different blocks each backup: seeded by the file and the range.
-            let seed = blake3::hash(
-                format!("{}:{}:{}", file.rel_path, piece.index, maps.range_end).as_bytes(),
-            );
-            let mut state = u64::from_le_bytes(seed.as_bytes()[..8].try_into().expect("8"));
             let mut picked = std::collections::BTreeSet::new();
             for _ in 0..wanted * 4 {
                 if picked.len() as u64 == wanted {

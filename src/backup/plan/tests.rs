@@ -289,9 +289,18 @@ fn block_map_check_values() {
     assert_eq!("0.25".parse(), Ok(BlockMapCheck::Fraction(0.25)));
     assert!("1.5".parse::<BlockMapCheck>().is_err());
     assert!("some".parse::<BlockMapCheck>().is_err());
-    assert_eq!(BlockMapCheck::Fraction(0.01).sample_size(1000), 10);
-    assert_eq!(BlockMapCheck::Fraction(0.01).sample_size(3), 1);
-    assert_eq!(BlockMapCheck::Fraction(0.01).sample_size(0), 0);
-    assert_eq!(BlockMapCheck::All.sample_size(7), 7);
+    let f = BlockMapCheck::Fraction(0.01);
+    assert_eq!(f.sample_size(1000, 0), 10);
+    assert_eq!(f.sample_size(1000, u64::MAX), 10);
+    assert_eq!(f.sample_size(1050, 0), 11, "heads: the half block is read");
+    assert_eq!(f.sample_size(1050, u64::MAX), 10, "tails: it is not");
+    assert_eq!(f.sample_size(0, 0), 0);
+    // Small files: checked now and then, a block at a time, 1% of them on average.
+    let mut rng = crate::test_rng::Rng(7);
+    let checked: u64 = (0..100_000).map(|_| f.sample_size(3, rng.next())).sum();
+    assert!((2_400..3_600).contains(&checked), "{checked} of 300000");
+    assert_eq!(BlockMapCheck::All.sample_size(3, 0), 3);
+    assert_eq!(BlockMapCheck::Off.sample_size(3, 0), 0);
+    assert_eq!(BlockMapCheck::All.sample_size(7, 0), 7);
     assert_eq!(BlockMapCheck::default().to_string(), "0.01");
 }

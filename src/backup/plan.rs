@@ -26,11 +26,11 @@ use super::copy::MapUse;
 use crate::pg::datadir::relation_file;
 use crate::pg::history::{parse_history, HistoryEntry};
 use crate::pg::page::BLCKSZ;
-use crate::pg::wal::{read_segment, Fork, XLOG_BLCKSZ};
+use crate::pg::wal::{Fork, XLOG_BLCKSZ};
 use crate::pg::{Lsn, TimelineId, WalFileName, WalSegment};
 use crate::repo::blockmap::{BlockMap, FileChanges, RelFork};
 use crate::repo::manifest::{FileEntry, Manifest};
-use crate::repo::wal_map::retry_worthwhile;
+use crate::repo::wal_map::{retry_worthwhile, PREDECESSOR_TAIL};
 use crate::repo::Repo;
 
 /// `--block-map-check`: how many unmapped blocks of each file read from the maps are
@@ -488,7 +488,9 @@ async fn try_plan(
                 let (map, bytes) = local_map(repo, pgdata, seg, seg_size, start, before)
                     .await
                     .map_err(|why| format!("no block map of {name} ({why})"))?;
-                previous = Some(bytes);
+                // Only its tail can hold the head of a record straddling into the next.
+                let tail = bytes.len().saturating_sub(PREDECESSOR_TAIL as usize);
+                previous = Some(bytes[tail..].to_vec());
                 map
             }
         };
@@ -500,7 +502,8 @@ async fn try_plan(
 
 /// The WAL before a segment read from pg_wal, for a record straddling into it.
 enum Before {
-    /// Read already (the previous segment came from pg_wal too).
+    /// Read already (the previous segment came from pg_wal too): its last
+    /// `PREDECESSOR_TAIL` bytes.
     Read(Vec<u8>),
     /// To be looked for in pg_wal, then in the archive, when needed.
     Find(WalSegment),
@@ -530,25 +533,6 @@ async fn local_map(
     std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes, 0).map_err(io)?;
     bytes[cut..].fill(0);
     let straddles = bytes.get(2..4).is_some_and(|i| i[0] & 1 != 0);
-    let before = match before {
-        Before::Read(b) => Some(b),
-        Before::Find(previous) if straddles => {
-            let name = WalFileName::Segment(previous);
-            match std::fs::read(pgdata.join("pg_wal").join(name.to_string())) {
-                Ok(b) if b.len() as u64 == seg_size => Some(b),
-                _ => match repo
-                    .find_archived(&name)
-                    .await
-                    .ok()
-                    .and_then(|f| f.into_iter().next())
-                {
-                    Some(f) => repo.read_wal(&f).await.ok(),
-                    None => None,
-                },
-            }
-        }
-        Before::Find(_) => None,
-    };
     let checksum = *blake3::hash(&bytes).as_bytes();
     let identity = (
         stanza.system_identifier,
@@ -556,22 +540,113 @@ async fn local_map(
         seg.timeline.0,
         seg_start,
     );
-    let (map, bytes) = tokio::task::spawn_blocking(move || {
-        let mut read = read_segment(&bytes, before.as_deref());
-        if let Ok(r) = &mut read {
-            // The zeroed tail past `upto` is not damage.
-            if r.end_of_wal.is_some_and(|e| reaches(e, upto)) {
-                r.end_of_wal = None;
+    // Records are folded into the map as they are read, none kept; the head of a
+    // record straddling in is looked for in the predecessor's tail first, in all of it
+    // only when a record is longer than that tail.
+    let parse = |bytes: Vec<u8>, before: Option<Vec<u8>>| async move {
+        tokio::task::spawn_blocking(move || {
+            let (map, whole_head) =
+                BlockMap::of_segment_read(&bytes, before.as_deref(), identity, checksum, |r| {
+                    // The zeroed tail past `upto` is not damage.
+                    if r.end_of_wal.is_some_and(|e| reaches(e, upto)) {
+                        r.end_of_wal = None;
+                    }
+                });
+            (map, whole_head, bytes)
+        })
+        .await
+        .map_err(|_| "the WAL reader panicked".to_string())
+    };
+    let previous_path = |p: WalSegment| pgdata.join("pg_wal").join(p.to_string());
+    let (map, bytes) = match before {
+        _ if !straddles => {
+            let (map, _, bytes) = parse(bytes, None).await?;
+            (map, bytes)
+        }
+        Before::Read(tail) => {
+            let (map, whole_head, bytes) = parse(bytes, Some(tail)).await?;
+            let previous = WalSegment::from_segno(
+                seg.timeline,
+                seg.segno(seg_size).saturating_sub(1),
+                seg_size,
+            );
+            match whole_head {
+                true => (map, bytes),
+                // A record longer than the tail: all of the predecessor.
+                false => match predecessor_bytes(
+                    repo,
+                    &previous_path(previous),
+                    previous,
+                    None,
+                    seg_size,
+                )
+                .await
+                {
+                    Some(all) => {
+                        let (map, _, bytes) = parse(bytes, Some(all)).await?;
+                        (map, bytes)
+                    }
+                    None => (map, bytes),
+                },
             }
         }
-        (BlockMap::build(read, identity, checksum), bytes)
-    })
-    .await
-    .map_err(|_| "the WAL reader panicked".to_string())?;
+        Before::Find(previous) => {
+            let (mut map, mut bytes) = (None, bytes);
+            for take in [Some(PREDECESSOR_TAIL), None] {
+                let path = previous_path(previous);
+                let Some(tail) = predecessor_bytes(repo, &path, previous, take, seg_size).await
+                else {
+                    continue;
+                };
+                let (parsed, whole_head, back) = parse(bytes, Some(tail)).await?;
+                bytes = back;
+                map = Some(parsed);
+                if whole_head {
+                    break;
+                }
+            }
+            match map {
+                Some(map) => (map, bytes),
+                None => {
+                    let (map, _, bytes) = parse(bytes, None).await?;
+                    (map, bytes)
+                }
+            }
+        }
+    };
     if map.system_identifier != stanza.system_identifier {
         return Err(format!("{} is of another cluster", path.display()));
     }
     Ok((map, bytes))
+}
+
+/// The last `take` bytes (all when None) of the segment before one read from pg_wal:
+/// from pg_wal when it is still whole there, else from the archive.
+async fn predecessor_bytes(
+    repo: &Repo,
+    path: &Path,
+    segment: WalSegment,
+    take: Option<u64>,
+    seg_size: u64,
+) -> Option<Vec<u8>> {
+    let take = take.unwrap_or(seg_size).min(seg_size);
+    let local = (|| {
+        let file = std::fs::File::open(path).ok()?;
+        if file.metadata().ok()?.len() != seg_size {
+            return None;
+        }
+        let mut bytes = vec![0u8; take as usize];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes, seg_size - take).ok()?;
+        Some(bytes)
+    })();
+    if local.is_some() {
+        return local;
+    }
+    let name = WalFileName::Segment(segment);
+    let file = repo.find_archived(&name).await.ok()?.into_iter().next()?;
+    let mut bytes = repo.read_wal(&file).await.ok()?;
+    bytes.drain(..bytes.len().saturating_sub(take as usize));
+    Some(bytes)
 }
 
 #[cfg(test)]

@@ -395,8 +395,24 @@ impl BlockMap {
         identity: (u64, u32, u32, Lsn),
         checksum: [u8; 32],
     ) -> (BlockMap, bool) {
+        Self::of_segment_read(segment, before, identity, checksum, |_| {})
+    }
+
+    /// [`BlockMap::of_segment`] letting `adjust` amend what the reader found before the
+    /// map is finished (a segment read only up to a position: the end of WAL there is
+    /// where reading stopped, not damage).
+    pub fn of_segment_read(
+        segment: &[u8],
+        before: Option<&[u8]>,
+        identity: (u64, u32, u32, Lsn),
+        checksum: [u8; 32],
+        adjust: impl FnOnce(&mut SegmentRecords),
+    ) -> (BlockMap, bool) {
         let mut builder = MapBuilder::default();
-        let read = read_segment_each(segment, before, |r| builder.record(&r));
+        let mut read = read_segment_each(segment, before, |r| builder.record(&r));
+        if let Ok(r) = &mut read {
+            adjust(r);
+        }
         let whole_head = matches!(&read, Ok(r) if r.head_missing.is_none());
         (builder.finish(read, identity, checksum), whole_head)
     }

@@ -100,6 +100,13 @@ impl Worker {
             return Ok(Vec::new());
         };
         let file = &*piece.file;
+        // The fraction is of the files the maps make the backup read: one whose maps
+        // name nothing (its mtime moved by hint bits or a checkpoint) is not read at
+        // all, but in `all` mode.
+        let nothing_read = blocks.is_empty() && rest_from.saturating_mul(PAGE) >= file.size;
+        if nothing_read && maps.check != crate::backup::plan::BlockMapCheck::All {
+            return Ok(Vec::new());
+        }
         let lo = piece.start / PAGE;
         let hi = (piece.end / PAGE).min(rest_from);
         if lo >= hi {

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub const MIB: u64 = 1 << 20;
 /// Buffers of all workers together, by default.
-pub const DEFAULT_BUDGET: u64 = 36 * MIB;
+pub const DEFAULT_BUDGET: u64 = 32 * MIB;
 
 static BUDGET: AtomicU64 = AtomicU64::new(DEFAULT_BUDGET);
 

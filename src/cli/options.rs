@@ -312,7 +312,7 @@ global_options! {
     /// Parallel workers for copying and checking [default: number of cores]
     jobs: usize, "jobs", Pgward("PGWARD_JOBS"), FILE | WORKER;
     /// MiB of buffers all workers, uploads and read-ahead may hold together; past it,
-    /// fewer workers run than --jobs asks [default: 36, under 64 MiB in all]
+    /// fewer workers run than --jobs asks [default: 32, under 64 MiB in all]
     memory_budget: u64, "memory-budget", Pgward("PGWARD_MEMORY_BUDGET"), FILE | WORKER;
     /// Compression of stored files: zstd, lz4, gzip or none [default: zstd]
     compress: String, "compress", Pgward("PGWARD_COMPRESS"), FILE | WORKER;

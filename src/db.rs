@@ -391,7 +391,10 @@ pub async fn wal_position(client: &Client) -> Result<WalPosition> {
         )
     };
     let id: String = row.get(0);
-    let current = match (row.get::<_, Option<String>>(1), row.get::<_, Option<String>>(2)) {
+    let current = match (
+        row.get::<_, Option<String>>(1),
+        row.get::<_, Option<String>>(2),
+    ) {
         (Some(lsn), Some(file)) => {
             let name = crate::pg::WalFileName::parse(&file)
                 .map_err(|_| unreadable("WAL file name", &file))?;
@@ -400,7 +403,9 @@ pub async fn wal_position(client: &Client) -> Result<WalPosition> {
         _ => None,
     };
     Ok(WalPosition {
-        system_identifier: id.parse().map_err(|_| unreadable("system identifier", &id))?,
+        system_identifier: id
+            .parse()
+            .map_err(|_| unreadable("system identifier", &id))?,
         current,
         archive_failed_count: row.get(3),
     })

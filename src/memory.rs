@@ -62,7 +62,10 @@ mod tests {
         assert_eq!(workers(1000, MIB, b - 3 * MIB), 3);
         assert_eq!(workers(8, b * 2, 0), 1, "at least one");
         assert_eq!(workers(0, MIB, 0), 1);
-        assert_eq!(read_ahead_spans(100, 4 * MIB), (b / 4 / (4 * MIB)).max(1) as usize);
+        assert_eq!(
+            read_ahead_spans(100, 4 * MIB),
+            (b / 4 / (4 * MIB)).max(1) as usize
+        );
         assert_eq!(read_ahead_spans(100, b), 1);
         assert_eq!(read_ahead_spans(2, 4 * MIB), 2);
     }

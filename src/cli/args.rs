@@ -218,7 +218,9 @@ pub enum Command {
     Metrics(MetricsArgs),
     /// Serve the metrics of `pgward metrics` over HTTP on /metrics (computed on each
     /// scrape, cached for a few seconds); stops cleanly on SIGTERM
-    #[command(after_help = "Example:\n  pgward --repo /var/lib/pgward serve --listen 127.0.0.1:9187")]
+    #[command(
+        after_help = "Example:\n  pgward --repo /var/lib/pgward serve --listen 127.0.0.1:9187"
+    )]
     Serve {
         /// Address and port to listen on
         #[arg(long, value_name = "ADDR:PORT")]

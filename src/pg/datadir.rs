@@ -461,9 +461,24 @@ mod tests {
         let loc = |spc, db, rel| RelFileLocator { spc, db, rel };
         for (path, want, fork, first) in [
             ("base/5/16384", loc(1663, 5, 16384), WalFork::Main, 0),
-            ("base/5/16384.2", loc(1663, 5, 16384), WalFork::Main, 2 * 131072),
-            ("base/5/16384_fsm", loc(1663, 5, 16384), WalFork::FreeSpaceMap, 0),
-            ("base/5/16384_vm.1", loc(1663, 5, 16384), WalFork::VisibilityMap, 131072),
+            (
+                "base/5/16384.2",
+                loc(1663, 5, 16384),
+                WalFork::Main,
+                2 * 131072,
+            ),
+            (
+                "base/5/16384_fsm",
+                loc(1663, 5, 16384),
+                WalFork::FreeSpaceMap,
+                0,
+            ),
+            (
+                "base/5/16384_vm.1",
+                loc(1663, 5, 16384),
+                WalFork::VisibilityMap,
+                131072,
+            ),
             ("base/5/16391_init", loc(1663, 5, 16391), WalFork::Init, 0),
             ("global/1262", loc(1664, 0, 1262), WalFork::Main, 0),
             (

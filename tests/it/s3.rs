@@ -646,7 +646,8 @@ impl FaultyProxy {
                             return;
                         } else if n % every_503 == 0 {
                             slowdowns.fetch_add(1, Ordering::SeqCst);
-                            let _ = client.write_all(refuse("503 Slow Down", "SlowDown").as_bytes());
+                            let _ =
+                                client.write_all(refuse("503 Slow Down", "SlowDown").as_bytes());
                         } else if n % every_429 == 0 {
                             throttled.fetch_add(1, Ordering::SeqCst);
                             let _ = client.write_all(

@@ -9,9 +9,9 @@ use crate::cli::Resolved;
 use crate::error::{Error, Result};
 use crate::repo::manifest::Manifest;
 use crate::repo::Repo;
-use crate::restore::target::{parse_target_timeline, TargetOptions};
 use crate::restore::delta::DeltaStats;
 use crate::restore::target::RecoveryTarget;
+use crate::restore::target::{parse_target_timeline, TargetOptions};
 use crate::units::human_bytes;
 
 pub async fn run(resolved: &Resolved, args: RestoreArgs) -> Result<Outcome> {

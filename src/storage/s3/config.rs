@@ -100,7 +100,10 @@ pub(super) async fn connect(
         // whole-request cap is long because GETs stream whole bundles (an interrupted
         // GET resumes where it was).
         .with_read_timeout(Duration::from_secs(
-            options.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT_SECONDS).max(1),
+            options
+                .timeout_seconds
+                .unwrap_or(DEFAULT_TIMEOUT_SECONDS)
+                .max(1),
         ))
         .with_timeout(Duration::from_secs(15 * 60));
     if let Some(ca) = &options.ca_file {

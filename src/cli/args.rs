@@ -308,14 +308,10 @@ pub enum BackupTypeArg {
     Incr,
 }
 
-#[derive(Args, Debug)]
-pub struct RestoreArgs {
-    /// Backup label to restore [default: the newest that ends before the target]
-    #[arg(long)]
-    pub set: Option<String>,
-    /// Restore a tablespace elsewhere: OID=DIR (repeatable)
-    #[arg(long = "tablespace-map", value_parser = parse_key_value)]
-    pub tablespace_map: Vec<(String, String)>,
+/// The recovery target options `restore` and `drill` share (each adds its own `--target`
+/// to the same group: at most one target).
+#[derive(Args, Debug, Default)]
+pub struct RecoveryTargetArgs {
     /// Recover until this time, with its UTC offset: '2026-11-21 12:00:00+00'. Refused
     /// outside the archive's reach (see --target-unchecked)
     #[arg(long, group = "recovery_target")]
@@ -332,12 +328,6 @@ pub struct RestoreArgs {
     /// bytes, no control characters, quotes or backslashes. Not looked up in the WAL
     #[arg(long, group = "recovery_target")]
     pub target_name: Option<String>,
-    /// 'immediate': stop as soon as the backup is consistent
-    #[arg(long, group = "recovery_target", value_parser = ["immediate"])]
-    pub target: Option<String>,
-    /// What the server does at the target [default: PostgreSQL's, pause]
-    #[arg(long, value_enum)]
-    pub target_action: Option<TargetAction>,
     /// Timeline to recover along: latest (the newest one whose history files follow the
     /// backup's), current (the backup's) or a number [default: latest]
     #[arg(long)]
@@ -351,6 +341,45 @@ pub struct RestoreArgs {
     /// recovery needs it. Syntax is still checked
     #[arg(long)]
     pub target_unchecked: bool,
+}
+
+impl RecoveryTargetArgs {
+    /// The target these options name (`immediate`: `--target immediate` was given),
+    /// with `--target-timeline`'s syntax checked.
+    pub fn target(
+        &self,
+        immediate: bool,
+    ) -> crate::error::Result<crate::restore::target::RecoveryTarget> {
+        if let Some(tl) = &self.target_timeline {
+            crate::restore::target::parse_target_timeline(tl)?;
+        }
+        crate::restore::target::TargetOptions {
+            time: self.target_time.as_deref(),
+            xid: self.target_xid,
+            lsn: self.target_lsn.as_deref(),
+            name: self.target_name.as_deref(),
+            immediate,
+        }
+        .parse()
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// Backup label to restore [default: the newest that ends before the target]
+    #[arg(long)]
+    pub set: Option<String>,
+    /// Restore a tablespace elsewhere: OID=DIR (repeatable)
+    #[arg(long = "tablespace-map", value_parser = parse_key_value)]
+    pub tablespace_map: Vec<(String, String)>,
+    /// 'immediate': stop as soon as the backup is consistent
+    #[arg(long, group = "recovery_target", value_parser = ["immediate"])]
+    pub target: Option<String>,
+    /// What the server does at the target [default: PostgreSQL's, pause]
+    #[arg(long, value_enum)]
+    pub target_action: Option<TargetAction>,
+    #[command(flatten)]
+    pub recovery: RecoveryTargetArgs,
     /// Archive mode of the restored cluster: 'preserve' keeps the source's archive_command, 'off' disables archiving
     #[arg(long, default_value = "preserve", value_parser = ["preserve", "off"])]
     pub archive_mode: String,
@@ -391,32 +420,13 @@ pub struct DrillArgs {
     pub scratch: Option<PathBuf>,
     /// 'immediate': stop as soon as the backup is consistent; 'random': a random point
     /// inside the backup's recoverable window (the seed is reported)
-    #[arg(long, group = "drill_target", value_parser = ["immediate", "random"])]
+    #[arg(long, group = "recovery_target", value_parser = ["immediate", "random"])]
     pub target: Option<String>,
     /// With --target random: repeat the draw of an earlier drill
     #[arg(long, requires = "target")]
     pub seed: Option<u64>,
-    /// Recover until this time, with its UTC offset (as restore)
-    #[arg(long, group = "drill_target")]
-    pub target_time: Option<String>,
-    /// Recover until this transaction id (as restore)
-    #[arg(long, group = "drill_target")]
-    pub target_xid: Option<u64>,
-    /// Recover until this WAL position (as restore)
-    #[arg(long, group = "drill_target")]
-    pub target_lsn: Option<String>,
-    /// Recover until this named restore point (as restore)
-    #[arg(long, group = "drill_target")]
-    pub target_name: Option<String>,
-    /// Timeline to recover along: latest, current or a number [default: latest]
-    #[arg(long)]
-    pub target_timeline: Option<String>,
-    /// Stop just before the target instead of just after it
-    #[arg(long)]
-    pub target_exclusive: bool,
-    /// Drill even when --target-time or --target-lsn lies outside what the archive reaches now
-    #[arg(long)]
-    pub target_unchecked: bool,
+    #[command(flatten)]
+    pub recovery: RecoveryTargetArgs,
     /// Directory of pg_ctl, pg_amcheck and pg_checksums of the backup's major version
     /// [default: the packagers' places, pg_config --bindir, PATH]
     #[arg(long, value_name = "DIR")]
@@ -470,15 +480,9 @@ impl RestoreArgs {
         RestoreArgs {
             set,
             tablespace_map: Vec::new(),
-            target_time: None,
-            target_xid: None,
-            target_lsn: None,
-            target_name: None,
             target: None,
             target_action: None,
-            target_timeline: None,
-            target_exclusive: false,
-            target_unchecked: false,
+            recovery: RecoveryTargetArgs::default(),
             archive_mode: "preserve".into(),
             delta: false,
             force: false,

@@ -7,7 +7,6 @@ use crate::cli::args::DrillArgs;
 use crate::cli::Resolved;
 use crate::drill::{DrillOptions, DrillReport, DrillTarget};
 use crate::error::Result;
-use crate::restore::target::{parse_target_timeline, TargetOptions};
 use crate::units::human_bytes;
 
 pub async fn run(resolved: &Resolved, args: DrillArgs) -> Result<Outcome> {
@@ -21,26 +20,19 @@ pub async fn run(resolved: &Resolved, args: DrillArgs) -> Result<Outcome> {
                 "--seed goes with --target random",
             ));
         }
-        DrillTarget::Restore(
-            TargetOptions {
-                time: args.target_time.as_deref(),
-                xid: args.target_xid,
-                lsn: args.target_lsn.as_deref(),
-                name: args.target_name.as_deref(),
-                immediate: args.target.is_some(),
-            }
-            .parse()?,
-        )
+        DrillTarget::Restore(args.recovery.target(args.target.is_some())?)
     };
-    if let Some(tl) = &args.target_timeline {
-        parse_target_timeline(tl)?;
+    if random {
+        // Checked here too: the random draw does not go through `target`.
+        args.recovery.target(false)?;
     }
+    let r = &args.recovery;
     let target_text = [
         ("--target", args.target.as_ref().map(String::to_string)),
-        ("--target-time", args.target_time.clone()),
-        ("--target-xid", args.target_xid.map(|x| x.to_string())),
-        ("--target-lsn", args.target_lsn.clone()),
-        ("--target-name", args.target_name.clone()),
+        ("--target-time", r.target_time.clone()),
+        ("--target-xid", r.target_xid.map(|x| x.to_string())),
+        ("--target-lsn", r.target_lsn.clone()),
+        ("--target-name", r.target_name.clone()),
     ]
     .into_iter()
     .find_map(|(flag, value)| value.map(|v| format!("{flag} {v}")));
@@ -48,9 +40,9 @@ pub async fn run(resolved: &Resolved, args: DrillArgs) -> Result<Outcome> {
         set: args.set,
         target,
         target_text,
-        target_timeline: args.target_timeline,
-        target_exclusive: args.target_exclusive,
-        target_unchecked: args.target_unchecked,
+        target_timeline: args.recovery.target_timeline,
+        target_exclusive: args.recovery.target_exclusive,
+        target_unchecked: args.recovery.target_unchecked,
         scratch: args.scratch,
         source_pgdata: resolved.global.pgdata.clone(),
         run_as: args.run_as,

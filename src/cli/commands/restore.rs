@@ -11,7 +11,6 @@ use crate::repo::manifest::Manifest;
 use crate::repo::Repo;
 use crate::restore::delta::DeltaStats;
 use crate::restore::target::RecoveryTarget;
-use crate::restore::target::{parse_target_timeline, TargetOptions};
 use crate::units::human_bytes;
 
 pub async fn run(resolved: &Resolved, args: RestoreArgs) -> Result<Outcome> {
@@ -113,14 +112,7 @@ fn restore_options(
     pgdata: PathBuf,
     args: RestoreArgs,
 ) -> Result<crate::restore::RestoreOptions> {
-    let target = TargetOptions {
-        time: args.target_time.as_deref(),
-        xid: args.target_xid,
-        lsn: args.target_lsn.as_deref(),
-        name: args.target_name.as_deref(),
-        immediate: args.target.is_some(),
-    }
-    .parse()?;
+    let target = args.recovery.target(args.target.is_some())?;
     let mut tablespace_map = BTreeMap::new();
     for (oid, dir) in args.tablespace_map {
         let oid: u32 = oid.parse().map_err(|_| {
@@ -138,18 +130,15 @@ fn restore_options(
         )
         .hint("restore to a target with --type recovery, or drop the --target-* options"));
     }
-    if let Some(tl) = &args.target_timeline {
-        parse_target_timeline(tl)?;
-    }
     Ok(crate::restore::RestoreOptions {
         set: args.set,
         pgdata,
         tablespace_map,
         target,
         target_action: args.target_action,
-        target_timeline: args.target_timeline,
-        target_exclusive: args.target_exclusive,
-        target_unchecked: args.target_unchecked,
+        target_timeline: args.recovery.target_timeline,
+        target_exclusive: args.recovery.target_exclusive,
+        target_unchecked: args.recovery.target_unchecked,
         jobs: resolved.jobs(),
         restore_command: resolved.restore_command(repo),
         archive_off: args.archive_mode == "off",

@@ -133,6 +133,15 @@ fn parse_head(bytes: &[u8]) -> std::result::Result<(Manifest, usize), ManifestEr
 }
 
 impl Repo {
+    /// One backup's manifest without its lists, checked like `load_manifest`.
+    pub async fn load_backup_header(&self, label: &str, stanza: &StanzaInfo) -> Result<Manifest> {
+        let (m, _) = self
+            .read_manifest_as(label, parse_head, |(m, _)| &m.label)
+            .await?;
+        check_cluster(&m, stanza, &manifest_key(self, label))?;
+        Ok(m)
+    }
+
     /// Like `load_backups`, without file lists (see the module comment).
     pub async fn load_backup_headers(&self, stanza: Option<&StanzaInfo>) -> Result<BackupHeaders> {
         let mut out = BackupHeaders::default();

@@ -152,25 +152,16 @@ pub(super) async fn codec_by_backup(
     if needed.is_empty() {
         return Ok(codecs);
     }
+    // Only the backups the extents name, each by its header.
     let stanza = repo.stanza_info().await?;
-    let headers = repo.load_backup_headers(Some(&stanza)).await?.backups;
     for label in needed {
-        match headers.healthy.iter().find(|m| m.label == label) {
-            Some(other) => {
-                codecs.insert(label.to_string(), other.compression.codec);
-            }
-            None => {
-                let why = headers
-                    .damaged
-                    .iter()
-                    .find(|d| d.label == label)
-                    .map_or_else(|| "it is missing".to_string(), |d| d.error.to_string());
-                return Err(Error::corrupt(format!(
-                    "backup {} needs backup {label}, which cannot be read: {why}",
-                    manifest.label
-                )));
-            }
-        }
+        let other = repo.load_backup_header(label, &stanza).await.map_err(|e| {
+            Error::corrupt(format!(
+                "backup {} needs backup {label}, which cannot be read: {e}",
+                manifest.label
+            ))
+        })?;
+        codecs.insert(label.to_string(), other.compression.codec);
     }
     Ok(codecs)
 }

@@ -144,8 +144,8 @@ pub enum Command {
     ///
     /// Restores the backup into a scratch directory, starts it beside the source (another
     /// port, no TCP, a socket directory of its own, archiving off), waits until recovery
-    /// has ended, runs pg_amcheck --heapallindexed, the SQL checks and, after a clean stop,
-    /// pg_checksums; then removes it. The outcome is stored in the repository; `info`
+    /// has ended, runs pg_amcheck --heapallindexed (13: amcheck's bt_index_check), the SQL
+    /// checks and, after a clean stop, pg_checksums; then removes it. The outcome is stored in the repository; `info`
     /// shows the last drill
     #[command(
         after_help = "Examples:\n  pgward drill                                   # the newest backup, to the end of the archive\n  pgward drill --target random                   # a random point of its recoverable window\n  pgward drill --set 20261121-010000F --target-time '2026-11-21 12:00:00+00'\n  pgward drill --check-sql /etc/pgward/checks.sql --check-database app\n  pgward --output json drill --scratch /srv/scratch/drill --keep\n\nRun as root, the scratch cluster belongs to --run-as USER, or to the owner of the\nsource's data directory (--pgdata). A failed check exits 5, like verify, with the\nchecker's own words; the scratch directory is removed then too unless --keep."
@@ -427,7 +427,7 @@ pub struct DrillArgs {
     pub seed: Option<u64>,
     #[command(flatten)]
     pub recovery: RecoveryTargetArgs,
-    /// Directory of pg_ctl, pg_amcheck and pg_checksums of the backup's major version
+    /// Directory of pg_ctl, pg_amcheck (14 and later) and pg_checksums of the backup's major version
     /// [default: the packagers' places, pg_config --bindir, PATH]
     #[arg(long, value_name = "DIR")]
     pub pg_bin: Option<PathBuf>,

@@ -6,15 +6,28 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, ErrorKind, Result};
 
-/// The programs a drill runs, all from one directory.
-pub const PROGRAMS: [&str; 4] = ["pg_ctl", "postgres", "pg_amcheck", "pg_checksums"];
+/// The programs a drill of a backup of PostgreSQL `major` runs, all from one directory:
+/// `pg_amcheck` only from 14, which brought it (13's relations are checked through the
+/// amcheck extension's SQL functions, `checks::RelationCheck`), and `pg_checksums` only
+/// when the backup has data checksums (without them it is never run).
+pub fn programs(major: u32, data_checksums: bool) -> Vec<&'static str> {
+    let mut p = vec!["pg_ctl", "postgres"];
+    if super::checks::RelationCheck::for_major(major) == super::checks::RelationCheck::PgAmcheck {
+        p.push("pg_amcheck");
+    }
+    if data_checksums {
+        p.push("pg_checksums");
+    }
+    p
+}
 
-/// The directory holding [`PROGRAMS`] of PostgreSQL `major`: `pg_bin` when given (and
+/// The directory holding the [`programs`] of PostgreSQL `major`: `pg_bin` when given (and
 /// only it), else the packagers' usual places (Debian's `/usr/lib/postgresql/M/bin`,
 /// the PGDG RPMs' `/usr/pgsql-M/bin`), else `pg_config --bindir`, else each directory
 /// of PATH that has `pg_ctl`. A candidate counts when its `postgres --version` is
 /// `major`; the error lists every place looked at and what was wrong there.
-pub fn find(pg_bin: Option<&Path>, major: u32) -> Result<PathBuf> {
+pub fn find(pg_bin: Option<&Path>, major: u32, data_checksums: bool) -> Result<PathBuf> {
+    let programs = programs(major, data_checksums);
     let candidates: Vec<PathBuf> = match pg_bin {
         Some(dir) => vec![dir.to_path_buf()],
         None => {
@@ -32,21 +45,24 @@ pub fn find(pg_bin: Option<&Path>, major: u32) -> Result<PathBuf> {
     };
     let mut looked = Vec::new();
     for dir in &candidates {
-        match check_dir(dir, major) {
+        match check_dir(dir, major, &programs) {
             Ok(()) => return Ok(dir.clone()),
             Err(why) => looked.push(format!("{}: {why}", dir.display())),
         }
     }
     let hint = format!(
-        "install the server of PostgreSQL {major} with its contrib programs (pg_amcheck, \
-         pg_checksums; Debian: postgresql-{major}), or pass --pg-bin DIR naming the \
-         directory of its pg_ctl"
+        "install the server of PostgreSQL {major}{} (Debian: postgresql-{major}), or pass \
+         --pg-bin DIR naming the directory of its pg_ctl",
+        match &programs[2..] {
+            [] => String::new(),
+            contrib => format!(" with its contrib programs {}", contrib.join(", ")),
+        }
     );
     Err(Error::new(
         ErrorKind::Config,
         format!(
             "drill needs {} of PostgreSQL {major}, the version of the backup; {}",
-            PROGRAMS.join(", "),
+            programs.join(", "),
             if looked.is_empty() {
                 "no candidate directory exists".to_string()
             } else {
@@ -58,11 +74,11 @@ pub fn find(pg_bin: Option<&Path>, major: u32) -> Result<PathBuf> {
 }
 
 /// Why `dir` does not hold PostgreSQL `major`'s programs.
-fn check_dir(dir: &Path, major: u32) -> std::result::Result<(), String> {
+fn check_dir(dir: &Path, major: u32, programs: &[&str]) -> std::result::Result<(), String> {
     if !dir.is_dir() {
         return Err("no such directory".into());
     }
-    let missing: Vec<&str> = PROGRAMS
+    let missing: Vec<&str> = programs
         .iter()
         .copied()
         .filter(|p| !dir.join(p).is_file())
@@ -115,8 +131,19 @@ mod tests {
     }
 
     #[test]
+    fn thirteen_needs_no_pg_amcheck_and_no_checksums_need_no_pg_checksums() {
+        assert_eq!(programs(13, true), ["pg_ctl", "postgres", "pg_checksums"]);
+        assert_eq!(programs(13, false), ["pg_ctl", "postgres"]);
+        assert_eq!(
+            programs(14, true),
+            ["pg_ctl", "postgres", "pg_amcheck", "pg_checksums"]
+        );
+        assert_eq!(programs(18, false), ["pg_ctl", "postgres", "pg_amcheck"]);
+    }
+
+    #[test]
     fn a_missing_directory_is_named_with_the_hint() {
-        let e = find(Some(Path::new("/nonexistent/pg/bin")), 15).unwrap_err();
+        let e = find(Some(Path::new("/nonexistent/pg/bin")), 15, true).unwrap_err();
         assert_eq!(e.kind, ErrorKind::Config);
         assert!(
             e.message.contains("/nonexistent/pg/bin: no such directory"),

@@ -114,7 +114,11 @@ pub async fn plan(repo: &Repo, opts: DrillOptions) -> Result<Plan> {
             (RecoveryTarget::Lsn(drawn.lsn), Some(drawn))
         }
     };
-    let bin = binaries::find(opts.pg_bin.as_deref(), backup.pg_major)?;
+    let bin = binaries::find(
+        opts.pg_bin.as_deref(),
+        backup.pg_major,
+        backup.data_checksums,
+    )?;
     let owner = scratch::owner(opts.run_as.as_deref(), opts.source_pgdata.as_deref())?;
     let sql_checks = match &opts.check_sql {
         Some(path) => checks::read_sql_checks(path)?,
@@ -282,9 +286,14 @@ impl Plan {
             reached_epoch.and_then(|e| DateTime::from_timestamp_micros((e * 1e6).round() as i64));
         tracing::info!(reached = ?record.reached_lsn, "recovery ended; checking the copy");
 
-        record
-            .checks
-            .push(checks::amcheck(&self.bin, &server, &scratch.root, opts.jobs).await?);
+        record.checks.push(
+            match checks::RelationCheck::for_major(self.backup.pg_major) {
+                checks::RelationCheck::PgAmcheck => {
+                    checks::amcheck(&self.bin, &server, &scratch.root, opts.jobs).await?
+                }
+                checks::RelationCheck::BtreeIndexes => checks::btree_indexes(&mut server).await?,
+            },
+        );
         if !self.sql_checks.is_empty() {
             let checked = match server.connect(&opts.check_database).await {
                 Ok(c) => checks::sql_checks(&c, &self.sql_checks).await,

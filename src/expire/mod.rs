@@ -2,6 +2,12 @@
 //! order that keeps the repository valid if interrupted: manifests of dependent backups
 //! before those they depend on (so no listed backup ever lacks its reference), then the
 //! bundles nobody references any more, then WAL older than every retained backup.
+//!
+//! A backup whose manifest is damaged is never removed, nor anything it cannot be proven
+//! not to need: its label's type letter is all that is known of it, so a differential or
+//! incremental keeps every older backup (it builds on some of them), a full keeps none;
+//! the backups that build on it stay, and WAL from the start of the newest backup before
+//! it (its own start is not known). The rest of the stanza expires as usual.
 
 use std::collections::BTreeSet;
 
@@ -11,7 +17,7 @@ use crate::error::Result;
 use crate::pg::{Lsn, WalFileName};
 use crate::repo::archive::ArchivedFile;
 use crate::repo::label::BackupType;
-use crate::repo::manifest::{chain, Manifest};
+use crate::repo::manifest::{chain, DamagedBackup, Manifest};
 use crate::repo::{Repo, ABANDONED_AFTER};
 
 #[derive(Clone, Debug, Default)]
@@ -38,10 +44,21 @@ pub struct ExpirePlan {
     /// WAL before this position is needed by no retained backup.
     pub wal_kept_from: Option<Lsn>,
     pub wal_files: Vec<String>,
+    /// Backups whose manifest is damaged, kept with what depends on them either way.
+    pub damaged_backups: Vec<DamagedBackupKept>,
     #[serde(skip)]
     wal: Vec<ArchivedFile>,
     #[serde(skip)]
     bundles: Vec<String>,
+}
+
+/// A backup whose manifest is damaged: kept, and the backups kept because of it.
+#[derive(Debug, Serialize)]
+pub struct DamagedBackupKept {
+    pub label: String,
+    pub problem: String,
+    /// Backups it may build on and backups that build on it, oldest first.
+    pub keeps: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -58,18 +75,36 @@ pub async fn plan(
     // Headers only: retention needs labels, chains, LSNs and bundle names, not file lists.
     let stanza = repo.stanza_info().await?;
     let backups = repo.load_backup_headers(Some(&stanza)).await?.backups;
-    if let Some(d) = backups.damaged.into_iter().next() {
-        return Err(d.error);
-    }
-    let manifests = backups.healthy;
     let pinned = repo.pinned_labels().await?;
     let archived = repo.list_archive().await?;
-    Ok(plan_for(&manifests, &pinned, &archived, retention, now))
+    let plan = plan_for(
+        &backups.healthy,
+        &backups.damaged,
+        &pinned,
+        &archived,
+        retention,
+        now,
+    );
+    for d in &plan.damaged_backups {
+        tracing::warn!(
+            "backup {} has a damaged manifest ({}): expire keeps it{}; \
+             `pgward verify` names what is wrong",
+            d.label,
+            d.problem,
+            if d.keeps.is_empty() {
+                String::new()
+            } else {
+                format!(", and {} with it", d.keeps.join(", "))
+            }
+        );
+    }
+    Ok(plan)
 }
 
 /// The pure decision, for tests and `--dry-run`.
 pub fn plan_for(
     manifests: &[Manifest],
+    damaged: &[DamagedBackup],
     pinned: &[String],
     archived: &[ArchivedFile],
     retention: &Retention,
@@ -132,11 +167,24 @@ pub fn plan_for(
 
     // Everything depending on an expired backup goes with it; pinned backups and every
     // backup they need stay.
-    let protected: BTreeSet<&str> = pinned
+    let mut protected: BTreeSet<&str> = pinned
         .iter()
         .flat_map(|p| chain(manifests, p))
         .map(|m| m.label.as_str())
         .collect();
+    let damaged_backups: Vec<DamagedBackupKept> = damaged
+        .iter()
+        .map(|d| DamagedBackupKept {
+            label: d.label.clone(),
+            problem: d.error.to_string(),
+            keeps: kept_for_damaged(manifests, &d.label)
+                .map(|m| m.label.clone())
+                .collect(),
+        })
+        .collect();
+    for d in damaged {
+        protected.extend(kept_for_damaged(manifests, &d.label).map(|m| m.label.as_str()));
+    }
     let mut removed: Vec<RemovedBackup> = Vec::new();
     for m in manifests.iter().rev() {
         if protected.contains(m.label.as_str()) {
@@ -171,7 +219,20 @@ pub fn plan_for(
 
     // WAL: nothing before the oldest retained backup's start is needed by anyone. LSNs
     // are shared by all timelines, so one position bounds them all. History files stay.
-    let wal_kept_from = retained.iter().map(|m| m.start_lsn).min();
+    // A damaged backup's own start is unknown: no later than the start of the newest
+    // backup before it (when there is none, every WAL file stays).
+    let damaged_wal_from = damaged.iter().map(|d| {
+        manifests
+            .iter()
+            .rev()
+            .find(|m| m.label < d.label)
+            .map_or(Lsn(0), |m| m.start_lsn)
+    });
+    let wal_kept_from = retained
+        .iter()
+        .map(|m| m.start_lsn)
+        .chain(damaged_wal_from)
+        .min();
     let wal: Vec<ArchivedFile> = match (wal_kept_from, retained.first()) {
         (Some(from), Some(any)) => archived
             .iter()
@@ -189,9 +250,28 @@ pub fn plan_for(
         backups: removed,
         wal_kept_from,
         wal_files: wal.iter().map(|f| f.name.to_string()).collect(),
+        damaged_backups,
         wal,
         bundles,
     }
+}
+
+/// The readable backups a backup with a damaged manifest (`damaged`) may build on, and
+/// those that build on it: kept as long as it is. Only its label's type letter is
+/// known: a full builds on nothing; a differential or incremental on some older
+/// backups, which cannot be told apart, so on every one of them.
+fn kept_for_damaged<'a>(
+    manifests: &'a [Manifest],
+    damaged: &'a str,
+) -> impl Iterator<Item = &'a Manifest> + 'a {
+    let is_full = damaged.ends_with(BackupType::Full.letter());
+    manifests.iter().filter(move |m| {
+        let may_need = !is_full && m.label.as_str() < damaged;
+        let builds_on = chain(manifests, &m.label)
+            .first()
+            .is_some_and(|first| first.reference.as_deref() == Some(damaged));
+        may_need || builds_on
+    })
 }
 
 pub async fn execute(repo: &Repo, plan: &ExpirePlan) -> Result<()> {

@@ -235,3 +235,113 @@ fn expire_removes_what_killed_archive_pushes_left_and_spares_pushes_in_progress(
     );
     src.ok(&["verify"]);
 }
+
+/// Labels of every manifest file in the (local) repository, damaged ones too.
+fn manifest_labels(src: &Source) -> Vec<String> {
+    let mut labels: Vec<String> = std::fs::read_dir(src.repo.join("main/backups"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_suffix(".manifest")
+                .map(str::to_string)
+        })
+        .collect();
+    labels.sort();
+    labels
+}
+
+#[test]
+fn expire_keeps_a_damaged_backup_and_what_it_may_need_and_expires_the_rest() {
+    let src = Source::start("expire-damaged", 15);
+    src.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g");
+    let backup = |kind: &str| {
+        src.sql("INSERT INTO t SELECT g FROM generate_series(1, 100) g");
+        src.backup(&["--type", kind])
+    };
+    let f1 = backup("full");
+    let i1 = backup("incr");
+    let f2 = backup("full");
+    let i2 = backup("incr");
+    let d2 = backup("diff");
+    let f3 = backup("full");
+    let i3 = backup("incr");
+    src.archive_current_wal();
+    let manifest = |label: &str| src.repo.join(format!("main/backups/{label}.manifest"));
+    let flip = |label: &str| {
+        let good = std::fs::read(manifest(label)).unwrap();
+        let mut bad = good.clone();
+        let middle = bad.len() / 2;
+        bad[middle] ^= 0x20;
+        std::fs::write(manifest(label), bad).unwrap();
+        good
+    };
+    let first_segment = |src: &Source| archived_segments(src)[0].clone();
+    let i1_start = src.info_json()["backups"][1]["start_lsn"].clone();
+    let f1_start = src.info_json()["backups"][0]["start_lsn"].clone();
+    // The number of a segment file, and the segment holding an LSN (16 MiB segments).
+    let segment_no = |name: &str| {
+        u64::from_str_radix(&name[8..16], 16).unwrap() * 256
+            + u64::from_str_radix(&name[16..24], 16).unwrap()
+    };
+    let lsn_segment = |lsn: &serde_json::Value| {
+        let (hi, lo) = lsn.as_str().unwrap().split_once('/').unwrap();
+        ((u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap())
+            / (16 << 20)
+    };
+    assert_eq!(src.info_json()["backups"][1]["label"], i1.as_str());
+
+    // A damaged incremental in the middle: it may build on any older backup, so all of
+    // them stay; the diff after it builds on f2, not on it, and goes.
+    let i2_good = flip(&i2);
+    let out = src.pgward(&["expire", "--retain-full", "1"]);
+    let err = super::setup::stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("backup {i2} has a damaged manifest"))
+            && err.contains(&format!("{f1}, {i1}, {f2}")),
+        "{err}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("expire backup {d2}: depends on expired backup {f2}")),
+        "{stdout}"
+    );
+    assert_eq!(
+        manifest_labels(&src),
+        [&f1, &i1, &f2, &i2, &f3, &i3].map(String::clone)
+    );
+    assert!(
+        segment_no(&first_segment(&src)) <= lsn_segment(&f1_start),
+        "WAL f1 needs was removed"
+    );
+
+    // A damaged full needs nothing older: f1 and i1 go; i2, which builds on it, stays,
+    // and the WAL from i1's start (f2's own start is not known).
+    std::fs::write(manifest(&i2), &i2_good).unwrap();
+    let f2_good = flip(&f2);
+    let plan: serde_json::Value = serde_json::from_str(&src.ok(&[
+        "--output",
+        "json",
+        "expire",
+        "--retain-full",
+        "1",
+    ]))
+    .unwrap();
+    assert_eq!(plan["damaged_backups"][0]["label"], f2.as_str(), "{plan:#}");
+    assert_eq!(plan["damaged_backups"][0]["keeps"], serde_json::json!([i2]));
+    assert_eq!(
+        manifest_labels(&src),
+        [&f2, &i2, &f3, &i3].map(String::clone)
+    );
+    assert_eq!(plan["wal_kept_from"], i1_start, "{plan:#}");
+    assert_eq!(segment_no(&first_segment(&src)), lsn_segment(&i1_start));
+
+    // Repaired, everything kept is whole, and the next expire removes it.
+    std::fs::write(manifest(&f2), &f2_good).unwrap();
+    src.ok(&["verify"]);
+    src.ok(&["expire", "--retain-full", "1"]);
+    assert_eq!(manifest_labels(&src), [f3, i3]);
+    src.ok(&["verify"]);
+}

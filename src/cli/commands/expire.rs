@@ -29,6 +29,17 @@ impl Report for Expired {
             ("expire", "remove")
         };
         let mut out = String::new();
+        for d in &self.plan.damaged_backups {
+            out.push_str(&format!(
+                "keep backup {} (damaged manifest){}\n",
+                d.label,
+                if d.keeps.is_empty() {
+                    String::new()
+                } else {
+                    format!(" and with it {}", d.keeps.join(", "))
+                }
+            ));
+        }
         for b in &self.plan.backups {
             out.push_str(&format!("{expire} backup {}: {}\n", b.label, b.reason));
         }

@@ -14,7 +14,7 @@ use crate::repo::archive_map::{
 };
 use crate::repo::label::BackupType;
 use crate::repo::manifest::Manifest;
-use crate::repo::records::DrillRecord;
+use crate::repo::records::{DamagedRecord, DrillRecord};
 use crate::repo::Repo;
 
 #[derive(Debug, Serialize)]
@@ -35,8 +35,10 @@ pub struct InfoReport {
     pub recoverable_window: Option<RecoverableWindow>,
     /// Per timeline: the range that point-in-time recovery can reach on it.
     pub recoverable_windows: Vec<TimelineWindow>,
-    /// The outcome of the stanza's last `pgward drill`, if one ran.
+    /// The outcome of the stanza's last `pgward drill`, if one ran (and its record reads).
     pub last_drill: Option<DrillRecord>,
+    /// Records that do not read (the last drill's): reported, never `info`'s failure.
+    pub damaged_records: Vec<DamagedRecord>,
 }
 
 #[derive(Debug, Serialize)]
@@ -111,6 +113,8 @@ pub async fn info(repo: &Repo) -> Result<InfoReport> {
         }
     }
     let seg_size = stanza.wal_segment_size;
+    let mut damaged_records = Vec::new();
+    let last_drill = repo.last_drill_or_damaged(&mut damaged_records).await?;
     Ok(InfoReport {
         stanza: repo.stanza.clone(),
         repository: repo.location(),
@@ -128,7 +132,8 @@ pub async fn info(repo: &Repo) -> Result<InfoReport> {
         archive: timelines(&archived, seg_size),
         recoverable_window: recoverable_window(&manifests, &archived, seg_size),
         recoverable_windows: timeline_windows(repo, &manifests, &archived, seg_size).await?,
-        last_drill: repo.last_drill().await?,
+        last_drill,
+        damaged_records,
     })
 }
 

@@ -155,6 +155,12 @@ fn stanza_families(f: &mut Families, m: &StanzaMetrics) {
         stanza(),
         m.damaged_backups as f64,
     );
+    f.gauge(
+        "pgward_records_damaged",
+        "Records of the last verify or drill that do not read: their metrics are absent until the next run",
+        stanza(),
+        m.damaged_records.len() as f64,
+    );
     for b in &m.newest {
         let labels = || with("type", b.backup_type.to_string());
         f.gauge(
@@ -362,6 +368,7 @@ mod tests {
             stored_bytes: 0,
             last_verify: None,
             last_drill: None,
+            damaged_records: Vec::new(),
             lag: None,
             archive_command_failures: None,
             spool: None,

@@ -21,7 +21,7 @@ use crate::repo::archive_map::{
     recoverable_window, timeline_windows, timelines, RecoverableWindow, TimelineWindow,
 };
 use crate::repo::label::BackupType;
-use crate::repo::records::{DrillRecord, VerifyRecord};
+use crate::repo::records::{DamagedRecord, DrillRecord, VerifyRecord};
 use crate::repo::Repo;
 
 /// Everything `metrics` reports about one stanza.
@@ -44,6 +44,8 @@ pub struct StanzaMetrics {
     pub stored_bytes: u64,
     pub last_verify: Option<VerifyRecord>,
     pub last_drill: Option<DrillRecord>,
+    /// Records that do not read: counted, never the scrape's failure.
+    pub damaged_records: Vec<DamagedRecord>,
     /// Present when the server was reachable and is this stanza's cluster.
     pub lag: Option<ArchiveLag>,
     /// archive_command failures the server counted (pg_stat_archiver), when reachable.
@@ -114,6 +116,9 @@ pub async fn collect(
     let archive = archive_metrics(&archived, seg_size);
     let archive_bytes: u64 = archived.iter().map(|f| f.stored_size).sum();
     let server = server.filter(|s| s.system_identifier == stanza.system_identifier);
+    let mut damaged_records = Vec::new();
+    let last_verify = repo.last_verify_or_damaged(&mut damaged_records).await?;
+    let last_drill = repo.last_drill_or_damaged(&mut damaged_records).await?;
     Ok(StanzaMetrics {
         stanza: repo.stanza.clone(),
         backups: manifests.len(),
@@ -122,8 +127,9 @@ pub async fn collect(
         windows: timeline_windows(repo, &manifests, &archived, seg_size).await?,
         window: recoverable_window(&manifests, &archived, seg_size),
         stored_bytes: repo.backup_stored_bytes().await? + archive_bytes,
-        last_verify: repo.last_verify().await?,
-        last_drill: repo.last_drill().await?,
+        last_verify,
+        last_drill,
+        damaged_records,
         lag: server
             .and_then(|s| s.current)
             .map(|(tl, lsn)| archive_lag(&archive, tl, lsn, seg_size, now)),

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::object::Kind;
 use super::Repo;
-use crate::error::Result;
+use crate::error::{ErrorKind, Result};
 
 const LAST_DRILL: &str = "records/last-drill.json";
 const LAST_VERIFY: &str = "records/last-verify.json";
@@ -73,7 +73,52 @@ pub struct VerifyRecord {
     pub wal_segments: u64,
 }
 
+/// A record that does not read (checksum, envelope, parse): `info` and `metrics` report
+/// it and go on, as if there were none; the next run of its routine replaces it.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct DamagedRecord {
+    /// Its key in the repository.
+    pub record: String,
+    pub problem: String,
+}
+
+/// A damaged record becomes a warning and an entry of `damaged`; every other error
+/// (storage, a newer format) stays one.
+fn or_damaged<T>(
+    read: Result<Option<T>>,
+    key: String,
+    damaged: &mut Vec<DamagedRecord>,
+) -> Result<Option<T>> {
+    match read {
+        Err(e) if e.kind == ErrorKind::Corrupt => {
+            tracing::warn!("{e}: shown as absent; the next run replaces it");
+            damaged.push(DamagedRecord {
+                record: key,
+                problem: e.to_string(),
+            });
+            Ok(None)
+        }
+        other => other,
+    }
+}
+
 impl Repo {
+    /// [`Repo::last_drill`] for reports: a damaged record is noted in `damaged`, not an error.
+    pub async fn last_drill_or_damaged(
+        &self,
+        damaged: &mut Vec<DamagedRecord>,
+    ) -> Result<Option<DrillRecord>> {
+        or_damaged(self.last_drill().await, self.key(LAST_DRILL), damaged)
+    }
+
+    /// [`Repo::last_verify`] for reports: a damaged record is noted in `damaged`, not an error.
+    pub async fn last_verify_or_damaged(
+        &self,
+        damaged: &mut Vec<DamagedRecord>,
+    ) -> Result<Option<VerifyRecord>> {
+        or_damaged(self.last_verify().await, self.key(LAST_VERIFY), damaged)
+    }
+
     pub async fn last_drill(&self) -> Result<Option<DrillRecord>> {
         self.read_object(&self.key(LAST_DRILL), Kind::DrillRecord)
             .await
@@ -125,7 +170,7 @@ mod tests {
             error: None,
         };
         repo.save_drill(&drill).await.unwrap();
-        assert_eq!(repo.last_drill().await.unwrap(), Some(drill));
+        assert_eq!(repo.last_drill().await.unwrap(), Some(drill.clone()));
         let verify = VerifyRecord {
             time: Utc::now(),
             passed: true,
@@ -144,6 +189,19 @@ mod tests {
         std::fs::write(&path, bytes).unwrap();
         let err = repo.last_verify().await.unwrap_err().to_string();
         assert!(err.contains("last-verify.json"), "{err}");
+        // Reports go on without it, naming it.
+        let mut damaged = Vec::new();
+        assert_eq!(
+            repo.last_verify_or_damaged(&mut damaged).await.unwrap(),
+            None
+        );
+        assert_eq!(
+            repo.last_drill_or_damaged(&mut damaged).await.unwrap(),
+            Some(drill)
+        );
+        assert_eq!(damaged.len(), 1);
+        assert!(damaged[0].record.ends_with("records/last-verify.json"));
+        assert_eq!(damaged[0].problem, err);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -721,3 +721,64 @@ fn backup_of_a_missing_or_unreadable_pgdata_says_which_with_its_documented_code(
     assert!(err.contains("run pgward as the cluster's owner"), "{err}");
     assert!(src.labels().is_empty(), "{:?}", src.labels());
 }
+
+/// A damaged record of the last verify or drill is named (a warning, `damaged_records` in
+/// JSON, a gauge) but fails neither `info` nor `metrics`: they go on as if it were absent.
+#[test]
+fn damaged_verify_and_drill_records_are_reported_and_fail_neither_info_nor_metrics() {
+    let src = Source::start("damaged-records", 15);
+    src.backup(&[]);
+    src.ok(&["verify"]);
+    let records = src.repo.join("main/records");
+    let verify = records.join("last-verify.json");
+    let mut bytes = fs::read(&verify).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    fs::write(&verify, bytes).unwrap();
+    fs::write(records.join("last-drill.json"), b"{\"passed\": tru").unwrap();
+    chown_pg(&records);
+
+    let out = src.pgward(&["--output", "json", "info"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["last_drill"], serde_json::Value::Null, "{info:#}");
+    let damaged = info["damaged_records"].as_array().unwrap();
+    assert_eq!(damaged.len(), 1, "{info:#}");
+    assert!(
+        damaged[0]["record"]
+            .as_str()
+            .unwrap()
+            .ends_with("records/last-drill.json"),
+        "{info:#}"
+    );
+    assert!(stderr(&out).contains("last-drill.json"), "{}", stderr(&out));
+    let text = src.ok(&["info"]);
+    assert!(
+        text.contains("DAMAGED record") && text.contains("last-drill.json"),
+        "{text}"
+    );
+
+    let out = src.pgward(&["metrics"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("pgward_records_damaged{stanza=\"main\"} 2\n"),
+        "{text}"
+    );
+    assert!(text.contains("pgward_up{stanza=\"main\"} 1\n"), "{text}");
+    assert!(!text.contains("pgward_verify_last_success"), "{text}");
+    let warned = stderr(&out);
+    assert!(
+        warned.contains("last-verify.json") && warned.contains("last-drill.json"),
+        "{warned}"
+    );
+
+    // The next verify replaces its record.
+    src.ok(&["verify"]);
+    let text = src.ok(&["metrics"]);
+    assert!(
+        text.contains("pgward_records_damaged{stanza=\"main\"} 1\n")
+            && text.contains("pgward_verify_last_success{stanza=\"main\"} 1\n"),
+        "{text}"
+    );
+}

@@ -121,6 +121,12 @@ fn render_text(r: &InfoReport) -> String {
         None => s.push_str("\nrecoverable window: none (no backup with its WAL archived)\n"),
     }
     s.push_str(&render_last_drill(r.last_drill.as_ref()));
+    for d in &r.damaged_records {
+        s.push_str(&format!(
+            "  DAMAGED record (the next run replaces it): {}\n",
+            d.problem
+        ));
+    }
     s
 }
 

@@ -101,6 +101,32 @@ pub fn create_dir_durable(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Run as root, what pgward creates in a repository takes the owner of the repository's
+/// directory (its usual user, postgres): else a `drill` or `verify` run as root would
+/// leave root's 0600 files and 0700 directories, which the next run as that user could
+/// neither read nor replace. None when not root, or when root owns the repository.
+fn repository_owner(root: &Path) -> Option<(u32, u32)> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let meta = std::fs::metadata(root).ok()?;
+    (meta.uid() != 0).then(|| (meta.uid(), meta.gid()))
+}
+
+/// [`create_dir_durable`], giving the directories it creates to `owner`.
+fn create_dir_owned(dir: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
+    let Some((uid, gid)) = owner else {
+        return create_dir_durable(dir);
+    };
+    let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.is_dir()).collect();
+    create_dir_durable(dir)?;
+    for d in missing {
+        std::os::unix::fs::lchown(d, Some(uid), Some(gid))?;
+    }
+    Ok(())
+}
+
 /// Creates `dir` if needed and makes sure no other user can change what is in it: a real
 /// directory (not a link), owned by this user, not writable by group or others. Anyone
 /// who could write there could plant links or files for pgward to follow or trust.
@@ -244,17 +270,23 @@ impl Storage for LocalStorage {
             std::process::id()
         ));
         let file = tokio::task::spawn_blocking({
-            let (dir, temp) = (dir.clone(), temp.clone());
+            let (dir, temp, root) = (dir.clone(), temp.clone(), self.root.clone());
             move || -> Result<std::fs::File> {
-                create_dir_durable(&dir).at("creating directory", &dir)?;
-                OpenOptions::new()
+                let owner = repository_owner(&root);
+                create_dir_owned(&dir, owner).at("creating directory", &dir)?;
+                let file = OpenOptions::new()
                     .write(true)
                     .create(true)
                     .truncate(true)
                     .mode(FILE_MODE)
                     .custom_flags(libc::O_NOFOLLOW)
                     .open(&temp)
-                    .map_err(|e| open_error("creating", &temp, e))
+                    .map_err(|e| open_error("creating", &temp, e))?;
+                if let Some((uid, gid)) = owner {
+                    std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+                        .at("giving to the repository's owner", &temp)?;
+                }
+                Ok(file)
             }
         })
         .await
@@ -274,9 +306,12 @@ impl Storage for LocalStorage {
     async fn create_exclusive(&self, key: &str, bytes: &[u8]) -> Result<Option<bool>> {
         let target = self.path(key);
         let bytes = bytes.to_vec();
-        tokio::task::spawn_blocking(move || create_exclusive(&target, &bytes))
-            .await
-            .unwrap_or_else(crate::error::task_panicked)
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || {
+            create_exclusive(&target, &bytes, repository_owner(&root))
+        })
+        .await
+        .unwrap_or_else(crate::error::task_panicked)
     }
 
     async fn remove_incomplete(
@@ -332,10 +367,14 @@ impl Storage for LocalStorage {
     }
 }
 
-fn create_exclusive(target: &Path, bytes: &[u8]) -> Result<Option<bool>> {
+fn create_exclusive(
+    target: &Path,
+    bytes: &[u8],
+    owner: Option<(u32, u32)>,
+) -> Result<Option<bool>> {
     use std::io::Write;
     let dir = target.parent().expect("keys have a parent");
-    create_dir_durable(dir).at("creating directory", dir)?;
+    create_dir_owned(dir, owner).at("creating directory", dir)?;
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let temp = PathBuf::from(format!(
@@ -349,6 +388,9 @@ fn create_exclusive(target: &Path, bytes: &[u8]) -> Result<Option<bool>> {
         .mode(FILE_MODE)
         .open(&temp)
         .and_then(|mut f| {
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
+            }
             f.write_all(bytes)?;
             f.sync_all()
         });
@@ -501,6 +543,43 @@ mod tests {
 
     fn mode(path: &Path) -> u32 {
         std::fs::symlink_metadata(path).unwrap().mode() & 0o7777
+    }
+
+    #[tokio::test]
+    async fn run_as_root_objects_and_their_directories_take_the_repositorys_owner() {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            return; // only root can give files away
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("repo");
+        std::fs::create_dir(&root).unwrap();
+        std::os::unix::fs::chown(&root, Some(4321), Some(4322)).unwrap();
+        let storage = LocalStorage::new(&root);
+        let mut writer = storage
+            .create("main/records/last-drill.json")
+            .await
+            .unwrap();
+        writer.write_all(b"record").await.unwrap();
+        writer.finish().await.unwrap();
+        assert_eq!(
+            storage
+                .create_exclusive("main/archive/claim", b"x")
+                .await
+                .unwrap(),
+            Some(true)
+        );
+        for path in [
+            "main",
+            "main/records",
+            "main/records/last-drill.json",
+            "main/archive",
+            "main/archive/claim",
+        ] {
+            let meta = std::fs::symlink_metadata(root.join(path)).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (4321, 4322), "{path}");
+        }
+        assert_eq!(mode(&root.join("main/records/last-drill.json")), 0o600);
     }
 
     #[tokio::test]

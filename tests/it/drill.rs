@@ -346,6 +346,17 @@ fn drill_run_as_root_gives_the_copy_to_an_unprivileged_user() {
         "the scratch server still runs"
     );
     std::fs::remove_dir_all(&scratch).unwrap();
+
+    // The record root wrote belongs to the repository's owner, like its directory: the
+    // repository's user reads it and writes beside it afterwards.
+    for path in ["main/records", "main/records/last-drill.json"] {
+        let meta = std::fs::metadata(src.repo.join(path)).unwrap();
+        assert_eq!(meta.uid(), uid, "{path} belongs to uid {}", meta.uid());
+        assert_eq!(meta.mode() & 0o077, 0, "{path} is open to others");
+    }
+    assert_eq!(src.info_json()["last_drill"]["passed"], true);
+    src.ok(&["verify"]);
+    src.ok(&["metrics"]);
 }
 
 #[test]

@@ -15,7 +15,7 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::object::{self, Contents, Kind};
 use super::Repo;
 use crate::error::{Error, ErrorKind, IoContext, Result};
-use crate::storage::local::{create_dir_durable, try_flock};
+use crate::storage::local::{create_dir_durable, ensure_private_dir, try_flock};
 use crate::storage::SharedStorage;
 
 const HEARTBEAT: Duration = Duration::from_secs(30);
@@ -110,7 +110,11 @@ impl Repo {
                 .create_exclusive(&key, &holder(self, &key, chrono::Utc::now())?)
                 .await?
             {
-                None => return self.flock(self.host_lock_dir(), purpose),
+                None => {
+                    let dir = self.host_lock_dir();
+                    ensure_host_lock_dir(&dir)?;
+                    return self.flock(dir, purpose);
+                }
                 Some(true) => {
                     let (repo, key2, holder) = (self.clone(), key.clone(), holder.clone());
                     let beat = tokio::spawn(async move {
@@ -225,10 +229,74 @@ impl Repo {
     }
 }
 
+/// Creates the host-local lock directory (`$TMPDIR/pgward-locks/<repository>-<stanza>`)
+/// private to pgward's user, or refuses it, and its parent, when another user owns them
+/// or can write in them: in a shared temporary directory anyone may have made them first,
+/// to hold the lock files (and so every backup of the stanza) or plant links in them.
+pub(super) fn ensure_host_lock_dir(dir: &Path) -> Result<()> {
+    let what = "host-local lock directory";
+    let hint = |e: Error| {
+        e.hint(
+            "remove it (pgward creates it, mode 0700, for its own user), or run pgward with \
+             TMPDIR naming a directory only its user can write: the lock lives in \
+             $TMPDIR/pgward-locks",
+        )
+    };
+    if let Some(parent) = dir.parent() {
+        ensure_private_dir(parent, what).map_err(hint)?;
+    }
+    ensure_private_dir(dir, what).map_err(hint)
+}
+
 fn pid_alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
     unsafe {
         libc::kill(pid as i32, 0) == 0
             || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    use super::*;
+
+    #[test]
+    fn a_host_lock_directory_of_another_user_or_open_to_others_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp
+            .path()
+            .join("pgward-locks")
+            .join("0123456789abcdef-main");
+        ensure_host_lock_dir(&dir).unwrap();
+        for d in [&dir, dir.parent().unwrap()] {
+            assert_eq!(std::fs::metadata(d).unwrap().mode() & 0o777, 0o700);
+        }
+        ensure_host_lock_dir(&dir).unwrap(); // ours: taken again
+
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = ensure_host_lock_dir(&dir).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Config);
+        assert!(e.message.contains("writable by group or others"), "{e}");
+        assert!(e.hint.as_deref().unwrap().contains("TMPDIR"), "{e:?}");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+
+        let parent = dir.parent().unwrap();
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let e = ensure_host_lock_dir(&dir).unwrap_err();
+        assert!(e.message.contains("pgward-locks is writable"), "{e}");
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700)).unwrap();
+
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::chown(&dir, Some(4321), None).unwrap();
+            let e = ensure_host_lock_dir(&dir).unwrap_err();
+            assert!(e.message.contains("is owned by uid 4321"), "{e}");
+        }
+        let link = tmp.path().join("pgward-locks").join("link-main");
+        std::os::unix::fs::symlink(tmp.path(), &link).unwrap();
+        let e = ensure_host_lock_dir(&link).unwrap_err();
+        assert!(e.message.contains("symbolic link"), "{e}");
     }
 }

@@ -288,13 +288,15 @@ impl Repo {
             .join(format!("wal-claim-{stripe:02}.lock"));
         tokio::task::spawn_blocking(move || -> Result<std::fs::File> {
             use std::os::fd::AsRawFd;
+            use std::os::unix::fs::OpenOptionsExt;
             let dir = path.parent().expect("in a directory");
-            storage::local::create_dir_durable(dir).at("creating lock directory", dir)?;
+            super::lock::ensure_host_lock_dir(dir)?;
             let file = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)
                 .truncate(false)
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(&path)
                 .at("opening lock file", &path)?;
             // SAFETY: flock on a descriptor we own; it waits for the holder to finish.

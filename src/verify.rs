@@ -404,7 +404,8 @@ struct Metadata {
 }
 
 /// Reads every metadata object through the checked path: stanza.json, the key file, the
-/// saved PITR settings, every manifest and pin. Each one damaged is a problem naming it.
+/// saved PITR settings, every manifest (and its header object) and pin. Each one damaged
+/// is a problem naming it.
 async fn check_metadata(repo: &Repo, problems: &mut Vec<Problem>) -> Result<Metadata> {
     let stanza = match repo.stanza_info().await {
         Ok(s) => Some(s),
@@ -439,6 +440,18 @@ async fn check_metadata(repo: &Repo, problems: &mut Vec<Problem>) -> Result<Meta
             problem: d.error.to_string(),
             breaks: format!("backup {} cannot be restored", d.label),
         });
+    }
+    for m in &backups.healthy {
+        match repo.check_backup_header(m).await {
+            Ok(()) => {}
+            Err(e) if e.kind == ErrorKind::Io => return Err(e),
+            Err(e) => problems.push(Problem {
+                problem: e.to_string(),
+                breaks: "how the next incremental or differential backup chooses what to \
+                         build on (removing the header object makes it read the manifest)"
+                    .into(),
+            }),
+        }
     }
     for label in repo.pinned_labels().await? {
         let listed = backups.healthy.iter().any(|m| m.label == label)

@@ -25,7 +25,8 @@ use crate::pg::datadir::CONTROL_FILE;
 use crate::pipeline::Compression;
 use crate::repo::archive_map::{segments_between, wait_for_archived};
 use crate::repo::label::{new_label, BackupType};
-use crate::repo::manifest::Manifest;
+use crate::repo::manifest::{DamagedBackup, Manifest};
+use crate::repo::manifest_head::{head_of, same_head};
 use crate::repo::stanza::check_same_cluster;
 use crate::repo::{Repo, FORMAT_VERSION};
 
@@ -76,25 +77,44 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
 
     // A damaged manifest must not stop new backups: build only on intact ones, and keep
     // the damaged ones' labels (and bundles) untouched for `verify` to name. Choosing the
-    // reference needs no file lists: only the reference's own is read (below), so memory
-    // does not grow with the backups the repository holds.
-    let backups = repo.load_backup_headers(Some(&stanza)).await?.backups;
+    // reference reads each backup's header object (a few KiB), not its manifest; the
+    // reference's own manifest is read whole (its file list is needed) and must read,
+    // check and agree with its header, or the choice is made again without it. So what
+    // a backup reads of the repository does not grow with the manifests it holds.
+    let timeline = db::current_timeline(&client).await?;
+    let mut backups = repo.load_backup_header_objects(&stanza).await?.backups;
+    let (choice, reference) = loop {
+        let choice = reference::choose(
+            repo,
+            &buildable(&backups.healthy),
+            opts.backup_type,
+            opts.max_chain,
+            timeline,
+        )
+        .await?;
+        let Some(header) = &choice.reference else {
+            break (choice, None);
+        };
+        match repo.load_manifest(&header.label).await {
+            Ok(m) if same_head(&head_of(&m), header) => break (choice, Some(m)),
+            Ok(m) => {
+                tracing::warn!(label = %m.label, "the header object of backup {} does not match its manifest: choosing from the manifest", m.label);
+                let at = backups.healthy.iter().position(|h| h.label == m.label);
+                backups.healthy[at.expect("chosen from healthy")] = head_of(&m);
+            }
+            Err(error) if error.kind == ErrorKind::Corrupt => {
+                backups.healthy.retain(|h| h.label != header.label);
+                backups.damaged.push(DamagedBackup {
+                    label: header.label.clone(),
+                    error,
+                });
+            }
+            Err(error) => return Err(error),
+        }
+    };
     for d in &backups.damaged {
         tracing::warn!(label = %d.label, "not building on a damaged backup: {}", d.error);
     }
-    let manifests: Vec<Manifest> = backups
-        .healthy
-        .iter()
-        .filter(|m| {
-            crate::repo::manifest::chain(&backups.healthy, &m.label)
-                .first()
-                .is_some_and(|full| full.reference.is_none())
-        })
-        .cloned()
-        .collect();
-    let timeline = db::current_timeline(&client).await?;
-    let choice =
-        reference::choose(repo, &manifests, opts.backup_type, opts.max_chain, timeline).await?;
     if let Some(why) = &choice.fallback {
         tracing::warn!(
             "taking a full backup instead of {}: {why}",
@@ -108,7 +128,7 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
         .chain(backups.damaged.iter().map(|d| d.label.clone()))
         .collect();
     let label = new_label(choice.backup_type, chrono::Utc::now(), &labels);
-    if let Some(r) = &choice.reference {
+    if let Some(r) = &reference {
         tracing::info!(reference = %r.label, "{} backup builds on {}", choice.backup_type, r.label);
         if let Some(standby) = &standby {
             standby.wait_for_replay(&client, r).await?;
@@ -130,7 +150,7 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
     let listing = tokio::task::spawn_blocking(move || walk::walk_data_dir(&walk_root))
         .await
         .unwrap_or_else(crate::error::task_panicked)?;
-    let maps = match &choice.reference {
+    let maps = match &reference {
         Some(r) => {
             // The timeline the backup started on: a promotion may have come in between.
             let started_on = db::current_timeline(&client).await?;
@@ -153,18 +173,14 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
         listing.files.len() as u64,
         progress.clone(),
     );
+    let reference_label = reference.as_ref().map(|m| m.label.clone());
     let settings = copy::CopySettings {
         label: label.clone(),
         compression: opts.compression,
         verify_pages_before: stanza.data_checksums.then_some(start_lsn),
         jobs: opts.jobs,
         first_bundle: 0,
-        reference: match &choice.reference {
-            Some(r) => Some(Arc::new(copy::Reference::new(
-                repo.load_manifest(&r.label).await?,
-            ))),
-            None => None,
-        },
+        reference: reference.map(|m| Arc::new(copy::Reference::new(m))),
         maps,
     };
     // pg_control goes last, after every other file, as pg_basebackup does.
@@ -205,7 +221,7 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
         stop.lsn,
         stanza.wal_segment_size,
     );
-    let reference_timeline = choice.reference.as_ref().map(|_| timeline);
+    let reference_timeline = reference_label.as_ref().map(|_| timeline);
     match &standby {
         Some(s) => {
             let label = &label_file;
@@ -219,7 +235,7 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
         format_version: FORMAT_VERSION,
         label: label.clone(),
         backup_type: choice.backup_type,
-        reference: choice.reference.as_ref().map(|m| m.label.clone()),
+        reference: reference_label,
         system_identifier: stanza.system_identifier,
         pg_major: server.identity.pg_major,
         pg_version_num: server.version_num,
@@ -261,6 +277,20 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
     Ok(manifest)
 }
 
+/// The backups an incremental may build on: those whose chain reaches a full backup
+/// through intact backups.
+fn buildable(healthy: &[Manifest]) -> Vec<Manifest> {
+    healthy
+        .iter()
+        .filter(|m| {
+            crate::repo::manifest::chain(healthy, &m.label)
+                .first()
+                .is_some_and(|full| full.reference.is_none())
+        })
+        .cloned()
+        .collect()
+}
+
 /// Lets tests act while a backup is running (promote the standby it copies, say): with
 /// `PGWARD_TEST_BACKUP_PAUSE=FILE` (debug builds only), backup creates FILE once the
 /// start call returned and goes on when the test removes it: an observable event, not a
@@ -280,6 +310,13 @@ async fn remove_orphans(repo: &Repo) -> Result<()> {
     for bundle in repo.orphan_bundles().await? {
         tracing::info!(%bundle, "removing bundle left by an interrupted backup");
         repo.delete_bundle(&bundle).await?;
+    }
+    let headers = repo.remove_orphan_headers().await?;
+    if headers > 0 {
+        tracing::info!(
+            headers,
+            "removed the header objects of backups that did not finish"
+        );
     }
     for dir in ["bundles", "backups"] {
         let removed = repo.remove_incomplete(dir, None).await?;

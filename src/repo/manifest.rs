@@ -421,7 +421,10 @@ impl Repo {
         }
     }
 
+    /// Writes the backup's header object, then its manifest: the manifest is the commit
+    /// point, a header without one is an unfinished backup's (`manifest_head.rs`).
     pub async fn save_manifest(&self, manifest: &Manifest) -> Result<()> {
+        self.save_backup_header(manifest).await?;
         self.write_object(
             &manifest_key(self, &manifest.label),
             Kind::Manifest,
@@ -430,10 +433,14 @@ impl Repo {
         .await
     }
 
-    /// Removes a backup from the listing (its bundles are removed separately).
+    /// Removes a backup from the listing (its bundles are removed separately), then its
+    /// header object (one left by an interruption is removed by the next backup).
     pub async fn delete_manifest(&self, label: &str) -> Result<()> {
         self.storage.delete(&pin_key(self, label)).await?;
-        self.storage.delete(&manifest_key(self, label)).await
+        self.storage.delete(&manifest_key(self, label)).await?;
+        self.storage
+            .delete(&super::manifest_head::header_key(self, label))
+            .await
     }
 
     /// Pinned backups are never expired: a marker object beside the manifest, so that

@@ -11,6 +11,7 @@
 //! <stanza>/archive/<dir>/<wal name>.map                   a segment's block map (blockmap.rs)
 //! <stanza>/archive/history/<TTTTTTTT>.history-<blake3>[.ext]
 //! <stanza>/backups/<label>.manifest                      written last: a backup exists iff this does
+//! <stanza>/backups/<label>.head                          its manifest without file lists, written first
 //! <stanza>/backups/<label>.pin                           present while the backup is pinned
 //! <stanza>/bundles/<label>-<job>-<seq>.bundle            compressed frames of the backup's files
 //! <stanza>/records/last-drill.json, last-verify.json   outcome of the last drill / verify
@@ -43,7 +44,7 @@ use crate::pipeline::encrypt::MasterKey;
 use crate::storage::SharedStorage;
 
 /// Version of the layout and file formats this build writes (it reads 1 to this).
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 
 /// Age at which a temporary object of a writer that takes no lock (archive-push, rekey) is
 /// a leftover of a killed run that anyone may remove: no such write takes that long, so an

@@ -49,6 +49,7 @@ pub enum Kind {
     Claim,
     DrillRecord,
     VerifyRecord,
+    BackupHeader,
 }
 
 impl Kind {
@@ -64,6 +65,7 @@ impl Kind {
             Kind::Claim => 8,
             Kind::DrillRecord => 9,
             Kind::VerifyRecord => 10,
+            Kind::BackupHeader => 11,
         }
     }
 
@@ -79,6 +81,7 @@ impl Kind {
             Kind::Claim,
             Kind::DrillRecord,
             Kind::VerifyRecord,
+            Kind::BackupHeader,
         ]
         .into_iter()
         .find(|k| k.code() == code)
@@ -96,6 +99,7 @@ impl Kind {
             Kind::Claim => "a WAL name claim",
             Kind::DrillRecord => "a drill record",
             Kind::VerifyRecord => "a verify record",
+            Kind::BackupHeader => "a backup header",
         }
     }
 }

@@ -1,10 +1,12 @@
-//! From format 3 (or older) to 4: every metadata object gets its envelope. Run by
-//! `stanza-create` on an existing stanza and by `backup` under the stanza's lock.
+//! From an older format to this one, run by `stanza-create` on an existing stanza and by
+//! `backup` under the stanza's lock. From 3 (or older) to 4: every metadata object gets
+//! its envelope. From 4 to 5: each backup gets its header object (`manifest_head.rs`).
 //!
 //! Order: the objects first, `stanza.json` last. Until `stanza.json` says 4, readers
 //! accept objects with and without an envelope, so an upgrade interrupted anywhere
 //! leaves a readable stanza, and the next run finishes it. Payloads keep their bytes
-//! (a legacy manifest is wrapped as it is, not re-serialized).
+//! (a legacy manifest is wrapped as it is, not re-serialized). Headers are optional
+//! (a backup without one is read from its manifest), so writing them needs no order.
 
 use super::cipher::{key_file_bytes, parse_key_file, KEY_FILE};
 use super::object::{self, Contents, Kind};
@@ -17,15 +19,51 @@ impl Repo {
     /// when it did.
     pub async fn upgrade_metadata(&self) -> Result<Option<StanzaInfo>> {
         let mut info = self.stanza_info().await?;
-        if info.format_version >= 4 {
+        if info.format_version >= FORMAT_VERSION {
             return Ok(None);
         }
         tracing::info!(
             from = info.format_version,
             to = FORMAT_VERSION,
             stanza = %self.stanza,
-            "upgrading the stanza's metadata: every object gets a checksummed envelope"
+            "upgrading the stanza's metadata"
         );
+        let mut wrapped = 0;
+        if info.format_version < 4 {
+            wrapped += self.add_envelopes().await?;
+        }
+        wrapped += self.add_backup_headers().await?;
+        info.format_version = FORMAT_VERSION;
+        self.write_stanza_info(&info).await?;
+        tracing::info!(
+            objects = wrapped + 1,
+            "stanza upgraded to format {FORMAT_VERSION}"
+        );
+        Ok(Some(info))
+    }
+
+    /// Format 5: a header object for every backup that reads without one (a damaged
+    /// manifest gets none: `verify` names it).
+    async fn add_backup_headers(&self) -> Result<usize> {
+        let mut written = 0;
+        for label in self.backup_labels().await? {
+            if self.read_backup_header(&label).await.is_ok_and(|h| h.is_some()) {
+                continue;
+            }
+            match self.read_manifest(&label).await {
+                Ok(m) => {
+                    self.save_backup_header(&m).await?;
+                    written += 1;
+                }
+                Err(e) if e.kind == crate::error::ErrorKind::Io => return Err(e),
+                Err(e) => tracing::warn!("no header object for backup {label}: {e}"),
+            }
+        }
+        Ok(written)
+    }
+
+    /// Format 4: every metadata object in an envelope, keeping its payload's bytes.
+    async fn add_envelopes(&self) -> Result<usize> {
         let mut wrapped = 0;
         for label in self.backup_labels().await? {
             let key = self.key(&format!("backups/{label}.manifest"));
@@ -53,13 +91,7 @@ impl Repo {
                 wrapped += 1;
             }
         }
-        info.format_version = FORMAT_VERSION;
-        self.write_stanza_info(&info).await?;
-        tracing::info!(
-            objects = wrapped + 1,
-            "stanza upgraded to format {FORMAT_VERSION}"
-        );
-        Ok(Some(info))
+        Ok(wrapped)
     }
 
     /// Wraps one legacy object in an envelope, keeping its payload bytes; a legacy object
@@ -100,6 +132,71 @@ mod tests {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/format-v1/manifest.json"
     ));
+
+    const STANZA_V4: &[u8] = include_bytes!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/format-v4/stanza.json"
+    ));
+    const MANIFEST_V4: &[u8] = include_bytes!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/format-v4/20261121-124507F.manifest"
+    ));
+
+    /// Format 4: enveloped objects, no backup header objects. Read as it is (backup
+    /// chooses from the manifest's head), then upgraded to 5 by adding the header without
+    /// touching the manifest; from then on choosing reads the header, not the manifest.
+    #[tokio::test]
+    async fn format_4_stanza_reads_without_headers_then_upgrades_by_adding_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let backups = dir.path().join("main/backups");
+        std::fs::create_dir_all(&backups).unwrap();
+        std::fs::write(dir.path().join("main/stanza.json"), STANZA_V4).unwrap();
+        let manifest = backups.join(format!("{LABEL}.manifest"));
+        std::fs::write(&manifest, MANIFEST_V4).unwrap();
+        let storage: SharedStorage = Arc::new(LocalStorage::new(dir.path()));
+        let repo = StanzaHandle::new(storage, "main")
+            .unwrap()
+            .unlock(None)
+            .await
+            .unwrap();
+        let stanza = repo.stanza_info().await.unwrap();
+        assert_eq!(stanza.format_version, 4);
+        let full = repo.load_manifest(LABEL).await.unwrap();
+        assert_eq!(full.format_version, 4);
+        assert!(full.reads.is_some() && full.node.is_some());
+        let index = repo.load_backup_header_objects(&stanza).await.unwrap();
+        assert_eq!(index.backups.healthy.len(), 1);
+        assert_eq!(index.file_counts[LABEL], full.files.len());
+        assert!(crate::repo::manifest_head::same_head(
+            &index.backups.healthy[0],
+            &crate::repo::manifest_head::head_of(&full)
+        ));
+        assert!(repo.read_backup_header(LABEL).await.unwrap().is_none());
+
+        let info = repo.upgrade_metadata().await.unwrap().expect("upgraded");
+        assert_eq!(info.format_version, FORMAT_VERSION);
+        assert_eq!(std::fs::read(&manifest).unwrap(), MANIFEST_V4);
+        let (head, files) = repo.read_backup_header(LABEL).await.unwrap().unwrap();
+        assert_eq!(files, full.files.len());
+        assert!(crate::repo::manifest_head::same_head(
+            &head,
+            &crate::repo::manifest_head::head_of(&full)
+        ));
+        repo.check_backup_header(&full).await.unwrap();
+        assert!(repo.upgrade_metadata().await.unwrap().is_none());
+
+        // Choosing reads the header now: a damaged manifest goes unnoticed there (the
+        // reference's manifest is read whole by backup), but not by the readers that
+        // report damage.
+        let mut damaged = MANIFEST_V4.to_vec();
+        let last = damaged.len() - 10;
+        damaged[last] ^= 1;
+        std::fs::write(&manifest, damaged).unwrap();
+        let index = repo.load_backup_header_objects(&info).await.unwrap();
+        assert_eq!(index.backups.healthy[0].label, LABEL);
+        let reported = repo.load_backup_headers(Some(&info)).await.unwrap();
+        assert_eq!(reported.backups.damaged[0].label, LABEL);
+    }
 
     /// A plain stanza as format 3 left it: bare JSON stanza.json, manifest and pin.
     async fn legacy_stanza(root: &Path, manifest: &[u8]) -> Repo {

@@ -428,14 +428,19 @@ fn every_change_to_encrypted_metadata_is_named_by_verify_and_refused_by_restore(
 }
 
 /// A format 3 stanza (bare JSON metadata) still verifies and restores; stanza-create
-/// then wraps every object in its envelope and bumps stanza.json to format 4.
+/// then wraps every object in its envelope, writes the backups' header objects (format 5)
+/// and bumps stanza.json to the current format.
 #[test]
 fn format_3_metadata_reads_then_stanza_create_upgrades_it() {
     let st = start("tamperv3", false);
     let main = st.src.repo.join("main");
     let mut legacy = vec![main.join("stanza.json")];
     for e in fs::read_dir(main.join("backups")).unwrap().flatten() {
-        legacy.push(e.path());
+        if e.path().extension().is_some_and(|x| x == "head") {
+            fs::remove_file(e.path()).unwrap(); // format 5's, unknown to format 3
+        } else {
+            legacy.push(e.path());
+        }
     }
     for path in &legacy {
         let bytes = fs::read(path).unwrap();
@@ -443,7 +448,10 @@ fn format_3_metadata_reads_then_stanza_create_upgrades_it() {
         if path.ends_with("stanza.json") {
             payload = String::from_utf8(payload)
                 .unwrap()
-                .replace("\"format_version\": 4", "\"format_version\": 3")
+                .replace(
+                    &format!("\"format_version\": {}", pgward::repo::FORMAT_VERSION),
+                    "\"format_version\": 3",
+                )
                 .into_bytes();
         }
         if path.extension().is_some_and(|e| e == "pin") {
@@ -475,6 +483,12 @@ fn format_3_metadata_reads_then_stanza_create_upgrades_it() {
             path.display()
         );
     }
-    assert_eq!(st.src.info_json()["format_version"], 4);
+    assert_eq!(
+        st.src.info_json()["format_version"],
+        pgward::repo::FORMAT_VERSION
+    );
+    for label in [&st.full, &st.incr] {
+        assert!(main.join(format!("backups/{label}.head")).is_file());
+    }
     st.src.ok(&["verify"]);
 }

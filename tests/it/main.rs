@@ -19,6 +19,7 @@ mod metrics;
 mod operator;
 mod pitr;
 mod s3;
+mod s3_creds;
 mod server_env;
 mod standby;
 mod tamper;

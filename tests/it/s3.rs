@@ -681,7 +681,7 @@ impl FaultyProxy {
 
 /// One HTTP/1.1 request from `reader` (head and Content-Length body), rewritten to close
 /// its connection after the answer; None at the end of the connection.
-fn read_request(reader: &mut std::io::BufReader<TcpStream>) -> Option<Vec<u8>> {
+pub(super) fn read_request(reader: &mut std::io::BufReader<TcpStream>) -> Option<Vec<u8>> {
     use std::io::BufRead;
     let mut head = Vec::new();
     let mut length = 0usize;

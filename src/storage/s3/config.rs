@@ -4,6 +4,7 @@
 //! a connected client; `S3Storage` only uses it.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
@@ -11,6 +12,9 @@ use object_store::client::{HttpClient, HttpConnector};
 use object_store::path::Path;
 use object_store::{BackoffConfig, Certificate, ClientOptions, RetryConfig};
 
+use super::credentials::Credentials;
+use super::profile::ProfileFiles;
+use super::reauth::Reauthorizing;
 use super::retry_report::RetryReporter;
 use crate::error::{Error, Result};
 
@@ -77,21 +81,17 @@ pub(super) async fn connect(
     // from_env: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION,
     // AWS_WEB_IDENTITY_TOKEN_FILE + AWS_ROLE_ARN, ECS container credentials; IMDS last.
     let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
-    // object_store reads no shared files: take static keys of AWS_PROFILE from them.
-    let mut profile = match keys {
-        None if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() => shared_profile(),
-        _ => Profile::default(),
-    };
+    // object_store reads no shared files: AWS_PROFILE's credentials come from
+    // `credentials.rs`, after the keys given and those in the environment.
+    let profile_files = ProfileFiles::from_env();
+    let profile = profile_files.read();
+    let from_profile = keys.is_none()
+        && std::env::var_os("AWS_ACCESS_KEY_ID").is_none()
+        && profile.has_credentials();
     if let Some((id, secret)) = keys {
-        (profile.key_id, profile.secret) = (Some(id.into()), Some(secret.into()));
-    }
-    if let (Some(id), Some(secret)) = (profile.key_id, profile.secret) {
         builder = builder
             .with_access_key_id(id)
             .with_secret_access_key(secret);
-        if let Some(token) = profile.token {
-            builder = builder.with_token(token);
-        }
     }
 
     let mut client = ClientOptions::new()
@@ -171,7 +171,6 @@ pub(super) async fn connect(
     builder = builder
         .with_region(&region)
         .with_virtual_hosted_style_request(!path_style)
-        .with_http_connector(reporter.clone())
         .with_client_options(client.clone())
         .with_retry(RetryConfig {
             backoff: BackoffConfig::default(), // 100 ms doubling to 15 s, with jitter
@@ -191,10 +190,24 @@ pub(super) async fn connect(
         };
         builder = builder.with_endpoint(endpoint);
     }
+    let bad = |e| Error::config(format!("repository {url}: bad S3 configuration")).source(e);
+    let credentials = Arc::new(match from_profile {
+        true => Credentials::profile(profile_files)
+            .await
+            .map_err(|e| Error::config(format!("repository {url}: {e}")))?,
+        false => Credentials::chain(
+            builder.clone().with_http_connector(reporter.clone()),
+            keys.is_some(),
+        )
+        .map_err(bad)?,
+    });
+    let connector = Reauthorizing::new(reporter, credentials.clone(), &region);
     let store = builder
+        .with_http_connector(connector.clone())
+        .with_credentials(credentials)
         .build()
-        .map_err(|e| Error::config(format!("repository {url}: bad S3 configuration")).source(e))?;
-    let http = reporter
+        .map_err(bad)?;
+    let http = connector
         .connect(&client)
         .map_err(|e| Error::config(format!("repository {url}: HTTP client")).source(e))?;
     Ok(Connection {
@@ -263,64 +276,6 @@ fn parse_endpoint(endpoint: &str) -> Result<Endpoint> {
         host: authority,
         is_ip,
     })
-}
-
-#[derive(Default)]
-struct Profile {
-    key_id: Option<String>,
-    secret: Option<String>,
-    token: Option<String>,
-    region: Option<String>,
-}
-
-/// Static keys and region of AWS_PROFILE (or `default`) from the shared credentials and
-/// config files, as the AWS CLI reads them.
-fn shared_profile() -> Profile {
-    let name = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into());
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    let file = |var: &str, default: &str| {
-        std::env::var_os(var)
-            .map(PathBuf::from)
-            .unwrap_or_else(|| home.join(default))
-    };
-    let mut profile = Profile::default();
-    let sources = [
-        (
-            file("AWS_SHARED_CREDENTIALS_FILE", ".aws/credentials"),
-            name.clone(),
-        ),
-        (
-            file("AWS_CONFIG_FILE", ".aws/config"),
-            if name == "default" {
-                name.clone()
-            } else {
-                format!("profile {name}")
-            },
-        ),
-    ];
-    for (path, section) in sources {
-        let Ok(text) = std::fs::read_to_string(path) else {
-            continue;
-        };
-        let mut inside = false;
-        for line in text.lines().map(str::trim) {
-            if let Some(header) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-                inside = header.trim() == section;
-            } else if let (true, Some((k, v))) = (inside, line.split_once('=')) {
-                let v = Some(v.trim().to_string());
-                match k.trim() {
-                    "aws_access_key_id" if profile.key_id.is_none() => profile.key_id = v,
-                    "aws_secret_access_key" if profile.secret.is_none() => profile.secret = v,
-                    "aws_session_token" if profile.token.is_none() => profile.token = v,
-                    "region" if profile.region.is_none() => profile.region = v,
-                    _ => {}
-                }
-            }
-        }
-    }
-    profile
 }
 
 #[cfg(test)]

@@ -22,6 +22,9 @@ use super::{Listing, ObjectInfo, ObjectWriter, Reader, Storage};
 use crate::error::{Error, ErrorKind, Result};
 
 mod config;
+mod credentials;
+mod profile;
+mod reauth;
 mod retry_report;
 mod upload;
 
@@ -141,6 +144,10 @@ impl S3Storage {
 fn error(bucket: &str, key: &str, action: &str, e: object_store::Error) -> Error {
     use object_store::Error as E;
     let message = format!("{action} s3://{bucket}/{key}");
+    if let Some(rejected) = reauth::Rejected::find(&e) {
+        return Error::new(ErrorKind::Config, format!("{message}: {rejected}"))
+            .hint(rejected.hint.clone());
+    }
     let text = e.to_string();
     match e {
         _ if text.contains("NoSuchBucket") => Error::new(ErrorKind::Config, message)

@@ -28,7 +28,14 @@
 #      two copies of that diverged directory are brought back by `pgward restore --delta`
 #      and `pgbackrest restore --delta` (alternating), beside a full restore by each tool
 #      into an empty directory; wall, and bytes written (GNU time's file system outputs;
-#      pgward's own report too).
+#      pgward's own report too);
+#   9. many files: $MANY_TABLES small tables (one row each, vacuumed: heap, fsm, vm, toast
+#      and its index, about 5 files a table) in a database of their own, files counted;
+#      one untimed full by each tool (pgward into a stanza of its own), then RUNS rounds,
+#      alternating: full backup, restore of it, an incremental after updating 10 tables,
+#      restore of that chain; round r runs against a repository already holding r fulls
+#      (peak RSS must not grow with them).  Run it alone with SCALE=1 STEPS=9: every
+#      other step's data is in the cluster too.
 # Prints markdown tables (per-run figures in $RES), stops every server it started (and the
 # moto server and any background archive-push worker of its spool), removes the restore
 # directories; raw results stay in $BASE/results.
@@ -52,6 +59,7 @@
 #   MEM_SCALE       pgbench scale for step 7 (default 500; 0 skips step 7)
 #   STEPS           which steps to run (default "1 2 3 4 5 6 7 8")
 #   DROP_CACHES     1: drop the page cache before each timed restore of step 8 (default 0)
+#   MANY_TABLES     tables for step 9 (default 25000; about 5 files each)
 set -euo pipefail
 
 SCALE=${SCALE:-100}
@@ -67,7 +75,8 @@ DRAIN_MAX=${DRAIN_MAX:-300}
 PREFETCH_WAL_MB=${PREFETCH_WAL_MB:-2048}
 AGET_SEGS=${AGET_SEGS:-10}
 MEM_SCALE=${MEM_SCALE:-500}
-STEPS=${STEPS:-"1 2 3 4 5 6 7 8"}
+MANY_TABLES=${MANY_TABLES:-25000}
+STEPS=${STEPS:-"1 2 3 4 5 6 7 8 9"}
 BRSTANZA=bench
 BUCKET=pgward-bench
 
@@ -96,6 +105,7 @@ pgw() {
     case $1 in
         local-plain) PW=("${PGENV[@]}" "$PGWARD" --repo "$PWREPO" --stanza plain) ;;
         local-enc)   PW=("${PGENV[@]}" "$PGWARD" --repo "$PWREPO" --stanza enc --cipher-pass-file "$PASS") ;;
+        local-many)  PW=("${PGENV[@]}" "$PGWARD" --repo "$PWREPO" --stanza many) ;;
         s3-plain)    PW=("${PGENV[@]}" "$PGWARD" --config "$S3P") ;;
         s3-enc)      PW=("${PGENV[@]}" "$PGWARD" --config "$S3E") ;;
         *) die "unknown variant $1" ;;
@@ -174,6 +184,7 @@ for t in \$(cat $TARGETS); do
         pgbackrest)  cmd=(pgbackrest --config=$CONF --stanza=$BRSTANZA archive-push "\$seg") ;;
         local-plain) cmd=($PGWARD --repo $PWREPO --stanza plain --compress lz4 archive-push "\$seg") ;;
         local-enc)   cmd=($PGWARD --repo $PWREPO --stanza enc --cipher-pass-file $PASS --compress lz4 archive-push "\$seg") ;;
+        local-many)  cmd=($PGWARD --repo $PWREPO --stanza many --compress lz4 archive-push "\$seg") ;;
         s3-plain)    cmd=($PGWARD --config $S3P --compress lz4 archive-push "\$seg") ;;
         s3-enc)      cmd=($PGWARD --config $S3E --compress lz4 archive-push "\$seg") ;;
         *) echo "unknown archive target \$t" >&2; exit 1 ;;
@@ -186,7 +197,7 @@ for p in "\${pids[@]}"; do wait "\$p" || rc=1; done
 exit \$rc
 EOF
 chmod 755 "$WRAPPER"
-for t in pgbackrest local-plain local-enc s3-plain s3-enc; do touch "$RES/archive-push-$t.log"; done
+for t in pgbackrest local-plain local-enc local-many s3-plain s3-enc; do touch "$RES/archive-push-$t.log"; done
 set_targets pgbackrest local-plain local-enc
 chown -R postgres:postgres "$BASE"
 
@@ -558,6 +569,80 @@ if want 8; then
     rm -rf "$S8_DIV"
 fi
 
+# ================================================================ 9. many files
+# pw_many_count: full backups in pgward's stanza "many"
+pw_many_count() { pgw local-many; pg "${PW[@]}" --output json info 2>/dev/null | jq -r '[.backups[] | select(.type == "full")] | length'; }
+br_label_last() { pg pgbackrest --config="$CONF" --stanza="$BRSTANZA" --output=json info | jq -r '.[0].backup | last | .label'; }
+if want 9; then
+    log "=== step 9: $MANY_TABLES small tables"
+    pgw local-many
+    setup_step stanza-create-local-many local-many 1 stanza-create "${PW[@]}" stanza-create
+    set_archive_command "$WRAPPER %p"; set_targets pgbackrest local-many
+    psqlq -c "CREATE DATABASE many"
+    t0=$SECONDS
+    for lo in $(seq 1 1000 "$MANY_TABLES"); do
+        hi=$((lo + 999)); [ "$hi" -gt "$MANY_TABLES" ] && hi=$MANY_TABLES
+        # one transaction per 1000 tables (3 locks each, under the default lock table)
+        pg psql -X -v ON_ERROR_STOP=1 -h "$BASE" -p "$PORT" -d many -q <<SQL
+BEGIN;
+SELECT format('CREATE TABLE t%s (id int, v text); INSERT INTO t%s VALUES (%s, %L)', i, i, i, 'row ' || i)
+  FROM generate_series($lo, $hi) i \gexec
+COMMIT;
+SQL
+    done
+    pg vacuumdb -h "$BASE" -p "$PORT" -d many -q -j 2
+    psqlq -c "CHECKPOINT"; psqlq -c "SELECT pg_switch_wal()" >/dev/null; wait_archived
+    MANY_FILES=$(find "$PGDATA" -path "$PGDATA/pg_wal" -prune -o -type f -print | wc -l)
+    MANY_SRC=$(datasize)
+    log "step 9: $MANY_TABLES tables in $((SECONDS - t0)) s; the cluster has $MANY_FILES files outside pg_wal ($MANY_SRC bytes)"
+    # one full each before the rounds: round r finds r fulls stored
+    pgw local-many
+    setup_step s9-prefull-pgward local-many 1 "untimed first full" "${PW[@]}" backup --type full --jobs 2 --compress lz4
+    setup_step s9-prefull-pgbackrest pgbackrest 1 "untimed first full" "${BR[@]}" backup --type=full --process-max=2
+    declare -A S9_LABEL
+    for r in $(seq 1 "$RUNS"); do
+        nfull=$(pw_many_count)
+        for kind in full restore-full incr restore-chain; do
+            if [ "$kind" = incr ]; then
+                for i in $(seq 1 10); do
+                    pg psql -X -h "$BASE" -p "$PORT" -d many -Atqc "UPDATE t$(( (r * 37 + i * 101) % MANY_TABLES + 1 )) SET v = v || '+'" >/dev/null
+                done
+                psqlq -c "CHECKPOINT"
+            fi
+            o=0
+            for tool in $(order2 "$r" pgward pgbackrest); do
+                o=$((o + 1)); wait_archived
+                id=s9-$kind-$tool-$r
+                case $kind in
+                    full|incr)
+                        if [ "$tool" = pgward ]; then
+                            pgw local-many
+                            run_timed "$id" "${PW[@]}" backup --type "$kind" --jobs 2 --compress lz4
+                            S9_LABEL[$kind-$tool]=$(pw_label_last local-many || true)
+                        else
+                            run_timed "$id" "${BR[@]}" backup --type="$kind" --process-max=2
+                            S9_LABEL[$kind-$tool]=$(br_label_last)
+                        fi
+                        record "s9-$kind" "$tool" "$r" "$o" 0 "label=${S9_LABEL[$kind-$tool]}; pgward fulls stored before: $nfull" "$id" ;;
+                    restore-*)
+                        if [ "$kind" = restore-chain ]; then label=${S9_LABEL[incr-$tool]:-}; else label=${S9_LABEL[full-$tool]:-}; fi
+                        dir=$RST-many-$tool; new_dir "$dir"
+                        if [ "$tool" = pgward ]; then
+                            pgw local-many
+                            run_timed "$id" "${PW[@]}" restore --set "$label" --pgdata "$dir" --archive-mode off --jobs 2
+                        else
+                            run_timed "$id" "${BR[@]}" --pg1-path="$dir" restore --set="$label" --archive-mode=off --process-max=2
+                        fi
+                        files=$(find "$dir" -path "$dir/pg_wal" -prune -o -type f -print | wc -l)
+                        record "s9-$kind" "$tool" "$r" "$o" "$files" "label=$label; files restored (bytes column); pgward fulls stored: $nfull" "$id"
+                        rm -rf "$dir" ;;
+                esac
+            done
+        done
+    done
+    set_archive_command "$SYNC_CMD"; set_targets local-plain
+fi
+
 # ---------------------------------------------------------------- finish
 for v in local-plain local-enc; do pgw $v; pg "${PW[@]}" --output json info > "$RES/pgward-info-$v.json" 2>&1 || true; done
 cp "$BASE/log/postgres.log" "$RES/source-postgres.log" || true
@@ -695,6 +780,20 @@ for t in pgward pgbackrest; do
 done
 echo
 echo "- ratio pgward/pgBackRest, delta restore (median wall): **$(ratio "$(col s8-delta pgward 6 | median)" "$(col s8-delta pgbackrest 6 | median)")**; pgward's own report per run is in the per-run table's note"
+echo
+fi
+if want 9; then
+echo "### 9. Many files: $MANY_TABLES tables, ${MANY_FILES:-?} files outside pg_wal (--jobs/--process-max 2, lz4)"
+echo
+echo "- round r runs against repositories already holding r full backups (and r-1 incrementals); incremental after updating 10 tables; restores into an empty directory"
+echo
+echo "| step | pgward wall s (min–max) | pgBackRest wall s (min–max) | pgward/pgBackRest | pgward max RSS MiB per round | pgBackRest max RSS MiB (median) |"
+echo "|---|---|---|---|---|---|"
+for k in full restore-full incr restore-chain; do
+    pw=$(col "s9-$k" pgward 6 | median); br=$(col "s9-$k" pgbackrest 6 | median)
+    rss=$(awk -F'\t' -v s="s9-$k" '$1==s && $2=="pgward" {printf "%s%.1f", (n++ ? " / " : ""), $7/1024}' "$TSV")
+    echo "| $k | $pw ($(col "s9-$k" pgward 6 | rng)) | $br ($(col "s9-$k" pgbackrest 6 | rng)) | **$(ratio "$pw" "$br")** | $rss | $(mib "$(col "s9-$k" pgbackrest 7 | median)") |"
+done
 echo
 fi
 echo "### Per run"

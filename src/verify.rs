@@ -15,7 +15,7 @@ use crate::pipeline::compress::Codec;
 use crate::repo::archive::ArchivedFile;
 use crate::repo::archive_map::{contiguous_end, segments_on};
 use crate::repo::frames::FrameReader;
-use crate::repo::manifest::{Extent, Manifest};
+use crate::repo::manifest::{Extent, Manifest, Name};
 use crate::repo::read_plan::ReadPlan;
 use crate::repo::records::VerifyRecord;
 use crate::repo::stanza::StanzaInfo;
@@ -90,7 +90,7 @@ async fn verify_stanza(repo: &Repo, jobs: usize) -> Result<VerifyReport> {
         .iter()
         .map(|m| (m.label.as_str(), m.compression.codec))
         .collect();
-    let mut frames: std::collections::BTreeMap<(String, u64), (String, &Extent, Vec<&str>)> =
+    let mut frames: std::collections::BTreeMap<(Name, u64), (String, &Extent, Vec<&str>)> =
         std::collections::BTreeMap::new();
     // (backup, the missing backup it reads from) -> (files, the first file's path)
     let mut held_by_missing: std::collections::BTreeMap<(&str, &str), (usize, &str)> =
@@ -98,9 +98,9 @@ async fn verify_stanza(repo: &Repo, jobs: usize) -> Result<VerifyReport> {
     for m in &manifests {
         for file in &m.files {
             for extent in &file.extents {
-                if !labels.contains(extent.backup.as_str()) {
+                if !labels.contains(&*extent.backup) {
                     let e = held_by_missing
-                        .entry((m.label.as_str(), extent.backup.as_str()))
+                        .entry((m.label.as_str(), &*extent.backup))
                         .or_insert((0, file.path.as_str()));
                     e.0 += 1;
                     continue;
@@ -131,7 +131,7 @@ async fn verify_stanza(repo: &Repo, jobs: usize) -> Result<VerifyReport> {
             if users.len() > 1 { "s" } else { "" },
             users.join(", ")
         );
-        let codec = codec_of[extent.backup.as_str()];
+        let codec = codec_of[&*extent.backup];
         checks.push((Check::Frame(path, extent.clone(), codec), breaks));
     }
     report.extents_checked = checks.len();

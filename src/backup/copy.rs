@@ -19,7 +19,7 @@ use crate::pipeline::Compression;
 use crate::progress::Progress;
 use crate::repo::frames::BundleWriter;
 use crate::repo::manifest::{
-    merge_extents, BackupReads, ChecksumFailure, Extent, FileEntry, Manifest,
+    merge_extents, BackupReads, ChecksumFailure, Digest, Extent, FileEntry, Manifest,
 };
 use crate::repo::piece::{piece_size, PIECE_ALIGN};
 use crate::repo::Repo;
@@ -380,7 +380,7 @@ impl Worker {
                 let mut hasher = blake3::Hasher::new();
                 self.reads.bytes_read += std::io::copy(&mut (&source).take(file.size), &mut hasher)
                     .at("reading", &file.abs_path)?;
-                if Some(hasher.finalize().to_hex().to_string()) == old.checksum {
+                if Some(Digest::from(hasher.finalize())) == old.checksum {
                     return Ok(Some(FileEntry {
                         mode: file.mode,
                         mtime: file.mtime,
@@ -417,14 +417,14 @@ impl Worker {
         let extent = frame
             .finish()
             .at("writing bundle", &file.rel_path)?
-            .extent(&settings.label, piece.start);
+            .extent(piece.start);
         Ok(FileEntry {
             path: file.rel_path.clone(),
             size,
             mtime: file.mtime,
             mode: file.mode,
             // A frame that is the whole file has the file's checksum.
-            checksum: piece.whole().then(|| extent.frame_checksum.clone()),
+            checksum: piece.whole().then_some(extent.frame_checksum),
             extents: if size > 0 { vec![extent] } else { Vec::new() },
         })
     }
@@ -474,7 +474,7 @@ impl Worker {
                     let mut frame = bundle.frame()?;
                     frame.write(&chunk[from..to]).map_err(io)?;
                     let frame = frame.finish().map_err(io)?;
-                    stored.push(frame.extent(&settings.label, chunk_offset + from as u64));
+                    stored.push(frame.extent(chunk_offset + from as u64));
                 }
                 Ok(())
             },
@@ -632,7 +632,7 @@ mod tests {
                 size,
                 mtime: 0,
                 mode: 0o600,
-                checksum: Some("whole".into()),
+                checksum: Some(Digest([1; 32])),
                 extents: vec![Extent {
                     offset: start,
                     length: size,
@@ -642,7 +642,7 @@ mod tests {
                     stored_length: 1,
                     frame_offset: 0,
                     frame_length: size,
-                    frame_checksum: String::new(),
+                    frame_checksum: Digest::default(),
                 }],
             }),
         }
@@ -667,7 +667,7 @@ mod tests {
             [(0, 10), (10, 4)]
         );
         assert_eq!(a.checksum, None, "no whole-file checksum for pieces");
-        assert_eq!(joined[1].checksum.as_deref(), Some("whole"));
+        assert_eq!(joined[1].checksum, Some(Digest([1; 32])));
     }
 
     #[test]

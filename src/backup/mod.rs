@@ -261,7 +261,7 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
         files: copied.files,
         reads: Some(copied.reads),
     };
-    repo.save_manifest(&manifest).await?;
+    let manifest = repo.save_manifest(manifest).await?;
     if opts.pin {
         repo.set_pinned(&manifest.label, true).await?;
     }

@@ -15,7 +15,7 @@ use tokio::runtime::Handle;
 use tokio_util::io::SyncIoBridge;
 
 use super::cipher::stored_read_error;
-use super::manifest::{bundle_key, Extent};
+use super::manifest::{bundle_key, Digest, Extent, Name};
 use super::read_plan::ReadPlan;
 use super::Repo;
 use crate::error::{Error, Result};
@@ -34,7 +34,7 @@ pub fn bundle_name(label: &str, job: usize, sequence: usize) -> String {
 type BundleSink = CountingWriter<std::io::BufWriter<SyncIoBridge<Box<dyn ObjectWriter>>>>;
 
 struct OpenBundle {
-    name: String,
+    name: Name,
     sink: BundleSink,
 }
 
@@ -43,7 +43,7 @@ struct OpenBundle {
 pub struct BundleWriter {
     repo: Repo,
     handle: Handle,
-    label: String,
+    label: Name,
     job: usize,
     compression: Compression,
     sequence: usize,
@@ -57,7 +57,7 @@ impl BundleWriter {
         BundleWriter {
             repo,
             handle: Handle::current(),
-            label: label.to_string(),
+            label: label.into(),
             job,
             compression,
             sequence: 0,
@@ -80,15 +80,19 @@ impl BundleWriter {
                 inner: std::io::BufWriter::with_capacity(1 << 20, SyncIoBridge::new(writer)),
                 written: 0,
             };
-            self.open = Some(OpenBundle { name, sink });
+            self.open = Some(OpenBundle {
+                name: name.into(),
+                sink,
+            });
         }
         let bundle = self.open.as_mut().expect("just opened");
         let bundle_offset = bundle.sink.written;
-        let io = |e| Error::io("writing bundle", &bundle.name, e);
+        let io = |e| Error::io("writing bundle", &*bundle.name, e);
         let sealed = seal(self.repo.master_key(), &mut bundle.sink).map_err(io)?;
         let encoder = self.compression.encoder(sealed).map_err(io)?;
         Ok(FrameWriter {
             encoder,
+            backup: &self.label,
             bundle: &bundle.name,
             bundle_offset,
             length: 0,
@@ -116,9 +120,9 @@ impl BundleWriter {
             .sink
             .inner
             .into_inner()
-            .map_err(|e| Error::io("writing bundle", &bundle.name, e.into_error()))?;
+            .map_err(|e| Error::io("writing bundle", &*bundle.name, e.into_error()))?;
         self.handle.block_on(bridge.into_inner().finish())?;
-        self.closed.push((bundle.name, written));
+        self.closed.push((bundle.name.to_string(), written));
         Ok(())
     }
 
@@ -132,7 +136,8 @@ impl BundleWriter {
 /// leaves the bundle unusable, which the backup then fails with).
 pub struct FrameWriter<'a> {
     encoder: Encoder<Sealed<&'a mut BundleSink>>,
-    bundle: &'a str,
+    backup: &'a Name,
+    bundle: &'a Name,
     bundle_offset: u64,
     length: u64,
     hasher: blake3::Hasher,
@@ -164,11 +169,12 @@ impl FrameWriter<'_> {
     pub fn finish(self) -> std::io::Result<StoredFrame> {
         let sink = self.encoder.finish()?.finish()?;
         Ok(StoredFrame {
-            bundle: self.bundle.to_string(),
+            backup: self.backup.clone(),
+            bundle: self.bundle.clone(),
             bundle_offset: self.bundle_offset,
             stored_length: sink.written - self.bundle_offset,
             frame_length: self.length,
-            frame_checksum: self.hasher.finalize().to_hex().to_string(),
+            frame_checksum: self.hasher.finalize().into(),
         })
     }
 }
@@ -176,21 +182,23 @@ impl FrameWriter<'_> {
 /// Where a frame went and what it holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredFrame {
-    pub bundle: String,
+    /// The backup writing it, and its bundle (shared by all the frames of the bundle).
+    pub backup: Name,
+    pub bundle: Name,
     pub bundle_offset: u64,
     pub stored_length: u64,
     pub frame_length: u64,
     /// BLAKE3 of the frame's original bytes.
-    pub frame_checksum: String,
+    pub frame_checksum: Digest,
 }
 
 impl StoredFrame {
-    /// The extent of backup `label` whose bytes are the whole frame, at `file_offset`.
-    pub fn extent(self, label: &str, file_offset: u64) -> Extent {
+    /// The extent whose bytes are the whole frame, at `file_offset`.
+    pub fn extent(self, file_offset: u64) -> Extent {
         Extent {
             offset: file_offset,
             length: self.frame_length,
-            backup: label.to_string(),
+            backup: self.backup,
             bundle: self.bundle,
             bundle_offset: self.bundle_offset,
             stored_length: self.stored_length,
@@ -345,8 +353,8 @@ impl<'a> FrameReader<'a> {
                 self.what()
             )));
         }
-        let found = self.hasher.finalize().to_hex();
-        if found.as_str() != self.extent.frame_checksum {
+        let found = Digest::from(self.hasher.finalize());
+        if found != self.extent.frame_checksum {
             return Err(Error::corrupt(format!(
                 "{}: does not match its checksum (expected {}, found {found})",
                 self.what(),
@@ -414,7 +422,7 @@ mod tests {
                     frame.write(part).unwrap();
                 }
             }
-            extents.push(frame.finish().unwrap().extent("20260101-000000F", 0));
+            extents.push(frame.finish().unwrap().extent(0));
         }
         bundles.close().unwrap();
         let closed = bundles.closed();
@@ -448,10 +456,7 @@ mod tests {
                 let extents = write(&repo, codec, &contents);
                 for (extent, content) in extents.iter().zip(&contents) {
                     assert_eq!(extent.frame_length, content.len() as u64);
-                    assert_eq!(
-                        extent.frame_checksum,
-                        blake3::hash(content).to_hex().as_str()
-                    );
+                    assert_eq!(extent.frame_checksum, blake3::hash(content).into());
                     let back = read_all(&repo, extent, codec).unwrap();
                     assert!(back == *content, "{codec} encrypted={encrypted}");
                 }
@@ -478,7 +483,7 @@ mod tests {
             let contents = [data(50_000, 4), data(200_000, 5)];
             let extents = write(&repo, Codec::Lz4, &contents);
             let second = &extents[1];
-            let bundle = dir.join("main/bundles").join(&second.bundle);
+            let bundle = dir.join("main/bundles").join(&*second.bundle);
             let mut bytes = std::fs::read(&bundle).unwrap();
             bytes[(second.bundle_offset + second.stored_length / 2) as usize] ^= 0x10;
             std::fs::write(&bundle, &bytes).unwrap();
@@ -497,7 +502,7 @@ mod tests {
 
             // A manifest that disagrees with an intact frame: checksum, then length.
             let mut wrong = extents[0].clone();
-            wrong.frame_checksum = "0".repeat(64);
+            wrong.frame_checksum = Digest([0; 32]);
             let err = read_all(&repo, &wrong, Codec::Lz4).unwrap_err();
             assert!(
                 err.to_string().contains("does not match its checksum"),

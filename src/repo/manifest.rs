@@ -4,7 +4,9 @@
 //! byte from the one backup that holds it. The manifest is written last, atomically:
 //! a backup exists exactly when its manifest does.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -12,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::label::{label_time, BackupType};
 use super::object::{self, damaged, Contents, Kind};
 use super::stanza::StanzaInfo;
+use super::streamed::Streamed;
 use super::Repo;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pg::{Lsn, TimelineId};
@@ -128,7 +131,7 @@ pub struct FileEntry {
     pub mode: u32,
     /// BLAKE3 of the whole content, when the backup read it whole as one frame. A file
     /// stored at page level, or in pieces, has none; its frames carry the checksums then.
-    pub checksum: Option<String>,
+    pub checksum: Option<Digest>,
     /// Where the bytes are, in file order, covering `0..size` without gaps.
     pub extents: Vec<Extent>,
 }
@@ -142,8 +145,12 @@ pub struct FileEntry {
 pub struct Extent {
     pub offset: u64,
     pub length: u64,
-    pub backup: String,
-    pub bundle: String,
+    /// The backup and bundle names are shared by every extent that names them (see
+    /// [`Name`]).
+    #[serde(serialize_with = "as_str", deserialize_with = "interned")]
+    pub backup: Name,
+    #[serde(serialize_with = "as_str", deserialize_with = "interned")]
+    pub bundle: Name,
     pub bundle_offset: u64,
     pub stored_length: u64,
     #[serde(default)]
@@ -152,13 +159,110 @@ pub struct Extent {
     #[serde(default)]
     pub frame_length: u64,
     #[serde(alias = "checksum")]
-    pub frame_checksum: String,
+    pub frame_checksum: Digest,
+}
+
+/// A backup's label or a bundle's name in an extent. A manifest of 100,000 files names a
+/// handful of backups and bundles 100,000 times each: parsed as one shared string per
+/// name (while [`parse_manifest`] runs) rather than a copy per extent.
+pub type Name = Arc<str>;
+
+thread_local! {
+    /// The names met so far by the manifest being parsed on this thread.
+    static NAMES: RefCell<Option<HashSet<Name>>> = const { RefCell::new(None) };
+}
+
+fn as_str<S: serde::Serializer>(name: &Name, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(name)
+}
+
+fn interned<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Name, D::Error> {
+    struct Interned;
+    impl serde::de::Visitor<'_> for Interned {
+        type Value = Name;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a name")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Name, E> {
+            Ok(NAMES.with_borrow_mut(|names| match names {
+                Some(names) => match names.get(v) {
+                    Some(name) => name.clone(),
+                    None => {
+                        let name: Name = v.into();
+                        names.insert(name.clone());
+                        name
+                    }
+                },
+                None => v.into(),
+            }))
+        }
+    }
+    d.deserialize_str(Interned)
+}
+
+/// Runs `parse` with names shared across the manifest it parses.
+fn with_shared_names<T>(parse: impl FnOnce() -> T) -> T {
+    struct Reset(Option<HashSet<Name>>);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            NAMES.set(self.0.take());
+        }
+    }
+    let _reset = Reset(NAMES.replace(Some(HashSet::new())));
+    parse()
+}
+
+/// A BLAKE3 digest, stored as 64 hex digits. Held as its 32 bytes: a manifest holds one
+/// or two per file, and as strings they took a third of a large manifest's memory.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Digest(pub [u8; 32]);
+
+impl From<blake3::Hash> for Digest {
+    fn from(hash: blake3::Hash) -> Self {
+        Digest(*hash.as_bytes())
+    }
+}
+
+impl std::fmt::Display for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(blake3::Hash::from_bytes(self.0).to_hex().as_str())
+    }
+}
+
+impl std::fmt::Debug for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(blake3::Hash::from_bytes(self.0).to_hex().as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Hex;
+        impl serde::de::Visitor<'_> for Hex {
+            type Value = Digest;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a BLAKE3 digest in 64 hex digits")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Digest, E> {
+                blake3::Hash::from_hex(v)
+                    .map(Digest::from)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Str(v), &self))
+            }
+        }
+        d.deserialize_str(Hex)
+    }
 }
 
 impl Extent {
     /// Identifies the stored frame (shared by every slice of it).
     pub fn frame_key(&self) -> (&str, u64) {
-        (&self.bundle, self.bundle_offset)
+        (&*self.bundle, self.bundle_offset)
     }
 
     /// File offset where the frame's first byte belongs.
@@ -211,7 +315,18 @@ pub enum ManifestError {
 
 /// Parses a manifest of any format this build reads, as the current format.
 pub fn parse_manifest(bytes: &[u8]) -> std::result::Result<Manifest, ManifestError> {
-    let manifest: Manifest = serde_json::from_slice(bytes).map_err(ManifestError::Unreadable)?;
+    let manifest: Manifest = with_shared_names(|| serde_json::from_slice(bytes))
+        .map_err(ManifestError::Unreadable)?;
+    if manifest.format_version > super::FORMAT_VERSION {
+        return Err(ManifestError::Newer(manifest.format_version));
+    }
+    Ok(upgrade(manifest))
+}
+
+/// [`parse_manifest`] from a reader, as the bytes arrive.
+fn parse_manifest_from(r: &mut dyn std::io::Read) -> std::result::Result<Manifest, ManifestError> {
+    let manifest: Manifest = with_shared_names(|| serde_json::from_reader(r))
+        .map_err(ManifestError::Unreadable)?;
     if manifest.format_version > super::FORMAT_VERSION {
         return Err(ManifestError::Newer(manifest.format_version));
     }
@@ -316,6 +431,40 @@ pub(super) fn check_cluster(m: &Manifest, stanza: &StanzaInfo, key: &str) -> Res
     Ok(())
 }
 
+fn no_such_backup(repo: &Repo, label: &str) -> Error {
+    Error::new(
+        ErrorKind::NotFound,
+        format!("backup {label} does not exist in stanza {:?}", repo.stanza),
+    )
+    .hint("`pgward info` lists the backups")
+}
+
+/// A parsed manifest, checked to be the one stored under `label` (at `key`).
+fn checked_parse<T>(
+    label: &str,
+    key: &str,
+    parsed: std::result::Result<T, ManifestError>,
+    label_of: impl Fn(&T) -> &str,
+) -> Result<T> {
+    let m = parsed.map_err(|e| match e {
+        ManifestError::Unreadable(e) => damaged(key, format!("does not parse: {e}")),
+        ManifestError::Newer(v) => Error::config(format!(
+            "backup {label} uses repository format {v}, newer than this pgward"
+        ))
+        .hint("upgrade pgward"),
+    })?;
+    if label_of(&m) != label {
+        return Err(damaged(
+            key,
+            format!(
+                "is the manifest of backup {}, copied over the manifest of backup {label}",
+                label_of(&m)
+            ),
+        ));
+    }
+    Ok(m)
+}
+
 impl Repo {
     /// Labels of every backup that has a manifest, oldest first.
     pub async fn backup_labels(&self) -> Result<Vec<String>> {
@@ -332,10 +481,21 @@ impl Repo {
     }
 
     /// Reads a manifest and checks that it is the one stored under its label (envelope,
-    /// parse, label); the cluster is checked by the callers, against `stanza.json`.
+    /// parse, label); the cluster is checked by the callers, against `stanza.json`. An
+    /// unsealed manifest is parsed as it is read, never held whole (`streamed.rs`).
     pub async fn read_manifest(&self, label: &str) -> Result<Manifest> {
-        self.read_manifest_as(label, parse_manifest, |m| &m.label)
-            .await
+        let key = manifest_key(self, label);
+        let parsed = match self
+            .read_streamed(&key, Kind::Manifest, parse_manifest_from)
+            .await?
+        {
+            None => return Err(no_such_backup(self, label)),
+            Some(Streamed::Parsed(parsed)) => parsed,
+            Some(Streamed::Whole(contents)) => {
+                parse_manifest(&self.payload_of(&key, contents).await?)
+            }
+        };
+        checked_parse(label, &key, parsed, |m| &m.label)
     }
 
     /// Reads the manifest of `label` through the checked path, parses it with `parse`,
@@ -348,36 +508,21 @@ impl Repo {
     ) -> Result<T> {
         let key = manifest_key(self, label);
         let bytes = match self.read_contents(&key, Kind::Manifest).await? {
-            None => {
-                return Err(Error::new(
-                    ErrorKind::NotFound,
-                    format!("backup {label} does not exist in stanza {:?}", self.stanza),
-                )
-                .hint("`pgward info` lists the backups"))
-            }
-            Some(Contents::Checked(p)) => p,
-            Some(Contents::Legacy(raw)) => {
-                self.legacy_allowed(&key).await?;
+            None => return Err(no_such_backup(self, label)),
+            Some(contents) => self.payload_of(&key, contents).await?,
+        };
+        checked_parse(label, &key, parse(&bytes), label_of)
+    }
+
+    /// The JSON of a manifest read whole: a legacy one only in a stanza of its format.
+    async fn payload_of(&self, key: &str, contents: Contents) -> Result<Vec<u8>> {
+        Ok(match contents {
+            Contents::Checked(p) => p,
+            Contents::Legacy(raw) => {
+                self.legacy_allowed(key).await?;
                 raw
             }
-        };
-        let m = parse(&bytes).map_err(|e| match e {
-            ManifestError::Unreadable(e) => damaged(&key, format!("does not parse: {e}")),
-            ManifestError::Newer(v) => Error::config(format!(
-                "backup {label} uses repository format {v}, newer than this pgward"
-            ))
-            .hint("upgrade pgward"),
-        })?;
-        if label_of(&m) != label {
-            return Err(damaged(
-                &key,
-                format!(
-                    "is the manifest of backup {}, copied over the manifest of backup {label}",
-                    label_of(&m)
-                ),
-            ));
-        }
-        Ok(m)
+        })
     }
 
     /// A manifest, checked against its label and the stanza's cluster.
@@ -421,16 +566,16 @@ impl Repo {
         }
     }
 
-    /// Writes the backup's header object, then its manifest: the manifest is the commit
-    /// point, a header without one is an unfinished backup's (`manifest_head.rs`).
-    pub async fn save_manifest(&self, manifest: &Manifest) -> Result<()> {
-        self.save_backup_header(manifest).await?;
-        self.write_object(
-            &manifest_key(self, &manifest.label),
-            Kind::Manifest,
-            manifest,
-        )
-        .await
+    /// Writes the backup's header object, then its manifest (streamed: never its whole
+    /// JSON in memory) and hands it back: the manifest is the commit point, a header
+    /// without one is an unfinished backup's (`manifest_head.rs`).
+    pub async fn save_manifest(&self, manifest: Manifest) -> Result<Manifest> {
+        self.save_backup_header(&manifest).await?;
+        let key = manifest_key(self, &manifest.label);
+        let manifest = Arc::new(manifest);
+        self.write_streamed(&key, Kind::Manifest, manifest.clone())
+            .await?;
+        Ok(Arc::try_unwrap(manifest).unwrap_or_else(|shared| (*shared).clone()))
     }
 
     /// Removes a backup from the listing (its bundles are removed separately), then its
@@ -543,7 +688,7 @@ mod tests {
             stored_length: 10,
             frame_offset: 0,
             frame_length: 8192 * 4,
-            frame_checksum: "x".into(),
+            frame_checksum: Digest([7; 32]),
         };
         let a = e.slice(0, 8192).unwrap();
         let b = e.slice(8192, 8192 * 3).unwrap();

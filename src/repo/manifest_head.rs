@@ -444,7 +444,7 @@ mod tests {
         let header = backups.join(format!("{label}{HEADER_SUFFIX}"));
         let manifest = backups.join(format!("{label}.manifest"));
 
-        repo.save_manifest(&m).await.unwrap();
+        repo.save_manifest(m.clone()).await.unwrap();
         let (head, files) = repo.read_backup_header(&label).await.unwrap().unwrap();
         assert_eq!(files, m.files.len());
         assert!(same_head(&head, &head_of(&m)));
@@ -478,7 +478,7 @@ mod tests {
         assert_eq!(repo.remove_orphan_headers().await.unwrap(), 1);
         assert!(!header.exists());
 
-        repo.save_manifest(&m).await.unwrap();
+        repo.save_manifest(m.clone()).await.unwrap();
         assert_eq!(repo.remove_orphan_headers().await.unwrap(), 0);
         repo.delete_manifest(&label).await.unwrap();
         assert!(!header.exists() && !manifest.exists());

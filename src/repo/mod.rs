@@ -33,6 +33,7 @@ pub mod piece;
 pub mod read_plan;
 pub mod records;
 pub mod stanza;
+mod streamed;
 mod upgrade;
 pub mod wal;
 pub mod wal_map;

@@ -342,7 +342,7 @@ impl Repo {
 
     /// The key objects of `kind` are sealed with: none for the key file, which must be
     /// read before the stanza is unlocked.
-    fn sealing_key(&self, kind: Kind) -> Option<&MasterKey> {
+    pub(super) fn sealing_key(&self, kind: Kind) -> Option<&MasterKey> {
         match kind {
             Kind::KeyFile => None,
             _ => self.master_key(),

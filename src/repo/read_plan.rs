@@ -23,7 +23,7 @@ use bytes::Bytes;
 use tokio::io::AsyncReadExt;
 use tokio::runtime::Handle;
 
-use super::manifest::{bundle_key, Extent};
+use super::manifest::{bundle_key, Extent, Name};
 use super::Repo;
 use crate::storage::SharedStorage;
 
@@ -71,7 +71,7 @@ pub struct ReadPlan {
     handle: Handle,
     spans: Vec<Span>,
     /// (bundle, offset in it) of every planned frame → its span and its offset in it.
-    frames: HashMap<(String, u64), (usize, u64)>,
+    frames: HashMap<(Name, u64), (usize, u64)>,
     ahead: usize,
     state: Mutex<State>,
     changed: Condvar,
@@ -210,7 +210,7 @@ impl ReadPlan {
 /// A span as planned, before its bundle is turned into a storage key.
 #[derive(Debug, PartialEq)]
 struct PlannedSpan {
-    bundle: String,
+    bundle: Name,
     offset: u64,
     len: u64,
     uses: usize,
@@ -220,18 +220,18 @@ struct PlannedSpan {
 
 struct Planned {
     spans: Vec<PlannedSpan>,
-    frames: HashMap<(String, u64), (usize, u64)>,
+    frames: HashMap<(Name, u64), (usize, u64)>,
 }
 
 /// Groups the frames into spans and orders the spans by when they are first needed.
 fn plan<'a>(frames: impl IntoIterator<Item = &'a Extent>) -> Planned {
     // Per frame: its stored length, first use and number of uses.
-    let mut seen: HashMap<(&str, u64), (u64, usize, usize)> = HashMap::new();
+    let mut seen: HashMap<(&Name, u64), (u64, usize, usize)> = HashMap::new();
     for (n, e) in frames.into_iter().enumerate() {
         if e.stored_length == 0 || e.stored_length > SPAN_MAX {
             continue;
         }
-        seen.entry((e.bundle.as_str(), e.bundle_offset))
+        seen.entry((&e.bundle, e.bundle_offset))
             .or_insert((e.stored_length, n, 0))
             .2 += 1;
     }
@@ -241,7 +241,7 @@ fn plan<'a>(frames: impl IntoIterator<Item = &'a Extent>) -> Planned {
     let mut members: Vec<Vec<(u64, u64)>> = Vec::new();
     for ((bundle, offset), (len, first_use, uses)) in sorted {
         let joins = spans.last().is_some_and(|s| {
-            s.bundle == bundle
+            s.bundle == *bundle
                 && offset >= s.offset + s.len
                 && offset - (s.offset + s.len) <= GAP_MAX
                 && offset + len - s.offset <= SPAN_MAX
@@ -257,7 +257,7 @@ fn plan<'a>(frames: impl IntoIterator<Item = &'a Extent>) -> Planned {
                 .push((offset, offset - s.offset));
         } else {
             spans.push(PlannedSpan {
-                bundle: bundle.to_string(),
+                bundle: bundle.clone(),
                 offset,
                 len,
                 uses,
@@ -296,7 +296,7 @@ mod tests {
             stored_length: len,
             frame_offset: 0,
             frame_length: len,
-            frame_checksum: String::new(),
+            frame_checksum: Default::default(),
         }
     }
 
@@ -316,7 +316,7 @@ mod tests {
         let got: Vec<_> = planned
             .spans
             .iter()
-            .map(|s| (s.bundle.as_str(), s.offset, s.len, s.uses))
+            .map(|s| (&*s.bundle, s.offset, s.len, s.uses))
             .collect();
         assert_eq!(
             got,
@@ -328,10 +328,10 @@ mod tests {
             ]
         );
         assert_eq!(
-            planned.frames[&("a".to_string(), 2 * mib + 1000)],
+            planned.frames[&("a".into(), 2 * mib + 1000)],
             (0, 2 * mib + 1000)
         );
-        assert!(!planned.frames.contains_key(&("a".to_string(), 20 * mib)));
+        assert!(!planned.frames.contains_key(&("a".into(), 20 * mib)));
     }
 
     #[test]
@@ -346,9 +346,9 @@ mod tests {
         let order: Vec<_> = planned
             .spans
             .iter()
-            .map(|s| (s.bundle.as_str(), s.uses))
+            .map(|s| (&*s.bundle, s.uses))
             .collect();
         assert_eq!(order, [("z", 2), ("a", 1), ("m", 1)]);
-        assert_eq!(planned.frames[&("m".to_string(), 0)], (2, 0));
+        assert_eq!(planned.frames[&("m".into(), 0)], (2, 0));
     }
 }

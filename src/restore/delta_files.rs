@@ -25,7 +25,7 @@ use super::delta::DeltaStats;
 use crate::error::{Error, IoContext, Result};
 use crate::pipeline::compress::Codec;
 use crate::repo::frames::FrameReader;
-use crate::repo::manifest::{Extent, FileEntry, Manifest};
+use crate::repo::manifest::{Digest, Extent, FileEntry, Manifest};
 use crate::repo::Repo;
 
 /// The unit blocks are compared and written in: PostgreSQL's page.
@@ -41,6 +41,7 @@ pub async fn rewrite(
     pgdata: &Path,
     jobs: usize,
 ) -> Result<DeltaStats> {
+    let codecs = Arc::new(super::files::codec_by_backup(repo, manifest, &files).await?);
     let mut files: Vec<Arc<FileEntry>> = files.into_iter().map(Arc::new).collect();
     files.sort_by_key(|f| std::cmp::Reverse(f.size));
     let progress = Arc::new(crate::progress::Progress::default());
@@ -50,7 +51,6 @@ pub async fn rewrite(
         files.len() as u64,
         progress.clone(),
     );
-    let codecs = Arc::new(super::files::codec_by_backup(repo, manifest).await?);
     let handle = Handle::current();
     let workers = (0..crate::workers::readers(jobs, repo.is_local()))
         .map(|_| DeltaWriter {
@@ -148,7 +148,7 @@ impl DeltaWriter {
                         &self.repo,
                         &self.handle,
                         extent,
-                        self.codecs[&extent.backup],
+                        self.codecs[&*extent.backup],
                         &file.path,
                     )?)
                 }
@@ -219,7 +219,7 @@ impl DeltaWriter {
             at += len as u64;
         }
         self.stats.read += extent.length;
-        Ok(hasher.finalize().to_hex().as_str() == extent.frame_checksum)
+        Ok(Digest::from(hasher.finalize()) == extent.frame_checksum)
     }
 }
 

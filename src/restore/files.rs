@@ -14,22 +14,25 @@ use tokio::runtime::Handle;
 use crate::error::{Error, IoContext, Result};
 use crate::pipeline::compress::Codec;
 use crate::repo::frames::FrameReader;
-use crate::repo::manifest::{Extent, FileEntry, Manifest};
+use crate::repo::manifest::{Digest, Extent, FileEntry, Manifest};
 use crate::repo::read_plan::ReadPlan;
 use crate::repo::Repo;
 
 use super::output::{OutputFile, WriteBehind};
 
-/// Writes `manifest`'s files under `pgdata`. With `sync_each`, each file is fsynced as it
-/// is finished; without, the caller makes them durable at once (`sync_filesystem`).
+/// Writes `files` of backup `manifest` under `pgdata`. With `sync_each`, each file is
+/// fsynced as it is finished; without, the caller makes them durable at once
+/// (`sync_filesystem`).
 pub async fn restore_files(
     repo: &Repo,
     manifest: &Manifest,
+    files: Vec<FileEntry>,
     pgdata: &Path,
     jobs: usize,
     sync_each: bool,
 ) -> Result<()> {
-    let files: Vec<Arc<FileEntry>> = manifest.files.iter().cloned().map(Arc::new).collect();
+    let codecs = codec_by_backup(repo, manifest, &files).await?;
+    let files: Vec<Arc<FileEntry>> = files.into_iter().map(Arc::new).collect();
     let progress = Arc::new(crate::progress::Progress::default());
     let _reporter = crate::progress::Reporter::start(
         "restore",
@@ -69,7 +72,6 @@ pub async fn restore_files(
             parts.iter().flat_map(|p| p.frames()),
         )
     };
-    let codecs = codec_by_backup(repo, manifest).await?;
     // Readers of object storage wait on the network more than on the disk, so each
     // keeps fewer chunks in memory.
     let readers = crate::memory::workers(
@@ -135,18 +137,18 @@ impl crate::workers::Worker for PartWriter {
     }
 }
 
-/// The codec of every backup an extent may point to (from their manifests' headers:
-/// their file lists are not needed).
+/// The codec of every backup an extent of `files` (of backup `manifest`) may point to
+/// (from their manifests' headers: their file lists are not needed).
 pub(super) async fn codec_by_backup(
     repo: &Repo,
     manifest: &Manifest,
+    files: &[FileEntry],
 ) -> Result<HashMap<String, Codec>> {
     let mut codecs = HashMap::new();
     codecs.insert(manifest.label.clone(), manifest.compression.codec);
-    let needed: std::collections::BTreeSet<&str> = manifest
-        .files
+    let needed: std::collections::BTreeSet<&str> = files
         .iter()
-        .flat_map(|f| f.extents.iter().map(|e| e.backup.as_str()))
+        .flat_map(|f| f.extents.iter().map(|e| &*e.backup))
         .filter(|b| *b != manifest.label)
         .collect();
     if needed.is_empty() {
@@ -196,7 +198,7 @@ impl Part {
     fn first_frame(&self) -> Option<(&str, &str, u64)> {
         self.file.extents[self.extents.clone()]
             .first()
-            .map(|e| (e.backup.as_str(), e.bundle.as_str(), e.bundle_offset))
+            .map(|e| (&*e.backup, &*e.bundle, e.bundle_offset))
     }
 
     /// The frames it opens, each once, in the order it opens them.
@@ -288,7 +290,7 @@ impl Frames {
             &self.repo,
             &self.handle,
             extent,
-            self.codecs[&extent.backup],
+            self.codecs[&*extent.backup],
             path,
         )
     }
@@ -310,7 +312,12 @@ fn restore_part(
         if e.frame_offset == 0 && e.frame_length == file.size
             && file.checksum.as_ref() == Some(&e.frame_checksum));
     let mut writer = match part.pending {
-        None => OutputFile::create(dest, file.checksum.is_some() && !one_whole_frame, chunks),
+        None => OutputFile::create(
+            dest,
+            file.checksum.is_some() && !one_whole_frame,
+            file.size,
+            chunks,
+        ),
         Some(_) => OutputFile::open_at(dest, part.start, chunks),
     }
     .at("creating", dest)?;
@@ -356,8 +363,8 @@ fn restore_part(
             file.size
         )));
     }
-    if let (Some(expected), Some(actual)) = (&file.checksum, writer.checksum()) {
-        if actual.to_hex().as_str() != expected {
+    if let (Some(expected), Some(actual)) = (file.checksum, writer.checksum()) {
+        if Digest::from(actual) != expected {
             return Err(Error::corrupt(format!(
                 "{} restored from backup does not match its checksum",
                 file.path
@@ -398,7 +405,7 @@ mod tests {
             stored_length: 1,
             frame_offset,
             frame_length: length,
-            frame_checksum: String::new(),
+            frame_checksum: Digest::default(),
         }
     }
 
@@ -460,7 +467,7 @@ mod tests {
         let piece = crate::repo::piece::piece_size();
         let big = vec![extent(0, piece, 0, 0), extent(piece, piece, 1, 0)];
         let mut checked = (*file(2 * piece, big.clone())).clone();
-        checked.checksum = Some("c".into());
+        checked.checksum = Some(Digest([1; 32]));
         assert_eq!(Part::cut(&Arc::new(checked)).len(), 1);
         assert_eq!(Part::cut(&file(MIB, vec![extent(0, MIB, 0, 0)])).len(), 1);
         assert_eq!(Part::cut(&file(2 * piece, big)).len(), 2);

@@ -51,7 +51,9 @@ pub struct RestoreOptions {
 
 /// What a restore restored, and for a delta restore what it read, wrote and removed.
 pub struct Restored {
+    /// The backup restored, without its file list (`files` counts it).
     pub manifest: Manifest,
+    pub files: usize,
     pub delta: Option<delta::DeltaStats>,
 }
 
@@ -73,18 +75,26 @@ pub async fn restore(repo: &Repo, opts: RestoreOptions) -> Result<Restored> {
 
     let tablespaces = resolve_tablespaces(&manifest, &opts.tablespace_map)?;
     let owner = ownership::cluster_owner(&opts.pgdata)?;
-    let (control, rest): (Vec<_>, Vec<_>) = manifest
-        .files
-        .iter()
-        .cloned()
-        .partition(|f| f.path == crate::pg::datadir::CONTROL_FILE);
+    let mut manifest = manifest;
     let mut delta = None;
     if opts.delta {
-        let mut stats = delta::prepare(&opts.pgdata, &manifest, &tablespaces, opts.force)?;
+        delta = Some(delta::prepare(
+            &opts.pgdata,
+            &manifest,
+            &tablespaces,
+            opts.force,
+        )?);
+    }
+    // The file list is the bulk of a large backup's memory: moved to the copy, never cloned.
+    let files = std::mem::take(&mut manifest.files);
+    let file_count = files.len();
+    let (control, rest): (Vec<_>, Vec<_>) = files
+        .into_iter()
+        .partition(|f| f.path == crate::pg::datadir::CONTROL_FILE);
+    if let Some(stats) = &mut delta {
         let rewritten =
             delta_files::rewrite(repo, &manifest, rest, &opts.pgdata, opts.jobs).await?;
         stats.add(&rewritten);
-        delta = Some(stats);
     } else {
         // A restore refused before the copy leaves no trace, not even the directories it made.
         let mut created = Vec::new();
@@ -100,11 +110,7 @@ pub async fn restore(repo: &Repo, opts: RestoreOptions) -> Result<Restored> {
             }
             return Err(e);
         }
-        let all_but_control = Manifest {
-            files: rest,
-            ..manifest.clone()
-        };
-        files::restore_files(repo, &all_but_control, &opts.pgdata, opts.jobs, false).await?;
+        files::restore_files(repo, &manifest, rest, &opts.pgdata, opts.jobs, false).await?;
     }
 
     recovery::write_backup_files(&opts.pgdata, &manifest, &tablespaces)?;
@@ -120,7 +126,11 @@ pub async fn restore(repo: &Repo, opts: RestoreOptions) -> Result<Restored> {
         delta::finish(&opts.pgdata)?;
     }
     tracing::info!(label = %manifest.label, "restore complete; start the cluster to recover");
-    Ok(Restored { manifest, delta })
+    Ok(Restored {
+        manifest,
+        files: file_count,
+        delta,
+    })
 }
 
 /// `global/pg_control`, written once everything else is durable: a directory without it
@@ -138,11 +148,7 @@ async fn restore_control_file(
         .flat_map(|f| &f.extents)
         .map(|e| e.stored_length)
         .sum();
-    let only_control = Manifest {
-        files: control,
-        ..manifest.clone()
-    };
-    files::restore_files(repo, &only_control, pgdata, 1, true).await?;
+    files::restore_files(repo, manifest, control, pgdata, 1, true).await?;
     let path = pgdata.join(crate::pg::datadir::CONTROL_FILE);
     if let Some(owner) = owner {
         std::os::unix::fs::lchown(&path, Some(owner.uid), Some(owner.gid))

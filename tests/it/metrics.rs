@@ -333,7 +333,7 @@ fn fabricate_large_stanza(repo_dir: &Path, backups: u64, segments: u64, files: u
     use pgward::pg::{Lsn, TimelineId, WalFileName, WalSegment};
     use pgward::pipeline::compress::{Codec, Compression};
     use pgward::repo::label::BackupType;
-    use pgward::repo::manifest::{DirEntry, Extent, FileEntry, Manifest};
+    use pgward::repo::manifest::{Digest, DirEntry, Extent, FileEntry, Manifest, Name};
     use pgward::repo::stanza::ClusterIdentity;
     const SEG: u64 = 16 << 20;
     const SYSTEM: u64 = 7_300_000_000_000_000_001;
@@ -366,23 +366,24 @@ fn fabricate_large_stanza(repo_dir: &Path, backups: u64, segments: u64, files: u
             if full { 'F' } else { 'I' }
         );
         let bundle = format!("{label}-0-0.bundle");
+        let (backup_name, bundle_name): (Name, Name) = (label.as_str().into(), bundle.as_str().into());
         let files: Vec<FileEntry> = (0..files)
             .map(|f| FileEntry {
                 path: format!("base/5/{}", 16384 + f),
                 size: 8192,
                 mtime: 1_790_000_000,
                 mode: 0o600,
-                checksum: Some("ab".repeat(32)),
+                checksum: Some(Digest([0xab; 32])),
                 extents: vec![Extent {
                     offset: 0,
                     length: 8192,
-                    backup: label.clone(),
-                    bundle: bundle.clone(),
+                    backup: backup_name.clone(),
+                    bundle: bundle_name.clone(),
                     bundle_offset: f as u64 * 300,
                     stored_length: 300,
                     frame_offset: 0,
                     frame_length: 8192,
-                    frame_checksum: "cd".repeat(32),
+                    frame_checksum: Digest([0xcd; 32]),
                 }],
             })
             .collect();
@@ -427,7 +428,7 @@ fn fabricate_large_stanza(repo_dir: &Path, backups: u64, segments: u64, files: u
             bundles: vec![bundle],
             checksum_failures: Vec::new(),
         };
-        runtime.block_on(repo.save_manifest(&manifest)).unwrap();
+        runtime.block_on(repo.save_manifest(manifest)).unwrap();
         previous = Some(label);
     }
     let stored = repo_dir.join("stored-wal");

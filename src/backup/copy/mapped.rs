@@ -66,7 +66,7 @@ impl Worker {
                     let mut frame = self.slot.frame()?;
                     frame.write(chunk).map_err(io)?;
                     let frame = frame.finish().map_err(io)?;
-                    stored.push(frame.extent(&self.settings.label, offset));
+                    stored.push(frame.extent(offset));
                 }
                 if n < want {
                     // The file shrank while we read: WAL replay brings it to its size.

@@ -46,6 +46,7 @@ async fn restore_reported(
     let restored = crate::restore::restore(repo, opts).await?;
     Ok(Outcome::report(Restored {
         manifest: restored.manifest,
+        files: restored.files,
         delta: restored.delta,
         standby,
         fetched_into,
@@ -54,6 +55,7 @@ async fn restore_reported(
 
 struct Restored {
     manifest: Manifest,
+    files: usize,
     delta: Option<DeltaStats>,
     standby: bool,
     /// backup-fetch's DIR: it says where, restore says what next.
@@ -68,7 +70,7 @@ impl Report for Restored {
             None => format!(
                 "restored backup {} ({} files){}; start the cluster to {}\n",
                 m.label,
-                m.files.len(),
+                self.files,
                 if self.delta.is_some() {
                     " by delta"
                 } else {
@@ -99,7 +101,7 @@ impl Report for Restored {
     fn json(&self) -> Option<String> {
         super::pretty(&serde_json::json!({
             "label": self.manifest.label,
-            "files": self.manifest.files.len(),
+            "files": self.files,
             "type": if self.standby { "standby" } else { "recovery" },
             "delta": self.delta,
         }))

@@ -5,6 +5,8 @@
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use std::path::PathBuf;
+
 use super::*;
 use crate::storage::write_blocking;
 
@@ -362,6 +364,84 @@ mod azure {
             assert!(e.to_string().contains("no Azure storage account"), "{e}");
             assert!(e.hint.unwrap().contains("--azure-account"));
         }
+    }
+}
+
+/// fake-gcs-server behind scripts/gcs-xml-front.py (scripts/gcs-emulator.sh), reached
+/// with a service account key that turns OAuth off, as object_store allows for emulators.
+mod gcs {
+    use super::*;
+    use crate::storage::gcs::{open, GcsOptions};
+
+    fn emulator() -> u16 {
+        static PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+        *PORT.get_or_init(|| start_emulator("gcs-emulator", "PGWARD_GCS_PARENT"))
+    }
+
+    fn options() -> GcsOptions {
+        static KEY_FILE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+        let key_file = KEY_FILE.get_or_init(|| {
+            let path =
+                std::env::temp_dir().join(format!("pgward-gcs-key-{}.json", std::process::id()));
+            std::fs::write(
+                &path,
+                r#"{"private_key": "", "private_key_id": "", "client_email": "", "disable_oauth": true}"#,
+            )
+            .unwrap();
+            path
+        });
+        GcsOptions {
+            endpoint: Some(format!("http://127.0.0.1:{}", emulator())),
+            key_file: Some(key_file.clone()),
+        }
+    }
+
+    /// The JSON API's bucket insert, which the emulator takes unsigned.
+    fn create_bucket(name: &str) {
+        use std::io::{Read, Write};
+        let port = emulator();
+        let body = format!(r#"{{"name":"{name}"}}"#);
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(
+            conn,
+            "POST /storage/v1/b HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: \
+             application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "bucket {name}: {answer}");
+    }
+
+    async fn storage(bucket: &str) -> ObjectStorage {
+        create_bucket(bucket);
+        open(&format!("gs://{bucket}/repo/"), &options(), &Transport::default())
+            .await
+            .expect("opening")
+    }
+
+    async fn root(bucket: &str) -> ObjectStorage {
+        open(&format!("gs://{bucket}"), &options(), &Transport::default())
+            .await
+            .expect("opening")
+    }
+
+    async fn missing(bucket: &str) -> Result<ObjectStorage> {
+        open(&format!("gs://{bucket}/repo"), &options(), &Transport::default()).await
+    }
+
+    contract_tests!("gs");
+
+    #[tokio::test]
+    async fn a_missing_key_file_is_named() {
+        let mut options = options();
+        options.key_file = Some("/nonexistent/key.json".into());
+        let e = open("gs://b/repo", &options, &Transport::default())
+            .await
+            .expect_err("an error");
+        assert!(e.to_string().contains("--gcs-key-file"), "{e}");
+        assert!(e.to_string().contains("/nonexistent/key.json"), "{e}");
     }
 }
 

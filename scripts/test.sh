@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 # GCS emulator); started by the tests themselves.
 bash scripts/moto.sh install
 bash scripts/azurite.sh install
+bash scripts/gcs-emulator.sh install
 
 if [ "${1:-}" = "--all-versions" ]; then
     bash scripts/install-test-deps.sh all
@@ -26,8 +27,8 @@ fi
 cargo test --doc
 
 # The tests listed in tests/it/s3-pass.txt run again with the repository in a bucket
-# of each object store's local server: moto (S3), Azurite (Azure). A listed test that
-# no longer exists is an error.
+# of each object store's local server: moto (S3), Azurite (Azure), fake-gcs-server
+# (GCS). A listed test that no longer exists is an error.
 mapfile -t store_pass < <(grep -v '^#' tests/it/s3-pass.txt | grep .)
 existing=$(cargo test --test it -- --list 2>/dev/null | sed -n 's/: test$//p')
 for t in "${store_pass[@]}"; do
@@ -36,6 +37,6 @@ for t in "${store_pass[@]}"; do
         exit 1
     fi
 done
-for store in s3 azure; do
+for store in s3 azure gcs; do
     PGWARD_IT_STORE=$store cargo test --test it -- --exact "${store_pass[@]}"
 done

@@ -53,8 +53,8 @@ impl Source {
             super::stores::selected(),
             extra.iter().any(|e| e == "--config"),
         ) {
-            let (url, config_text) = super::stores::repository(store, name);
             let dir = work_dir(&format!("{name}-storeconf"));
+            let (url, config_text) = super::stores::repository(store, name, &dir);
             let config = dir.join("pgward.toml");
             std::fs::write(&config, config_text).unwrap();
             chown_pg(&dir);

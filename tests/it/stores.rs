@@ -17,8 +17,8 @@ pub fn selected() -> Option<&'static str> {
 }
 
 /// A fresh bucket (container) in `store` for the test `name`: the repository URL and
-/// the configuration file text that reaches it.
-pub fn repository(store: &str, name: &str) -> (String, String) {
+/// the configuration file text that reaches it (`dir`: where it may put files it names).
+pub fn repository(store: &str, name: &str, dir: &std::path::Path) -> (String, String) {
     // Valid for all three: lowercase letters, digits and single hyphens.
     let bucket = format!("it-{}", name.to_lowercase().replace('_', "-"));
     match store {
@@ -42,6 +42,25 @@ pub fn repository(store: &str, name: &str) -> (String, String) {
                 format!(
                     "[global]\nazure-endpoint = \"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}\"\n\
                      azure-account = \"{AZURITE_ACCOUNT}\"\nazure-key = \"{AZURITE_KEY}\"\n"
+                ),
+            )
+        }
+        "gcs" => {
+            let port = gcs_emulator();
+            create_gcs_bucket(port, &bucket);
+            // object_store's way to an emulator: a service account key without OAuth.
+            let key = dir.join("gcs-key.json");
+            std::fs::write(
+                &key,
+                r#"{"private_key": "", "private_key_id": "", "client_email": "", "disable_oauth": true}"#,
+            )
+            .unwrap();
+            (
+                format!("gs://{bucket}/repo"),
+                format!(
+                    "[global]\ngcs-endpoint = \"http://127.0.0.1:{port}\"\n\
+                     gcs-key-file = \"{}\"\n",
+                    key.display()
                 ),
             )
         }
@@ -101,4 +120,27 @@ pub fn create_container(port: u16, name: &str) {
         client.execute(request).await.unwrap().status()
     });
     assert_eq!(status.as_u16(), 201, "Create Container {name}");
+}
+
+/// A GCS emulator for this test process (scripts/gcs-emulator.sh).
+pub fn gcs_emulator() -> u16 {
+    static PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+    *PORT.get_or_init(|| start_server("gcs-emulator", "PGWARD_GCS_PARENT"))
+}
+
+/// The JSON API's bucket insert, which the emulator takes unsigned.
+pub fn create_gcs_bucket(port: u16, name: &str) {
+    use std::io::{Read, Write};
+    let body = format!(r#"{{"name":"{name}"}}"#);
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        conn,
+        "POST /storage/v1/b HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: \
+         application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "bucket {name}: {answer}");
 }

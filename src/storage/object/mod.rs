@@ -96,6 +96,12 @@ impl Provider {
                     .source(e)
                     .hint(self.credentials_hint())
             }
+            // No credential could be had (e.g. no metadata server off GCP or Azure).
+            E::Generic { .. } if text.contains("token request") || text.contains("credential") => {
+                Error::new(ErrorKind::Config, message)
+                    .source(e)
+                    .hint(self.credentials_hint())
+            }
             E::Generic { .. }
                 if text.contains("retry_timeout") || text.contains("sending request") =>
             {
@@ -132,15 +138,15 @@ impl Provider {
     }
 
     fn endpoint_hint(self) -> String {
-        let endpoint = match self {
-            Provider::S3 => "the S3 endpoint (--s3-endpoint; host[:port] means https)",
-            Provider::Gcs => "the GCS endpoint (--gcs-endpoint)",
-            Provider::Azure => "the Azure endpoint (--azure-endpoint) or account",
+        let (what, option) = match self {
+            Provider::S3 => ("S3", "--s3-endpoint; host[:port] means https"),
+            Provider::Gcs => ("GCS", "--gcs-endpoint"),
+            Provider::Azure => ("Azure", "--azure-endpoint, --azure-account"),
         };
         format!(
-            "{endpoint} did not answer successfully: check it, the network and the \
-             credentials; pgward retries transient failures for --s3-retry-seconds \
-             (default 300)"
+            "the {what} endpoint did not answer successfully: check the endpoint ({option}), \
+             the network and the credentials; pgward retries transient failures for \
+             --s3-retry-seconds (default 300)"
         )
     }
 }

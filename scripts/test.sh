@@ -7,8 +7,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# A local S3 (moto) for the object-storage tests; started by the tests themselves.
+# Local object stores for the object-storage tests (moto for S3, Azurite for Azure, a
+# GCS emulator); started by the tests themselves.
 bash scripts/moto.sh install
+bash scripts/azurite.sh install
+bash scripts/gcs-emulator.sh install
 
 if [ "${1:-}" = "--all-versions" ]; then
     bash scripts/install-test-deps.sh all
@@ -23,14 +26,17 @@ fi
 # an encrypted stanza without unlocking it.
 cargo test --doc
 
-# The tests listed in tests/it/s3-pass.txt run a second time with the repository in a
-# bucket of a local S3 server (moto). A listed test that no longer exists is an error.
-mapfile -t s3_pass < <(grep -v '^#' tests/it/s3-pass.txt | grep .)
+# The tests listed in tests/it/s3-pass.txt run again with the repository in a bucket
+# of each object store's local server: moto (S3), Azurite (Azure), fake-gcs-server
+# (GCS). A listed test that no longer exists is an error.
+mapfile -t store_pass < <(grep -v '^#' tests/it/s3-pass.txt | grep .)
 existing=$(cargo test --test it -- --list 2>/dev/null | sed -n 's/: test$//p')
-for t in "${s3_pass[@]}"; do
+for t in "${store_pass[@]}"; do
     if ! grep -qxF "$t" <<<"$existing"; then
         echo "test.sh: tests/it/s3-pass.txt names $t, which is not a test" >&2
         exit 1
     fi
 done
-PGWARD_IT_S3=1 cargo test --test it -- --exact "${s3_pass[@]}"
+for store in s3 azure gcs; do
+    PGWARD_IT_STORE=$store cargo test --test it -- --exact "${store_pass[@]}"
+done

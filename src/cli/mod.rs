@@ -40,9 +40,26 @@ impl Resolved {
             )
         })?;
         StanzaHandle::new(
-            crate::storage::open(url, &self.s3_options()?).await?,
+            crate::storage::open(url, &self.store_options()?).await?,
             stanza,
         )
+    }
+
+    fn store_options(&self) -> Result<crate::storage::StoreOptions> {
+        let g = &self.global;
+        Ok(crate::storage::StoreOptions {
+            s3: self.s3_options()?,
+            gcs: crate::storage::gcs::GcsOptions {
+                endpoint: g.gcs_endpoint.clone(),
+                key_file: g.gcs_key_file.clone(),
+            },
+            azure: crate::storage::azure::AzureOptions {
+                account: g.azure_account.clone(),
+                key: g.azure_key.clone(),
+                sas: g.azure_sas.clone(),
+                endpoint: g.azure_endpoint.clone(),
+            },
+        })
     }
 
     fn s3_options(&self) -> Result<crate::storage::s3::S3Options> {

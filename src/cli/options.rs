@@ -284,7 +284,8 @@ global_options! {
     ["Repository"]
     /// Configuration file (TOML) [default: /etc/pgward/pgward.toml when it exists]
     config: PathBuf, "config", Pgward("PGWARD_CONFIG"), COMMAND | WORKER;
-    /// Repository: a local directory, e.g. /var/lib/pgward
+    /// Repository: a local directory (/var/lib/pgward), s3://BUCKET/PREFIX,
+    /// gs://BUCKET/PREFIX or az://CONTAINER/PREFIX
     repo: String, "repo", Pgward("PGWARD_REPO"), FILE | COMMAND | WORKER;
     /// Stanza: the name of this cluster in the repository, e.g. main
     stanza: String, "stanza", Pgward("PGWARD_STANZA"), FILE | COMMAND | WORKER;
@@ -354,6 +355,24 @@ global_options! {
     /// S3 secret access key
     s3_key_secret: String, "s3-key-secret", Pgward("PGWARD_S3_KEY_SECRET"),
         FILE | WORKER | SECRET;
+
+    /// Google Cloud Storage endpoint, e.g. an emulator's http://127.0.0.1:4443 [default:
+    /// https://storage.googleapis.com]
+    gcs_endpoint: String, "gcs-endpoint", Pgward("PGWARD_GCS_ENDPOINT"), FILE | COMMAND | WORKER;
+    /// GCS service account key file (JSON) [default: GOOGLE_APPLICATION_CREDENTIALS,
+    /// gcloud's application default credentials, the instance's service account]
+    gcs_key_file: PathBuf, "gcs-key-file", Pgward("PGWARD_GCS_KEY_FILE"), FILE | COMMAND | WORKER;
+    /// Azure storage account of an az:// repository [default: AZURE_STORAGE_ACCOUNT_NAME]
+    azure_account: String, "azure-account", Pgward("PGWARD_AZURE_ACCOUNT"), FILE | COMMAND | WORKER;
+    /// Azure Blob endpoint: the account's URL, e.g. Azurite's
+    /// http://127.0.0.1:10000/devstoreaccount1 [default: https://ACCOUNT.blob.core.windows.net]
+    azure_endpoint: String, "azure-endpoint", Pgward("PGWARD_AZURE_ENDPOINT"), FILE | COMMAND | WORKER;
+    /// Azure account key [default: AZURE_STORAGE_ACCOUNT_KEY, else a SAS, a service
+    /// principal (AZURE_CLIENT_ID...), the managed identity]. Not written into the
+    /// commands pgward writes for PostgreSQL: give those the key in the configuration file
+    azure_key: String, "azure-key", Pgward("PGWARD_AZURE_KEY"), FILE | WORKER | SECRET;
+    /// Azure shared access signature (SAS token) [default: AZURE_STORAGE_SAS_KEY]
+    azure_sas: String, "azure-sas", Pgward("PGWARD_AZURE_SAS"), FILE | WORKER | SECRET;
 
     /// Ranged GETs (of up to 4 MiB of adjacent frames each) that restore and verify keep
     /// in flight ahead of their workers on object storage, within a quarter of

@@ -1,9 +1,13 @@
 //! Where the repository lives. One async trait, implemented by the local filesystem
-//! (`local.rs`) and by S3-compatible object storage (`s3/`). Keys are relative,
+//! (`local.rs`) and by object storage (`object/`, what S3, GCS and Azure share; `s3/`,
+//! `gcs.rs`, `azure.rs`: each service's configuration and extras). Keys are relative,
 //! '/'-separated paths. A writer's object is invisible under its key until `finish`
 //! returns, and dropping an unfinished writer leaves nothing behind under that key.
 
+pub mod azure;
+pub mod gcs;
 pub mod local;
+pub mod object;
 pub mod s3;
 
 use std::sync::Arc;
@@ -136,15 +140,51 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
 
 pub type SharedStorage = Arc<dyn Storage>;
 
-/// Opens the storage a repository URL names: `s3://bucket/prefix` or a local directory.
-pub async fn open(repo: &str, s3: &s3::S3Options) -> Result<SharedStorage> {
+/// The options of every kind of repository URL.
+#[derive(Clone, Debug, Default)]
+pub struct StoreOptions {
+    pub s3: s3::S3Options,
+    pub gcs: gcs::GcsOptions,
+    pub azure: azure::AzureOptions,
+}
+
+impl StoreOptions {
+    /// What every object store shares, set by the `--s3-*` transport options and
+    /// `--repo-read-ahead`.
+    fn transport(&self) -> object::Transport {
+        object::Transport {
+            retry_seconds: self.s3.retry_seconds,
+            timeout_seconds: self.s3.timeout_seconds,
+            ca_file: self.s3.ca_file.clone(),
+            read_ahead: self.s3.read_ahead,
+        }
+    }
+}
+
+/// Opens the storage a repository URL names: `s3://bucket/prefix`,
+/// `gs://bucket/prefix`, `az://container/prefix` or a local directory.
+pub async fn open(repo: &str, options: &StoreOptions) -> Result<SharedStorage> {
     if repo.starts_with("s3://") {
-        return Ok(Arc::new(s3::S3Storage::open(repo, s3.clone()).await?));
+        return Ok(Arc::new(
+            s3::S3Storage::open(repo, options.s3.clone()).await?,
+        ));
+    }
+    if repo.starts_with("gs://") {
+        return Ok(Arc::new(
+            gcs::open(repo, &options.gcs, &options.transport()).await?,
+        ));
+    }
+    if repo.starts_with("az://") {
+        return Ok(Arc::new(
+            azure::open(repo, &options.azure, &options.transport()).await?,
+        ));
     }
     if repo.contains("://") {
         return Err(
-            Error::config(format!("repository {repo:?}: unknown kind of URL"))
-                .hint("give a local directory (/var/lib/pgward) or s3://BUCKET/PREFIX"),
+            Error::config(format!("repository {repo:?}: unknown kind of URL")).hint(
+                "give a local directory (/var/lib/pgward), s3://BUCKET/PREFIX, \
+                 gs://BUCKET/PREFIX or az://CONTAINER/PREFIX",
+            ),
         );
     }
     Ok(Arc::new(LocalStorage::new(repo)))

@@ -581,7 +581,7 @@ fn verify_names_a_wal_name_stored_twice_and_archive_get_refuses_it() {
 #[test]
 fn archive_push_removes_what_killed_pushes_left_and_spares_pushes_in_progress_and_claims() {
     let src = Source::start("pushleftover", 15);
-    if src.url.starts_with("s3://") {
+    if src.url.contains("://") {
         return; // on object storage, expire cleans up (one request fewer per push)
     }
     src.archive_current_wal();

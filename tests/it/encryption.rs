@@ -259,7 +259,7 @@ fn make_old(path: &Path) {
 #[test]
 fn a_killed_rekey_leaves_the_old_passphrase_in_force_and_its_leftover_is_removed_later() {
     let (src, pass_file) = encrypted("killrekey", "old passphrase");
-    if src.url.starts_with("s3://") {
+    if src.url.contains("://") {
         return; // a single PUT on object storage: nothing is left to look at
     }
     src.backup(&[]);

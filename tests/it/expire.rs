@@ -199,7 +199,7 @@ fn retention_in_the_configuration_file_expires_after_each_backup() {
 #[test]
 fn expire_removes_what_killed_archive_pushes_left_and_spares_pushes_in_progress() {
     let src = Source::start("stalepush", 15);
-    if src.url.starts_with("s3://") {
+    if src.url.contains("://") {
         return; // the local archive's leftovers; object storage has none to plant
     }
     src.backup(&[]);

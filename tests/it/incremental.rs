@@ -384,7 +384,7 @@ fn verify_names_every_backup_a_missing_bundle_breaks() {
 #[test]
 fn info_marks_an_incremental_whose_reference_backup_is_gone() {
     let src = Source::start("incrorphan", 15);
-    if src.url.starts_with("s3://") {
+    if src.url.contains("://") {
         return; // removes a manifest from the local repository
     }
     let full = src.backup(&[]);

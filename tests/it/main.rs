@@ -4,6 +4,7 @@
 mod harness;
 mod harness_selftest;
 mod setup;
+mod stores;
 
 mod archive;
 mod backup_restore;

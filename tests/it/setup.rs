@@ -11,7 +11,7 @@ use super::harness::*;
 pub struct Source {
     pub cluster: Cluster,
     pub repo: PathBuf,
-    /// What --repo says: the local directory, or an s3:// URL.
+    /// What --repo says: the local directory, or an object store's URL (s3://, gs://, az://).
     pub url: String,
     pub stanza: String,
     /// Options given to every pgward call (and to archive_command): e.g. a passphrase file.
@@ -40,32 +40,33 @@ impl Source {
 
     /// `extra`: options for every pgward call (archive_command included); `create`: more
     /// options for stanza-create.
-    /// With PGWARD_IT_S3 set, sources built this way keep their repository in a bucket
-    /// of a local moto server instead of a directory (scripts/test.sh runs the storage-
-    /// independent tests a second time so).
+    /// With PGWARD_IT_STORE=s3|gcs|azure (or PGWARD_IT_S3) set, sources built this way
+    /// keep their repository in a bucket of a local server of that store instead of a
+    /// directory (scripts/test.sh runs the storage-independent tests a second time so).
     pub fn start_full(
         name: &str,
         opts: ClusterOptions,
         extra: Vec<String>,
         create: &[&str],
     ) -> Source {
-        if std::env::var_os("PGWARD_IT_S3").is_some() && !extra.iter().any(|e| e == "--config") {
-            let port = moto();
-            let bucket = format!("it-{}", name.replace('_', "-"));
-            create_bucket(port, &bucket);
-            let dir = work_dir(&format!("{name}-s3conf"));
+        if let (Some(store), false) = (
+            super::stores::selected(),
+            extra.iter().any(|e| e == "--config"),
+        ) {
+            let dir = work_dir(&format!("{name}-storeconf"));
+            let (url, config_text) = super::stores::repository(store, name, &dir);
             let config = dir.join("pgward.toml");
-            std::fs::write(&config, format!("[global]\ns3-endpoint = \"http://127.0.0.1:{port}\"\ns3-region = \"us-east-1\"\ns3-uri-style = \"path\"\ns3-key = \"test\"\ns3-key-secret = \"test\"\n")).unwrap();
+            std::fs::write(&config, config_text).unwrap();
             chown_pg(&dir);
             let mut extra = extra;
             extra.extend(["--config".to_string(), config.display().to_string()]);
-            return Self::start_at(name, opts, format!("s3://{bucket}/repo"), extra, create);
+            return Self::start_at(name, opts, url, extra, create);
         }
         let repo = work_dir(&format!("{name}-repo"));
         Self::start_at(name, opts, repo.display().to_string(), extra, create)
     }
 
-    /// A source archiving into the repository `url` (a directory or an s3:// URL).
+    /// A source archiving into the repository `url` (a directory or an object store's URL).
     pub fn start_at(
         name: &str,
         mut opts: ClusterOptions,

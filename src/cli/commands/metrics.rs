@@ -72,7 +72,7 @@ async fn stanzas(resolved: &Resolved, args: &MetricsArgs) -> Result<Vec<StanzaHa
         Error::config("no repository given")
             .hint("pass --repo DIR, set PGWARD_REPO, or set repo in the configuration file")
     })?;
-    let storage = crate::storage::open(url, &resolved.s3_options()?).await?;
+    let storage = crate::storage::open(url, &resolved.store_options()?).await?;
     stanza_names(&storage)
         .await?
         .iter()

@@ -1,49 +1,48 @@
-//! S3-compatible storage (AWS S3, MinIO, Ceph, ...) through the `object_store` crate. It
-//! signs requests, retries transient failures (5xx, 429/SlowDown, timeouts, resets) with
-//! exponential backoff and jitter, fails at once on other 4xx, and resumes interrupted
-//! GET streams. Visibility matches the local backend: an object smaller than a part is
-//! one PutObject at `finish`; a bigger one is a multipart upload that only
-//! CompleteMultipartUpload, at `finish`, makes visible. Until then nothing is under the key.
-//! `config` turns options and the environment into a client; `upload` holds the writer
-//! and the cleanup of uploads that interrupted writers left behind.
+//! S3-compatible storage (AWS S3, MinIO, Ceph, ...): the common object storage
+//! (`storage::object`: reads, listing, the part writer, errors) over object_store's S3
+//! client, plus what only S3 needs. Visibility matches the local backend: an object
+//! smaller than a part is one PutObject at `finish`; a bigger one is a multipart upload
+//! that only CompleteMultipartUpload, at `finish`, makes visible. Until then nothing is
+//! under the key. `config` turns options and the environment into a client; `upload`
+//! cleans up the uploads that interrupted writers left behind (ListMultipartUploads,
+//! which object_store lacks). Conditional PutObject is probed once: not every
+//! S3-compatible server honours it.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use futures::TryStreamExt;
 use object_store::aws::AmazonS3;
 use object_store::client::HttpClient;
-use object_store::path::Path;
-use object_store::{
-    Attribute, Attributes, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
-};
+use object_store::{Attribute, ObjectStore};
 
-use super::{Listing, ObjectInfo, ObjectWriter, Reader, Storage};
-use crate::error::{Error, ErrorKind, Result};
+use super::object::{ObjectStorage, Provider};
+use super::{Listing, ObjectWriter, Reader, Storage};
+use crate::error::{Error, Result};
 
 mod config;
 mod credentials;
 mod profile;
 mod reauth;
-mod retry_report;
 mod upload;
 
 pub use config::S3Options;
-use upload::{LARGE_PARTS_IN_FLIGHT, LARGE_PART_SIZE, PARTS_IN_FLIGHT, PART_SIZE};
+/// Credentials S3 refused even after going back to their source (`reauth`).
+pub(crate) use reauth::Rejected;
+// config.rs names it `super::retry_report`; it is shared with the other stores.
+use super::object::retry_report;
+#[cfg(test)]
+use super::object::{LARGE_PART_SIZE, PART_SIZE};
 
 #[derive(Debug)]
 pub struct S3Storage {
+    object: ObjectStorage,
+    /// The same client as `object`'s, typed: its credentials sign ListMultipartUploads.
     store: Arc<AmazonS3>,
-    bucket: String,
-    /// Key prefix of the repository, without slashes at either end ("" for the bucket root).
-    prefix: String,
-    storage_class: Option<String>,
     /// For the one request object_store lacks: ListMultipartUploads.
     http: HttpClient,
     bucket_url: String,
     region: String,
     conditional_put: tokio::sync::OnceCell<bool>,
-    read_ahead: usize,
 }
 
 impl S3Storage {
@@ -59,21 +58,31 @@ impl S3Storage {
         keys: Option<(&str, &str)>,
     ) -> Result<S3Storage> {
         let c = config::connect(url, &options, keys).await?;
+        let store = Arc::new(c.store);
+        let read_ahead = options
+            .read_ahead
+            .unwrap_or(crate::repo::read_plan::DEFAULT_AHEAD);
+        let mut object = ObjectStorage::new(
+            store.clone() as Arc<dyn ObjectStore>,
+            Provider::S3,
+            c.bucket,
+            c.prefix,
+            read_ahead,
+        );
+        if let Some(class) = options.storage_class {
+            object
+                .attributes
+                .insert(Attribute::StorageClass, class.into());
+        }
         let storage = S3Storage {
-            store: Arc::new(c.store),
-            bucket: c.bucket,
-            prefix: c.prefix,
-            storage_class: options.storage_class,
+            object,
+            store,
             http: c.http,
             bucket_url: c.bucket_url,
             region: c.region,
             conditional_put: Default::default(),
-            read_ahead: options
-                .read_ahead
-                .unwrap_or(crate::repo::read_plan::DEFAULT_AHEAD),
         };
-        // Fail now, with the cause, on a wrong bucket, endpoint or credentials.
-        storage.list("").await?;
+        storage.object.probe().await?;
         Ok(storage)
     }
 
@@ -99,88 +108,32 @@ impl S3Storage {
     /// Creates `key` unless an object is there; false if one was. Atomic only where
     /// `supports_conditional_put`; elsewhere the server may overwrite.
     pub async fn put_if_absent(&self, key: &str, bytes: &[u8]) -> Result<bool> {
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            attributes: self.attributes(),
-            ..Default::default()
-        };
-        let payload = bytes::Bytes::copy_from_slice(bytes).into();
-        match self.store.put_opts(&self.path(key)?, payload, opts).await {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::AlreadyExists { .. })
-            | Err(object_store::Error::Precondition { .. }) => Ok(false),
-            Err(e) => Err(self.error("creating", key, e)),
-        }
+        self.object.put_if_absent(key, bytes).await
+    }
+
+    fn bucket(&self) -> &str {
+        &self.object.bucket
     }
 
     fn full_key(&self, key: &str) -> String {
-        match (self.prefix.is_empty(), key.trim_matches('/')) {
-            (_, "") => self.prefix.clone(),
-            (true, key) => key.to_string(),
-            (false, key) => format!("{}/{key}", self.prefix),
-        }
-    }
-
-    fn path(&self, key: &str) -> Result<Path> {
-        Path::parse(self.full_key(key))
-            .map_err(|e| Error::new(ErrorKind::Io, format!("bad object key {key:?}")).source(e))
-    }
-
-    fn attributes(&self) -> Attributes {
-        let mut attributes = Attributes::new();
-        if let Some(class) = &self.storage_class {
-            attributes.insert(Attribute::StorageClass, class.clone().into());
-        }
-        attributes
-    }
-
-    fn error(&self, action: &str, key: &str, e: object_store::Error) -> Error {
-        error(&self.bucket, &self.full_key(key), action, e)
+        self.object.full_key(key)
     }
 }
 
 /// Names bucket and key, keeps object_store's cause (status and S3's error body), and
 /// sorts permanent setup problems from a missing object.
 fn error(bucket: &str, key: &str, action: &str, e: object_store::Error) -> Error {
-    use object_store::Error as E;
-    let message = format!("{action} s3://{bucket}/{key}");
-    if let Some(rejected) = reauth::Rejected::find(&e) {
-        return Error::new(ErrorKind::Config, format!("{message}: {rejected}"))
-            .hint(rejected.hint.clone());
-    }
-    let text = e.to_string();
-    match e {
-        _ if text.contains("NoSuchBucket") => Error::new(ErrorKind::Config, message)
-            .source(e)
-            .hint(format!(
-                "bucket {bucket} does not exist: check its name, region and endpoint"
-            )),
-        E::NotFound { .. } => Error::new(ErrorKind::NotFound, message).source(e),
-        E::PermissionDenied { .. } | E::Unauthenticated { .. } => {
-            Error::new(ErrorKind::Config, message).source(e).hint(
-                "check the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, \
-                 the instance role) and that they may use this bucket",
-            )
-        }
-        E::Generic { .. } if text.contains("retry_timeout") || text.contains("sending request") => {
-            Error::new(ErrorKind::Io, message).source(e).hint(
-                "the S3 endpoint did not answer successfully: check the endpoint \
-                 (--s3-endpoint; host[:port] means https), the network and the credentials; \
-                 pgward retries transient failures for --s3-retry-seconds (default 300)",
-            )
-        }
-        _ => Error::new(ErrorKind::Io, message).source(e),
-    }
+    Provider::S3.error(&format!("s3://{bucket}/{key}"), action, e)
 }
 
 #[async_trait]
 impl Storage for S3Storage {
     fn read_ahead(&self) -> usize {
-        self.read_ahead
+        self.object.read_ahead()
     }
 
     fn large_writer_memory(&self) -> u64 {
-        (LARGE_PART_SIZE * (1 + LARGE_PARTS_IN_FLIGHT)) as u64
+        self.object.large_writer_memory()
     }
 
     async fn create_exclusive(&self, key: &str, bytes: &[u8]) -> Result<Option<bool>> {
@@ -191,72 +144,31 @@ impl Storage for S3Storage {
     }
 
     fn location(&self) -> String {
-        match self.prefix.as_str() {
-            "" => format!("s3://{}", self.bucket),
-            prefix => format!("s3://{}/{prefix}", self.bucket),
-        }
+        self.object.location()
     }
 
     async fn list(&self, dir: &str) -> Result<Listing> {
-        let full = self.full_key(dir);
-        let prefix = if full.is_empty() {
-            None
-        } else {
-            Some(self.path(dir)?)
-        };
-        // Delimiter '/': direct children only; object_store follows continuation tokens.
-        let result = self
-            .store
-            .list_with_delimiter(prefix.as_ref())
-            .await
-            .map_err(|e| self.error("listing", dir, e))?;
-        let mut listing = Listing::default();
-        for object in result.objects {
-            listing.files.push(ObjectInfo {
-                name: object.location.filename().unwrap_or_default().to_string(),
-                size: object.size,
-                modified: object.last_modified.timestamp(),
-            });
-        }
-        for dir in result.common_prefixes {
-            listing.dirs.extend(dir.filename().map(str::to_string));
-        }
-        listing.files.sort_by(|a, b| a.name.cmp(&b.name));
-        listing.dirs.sort();
-        Ok(listing)
+        self.object.list(dir).await
     }
 
     async fn read(&self, key: &str) -> Result<Reader> {
-        self.get(key, None).await
+        self.object.read(key).await
     }
 
     async fn read_range(&self, key: &str, offset: u64, len: u64) -> Result<Reader> {
-        if len == 0 {
-            // S3 has no empty range; still report a missing object.
-            let path = self.path(key)?;
-            self.store
-                .head(&path)
-                .await
-                .map_err(|e| self.error("reading", key, e))?;
-            return Ok(Box::new(tokio::io::empty()));
-        }
-        self.get(key, Some(GetRange::Bounded(offset..offset + len)))
-            .await
+        self.object.read_range(key, offset, len).await
     }
 
     async fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>> {
-        self.writer(key, PART_SIZE, PARTS_IN_FLIGHT)
+        self.object.create(key).await
     }
 
     async fn create_large(&self, key: &str) -> Result<Box<dyn ObjectWriter>> {
-        self.writer(key, LARGE_PART_SIZE, LARGE_PARTS_IN_FLIGHT)
+        self.object.create_large(key).await
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        match self.store.delete(&self.path(key)?).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(self.error("deleting", key, e)),
-        }
+        self.object.delete(key).await
     }
 
     /// Aborts the multipart uploads of interrupted writers in `dir` (their parts cost
@@ -270,30 +182,6 @@ impl Storage for S3Storage {
     }
 }
 
-impl S3Storage {
-    async fn get(&self, key: &str, range: Option<GetRange>) -> Result<Reader> {
-        let options = GetOptions {
-            range,
-            ..Default::default()
-        };
-        let result = self
-            .store
-            .get_opts(&self.path(key)?, options)
-            .await
-            .map_err(|e| self.error("reading", key, e))?;
-        let (bucket, full) = (self.bucket.clone(), self.full_key(key));
-        // Streams the body; object_store resumes it after a dropped connection.
-        let stream = result.into_stream().map_err(move |e| {
-            let kind = match e {
-                object_store::Error::NotFound { .. } => std::io::ErrorKind::NotFound,
-                _ => std::io::ErrorKind::Other,
-            };
-            std::io::Error::new(kind, format!("s3://{bucket}/{full}: {e}"))
-        });
-        Ok(Box::new(tokio_util::io::StreamReader::new(stream)))
-    }
-}
-
 /// Against a real moto server (scripts/moto.sh installs it on first use, ~30 s), one per
 /// test process, stopped by moto.sh's watcher when the process exits. Each test works in
 /// its own bucket.
@@ -302,9 +190,11 @@ mod tests {
     use std::time::Duration;
 
     use object_store::multipart::MultipartStore;
+    use object_store::path::Path;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
+    use crate::error::ErrorKind;
 
     fn moto() -> &'static str {
         static ENDPOINT: std::sync::OnceLock<String> = std::sync::OnceLock::new();

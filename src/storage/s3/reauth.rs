@@ -78,7 +78,7 @@ struct Client {
 
 /// S3 refused the credentials of a request, also after they were read again.
 #[derive(Debug)]
-pub(super) struct Rejected {
+pub(crate) struct Rejected {
     /// Where the credentials came from.
     pub source: String,
     pub hint: String,
@@ -106,7 +106,7 @@ impl std::error::Error for Rejected {}
 
 impl Rejected {
     /// The rejection behind an object_store error, if that is what it is.
-    pub(super) fn find<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a Rejected> {
+    pub(crate) fn find<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a Rejected> {
         let mut cause = Some(e);
         while let Some(e) = cause {
             if let Some(r) = e.downcast_ref::<Rejected>() {

@@ -1,56 +1,20 @@
-//! Uploads and their housekeeping. A writer buffers one part; an object that outgrows
-//! it becomes a multipart upload that only `finish` completes, and a writer dropped
-//! unfinished aborts it. What a killed process leaves behind, uploads that hold parts
-//! but never became objects, is found with ListMultipartUploads (a signed request that
-//! object_store lacks) and aborted by `remove_incomplete`.
+//! The housekeeping of S3 uploads. What a killed process leaves behind, multipart
+//! uploads that hold parts but never became objects, is found with
+//! ListMultipartUploads (a signed request that object_store lacks) and aborted by
+//! `remove_incomplete`. The writer itself is every object store's
+//! (`storage::object::writer`).
 
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use object_store::aws::AwsAuthorizer;
-use object_store::buffered::BufWriter;
 use object_store::client::HttpRequestBody;
 use object_store::multipart::MultipartStore;
 use object_store::path::Path;
-use object_store::ObjectStore;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::{error, S3Storage};
 use crate::error::{Error, ErrorKind, Result};
-use crate::storage::ObjectWriter;
-
-/// Objects up to this size are one PutObject (a WAL segment always is); bigger ones are
-/// uploaded in parts of it.
-pub(super) const PART_SIZE: usize = 16 << 20;
-/// Parts uploading at once per writer: a writer holds at most (1 + this) parts in memory.
-pub(super) const PARTS_IN_FLIGHT: usize = 3;
-/// Bundles, written by every backup worker at once, use S3's smallest parts and one in
-/// flight: 10 MiB per worker, so that the memory budget (`crate::memory`) affords three
-/// workers writing to object storage.
-pub(super) const LARGE_PART_SIZE: usize = 5 << 20;
-pub(super) const LARGE_PARTS_IN_FLIGHT: usize = 1;
 
 impl S3Storage {
-    pub(super) fn writer(
-        &self,
-        key: &str,
-        part: usize,
-        in_flight: usize,
-    ) -> Result<Box<dyn ObjectWriter>> {
-        let store: Arc<dyn ObjectStore> = self.store.clone();
-        let writer = BufWriter::with_capacity(store, self.path(key)?, part)
-            .with_max_concurrency(in_flight)
-            .with_attributes(self.attributes());
-        Ok(Box::new(S3Writer {
-            inner: Some(writer),
-            bucket: self.bucket.clone(),
-            key: self.full_key(key),
-        }))
-    }
-
     /// `Storage::remove_incomplete`: aborts the uploads in `dir` started more than
     /// `older_than` ago (all of them without it).
     pub(super) async fn remove_incomplete_uploads(
@@ -72,7 +36,7 @@ impl S3Storage {
             match self.store.abort_multipart(&path, &id).await {
                 Ok(()) => removed += 1,
                 Err(object_store::Error::NotFound { .. }) => {} // finished or aborted meanwhile
-                Err(e) => return Err(error(&self.bucket, &key, "aborting upload of", e)),
+                Err(e) => return Err(error(self.bucket(), &key, "aborting upload of", e)),
             }
         }
         Ok(removed)
@@ -126,7 +90,7 @@ impl S3Storage {
         let what = || {
             format!(
                 "listing multipart uploads in s3://{}/{}",
-                self.bucket,
+                self.bucket(),
                 self.full_key(dir)
             )
         };
@@ -220,73 +184,6 @@ fn xml_one(xml: &str, tag: &str) -> Option<String> {
             .replace("&apos;", "'")
             .replace("&amp;", "&"),
     )
-}
-
-/// Buffers one part; from the first full part on it is a multipart upload whose parts
-/// go up in the background, at most PARTS_IN_FLIGHT at once (writes wait for room).
-struct S3Writer {
-    inner: Option<BufWriter>,
-    bucket: String,
-    key: String,
-}
-
-impl S3Writer {
-    fn inner(&mut self) -> &mut BufWriter {
-        self.inner.as_mut().expect("writer used after finish")
-    }
-}
-
-impl AsyncWrite for S3Writer {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(self.inner()).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(self.inner()).poll_flush(cx)
-    }
-    /// Not BufWriter's shutdown, which would publish the object: only `finish` may.
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(self.inner()).poll_flush(cx)
-    }
-}
-
-#[async_trait]
-impl ObjectWriter for S3Writer {
-    async fn finish(mut self: Box<Self>) -> Result<()> {
-        let mut writer = self.inner.take().expect("finish called once");
-        // PutObject, or the last part and CompleteMultipartUpload. If this fails the
-        // upload may stay behind, invisible, until remove_incomplete.
-        let Err(e) = writer.shutdown().await else {
-            return Ok(());
-        };
-        let cause = match e.into_inner().map(|e| e.downcast::<object_store::Error>()) {
-            Some(Ok(e)) => return Err(error(&self.bucket, &self.key, "writing", *e)),
-            Some(Err(e)) => e.to_string(),
-            None => "upload failed".into(),
-        };
-        let (bucket, key) = (&self.bucket, &self.key);
-        Err(Error::new(
-            ErrorKind::Io,
-            format!("writing s3://{bucket}/{key}: {cause}"),
-        ))
-    }
-}
-
-impl Drop for S3Writer {
-    /// Abandoned: abort the multipart upload, if one started, in the background (best
-    /// effort: a runtime shutting down may drop the task; remove_incomplete cleans up).
-    fn drop(&mut self) {
-        if let (Some(mut writer), Ok(runtime)) =
-            (self.inner.take(), tokio::runtime::Handle::try_current())
-        {
-            runtime.spawn(async move {
-                let _ = writer.abort().await;
-            });
-        }
-    }
 }
 
 #[cfg(test)]

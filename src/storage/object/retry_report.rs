@@ -23,11 +23,11 @@ const FIRST_WARNING_AFTER: Duration = Duration::from_secs(1);
 const WARNING_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
-pub(super) struct RetryReporter(Arc<State>);
+pub(crate) struct RetryReporter(Arc<State>);
 
 #[derive(Debug)]
 struct State {
-    /// `s3://bucket`, as the messages name it.
+    /// `s3://bucket`, `gs://bucket` or `az://container`, as the messages name it.
     name: String,
     budget: Duration,
     failing: Mutex<Option<Run>>,
@@ -41,9 +41,15 @@ struct Run {
 }
 
 impl RetryReporter {
-    pub(super) fn new(bucket: &str, budget: Duration) -> RetryReporter {
+    /// For an S3 bucket (`s3://bucket` in messages).
+    pub(crate) fn new(bucket: &str, budget: Duration) -> RetryReporter {
+        Self::named(&format!("s3://{bucket}"), budget)
+    }
+
+    /// `name`: how messages name the store (`gs://bucket`).
+    pub(crate) fn named(name: &str, budget: Duration) -> RetryReporter {
         RetryReporter(Arc::new(State {
-            name: format!("s3://{bucket}"),
+            name: name.to_string(),
             budget,
             failing: Mutex::new(None),
         }))

@@ -1,0 +1,461 @@
+//! What every object store has in common (S3, Google Cloud Storage, Azure Blob Storage),
+//! over one `object_store::ObjectStore`: keys under a prefix, listing one level,
+//! streamed and ranged GETs that object_store resumes after a dropped connection, the
+//! part writer (`writer.rs`), conditional creation, and errors that name the object and
+//! say what to check. object_store signs the requests and retries transient failures
+//! (5xx, 429, timeouts, resets) with backoff; `retry_report.rs` says so while it does.
+//!
+//! `ObjectStorage` is the whole `Storage` of GCS and Azure; `s3::S3Storage` wraps it
+//! with what only S3 needs (ListMultipartUploads, the conditional-put probe). What
+//! interrupted writers leave on GCS and Azure is invisible and needs no cleanup by
+//! pgward: Azure discards uncommitted blocks after a week by itself, and GCS's XML
+//! multipart uploads are left to the bucket's lifecycle rule (object_store cannot list
+//! them), as `docs/guide.md` says.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{
+    Attributes, BackoffConfig, Certificate, ClientOptions, GetOptions, GetRange, ObjectStore,
+    ObjectStoreExt, PutMode, PutOptions, RetryConfig,
+};
+
+use super::{Listing, ObjectInfo, ObjectWriter, Reader, Storage};
+use crate::error::{Error, ErrorKind, Result};
+
+pub(crate) mod retry_report;
+mod writer;
+
+pub(crate) use writer::{LARGE_PARTS_IN_FLIGHT, LARGE_PART_SIZE, PARTS_IN_FLIGHT, PART_SIZE};
+
+/// Which service a store is: decides the URL scheme and what errors tell the user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Provider {
+    S3,
+    Gcs,
+    Azure,
+}
+
+impl Provider {
+    pub fn scheme(self) -> &'static str {
+        match self {
+            Provider::S3 => "s3",
+            Provider::Gcs => "gs",
+            Provider::Azure => "az",
+        }
+    }
+
+    fn bucket_word(self) -> &'static str {
+        match self {
+            Provider::Azure => "container",
+            _ => "bucket",
+        }
+    }
+
+    /// Names the object (`name`: `s3://bucket/key`), keeps object_store's cause (status
+    /// and the service's error body), and sorts permanent setup problems from a missing
+    /// object.
+    pub(crate) fn error(self, name: &str, action: &str, e: object_store::Error) -> Error {
+        use object_store::Error as E;
+        let message = format!("{action} {name}");
+        if let Some(rejected) = super::s3::Rejected::find(&e) {
+            return Error::new(ErrorKind::Config, format!("{message}: {rejected}"))
+                .hint(rejected.hint.clone());
+        }
+        let text = e.to_string();
+        let bucket = name
+            .split_once("://")
+            .map_or(name, |(_, rest)| rest.split('/').next().unwrap_or(rest));
+        let missing_bucket = match self {
+            Provider::S3 | Provider::Gcs => text.contains("NoSuchBucket"),
+            Provider::Azure => text.contains("ContainerNotFound"),
+        };
+        match e {
+            _ if missing_bucket => Error::new(ErrorKind::Config, message)
+                .source(e)
+                .hint(format!(
+                    "{} {bucket} does not exist: check its name{}",
+                    self.bucket_word(),
+                    match self {
+                        Provider::S3 => ", region and endpoint",
+                        Provider::Gcs => " and the endpoint (--gcs-endpoint)",
+                        Provider::Azure => ", the account (--azure-account) and the endpoint",
+                    }
+                )),
+            E::NotFound { .. } => Error::new(ErrorKind::NotFound, message).source(e),
+            // Listings come back as Generic errors that only their text says are 401/403.
+            E::PermissionDenied { .. } | E::Unauthenticated { .. } => {
+                Error::new(ErrorKind::Config, message)
+                    .source(e)
+                    .hint(self.credentials_hint())
+            }
+            E::Generic { .. }
+                if text.contains("403 Forbidden") || text.contains("401 Unauthorized") =>
+            {
+                Error::new(ErrorKind::Config, message)
+                    .source(e)
+                    .hint(self.credentials_hint())
+            }
+            // No credential could be had (e.g. no metadata server off GCP or Azure).
+            E::Generic { .. } if text.contains("token request") || text.contains("credential") => {
+                Error::new(ErrorKind::Config, message)
+                    .source(e)
+                    .hint(self.credentials_hint())
+            }
+            E::Generic { .. }
+                if text.contains("retry_timeout") || text.contains("sending request") =>
+            {
+                Error::new(ErrorKind::Io, message)
+                    .source(e)
+                    .hint(self.endpoint_hint())
+            }
+            _ => Error::new(ErrorKind::Io, message).source(e),
+        }
+    }
+
+    /// Where credentials come from, in the order each provider's client looks.
+    pub(crate) fn credentials_hint(self) -> String {
+        let sources = match self {
+            Provider::S3 => {
+                "the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, \
+                 the instance role)"
+            }
+            Provider::Gcs => {
+                "the credentials (--gcs-key-file, GOOGLE_APPLICATION_CREDENTIALS, \
+                 `gcloud auth application-default login`, the instance's service account)"
+            }
+            Provider::Azure => {
+                "the account (--azure-account) and its credentials (--azure-key, \
+                 --azure-sas, AZURE_STORAGE_ACCOUNT_KEY, AZURE_STORAGE_SAS_KEY, a service \
+                 principal's AZURE_CLIENT_ID/AZURE_CLIENT_SECRET/AZURE_TENANT_ID, the \
+                 managed identity)"
+            }
+        };
+        format!(
+            "check {sources} and that they may use this {}",
+            self.bucket_word()
+        )
+    }
+
+    fn endpoint_hint(self) -> String {
+        let (what, option) = match self {
+            Provider::S3 => ("S3", "--s3-endpoint; host[:port] means https"),
+            Provider::Gcs => ("GCS", "--gcs-endpoint"),
+            Provider::Azure => ("Azure", "--azure-endpoint, --azure-account"),
+        };
+        format!(
+            "the {what} endpoint did not answer successfully: check the endpoint ({option}), \
+             the network and the credentials; pgward retries transient failures for \
+             --s3-retry-seconds (default 300)"
+        )
+    }
+}
+
+/// How requests travel, the same for every provider: `--s3-retry-seconds`,
+/// `--s3-timeout` and `--s3-ca-file` (named for the first store pgward had) and
+/// `--repo-read-ahead`.
+#[derive(Clone, Debug, Default)]
+pub struct Transport {
+    pub retry_seconds: Option<u64>,
+    pub timeout_seconds: Option<u64>,
+    pub ca_file: Option<PathBuf>,
+    pub read_ahead: Option<usize>,
+}
+
+/// [`Transport::retry_seconds`] when unset.
+pub const DEFAULT_RETRY_SECONDS: u64 = 300;
+/// [`Transport::timeout_seconds`] when unset.
+pub const DEFAULT_TIMEOUT_SECONDS: u64 = 60;
+
+impl Transport {
+    /// Timeouts and trusted CAs; plain http only for an endpoint that says so.
+    pub(crate) fn client_options(&self, allow_http: bool) -> Result<ClientOptions> {
+        let mut client = ClientOptions::new()
+            .with_allow_http(allow_http)
+            .with_connect_timeout(Duration::from_secs(10))
+            // A stalled request is cut after a minute (by default) and retried; the
+            // whole-request cap is long because GETs stream whole bundles (an
+            // interrupted GET resumes where it was).
+            .with_read_timeout(Duration::from_secs(
+                self.timeout_seconds
+                    .unwrap_or(DEFAULT_TIMEOUT_SECONDS)
+                    .max(1),
+            ))
+            .with_timeout(Duration::from_secs(15 * 60));
+        if let Some(ca) = &self.ca_file {
+            let pem = std::fs::read(ca).map_err(|e| Error::io("reading CA file", ca, e))?;
+            let certs = Certificate::from_pem_bundle(&pem).map_err(|e| {
+                Error::config(format!("CA file {}: no usable certificate", ca.display()))
+                    .source(e)
+            })?;
+            for cert in certs {
+                client = client.with_root_certificate(cert);
+            }
+        }
+        Ok(client)
+    }
+
+    pub(crate) fn retry_budget(&self) -> Duration {
+        Duration::from_secs(self.retry_seconds.unwrap_or(DEFAULT_RETRY_SECONDS))
+    }
+
+    pub(crate) fn retry_config(&self) -> RetryConfig {
+        RetryConfig {
+            backoff: BackoffConfig::default(), // 100 ms doubling to 15 s, with jitter
+            // The time budget decides, not a count: ten quick retries are over in
+            // seconds, shorter than a storage node's restart.
+            max_retries: 10_000,
+            retry_timeout: self.retry_budget(),
+        }
+    }
+
+    pub(crate) fn read_ahead(&self) -> usize {
+        self.read_ahead
+            .unwrap_or(crate::repo::read_plan::DEFAULT_AHEAD)
+    }
+}
+
+/// `scheme://bucket/prefix` taken apart: the bucket (or container) and the key prefix
+/// without slashes at either end ("" for the bucket's root).
+pub(crate) fn split_url(url: &str, provider: Provider) -> Result<(String, String)> {
+    let scheme = provider.scheme();
+    let word = provider.bucket_word();
+    let rest = url.strip_prefix(&format!("{scheme}://")).ok_or_else(|| {
+        Error::config(format!("repository {url:?} is not a {scheme}:// URL"))
+            .hint(format!("write it as {scheme}://{}/PREFIX", word.to_uppercase()))
+    })?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let prefix = prefix.trim_matches('/').to_string();
+    if bucket.is_empty() {
+        return Err(Error::config(format!("repository {url:?} names no {word}"))
+            .hint(format!("write it as {scheme}://{}/PREFIX", word.to_uppercase())));
+    }
+    if !prefix.is_empty() {
+        Path::parse(&prefix)
+            .map_err(|e| Error::config(format!("repository {url:?}: bad prefix")).source(e))?;
+    }
+    Ok((bucket.to_string(), prefix))
+}
+
+/// An endpoint option (`option`: its flag) checked: `http(s)://host[:port][/path]`,
+/// without a trailing slash, and whether it is plain http (an emulator's).
+pub(crate) fn endpoint_url(option: &str, endpoint: &str) -> Result<(String, bool)> {
+    let trimmed = endpoint.trim().trim_end_matches('/');
+    let bad = |why: String| {
+        Error::config(format!("{option} {endpoint:?}: {why}"))
+            .hint("write it as https://host[:port] or http://host:port, e.g. http://127.0.0.1:10000")
+    };
+    let url = url::Url::parse(trimmed).map_err(|e| bad(e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad(format!("scheme {:?} is not http or https", url.scheme())));
+    }
+    if url.host().is_none() {
+        return Err(bad("no host".into()));
+    }
+    Ok((trimmed.to_string(), url.scheme() == "http"))
+}
+
+#[derive(Debug)]
+pub struct ObjectStorage {
+    pub(crate) store: Arc<dyn ObjectStore>,
+    pub(crate) provider: Provider,
+    /// Bucket or container name.
+    pub(crate) bucket: String,
+    /// Key prefix of the repository, without slashes at either end ("" for the root).
+    pub(crate) prefix: String,
+    /// Given to every new object (S3's storage class).
+    pub(crate) attributes: Attributes,
+    pub(crate) read_ahead: usize,
+}
+
+impl ObjectStorage {
+    pub(crate) fn new(
+        store: Arc<dyn ObjectStore>,
+        provider: Provider,
+        bucket: String,
+        prefix: String,
+        read_ahead: usize,
+    ) -> ObjectStorage {
+        ObjectStorage {
+            store,
+            provider,
+            bucket,
+            prefix,
+            attributes: Attributes::new(),
+            read_ahead,
+        }
+    }
+
+    /// Fails now, with the cause, on a wrong bucket, endpoint or credentials.
+    pub(crate) async fn probe(&self) -> Result<()> {
+        self.list("").await.map(|_| ())
+    }
+
+    pub(crate) fn full_key(&self, key: &str) -> String {
+        match (self.prefix.is_empty(), key.trim_matches('/')) {
+            (_, "") => self.prefix.clone(),
+            (true, key) => key.to_string(),
+            (false, key) => format!("{}/{key}", self.prefix),
+        }
+    }
+
+    pub(crate) fn path(&self, key: &str) -> Result<Path> {
+        Path::parse(self.full_key(key))
+            .map_err(|e| Error::new(ErrorKind::Io, format!("bad object key {key:?}")).source(e))
+    }
+
+    /// `s3://bucket/prefix/key`: how messages name an object.
+    pub(crate) fn url_of(&self, key: &str) -> String {
+        format!(
+            "{}://{}/{}",
+            self.provider.scheme(),
+            self.bucket,
+            self.full_key(key)
+        )
+    }
+
+    pub(crate) fn error(&self, action: &str, key: &str, e: object_store::Error) -> Error {
+        self.provider.error(&self.url_of(key), action, e)
+    }
+
+    /// Creates `key` unless an object is there; false if one was. Atomic where the
+    /// service honours the condition (GCS, Azure; S3 where `supports_conditional_put`).
+    pub async fn put_if_absent(&self, key: &str, bytes: &[u8]) -> Result<bool> {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            attributes: self.attributes.clone(),
+            ..Default::default()
+        };
+        let payload = bytes::Bytes::copy_from_slice(bytes).into();
+        match self.store.put_opts(&self.path(key)?, payload, opts).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => Ok(false),
+            Err(e) => Err(self.error("creating", key, e)),
+        }
+    }
+
+    async fn get(&self, key: &str, range: Option<GetRange>) -> Result<Reader> {
+        let options = GetOptions {
+            range,
+            ..Default::default()
+        };
+        let result = self
+            .store
+            .get_opts(&self.path(key)?, options)
+            .await
+            .map_err(|e| self.error("reading", key, e))?;
+        let name = self.url_of(key);
+        // Streams the body; object_store resumes it after a dropped connection.
+        let stream = result.into_stream().map_err(move |e| {
+            let kind = match e {
+                object_store::Error::NotFound { .. } => std::io::ErrorKind::NotFound,
+                _ => std::io::ErrorKind::Other,
+            };
+            std::io::Error::new(kind, format!("{name}: {e}"))
+        });
+        Ok(Box::new(tokio_util::io::StreamReader::new(stream)))
+    }
+}
+
+#[async_trait]
+impl Storage for ObjectStorage {
+    fn read_ahead(&self) -> usize {
+        self.read_ahead
+    }
+
+    fn large_writer_memory(&self) -> u64 {
+        (LARGE_PART_SIZE * (1 + LARGE_PARTS_IN_FLIGHT)) as u64
+    }
+
+    /// GCS (`x-goog-if-generation-match: 0`) and Azure (`If-None-Match: *`) always
+    /// honour the condition.
+    async fn create_exclusive(&self, key: &str, bytes: &[u8]) -> Result<Option<bool>> {
+        self.put_if_absent(key, bytes).await.map(Some)
+    }
+
+    fn location(&self) -> String {
+        let scheme = self.provider.scheme();
+        match self.prefix.as_str() {
+            "" => format!("{scheme}://{}", self.bucket),
+            prefix => format!("{scheme}://{}/{prefix}", self.bucket),
+        }
+    }
+
+    async fn list(&self, dir: &str) -> Result<Listing> {
+        let prefix = if self.full_key(dir).is_empty() {
+            None
+        } else {
+            Some(self.path(dir)?)
+        };
+        // Delimiter '/': direct children only; object_store follows continuation tokens.
+        let result = self
+            .store
+            .list_with_delimiter(prefix.as_ref())
+            .await
+            .map_err(|e| self.error("listing", dir, e))?;
+        let mut listing = Listing::default();
+        for object in result.objects {
+            listing.files.push(ObjectInfo {
+                name: object.location.filename().unwrap_or_default().to_string(),
+                size: object.size,
+                modified: object.last_modified.timestamp(),
+            });
+        }
+        for dir in result.common_prefixes {
+            listing.dirs.extend(dir.filename().map(str::to_string));
+        }
+        listing.files.sort_by(|a, b| a.name.cmp(&b.name));
+        listing.dirs.sort();
+        Ok(listing)
+    }
+
+    async fn read(&self, key: &str) -> Result<Reader> {
+        self.get(key, None).await
+    }
+
+    async fn read_range(&self, key: &str, offset: u64, len: u64) -> Result<Reader> {
+        if len == 0 {
+            // There is no empty range; still report a missing object.
+            let path = self.path(key)?;
+            self.store
+                .head(&path)
+                .await
+                .map_err(|e| self.error("reading", key, e))?;
+            return Ok(Box::new(tokio::io::empty()));
+        }
+        self.get(key, Some(GetRange::Bounded(offset..offset + len)))
+            .await
+    }
+
+    async fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>> {
+        self.writer(key, PART_SIZE, PARTS_IN_FLIGHT)
+    }
+
+    async fn create_large(&self, key: &str) -> Result<Box<dyn ObjectWriter>> {
+        self.writer(key, LARGE_PART_SIZE, LARGE_PARTS_IN_FLIGHT)
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        match self.store.delete(&self.path(key)?).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.error("deleting", key, e)),
+        }
+    }
+
+    /// Nothing visible to remove (see the module comment).
+    async fn remove_incomplete(
+        &self,
+        _dir: &str,
+        _older_than: Option<std::time::Duration>,
+    ) -> Result<usize> {
+        Ok(0)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -75,11 +75,14 @@ pub fn readers(jobs: usize, local: bool) -> usize {
     }
 }
 
-/// Memory a reading worker (restore, verify) holds: its decoder's window (zstd keeps up
-/// to 2 MiB at the levels pgward writes), scratch and output buffers. Measured with
-/// --jobs 8 and 32 on a local repository: about 4 MiB per verify worker, less per
-/// restore worker (the allocator's arenas were ruled out: limiting them changed nothing).
-pub const READER_MEMORY: u64 = 4 * crate::memory::MIB;
+/// Memory a reading worker (restore, verify) holds: its decoder (zstd's context keeps a
+/// 2 MiB window at the default level, about 2.5 MiB in all, for a frame or an archived
+/// segment), the 1 MiB buffer a local read goes through, scratch and output buffers.
+/// Counted at 4 MiB, verify at --jobs 8 peaked at 66 MiB (release) and 71 MiB (debug)
+/// on a repository with archived WAL (tests/it/memory.rs): its workers held 5 to 5.5
+/// MiB each once they reached the segments, after 21 to 30 MiB for the rest of the
+/// process. The allocator's arenas were ruled out: limiting them changed nothing.
+pub const READER_MEMORY: u64 = 6 * crate::memory::MIB;
 
 /// Runs `jobs` on `workers` (one blocking thread each), reporting each finished job to
 /// `progress`. Returns the workers' outputs, in the order the workers were given.

@@ -644,9 +644,44 @@ async fn predecessor_bytes(
     }
     let name = WalFileName::Segment(segment);
     let file = repo.find_archived(&name).await.ok()?.into_iter().next()?;
-    let mut bytes = repo.read_wal(&file).await.ok()?;
-    bytes.drain(..bytes.len().saturating_sub(take as usize));
-    Some(bytes)
+    let stored = repo.open_wal(&file).await.ok()?;
+    // Streamed through, keeping the tail only: the segment read from pg_wal is held
+    // already, and a second whole one took an incremental past 64 MiB.
+    let mut tail = Tail {
+        keep: take as usize,
+        bytes: Vec::new(),
+    };
+    tokio::task::spawn_blocking(move || stored.copy_to(&mut tail).ok().map(|_| tail.finish()))
+        .await
+        .ok()?
+}
+
+/// Keeps the last `keep` bytes written to it, in at most twice that much memory.
+struct Tail {
+    keep: usize,
+    bytes: Vec<u8>,
+}
+
+impl std::io::Write for Tail {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.bytes
+            .extend_from_slice(&buf[buf.len().saturating_sub(self.keep)..]);
+        if self.bytes.len() >= 2 * self.keep {
+            self.bytes.drain(..self.bytes.len() - self.keep);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Tail {
+    fn finish(mut self) -> Vec<u8> {
+        self.bytes.drain(..self.bytes.len().saturating_sub(self.keep));
+        self.bytes
+    }
 }
 
 #[cfg(test)]

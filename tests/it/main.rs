@@ -16,6 +16,7 @@ mod expire;
 mod incremental;
 mod map_drill;
 mod mapped_incr;
+mod memory;
 mod metrics;
 mod operator;
 mod pitr;

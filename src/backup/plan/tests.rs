@@ -304,3 +304,24 @@ fn block_map_check_values() {
     assert_eq!(BlockMapCheck::All.sample_size(7, 0), 7);
     assert_eq!(BlockMapCheck::default().to_string(), "0.01");
 }
+
+#[test]
+fn tail_keeps_the_last_bytes_in_bounded_memory() {
+    use std::io::Write;
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let mut tail = Tail {
+        keep: 1000,
+        bytes: Vec::new(),
+    };
+    for chunk in data.chunks(777) {
+        tail.write_all(chunk).unwrap();
+        assert!(tail.bytes.len() < 2 * 1000 + 777);
+    }
+    assert_eq!(tail.finish(), data[data.len() - 1000..]);
+    let mut whole = Tail {
+        keep: data.len(),
+        bytes: Vec::new(),
+    };
+    whole.write_all(&data).unwrap();
+    assert_eq!(whole.finish(), data);
+}

@@ -45,7 +45,7 @@ enum Source {
         /// What the chain picked, for messages.
         what: String,
         /// Without credentials: built again to renew.
-        builder: AmazonS3Builder,
+        builder: Box<AmazonS3Builder>,
         provider: Mutex<AwsCredentialProvider>,
     },
     Profile {
@@ -98,7 +98,7 @@ impl Credentials {
         };
         Ok(Credentials::new(Source::Chain {
             what,
-            builder,
+            builder: Box::new(builder),
             provider: Mutex::new(provider),
         }))
     }
@@ -177,7 +177,7 @@ impl Credentials {
             Source::Chain {
                 builder, provider, ..
             } => {
-                let fresh = builder.clone().build()?.credentials().clone();
+                let fresh = (**builder).clone().build()?.credentials().clone();
                 *provider.lock().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
                 fresh.get_credential().await?
             }

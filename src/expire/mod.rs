@@ -340,3 +340,89 @@ pub async fn expire(repo: &Repo, retention: &Retention, dry_run: bool) -> Result
     lock.release().await;
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+
+    /// A manifest header as retention sees it: label, reference and start LSN.
+    fn backup(label: &str, reference: Option<&str>, start: u64) -> Manifest {
+        let kind = match label.as_bytes()[15] {
+            b'F' => "full",
+            b'D' => "diff",
+            _ => "incr",
+        };
+        serde_json::from_value(serde_json::json!({
+            "format_version": 4, "label": label, "type": kind, "reference": reference,
+            "system_identifier": "7", "pg_major": 15, "pg_version_num": 150000,
+            "timeline": 1, "start_lsn": Lsn(start << 24), "stop_lsn": Lsn((start << 24) + 1),
+            "start_time": "2026-11-29T10:00:00Z", "stop_time": "2026-11-29T10:00:01Z",
+            "wal_segment_size": 16u64 << 20, "data_checksums": true, "from_standby": false,
+            "compression": {"codec": "lz4", "level": 1}, "backup_label": "", "tablespace_map": null,
+            "tablespaces": [], "annotations": {}, "directories": [], "files": [],
+            "database_size": 0, "stored_size": 0, "bundles": [format!("{label}-0-0.bundle")],
+            "checksum_failures": [],
+        }))
+        .unwrap()
+    }
+
+    fn damaged(label: &str) -> DamagedBackup {
+        DamagedBackup {
+            label: label.into(),
+            error: Error::new(crate::error::ErrorKind::Corrupt, "checksum mismatch"),
+        }
+    }
+
+    fn labels(plan: &ExpirePlan) -> Vec<&str> {
+        plan.backups.iter().map(|b| b.label.as_str()).collect()
+    }
+
+    #[test]
+    fn a_damaged_backup_keeps_what_it_may_need_and_what_builds_on_it() {
+        let (f1, i1, f2, i2, i3, f3) = (
+            "20261101-000000F",
+            "20261102-000000I",
+            "20261103-000000F",
+            "20261104-000000I",
+            "20261105-000000I",
+            "20261106-000000F",
+        );
+        let retention = Retention {
+            full: Some(1),
+            ..Default::default()
+        };
+        let now = chrono::Utc::now();
+        // The damaged incremental i2 between f2 and i3: i3 builds on it, every older
+        // backup may be what it builds on. Nothing goes.
+        let healthy = [
+            backup(f1, None, 1),
+            backup(i1, Some(f1), 2),
+            backup(f2, None, 3),
+            backup(i3, Some(i2), 5),
+            backup(f3, None, 6),
+        ];
+        let plan = plan_for(&healthy, &[damaged(i2)], &[], &[], &retention, now);
+        assert_eq!(labels(&plan), Vec::<&str>::new());
+        assert_eq!(plan.damaged_backups[0].keeps, [f1, i1, f2, i3]);
+        assert_eq!(plan.wal_kept_from, Some(Lsn(1 << 24)));
+
+        // A damaged full needs nothing older: f1 and i1 go with their bundles; the WAL
+        // from i1's start stays, f2's own start being unknown.
+        let healthy = [
+            backup(f1, None, 1),
+            backup(i1, Some(f1), 2),
+            backup(i2, Some(f2), 4),
+            backup(i3, Some(i2), 5),
+            backup(f3, None, 6),
+        ];
+        let plan = plan_for(&healthy, &[damaged(f2)], &[], &[], &retention, now);
+        assert_eq!(labels(&plan), [i1, f1]);
+        assert_eq!(plan.damaged_backups[0].keeps, [i2, i3]);
+        assert_eq!(plan.wal_kept_from, Some(Lsn(2 << 24)));
+        assert!(plan
+            .bundles
+            .iter()
+            .all(|b| b.starts_with(f1) || b.starts_with(i1)));
+    }
+}

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::object::{self, Contents, Kind};
 use super::Repo;
 use crate::error::{Error, ErrorKind, IoContext, Result};
-use crate::storage::local::{create_dir_durable, ensure_private_dir, try_flock};
+use crate::storage::local::{create_dir_owned, ensure_private_dir, repository_owner, try_flock};
 use crate::storage::SharedStorage;
 
 const HEARTBEAT: Duration = Duration::from_secs(30);
@@ -88,7 +88,8 @@ impl Repo {
     /// Takes the stanza's `purpose` lock (e.g. "backup") or fails at once naming the holder.
     pub async fn lock(&self, purpose: &str) -> Result<StanzaLock> {
         if let Some(root) = self.storage.local_root() {
-            return self.flock(root.join(&self.stanza).join("lock"), purpose);
+            let dir = root.join(&self.stanza).join("lock");
+            return self.flock(dir, purpose, repository_owner(&root));
         }
         let key = self.key(&format!("lock/{purpose}.lock"));
         let what = purpose.to_string();
@@ -113,7 +114,7 @@ impl Repo {
                 None => {
                     let dir = self.host_lock_dir();
                     ensure_host_lock_dir(&dir)?;
-                    return self.flock(dir, purpose);
+                    return self.flock(dir, purpose, None);
                 }
                 Some(true) => {
                     let (repo, key2, holder) = (self.clone(), key.clone(), holder.clone());
@@ -206,8 +207,10 @@ impl Repo {
             .join(format!("{}-{}", &id[..16], self.stanza))
     }
 
-    fn flock(&self, dir: PathBuf, purpose: &str) -> Result<StanzaLock> {
-        create_dir_durable(&dir).at("creating lock directory", &dir)?;
+    /// `owner`: who the directory and file belong to when made by root (in a local
+    /// repository, its owner's, as everything else pgward writes there).
+    fn flock(&self, dir: PathBuf, purpose: &str, owner: Option<(u32, u32)>) -> Result<StanzaLock> {
+        create_dir_owned(&dir, owner).at("creating lock directory", &dir)?;
         let path = dir.join(format!("{purpose}.lock"));
         let mut file = match try_flock(&path)? {
             Ok(file) => file,
@@ -217,6 +220,10 @@ impl Repo {
                 return Err(locked(self, purpose, holder.trim()));
             }
         };
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+                .at("giving to the repository's owner", &path)?;
+        }
         file.set_len(0).at("writing lock file", &path)?;
         file.rewind().at("writing lock file", &path)?;
         write!(file, "pid {} on host {}", std::process::id(), host())
@@ -261,6 +268,26 @@ mod tests {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     use super::*;
+
+    #[tokio::test]
+    async fn run_as_root_the_lock_of_a_local_repository_takes_its_owner() {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            return; // only root can give files away
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("repo");
+        std::fs::create_dir(&root).unwrap();
+        std::os::unix::fs::chown(&root, Some(4321), Some(4322)).unwrap();
+        let storage = std::sync::Arc::new(crate::storage::LocalStorage::new(&root));
+        let repo = Repo::plain_for_tests(storage, "main");
+        let lock = repo.lock("backup").await.unwrap();
+        for path in ["main", "main/lock", "main/lock/backup.lock"] {
+            let meta = std::fs::metadata(root.join(path)).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (4321, 4322), "{path}");
+        }
+        lock.release().await;
+    }
 
     #[test]
     fn a_host_lock_directory_of_another_user_or_open_to_others_is_refused() {

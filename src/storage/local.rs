@@ -105,7 +105,7 @@ pub fn create_dir_durable(dir: &Path) -> io::Result<()> {
 /// directory (its usual user, postgres): else a `drill` or `verify` run as root would
 /// leave root's 0600 files and 0700 directories, which the next run as that user could
 /// neither read nor replace. None when not root, or when root owns the repository.
-fn repository_owner(root: &Path) -> Option<(u32, u32)> {
+pub fn repository_owner(root: &Path) -> Option<(u32, u32)> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         return None;
@@ -115,7 +115,7 @@ fn repository_owner(root: &Path) -> Option<(u32, u32)> {
 }
 
 /// [`create_dir_durable`], giving the directories it creates to `owner`.
-fn create_dir_owned(dir: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
+pub fn create_dir_owned(dir: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
     let Some((uid, gid)) = owner else {
         return create_dir_durable(dir);
     };

@@ -476,3 +476,67 @@ fn diverged_old_primary_rebuilt_by_delta_as_a_standby_streams_from_the_new_prima
         "0"
     );
 }
+
+/// Lines of postgresql.auto.conf that set something (comments left out).
+fn active_settings(data: &Path) -> Vec<String> {
+    std::fs::read_to_string(data.join("postgresql.auto.conf"))
+        .unwrap()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A restore to a target leaves its settings in postgresql.auto.conf after recovery (as
+/// pgBackRest's do: PostgreSQL reads them only with a signal file); a delta restore over
+/// that directory without a target must not stop at the old one.
+#[test]
+fn delta_restore_over_a_restore_to_a_target_keeps_no_stale_target() {
+    let src = Source::start("delta-target", 15);
+    src.sql("CREATE TABLE t (step text)");
+    src.sql("INSERT INTO t VALUES ('1 before the backup')");
+    let label = src.backup(&[]);
+    src.sql("INSERT INTO t VALUES ('2 before p1')");
+    src.sql("SELECT pg_create_restore_point('p1')");
+    src.sql("INSERT INTO t VALUES ('3 after p1')");
+    src.archive_current_wal();
+    let rows = "SELECT string_agg(step, ',' ORDER BY step) FROM t";
+
+    let copy = src.restore_and_start(
+        "delta-target-copy",
+        &["--target-name", "p1", "--target-action", "promote"],
+    );
+    assert_eq!(
+        copy.psql("postgres", rows),
+        "1 before the backup,2 before p1"
+    );
+    let settings = active_settings(&copy.data);
+    assert!(
+        settings.contains(&"recovery_target_name = 'p1'".to_string()),
+        "{settings:?}"
+    );
+    copy.stop();
+    let data = copy.data.clone();
+
+    delta_restore(&src, &data, &["--set", &label]);
+    let settings = active_settings(&data);
+    assert!(
+        settings.iter().all(|l| !l.starts_with("recovery_target")),
+        "{settings:?}"
+    );
+    assert_eq!(
+        settings
+            .iter()
+            .filter(|l| l.starts_with("restore_command"))
+            .count(),
+        1,
+        "{settings:?}"
+    );
+    drop(copy);
+    let restored = start_restored("delta-target-restored", data);
+    assert_eq!(
+        restored.psql("postgres", rows),
+        "1 before the backup,2 before p1,3 after p1"
+    );
+}

@@ -374,6 +374,16 @@ fn s3_ip_endpoint_implies_path_style_and_info_writes_nothing() {
     src.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g");
     let label = src.backup(&[]);
     src.archive_current_wal();
+    // The archiver may still be pushing the backup's history file (it takes files in
+    // its own order): info must be the only client while the proxy listens.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while src.sql(
+        "SELECT count(*) FROM pg_ls_dir('pg_wal/archive_status') f WHERE f LIKE '%.ready'",
+    ) != "0"
+    {
+        assert!(std::time::Instant::now() < deadline, "the archiver never caught up");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 
     let mut info = String::new();
     let requests = proxy.requests_during(|| info = src.ok(&["info"]));

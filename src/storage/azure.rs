@@ -48,10 +48,10 @@ pub async fn open(
         .get_config_value(&AzureConfigKey::AccountName)
         .is_none()
     {
-        return Err(Error::config(format!(
-            "repository {url}: no Azure storage account given"
-        ))
-        .hint("pass --azure-account NAME or set AZURE_STORAGE_ACCOUNT_NAME"));
+        return Err(
+            Error::config(format!("repository {url}: no Azure storage account given"))
+                .hint("pass --azure-account NAME or set AZURE_STORAGE_ACCOUNT_NAME"),
+        );
     }
     if let Some(key) = &options.key {
         builder = builder.with_access_key(key);

@@ -9,6 +9,7 @@ mod stores;
 mod archive;
 mod backup_restore;
 mod blockmap;
+mod clouds;
 mod delta;
 mod drill;
 mod encryption;

@@ -142,5 +142,8 @@ pub fn create_gcs_bucket(port: u16, name: &str) {
     .unwrap();
     let mut answer = String::new();
     conn.read_to_string(&mut answer).unwrap();
-    assert!(answer.starts_with("HTTP/1.1 200"), "bucket {name}: {answer}");
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "bucket {name}: {answer}"
+    );
 }

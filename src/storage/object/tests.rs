@@ -186,7 +186,10 @@ async fn write_blocking_commits_or_leaves_nothing(s: ObjectStorage) {
 }
 
 async fn conditional_create_has_one_winner(s: ObjectStorage) {
-    assert_eq!(s.create_exclusive("claim", b"mine").await.unwrap(), Some(true));
+    assert_eq!(
+        s.create_exclusive("claim", b"mine").await.unwrap(),
+        Some(true)
+    );
     assert_eq!(
         s.create_exclusive("claim", b"theirs").await.unwrap(),
         Some(false)
@@ -220,8 +223,7 @@ macro_rules! contract_tests {
 
         #[tokio::test]
         async fn missing_object_is_not_found() {
-            super::missing_object_is_not_found(storage(concat!($prefix, "-missing")).await)
-                .await;
+            super::missing_object_is_not_found(storage(concat!($prefix, "-missing")).await).await;
         }
 
         #[tokio::test]
@@ -232,8 +234,7 @@ macro_rules! contract_tests {
 
         #[tokio::test]
         async fn multipart_object_is_invisible_until_finished() {
-            super::multipart_round_trip(storage(concat!($prefix, "-multipart")).await, false)
-                .await;
+            super::multipart_round_trip(storage(concat!($prefix, "-multipart")).await, false).await;
         }
 
         #[tokio::test]
@@ -243,8 +244,7 @@ macro_rules! contract_tests {
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn dropped_writers_leave_nothing() {
-            super::dropped_writers_leave_nothing(storage(concat!($prefix, "-dropped")).await)
-                .await;
+            super::dropped_writers_leave_nothing(storage(concat!($prefix, "-dropped")).await).await;
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -305,7 +305,7 @@ mod azure {
             .try_authorize(&mut request)
             .unwrap();
         let client: HttpClient = object_store::client::ReqwestConnector::default()
-            .connect(&ClientOptions::new().with_allow_http(true))
+            .connect(&object_store::ClientOptions::new().with_allow_http(true))
             .unwrap();
         let response = client.execute(request).await.unwrap();
         assert_eq!(response.status().as_u16(), 201, "Create Container {name}");
@@ -323,9 +323,13 @@ mod azure {
     }
 
     async fn root(container: &str) -> ObjectStorage {
-        open(&format!("az://{container}"), &options(), &Transport::default())
-            .await
-            .expect("opening")
+        open(
+            &format!("az://{container}"),
+            &options(),
+            &Transport::default(),
+        )
+        .await
+        .expect("opening")
     }
 
     async fn missing(container: &str) -> Result<ObjectStorage> {
@@ -411,14 +415,21 @@ mod gcs {
         .unwrap();
         let mut answer = String::new();
         conn.read_to_string(&mut answer).unwrap();
-        assert!(answer.starts_with("HTTP/1.1 200"), "bucket {name}: {answer}");
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "bucket {name}: {answer}"
+        );
     }
 
     async fn storage(bucket: &str) -> ObjectStorage {
         create_bucket(bucket);
-        open(&format!("gs://{bucket}/repo/"), &options(), &Transport::default())
-            .await
-            .expect("opening")
+        open(
+            &format!("gs://{bucket}/repo/"),
+            &options(),
+            &Transport::default(),
+        )
+        .await
+        .expect("opening")
     }
 
     async fn root(bucket: &str) -> ObjectStorage {
@@ -428,7 +439,12 @@ mod gcs {
     }
 
     async fn missing(bucket: &str) -> Result<ObjectStorage> {
-        open(&format!("gs://{bucket}/repo"), &options(), &Transport::default()).await
+        open(
+            &format!("gs://{bucket}/repo"),
+            &options(),
+            &Transport::default(),
+        )
+        .await
     }
 
     contract_tests!("gs");

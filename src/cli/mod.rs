@@ -79,12 +79,14 @@ impl Resolved {
             region: g.s3_region.clone(),
             uri_style_path,
             storage_class: g.s3_storage_class.clone(),
-            ca_file: g.s3_ca_file.clone(),
-            retry_seconds: g.s3_retry_seconds,
-            timeout_seconds: g.s3_timeout,
             access_key: g.s3_key.clone(),
             secret_key: g.s3_key_secret.clone(),
-            read_ahead: g.repo_read_ahead,
+            transport: crate::storage::object::Transport {
+                retry_seconds: g.s3_retry_seconds,
+                timeout_seconds: g.s3_timeout,
+                ca_file: g.s3_ca_file.clone(),
+                read_ahead: g.repo_read_ahead,
+            },
         })
     }
 

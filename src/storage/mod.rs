@@ -152,12 +152,7 @@ impl StoreOptions {
     /// What every object store shares, set by the `--s3-*` transport options and
     /// `--repo-read-ahead`.
     fn transport(&self) -> object::Transport {
-        object::Transport {
-            retry_seconds: self.s3.retry_seconds,
-            timeout_seconds: self.s3.timeout_seconds,
-            ca_file: self.s3.ca_file.clone(),
-            read_ahead: self.s3.read_ahead,
-        }
+        self.s3.transport.clone()
     }
 }
 

@@ -3,19 +3,17 @@
 //! identity, container and instance roles), TLS roots and the retry budget. The result is
 //! a connected client; `S3Storage` only uses it.
 
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::client::{HttpClient, HttpConnector};
 use object_store::path::Path;
-use object_store::{BackoffConfig, Certificate, ClientOptions, RetryConfig};
 
 use super::credentials::Credentials;
 use super::profile::ProfileFiles;
 use super::reauth::Reauthorizing;
 use super::retry_report::RetryReporter;
+use crate::storage::object::Transport;
 use crate::error::{Error, Result};
 
 #[derive(Clone, Debug, Default)]
@@ -30,20 +28,11 @@ pub struct S3Options {
     pub uri_style_path: Option<bool>,
     /// For new objects (STANDARD_IA, GLACIER_IR, ...).
     pub storage_class: Option<String>,
-    /// PEM bundle of CAs to trust besides the system's (a private endpoint's).
-    pub ca_file: Option<PathBuf>,
-    /// How long a transient outage may last before a request gives up [default: 300 s].
-    pub retry_seconds: Option<u64>,
-    /// How long a request may wait for the server's next byte before it is cut and
-    /// retried [default: 60 s].
-    pub timeout_seconds: Option<u64>,
     /// Static credentials (`s3-key`/`s3-key-secret`), beating every other source.
     pub access_key: Option<String>,
     pub secret_key: Option<String>,
-    /// Ranged GETs restore and verify keep in flight ahead of their readers (0: one
-    /// request per frame, as they are needed) [default: `read_plan::DEFAULT_AHEAD`, within
-    /// the memory budget].
-    pub read_ahead: Option<usize>,
+    /// Timeouts, retry budget, extra CAs and read-ahead, as for every object store.
+    pub transport: Transport,
 }
 
 /// A configured, not yet probed, connection to one repository in one bucket.
@@ -94,27 +83,7 @@ pub(super) async fn connect(
             .with_secret_access_key(secret);
     }
 
-    let mut client = ClientOptions::new()
-        .with_connect_timeout(Duration::from_secs(10))
-        // A stalled request is cut after a minute (by default) and retried; the
-        // whole-request cap is long because GETs stream whole bundles (an interrupted
-        // GET resumes where it was).
-        .with_read_timeout(Duration::from_secs(
-            options
-                .timeout_seconds
-                .unwrap_or(DEFAULT_TIMEOUT_SECONDS)
-                .max(1),
-        ))
-        .with_timeout(Duration::from_secs(15 * 60));
-    if let Some(ca) = &options.ca_file {
-        let pem = std::fs::read(ca).map_err(|e| Error::io("reading CA file", ca, e))?;
-        let certs = Certificate::from_pem_bundle(&pem).map_err(|e| {
-            Error::config(format!("CA file {}: no usable certificate", ca.display())).source(e)
-        })?;
-        for cert in certs {
-            client = client.with_root_certificate(cert);
-        }
-    }
+    let mut client = options.transport.client_options(false)?;
 
     // As the AWS CLI: the option, AWS_REGION / AWS_DEFAULT_REGION, the profile's; else
     // ask AWS where the bucket is (a custom endpoint gets us-east-1, which MinIO takes).
@@ -164,23 +133,12 @@ pub(super) async fn connect(
         None if path_style => format!("https://s3.{region}.amazonaws.com/{bucket}"),
         None => format!("https://{bucket}.s3.{region}.amazonaws.com"),
     };
-    let reporter = RetryReporter::new(
-        bucket,
-        Duration::from_secs(options.retry_seconds.unwrap_or(DEFAULT_RETRY_SECONDS)),
-    );
+    let reporter = RetryReporter::new(bucket, options.transport.retry_budget());
     builder = builder
         .with_region(&region)
         .with_virtual_hosted_style_request(!path_style)
         .with_client_options(client.clone())
-        .with_retry(RetryConfig {
-            backoff: BackoffConfig::default(), // 100 ms doubling to 15 s, with jitter
-            // The time budget decides, not a count: ten quick retries are over in
-            // seconds, shorter than a storage node's restart.
-            max_retries: 10_000,
-            retry_timeout: Duration::from_secs(
-                options.retry_seconds.unwrap_or(DEFAULT_RETRY_SECONDS),
-            ),
-        });
+        .with_retry(options.transport.retry_config());
     if endpoint.is_some() {
         let endpoint = match path_style {
             true => bucket_url
@@ -219,11 +177,6 @@ pub(super) async fn connect(
         region,
     })
 }
-
-/// [`S3Options::retry_seconds`] when unset.
-pub const DEFAULT_RETRY_SECONDS: u64 = 300;
-/// [`S3Options::timeout_seconds`] when unset.
-pub const DEFAULT_TIMEOUT_SECONDS: u64 = 60;
 
 /// An endpoint as the user wrote it, checked: object_store would panic later on a host it
 /// cannot put into a URL.

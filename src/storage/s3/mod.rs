@@ -59,9 +59,7 @@ impl S3Storage {
     ) -> Result<S3Storage> {
         let c = config::connect(url, &options, keys).await?;
         let store = Arc::new(c.store);
-        let read_ahead = options
-            .read_ahead
-            .unwrap_or(crate::repo::read_plan::DEFAULT_AHEAD);
+        let read_ahead = options.transport.read_ahead();
         let mut object = ObjectStorage::new(
             store.clone() as Arc<dyn ObjectStore>,
             Provider::S3,

@@ -6,6 +6,7 @@ mod harness_selftest;
 mod setup;
 
 mod archive;
+mod backup_header;
 mod backup_restore;
 mod blockmap;
 mod delta;

@@ -169,8 +169,11 @@ impl Repo {
         if straddles && seg.segno(size) > 0 {
             // Its own timeline's segment before it, or, for the first segment of a
             // timeline (a promotion's copy of the switch segment), the parent's.
-            let mut previous =
-                Some(crate::pg::WalSegment::from_segno(seg.timeline, seg.segno(size) - 1, size));
+            let mut previous = Some(crate::pg::WalSegment::from_segno(
+                seg.timeline,
+                seg.segno(size) - 1,
+                size,
+            ));
             let mut known_tail = known_tail;
             while let Some(before) = previous.take() {
                 let previous_name = WalFileName::Segment(before);
@@ -307,7 +310,8 @@ mod tests {
     /// archive: its map is whole, not "previous segment missing".
     #[tokio::test]
     async fn the_first_segment_of_a_timeline_takes_its_head_from_the_parent_timeline() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/wal/pg15/seg");
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/wal/pg15/seg");
         let mut names: Vec<_> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().path())

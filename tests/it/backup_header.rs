@@ -75,7 +75,10 @@ fn wrong_or_damaged_headers_are_named_by_verify_and_never_steer_a_backup() {
     assert!(!orphan.exists(), "the leftover header stays");
     src.ok(&["expire", "--retain-full", "1"]);
     for label in [&full, &incr, &next, &again] {
-        assert!(!header(&src, label).exists(), "{label}'s header outlived it");
+        assert!(
+            !header(&src, label).exists(),
+            "{label}'s header outlived it"
+        );
     }
     assert!(header(&src, &newest).is_file());
     src.ok(&["verify"]);

@@ -469,7 +469,10 @@ fn an_incremental_after_an_in_place_promotion_reads_mapped_blocks_across_the_swi
     let first_on_2 = src.sql("SELECT pg_walfile_name(pg_current_wal_insert_lsn())");
     assert!(first_on_2.starts_with("00000002"), "{first_on_2}");
     let head = std::fs::read(src.cluster.data.join("pg_wal").join(&first_on_2)).unwrap();
-    assert!(head[2] & 1 != 0, "{first_on_2} does not start inside a record");
+    assert!(
+        head[2] & 1 != 0,
+        "{first_on_2} does not start inside a record"
+    );
     // The backup follows timeline 2's history file from the archive.
     let done = src
         .cluster

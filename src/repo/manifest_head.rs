@@ -28,8 +28,8 @@ use super::manifest::{
     check_cluster, manifest_key, BackupReads, Backups, ChecksumFailure, DamagedBackup, Manifest,
     ManifestError, Tablespace,
 };
-use super::stanza::StanzaInfo;
 use super::object::{damaged, Contents, Kind};
+use super::stanza::StanzaInfo;
 use super::Repo;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pg::{Lsn, TimelineId};
@@ -463,8 +463,11 @@ mod tests {
         let mut renamed = m.clone();
         renamed.label = "20261121-130000I".into();
         repo.save_backup_header(&renamed).await.unwrap();
-        std::fs::rename(backups.join(format!("20261121-130000I{HEADER_SUFFIX}")), &header)
-            .unwrap();
+        std::fs::rename(
+            backups.join(format!("20261121-130000I{HEADER_SUFFIX}")),
+            &header,
+        )
+        .unwrap();
         let e = repo.read_backup_header(&label).await.unwrap_err();
         assert!(e.message.contains("copied over the header"), "{e}");
         let index = repo.load_backup_header_objects(&stanza).await.unwrap();

@@ -1,5 +1,6 @@
-//! The one path for metadata objects (`stanza.json`, manifests, pins, the key file, the
-//! saved PITR settings, lock objects). Bundles and archived WAL have their own paths.
+//! The one path for metadata objects (`stanza.json`, manifests and their headers, pins,
+//! the key file, the saved PITR settings, lock objects). Bundles and archived WAL have
+//! their own paths.
 //!
 //! write: serialize to JSON -> envelope (kind, length, BLAKE3 over header and payload)
 //! -> seal with the stanza key when the stanza is encrypted -> atomic put.

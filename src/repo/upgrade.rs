@@ -47,7 +47,11 @@ impl Repo {
     async fn add_backup_headers(&self) -> Result<usize> {
         let mut written = 0;
         for label in self.backup_labels().await? {
-            if self.read_backup_header(&label).await.is_ok_and(|h| h.is_some()) {
+            if self
+                .read_backup_header(&label)
+                .await
+                .is_ok_and(|h| h.is_some())
+            {
                 continue;
             }
             match self.read_manifest(&label).await {

@@ -7,8 +7,11 @@
 //! keeps those of what it pushed), or read from the directory the segment came from
 //! (pg_wal, the push spool) when the previous segment is still there, else from the
 //! archive (a GET on object storage, paid only when the segment starts inside a record).
-//! Without it the map is poisoned (`head_missing`); `wal maps --backfill` rebuilds it
-//! once the predecessor is archived.
+//! The first segment of a timeline has no predecessor of its own: a promotion copies the
+//! switch segment's head to the new timeline, the segment before stays the parent's, so
+//! that one is looked for, as the timeline's history file names it. Without it the map is
+//! poisoned (`head_missing`); `wal maps --backfill` rebuilds it once the predecessor is
+//! archived.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Seek, SeekFrom};
@@ -164,38 +167,50 @@ impl Repo {
         let straddles = segment.get(2..4).is_some_and(|i| i[0] & 1 != 0);
         let mut map = None;
         if straddles && seg.segno(size) > 0 {
-            let previous =
-                crate::pg::WalSegment::from_segno(seg.timeline, seg.segno(size) - 1, size);
-            let previous_name = WalFileName::Segment(previous);
-            if let Some(tail) = known_tail {
-                let (again, whole_head) = parse(Some(tail.to_vec())).await;
-                map = whole_head.then_some(again);
-            }
-            if let (None, Some(dir)) = (&map, local_dir) {
-                let path = dir.join(previous_name.to_string());
-                for tail in [Some(PREDECESSOR_TAIL), None] {
-                    if let Some(before) = local_tail(&path, tail, size) {
-                        let (again, whole_head) = parse(Some(before)).await;
-                        if whole_head {
-                            map = Some(again);
-                            break;
+            // Its own timeline's segment before it, or, for the first segment of a
+            // timeline (a promotion's copy of the switch segment), the parent's.
+            let mut previous = Some(crate::pg::WalSegment::from_segno(
+                seg.timeline,
+                seg.segno(size) - 1,
+                size,
+            ));
+            let mut known_tail = known_tail;
+            while let Some(before) = previous.take() {
+                let previous_name = WalFileName::Segment(before);
+                if let Some(tail) = known_tail.take() {
+                    let (again, whole_head) = parse(Some(tail.to_vec())).await;
+                    map = whole_head.then_some(again);
+                }
+                if let (None, Some(dir)) = (&map, local_dir) {
+                    let path = dir.join(previous_name.to_string());
+                    for tail in [Some(PREDECESSOR_TAIL), None] {
+                        if let Some(before) = local_tail(&path, tail, size) {
+                            let (again, whole_head) = parse(Some(before)).await;
+                            if whole_head {
+                                map = Some(again);
+                                break;
+                            }
                         }
                     }
                 }
-            }
-            if map.is_none() {
-                if let Some(file) = self.find_archived(&previous_name).await?.first() {
-                    match self.read_wal(file).await {
-                        Ok(before) => {
-                            let tail = before.len().saturating_sub(PREDECESSOR_TAIL as usize);
-                            let (again, whole_head) = parse(Some(before[tail..].to_vec())).await;
-                            map = Some(match whole_head {
-                                true => again,
-                                false => parse(Some(before)).await.0,
-                            });
+                if map.is_none() {
+                    if let Some(file) = self.find_archived(&previous_name).await?.first() {
+                        match self.read_wal(file).await {
+                            Ok(before) => {
+                                let tail = before.len().saturating_sub(PREDECESSOR_TAIL as usize);
+                                let (again, whole_head) =
+                                    parse(Some(before[tail..].to_vec())).await;
+                                map = Some(match whole_head {
+                                    true => again,
+                                    false => parse(Some(before)).await.0,
+                                });
+                            }
+                            Err(e) => tracing::debug!(%name, "reading the previous segment: {e}"),
                         }
-                        Err(e) => tracing::debug!(%name, "reading the previous segment: {e}"),
                     }
+                }
+                if map.is_none() && before.timeline == seg.timeline {
+                    previous = self.parent_predecessor(seg, size, local_dir).await;
                 }
             }
         }
@@ -207,6 +222,42 @@ impl Repo {
             tracing::debug!(%name, reasons = ?map.poison.reasons(), "block map poisoned");
         }
         Ok(map)
+    }
+}
+
+impl Repo {
+    /// The segment before `seg` on `seg`'s history when that is on an older timeline:
+    /// `seg` is then the first of its timeline, which began at or after `seg`'s start
+    /// (PostgreSQL copies the switch segment's head to the new timeline, the segments
+    /// before stay the parent's). Read from the timeline's history file, in `local_dir`
+    /// (pg_wal keeps it) or the archive; None when it names no such parent, or cannot be
+    /// read (the map is then poisoned, as before).
+    async fn parent_predecessor(
+        &self,
+        seg: crate::pg::WalSegment,
+        size: u64,
+        local_dir: Option<&Path>,
+    ) -> Option<crate::pg::WalSegment> {
+        if seg.timeline.0 <= 1 {
+            return None;
+        }
+        let name = WalFileName::History(seg.timeline);
+        let local = local_dir.and_then(|dir| std::fs::read(dir.join(name.to_string())).ok());
+        let bytes = match local {
+            Some(bytes) => bytes,
+            None => {
+                let file = self.find_archived(&name).await.ok()?.into_iter().next()?;
+                self.read_wal(&file).await.ok()?
+            }
+        };
+        let history = crate::pg::history::parse_history(&String::from_utf8_lossy(&bytes)).ok()?;
+        let last_byte = crate::pg::Lsn(seg.start_lsn(size).0.checked_sub(1)?);
+        let parent = history
+            .iter()
+            .find(|e| last_byte < e.switch_point)
+            .map(|e| e.timeline)?;
+        (parent != seg.timeline)
+            .then(|| crate::pg::WalSegment::from_segno(parent, seg.segno(size) - 1, size))
     }
 }
 
@@ -252,6 +303,104 @@ pub fn retry_worthwhile(map: &BlockMap) -> bool {
 mod tests {
     use super::*;
     use crate::pg::lsn::Lsn;
+
+    /// The first segment of a timeline (a promotion copied the switch segment's head to
+    /// it) takes the head of a record straddling in from the parent timeline's segment
+    /// before it, as the history file names it, in the directory it came from or in the
+    /// archive: its map is whole, not "previous segment missing".
+    #[tokio::test]
+    async fn the_first_segment_of_a_timeline_takes_its_head_from_the_parent_timeline() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/wal/pg15/seg");
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        names.sort();
+        let segments: Vec<Vec<u8>> = names
+            .iter()
+            .map(|p| zstd::decode_all(std::fs::File::open(p).unwrap()).unwrap())
+            .collect();
+        // A segment whose first page says a record straddles in, and the one before it.
+        let i = (1..segments.len())
+            .find(|&i| segments[i][2] & 1 != 0)
+            .expect("the fixture has a record across a segment boundary");
+        let size = segments[i].len() as u64; // 1 MiB segments
+        let h = crate::pg::wal::page::parse_long_page_header(&segments[i]).unwrap();
+        let first = crate::pg::WalSegment::from_segno(
+            crate::pg::TimelineId(2),
+            h.page_address.segment_number(size),
+            size,
+        );
+        let parent = crate::pg::WalSegment::from_segno(
+            crate::pg::TimelineId(1),
+            first.segno(size) - 1,
+            size,
+        );
+        let history = format!(
+            "1\t{}\tno recovery target specified\n",
+            Lsn(h.page_address.0 + 8192)
+        );
+
+        for parent_in_archive in [false, true] {
+            let tmp = tempfile::tempdir().unwrap();
+            let storage = std::sync::Arc::new(crate::storage::LocalStorage::new(tmp.path()));
+            let repo = Repo::plain_for_tests(storage, "main");
+            repo.write_stanza_info(&crate::repo::stanza::StanzaInfo {
+                format_version: crate::repo::FORMAT_VERSION,
+                stanza: "main".into(),
+                system_identifier: h.system_identifier,
+                pg_major: 15,
+                data_checksums: true,
+                wal_segment_size: size,
+                created: chrono::Utc::now(),
+            })
+            .await
+            .unwrap();
+            let pg_wal = tmp.path().join("pg_wal");
+            std::fs::create_dir_all(&pg_wal).unwrap();
+            let history_name = WalFileName::History(crate::pg::TimelineId(2));
+            let parent_name = WalFileName::Segment(parent);
+            if parent_in_archive {
+                let none = crate::pipeline::compress::Compression::new(
+                    crate::pipeline::compress::Codec::None,
+                    None,
+                )
+                .unwrap();
+                for (name, bytes) in [
+                    (&parent_name, segments[i - 1].clone()),
+                    (&history_name, history.clone().into_bytes()),
+                ] {
+                    let sum = blake3::hash(&bytes).to_hex().to_string();
+                    repo.put_wal_bytes(name, bytes.into(), &sum, none)
+                        .await
+                        .unwrap();
+                }
+            } else {
+                std::fs::write(pg_wal.join(parent_name.to_string()), &segments[i - 1]).unwrap();
+                std::fs::write(pg_wal.join(history_name.to_string()), &history).unwrap();
+            }
+            let name = WalFileName::Segment(first);
+            let map = repo
+                .make_wal_map(&name, segments[i].clone().into(), "00", Some(&pg_wal), None)
+                .await
+                .unwrap();
+            assert!(
+                !map.poison.is_poisoned(),
+                "parent in archive: {parent_in_archive}: {:?}",
+                map.poison.reasons()
+            );
+            // Without the history file the parent is unknown: poisoned, as before.
+            if !parent_in_archive {
+                std::fs::remove_file(pg_wal.join(history_name.to_string())).unwrap();
+                let map = repo
+                    .make_wal_map(&name, segments[i].clone().into(), "00", Some(&pg_wal), None)
+                    .await
+                    .unwrap();
+                assert_eq!(map.poison.0, Poison::HEAD_MISSING);
+            }
+        }
+    }
 
     /// Archive-push writes a segment's map while the segment is stored: nobody sees it
     /// before it is published (after the segment), and a push that ends without

@@ -7,6 +7,7 @@ mod setup;
 mod stores;
 
 mod archive;
+mod backup_header;
 mod backup_restore;
 mod blockmap;
 mod clouds;

@@ -418,10 +418,36 @@ fn an_incremental_after_an_in_place_promotion_reads_mapped_blocks_across_the_swi
     src.sql("UPDATE t SET note = 'tl1' WHERE id BETWEEN 100 AND 300");
     src.sql("DELETE FROM t WHERE id > 38000");
     src.sql("VACUUM t");
+    // A record from the last whole segment of timeline 1 into the next, where timeline 2
+    // will begin: the first segment of timeline 2 then starts inside a record whose
+    // head is in timeline 1's segment (its map must take it from there). Transactional,
+    // so that its commit flushes it before the stop.
+    let last_whole = src.sql("SELECT pg_walfile_name(pg_current_wal_insert_lsn())");
+    let to_boundary: u64 = src
+        .sql("SELECT 16777216 - (pg_current_wal_insert_lsn() - '0/0'::pg_lsn) % 16777216")
+        .parse()
+        .unwrap();
+    src.sql(&format!(
+        "SELECT pg_logical_emit_message(true, 'pad', repeat('x', {}))",
+        to_boundary + 8192
+    ));
 
     // Archive recovery of the same data directory to the end of the archive: it
     // promotes to timeline 2 and its files keep their birth times (not "created since").
-    src.cluster.stop();
+    // Stopped at once: a clean stop with archiving on switches to a new segment, so that
+    // timeline 2 would begin on a segment boundary, and its first segment would not
+    // start inside the record above. First the segment the record began in is archived
+    // (archive recovery does not archive what the crash left unarchived).
+    let done = src
+        .cluster
+        .data
+        .join(format!("pg_wal/archive_status/{last_whole}.done"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done.exists() {
+        assert!(Instant::now() < deadline, "{last_whole} not archived");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    src.cluster.stop_immediate();
     src.cluster.append_conf(&[format!(
         "restore_command = '{} {} --repo {} --stanza main archive-get %f %p'",
         pgward_bin().display(),
@@ -440,6 +466,13 @@ fn an_incremental_after_an_in_place_promotion_reads_mapped_blocks_across_the_swi
         src.sql("SELECT timeline_id FROM pg_control_checkpoint()"),
         "2"
     );
+    let first_on_2 = src.sql("SELECT pg_walfile_name(pg_current_wal_insert_lsn())");
+    assert!(first_on_2.starts_with("00000002"), "{first_on_2}");
+    let head = std::fs::read(src.cluster.data.join("pg_wal").join(&first_on_2)).unwrap();
+    assert!(
+        head[2] & 1 != 0,
+        "{first_on_2} does not start inside a record"
+    );
     // The backup follows timeline 2's history file from the archive.
     let done = src
         .cluster
@@ -456,6 +489,19 @@ fn an_incremental_after_an_in_place_promotion_reads_mapped_blocks_across_the_swi
 
     let incr = backup(&src, &["--type", "incr", "--block-map-check", "all"]);
     let reads = &incr["reads"];
+    // The map archive-push stored for timeline 2's first segment is whole: the head of
+    // the record straddling in came from timeline 1's segment before it.
+    let (_, path) = map_paths(&src.repo)
+        .into_iter()
+        .find(|(n, _)| *n == first_on_2)
+        .unwrap_or_else(|| panic!("{first_on_2} has no map"));
+    let map =
+        pgward::repo::blockmap::BlockMap::decode(&std::fs::read(&path).unwrap()[48..]).unwrap();
+    assert!(
+        !map.poison.is_poisoned(),
+        "{first_on_2}: {:?}",
+        map.poison.reasons()
+    );
     let table: u64 = src.sql("SELECT pg_relation_size('t')").parse().unwrap();
     assert!(reads["files_mapped"].as_u64().unwrap() > 0, "{reads}");
     assert_eq!(scanned(&incr), 0, "{reads}");

@@ -356,4 +356,4 @@ impl Storage for ObjectStorage {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -62,7 +62,7 @@ async fn read_range(s: &ObjectStorage, key: &str, offset: u64, len: u64) -> Vec<
 }
 
 /// `root`: the same bucket opened without the repository's prefix.
-async fn put_read_list_delete(s: ObjectStorage, root: ObjectStorage) {
+pub(crate) async fn put_read_list_delete(s: ObjectStorage, root: ObjectStorage) {
     s.put("a/one", b"first").await.unwrap();
     s.put("a/two", b"").await.unwrap();
     s.put("a/sub/x", b"x").await.unwrap();
@@ -101,7 +101,7 @@ async fn put_read_list_delete(s: ObjectStorage, root: ObjectStorage) {
     assert_eq!(s.list("a").await.unwrap().files.len(), 1);
 }
 
-async fn missing_object_is_not_found(s: ObjectStorage) {
+pub(crate) async fn missing_object_is_not_found(s: ObjectStorage) {
     let name = s.url_of("nope");
     for result in [
         s.read("nope").await.map(|_| ()),
@@ -114,7 +114,7 @@ async fn missing_object_is_not_found(s: ObjectStorage) {
     }
 }
 
-async fn missing_bucket_fails_at_open(opened: Result<ObjectStorage>, bucket: &str) {
+pub(crate) async fn missing_bucket_fails_at_open(opened: Result<ObjectStorage>, bucket: &str) {
     let e = opened.expect_err("an error");
     assert_eq!(e.kind, ErrorKind::Config, "{e}");
     assert!(e.to_string().contains(bucket), "{e}");
@@ -122,7 +122,7 @@ async fn missing_bucket_fails_at_open(opened: Result<ObjectStorage>, bucket: &st
 }
 
 /// Multipart: invisible until `finish`, then whole, with ranges across part bounds.
-async fn multipart_round_trip(s: ObjectStorage, large: bool) {
+pub(crate) async fn multipart_round_trip(s: ObjectStorage, large: bool) {
     let part = if large { LARGE_PART_SIZE } else { PART_SIZE };
     let data = pattern(2 * part + 12345);
     let mut writer = if large {
@@ -145,7 +145,7 @@ async fn multipart_round_trip(s: ObjectStorage, large: bool) {
     assert!(read_range(&s, "big", offset as u64, len as u64).await == data[offset..offset + len]);
 }
 
-async fn dropped_writers_leave_nothing(s: ObjectStorage) {
+pub(crate) async fn dropped_writers_leave_nothing(s: ObjectStorage) {
     s.put("d/kept", b"old").await.unwrap();
 
     let mut small = s.create("d/small").await.unwrap();
@@ -164,7 +164,7 @@ async fn dropped_writers_leave_nothing(s: ObjectStorage) {
     assert_eq!(s.remove_incomplete("d", None).await.unwrap(), 0);
 }
 
-async fn write_blocking_commits_or_leaves_nothing(s: ObjectStorage) {
+pub(crate) async fn write_blocking_commits_or_leaves_nothing(s: ObjectStorage) {
     let data = pattern(PART_SIZE + 4096);
     let copy = data.clone();
     write_blocking(&s, "ok", move |w| {
@@ -185,7 +185,7 @@ async fn write_blocking_commits_or_leaves_nothing(s: ObjectStorage) {
     assert!(read(&s, "failed").await.unwrap_err().is_not_found());
 }
 
-async fn conditional_create_has_one_winner(s: ObjectStorage) {
+pub(crate) async fn conditional_create_has_one_winner(s: ObjectStorage) {
     assert_eq!(
         s.create_exclusive("claim", b"mine").await.unwrap(),
         Some(true)
@@ -212,44 +212,59 @@ async fn conditional_create_has_one_winner(s: ObjectStorage) {
 
 /// One `#[tokio::test]` per contract test, for a provider module that has
 /// `storage(bucket)`, `root(bucket)` (the bucket opened without the prefix) and
-/// `missing(bucket)` (opening a bucket that does not exist).
+/// `missing(bucket)` (opening a bucket that does not exist). S3's is in `s3/mod.rs`.
 macro_rules! contract_tests {
     ($prefix:literal) => {
         #[tokio::test]
         async fn put_read_list_delete() {
             let b = concat!($prefix, "-basics");
-            super::put_read_list_delete(storage(b).await, root(b).await).await;
+            $crate::storage::object::tests::put_read_list_delete(storage(b).await, root(b).await)
+                .await;
         }
 
         #[tokio::test]
         async fn missing_object_is_not_found() {
-            super::missing_object_is_not_found(storage(concat!($prefix, "-missing")).await).await;
+            $crate::storage::object::tests::missing_object_is_not_found(
+                storage(concat!($prefix, "-missing")).await,
+            )
+            .await;
         }
 
         #[tokio::test]
         async fn missing_bucket_fails_at_open() {
             let b = concat!($prefix, "-no-such-bucket");
-            super::missing_bucket_fails_at_open(missing(b).await, b).await;
+            $crate::storage::object::tests::missing_bucket_fails_at_open(missing(b).await, b).await;
         }
 
         #[tokio::test]
         async fn multipart_object_is_invisible_until_finished() {
-            super::multipart_round_trip(storage(concat!($prefix, "-multipart")).await, false).await;
+            $crate::storage::object::tests::multipart_round_trip(
+                storage(concat!($prefix, "-multipart")).await,
+                false,
+            )
+            .await;
         }
 
         #[tokio::test]
         async fn large_objects_go_up_in_smaller_parts_and_read_back_whole() {
-            super::multipart_round_trip(storage(concat!($prefix, "-large")).await, true).await;
+            $crate::storage::object::tests::multipart_round_trip(
+                storage(concat!($prefix, "-large")).await,
+                true,
+            )
+            .await;
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn dropped_writers_leave_nothing() {
-            super::dropped_writers_leave_nothing(storage(concat!($prefix, "-dropped")).await).await;
+            $crate::storage::object::tests::dropped_writers_leave_nothing(
+                storage(concat!($prefix, "-dropped")).await,
+            )
+            .await;
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn write_blocking_commits_or_leaves_nothing() {
-            super::write_blocking_commits_or_leaves_nothing(
+            $crate::storage::object::tests::write_blocking_commits_or_leaves_nothing(
                 storage(concat!($prefix, "-blocking")).await,
             )
             .await;
@@ -257,13 +272,14 @@ macro_rules! contract_tests {
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn conditional_create_has_one_winner() {
-            super::conditional_create_has_one_winner(
+            $crate::storage::object::tests::conditional_create_has_one_winner(
                 storage(concat!($prefix, "-conditional")).await,
             )
             .await;
         }
     };
 }
+pub(crate) use contract_tests;
 
 /// Azurite (scripts/azurite.sh), its well-known account and key.
 mod azure {

@@ -13,8 +13,8 @@ use super::credentials::Credentials;
 use super::profile::ProfileFiles;
 use super::reauth::Reauthorizing;
 use super::retry_report::RetryReporter;
-use crate::storage::object::Transport;
 use crate::error::{Error, Result};
+use crate::storage::object::Transport;
 
 #[derive(Clone, Debug, Default)]
 pub struct S3Options {

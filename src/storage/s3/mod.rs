@@ -31,7 +31,7 @@ pub(crate) use reauth::Rejected;
 // config.rs names it `super::retry_report`; it is shared with the other stores.
 use super::object::retry_report;
 #[cfg(test)]
-use super::object::{LARGE_PART_SIZE, PART_SIZE};
+use super::object::PART_SIZE;
 
 #[derive(Debug)]
 pub struct S3Storage {
@@ -189,10 +189,9 @@ mod tests {
 
     use object_store::multipart::MultipartStore;
     use object_store::path::Path;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
 
     use super::*;
-    use crate::error::ErrorKind;
 
     fn moto() -> &'static str {
         static ENDPOINT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -266,132 +265,44 @@ mod tests {
             .collect()
     }
 
-    #[tokio::test]
-    async fn put_read_list_delete() {
-        let s = storage("basics").await;
-        assert_eq!(s.location(), "s3://basics/repo");
-        s.put("a/one", b"first").await.unwrap();
-        s.put("a/two", b"").await.unwrap();
-        s.put("a/sub/x", b"x").await.unwrap();
-        s.put("a/sub2/deeper/y", b"y").await.unwrap();
-        s.put("top", b"t").await.unwrap();
-        assert_eq!(read(&s, "a/one").await.unwrap(), b"first");
-        assert_eq!(read(&s, "a/two").await.unwrap(), b"");
+    /// The storage contract every object store keeps (`object/tests.rs`), on moto;
+    /// what only S3 has (upload listings, the conditional-put probe) is tested below.
+    mod contract {
+        use crate::error::Result;
+        use crate::storage::object::ObjectStorage;
 
-        // Overwrite replaces.
-        s.put("a/one", b"second, longer").await.unwrap();
-        assert_eq!(read(&s, "a/one").await.unwrap(), b"second, longer");
-
-        let mut range = String::new();
-        s.read_range("a/one", 8, 6)
-            .await
-            .unwrap()
-            .read_to_string(&mut range)
-            .await
-            .unwrap();
-        assert_eq!(range, "longer");
-        let mut empty = Vec::new();
-        s.read_range("a/one", 3, 0)
-            .await
-            .unwrap()
-            .read_to_end(&mut empty)
-            .await
-            .unwrap();
-        assert!(empty.is_empty());
-
-        let listing = s.list("a").await.unwrap();
-        let files: Vec<_> = listing
-            .files
-            .iter()
-            .map(|f| (f.name.as_str(), f.size))
-            .collect();
-        assert_eq!(files, [("one", 14), ("two", 0)]);
-        assert_eq!(listing.dirs, ["sub", "sub2"]);
-        let now = chrono::Utc::now().timestamp();
-        assert!(listing.files.iter().all(|f| (now - f.modified).abs() < 300));
-        let root = s.list("").await.unwrap();
-        assert_eq!(root.dirs, ["a"]);
-        assert_eq!(root.files.len(), 1);
-        assert!(s.list("missing").await.unwrap().files.is_empty());
-
-        // The prefix is where objects land.
-        let bucket_root = open("s3://basics").await.unwrap();
-        assert_eq!(bucket_root.list("").await.unwrap().dirs, ["repo"]);
-        assert_eq!(read(&bucket_root, "repo/top").await.unwrap(), b"t");
-
-        s.delete("a/one").await.unwrap();
-        s.delete("a/one").await.unwrap(); // absent is fine
-        assert_eq!(s.list("a").await.unwrap().files.len(), 1);
-    }
-
-    #[tokio::test]
-    async fn missing_object_is_not_found() {
-        let s = storage("missing").await;
-        for result in [
-            s.read("nope").await.map(|_| ()),
-            s.read_range("nope", 0, 10).await.map(|_| ()),
-            s.read_range("nope", 0, 0).await.map(|_| ()),
-        ] {
-            let e = result.expect_err("an error");
-            assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
-            assert!(e.to_string().contains("s3://missing/repo/nope"), "{e}");
+        async fn storage(bucket: &str) -> ObjectStorage {
+            super::storage(bucket).await.object
         }
-    }
 
-    #[tokio::test]
-    async fn missing_bucket_fails_at_open() {
-        let e = open("s3://no-such-bucket/repo")
-            .await
-            .expect_err("an error");
-        assert_eq!(e.kind, ErrorKind::Config, "{e}");
-        assert!(e.to_string().contains("no-such-bucket"), "{e}");
-        assert!(e.hint.unwrap().contains("does not exist"));
-    }
-
-    async fn multipart_round_trip(bucket: &str, large: bool, part: usize) {
-        let s = storage(bucket).await;
-        let data = pattern(2 * part + 12345);
-        let mut writer = if large {
-            s.create_large("big").await.unwrap()
-        } else {
-            s.create("big").await.unwrap()
-        };
-        for chunk in data.chunks(1 << 20) {
-            writer.write_all(chunk).await.unwrap();
+        async fn root(bucket: &str) -> ObjectStorage {
+            super::open(&format!("s3://{bucket}")).await.unwrap().object
         }
+
+        async fn missing(bucket: &str) -> Result<ObjectStorage> {
+            super::open(&format!("s3://{bucket}/repo"))
+                .await
+                .map(|s| s.object)
+        }
+
+        crate::storage::object::tests::contract_tests!("s3");
+    }
+
+    /// A multipart upload is listed (and nothing is under the key) until `finish`.
+    #[tokio::test]
+    async fn a_multipart_upload_is_listed_until_finished() {
+        let s = storage("multipart-listed").await;
+        let mut writer = s.create("big").await.unwrap();
+        writer.write_all(&pattern(PART_SIZE + 1)).await.unwrap();
         writer.flush().await.unwrap();
-        // Parts are up by now, but only a multipart upload exists.
         assert!(read(&s, "big").await.unwrap_err().is_not_found());
-        assert!(s.list("").await.unwrap().files.is_empty());
         assert_eq!(s.list_uploads("").await.unwrap().len(), 1);
         writer.finish().await.unwrap();
-
-        assert_eq!(s.list("").await.unwrap().files[0].size, data.len() as u64);
-        assert!(read(&s, "big").await.unwrap() == data);
-        // A range across the first part boundary.
-        let (offset, len) = (part - 1000, 5000);
-        let mut got = Vec::new();
-        let mut reader = s
-            .read_range("big", offset as u64, len as u64)
-            .await
-            .unwrap();
-        reader.read_to_end(&mut got).await.unwrap();
-        assert!(got == data[offset..offset + len]);
         assert!(s.list_uploads("").await.unwrap().is_empty());
     }
 
-    #[tokio::test]
-    async fn multipart_object_is_invisible_until_finished() {
-        multipart_round_trip("multipart", false, PART_SIZE).await;
-    }
-
-    #[tokio::test]
-    async fn large_objects_go_up_in_smaller_parts_and_read_back_whole() {
-        multipart_round_trip("multipart-large", true, LARGE_PART_SIZE).await;
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn dropped_writers_leave_nothing() {
+    async fn dropped_writers_abort_their_uploads() {
         let s = storage("dropped").await;
         s.put("d/kept", b"old").await.unwrap();
 
@@ -417,36 +328,6 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert!(s.list_uploads("d").await.unwrap().is_empty());
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn write_blocking_commits_or_leaves_nothing() {
-        let s = storage("blocking").await;
-        let data = pattern(PART_SIZE + 4096);
-        let copy = data.clone();
-        super::super::write_blocking(&s, "ok", move |w| {
-            w.write_all(&copy)
-                .map_err(|e| Error::io("writing", "ok", e))
-        })
-        .await
-        .unwrap();
-        assert!(read(&s, "ok").await.unwrap() == data);
-
-        let failed = super::super::write_blocking(&s, "failed", move |w| {
-            w.write_all(&data)
-                .map_err(|e| Error::io("writing", "failed", e))?;
-            Err::<(), _>(Error::corrupt("producer gave up"))
-        })
-        .await;
-        assert!(failed.is_err());
-        assert!(read(&s, "failed").await.unwrap_err().is_not_found());
-        for _ in 0..100 {
-            if s.list_uploads("").await.unwrap().is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert!(s.list_uploads("").await.unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -43,6 +43,8 @@
 #   PGVER       PostgreSQL major (default 15)
 #   READ_AHEAD  pgward --repo-read-ahead for the S3 restores and verify (default: pgward's)
 #   KEEP        1: keep repositories and clusters under $BASE (default 0: only results)
+#   HOLD        1: at the end, keep the S3 server (and the source cluster) up until
+#               $BASE/hold is removed, for commands run by hand against it (profiling)
 set -euo pipefail
 
 SCALE=${SCALE:-"20 100"}
@@ -64,6 +66,7 @@ MOTO_PORT=${MOTO_PORT:-5487}
 PGVER=${PGVER:-15}
 READ_AHEAD=${READ_AHEAD:-}
 KEEP=${KEEP:-0}
+HOLD=${HOLD:-0}
 STANZA=bench
 BUCKET=pgward-bench
 
@@ -170,6 +173,13 @@ moto_requests() {   # FROM_LINE PREFIX
         END { printf "%d %d %d %d\n", n, c["GET"], c["PUT"], n - c["GET"] - c["PUT"] }'
 }
 
+# the file system is shared: stop rather than fill it (a restore takes the source's size)
+need_space() {   # BYTES
+    local free
+    free=$(df -B1 --output=avail "$BASE" | tail -1)
+    [ "$free" -gt $(($1 + (1 << 30))) ] || die "only $(mb "$free") MB free on $BASE's file system: not enough for $(mb "$1") MB and 1 GiB to spare"
+}
+
 # ---------------------------------------------------------------- configuration
 write_configs() {
     cat > "$PWCONF" <<EOF
@@ -257,13 +267,16 @@ archived_by_all() {   # segments every target pushed (exit 0), sorted
 if want aget; then   # WAL of real changes until AGET_SEGS segments are archived
     k=0
     while [ "$(archived_by_all | wc -l)" -lt "$AGET_SEGS" ] && [ $k -lt 200 ]; do
+        need_space $((2 << 30))
         psqlq -c "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 10 = $((k % 10))"
         k=$((k + 1)); wait_archived
+        psqlq -c "CHECKPOINT"   # archived WAL is recycled, not kept up to max_wal_size
     done
     psqlq -c "VACUUM pgbench_accounts"
 fi
 psqlq -c "SELECT pg_switch_wal()" > /dev/null
 wait_archived
+psqlq -c "CHECKPOINT"
 archived_by_all | head -"$AGET_SEGS" > "$RES/aget-segments.txt"
 SRC_NOWAL=$(datasize)
 log "source: $(mb "$SRC_NOWAL") MB without pg_wal; $(wc -l < "$RES/aget-segments.txt") segments archived by all three"
@@ -314,6 +327,7 @@ backup() {   # STEP TYPE TOOL RUN ORDER
 restore() {   # STEP(restore-full|restore-chain) TOOL RUN ORDER
     local step=$1 tool=$2 r=$3 o=$4 id=$1-$2-$3 dir=$RST-$2 set
     if [ "$step" = restore-full ]; then set=${FULL[$tool-$r]}; else set=${INCR[$tool-$r]}; fi
+    need_space "$SRC_NOWAL"
     new_dir "$dir"
     case $tool in
         pgward)       timed "$step" "$tool" "$r" "$o" 0 "set=$set" "$id" "${PWS[@]}" "${RA[@]}" restore --set "$set" --pgdata "$dir" --archive-mode off --jobs 2 ;;
@@ -322,9 +336,27 @@ restore() {   # STEP(restore-full|restore-chain) TOOL RUN ORDER
     esac
     [ "$RC" -ne 0 ] || sed -i '$ s/^\(\([^\t]*\t\)\{10\}\)0\t/\1'"$(du -sb "$dir" | cut -f1)"'\t/' "$TSV"
     if [ "$tool" = pgward ] && [ "$step" = restore-chain ] && [ "$r" = "$RUNS" ] && [ "$RC" -eq 0 ]; then
-        rm -rf "$RST-check"; mv "$dir" "$RST-check"
+        check_restored "$dir"   # here, so that no second restore lies beside it on disk
     fi
     rm -rf "$dir"
+}
+
+# start the last round's pgward chain restore from S3 (it recovers from pgward's S3
+# archive) and compare its pgbench tables with the source's: nothing changes them after
+# the last incremental
+CHECK="not run"
+check_restored() {   # DIR
+    local src rst
+    src=$(pgbench_checksum "$PORT")
+    if start_restored "$1" check; then
+        rst=$(pgbench_checksum "$RPORT")
+        if [ "$src" = "$rst" ]; then CHECK="OK (pgbench tables equal the source's)"
+        else CHECK="MISMATCH: source $src, restored $rst"; fi
+        stop_server "$1"
+    else
+        CHECK="FAILED to start (see $BASE/log/restored-check.log)"
+    fi
+    log "restored chain: $CHECK"
 }
 
 aget() {   # TOOL RUN ORDER: AGET_SEGS archive-get processes back to back, timed as one
@@ -385,23 +417,6 @@ for r in $(seq 1 "$RUNS"); do
     fi
 done
 
-# ---------------------------------------------------------------- check the restored chain
-CHECK="not run"
-if [ -d "$RST-check" ]; then
-    SRC_SUM=$(pgbench_checksum "$PORT")
-    if start_restored "$RST-check" check; then
-        RST_SUM=$(pgbench_checksum "$RPORT")
-        # the source changed after the last round's incr only by what later rounds did:
-        # the last round's chain is the newest, so the sums must match
-        if [ "$SRC_SUM" = "$RST_SUM" ]; then CHECK="OK (pgbench tables equal the source's)"
-        else CHECK="MISMATCH: source $SRC_SUM, restored $RST_SUM"; fi
-        stop_server "$RST-check"
-    else
-        CHECK="FAILED to start (see $BASE/log/restored-check.log)"
-    fi
-    rm -rf "$RST-check"
-    log "restored chain: $CHECK"
-fi
 cp "$MOTO_DIR/moto.log" "$RES/" 2>/dev/null || true
 
 # ---------------------------------------------------------------- report
@@ -441,3 +456,9 @@ req_med() {   # STEP TOOL -> median requests
     echo
     echo "Per-run figures: $TSV (column 12: requests total/GET/PUT/other under the tool's prefix, from moto's log)."
 } | tee "$RES/report.md"
+
+if [ "$HOLD" = 1 ]; then
+    touch "$BASE/hold"
+    log "HOLD=1: S3 on $ENDPOINT (pgward: --config $PWCONF; pgBackRest: --config=$CONF) until $BASE/hold is removed"
+    while [ -e "$BASE/hold" ]; do sleep 2; done
+fi

@@ -161,6 +161,14 @@ moto_start() {
     curl -sf --cacert "$CA" -X PUT "$ENDPOINT/$BUCKET" > /dev/null || die "cannot create bucket $BUCKET"
     log "moto behind stunnel on $ENDPOINT (CA $CA), bucket $BUCKET"
 }
+# CPU seconds moto has used so far (all its threads): what a step cost the S3 server.
+# moto answers a ranged GET by reading and copying the whole object and slicing it
+# (moto/s3/responses.py _handle_range_header over FakeKey.value), so its cost grows with
+# the object's size, not the range's: real object stores do not work that way.
+moto_cpu() {
+    awk -v hz="$CLK" '{ s = $0; sub(/^.*\) /, "", s); split(s, a, " "); printf "%.2f\n", (a[12] + a[13]) / hz }' \
+        "/proc/$(cat "$MOTO_DIR/moto.pid")/stat" 2>/dev/null || echo 0
+}
 # requests in moto's log since line $1 under the tool's prefix: "total GET PUT other"
 moto_lines() { wc -l < "$MOTO_DIR/moto.log"; }
 moto_requests() {   # FROM_LINE PREFIX
@@ -294,16 +302,17 @@ prefix_of() { case $1 in pgbackrest) echo pgbackrest ;; pgward) echo pgward ;; *
 # timed STEP TOOL RUN ORDER BYTES NOTE ID CMD...: run_timed + record, with the S3 requests
 # the command made in the note
 timed() {
-    local step=$1 tool=$2 r=$3 o=$4 bytes=$5 note=$6 id=$7 m0 req retries
+    local step=$1 tool=$2 r=$3 o=$4 bytes=$5 note=$6 id=$7 m0 c0 req retries s3cpu
     shift 7
     wait_archived   # no archive-push of the previous step lands in this one's requests
-    m0=$(moto_lines)
+    m0=$(moto_lines); c0=$(moto_cpu)
     run_timed "$id" "$@"
     req=$(moto_requests "$m0" "$(prefix_of "$tool")")
+    s3cpu=$(awk -v a="$c0" -v b="$(moto_cpu)" 'BEGIN { printf "%.2f", b - a }')
     retries=$(grep -c 'retrying for another' "$RES/$id.out" || true)
     [ "$tool" = pgward-local ] && req="0 0 0 0"
     REQ=${req%% *}
-    record "$step" "$tool" "$r" "$o" "$bytes" "requests=$REQ (total GET PUT other: $req) retry-warnings=$retries $note" "$id"
+    record "$step" "$tool" "$r" "$o" "$bytes" "requests=$REQ (total GET PUT other: $req) s3-server-cpu=$s3cpu retry-warnings=$retries $note" "$id"
 }
 
 declare -A FULL INCR
@@ -418,9 +427,16 @@ for r in $(seq 1 "$RUNS"); do
 done
 
 cp "$MOTO_DIR/moto.log" "$RES/" 2>/dev/null || true
+# sizes of pgward's bundles (what each of its ranged GETs costs moto; see moto_cpu)
+BUNDLES=$(curl -sf "http://127.0.0.1:$((MOTO_PORT + 1))/$BUCKET?list-type=2&prefix=pgward/$STANZA/bundles/" |
+    grep -o '<Size>[0-9]*</Size>' | grep -o '[0-9]*' | sort -n |
+    awk '{ a[NR] = $1 } END { if (NR) printf "%d bundles, %.1f-%.1f MB (median %.1f MB)", NR, a[1] / 1e6, a[NR] / 1e6, a[int((NR + 1) / 2)] / 1e6; else print "none" }' || true)
 
 # ---------------------------------------------------------------- report
 med() { col "$1" "$2" "$3" | median; }
+s3cpu_med() {   # STEP TOOL -> median CPU seconds of the S3 server
+    awk -F'\t' -v s="$1" -v v="$2" '$1==s && $2==v && $5=="ok" { if (match($12, /s3-server-cpu=[0-9.]+/)) print substr($12, RSTART + 14, RLENGTH - 14) }' "$TSV" | median
+}
 req_med() {   # STEP TOOL -> median requests
     awk -F'\t' -v s="$1" -v v="$2" '$1==s && $2==v && $5=="ok" { if (match($12, /requests=[0-9]+/)) print substr($12, RSTART + 9, RLENGTH - 9) }' "$TSV" | median
 }
@@ -432,14 +448,16 @@ req_med() {   # STEP TOOL -> median requests
     echo "- source $(mb "$SRC_NOWAL") MB without pg_wal; $RUNS rounds, tools alternating; lz4, 2 processes each; restores into an empty directory, warm page cache; moto $(cat "${PGWARD_MOTO_VENV:-/var/cache/pgward/moto-venv}/.pgward-moto" 2>/dev/null) behind stunnel (CA:FALSE leaf for localhost)"
     echo "- host load (1-min average) before steps: $(awk -F'\t' '$1!="setup" {print $14}' "$TSV" | rng)"
     echo "- restored chain check (last round, pgward from S3): $CHECK"
+    echo "- pgward's repository on S3: ${BUNDLES:-?} (moto copies the whole object for each ranged GET: its CPU per step is in the table)"
+    echo "- the S3 server (moto, Python) and stunnel run on the same cores as the tools: a step's wall includes their CPU; CPU s = user + sys of the tool's processes"
     echo
-    echo "| step | pgward s | pgBackRest s | pgward/pgBackRest | pgward local s | pgward S3/local | requests pgward / pgBackRest | MB | pgward MB/s | peak RSS MiB pgward / pgBackRest |"
-    echo "|---|---|---|---|---|---|---|---|---|---|"
+    echo "| step | pgward s | pgBackRest s | pgward/pgBackRest | pgward local s | pgward S3/local | CPU s pgward S3 / local / pgBackRest | requests pgward / pgBackRest | S3 server CPU s pgward / pgBackRest | MB | pgward MB/s | peak RSS MiB pgward / pgBackRest |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
     for s in full incr restore-full restore-chain verify aget; do
         pw=$(med "$s" pgward 6); br=$(med "$s" pgbackrest 6); pl=$(med "$s" pgward-local 6)
         [ "$pw" != nan ] || [ "$br" != nan ] || continue
         bytes=$(med "$s" pgward 11)
-        echo "| $s | $pw ($(col "$s" pgward 6 | rng)) | $br ($(col "$s" pgbackrest 6 | rng)) | $(ratio "$pw" "$br") | $([ "$pl" = nan ] && echo - || echo "$pl") | $([ "$pl" = nan ] && echo - || ratio "$pw" "$pl") | $(req_med "$s" pgward) / $(req_med "$s" pgbackrest) | $(mb "$bytes") | $(mbps "$bytes" "$pw") | $(mib "$(col "$s" pgward 7 | maxof)") / $(mib "$(col "$s" pgbackrest 7 | maxof)") |"
+        echo "| $s | $pw ($(col "$s" pgward 6 | rng)) | $br ($(col "$s" pgbackrest 6 | rng)) | $(ratio "$pw" "$br") | $([ "$pl" = nan ] && echo - || echo "$pl") | $([ "$pl" = nan ] && echo - || ratio "$pw" "$pl") | $(cpu_col "$s" pgward | median) / $(cpu_col "$s" pgward-local | median) / $(cpu_col "$s" pgbackrest | median) | $(req_med "$s" pgward) / $(req_med "$s" pgbackrest) | $(s3cpu_med "$s" pgward) / $(s3cpu_med "$s" pgbackrest) | $(mb "$bytes") | $(mbps "$bytes" "$pw") | $(mib "$(col "$s" pgward 7 | maxof)") / $(mib "$(col "$s" pgbackrest 7 | maxof)") |"
     done
     echo
     echo "| target (issue 13) | measured | met |"

@@ -373,6 +373,7 @@ aget() {   # TOOL RUN ORDER: AGET_SEGS archive-get processes back to back, timed
     rm -rf "${AGET:?}"/*
     n=$(wc -l < "$RES/aget-segments.txt")
     local bytes=$((n * 16777216))
+    # shellcheck disable=SC2016   # expanded by that bash: $0 the directory, $@ the command
     local loop='while read -r s; do "$@" "$s" "$0/$s" || exit 1; done'
     if [ "$tool" = pgward ]; then
         timed aget "$tool" "$r" "$o" "$bytes" "$n segments" "$id" bash -c "$loop < $RES/aget-segments.txt" "$AGET" \
@@ -453,6 +454,7 @@ req_med() {   # STEP TOOL -> median requests
     echo
     echo "| step | pgward s | pgBackRest s | pgward/pgBackRest | pgward local s | pgward S3/local | CPU s pgward S3 / local / pgBackRest | requests pgward / pgBackRest | S3 server CPU s pgward / pgBackRest | MB | pgward MB/s | peak RSS MiB pgward / pgBackRest |"
     echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+    # shellcheck disable=SC2015   # echo does not fail
     for s in full incr restore-full restore-chain verify aget; do
         pw=$(med "$s" pgward 6); br=$(med "$s" pgbackrest 6); pl=$(med "$s" pgward-local 6)
         [ "$pw" != nan ] || [ "$br" != nan ] || continue

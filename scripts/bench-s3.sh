@@ -161,13 +161,15 @@ moto_start() {
     curl -sf --cacert "$CA" -X PUT "$ENDPOINT/$BUCKET" > /dev/null || die "cannot create bucket $BUCKET"
     log "moto behind stunnel on $ENDPOINT (CA $CA), bucket $BUCKET"
 }
-# CPU seconds moto has used so far (all its threads): what a step cost the S3 server.
-# moto answers a ranged GET by reading and copying the whole object and slicing it
-# (moto/s3/responses.py _handle_range_header over FakeKey.value), so its cost grows with
-# the object's size, not the range's: real object stores do not work that way.
+# CPU seconds moto and stunnel have used so far (all their threads): what a step cost the
+# S3 server, which shares the cores with the tools. moto answers a ranged GET by reading
+# and copying the whole object and slicing it (moto/s3/responses.py _handle_range_header
+# over FakeKey.value), so its cost grows with the object's size, not the range's: real
+# object stores do not work that way.
 moto_cpu() {
-    awk -v hz="$CLK" '{ s = $0; sub(/^.*\) /, "", s); split(s, a, " "); printf "%.2f\n", (a[12] + a[13]) / hz }' \
-        "/proc/$(cat "$MOTO_DIR/moto.pid")/stat" 2>/dev/null || echo 0
+    cat "/proc/$(cat "$MOTO_DIR/moto.pid")/stat" "/proc/$(cat "$MOTO_DIR/stunnel.pid")/stat" 2>/dev/null |
+        awk -v hz="$CLK" '{ s = $0; sub(/^.*\) /, "", s); split(s, a, " "); t += a[12] + a[13] }
+            END { printf "%.2f\n", t / hz }'
 }
 # requests in moto's log since line $1 under the tool's prefix: "total GET PUT other"
 moto_lines() { wc -l < "$MOTO_DIR/moto.log"; }
@@ -452,7 +454,7 @@ req_med() {   # STEP TOOL -> median requests
     echo "- pgward's repository on S3: ${BUNDLES:-?} (moto copies the whole object for each ranged GET: its CPU per step is in the table)"
     echo "- the S3 server (moto, Python) and stunnel run on the same cores as the tools: a step's wall includes their CPU; CPU s = user + sys of the tool's processes"
     echo
-    echo "| step | pgward s | pgBackRest s | pgward/pgBackRest | pgward local s | pgward S3/local | CPU s pgward S3 / local / pgBackRest | requests pgward / pgBackRest | S3 server CPU s pgward / pgBackRest | MB | pgward MB/s | peak RSS MiB pgward / pgBackRest |"
+    echo "| step | pgward s | pgBackRest s | pgward/pgBackRest | pgward local s | pgward S3/local | CPU s pgward S3 / local / pgBackRest | requests pgward / pgBackRest | S3 server (moto + stunnel) CPU s pgward / pgBackRest | MB | pgward MB/s | peak RSS MiB pgward / pgBackRest |"
     echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
     # shellcheck disable=SC2015   # echo does not fail
     for s in full incr restore-full restore-chain verify aget; do

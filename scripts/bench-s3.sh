@@ -461,7 +461,7 @@ req_med() {   # STEP TOOL -> median requests
         pw=$(med "$s" pgward 6); br=$(med "$s" pgbackrest 6); pl=$(med "$s" pgward-local 6)
         [ "$pw" != nan ] || [ "$br" != nan ] || continue
         bytes=$(med "$s" pgward 11)
-        echo "| $s | $pw ($(col "$s" pgward 6 | rng)) | $br ($(col "$s" pgbackrest 6 | rng)) | $(ratio "$pw" "$br") | $([ "$pl" = nan ] && echo - || echo "$pl") | $([ "$pl" = nan ] && echo - || ratio "$pw" "$pl") | $(cpu_col "$s" pgward | median) / $(cpu_col "$s" pgward-local | median) / $(cpu_col "$s" pgbackrest | median) | $(req_med "$s" pgward) / $(req_med "$s" pgbackrest) | $(s3cpu_med "$s" pgward) / $(s3cpu_med "$s" pgbackrest) | $(mb "$bytes") | $(mbps "$bytes" "$pw") | $(mib "$(col "$s" pgward 7 | maxof)") / $(mib "$(col "$s" pgbackrest 7 | maxof)") |"
+        echo "| $s | $pw ($(col "$s" pgward 6 | rng)) | $br ($(col "$s" pgbackrest 6 | rng)) | $(ratio "$pw" "$br") | $([ "$pl" = nan ] && echo - || echo "$pl") | $([ "$pl" = nan ] && echo - || ratio "$pw" "$pl") | $(cpu_col "$s" pgward | median) / $(cpu_col "$s" pgward-local | median | sed 's/^nan$/-/') / $(cpu_col "$s" pgbackrest | median) | $(req_med "$s" pgward) / $(req_med "$s" pgbackrest) | $(s3cpu_med "$s" pgward) / $(s3cpu_med "$s" pgbackrest) | $(mb "$bytes") | $(mbps "$bytes" "$pw") | $(mib "$(col "$s" pgward 7 | maxof)") / $(mib "$(col "$s" pgbackrest 7 | maxof)") |"
     done
     echo
     echo "| target (issue 13) | measured | met |"

@@ -43,6 +43,8 @@
 #   PGVER       PostgreSQL major (default 15)
 #   READ_AHEAD  pgward --repo-read-ahead for the S3 restores and verify (default: pgward's)
 #   KEEP        1: keep repositories and clusters under $BASE (default 0: only results)
+#   HOLD        1: at the end, keep the S3 server (and the source cluster) up until
+#               $BASE/hold is removed, for commands run by hand against it (profiling)
 set -euo pipefail
 
 SCALE=${SCALE:-"20 100"}
@@ -64,6 +66,7 @@ MOTO_PORT=${MOTO_PORT:-5487}
 PGVER=${PGVER:-15}
 READ_AHEAD=${READ_AHEAD:-}
 KEEP=${KEEP:-0}
+HOLD=${HOLD:-0}
 STANZA=bench
 BUCKET=pgward-bench
 
@@ -158,6 +161,16 @@ moto_start() {
     curl -sf --cacert "$CA" -X PUT "$ENDPOINT/$BUCKET" > /dev/null || die "cannot create bucket $BUCKET"
     log "moto behind stunnel on $ENDPOINT (CA $CA), bucket $BUCKET"
 }
+# CPU seconds moto and stunnel have used so far (all their threads): what a step cost the
+# S3 server, which shares the cores with the tools. moto answers a ranged GET by reading
+# and copying the whole object and slicing it (moto/s3/responses.py _handle_range_header
+# over FakeKey.value), so its cost grows with the object's size, not the range's: real
+# object stores do not work that way.
+moto_cpu() {
+    cat "/proc/$(cat "$MOTO_DIR/moto.pid")/stat" "/proc/$(cat "$MOTO_DIR/stunnel.pid")/stat" 2>/dev/null |
+        awk -v hz="$CLK" '{ s = $0; sub(/^.*\) /, "", s); split(s, a, " "); t += a[12] + a[13] }
+            END { printf "%.2f\n", t / hz }'
+}
 # requests in moto's log since line $1 under the tool's prefix: "total GET PUT other"
 moto_lines() { wc -l < "$MOTO_DIR/moto.log"; }
 moto_requests() {   # FROM_LINE PREFIX
@@ -168,6 +181,13 @@ moto_requests() {   # FROM_LINE PREFIX
             path = t; q = ""; i = index(t, "?"); if (i) { path = substr(t, 1, i - 1); q = substr(t, i) }
             if (index(path, b "/" p "/") == 1 || q ~ ("[?&]prefix=(%2F)?" p "(%2F|/|&|$)")) { n++; c[m]++ } }
         END { printf "%d %d %d %d\n", n, c["GET"], c["PUT"], n - c["GET"] - c["PUT"] }'
+}
+
+# the file system is shared: stop rather than fill it (a restore takes the source's size)
+need_space() {   # BYTES
+    local free
+    free=$(df -B1 --output=avail "$BASE" | tail -1)
+    [ "$free" -gt $(($1 + (1 << 30))) ] || die "only $(mb "$free") MB free on $BASE's file system: not enough for $(mb "$1") MB and 1 GiB to spare"
 }
 
 # ---------------------------------------------------------------- configuration
@@ -257,13 +277,16 @@ archived_by_all() {   # segments every target pushed (exit 0), sorted
 if want aget; then   # WAL of real changes until AGET_SEGS segments are archived
     k=0
     while [ "$(archived_by_all | wc -l)" -lt "$AGET_SEGS" ] && [ $k -lt 200 ]; do
+        need_space $((2 << 30))
         psqlq -c "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 10 = $((k % 10))"
         k=$((k + 1)); wait_archived
+        psqlq -c "CHECKPOINT"   # archived WAL is recycled, not kept up to max_wal_size
     done
     psqlq -c "VACUUM pgbench_accounts"
 fi
 psqlq -c "SELECT pg_switch_wal()" > /dev/null
 wait_archived
+psqlq -c "CHECKPOINT"
 archived_by_all | head -"$AGET_SEGS" > "$RES/aget-segments.txt"
 SRC_NOWAL=$(datasize)
 log "source: $(mb "$SRC_NOWAL") MB without pg_wal; $(wc -l < "$RES/aget-segments.txt") segments archived by all three"
@@ -281,16 +304,17 @@ prefix_of() { case $1 in pgbackrest) echo pgbackrest ;; pgward) echo pgward ;; *
 # timed STEP TOOL RUN ORDER BYTES NOTE ID CMD...: run_timed + record, with the S3 requests
 # the command made in the note
 timed() {
-    local step=$1 tool=$2 r=$3 o=$4 bytes=$5 note=$6 id=$7 m0 req retries
+    local step=$1 tool=$2 r=$3 o=$4 bytes=$5 note=$6 id=$7 m0 c0 req retries s3cpu
     shift 7
     wait_archived   # no archive-push of the previous step lands in this one's requests
-    m0=$(moto_lines)
+    m0=$(moto_lines); c0=$(moto_cpu)
     run_timed "$id" "$@"
     req=$(moto_requests "$m0" "$(prefix_of "$tool")")
+    s3cpu=$(awk -v a="$c0" -v b="$(moto_cpu)" 'BEGIN { printf "%.2f", b - a }')
     retries=$(grep -c 'retrying for another' "$RES/$id.out" || true)
     [ "$tool" = pgward-local ] && req="0 0 0 0"
     REQ=${req%% *}
-    record "$step" "$tool" "$r" "$o" "$bytes" "requests=$REQ (total GET PUT other: $req) retry-warnings=$retries $note" "$id"
+    record "$step" "$tool" "$r" "$o" "$bytes" "requests=$REQ (total GET PUT other: $req) s3-server-cpu=$s3cpu retry-warnings=$retries $note" "$id"
 }
 
 declare -A FULL INCR
@@ -314,6 +338,7 @@ backup() {   # STEP TYPE TOOL RUN ORDER
 restore() {   # STEP(restore-full|restore-chain) TOOL RUN ORDER
     local step=$1 tool=$2 r=$3 o=$4 id=$1-$2-$3 dir=$RST-$2 set
     if [ "$step" = restore-full ]; then set=${FULL[$tool-$r]}; else set=${INCR[$tool-$r]}; fi
+    need_space "$SRC_NOWAL"
     new_dir "$dir"
     case $tool in
         pgward)       timed "$step" "$tool" "$r" "$o" 0 "set=$set" "$id" "${PWS[@]}" "${RA[@]}" restore --set "$set" --pgdata "$dir" --archive-mode off --jobs 2 ;;
@@ -322,9 +347,27 @@ restore() {   # STEP(restore-full|restore-chain) TOOL RUN ORDER
     esac
     [ "$RC" -ne 0 ] || sed -i '$ s/^\(\([^\t]*\t\)\{10\}\)0\t/\1'"$(du -sb "$dir" | cut -f1)"'\t/' "$TSV"
     if [ "$tool" = pgward ] && [ "$step" = restore-chain ] && [ "$r" = "$RUNS" ] && [ "$RC" -eq 0 ]; then
-        rm -rf "$RST-check"; mv "$dir" "$RST-check"
+        check_restored "$dir"   # here, so that no second restore lies beside it on disk
     fi
     rm -rf "$dir"
+}
+
+# start the last round's pgward chain restore from S3 (it recovers from pgward's S3
+# archive) and compare its pgbench tables with the source's: nothing changes them after
+# the last incremental
+CHECK="not run"
+check_restored() {   # DIR
+    local src rst
+    src=$(pgbench_checksum "$PORT")
+    if start_restored "$1" check; then
+        rst=$(pgbench_checksum "$RPORT")
+        if [ "$src" = "$rst" ]; then CHECK="OK (pgbench tables equal the source's)"
+        else CHECK="MISMATCH: source $src, restored $rst"; fi
+        stop_server "$1"
+    else
+        CHECK="FAILED to start (see $BASE/log/restored-check.log)"
+    fi
+    log "restored chain: $CHECK"
 }
 
 aget() {   # TOOL RUN ORDER: AGET_SEGS archive-get processes back to back, timed as one
@@ -332,6 +375,7 @@ aget() {   # TOOL RUN ORDER: AGET_SEGS archive-get processes back to back, timed
     rm -rf "${AGET:?}"/*
     n=$(wc -l < "$RES/aget-segments.txt")
     local bytes=$((n * 16777216))
+    # shellcheck disable=SC2016   # expanded by that bash: $0 the directory, $@ the command
     local loop='while read -r s; do "$@" "$s" "$0/$s" || exit 1; done'
     if [ "$tool" = pgward ]; then
         timed aget "$tool" "$r" "$o" "$bytes" "$n segments" "$id" bash -c "$loop < $RES/aget-segments.txt" "$AGET" \
@@ -385,27 +429,17 @@ for r in $(seq 1 "$RUNS"); do
     fi
 done
 
-# ---------------------------------------------------------------- check the restored chain
-CHECK="not run"
-if [ -d "$RST-check" ]; then
-    SRC_SUM=$(pgbench_checksum "$PORT")
-    if start_restored "$RST-check" check; then
-        RST_SUM=$(pgbench_checksum "$RPORT")
-        # the source changed after the last round's incr only by what later rounds did:
-        # the last round's chain is the newest, so the sums must match
-        if [ "$SRC_SUM" = "$RST_SUM" ]; then CHECK="OK (pgbench tables equal the source's)"
-        else CHECK="MISMATCH: source $SRC_SUM, restored $RST_SUM"; fi
-        stop_server "$RST-check"
-    else
-        CHECK="FAILED to start (see $BASE/log/restored-check.log)"
-    fi
-    rm -rf "$RST-check"
-    log "restored chain: $CHECK"
-fi
 cp "$MOTO_DIR/moto.log" "$RES/" 2>/dev/null || true
+# sizes of pgward's bundles (what each of its ranged GETs costs moto; see moto_cpu)
+BUNDLES=$(curl -sf "http://127.0.0.1:$((MOTO_PORT + 1))/$BUCKET?list-type=2&prefix=pgward/$STANZA/bundles/" |
+    grep -o '<Size>[0-9]*</Size>' | grep -o '[0-9]*' | sort -n |
+    awk '{ a[NR] = $1 } END { if (NR) printf "%d bundles, %.1f-%.1f MB (median %.1f MB)", NR, a[1] / 1e6, a[NR] / 1e6, a[int((NR + 1) / 2)] / 1e6; else print "none" }' || true)
 
 # ---------------------------------------------------------------- report
 med() { col "$1" "$2" "$3" | median; }
+s3cpu_med() {   # STEP TOOL -> median CPU seconds of the S3 server
+    awk -F'\t' -v s="$1" -v v="$2" '$1==s && $2==v && $5=="ok" { if (match($12, /s3-server-cpu=[0-9.]+/)) print substr($12, RSTART + 14, RLENGTH - 14) }' "$TSV" | median
+}
 req_med() {   # STEP TOOL -> median requests
     awk -F'\t' -v s="$1" -v v="$2" '$1==s && $2==v && $5=="ok" { if (match($12, /requests=[0-9]+/)) print substr($12, RSTART + 9, RLENGTH - 9) }' "$TSV" | median
 }
@@ -417,14 +451,17 @@ req_med() {   # STEP TOOL -> median requests
     echo "- source $(mb "$SRC_NOWAL") MB without pg_wal; $RUNS rounds, tools alternating; lz4, 2 processes each; restores into an empty directory, warm page cache; moto $(cat "${PGWARD_MOTO_VENV:-/var/cache/pgward/moto-venv}/.pgward-moto" 2>/dev/null) behind stunnel (CA:FALSE leaf for localhost)"
     echo "- host load (1-min average) before steps: $(awk -F'\t' '$1!="setup" {print $14}' "$TSV" | rng)"
     echo "- restored chain check (last round, pgward from S3): $CHECK"
+    echo "- pgward's repository on S3: ${BUNDLES:-?} (moto copies the whole object for each ranged GET: its CPU per step is in the table)"
+    echo "- the S3 server (moto, Python) and stunnel run on the same cores as the tools: a step's wall includes their CPU; CPU s = user + sys of the tool's processes"
     echo
-    echo "| step | pgward s | pgBackRest s | pgward/pgBackRest | pgward local s | pgward S3/local | requests pgward / pgBackRest | MB | pgward MB/s | peak RSS MiB pgward / pgBackRest |"
-    echo "|---|---|---|---|---|---|---|---|---|---|"
+    echo "| step | pgward s | pgBackRest s | pgward/pgBackRest | pgward local s | pgward S3/local | CPU s pgward S3 / local / pgBackRest | requests pgward / pgBackRest | S3 server (moto + stunnel) CPU s pgward / pgBackRest | MB | pgward MB/s | peak RSS MiB pgward / pgBackRest |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+    # shellcheck disable=SC2015   # echo does not fail
     for s in full incr restore-full restore-chain verify aget; do
         pw=$(med "$s" pgward 6); br=$(med "$s" pgbackrest 6); pl=$(med "$s" pgward-local 6)
         [ "$pw" != nan ] || [ "$br" != nan ] || continue
         bytes=$(med "$s" pgward 11)
-        echo "| $s | $pw ($(col "$s" pgward 6 | rng)) | $br ($(col "$s" pgbackrest 6 | rng)) | $(ratio "$pw" "$br") | $([ "$pl" = nan ] && echo - || echo "$pl") | $([ "$pl" = nan ] && echo - || ratio "$pw" "$pl") | $(req_med "$s" pgward) / $(req_med "$s" pgbackrest) | $(mb "$bytes") | $(mbps "$bytes" "$pw") | $(mib "$(col "$s" pgward 7 | maxof)") / $(mib "$(col "$s" pgbackrest 7 | maxof)") |"
+        echo "| $s | $pw ($(col "$s" pgward 6 | rng)) | $br ($(col "$s" pgbackrest 6 | rng)) | $(ratio "$pw" "$br") | $([ "$pl" = nan ] && echo - || echo "$pl") | $([ "$pl" = nan ] && echo - || ratio "$pw" "$pl") | $(cpu_col "$s" pgward | median) / $(cpu_col "$s" pgward-local | median | sed 's/^nan$/-/') / $(cpu_col "$s" pgbackrest | median) | $(req_med "$s" pgward) / $(req_med "$s" pgbackrest) | $(s3cpu_med "$s" pgward) / $(s3cpu_med "$s" pgbackrest) | $(mb "$bytes") | $(mbps "$bytes" "$pw") | $(mib "$(col "$s" pgward 7 | maxof)") / $(mib "$(col "$s" pgbackrest 7 | maxof)") |"
     done
     echo
     echo "| target (issue 13) | measured | met |"
@@ -441,3 +478,9 @@ req_med() {   # STEP TOOL -> median requests
     echo
     echo "Per-run figures: $TSV (column 12: requests total/GET/PUT/other under the tool's prefix, from moto's log)."
 } | tee "$RES/report.md"
+
+if [ "$HOLD" = 1 ]; then
+    touch "$BASE/hold"
+    log "HOLD=1: S3 on $ENDPOINT (pgward: --config $PWCONF; pgBackRest: --config=$CONF) until $BASE/hold is removed"
+    while [ -e "$BASE/hold" ]; do sleep 2; done
+fi

@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::object::{self, Contents, Kind};
-use super::{Repo, FORMAT_VERSION};
+use super::{Repo, StanzaHandle, FORMAT_VERSION};
 use crate::error::{Error, ErrorKind, Result};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,8 +38,23 @@ impl Repo {
     /// Reads the stanza's identity; a clear error when the stanza was never created, and a
     /// Corrupt one when `stanza.json` is damaged or names another stanza.
     pub async fn stanza_info(&self) -> Result<StanzaInfo> {
+        let stored = object::get(&self.storage, &self.key(FILE)).await?;
+        self.stanza_info_from(stored).await
+    }
+
+    /// `stanza_info` of the stored bytes of `stanza.json` read already (None: absent).
+    async fn stanza_info_from(&self, stored: Option<Vec<u8>>) -> Result<StanzaInfo> {
         let key = self.key(FILE);
-        let contents = match self.read_contents(&key, Kind::Stanza).await? {
+        let contents = match stored {
+            None => None,
+            Some(stored) => Some(object::decode(
+                self.sealing_key(Kind::Stanza),
+                Kind::Stanza,
+                &stored,
+                &key,
+            )?),
+        };
+        let contents = match contents {
             None if self.holds_anything().await? => {
                 return Err(object::damaged(
                     &key,
@@ -121,6 +136,39 @@ impl Repo {
         self.read_object::<serde_json::Value>(&key, Kind::PitrSettings)
             .await
             .map(|v| v.map(|_| key))
+    }
+}
+
+impl StanzaHandle {
+    /// Unlocks the stanza and reads its identity (the checks of `unlock`, then of
+    /// `Repo::stanza_info`) in one round trip: what the commands PostgreSQL runs for
+    /// every WAL file need first. With a passphrase, the key file and `stanza.json` are
+    /// read at once. Without one, `stanza.json` alone decides: an encrypted stanza's is
+    /// always sealed, so a plain one is a plain stanza and the key file is not read; a
+    /// sealed or missing one takes the full path, for its precise error.
+    pub async fn open(self, passphrase: Option<&[u8]>) -> Result<(Repo, StanzaInfo)> {
+        let key = self.key(FILE);
+        let (key_file, stored) = match passphrase {
+            Some(_) => {
+                let (key_file, stored) =
+                    tokio::try_join!(self.key_file(), object::get(&self.storage, &key))?;
+                (key_file, stored)
+            }
+            None => {
+                let stored = object::get(&self.storage, &key).await?;
+                match &stored {
+                    Some(bytes) if !crate::pipeline::encrypt::is_encrypted(bytes) => {
+                        let contents = object::decode(None, Kind::Stanza, bytes, &key)?;
+                        let info = parse_stanza(contents, &key, &self.stanza)?;
+                        return Ok((self.into_repo(super::Sealing::Plain), info));
+                    }
+                    _ => (self.key_file().await?, stored),
+                }
+            }
+        };
+        let repo = self.unlock_with(key_file, passphrase).await?;
+        let info = repo.stanza_info_from(stored).await?;
+        Ok((repo, info))
     }
 }
 

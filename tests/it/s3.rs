@@ -466,10 +466,11 @@ fn s3_ip_endpoint_implies_path_style_and_info_writes_nothing() {
     );
 }
 
-/// archive-get of an unencrypted stanza makes three requests: `stanza.json` and the
-/// archive directory's listing at once (nothing at open, no key file), then the segment.
-/// A second archive-push on a host does not probe conditional writes again. A missing
-/// bucket still stops recovery with its hint, never reads as the end of the archive.
+/// archive-get (without prefetch) of an unencrypted stanza makes three requests:
+/// `stanza.json` and the archive directory's listing at once (nothing at open, no key
+/// file), then the segment. A second archive-push on a host does not probe conditional
+/// writes again, and reads `stanza.json` once. A missing bucket still stops recovery
+/// with its hint, never reads as the end of the archive.
 #[test]
 fn s3_archive_get_makes_three_requests_and_a_second_push_does_not_probe_again() {
     let proxy = Proxy::start(moto());
@@ -492,8 +493,10 @@ fn s3_archive_get_makes_three_requests_and_a_second_push_does_not_probe_again() 
     let dest = dir.join("RECOVERYXLOG");
     let dest_s = dest.display().to_string();
 
+    // Without prefetch: a prefetcher would go on in the background, making requests of
+    // its own while the proxy listens.
     let requests = proxy.requests_during(|| {
-        src.ok(&["archive-get", &seg, &dest_s]);
+        src.ok(&["archive-get", "--archive-get-queue-max", "0", &seg, &dest_s]);
     });
     assert_eq!(requests.len(), 3, "{requests:#?}");
     assert!(
@@ -523,6 +526,11 @@ fn s3_archive_get_makes_three_requests_and_a_second_push_does_not_probe_again() 
         requests.iter().any(|r| r.starts_with("PUT ") && r.contains(".claim")),
         "the claim is still created conditionally: {requests:#?}"
     );
+    // The stanza's identity is read once, with the unlock, and a plain stanza's key file
+    // not at all.
+    let stanza_reads = requests.iter().filter(|r| r.contains("/stanza.json ")).count();
+    assert_eq!(stanza_reads, 1, "{requests:#?}");
+    assert!(!requests.iter().any(|r| r.contains("keyfile.json")), "{requests:#?}");
 
     let mut args: Vec<&str> = src.extra.iter().map(String::as_str).collect();
     args.extend([

@@ -19,7 +19,11 @@ pub async fn find_for_get(repo: &Repo, name: &WalFileName) -> Result<Option<Arch
 }
 
 /// `find_for_get` over what `archived_for_get` listed.
-fn choose(repo: &Repo, name: &WalFileName, found: Vec<ArchivedFile>) -> Result<Option<ArchivedFile>> {
+fn choose(
+    repo: &Repo,
+    name: &WalFileName,
+    found: Vec<ArchivedFile>,
+) -> Result<Option<ArchivedFile>> {
     let (exact, partial): (Vec<_>, Vec<_>) = found.into_iter().partition(|f| &f.name == name);
     match one_version(repo, exact)? {
         Some(file) => Ok(Some(file)),

@@ -130,8 +130,16 @@ pub async fn archive_push(
     };
     let (outcome, map) = tokio::join!(put, async {
         if is_segment {
-            prepare_block_map(repo, &stanza, path, content.clone(), &name, &checksum, known_tail)
-                .await
+            prepare_block_map(
+                repo,
+                &stanza,
+                path,
+                content.clone(),
+                &name,
+                &checksum,
+                known_tail,
+            )
+            .await
         } else {
             None
         }

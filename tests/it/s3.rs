@@ -481,11 +481,14 @@ fn s3_archive_get_makes_three_requests_and_a_second_push_does_not_probe_again() 
     // The archiver pushes other files too (a history or backup file) in its own order:
     // pgward must be the only client while the proxy listens.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while src.sql(
-        "SELECT count(*) FROM pg_ls_dir('pg_wal/archive_status') f WHERE f LIKE '%.ready'",
-    ) != "0"
+    while src
+        .sql("SELECT count(*) FROM pg_ls_dir('pg_wal/archive_status') f WHERE f LIKE '%.ready'")
+        != "0"
     {
-        assert!(std::time::Instant::now() < deadline, "the archiver never caught up");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the archiver never caught up"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let dir = work_dir("s3requests-files");
@@ -500,14 +503,21 @@ fn s3_archive_get_makes_three_requests_and_a_second_push_does_not_probe_again() 
     });
     assert_eq!(requests.len(), 3, "{requests:#?}");
     assert!(
-        requests.iter().any(|r| r.contains("/repo/main/stanza.json ")),
+        requests
+            .iter()
+            .any(|r| r.contains("/repo/main/stanza.json ")),
         "{requests:#?}"
     );
     assert!(
-        requests.iter().any(|r| r.contains(&format!("/repo/main/archive/{}/{seg}-", &seg[..16]))),
+        requests
+            .iter()
+            .any(|r| r.contains(&format!("/repo/main/archive/{}/{seg}-", &seg[..16]))),
         "{requests:#?}"
     );
-    assert!(requests.iter().all(|r| r.starts_with("GET ")), "{requests:#?}");
+    assert!(
+        requests.iter().all(|r| r.starts_with("GET ")),
+        "{requests:#?}"
+    );
     assert_eq!(std::fs::metadata(&dest).unwrap().len(), 16 << 20);
 
     // The archiver's pushes probed already; pushing the segment again (identical: the
@@ -523,14 +533,22 @@ fn s3_archive_get_makes_three_requests_and_a_second_push_does_not_probe_again() 
         "{requests:#?}"
     );
     assert!(
-        requests.iter().any(|r| r.starts_with("PUT ") && r.contains(".claim")),
+        requests
+            .iter()
+            .any(|r| r.starts_with("PUT ") && r.contains(".claim")),
         "the claim is still created conditionally: {requests:#?}"
     );
     // The stanza's identity is read once, with the unlock, and a plain stanza's key file
     // not at all.
-    let stanza_reads = requests.iter().filter(|r| r.contains("/stanza.json ")).count();
+    let stanza_reads = requests
+        .iter()
+        .filter(|r| r.contains("/stanza.json "))
+        .count();
     assert_eq!(stanza_reads, 1, "{requests:#?}");
-    assert!(!requests.iter().any(|r| r.contains("keyfile.json")), "{requests:#?}");
+    assert!(
+        !requests.iter().any(|r| r.contains("keyfile.json")),
+        "{requests:#?}"
+    );
 
     let mut args: Vec<&str> = src.extra.iter().map(String::as_str).collect();
     args.extend([

@@ -253,6 +253,38 @@ mod tests {
         .into_bytes()
     }
 
+    #[tokio::test]
+    async fn open_reads_the_identity_with_the_unlock_and_a_sealed_stanza_needs_its_passphrase() {
+        let tmp = tempfile::tempdir().unwrap();
+        let storage: crate::storage::SharedStorage =
+            std::sync::Arc::new(crate::storage::LocalStorage::new(tmp.path()));
+        let handle = |name: &str| StanzaHandle::new(storage.clone(), name).unwrap();
+        let cluster = ClusterIdentity {
+            system_identifier: 7,
+            pg_major: 15,
+            data_checksums: true,
+            wal_segment_size: 16 << 20,
+        };
+        let plain = handle("plain").unlock(None).await.unwrap();
+        plain.stanza_create(&cluster).await.unwrap();
+        let (repo, info) = handle("plain").open(None).await.unwrap();
+        assert!(!repo.is_encrypted());
+        assert_eq!(info.system_identifier, 7);
+
+        let sealed = handle("sealed").create_key(b"pw").await.unwrap();
+        sealed.stanza_create(&cluster).await.unwrap();
+        let e = handle("sealed").open(None).await.unwrap_err();
+        assert!(e.message.contains("no passphrase was given"), "{e}");
+        let (repo, info) = handle("sealed").open(Some(b"pw")).await.unwrap();
+        assert!(repo.is_encrypted());
+        assert_eq!(info.stanza, "sealed");
+        assert!(handle("sealed").open(Some(b"wrong")).await.is_err());
+
+        let e = handle("absent").open(None).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Config, "{e}");
+        assert!(e.message.contains("does not exist"), "{e}");
+    }
+
     #[test]
     fn a_wal_segment_size_postgresql_cannot_have_is_damage_not_a_later_division_by_zero() {
         let ok = parse_stanza(Contents::Checked(stanza_json(16 << 20)), "k", "main").unwrap();

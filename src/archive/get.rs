@@ -15,13 +15,20 @@ use crate::storage::local::sync_dir;
 /// left behind at a promotion). Two versions of one name cannot both be right: that stops
 /// recovery rather than serve either.
 pub async fn find_for_get(repo: &Repo, name: &WalFileName) -> Result<Option<ArchivedFile>> {
-    let mut found = one_version(repo, repo.find_archived(name).await?)?;
-    if found.is_none() {
-        if let WalFileName::Segment(seg) = name {
-            found = one_version(repo, repo.find_archived(&WalFileName::Partial(*seg)).await?)?;
-        }
+    choose(repo, name, repo.archived_for_get(name).await?)
+}
+
+/// `find_for_get` over what `archived_for_get` listed.
+fn choose(
+    repo: &Repo,
+    name: &WalFileName,
+    found: Vec<ArchivedFile>,
+) -> Result<Option<ArchivedFile>> {
+    let (exact, partial): (Vec<_>, Vec<_>) = found.into_iter().partition(|f| &f.name == name);
+    match one_version(repo, exact)? {
+        Some(file) => Ok(Some(file)),
+        None => one_version(repo, partial),
     }
-    Ok(found)
 }
 
 fn one_version(repo: &Repo, found: Vec<ArchivedFile>) -> Result<Option<ArchivedFile>> {
@@ -38,11 +45,19 @@ fn one_version(repo: &Repo, found: Vec<ArchivedFile>) -> Result<Option<ArchivedF
     Ok(found.into_iter().next())
 }
 
-pub async fn archive_get(repo: &Repo, wal_name: &str, dest: &Path) -> Result<ArchivedFile> {
-    let name = WalFileName::parse(wal_name).map_err(|e| {
-        Error::config(e.to_string()).hint("restore_command must pass %f and \"%p\"")
-    })?;
-    let Some(file) = find_for_get(repo, &name).await? else {
+/// `listed`: what `StanzaHandle::archived_for_get` found for `name`, when the caller
+/// listed while it unlocked the stanza; None lists now.
+pub async fn archive_get(
+    repo: &Repo,
+    name: &WalFileName,
+    listed: Option<Vec<ArchivedFile>>,
+    dest: &Path,
+) -> Result<ArchivedFile> {
+    let found = match listed {
+        Some(found) => choose(repo, name, found)?,
+        None => find_for_get(repo, name).await?,
+    };
+    let Some(file) = found else {
         return Err(Error::new(
             ErrorKind::NotFound,
             format!("{name} is not in the archive of stanza {:?}", repo.stanza),

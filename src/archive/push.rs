@@ -84,15 +84,21 @@ impl PushedTails {
 
 /// Stores the WAL file at `path`; with `block_maps`, a segment's block map too. `tails`:
 /// where to find and keep the tails of segments pushed before (the async worker).
+/// `stanza`: the stanza's identity when the caller read it while unlocking
+/// (`StanzaHandle::open`); None reads it now.
 pub async fn archive_push(
     repo: &Repo,
+    stanza: Option<&StanzaInfo>,
     path: &Path,
     compression: Compression,
     block_maps: bool,
     tails: Option<&PushedTails>,
 ) -> Result<PushOutcome> {
     let name = parse_pushed_name(path)?;
-    let stanza = repo.stanza_info().await?;
+    let stanza = match stanza {
+        Some(stanza) => stanza.clone(),
+        None => repo.stanza_info().await?,
+    };
     let slot = BufferSlot::take(); // held until the push is done with the content
     let (content, checksum) = read_validated(path, &name, &stanza, slot.is_some()).await?;
     let known_tail = match (&name, tails) {
@@ -124,7 +130,16 @@ pub async fn archive_push(
     };
     let (outcome, map) = tokio::join!(put, async {
         if is_segment {
-            prepare_block_map(repo, path, content.clone(), &name, &checksum, known_tail).await
+            prepare_block_map(
+                repo,
+                &stanza,
+                path,
+                content.clone(),
+                &name,
+                &checksum,
+                known_tail,
+            )
+            .await
         } else {
             None
         }
@@ -155,6 +170,7 @@ pub async fn archive_push(
 /// cannot be made or stored costs incrementals a page scan, never the push.
 async fn prepare_block_map(
     repo: &Repo,
+    stanza: &StanzaInfo,
     path: &Path,
     content: Option<Bytes>,
     name: &WalFileName,
@@ -172,7 +188,7 @@ async fn prepare_block_map(
         },
     };
     let made = repo
-        .make_wal_map(name, bytes, checksum, path.parent(), known_tail)
+        .make_wal_map_of(stanza, name, bytes, checksum, path.parent(), known_tail)
         .await;
     match made {
         Ok(map) => repo.prepare_wal_map(name, &map).await,

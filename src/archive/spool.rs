@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::pipeline::Compression;
+use crate::repo::stanza::StanzaInfo;
 use crate::repo::{Repo, ABANDONED_AFTER};
 use crate::storage::local::{
     create_dir_durable, ensure_private_dir, open_nofollow, refuse_open_parent,
@@ -179,17 +180,17 @@ fn read_count(path: &Path) -> u64 {
     text.trim().parse().unwrap_or(0)
 }
 
-/// Foreground: validate, spool durably, make sure a worker runs.
+/// Foreground: validate (against `stanza`, read while unlocking), spool durably, make
+/// sure a worker runs.
 pub async fn push_async(
-    repo: &Repo,
+    stanza: &StanzaInfo,
     path: &Path,
     spool: &Spool,
     queue_max: usize,
     worker: &Background,
 ) -> Result<()> {
     let name = parse_pushed_name(path)?;
-    let stanza = repo.stanza_info().await?;
-    let checksum = validate(path, &name, &stanza).await?;
+    let checksum = validate(path, &name, stanza).await?;
     spool.prepare()?;
     let target = spool.dir.join(name.to_string());
     let queued_already = match std::fs::symlink_metadata(&target) {
@@ -308,7 +309,7 @@ pub async fn run_worker(
             futures::future::join_all(queued.iter().take(jobs.max(1)).map(|path| async move {
                 (
                     path,
-                    archive_push(repo, path, compression, block_maps, Some(tails)).await,
+                    archive_push(repo, None, path, compression, block_maps, Some(tails)).await,
                 )
             }))
             .await;

@@ -105,12 +105,28 @@ impl Resolved {
     /// and failing it would stop archiving or recovery over an option that does no harm.
     async fn repo_run_by_server(&self) -> Result<Repo> {
         let repo = self.unlocked().await?;
+        self.warn_cipher_flags(&repo);
+        Ok(repo)
+    }
+
+    /// `repo_run_by_server` with the stanza's identity, both read at once
+    /// (`StanzaHandle::open`).
+    async fn stanza_run_by_server(
+        &self,
+        handle: StanzaHandle,
+    ) -> Result<(Repo, crate::repo::stanza::StanzaInfo)> {
+        let pass = self.passphrase()?;
+        let (repo, info) = handle.open(pass.as_deref()).await?;
+        self.warn_cipher_flags(&repo);
+        Ok((repo, info))
+    }
+
+    fn warn_cipher_flags(&self, repo: &Repo) {
         if !repo.is_encrypted() {
-            if let Err(e) = self.refuse_cipher_flags(&repo) {
+            if let Err(e) = self.refuse_cipher_flags(repo) {
                 tracing::warn!("{}: ignored", e.message);
             }
         }
-        Ok(repo)
     }
 
     async fn unlocked(&self) -> Result<Repo> {

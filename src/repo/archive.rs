@@ -4,10 +4,11 @@
 //! it, without opening anything. Other names are not archived files: claims (`wal.rs`)
 //! and block maps (`<wal name>.map`, `wal_map.rs`).
 
-use super::Repo;
+use super::{Repo, StanzaHandle};
 use crate::error::Result;
 use crate::pg::{TimelineId, WalFileName};
 use crate::pipeline::compress::Codec;
+use crate::storage::SharedStorage;
 
 const HISTORY_DIR: &str = "history";
 
@@ -82,6 +83,12 @@ impl Repo {
         Ok(found.into_iter().filter(|f| &f.name == name).collect())
     }
 
+    /// The stored copies of `name` and, for a segment, of its `.partial` (see
+    /// `StanzaHandle::archived_for_get`).
+    pub async fn archived_for_get(&self, name: &WalFileName) -> Result<Vec<ArchivedFile>> {
+        archived_for_get(&self.storage, &self.stanza, name).await
+    }
+
     /// Everything in the archive, sorted by name (timeline, then position).
     pub async fn list_archive(&self) -> Result<Vec<ArchivedFile>> {
         use futures::stream::{StreamExt, TryStreamExt};
@@ -110,6 +117,32 @@ impl Repo {
                 .await?,
         ))
     }
+}
+
+impl StanzaHandle {
+    /// The stored copies of `name` and, for a segment, of its `.partial` (the end of a
+    /// timeline left at a promotion), from one listing of the directory both live in.
+    /// Names only, nothing sealed: archive-get lists while it unlocks the stanza.
+    pub async fn archived_for_get(&self, name: &WalFileName) -> Result<Vec<ArchivedFile>> {
+        archived_for_get(&self.storage, &self.stanza, name).await
+    }
+}
+
+async fn archived_for_get(
+    storage: &SharedStorage,
+    stanza: &str,
+    name: &WalFileName,
+) -> Result<Vec<ArchivedFile>> {
+    let partial = match name {
+        WalFileName::Segment(seg) => Some(WalFileName::Partial(*seg)),
+        _ => None,
+    };
+    let dir = format!("{stanza}/archive/{}", archive_subdir(name));
+    let listing = storage.list(&dir).await?;
+    Ok(parse_listing(&listing)
+        .into_iter()
+        .filter(|f| &f.name == name || Some(&f.name) == partial.as_ref())
+        .collect())
 }
 
 pub(super) fn parse_listing(listing: &crate::storage::Listing) -> Vec<ArchivedFile> {

@@ -40,7 +40,7 @@ impl StanzaHandle {
         self.key(KEY_FILE)
     }
 
-    async fn key_file(&self) -> Result<Option<StoredKeyFile>> {
+    pub(super) async fn key_file(&self) -> Result<Option<StoredKeyFile>> {
         let key = self.key_file_key();
         match object::get(&self.storage, &key).await? {
             Some(bytes) => parse_key_file(&bytes, &key).map(Some),
@@ -51,7 +51,18 @@ impl StanzaHandle {
     /// Unlocks the stanza with `passphrase`: the only way to a `Repo`. A clear error when
     /// the stanza is encrypted and the passphrase is missing or wrong.
     pub async fn unlock(self, passphrase: Option<&[u8]>) -> Result<Repo> {
-        match (self.key_file().await?, passphrase) {
+        let key_file = self.key_file().await?;
+        self.unlock_with(key_file, passphrase).await
+    }
+
+    /// `unlock` with the key file already read (`StanzaHandle::open` reads it together
+    /// with `stanza.json`).
+    pub(super) async fn unlock_with(
+        self,
+        key_file: Option<StoredKeyFile>,
+        passphrase: Option<&[u8]>,
+    ) -> Result<Repo> {
+        match (key_file, passphrase) {
             (Some(stored), Some(pass)) => {
                 let key = stored
                     .file

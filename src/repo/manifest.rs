@@ -528,8 +528,13 @@ impl Repo {
     /// A manifest, checked against its label and the stanza's cluster.
     pub async fn load_manifest(&self, label: &str) -> Result<Manifest> {
         let stanza = self.stanza_info().await?;
+        self.load_manifest_of(label, &stanza).await
+    }
+
+    /// `load_manifest` against the stanza info the caller read already.
+    pub async fn load_manifest_of(&self, label: &str, stanza: &StanzaInfo) -> Result<Manifest> {
         let m = self.read_manifest(label).await?;
-        check_cluster(&m, &stanza, &manifest_key(self, label))?;
+        check_cluster(&m, stanza, &manifest_key(self, label))?;
         Ok(m)
     }
 

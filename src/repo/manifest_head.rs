@@ -142,6 +142,9 @@ fn parse_head(bytes: &[u8]) -> std::result::Result<(Manifest, usize), ManifestEr
     Ok((manifest, h.file_count))
 }
 
+/// Manifests read at once for their heads (object storage: a round trip each).
+pub const HEADERS_AT_ONCE: usize = 4;
+
 impl Repo {
     /// One backup's manifest without its lists, checked like `load_manifest`.
     pub async fn load_backup_header(&self, label: &str, stanza: &StanzaInfo) -> Result<Manifest> {
@@ -154,12 +157,20 @@ impl Repo {
 
     /// Like `load_backups`, without file lists (see the module comment).
     pub async fn load_backup_headers(&self, stanza: Option<&StanzaInfo>) -> Result<BackupHeaders> {
+        use futures::stream::StreamExt;
         let mut out = BackupHeaders::default();
-        for label in self.backup_labels().await? {
-            let checked = match self
-                .read_manifest_as(&label, parse_head, |(m, _)| &m.label)
-                .await
-            {
+        // A round trip each on object storage: a few at once, in label order. Each read
+        // holds a whole manifest until its head is parsed, hence few.
+        let mut reads = futures::stream::iter(self.backup_labels().await?)
+            .map(|label| async move {
+                let read = self
+                    .read_manifest_as(&label, parse_head, |(m, _)| &m.label)
+                    .await;
+                (label, read)
+            })
+            .buffered(HEADERS_AT_ONCE);
+        while let Some((label, read)) = reads.next().await {
+            let checked = match read {
                 Ok((m, files)) => match stanza {
                     Some(s) => {
                         check_cluster(&m, s, &manifest_key(self, &label)).map(|()| (m, files))

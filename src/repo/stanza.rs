@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::object::{self, Contents, Kind};
-use super::{Repo, FORMAT_VERSION};
+use super::{Repo, StanzaHandle, FORMAT_VERSION};
 use crate::error::{Error, ErrorKind, Result};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,8 +38,23 @@ impl Repo {
     /// Reads the stanza's identity; a clear error when the stanza was never created, and a
     /// Corrupt one when `stanza.json` is damaged or names another stanza.
     pub async fn stanza_info(&self) -> Result<StanzaInfo> {
+        let stored = object::get(&self.storage, &self.key(FILE)).await?;
+        self.stanza_info_from(stored).await
+    }
+
+    /// `stanza_info` of the stored bytes of `stanza.json` read already (None: absent).
+    async fn stanza_info_from(&self, stored: Option<Vec<u8>>) -> Result<StanzaInfo> {
         let key = self.key(FILE);
-        let contents = match self.read_contents(&key, Kind::Stanza).await? {
+        let contents = match stored {
+            None => None,
+            Some(stored) => Some(object::decode(
+                self.sealing_key(Kind::Stanza),
+                Kind::Stanza,
+                &stored,
+                &key,
+            )?),
+        };
+        let contents = match contents {
             None if self.holds_anything().await? => {
                 return Err(object::damaged(
                     &key,
@@ -124,6 +139,43 @@ impl Repo {
     }
 }
 
+impl StanzaHandle {
+    /// Unlocks the stanza and reads its identity (the checks of `unlock`, then of
+    /// `Repo::stanza_info`) in one round trip: what the commands PostgreSQL runs for
+    /// every WAL file need first. With a passphrase, the key file and `stanza.json` are
+    /// read at once. Without one, `stanza.json` alone decides: an encrypted stanza's is
+    /// always sealed, so a plain one is a plain stanza and the key file is not read; a
+    /// sealed or missing one takes the full path, for its precise error.
+    pub async fn open(self, passphrase: Option<&[u8]>) -> Result<(Repo, StanzaInfo)> {
+        let key = self.key(FILE);
+        let (key_file, stored) = match passphrase {
+            Some(_) => {
+                let (key_file, stored) =
+                    tokio::try_join!(self.key_file(), object::get(&self.storage, &key))?;
+                (key_file, stored)
+            }
+            None => {
+                // The key file is asked for beside stanza.json (no extra wait): a plain
+                // stanza.json planted in an encrypted stanza must not make pgward read
+                // or, worse, write that stanza unencrypted.
+                let (key_file, stored) =
+                    tokio::try_join!(self.key_file(), object::get(&self.storage, &key))?;
+                match (&key_file, &stored) {
+                    (None, Some(bytes)) if !crate::pipeline::encrypt::is_encrypted(bytes) => {
+                        let contents = object::decode(None, Kind::Stanza, bytes, &key)?;
+                        let info = parse_stanza(contents, &key, &self.stanza)?;
+                        return Ok((self.into_repo(super::Sealing::Plain), info));
+                    }
+                    _ => (key_file, stored),
+                }
+            }
+        };
+        let repo = self.unlock_with(key_file, passphrase).await?;
+        let info = repo.stanza_info_from(stored).await?;
+        Ok((repo, info))
+    }
+}
+
 /// Parses and checks stored `stanza.json` contents found under stanza `stanza`.
 pub(super) fn parse_stanza(contents: Contents, key: &str, stanza: &str) -> Result<StanzaInfo> {
     let (info, legacy): (StanzaInfo, bool) = match contents {
@@ -203,6 +255,38 @@ mod tests {
             r#"{{"format_version":4,"stanza":"main","system_identifier":"7","pg_major":15,"data_checksums":true,"wal_segment_size":{segment_size},"created":"2026-11-29T10:00:00Z"}}"#
         )
         .into_bytes()
+    }
+
+    #[tokio::test]
+    async fn open_reads_the_identity_with_the_unlock_and_a_sealed_stanza_needs_its_passphrase() {
+        let tmp = tempfile::tempdir().unwrap();
+        let storage: crate::storage::SharedStorage =
+            std::sync::Arc::new(crate::storage::LocalStorage::new(tmp.path()));
+        let handle = |name: &str| StanzaHandle::new(storage.clone(), name).unwrap();
+        let cluster = ClusterIdentity {
+            system_identifier: 7,
+            pg_major: 15,
+            data_checksums: true,
+            wal_segment_size: 16 << 20,
+        };
+        let plain = handle("plain").unlock(None).await.unwrap();
+        plain.stanza_create(&cluster).await.unwrap();
+        let (repo, info) = handle("plain").open(None).await.unwrap();
+        assert!(!repo.is_encrypted());
+        assert_eq!(info.system_identifier, 7);
+
+        let sealed = handle("sealed").create_key(b"pw").await.unwrap();
+        sealed.stanza_create(&cluster).await.unwrap();
+        let e = handle("sealed").open(None).await.unwrap_err();
+        assert!(e.message.contains("no passphrase was given"), "{e}");
+        let (repo, info) = handle("sealed").open(Some(b"pw")).await.unwrap();
+        assert!(repo.is_encrypted());
+        assert_eq!(info.stanza, "sealed");
+        assert!(handle("sealed").open(Some(b"wrong")).await.is_err());
+
+        let e = handle("absent").open(None).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Config, "{e}");
+        assert!(e.message.contains("does not exist"), "{e}");
     }
 
     #[test]

@@ -20,6 +20,7 @@ use std::path::Path;
 use super::archive::archive_subdir;
 use super::blockmap::{BlockMap, Poison};
 use super::object::{damaged, Contents, Kind};
+use super::stanza::StanzaInfo;
 use super::Repo;
 use crate::error::Result;
 use crate::pg::WalFileName;
@@ -125,6 +126,22 @@ impl Repo {
         local_dir: Option<&Path>,
         known_tail: Option<bytes::Bytes>,
     ) -> Result<BlockMap> {
+        let stanza = self.stanza_info().await?;
+        self.make_wal_map_of(&stanza, name, segment, checksum, local_dir, known_tail)
+            .await
+    }
+
+    /// [`Repo::make_wal_map`] with the stanza's identity read already (archive-push
+    /// reads it once, with the unlock).
+    pub async fn make_wal_map_of(
+        &self,
+        stanza: &StanzaInfo,
+        name: &WalFileName,
+        segment: bytes::Bytes,
+        checksum: &str,
+        local_dir: Option<&Path>,
+        known_tail: Option<bytes::Bytes>,
+    ) -> Result<BlockMap> {
         let Some(seg) = name.segment() else {
             return Err(crate::error::Error::config(format!(
                 "{name} is not a WAL segment: only segments have block maps"
@@ -134,7 +151,6 @@ impl Repo {
         if let Ok(h) = blake3::Hash::from_hex(checksum) {
             sum = *h.as_bytes();
         }
-        let stanza = self.stanza_info().await?;
         let size = stanza.wal_segment_size;
         let identity = (
             stanza.system_identifier,

@@ -154,16 +154,25 @@ pub(super) async fn codec_by_backup(
     if needed.is_empty() {
         return Ok(codecs);
     }
-    // Only the backups the extents name, each by its header.
+    // Only the backups the extents name, each by its header, a few at once.
+    use futures::stream::{StreamExt, TryStreamExt};
     let stanza = repo.stanza_info().await?;
-    for label in needed {
-        let other = repo.load_backup_header(label, &stanza).await.map_err(|e| {
-            Error::corrupt(format!(
-                "backup {} needs backup {label}, which cannot be read: {e}",
-                manifest.label
-            ))
-        })?;
-        codecs.insert(label.to_string(), other.compression.codec);
+    let stanza = &stanza;
+    let headers: Vec<(&str, Codec)> = futures::stream::iter(needed)
+        .map(|label| async move {
+            let other = repo.load_backup_header(label, stanza).await.map_err(|e| {
+                Error::corrupt(format!(
+                    "backup {} needs backup {label}, which cannot be read: {e}",
+                    manifest.label
+                ))
+            })?;
+            Ok::<_, Error>((label, other.compression.codec))
+        })
+        .buffered(crate::repo::manifest_head::HEADERS_AT_ONCE)
+        .try_collect()
+        .await?;
+    for (label, codec) in headers {
+        codecs.insert(label.to_string(), codec);
     }
     Ok(codecs)
 }

@@ -212,7 +212,7 @@ pub async fn select_backup(
             manifest.label
         )));
     }
-    repo.load_manifest(&manifest.label).await
+    repo.load_manifest_of(&manifest.label, &stanza).await
 }
 
 /// Where each tablespace goes: its original location unless remapped.

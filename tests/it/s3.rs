@@ -466,6 +466,119 @@ fn s3_ip_endpoint_implies_path_style_and_info_writes_nothing() {
     );
 }
 
+/// archive-get (without prefetch) of an unencrypted stanza makes four requests in two
+/// rounds: `stanza.json`, the key file (absent; asked so that a planted plain
+/// stanza.json cannot pass for an encrypted stanza's) and the archive directory's
+/// listing at once (nothing at open), then the segment. A second archive-push on a host does not probe conditional
+/// writes again, and reads `stanza.json` once. A missing bucket still stops recovery
+/// with its hint, never reads as the end of the archive.
+#[test]
+fn s3_archive_get_makes_four_requests_in_two_rounds_and_a_second_push_does_not_probe_again() {
+    let proxy = Proxy::start(moto());
+    let src = s3_source("s3requests", Some(proxy.port), "", &[]);
+    src.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g");
+    src.archive_current_wal();
+    let seg = src.sql("SELECT last_archived_wal FROM pg_stat_archiver");
+    // The archiver pushes other files too (a history or backup file) in its own order:
+    // pgward must be the only client while the proxy listens.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while src
+        .sql("SELECT count(*) FROM pg_ls_dir('pg_wal/archive_status') f WHERE f LIKE '%.ready'")
+        != "0"
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the archiver never caught up"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let dir = work_dir("s3requests-files");
+    chown_pg(&dir);
+    let dest = dir.join("RECOVERYXLOG");
+    let dest_s = dest.display().to_string();
+
+    // Without prefetch: a prefetcher would go on in the background, making requests of
+    // its own while the proxy listens.
+    let requests = proxy.requests_during(|| {
+        src.ok(&["archive-get", "--archive-get-queue-max", "0", &seg, &dest_s]);
+    });
+    assert_eq!(requests.len(), 4, "{requests:#?}");
+    assert!(
+        requests.iter().any(|r| r.contains("/repo/main/keyfile.json ")),
+        "{requests:#?}"
+    );
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.contains("/repo/main/stanza.json ")),
+        "{requests:#?}"
+    );
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.contains(&format!("/repo/main/archive/{}/{seg}-", &seg[..16]))),
+        "{requests:#?}"
+    );
+    assert!(
+        requests.iter().all(|r| r.starts_with("GET ")),
+        "{requests:#?}"
+    );
+    assert_eq!(std::fs::metadata(&dest).unwrap().len(), 16 << 20);
+
+    // The archiver's pushes probed already; pushing the segment again (identical: the
+    // claim is read back) does not.
+    let again = dir.join(&seg);
+    std::fs::copy(&dest, &again).unwrap();
+    chown_pg(&again);
+    let requests = proxy.requests_during(|| {
+        src.ok(&["archive-push", again.to_str().unwrap()]);
+    });
+    assert!(
+        !requests.iter().any(|r| r.contains(".pgward-probe")),
+        "{requests:#?}"
+    );
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.starts_with("PUT ") && r.contains(".claim")),
+        "the claim is still created conditionally: {requests:#?}"
+    );
+    // The stanza's identity is read once, with the unlock, and the key file once beside it.
+    let stanza_reads = requests
+        .iter()
+        .filter(|r| r.contains("/stanza.json "))
+        .count();
+    assert_eq!(stanza_reads, 1, "{requests:#?}");
+    assert_eq!(
+        requests.iter().filter(|r| r.contains("keyfile.json")).count(),
+        1,
+        "{requests:#?}"
+    );
+
+    let mut args: Vec<&str> = src.extra.iter().map(String::as_str).collect();
+    args.extend([
+        "--repo",
+        "s3://no-such-bucket/repo",
+        "--stanza",
+        "main",
+        "archive-get",
+        &seg,
+        &dest_s,
+    ]);
+    let out = pgward(&args, &src.cluster.env());
+    assert!(
+        out.status.code().is_some_and(|c| c != 0 && c != 1),
+        "{:?}: {}",
+        out.status,
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("bucket no-such-bucket does not exist"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 #[test]
 fn s3_unreachable_endpoint_warns_while_retrying_and_fails_with_a_hint() {
     // A loopback port nothing listens on.

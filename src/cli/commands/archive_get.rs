@@ -14,17 +14,30 @@ pub async fn run(
     dest: &Path,
     queue_max: usize,
 ) -> Result<Outcome> {
-    let repo = resolved.repo_run_by_server().await?;
-    // A missing stanza must stop recovery, not look like the end of the archive.
-    repo.stanza_info().await?;
     let wal = WalFileName::parse(name).map_err(|e| {
         Error::config(e.to_string()).hint("restore_command must pass %f and \"%p\"")
     })?;
     let prefetching = queue_max > 0 && matches!(wal, WalFileName::Segment(_));
     let prefetch_dir = prefetch::dir_for(dest);
+    let prefetched = prefetching && prefetch_dir.join(name).exists();
+    // Unlocking, the stanza's identity and the archive's listing are independent
+    // round trips to the repository: one wait instead of three.
+    let handle = resolved.stanza_handle().await?;
+    let list = async {
+        if prefetched {
+            Ok(None)
+        } else {
+            handle.archived_for_get(&wal).await.map(Some)
+        }
+    };
+    let (opened, listed) = tokio::join!(resolved.stanza_run_by_server(handle.clone()), list);
+    // A missing stanza must stop recovery, not look like the end of the archive: its
+    // error comes first.
+    let (repo, _stanza) = opened?;
+    let listed = listed?;
     let served = prefetching && prefetch::take(&prefetch_dir, &wal, dest)?;
     if !served {
-        crate::archive::get::archive_get(&repo, name, dest).await?;
+        crate::archive::get::archive_get(&repo, &wal, listed, dest).await?;
     }
     if prefetching {
         let background = resolved.background(

@@ -15,7 +15,9 @@ pub async fn run(
     spool: Option<&Path>,
     queue_max: usize,
 ) -> Result<Outcome> {
-    let repo = resolved.repo_run_by_server().await?;
+    let (repo, stanza) = resolved
+        .stanza_run_by_server(resolved.stanza_handle().await?)
+        .await?;
     if let Some(spool_path) = spool {
         let spool = Spool::new(spool_path, &repo.stanza);
         let worker = resolved.background(
@@ -26,11 +28,12 @@ pub async fn run(
                 &spool_path.display().to_string(),
             ],
         );
-        push_async(&repo, path, &spool, queue_max, &worker).await?;
+        push_async(&stanza, path, &spool, queue_max, &worker).await?;
         return Ok(Outcome::quiet());
     }
     match crate::archive::push::archive_push(
         &repo,
+        Some(&stanza),
         path,
         resolved.compression()?,
         resolved.wal_maps(),

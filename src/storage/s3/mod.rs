@@ -5,8 +5,10 @@
 //! that only CompleteMultipartUpload, at `finish`, makes visible. Until then nothing is
 //! under the key. `config` turns options and the environment into a client; `upload`
 //! cleans up the uploads that interrupted writers left behind (ListMultipartUploads,
-//! which object_store lacks). Conditional PutObject is probed once: not every
-//! S3-compatible server honours it.
+//! which object_store lacks). Conditional PutObject is probed (not every S3-compatible
+//! server honours it), and the answer remembered on the host for an hour
+//! (`put_probe`). Opening makes no request: a wrong bucket, endpoint or credentials
+//! fail the first real request with the same hint (`Provider::error`).
 
 use std::sync::Arc;
 
@@ -22,6 +24,7 @@ use crate::error::{Error, Result};
 mod config;
 mod credentials;
 mod profile;
+mod put_probe;
 mod reauth;
 mod upload;
 
@@ -43,12 +46,18 @@ pub struct S3Storage {
     bucket_url: String,
     region: String,
     conditional_put: tokio::sync::OnceCell<bool>,
+    /// Where the conditional-put probe's answer is remembered (`put_probe`); None in
+    /// unit tests, which probe every time.
+    put_probe_answer: Option<std::path::PathBuf>,
 }
 
 impl S3Storage {
     pub async fn open(url: &str, options: S3Options) -> Result<S3Storage> {
         let (id, secret) = (options.access_key.clone(), options.secret_key.clone());
-        Self::open_with_keys(url, options, id.as_deref().zip(secret.as_deref())).await
+        let mut storage =
+            Self::open_with_keys(url, options, id.as_deref().zip(secret.as_deref())).await?;
+        storage.put_probe_answer = Some(put_probe::answer_path(&storage.bucket_url));
+        Ok(storage)
     }
 
     /// `keys`: static credentials that override every other source (tests).
@@ -79,17 +88,22 @@ impl S3Storage {
             bucket_url: c.bucket_url,
             region: c.region,
             conditional_put: Default::default(),
+            put_probe_answer: None,
         };
-        storage.object.probe().await?;
         Ok(storage)
     }
 
     /// Whether the server honours `If-None-Match: *` on PutObject (AWS since 2024-08,
-    /// MinIO, moto 5). Probed once with a throwaway object.
+    /// MinIO, moto 5). Probed with a throwaway object, unless this host probed the same
+    /// endpoint and bucket within the hour (`put_probe`).
     pub async fn supports_conditional_put(&self) -> bool {
         *self
             .conditional_put
             .get_or_init(|| async {
+                let remembered = self.put_probe_answer.as_deref();
+                if let Some(answer) = remembered.and_then(put_probe::recall) {
+                    return answer;
+                }
                 let key = format!(
                     ".pgward-probe-{}-{}",
                     std::process::id(),
@@ -98,6 +112,9 @@ impl S3Storage {
                 let supported = matches!(self.put_if_absent(&key, b"1").await, Ok(true))
                     && matches!(self.put_if_absent(&key, b"2").await, Ok(false));
                 let _ = self.delete(&key).await;
+                if let Some(path) = remembered {
+                    put_probe::remember(path, supported);
+                }
                 supported
             })
             .await
@@ -270,6 +287,7 @@ mod tests {
     mod contract {
         use crate::error::Result;
         use crate::storage::object::ObjectStorage;
+        use crate::storage::Storage;
 
         async fn storage(bucket: &str) -> ObjectStorage {
             super::storage(bucket).await.object
@@ -279,13 +297,30 @@ mod tests {
             super::open(&format!("s3://{bucket}")).await.unwrap().object
         }
 
+        /// S3 opens without a request: a missing bucket shows at the first one.
         async fn missing(bucket: &str) -> Result<ObjectStorage> {
-            super::open(&format!("s3://{bucket}/repo"))
-                .await
-                .map(|s| s.object)
+            let s = super::open(&format!("s3://{bucket}/repo")).await?;
+            s.list("").await?;
+            Ok(s.object)
         }
 
         crate::storage::object::tests::contract_tests!("s3");
+    }
+
+    #[tokio::test]
+    async fn a_missing_bucket_fails_the_first_request_with_a_hint_not_as_a_missing_object() {
+        // Opening makes no request; every kind of first request names the bucket.
+        let s = open("s3://no-such-bucket/repo").await.unwrap();
+        for result in [
+            s.read_all("main/keyfile.json").await.map(|_| ()),
+            s.list("main/archive").await.map(|_| ()),
+            s.put("main/stanza.json", b"{}").await,
+        ] {
+            let e = result.expect_err("an error");
+            assert_eq!(e.kind, crate::error::ErrorKind::Config, "{e}");
+            assert!(e.to_string().contains("no-such-bucket"), "{e}");
+            assert!(e.hint.unwrap().contains("does not exist"));
+        }
     }
 
     /// A multipart upload is listed (and nothing is under the key) until `finish`.

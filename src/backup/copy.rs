@@ -5,7 +5,6 @@
 //! worker busy long after the others are done), and the pieces' extents are joined
 //! afterwards. Memory per worker: one read buffer and the encoder's.
 
-use std::collections::HashMap;
 use std::io::{Read, Seek};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
@@ -64,7 +63,9 @@ pub struct Reference {
     pub start_epoch: i64,
     /// When the reference backup started, to the nanosecond.
     pub start_time: std::time::SystemTime,
-    pub files: HashMap<String, FileEntry>,
+    /// Sorted by path, looked up by binary search: a map keyed by a copy of each path
+    /// took a third more memory, held all through a backup of 100,000 files.
+    files: Vec<FileEntry>,
 }
 
 impl Reference {
@@ -74,12 +75,20 @@ impl Reference {
             start_lsn: manifest.start_lsn,
             start_epoch: manifest.start_time.timestamp(),
             start_time: manifest.start_time.into(),
-            files: manifest
-                .files
-                .into_iter()
-                .map(|f| (f.path.clone(), f))
-                .collect(),
+            files: {
+                let mut files = manifest.files;
+                files.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+                files
+            },
         }
+    }
+
+    /// The reference's entry of the file at `path`, if it had one.
+    pub fn file(&self, path: &str) -> Option<&FileEntry> {
+        self.files
+            .binary_search_by(|f| f.path.as_str().cmp(path))
+            .ok()
+            .map(|i| &self.files[i])
     }
 
     /// Same size and mtime as in the reference, and that mtime was already in the past
@@ -146,8 +155,7 @@ pub async fn copy_files(
     let mut pieces = Vec::new();
     for file in files {
         let old = settings.reference.as_ref().and_then(|r| {
-            r.files
-                .get(&file.rel_path)
+            r.file(&file.rel_path)
                 .filter(|old| r.proves_unchanged(&file, old))
         });
         if let Some(old) = old {
@@ -163,7 +171,7 @@ pub async fn copy_files(
             settings
                 .reference
                 .as_ref()
-                .and_then(|r| r.files.get(&file.rel_path).map(|old| (r, old))),
+                .and_then(|r| r.file(&file.rel_path).map(|old| (r, old))),
         ) {
             // Copied whole by the worker whatever the maps say (see `copy_one`).
             (Some(_), Some((r, _)))
@@ -353,7 +361,7 @@ impl Worker {
         let reference = self.settings.reference.clone();
         let old = reference
             .as_ref()
-            .and_then(|r| r.files.get(&file.rel_path).map(|old| (r, old)));
+            .and_then(|r| r.file(&file.rel_path).map(|old| (r, old)));
         let source = match std::fs::File::open(&file.abs_path) {
             Ok(f) => f,
             // Dropped during the backup; WAL replay removes it from the restored cluster.

@@ -16,7 +16,7 @@ use std::io::{Read, Write};
 use serde::Serialize;
 
 use super::object::{
-    damaged, decode, Contents, EnvelopeError, Kind, ENVELOPE_VERSION, HEADER_LEN, MAGIC,
+    damaged, decode_owned, Contents, EnvelopeError, Kind, ENVELOPE_VERSION, HEADER_LEN, MAGIC,
 };
 use super::Repo;
 use crate::error::{Error, ErrorKind, Result};
@@ -104,7 +104,7 @@ pub fn read_envelope<T>(
     if !header[..got].starts_with(MAGIC) {
         let mut all = header[..got].to_vec();
         stored.read_to_end(&mut all).map_err(io)?;
-        return decode(None, kind, &all, what).map(Streamed::Whole);
+        return decode_owned(None, kind, all, what).map(Streamed::Whole);
     }
     if got < HEADER_LEN {
         return Err(damaged(what, EnvelopeError::Truncated(got)));
@@ -222,7 +222,7 @@ impl Repo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::object::envelope;
+    use crate::repo::object::{decode, envelope};
 
     fn parse_value(r: &mut dyn Read) -> serde_json::Result<serde_json::Value> {
         serde_json::from_reader(r)

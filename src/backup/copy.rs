@@ -152,8 +152,8 @@ pub async fn copy_files(
     progress: Arc<Progress>,
 ) -> Result<CopyResult> {
     let mut result = CopyResult::default();
-    let mut pieces = Vec::new();
-    for file in files {
+    let mut pieces = Vec::with_capacity(files.len());
+    for (file_no, file) in files.into_iter().enumerate() {
         let old = settings.reference.as_ref().and_then(|r| {
             r.file(&file.rel_path)
                 .filter(|old| r.proves_unchanged(&file, old))
@@ -192,7 +192,7 @@ pub async fn copy_files(
             Some(_) => result.reads.files_mapped += 1,
             None => {}
         }
-        pieces.extend(Piece::cut(Arc::new(file), how.map(Arc::new)));
+        pieces.extend(Piece::cut(Arc::new(file), file_no, how.map(Arc::new)));
     }
     if let Some(maps) = &settings.maps {
         if matches!(maps.plan, MapPlan::Mapped(_)) {
@@ -206,12 +206,18 @@ pub async fn copy_files(
     let workers = (0..crate::memory::workers(settings.jobs, per_worker, 0))
         .map(|job| Worker::new(repo.clone(), settings.first_bundle + job, settings.clone()))
         .collect();
-    let mut copied = Vec::new();
-    for (part, done) in crate::workers::run(workers, pieces, progress).await? {
+    let outputs = crate::workers::run(workers, pieces, progress).await?;
+    let mut copied = Vec::with_capacity(outputs.iter().map(|(_, done)| done.len()).sum());
+    for (part, done) in outputs {
         result.merge(part);
         copied.extend(done);
     }
-    result.files.extend(join_pieces(copied));
+    let joined = join_pieces(copied);
+    if result.files.is_empty() {
+        result.files = joined;
+    } else {
+        result.files.extend(joined);
+    }
     result.files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(result)
 }
@@ -219,6 +225,8 @@ pub async fn copy_files(
 /// A byte range of a source file, copied by one worker as one unit.
 struct Piece {
     file: Arc<SourceFile>,
+    /// The file's place in the list copied: its pieces are joined by it.
+    file_no: usize,
     /// For relation files of an incremental with block maps: what to read.
     how: Option<Arc<FilePlan>>,
     index: usize,
@@ -227,12 +235,13 @@ struct Piece {
 }
 
 impl Piece {
-    fn cut(file: Arc<SourceFile>, how: Option<Arc<FilePlan>>) -> Vec<Piece> {
+    fn cut(file: Arc<SourceFile>, file_no: usize, how: Option<Arc<FilePlan>>) -> Vec<Piece> {
         let piece = piece_size();
         let count = file.size.div_ceil(piece).max(1);
         (0..count)
             .map(|i| Piece {
                 file: file.clone(),
+                file_no,
                 how: how.clone(),
                 index: i as usize,
                 start: i * piece,
@@ -252,7 +261,8 @@ impl Piece {
 
 /// What one piece became: None when the file vanished.
 struct CopiedPiece {
-    path: String,
+    /// `Piece::file_no` (not the path: a copy of every path, held to the end of the copy).
+    file_no: usize,
     index: usize,
     /// Bytes the piece was meant to cover.
     planned: u64,
@@ -262,11 +272,11 @@ struct CopiedPiece {
 /// Joins each file's pieces in order. A file that vanished under any piece is left out
 /// (WAL replay removes it); one that shrank ends with its first short piece.
 fn join_pieces(mut pieces: Vec<CopiedPiece>) -> Vec<FileEntry> {
-    pieces.sort_by(|a, b| a.path.cmp(&b.path).then(a.index.cmp(&b.index)));
-    let mut files = Vec::new();
+    pieces.sort_unstable_by_key(|p| (p.file_no, p.index));
+    let mut files = Vec::with_capacity(pieces.len());
     let mut rest = pieces.as_mut_slice();
     while let Some(first) = rest.first() {
-        let n = rest.iter().take_while(|p| p.path == first.path).count();
+        let n = rest.iter().take_while(|p| p.file_no == first.file_no).count();
         let (group, tail) = rest.split_at_mut(n);
         rest = tail;
         if group.iter().any(|p| p.entry.is_none()) {
@@ -328,7 +338,7 @@ impl crate::workers::Worker for Worker {
         crate::error::test_panic_point("backup");
         let entry = self.copy_one(&piece)?;
         self.copied.push(CopiedPiece {
-            path: piece.file.rel_path.clone(),
+            file_no: piece.file_no,
             index: piece.index,
             planned: piece.end - piece.start,
             entry,
@@ -632,7 +642,7 @@ mod tests {
     fn piece(path: &str, index: usize, planned: u64, size: Option<u64>) -> CopiedPiece {
         let start = index as u64 * planned;
         CopiedPiece {
-            path: path.into(),
+            file_no: path.as_bytes()[0].into(),
             index,
             planned,
             entry: size.map(|size| FileEntry {

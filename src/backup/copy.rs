@@ -207,12 +207,21 @@ pub async fn copy_files(
         .map(|job| Worker::new(repo.clone(), settings.first_bundle + job, settings.clone()))
         .collect();
     let outputs = crate::workers::run(workers, pieces, progress).await?;
-    let mut copied = Vec::with_capacity(outputs.iter().map(|(_, done)| done.len()).sum());
+    // Files copied in one piece (nearly all) go straight to the list, each worker's
+    // output freed as it is taken; only files cut in pieces are sorted and joined.
+    let mut joined = Vec::with_capacity(outputs.iter().map(|(_, done)| done.len()).sum());
+    let mut cut = Vec::new();
     for (part, done) in outputs {
         result.merge(part);
-        copied.extend(done);
+        for piece in done {
+            if piece.alone {
+                joined.extend(piece.entry);
+            } else {
+                cut.push(piece);
+            }
+        }
     }
-    let joined = join_pieces(copied);
+    joined.extend(join_pieces(cut));
     if result.files.is_empty() {
         result.files = joined;
     } else {
@@ -227,6 +236,8 @@ struct Piece {
     file: Arc<SourceFile>,
     /// The file's place in the list copied: its pieces are joined by it.
     file_no: usize,
+    /// The file's only piece.
+    alone: bool,
     /// For relation files of an incremental with block maps: what to read.
     how: Option<Arc<FilePlan>>,
     index: usize,
@@ -242,6 +253,7 @@ impl Piece {
             .map(|i| Piece {
                 file: file.clone(),
                 file_no,
+                alone: count == 1,
                 how: how.clone(),
                 index: i as usize,
                 start: i * piece,
@@ -263,6 +275,7 @@ impl Piece {
 struct CopiedPiece {
     /// `Piece::file_no` (not the path: a copy of every path, held to the end of the copy).
     file_no: usize,
+    alone: bool,
     index: usize,
     /// Bytes the piece was meant to cover.
     planned: u64,
@@ -339,6 +352,7 @@ impl crate::workers::Worker for Worker {
         let entry = self.copy_one(&piece)?;
         self.copied.push(CopiedPiece {
             file_no: piece.file_no,
+            alone: piece.alone,
             index: piece.index,
             planned: piece.end - piece.start,
             entry,
@@ -643,6 +657,7 @@ mod tests {
         let start = index as u64 * planned;
         CopiedPiece {
             file_no: path.as_bytes()[0].into(),
+            alone: false,
             index,
             planned,
             entry: size.map(|size| FileEntry {

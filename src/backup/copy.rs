@@ -175,7 +175,7 @@ pub async fn copy_files(
         ) {
             // Copied whole by the worker whatever the maps say (see `copy_one`).
             (Some(_), Some((r, _)))
-                if file.page_level && r.created_since(std::fs::metadata(&file.abs_path())) =>
+                if file.page_level && r.created_since(std::fs::metadata(file.abs_path())) =>
             {
                 result.reads.files_whole += 1;
                 None
@@ -289,7 +289,10 @@ fn join_pieces(mut pieces: Vec<CopiedPiece>) -> Vec<FileEntry> {
     let mut files = Vec::with_capacity(pieces.len());
     let mut rest = pieces.as_mut_slice();
     while let Some(first) = rest.first() {
-        let n = rest.iter().take_while(|p| p.file_no == first.file_no).count();
+        let n = rest
+            .iter()
+            .take_while(|p| p.file_no == first.file_no)
+            .count();
         let (group, tail) = rest.split_at_mut(n);
         rest = tail;
         if group.iter().any(|p| p.entry.is_none()) {
@@ -386,11 +389,11 @@ impl Worker {
         let old = reference
             .as_ref()
             .and_then(|r| r.file(&file.rel_path).map(|old| (r, old)));
-        let source = match std::fs::File::open(&file.abs_path()) {
+        let source = match std::fs::File::open(file.abs_path()) {
             Ok(f) => f,
             // Dropped during the backup; WAL replay removes it from the restored cluster.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io("opening", &file.abs_path(), e)),
+            Err(e) => return Err(Error::io("opening", file.abs_path(), e)),
         };
         match old {
             Some((r, old)) if file.page_level && !r.created_since(source.metadata()) => {
@@ -411,7 +414,7 @@ impl Worker {
                 // Small non-relation files: read once to compare before storing.
                 let mut hasher = blake3::Hasher::new();
                 self.reads.bytes_read += std::io::copy(&mut (&source).take(file.size), &mut hasher)
-                    .at("reading", &file.abs_path())?;
+                    .at("reading", file.abs_path())?;
                 if Some(Digest::from(hasher.finalize())) == old.checksum {
                     return Ok(Some(FileEntry {
                         mode: file.mode,
@@ -421,7 +424,7 @@ impl Worker {
                 }
                 (&source)
                     .seek(std::io::SeekFrom::Start(0))
-                    .at("reading", &file.abs_path())?;
+                    .at("reading", file.abs_path())?;
                 self.copy_whole(piece, &source).map(Some)
             }
             _ => self.copy_whole(piece, &source).map(Some),
@@ -572,12 +575,12 @@ fn read_chunks(
     if piece.start > 0 {
         handle
             .seek(std::io::SeekFrom::Start(piece.start))
-            .at("reading", &file.abs_path())?;
+            .at("reading", file.abs_path())?;
     }
     let mut reader = handle.take(piece.end - piece.start);
     let mut offset = piece.start;
     loop {
-        let n = read_full(&mut reader, buffer).at("reading", &file.abs_path())?;
+        let n = read_full(&mut reader, buffer).at("reading", file.abs_path())?;
         if n == 0 {
             break;
         }

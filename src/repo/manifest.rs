@@ -326,8 +326,8 @@ pub enum ManifestError {
 
 /// Parses a manifest of any format this build reads, as the current format.
 pub fn parse_manifest(bytes: &[u8]) -> std::result::Result<Manifest, ManifestError> {
-    let manifest: Manifest = with_shared_names(|| serde_json::from_slice(bytes))
-        .map_err(ManifestError::Unreadable)?;
+    let manifest: Manifest =
+        with_shared_names(|| serde_json::from_slice(bytes)).map_err(ManifestError::Unreadable)?;
     if manifest.format_version > super::FORMAT_VERSION {
         return Err(ManifestError::Newer(manifest.format_version));
     }
@@ -336,8 +336,8 @@ pub fn parse_manifest(bytes: &[u8]) -> std::result::Result<Manifest, ManifestErr
 
 /// [`parse_manifest`] from a reader, as the bytes arrive.
 fn parse_manifest_from(r: &mut dyn std::io::Read) -> std::result::Result<Manifest, ManifestError> {
-    let manifest: Manifest = with_shared_names(|| serde_json::from_reader(r))
-        .map_err(ManifestError::Unreadable)?;
+    let manifest: Manifest =
+        with_shared_names(|| serde_json::from_reader(r)).map_err(ManifestError::Unreadable)?;
     if manifest.format_version > super::FORMAT_VERSION {
         return Err(ManifestError::Newer(manifest.format_version));
     }

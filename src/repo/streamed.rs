@@ -147,9 +147,8 @@ pub fn write_envelope<T: Serialize>(
     out: &mut dyn Write,
     what: &str,
 ) -> Result<u64> {
-    let serializing = |e: serde_json::Error| {
-        Error::new(ErrorKind::Io, format!("serializing {what}: {e}"))
-    };
+    let serializing =
+        |e: serde_json::Error| Error::new(ErrorKind::Io, format!("serializing {what}: {e}"));
     let mut sizing = Hashing::new(std::io::sink(), &[0u8; 16]);
     serde_json::to_writer(&mut sizing, value).map_err(serializing)?;
     let length = sizing.bytes;

@@ -389,7 +389,10 @@ mod tests {
         let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 4093) as u8).collect();
         let path = dir.join(format!("f{len}"));
         let mut out = OutputFile::create(&path, true, len as u64, chunks).unwrap();
-        assert!(len >= CHUNK || !out.direct, "files under a chunk are written buffered");
+        assert!(
+            len >= CHUNK || !out.direct,
+            "files under a chunk are written buffered"
+        );
         // Uneven pieces, as a decoder hands them over.
         for piece in data.chunks(333_333) {
             out.write_all(piece).unwrap();

@@ -529,6 +529,63 @@ impl Repo {
         checked_parse(label, &key, parse(&bytes), label_of)
     }
 
+    /// The compression of backup `label`, read from its manifest as it streams (its file
+    /// list skipped, never held), checked like `load_manifest`. Restore needs it for each
+    /// older backup of a chain, with the restored backup's own list already in memory.
+    pub async fn backup_compression(
+        &self,
+        label: &str,
+        stanza: &StanzaInfo,
+    ) -> Result<Compression> {
+        /// What of a manifest this reads; the rest is skipped unparsed.
+        #[derive(Deserialize)]
+        struct Codec {
+            format_version: u32,
+            label: String,
+            #[serde(with = "super::stanza::u64_string")]
+            system_identifier: u64,
+            pg_major: u32,
+            wal_segment_size: u64,
+            compression: Compression,
+        }
+        fn parse(r: &mut dyn std::io::Read) -> std::result::Result<Codec, ManifestError> {
+            let c: Codec = serde_json::from_reader(r).map_err(ManifestError::Unreadable)?;
+            if c.format_version > super::FORMAT_VERSION {
+                return Err(ManifestError::Newer(c.format_version));
+            }
+            Ok(c)
+        }
+        let key = manifest_key(self, label);
+        let parsed = match self.read_streamed(&key, Kind::Manifest, parse).await? {
+            None => return Err(no_such_backup(self, label)),
+            Some(Streamed::Parsed(parsed)) => parsed,
+            Some(Streamed::Whole(contents)) => {
+                parse(&mut &self.payload_of(&key, contents).await?[..])
+            }
+        };
+        let c = checked_parse(label, &key, parsed, |c| &c.label)?;
+        // As `check_cluster` checks a whole manifest.
+        if c.wal_segment_size != stanza.wal_segment_size {
+            return Err(damaged(
+                &key,
+                format!(
+                    "names WAL segment size {}, but stanza.json names {}",
+                    c.wal_segment_size, stanza.wal_segment_size
+                ),
+            ));
+        }
+        if c.system_identifier != stanza.system_identifier || c.pg_major != stanza.pg_major {
+            return Err(damaged(
+                &key,
+                format!(
+                    "is a backup of cluster {} (PostgreSQL {}), but stanza.json names cluster {} (PostgreSQL {})",
+                    c.system_identifier, c.pg_major, stanza.system_identifier, stanza.pg_major
+                ),
+            ));
+        }
+        Ok(c.compression)
+    }
+
     /// The JSON of a manifest read whole: a legacy one only in a stanza of its format.
     async fn payload_of(&self, key: &str, contents: Contents) -> Result<Vec<u8>> {
         Ok(match contents {

@@ -142,7 +142,7 @@ impl crate::workers::Worker for PartWriter {
 }
 
 /// The codec of every backup an extent of `files` (of backup `manifest`) may point to
-/// (from their manifests' headers: their file lists are not needed).
+/// (their manifests streamed past their file lists, which are not needed).
 pub(super) async fn codec_by_backup(
     repo: &Repo,
     manifest: &Manifest,
@@ -161,13 +161,13 @@ pub(super) async fn codec_by_backup(
     // Only the backups the extents name, each by its header.
     let stanza = repo.stanza_info().await?;
     for label in needed {
-        let other = repo.load_backup_header(label, &stanza).await.map_err(|e| {
+        let other = repo.backup_compression(label, &stanza).await.map_err(|e| {
             Error::corrupt(format!(
                 "backup {} needs backup {label}, which cannot be read: {e}",
                 manifest.label
             ))
         })?;
-        codecs.insert(label.to_string(), other.compression.codec);
+        codecs.insert(label.to_string(), other.codec);
     }
     Ok(codecs)
 }

@@ -128,7 +128,7 @@ impl CopyResult {
         self.stored_size += other.stored_size;
         self.checksum_failures.extend(other.checksum_failures);
         self.reads.add(other.reads);
-        self.files.sort_by(|a, b| a.path.cmp(&b.path));
+        self.files.sort_unstable_by(|a, b| a.path.cmp(&b.path));
         self.bundles.sort();
         // Pieces of one file report their failures apart: one entry per file.
         let mut by_path: std::collections::BTreeMap<String, Vec<u32>> = Default::default();
@@ -207,27 +207,18 @@ pub async fn copy_files(
         .map(|job| Worker::new(repo.clone(), settings.first_bundle + job, settings.clone()))
         .collect();
     let outputs = crate::workers::run(workers, pieces, progress).await?;
-    // Files copied in one piece (nearly all) go straight to the list, each worker's
-    // output freed as it is taken; only files cut in pieces are sorted and joined.
-    let mut joined = Vec::with_capacity(outputs.iter().map(|(_, done)| done.len()).sum());
+    // Files copied in one piece (nearly all) come as entries; only files cut in pieces
+    // are sorted and joined.
+    result
+        .files
+        .reserve(outputs.iter().map(|(part, _)| part.files.len()).sum());
     let mut cut = Vec::new();
-    for (part, done) in outputs {
+    for (part, pieces) in outputs {
         result.merge(part);
-        for piece in done {
-            if piece.alone {
-                joined.extend(piece.entry);
-            } else {
-                cut.push(piece);
-            }
-        }
+        cut.extend(pieces);
     }
-    joined.extend(join_pieces(cut));
-    if result.files.is_empty() {
-        result.files = joined;
-    } else {
-        result.files.extend(joined);
-    }
-    result.files.sort_by(|a, b| a.path.cmp(&b.path));
+    result.files.extend(join_pieces(cut));
+    result.files.sort_unstable_by(|a, b| a.path.cmp(&b.path));
     Ok(result)
 }
 
@@ -275,7 +266,6 @@ impl Piece {
 struct CopiedPiece {
     /// `Piece::file_no` (not the path: a copy of every path, held to the end of the copy).
     file_no: usize,
-    alone: bool,
     index: usize,
     /// Bytes the piece was meant to cover.
     planned: u64,
@@ -326,6 +316,9 @@ fn join_pieces(mut pieces: Vec<CopiedPiece>) -> Vec<FileEntry> {
 struct Worker {
     settings: Arc<CopySettings>,
     slot: BundleWriter,
+    /// Files copied in their one piece, as they go in the manifest.
+    whole: Vec<FileEntry>,
+    /// Pieces of files cut in several, to be joined.
     copied: Vec<CopiedPiece>,
     checksum_failures: Vec<ChecksumFailure>,
     reads: BackupReads,
@@ -338,6 +331,7 @@ impl Worker {
         Worker {
             settings,
             slot,
+            whole: Vec::new(),
             copied: Vec::new(),
             checksum_failures: Vec::new(),
             reads: BackupReads::default(),
@@ -353,13 +347,17 @@ impl crate::workers::Worker for Worker {
     fn run(&mut self, piece: Piece) -> Result<u64> {
         crate::error::test_panic_point("backup");
         let entry = self.copy_one(&piece)?;
-        self.copied.push(CopiedPiece {
-            file_no: piece.file_no,
-            alone: piece.alone,
-            index: piece.index,
-            planned: piece.end - piece.start,
-            entry,
-        });
+        if piece.alone {
+            // (None: it vanished; WAL replay removes it.)
+            self.whole.extend(entry);
+        } else {
+            self.copied.push(CopiedPiece {
+                file_no: piece.file_no,
+                index: piece.index,
+                planned: piece.end - piece.start,
+                entry,
+            });
+        }
         if self.slot.is_full() {
             self.slot.close()?;
         }
@@ -370,7 +368,7 @@ impl crate::workers::Worker for Worker {
         self.slot.close()?;
         let closed = self.slot.closed();
         let result = CopyResult {
-            files: Vec::new(),
+            files: self.whole,
             stored_size: closed.iter().map(|(_, n)| n).sum(),
             bundles: closed.iter().map(|(name, _)| name.clone()).collect(),
             checksum_failures: self.checksum_failures,
@@ -660,7 +658,6 @@ mod tests {
         let start = index as u64 * planned;
         CopiedPiece {
             file_no: path.as_bytes()[0].into(),
-            alone: false,
             index,
             planned,
             entry: size.map(|size| FileEntry {

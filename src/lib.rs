@@ -28,4 +28,6 @@ pub mod workers;
 #[cfg(test)]
 mod parsers_never_panic;
 #[cfg(test)]
+mod test_alloc;
+#[cfg(test)]
 mod test_rng;

@@ -8,7 +8,11 @@
 //!
 //! The budget (`--memory-budget`, MiB) covers those buffers; the process itself (code,
 //! runtime, allocator, HTTP client) takes about 20 MiB more. The default keeps every command under
-//! 64 MiB of resident memory.
+//! 64 MiB of resident memory. Outside the budget too: the file list of the backup a
+//! command works on, about a quarter of a KiB per file once parsed (manifests stream in
+//! and out of the repository, never held as JSON: `repo/streamed.rs`). Measured at
+//! 100,000 files: restore 54-62 MiB; a full backup 67-73 MiB and an incremental 76-79 MiB
+//! (the listing, and an incremental's reference list beside the new one), over the 64.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

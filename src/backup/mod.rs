@@ -184,10 +184,14 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
         maps,
     };
     // pg_control goes last, after every other file, as pg_basebackup does.
-    let (control, others): (Vec<_>, Vec<_>) = listing
-        .files
+    // (Taken out of the listing in place: a copy of 100,000 entries is megabytes.)
+    let mut others = listing.files;
+    let control: Vec<_> = others
+        .iter()
+        .position(|f| f.rel_path == CONTROL_FILE)
+        .map(|at| others.swap_remove(at))
         .into_iter()
-        .partition(|f| f.rel_path == CONTROL_FILE);
+        .collect();
     let mut copied = copy::copy_files(repo, others, settings.clone(), progress.clone()).await?;
     copied.merge(
         copy::copy_files(

@@ -216,29 +216,42 @@ pub fn encode(key: Option<&MasterKey>, kind: Kind, payload: &[u8], what: &str) -
 
 /// Unseals and opens stored bytes. `what` names the object in errors.
 pub fn decode(key: Option<&MasterKey>, kind: Kind, stored: &[u8], what: &str) -> Result<Contents> {
-    let plain = match key {
-        None if crate::pipeline::encrypt::is_encrypted(stored) && !is_enveloped(stored) => {
+    decode_owned(key, kind, stored.to_vec(), what)
+}
+
+/// [`decode`] of bytes it may keep: an unsealed object's payload is its stored bytes,
+/// opened in place (a large manifest's bytes were copied twice on the way).
+pub fn decode_owned(
+    key: Option<&MasterKey>,
+    kind: Kind,
+    stored: Vec<u8>,
+    what: &str,
+) -> Result<Contents> {
+    let mut plain = match key {
+        None if crate::pipeline::encrypt::is_encrypted(&stored) && !is_enveloped(&stored) => {
             return Err(damaged(
                 what,
                 "is encrypted, but the stanza has no keyfile.json to unlock it (deleted?)",
             ))
         }
-        None => stored.to_vec(),
+        None => stored,
         Some(key) => {
             let mut out = Vec::new();
-            crate::pipeline::unseal(Some(key), stored)
+            crate::pipeline::unseal(Some(key), &stored[..])
                 .and_then(|mut r| std::io::Read::read_to_end(&mut r, &mut out))
                 .map_err(|e| super::cipher::decrypt_error(what, e))?;
+            drop(stored);
             out
         }
     };
     if !is_enveloped(&plain) {
         return Ok(Contents::Legacy(plain));
     }
-    match open_envelope(kind, &plain) {
-        Ok(payload) => Ok(Contents::Checked(payload.to_vec())),
-        Err(e) => Err(damaged(what, e)),
+    if let Err(e) = open_envelope(kind, &plain) {
+        return Err(damaged(what, e));
     }
+    plain.drain(..HEADER_LEN);
+    Ok(Contents::Checked(plain))
 }
 
 /// A Corrupt error naming a damaged object.
@@ -304,7 +317,7 @@ impl Repo {
     pub(super) async fn read_contents(&self, key: &str, kind: Kind) -> Result<Option<Contents>> {
         match get(&self.storage, key).await? {
             None => Ok(None),
-            Some(stored) => decode(self.sealing_key(kind), kind, &stored, key).map(Some),
+            Some(stored) => decode_owned(self.sealing_key(kind), kind, stored, key).map(Some),
         }
     }
 

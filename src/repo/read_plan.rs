@@ -343,11 +343,7 @@ mod tests {
             frame("m", 0, 10),
         ];
         let planned = plan(&frames);
-        let order: Vec<_> = planned
-            .spans
-            .iter()
-            .map(|s| (&*s.bundle, s.uses))
-            .collect();
+        let order: Vec<_> = planned.spans.iter().map(|s| (&*s.bundle, s.uses)).collect();
         assert_eq!(order, [("z", 2), ("a", 1), ("m", 1)]);
         assert_eq!(planned.frames[&("m".into(), 0)], (2, 0));
     }

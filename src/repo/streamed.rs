@@ -16,7 +16,7 @@ use std::io::{Read, Write};
 use serde::Serialize;
 
 use super::object::{
-    damaged, decode, Contents, EnvelopeError, Kind, ENVELOPE_VERSION, HEADER_LEN, MAGIC,
+    damaged, decode_owned, Contents, EnvelopeError, Kind, ENVELOPE_VERSION, HEADER_LEN, MAGIC,
 };
 use super::Repo;
 use crate::error::{Error, ErrorKind, Result};
@@ -104,7 +104,7 @@ pub fn read_envelope<T>(
     if !header[..got].starts_with(MAGIC) {
         let mut all = header[..got].to_vec();
         stored.read_to_end(&mut all).map_err(io)?;
-        return decode(None, kind, &all, what).map(Streamed::Whole);
+        return decode_owned(None, kind, all, what).map(Streamed::Whole);
     }
     if got < HEADER_LEN {
         return Err(damaged(what, EnvelopeError::Truncated(got)));
@@ -147,9 +147,8 @@ pub fn write_envelope<T: Serialize>(
     out: &mut dyn Write,
     what: &str,
 ) -> Result<u64> {
-    let serializing = |e: serde_json::Error| {
-        Error::new(ErrorKind::Io, format!("serializing {what}: {e}"))
-    };
+    let serializing =
+        |e: serde_json::Error| Error::new(ErrorKind::Io, format!("serializing {what}: {e}"));
     let mut sizing = Hashing::new(std::io::sink(), &[0u8; 16]);
     serde_json::to_writer(&mut sizing, value).map_err(serializing)?;
     let length = sizing.bytes;
@@ -183,17 +182,25 @@ impl Repo {
         if self.sealing_key(kind).is_some() {
             return Ok(self.read_contents(key, kind).await?.map(Streamed::Whole));
         }
-        let reader = match self.storage.read(key).await {
-            Ok(reader) => reader,
-            Err(e) if e.is_not_found() => return Ok(None),
-            Err(e) => return Err(e),
+        // A local file is read directly (no hop through the runtime per read).
+        let stored: Box<dyn Read + Send> = match self.storage.local_root() {
+            Some(root) => {
+                let path = root.join(key);
+                match std::fs::File::open(&path) {
+                    Ok(file) => Box::new(file),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(Error::io("opening", &path, e)),
+                }
+            }
+            None => match self.storage.read(key).await {
+                Ok(reader) => Box::new(crate::storage::blocking_reader(reader)),
+                Err(e) if e.is_not_found() => return Ok(None),
+                Err(e) => return Err(e),
+            },
         };
         let what = key.to_string();
         tokio::task::spawn_blocking(move || {
-            let stored = std::io::BufReader::with_capacity(
-                256 << 10,
-                crate::storage::blocking_reader(reader),
-            );
+            let stored = std::io::BufReader::with_capacity(256 << 10, stored);
             read_envelope(kind, stored, parse, &what).map(Some)
         })
         .await
@@ -222,7 +229,7 @@ impl Repo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::object::envelope;
+    use crate::repo::object::{decode, envelope};
 
     fn parse_value(r: &mut dyn Read) -> serde_json::Result<serde_json::Value> {
         serde_json::from_reader(r)

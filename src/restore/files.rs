@@ -32,7 +32,7 @@ pub async fn restore_files(
     sync_each: bool,
 ) -> Result<()> {
     let codecs = codec_by_backup(repo, manifest, &files).await?;
-    let files: Vec<Arc<FileEntry>> = files.into_iter().map(Arc::new).collect();
+    let files = Arc::new(files);
     let progress = Arc::new(crate::progress::Progress::default());
     let _reporter = crate::progress::Reporter::start(
         "restore",
@@ -41,7 +41,11 @@ pub async fn restore_files(
         progress.clone(),
     );
     let mut parts = Vec::new();
-    for file in files {
+    for index in 0..files.len() {
+        let file = FileRef {
+            all: files.clone(),
+            index,
+        };
         let cut = Part::cut(&file);
         if cut.len() > 1 {
             // Created here so that every part can open it, with its blocks allocated:
@@ -138,7 +142,7 @@ impl crate::workers::Worker for PartWriter {
 }
 
 /// The codec of every backup an extent of `files` (of backup `manifest`) may point to
-/// (from their manifests' headers: their file lists are not needed).
+/// (their manifests streamed past their file lists, which are not needed).
 pub(super) async fn codec_by_backup(
     repo: &Repo,
     manifest: &Manifest,
@@ -158,15 +162,16 @@ pub(super) async fn codec_by_backup(
     use futures::stream::{StreamExt, TryStreamExt};
     let stanza = repo.stanza_info().await?;
     let stanza = &stanza;
+    // Each read streams its manifest for the codec alone: a few at once hold little.
     let headers: Vec<(&str, Codec)> = futures::stream::iter(needed)
         .map(|label| async move {
-            let other = repo.load_backup_header(label, stanza).await.map_err(|e| {
+            let other = repo.backup_compression(label, stanza).await.map_err(|e| {
                 Error::corrupt(format!(
                     "backup {} needs backup {label}, which cannot be read: {e}",
                     manifest.label
                 ))
             })?;
-            Ok::<_, Error>((label, other.compression.codec))
+            Ok::<_, Error>((label, other.codec))
         })
         .buffered(crate::repo::manifest_head::HEADERS_AT_ONCE)
         .try_collect()
@@ -190,11 +195,27 @@ fn copy_out(frame: &mut FrameReader, mut len: u64, out: &mut OutputFile) -> Resu
     Ok(())
 }
 
+/// One file of the restore's list, which parts share (a large cluster's list is most of
+/// a restore's memory: never copied, nor boxed again file by file).
+#[derive(Clone)]
+struct FileRef {
+    all: Arc<Vec<FileEntry>>,
+    index: usize,
+}
+
+impl std::ops::Deref for FileRef {
+    type Target = FileEntry;
+
+    fn deref(&self) -> &FileEntry {
+        &self.all[self.index]
+    }
+}
+
 /// A run of a file's extents that one worker restores: the whole file, or, for large
 /// files stored in several frames, a range that begins and ends between frames, so
 /// that workers share the file and each frame is still read once, front to back.
 struct Part {
-    file: Arc<FileEntry>,
+    file: FileRef,
     extents: std::ops::Range<usize>,
     start: u64,
     end: u64,
@@ -219,9 +240,9 @@ impl Part {
     }
 
     /// Parts are cut once they reach the size of the pieces backups store large files in.
-    fn cut(file: &Arc<FileEntry>) -> Vec<Part> {
+    fn cut(file: &FileRef) -> Vec<Part> {
         let part_size = crate::repo::piece::piece_size();
-        let whole = |file: &Arc<FileEntry>| Part {
+        let whole = |file: &FileRef| Part {
             file: file.clone(),
             extents: 0..file.extents.len(),
             start: 0,
@@ -418,8 +439,8 @@ mod tests {
         }
     }
 
-    fn file(size: u64, extents: Vec<Extent>) -> Arc<FileEntry> {
-        Arc::new(FileEntry {
+    fn file(size: u64, extents: Vec<Extent>) -> FileRef {
+        one(FileEntry {
             path: "base/1/2".into(),
             size,
             mtime: 0,
@@ -427,6 +448,13 @@ mod tests {
             checksum: None,
             extents,
         })
+    }
+
+    fn one(file: FileEntry) -> FileRef {
+        FileRef {
+            all: Arc::new(vec![file]),
+            index: 0,
+        }
     }
 
     fn ranges(parts: &[Part]) -> Vec<(u64, u64)> {
@@ -477,7 +505,7 @@ mod tests {
         let big = vec![extent(0, piece, 0, 0), extent(piece, piece, 1, 0)];
         let mut checked = (*file(2 * piece, big.clone())).clone();
         checked.checksum = Some(Digest([1; 32]));
-        assert_eq!(Part::cut(&Arc::new(checked)).len(), 1);
+        assert_eq!(Part::cut(&one(checked)).len(), 1);
         assert_eq!(Part::cut(&file(MIB, vec![extent(0, MIB, 0, 0)])).len(), 1);
         assert_eq!(Part::cut(&file(2 * piece, big)).len(), 2);
     }

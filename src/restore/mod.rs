@@ -168,8 +168,9 @@ pub async fn select_backup(
     target: &RecoveryTarget,
 ) -> Result<Manifest> {
     let stanza = repo.stanza_info().await?;
-    // Chosen by their headers: only the chosen backup's file list is read (at the end).
-    let backups = repo.load_backup_headers(Some(&stanza)).await?.backups;
+    // Chosen by their header objects (a few KiB each): only the chosen backup's manifest
+    // is read whole (at the end), and its chain's are read, checked, for their codecs.
+    let backups = repo.load_backup_header_objects(&stanza).await?.backups;
     if let Some(d) = backups
         .damaged
         .iter()

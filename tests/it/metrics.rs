@@ -366,7 +366,8 @@ fn fabricate_large_stanza(repo_dir: &Path, backups: u64, segments: u64, files: u
             if full { 'F' } else { 'I' }
         );
         let bundle = format!("{label}-0-0.bundle");
-        let (backup_name, bundle_name): (Name, Name) = (label.as_str().into(), bundle.as_str().into());
+        let (backup_name, bundle_name): (Name, Name) =
+            (label.as_str().into(), bundle.as_str().into());
         let files: Vec<FileEntry> = (0..files)
             .map(|f| FileEntry {
                 path: format!("base/5/{}", 16384 + f),

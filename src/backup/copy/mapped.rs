@@ -54,7 +54,7 @@ impl Worker {
             while offset < to {
                 let want = ((to - offset) as usize).min(self.buffer.len());
                 let n = read_at_most(source, &mut self.buffer[..want], offset)
-                    .at("reading", &file.abs_path)?;
+                    .at("reading", file.abs_path())?;
                 self.reads.bytes_read += n as u64;
                 if n > 0 {
                     let chunk = &mut self.buffer[..n];
@@ -142,7 +142,7 @@ impl Worker {
         let mut missed = Vec::new();
         let mut page = vec![0u8; BLCKSZ];
         for b in sample {
-            let n = read_at_most(source, &mut page, b * PAGE).at("reading", &file.abs_path)?;
+            let n = read_at_most(source, &mut page, b * PAGE).at("reading", file.abs_path())?;
             self.reads.bytes_read += n as u64;
             self.reads.map_checked_blocks += 1;
             if n < BLCKSZ {

@@ -679,7 +679,8 @@ impl std::io::Write for Tail {
 
 impl Tail {
     fn finish(mut self) -> Vec<u8> {
-        self.bytes.drain(..self.bytes.len().saturating_sub(self.keep));
+        self.bytes
+            .drain(..self.bytes.len().saturating_sub(self.keep));
         self.bytes
     }
 }

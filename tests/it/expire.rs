@@ -305,7 +305,9 @@ fn expire_keeps_a_damaged_backup_and_what_it_may_need_and_expires_the_rest() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains(&format!("expire backup {d2}: depends on expired backup {f2}")),
+        stdout.contains(&format!(
+            "expire backup {d2}: depends on expired backup {f2}"
+        )),
         "{stdout}"
     );
     assert_eq!(
@@ -321,14 +323,9 @@ fn expire_keeps_a_damaged_backup_and_what_it_may_need_and_expires_the_rest() {
     // and the WAL from i1's start (f2's own start is not known).
     std::fs::write(manifest(&i2), &i2_good).unwrap();
     let f2_good = flip(&f2);
-    let plan: serde_json::Value = serde_json::from_str(&src.ok(&[
-        "--output",
-        "json",
-        "expire",
-        "--retain-full",
-        "1",
-    ]))
-    .unwrap();
+    let plan: serde_json::Value =
+        serde_json::from_str(&src.ok(&["--output", "json", "expire", "--retain-full", "1"]))
+            .unwrap();
     assert_eq!(plan["damaged_backups"][0]["label"], f2.as_str(), "{plan:#}");
     assert_eq!(plan["damaged_backups"][0]["keeps"], serde_json::json!([i2]));
     assert_eq!(

@@ -377,11 +377,14 @@ fn s3_ip_endpoint_implies_path_style_and_info_writes_nothing() {
     // The archiver may still be pushing the backup's history file (it takes files in
     // its own order): info must be the only client while the proxy listens.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while src.sql(
-        "SELECT count(*) FROM pg_ls_dir('pg_wal/archive_status') f WHERE f LIKE '%.ready'",
-    ) != "0"
+    while src
+        .sql("SELECT count(*) FROM pg_ls_dir('pg_wal/archive_status') f WHERE f LIKE '%.ready'")
+        != "0"
     {
-        assert!(std::time::Instant::now() < deadline, "the archiver never caught up");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the archiver never caught up"
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 
@@ -504,7 +507,9 @@ fn s3_archive_get_makes_four_requests_in_two_rounds_and_a_second_push_does_not_p
     });
     assert_eq!(requests.len(), 4, "{requests:#?}");
     assert!(
-        requests.iter().any(|r| r.contains("/repo/main/keyfile.json ")),
+        requests
+            .iter()
+            .any(|r| r.contains("/repo/main/keyfile.json ")),
         "{requests:#?}"
     );
     assert!(
@@ -550,7 +555,10 @@ fn s3_archive_get_makes_four_requests_in_two_rounds_and_a_second_push_does_not_p
         .count();
     assert_eq!(stanza_reads, 1, "{requests:#?}");
     assert_eq!(
-        requests.iter().filter(|r| r.contains("keyfile.json")).count(),
+        requests
+            .iter()
+            .filter(|r| r.contains("keyfile.json"))
+            .count(),
         1,
         "{requests:#?}"
     );

@@ -200,10 +200,15 @@ impl Repo {
         })
     }
 
+    /// `$TMPDIR/pgward-locks-<uid>/<repository>-<stanza>`: one tree per user, because a
+    /// directory private to one user cannot be shared (a root-run `info` must not leave
+    /// a root-owned directory that stops the `postgres` archiver).
     pub(super) fn host_lock_dir(&self) -> PathBuf {
         let id = blake3::hash(self.storage.location().as_bytes()).to_hex();
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
         std::env::temp_dir()
-            .join("pgward-locks")
+            .join(format!("pgward-locks-{me}"))
             .join(format!("{}-{}", &id[..16], self.stanza))
     }
 
@@ -236,7 +241,7 @@ impl Repo {
     }
 }
 
-/// Creates the host-local lock directory (`$TMPDIR/pgward-locks/<repository>-<stanza>`)
+/// Creates the host-local lock directory (`$TMPDIR/pgward-locks-<uid>/<repository>-<stanza>`)
 /// private to pgward's user, or refuses it, and its parent, when another user owns them
 /// or can write in them: in a shared temporary directory anyone may have made them first,
 /// to hold the lock files (and so every backup of the stanza) or plant links in them.
@@ -246,7 +251,7 @@ pub(super) fn ensure_host_lock_dir(dir: &Path) -> Result<()> {
         e.hint(
             "remove it (pgward creates it, mode 0700, for its own user), or run pgward with \
              TMPDIR naming a directory only its user can write: the lock lives in \
-             $TMPDIR/pgward-locks",
+             $TMPDIR/pgward-locks-<uid>",
         )
     };
     if let Some(parent) = dir.parent() {
@@ -294,7 +299,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp
             .path()
-            .join("pgward-locks")
+            .join("pgward-locks-0")
             .join("0123456789abcdef-main");
         ensure_host_lock_dir(&dir).unwrap();
         for d in [&dir, dir.parent().unwrap()] {
@@ -312,7 +317,7 @@ mod tests {
         let parent = dir.parent().unwrap();
         std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o1777)).unwrap();
         let e = ensure_host_lock_dir(&dir).unwrap_err();
-        assert!(e.message.contains("pgward-locks is writable"), "{e}");
+        assert!(e.message.contains("pgward-locks-0 is writable"), "{e}");
         std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700)).unwrap();
 
         // SAFETY: geteuid has no preconditions and cannot fail.
@@ -321,7 +326,7 @@ mod tests {
             let e = ensure_host_lock_dir(&dir).unwrap_err();
             assert!(e.message.contains("is owned by uid 4321"), "{e}");
         }
-        let link = tmp.path().join("pgward-locks").join("link-main");
+        let link = tmp.path().join("pgward-locks-0").join("link-main");
         std::os::unix::fs::symlink(tmp.path(), &link).unwrap();
         let e = ensure_host_lock_dir(&link).unwrap_err();
         assert!(e.message.contains("symbolic link"), "{e}");

@@ -467,9 +467,10 @@ done
 
 cp "$S3_DIR/server.log" "$RES/$S3_SERVER.log" 2>/dev/null || true
 # sizes of pgward's bundles (what each of its ranged GETs costs moto; see s3_cpu)
+# (signed for Garage: the prefix's slashes encoded as in the canonical query it checks)
 BUNDLES=$(curl -sf --aws-sigv4 "aws:amz:$S3_REGION:s3" --user "$S3_KEY:$S3_SECRET" \
     -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" \
-    "http://127.0.0.1:$((S3_PORT + 1))/$BUCKET?list-type=2&prefix=pgward/$STANZA/bundles/" |
+    "http://127.0.0.1:$((S3_PORT + 1))/$BUCKET?list-type=2&prefix=pgward%2F$STANZA%2Fbundles%2F" |
     grep -o '<Size>[0-9]*</Size>' | grep -o '[0-9]*' | sort -n |
     awk '{ a[NR] = $1 } END { if (NR) printf "%d bundles, %.1f-%.1f MB (median %.1f MB)", NR, a[1] / 1e6, a[NR] / 1e6, a[int((NR + 1) / 2)] / 1e6; else print "none" }' || true)
 

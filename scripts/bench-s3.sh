@@ -122,6 +122,11 @@ stop_all() {
 }
 [ -d "$BASE" ] && stop_all
 bench_fresh_base "${S3_DIR#"$BASE"/}" "${TLS#"$BASE"/}" "${AGET#"$BASE"/}"
+# pgward keeps host-local locks in $TMPDIR/pgward-locks and refuses one another user owns:
+# in a shared /tmp, root (the test suite) may have made it first.  Everything started
+# from here (PostgreSQL, its archive_command, the tools) gets a TMPDIR of postgres's own.
+install -d -m 700 -o postgres -g postgres "$BASE/tmp"
+export TMPDIR=$BASE/tmp
 bench_install_pgward
 cleanup() {
     local rc=$?

@@ -94,6 +94,10 @@ for d in "$WORK/pg/restored" "$WORK/pg/data"; do   # a previous run's, if it was
 done
 rm -rf "$WORK"
 install -d -m 755 "$WORK" "$WORK/bin"
+# pgward keeps host-local locks in $TMPDIR/pgward-locks and refuses one another user owns:
+# in a shared /tmp, root (the test suite) may have made it first
+install -d -m 700 -o "$PG_OWNER" "$WORK/tmp"
+export TMPDIR=$WORK/tmp
 
 step "pgward"
 if [ -z "${PGWARD:-}" ]; then

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench-s3.sh -- pgward against pgBackRest on one S3 server over HTTPS (issue 13's
-# benchmark): the same local S3 server (moto, scripts/moto.sh's venv, behind stunnel for
-# TLS) with a certificate of a small CA of this script's (pgBackRest speaks S3 only over
+# benchmark): the same local S3 server (S3_SERVER: moto, scripts/moto.sh's venv, or a
+# one-node Garage, scripts/garage-lib.sh; behind stunnel for TLS) with a certificate of a small CA of this script's (pgBackRest speaks S3 only over
 # HTTPS; rustls refuses a self-signed CA:TRUE server certificate, and pgBackRest 2.45
 # matches no IP address in a subjectAltName, so the leaf is CA:FALSE and names
 # `localhost`), pgward with `--s3-ca-file`, pgBackRest with `repo1-storage-ca-file`, same
@@ -21,8 +21,8 @@
 #   aget       archive-get of AGET_SEGS segments, one process each (pgward without
 #              prefetch), from S3, each checked against the one pushed
 # The last round's pgward chain restore from S3 is started once and its pgbench tables
-# compared with the source.  Requests: moto logs every request; a step's are the log lines
-# it added under the tool's prefix of the bucket (pgward/, pgbackrest/).  pgward's own
+# compared with the source.  Requests: moto and Garage log every request; a step's are the
+# log lines it added under the tool's prefix of the bucket (pgward/, pgbackrest/).  pgward's own
 # warnings of retried requests (storage/s3/retry_report.rs) are counted from its output.
 # Prints a markdown table per scale: medians, ratios, requests, peak RSS, the issue's
 # targets (restore from S3 >= 2x faster than pgBackRest's; <= 1.5x pgward's own restore
@@ -39,7 +39,13 @@
 #   BASE        work directory, wiped at start (default /tmp/pgward-bench-s3)
 #   PGWARD      pgward binary (default: the repository's target/release/pgward)
 #   PORT/RPORT  source / restored cluster port (default 5489 / 5488)
-#   MOTO_PORT   port of the HTTPS S3 server on 127.0.0.1 (default 5487)
+#   S3_SERVER   moto (default) or garage: a real S3 server (Rust; ranged GETs read only
+#               the blocks of the range; checks signatures, region "garage"), one node,
+#               replication factor 1, no block compression (the backups are lz4 already);
+#               installed into $GARAGE_ROOT by `cargo install` the first time (~10 min)
+#   S3_PORT     port of the HTTPS S3 server (stunnel) on 127.0.0.1 (default 5487; the
+#               server itself listens on S3_PORT+1, Garage's RPC and admin on +2, +3);
+#               MOTO_PORT is the old name
 #   PGVER       PostgreSQL major (default 15)
 #   READ_AHEAD  pgward --repo-read-ahead for the S3 restores and verify (default: pgward's)
 #   KEEP        1: keep repositories and clusters under $BASE (default 0: only results)
@@ -62,7 +68,8 @@ STEPS=${STEPS:-"full incr restore verify aget"}
 AGET_SEGS=${AGET_SEGS:-100}
 PORT=${PORT:-5489}
 RPORT=${RPORT:-5488}
-MOTO_PORT=${MOTO_PORT:-5487}
+S3_SERVER=${S3_SERVER:-moto}
+S3_PORT=${S3_PORT:-${MOTO_PORT:-5487}}
 PGVER=${PGVER:-15}
 READ_AHEAD=${READ_AHEAD:-}
 KEEP=${KEEP:-0}
@@ -73,14 +80,17 @@ BUCKET=pgward-bench
 # shellcheck source=scripts/bench-lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
 
-MOTO_DIR=$BASE/moto
+case $S3_SERVER in moto|garage) ;; *) die "S3_SERVER=$S3_SERVER: moto or garage" ;; esac
+S3_DIR=$BASE/s3
 TLS=$BASE/tls
 CA=$TLS/ca.pem
 PWCONF=$BASE/pgward-s3.toml
 WRAPPER=$BASE/archive-pgbackrest-pgward.sh
 RST=$BASE/restore
 AGET=$BASE/aget
-ENDPOINT=https://localhost:$MOTO_PORT
+ENDPOINT=https://localhost:$S3_PORT
+# credentials and region: moto takes any; Garage's key is made by garage_start
+S3_REGION=us-east-1 S3_KEY=test S3_SECRET=test
 
 bench_preflight
 bench_install_packages curl openssl stunnel4
@@ -94,9 +104,9 @@ RA=()
 [ -z "$READ_AHEAD" ] || RA=(--repo-read-ahead "$READ_AHEAD")
 
 # ---------------------------------------------------------------- clean slate
-moto_stop() {   # moto and stunnel, by the pids this script wrote
+s3_stop() {   # the S3 server and stunnel, by the pids this script wrote
     local f pid
-    for f in "$MOTO_DIR/moto.pid" "$MOTO_DIR/stunnel.pid"; do
+    for f in "$S3_DIR/server.pid" "$S3_DIR/stunnel.pid"; do
         [ -f "$f" ] || continue
         pid=$(cat "$f")
         kill "$pid" 2>/dev/null || true
@@ -108,16 +118,21 @@ moto_stop() {   # moto and stunnel, by the pids this script wrote
 stop_all() {
     local d
     for d in "$RST"-* "$PGDATA"; do [ -d "$d" ] && stop_server "$d"; done
-    moto_stop
+    s3_stop
 }
 [ -d "$BASE" ] && stop_all
-bench_fresh_base "${MOTO_DIR#"$BASE"/}" "${TLS#"$BASE"/}" "${AGET#"$BASE"/}"
+bench_fresh_base "${S3_DIR#"$BASE"/}" "${TLS#"$BASE"/}" "${AGET#"$BASE"/}"
+# pgward keeps host-local locks in $TMPDIR/pgward-locks and refuses one another user owns:
+# in a shared /tmp, root (the test suite) may have made it first.  Everything started
+# from here (PostgreSQL, its archive_command, the tools) gets a TMPDIR of postgres's own.
+install -d -m 700 -o postgres -g postgres "$BASE/tmp"
+export TMPDIR=$BASE/tmp
 bench_install_pgward
 cleanup() {
     local rc=$?
     stop_all
     rm -rf "$RST"-* "$AGET"
-    [ "$KEEP" = 1 ] || rm -rf "$PGDATA" "$PWREPO" "$BRREPO" "$BASE/spool"
+    [ "$KEEP" = 1 ] || rm -rf "$PGDATA" "$PWREPO" "$BRREPO" "$BASE/spool" "$S3_DIR/garage"
     log "servers stopped, restore directories$([ "$KEEP" = 1 ] || echo ", cluster and repositories") removed; results in $RES (exit $rc, $((SECONDS - T_START)) s)"
 }
 trap cleanup EXIT
@@ -136,48 +151,74 @@ make_certs() {
         -days 2 -extfile "$TLS/leaf.ext" -out "$TLS/server.pem" 2>/dev/null
     chmod 644 "$CA"; chown -R postgres:postgres "$TLS"
 }
-# moto (scripts/moto.sh's venv) on plain HTTP at MOTO_PORT+1, behind stunnel for TLS on
-# MOTO_PORT: moto's own TLS (werkzeug's, `moto_server -c/-k`) ends connections without a
-# TLS close_notify, which pgBackRest takes for an error ("unexpected eof while reading")
-# and retries every PUT for a minute.  moto's log has a line per request, which is how
-# requests are counted.
+# The S3 server on plain HTTP at S3_PORT+1, behind stunnel for TLS on S3_PORT.  moto
+# (scripts/moto.sh's venv): its own TLS (werkzeug's, `moto_server -c/-k`) ends connections
+# without a TLS close_notify, which pgBackRest takes for an error ("unexpected eof while
+# reading") and retries every PUT for a minute.  Both servers log a line per request,
+# which is how requests are counted.
 moto_start() {
     bash "$BENCH_LIB_DIR/moto.sh" install
     local venv=${PGWARD_MOTO_VENV:-/var/cache/pgward/moto-venv}
-    setsid "$venv/bin/moto_server" -H 127.0.0.1 -p "$((MOTO_PORT + 1))" \
-        > "$MOTO_DIR/moto.log" 2>&1 < /dev/null &
-    echo $! > "$MOTO_DIR/moto.pid"
-    printf '%s\n' "foreground = yes" "pid =" "[s3]" "accept = 127.0.0.1:$MOTO_PORT" \
-        "connect = 127.0.0.1:$((MOTO_PORT + 1))" "cert = $TLS/server.pem" "key = $TLS/server.key" \
-        > "$MOTO_DIR/stunnel.conf"
-    setsid stunnel4 "$MOTO_DIR/stunnel.conf" > "$MOTO_DIR/stunnel.log" 2>&1 < /dev/null &
-    echo $! > "$MOTO_DIR/stunnel.pid"
+    setsid "$venv/bin/moto_server" -H 127.0.0.1 -p "$((S3_PORT + 1))" \
+        > "$S3_DIR/server.log" 2>&1 < /dev/null &
+    echo $! > "$S3_DIR/server.pid"
+}
+# Garage: one node (replication factor 1), RPC and admin on S3_PORT+2/+3, data under
+# $S3_DIR/garage; no block compression (zstd by default), as the objects are lz4 already
+garage_start() {
+    local conf=$S3_DIR/garage.toml
+    # shellcheck source=scripts/garage-lib.sh
+    . "$BENCH_LIB_DIR/garage-lib.sh"
+    PATH=$BENCH_ORIG_PATH garage_install >&2 || die "garage $GARAGE_VERSION could not be installed"
+    garage_write_config "$conf" "$S3_DIR/garage" 1 "$(garage_secret 32)" "$((S3_PORT + 1))" \
+        "$((S3_PORT + 2))" "$((S3_PORT + 3))" "$(garage_secret 16)" 'compression_level = "none"'
+    setsid "$GARAGE" -c "$conf" server > "$S3_DIR/server.log" 2>&1 < /dev/null &
+    echo $! > "$S3_DIR/server.pid"
+    garage_wait_up "$(cat "$S3_DIR/server.pid")" "$conf" "$S3_DIR/server.log" 1 "$((S3_PORT + 1))" \
+        || die "garage did not start"
+    garage_layout "$conf" 100G "$("$GARAGE" -c "$conf" node id -q)" || die "garage layout"
+    garage_key_bucket "$conf" "$BUCKET" pgward-bench "$S3_DIR/key.txt" || die "garage key and bucket"
+    S3_REGION=$GARAGE_REGION S3_KEY=$GARAGE_KEY_ID S3_SECRET=$GARAGE_KEY_SECRET
+}
+s3_start() {
+    "${S3_SERVER}_start"
+    printf '%s\n' "foreground = yes" "pid =" "[s3]" "accept = 127.0.0.1:$S3_PORT" \
+        "connect = 127.0.0.1:$((S3_PORT + 1))" "cert = $TLS/server.pem" "key = $TLS/server.key" \
+        > "$S3_DIR/stunnel.conf"
+    setsid stunnel4 "$S3_DIR/stunnel.conf" > "$S3_DIR/stunnel.log" 2>&1 < /dev/null &
+    echo $! > "$S3_DIR/stunnel.pid"
+    # any HTTP answer through the TLS front (Garage: 403 to an unsigned request)
     for _ in $(seq 1 300); do
-        curl -sf --cacert "$CA" "$ENDPOINT/moto-api/" > /dev/null && break
-        kill -0 "$(cat "$MOTO_DIR/moto.pid")" 2>/dev/null || { cat "$MOTO_DIR/moto.log" >&2; die "moto_server exited"; }
-        kill -0 "$(cat "$MOTO_DIR/stunnel.pid")" 2>/dev/null || { cat "$MOTO_DIR/stunnel.log" >&2; die "stunnel exited"; }
+        curl -s --cacert "$CA" -o /dev/null "$ENDPOINT/moto-api/" && break
+        kill -0 "$(cat "$S3_DIR/server.pid")" 2>/dev/null || { cat "$S3_DIR/server.log" >&2; die "$S3_SERVER exited"; }
+        kill -0 "$(cat "$S3_DIR/stunnel.pid")" 2>/dev/null || { cat "$S3_DIR/stunnel.log" >&2; die "stunnel exited"; }
         sleep 0.1
     done
-    curl -sf --cacert "$CA" -X PUT "$ENDPOINT/$BUCKET" > /dev/null || die "cannot create bucket $BUCKET"
-    log "moto behind stunnel on $ENDPOINT (CA $CA), bucket $BUCKET"
+    if [ "$S3_SERVER" = moto ]; then
+        curl -sf --cacert "$CA" -X PUT "$ENDPOINT/$BUCKET" > /dev/null || die "cannot create bucket $BUCKET"
+    fi
+    log "$S3_SERVER behind stunnel on $ENDPOINT (CA $CA), bucket $BUCKET"
 }
-# CPU seconds moto and stunnel have used so far (all their threads): what a step cost the
-# S3 server, which shares the cores with the tools. moto answers a ranged GET by reading
+# CPU seconds the S3 server and stunnel have used so far (all their threads): what a step
+# cost the S3 server, which shares the cores with the tools. moto answers a ranged GET by reading
 # and copying the whole object and slicing it (moto/s3/responses.py _handle_range_header
 # over FakeKey.value), so its cost grows with the object's size, not the range's: real
-# object stores do not work that way.
-moto_cpu() {
-    cat "/proc/$(cat "$MOTO_DIR/moto.pid")/stat" "/proc/$(cat "$MOTO_DIR/stunnel.pid")/stat" 2>/dev/null |
+# object stores do not work that way (Garage reads the 1 MiB blocks the range covers).
+s3_cpu() {
+    cat "/proc/$(cat "$S3_DIR/server.pid")/stat" "/proc/$(cat "$S3_DIR/stunnel.pid")/stat" 2>/dev/null |
         awk -v hz="$CLK" '{ s = $0; sub(/^.*\) /, "", s); split(s, a, " "); t += a[12] + a[13] }
             END { printf "%.2f\n", t / hz }'
 }
-# requests in moto's log since line $1 under the tool's prefix: "total GET PUT other"
-moto_lines() { wc -l < "$MOTO_DIR/moto.log"; }
-moto_requests() {   # FROM_LINE PREFIX
+# requests in the S3 server's log since line $1 under the tool's prefix: "total GET PUT
+# other".  moto: '... "GET /bucket/key?query HTTP/1.1" 200 -'; Garage: '... (key GK...)
+# GET /bucket/key?query', and for a refused one another line '... in response to ...'.
+s3_lines() { wc -l < "$S3_DIR/server.log"; }
+s3_requests() {   # FROM_LINE PREFIX
     # a request is the tool's when its path is under /BUCKET/PREFIX/ or it lists PREFIX/...
-    tail -n +"$(($1 + 1))" "$MOTO_DIR/moto.log" | sed 's/\x1b\[[0-9;]*m//g' | awk -v b="/$BUCKET" -v p="$2" '
-        match($0, /"(GET|PUT|POST|HEAD|DELETE) [^ "]+/) {
-            split(substr($0, RSTART + 1, RLENGTH - 1), r, " "); m = r[1]; t = r[2]
+    tail -n +"$(($1 + 1))" "$S3_DIR/server.log" | sed 's/\x1b\[[0-9;]*m//g' | awk -v b="/$BUCKET" -v p="$2" '
+        !/ in response to / && match($0, /(^|[ "])(GET|PUT|POST|HEAD|DELETE) \/[^ "]*/) {
+            t = substr($0, RSTART, RLENGTH); sub(/^[ "]/, "", t)
+            split(t, r, " "); m = r[1]; t = r[2]
             path = t; q = ""; i = index(t, "?"); if (i) { path = substr(t, 1, i - 1); q = substr(t, i) }
             if (index(path, b "/" p "/") == 1 || q ~ ("[?&]prefix=(%2F)?" p "(%2F|/|&|$)")) { n++; c[m]++ } }
         END { printf "%d %d %d %d\n", n, c["GET"], c["PUT"], n - c["GET"] - c["PUT"] }'
@@ -197,10 +238,10 @@ write_configs() {
 repo = "s3://$BUCKET/pgward"
 stanza = "$STANZA"
 s3-endpoint = "$ENDPOINT"
-s3-region = "us-east-1"
+s3-region = "$S3_REGION"
 s3-uri-style = "path"
-s3-key = "test"
-s3-key-secret = "test"
+s3-key = "$S3_KEY"
+s3-key-secret = "$S3_SECRET"
 s3-ca-file = "$CA"
 EOF
     cat > "$CONF" <<EOF
@@ -209,10 +250,10 @@ repo1-type=s3
 repo1-path=/pgbackrest
 repo1-s3-bucket=$BUCKET
 repo1-s3-endpoint=localhost
-repo1-storage-port=$MOTO_PORT
-repo1-s3-region=us-east-1
-repo1-s3-key=test
-repo1-s3-key-secret=test
+repo1-storage-port=$S3_PORT
+repo1-s3-region=$S3_REGION
+repo1-s3-key=$S3_KEY
+repo1-s3-key-secret=$S3_SECRET
 repo1-s3-uri-style=path
 repo1-storage-ca-file=$CA
 repo1-retention-full=9999
@@ -227,7 +268,7 @@ pg1-path=$PGDATA
 pg1-port=$PORT
 pg1-socket-path=$BASE
 EOF
-    chmod 600 "$PWCONF"; chown postgres:postgres "$PWCONF" "$CONF"
+    chmod 600 "$PWCONF" "$CONF"; chown postgres:postgres "$PWCONF" "$CONF"
     # archive_command: each segment to pgBackRest (S3), pgward (S3) and pgward (local),
     # in parallel; each push timed into $RES/archive-push-TARGET.log
     cat > "$WRAPPER" <<EOF
@@ -250,7 +291,7 @@ EOF
 
 # ---------------------------------------------------------------- setup
 make_certs
-moto_start
+s3_start
 write_configs
 bench_initdb "$WRAPPER %p" bench-s3.sh
 bench_start_source
@@ -307,10 +348,10 @@ timed() {
     local step=$1 tool=$2 r=$3 o=$4 bytes=$5 note=$6 id=$7 m0 c0 req retries s3cpu
     shift 7
     wait_archived   # no archive-push of the previous step lands in this one's requests
-    m0=$(moto_lines); c0=$(moto_cpu)
+    m0=$(s3_lines); c0=$(s3_cpu)
     run_timed "$id" "$@"
-    req=$(moto_requests "$m0" "$(prefix_of "$tool")")
-    s3cpu=$(awk -v a="$c0" -v b="$(moto_cpu)" 'BEGIN { printf "%.2f", b - a }')
+    req=$(s3_requests "$m0" "$(prefix_of "$tool")")
+    s3cpu=$(awk -v a="$c0" -v b="$(s3_cpu)" 'BEGIN { printf "%.2f", b - a }')
     retries=$(grep -c 'retrying for another' "$RES/$id.out" || true)
     [ "$tool" = pgward-local ] && req="0 0 0 0"
     REQ=${req%% *}
@@ -429,13 +470,22 @@ for r in $(seq 1 "$RUNS"); do
     fi
 done
 
-cp "$MOTO_DIR/moto.log" "$RES/" 2>/dev/null || true
-# sizes of pgward's bundles (what each of its ranged GETs costs moto; see moto_cpu)
-BUNDLES=$(curl -sf "http://127.0.0.1:$((MOTO_PORT + 1))/$BUCKET?list-type=2&prefix=pgward/$STANZA/bundles/" |
+cp "$S3_DIR/server.log" "$RES/$S3_SERVER.log" 2>/dev/null || true
+# sizes of pgward's bundles (what each of its ranged GETs costs moto; see s3_cpu)
+# (signed for Garage: the prefix's slashes encoded as in the canonical query it checks)
+BUNDLES=$(curl -sf --aws-sigv4 "aws:amz:$S3_REGION:s3" --user "$S3_KEY:$S3_SECRET" \
+    -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" \
+    "http://127.0.0.1:$((S3_PORT + 1))/$BUCKET?list-type=2&prefix=pgward%2F$STANZA%2Fbundles%2F" |
     grep -o '<Size>[0-9]*</Size>' | grep -o '[0-9]*' | sort -n |
     awk '{ a[NR] = $1 } END { if (NR) printf "%d bundles, %.1f-%.1f MB (median %.1f MB)", NR, a[1] / 1e6, a[NR] / 1e6, a[int((NR + 1) / 2)] / 1e6; else print "none" }' || true)
 
 # ---------------------------------------------------------------- report
+server_line() {
+    case $S3_SERVER in
+        moto) echo "moto $(cat "${PGWARD_MOTO_VENV:-/var/cache/pgward/moto-venv}/.pgward-moto" 2>/dev/null)" ;;
+        garage) echo "Garage $("$GARAGE" --version | head -1 | awk '{print $2}') (1 node, replication factor 1, lmdb, no block compression)" ;;
+    esac
+}
 med() { col "$1" "$2" "$3" | median; }
 s3cpu_med() {   # STEP TOOL -> median CPU seconds of the S3 server
     awk -F'\t' -v s="$1" -v v="$2" '$1==s && $2==v && $5=="ok" { if (match($12, /s3-server-cpu=[0-9.]+/)) print substr($12, RSTART + 14, RLENGTH - 14) }' "$TSV" | median
@@ -445,16 +495,16 @@ req_med() {   # STEP TOOL -> median requests
 }
 {
     echo
-    echo "## pgward vs pgBackRest on S3 over HTTPS (moto), pgbench scale $SCALE"
+    echo "## pgward vs pgBackRest on S3 over HTTPS ($S3_SERVER), pgbench scale $SCALE"
     echo
     echo "- $(host_line); $(pgward_line); $(pgbackrest version); PostgreSQL $(postgres --version | awk '{print $3}')"
-    echo "- source $(mb "$SRC_NOWAL") MB without pg_wal; $RUNS rounds, tools alternating; lz4, 2 processes each; restores into an empty directory, warm page cache; moto $(cat "${PGWARD_MOTO_VENV:-/var/cache/pgward/moto-venv}/.pgward-moto" 2>/dev/null) behind stunnel (CA:FALSE leaf for localhost)"
+    echo "- source $(mb "$SRC_NOWAL") MB without pg_wal; $RUNS rounds, tools alternating; lz4, 2 processes each; restores into an empty directory, warm page cache; $(server_line) behind stunnel (CA:FALSE leaf for localhost)"
     echo "- host load (1-min average) before steps: $(awk -F'\t' '$1!="setup" {print $14}' "$TSV" | rng)"
     echo "- restored chain check (last round, pgward from S3): $CHECK"
-    echo "- pgward's repository on S3: ${BUNDLES:-?} (moto copies the whole object for each ranged GET: its CPU per step is in the table)"
-    echo "- the S3 server (moto, Python) and stunnel run on the same cores as the tools: a step's wall includes their CPU; CPU s = user + sys of the tool's processes"
+    echo "- pgward's repository on S3: ${BUNDLES:-?}$([ "$S3_SERVER" = moto ] && echo " (moto copies the whole object for each ranged GET: its CPU per step is in the table)")"
+    echo "- the S3 server ($S3_SERVER) and stunnel run on the same cores as the tools: a step's wall includes their CPU; CPU s = user + sys of the tool's processes"
     echo
-    echo "| step | pgward s | pgBackRest s | pgward/pgBackRest | pgward local s | pgward S3/local | CPU s pgward S3 / local / pgBackRest | requests pgward / pgBackRest | S3 server (moto + stunnel) CPU s pgward / pgBackRest | MB | pgward MB/s | peak RSS MiB pgward / pgBackRest |"
+    echo "| step | pgward s | pgBackRest s | pgward/pgBackRest | pgward local s | pgward S3/local | CPU s pgward S3 / local / pgBackRest | requests pgward / pgBackRest | S3 server ($S3_SERVER + stunnel) CPU s pgward / pgBackRest | MB | pgward MB/s | peak RSS MiB pgward / pgBackRest |"
     echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
     # shellcheck disable=SC2015   # echo does not fail
     for s in full incr restore-full restore-chain verify aget; do
@@ -476,7 +526,7 @@ req_med() {   # STEP TOOL -> median requests
         echo "| $s: ≤ 1 request per 4 MiB restored (binding at scale 100) | $n requests, $per MiB each | $(awk -v p="$per" 'BEGIN{print (p != "n/a" && p >= 4) ? "yes" : "NO"}') |"
     done
     echo
-    echo "Per-run figures: $TSV (column 12: requests total/GET/PUT/other under the tool's prefix, from moto's log)."
+    echo "Per-run figures: $TSV (column 12: requests total/GET/PUT/other under the tool's prefix, from $S3_SERVER's log)."
 } | tee "$RES/report.md"
 
 if [ "$HOLD" = 1 ]; then

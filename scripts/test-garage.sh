@@ -33,9 +33,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 T0=$SECONDS
 
-GARAGE_VERSION=${GARAGE_VERSION:-2.5.0}
-GARAGE_ROOT=${GARAGE_ROOT:-/var/cache/pgward/garage}
-GARAGE=$GARAGE_ROOT/bin/garage
+# shellcheck source=scripts/garage-lib.sh
+. scripts/garage-lib.sh   # GARAGE_VERSION, GARAGE_ROOT, GARAGE, garage_*
 WORK=${WORK:-/tmp/pgward-garage}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 PG_PORT=${PG_PORT:-55610}
@@ -44,7 +43,7 @@ RPORT=$((PG_PORT + 1))
 GARAGE_PORT_BASE=${GARAGE_PORT_BASE:-29100}
 FAIL_WITHIN=${FAIL_WITHIN:-30}
 BUCKET=pgward-garage-test
-REGION=garage
+REGION=$GARAGE_REGION
 STANZA=main
 RP_NAME=garage_rp
 
@@ -86,25 +85,7 @@ trap 'exit 130' INT TERM
 
 # ---- 1. Garage and pgward ---------------------------------------------------------------
 step "Garage $GARAGE_VERSION in $GARAGE_ROOT"
-# `garage --version` of a crates.io build: "garage cargo:2.5.0 [features: ...]"
-garage_installed() { [ -x "$GARAGE" ] && "$GARAGE" --version 2>/dev/null | head -1 | grep -qE "[:v ]${GARAGE_VERSION//./\\.}( |$)"; }
-if garage_installed; then
-    echo "present: $("$GARAGE" --version | head -1)"
-else
-    mkdir -p "$GARAGE_ROOT"
-    exec 9>"$GARAGE_ROOT/.install.lock"
-    flock 9
-    if ! garage_installed; then
-        echo "cargo install garage --locked --version $GARAGE_VERSION (takes ~9 minutes)"
-        t=$SECONDS
-        cargo install garage --locked --version "$GARAGE_VERSION" --root "$GARAGE_ROOT" \
-            >"$GARAGE_ROOT/install.log" 2>&1 \
-            || { tail -30 "$GARAGE_ROOT/install.log"; die "cargo install garage"; }
-        echo "built in $((SECONDS - t))s"
-    fi
-    exec 9>&-
-fi
-garage_installed || die "garage $GARAGE_VERSION is not in $GARAGE_ROOT/bin"
+garage_install || die "garage $GARAGE_VERSION in $GARAGE_ROOT"
 
 [ -x "$PGBIN/pg_ctl" ] || bash scripts/install-test-deps.sh 15
 
@@ -113,6 +94,10 @@ for d in "$WORK/pg/restored" "$WORK/pg/data"; do   # a previous run's, if it was
 done
 rm -rf "$WORK"
 install -d -m 755 "$WORK" "$WORK/bin"
+# pgward keeps host-local locks in $TMPDIR/pgward-locks and refuses one another user owns:
+# in a shared /tmp, root (the test suite) may have made it first
+install -d -m 700 -o "$PG_OWNER" "$WORK/tmp"
+export TMPDIR=$WORK/tmp
 
 step "pgward"
 if [ -z "${PGWARD:-}" ]; then
@@ -130,27 +115,15 @@ admin_port() { echo $((GARAGE_PORT_BASE + 10 * $1 + 3)); }
 gcli() { local n=$1; shift; "$GARAGE" -c "$WORK/garage/n$n.toml" "$@"; }
 
 start_node() { # n: until its RPC answers and its S3 API listens
-    local n=$1 i log=$WORK/garage/n$1.log from
+    local n=$1 log=$WORK/garage/n$1.log from
     touch "$log"
     from=$(($(stat -c %s "$log") + 1))   # this start's part of the log
     setsid "$GARAGE" -c "$WORK/garage/n$n.toml" server \
         >>"$WORK/garage/n$n.log" 2>&1 </dev/null &
     GARAGE_PID[$n]=$!
     disown "${GARAGE_PID[$n]}"   # no "Killed" job notice when a node is killed on purpose
-    for i in $(seq 1 300); do
-        kill -0 "${GARAGE_PID[$n]}" 2>/dev/null \
-            || { tail -20 "$WORK/garage/n$n.log"; die "garage node $n exited"; }
-        # Garage keeps running when one of its API servers cannot bind: look at its log.
-        if tail -c +"$from" "$log" | grep -q "exited with error"; then
-            tail -c +"$from" "$log" | grep "ERROR"; die "garage node $n: an API server failed"
-        fi
-        if tail -c +"$from" "$log" | grep -qF "S3 API server listening on http://127.0.0.1:$(s3_port "$n")" \
-            && gcli "$n" node id -q >/dev/null 2>&1; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    die "garage node $n did not answer within 30s"
+    garage_wait_up "${GARAGE_PID[$n]}" "$WORK/garage/n$n.toml" "$log" "$from" "$(s3_port "$n")" \
+        || die "garage node $n"
 }
 stop_node() { # n [signal]
     local n=$1 sig=${2:-TERM} pid=${GARAGE_PID[$1]:-} i
@@ -161,16 +134,7 @@ stop_node() { # n [signal]
     for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     unset "GARAGE_PID[$n]"
 }
-health_field() { gcli 1 health 2>/dev/null | sed -n "s/^$1:[[:space:]]*//p"; }
-wait_health() { # status (HEALTHY/DEGRADED/UNAVAILABLE), seconds
-    local want=$1 secs=$2 i
-    for i in $(seq 1 $((secs * 2))); do
-        [ "$(health_field 'Cluster health')" = "$want" ] && return 0
-        sleep 0.5
-    done
-    gcli 1 health || true
-    return 1
-}
+wait_health() { garage_wait_health "$WORK/garage/n1.toml" "$@"; }   # status, seconds
 
 step "3-node Garage cluster on 127.0.0.1 (replication factor 3)"
 for n in 1 2 3; do
@@ -179,45 +143,19 @@ for n in 1 2 3; do
     done
 done
 install -d -m 700 "$WORK/garage"
-RPC_SECRET=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
-ADMIN_TOKEN=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
+RPC_SECRET=$(garage_secret 32)
+ADMIN_TOKEN=$(garage_secret 16)
 for n in 1 2 3; do
-    install -d -m 700 "$WORK/garage/n$n/meta" "$WORK/garage/n$n/data"
-    cat >"$WORK/garage/n$n.toml" <<EOF
-metadata_dir = "$WORK/garage/n$n/meta"
-data_dir = "$WORK/garage/n$n/data"
-db_engine = "lmdb"
-replication_factor = 3
-consistency_mode = "consistent"
-rpc_bind_addr = "127.0.0.1:$(rpc_port $n)"
-rpc_public_addr = "127.0.0.1:$(rpc_port $n)"
-rpc_secret = "$RPC_SECRET"
-
-[s3_api]
-s3_region = "$REGION"
-api_bind_addr = "127.0.0.1:$(s3_port $n)"
-root_domain = ".s3.garage.localhost"
-
-[admin]
-api_bind_addr = "127.0.0.1:$(admin_port $n)"
-admin_token = "$ADMIN_TOKEN"
-EOF
-    chmod 600 "$WORK/garage/n$n.toml"
+    garage_write_config "$WORK/garage/n$n.toml" "$WORK/garage/n$n" 3 "$RPC_SECRET" \
+        "$(s3_port $n)" "$(rpc_port $n)" "$(admin_port $n)" "$ADMIN_TOKEN"
     start_node "$n"
 done
 declare -A NODE_ID=()
 for n in 1 2 3; do NODE_ID[$n]=$(gcli "$n" node id -q); echo "node $n: ${NODE_ID[$n]}"; done
 for n in 2 3; do gcli 1 node connect "${NODE_ID[$n]}" >/dev/null || die "garage node connect $n"; done
-gcli 1 layout assign -z dc1 -c 1G "${NODE_ID[1]%@*}" "${NODE_ID[2]%@*}" "${NODE_ID[3]%@*}" >/dev/null \
-    || die "garage layout assign"
-gcli 1 layout apply --version 1 >/dev/null || die "garage layout apply"
-wait_health HEALTHY 60 || die "cluster not healthy after the layout"
-gcli 1 key create pgward >"$WORK/garage/key.txt" || die "garage key create"
-KEY_ID=$(sed -n 's/^Key ID:[[:space:]]*//p' "$WORK/garage/key.txt")
-KEY_SECRET=$(sed -n 's/^Secret key:[[:space:]]*//p' "$WORK/garage/key.txt")
-[[ $KEY_ID == GK* && -n $KEY_SECRET ]] || { cat "$WORK/garage/key.txt"; die "no key in garage's answer"; }
-gcli 1 bucket create "$BUCKET" >/dev/null || die "garage bucket create"
-gcli 1 bucket allow --read --write --owner "$BUCKET" --key pgward >/dev/null || die "garage bucket allow"
+garage_layout "$WORK/garage/n1.toml" 1G "${NODE_ID[1]}" "${NODE_ID[2]}" "${NODE_ID[3]}" || die "garage layout"
+garage_key_bucket "$WORK/garage/n1.toml" "$BUCKET" pgward "$WORK/garage/key.txt" || die "garage key and bucket"
+KEY_ID=$GARAGE_KEY_ID KEY_SECRET=$GARAGE_KEY_SECRET
 gcli 1 status
 pass "garage $("$GARAGE" --version | head -1 | awk '{print $2}'): 3 nodes, layout applied, key $KEY_ID, bucket $BUCKET"
 

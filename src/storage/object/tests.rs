@@ -11,7 +11,7 @@ use super::*;
 use crate::storage::write_blocking;
 
 /// Not compressible, position-dependent bytes, so a misplaced part shows.
-fn pattern(len: usize) -> Vec<u8> {
+pub(crate) fn pattern(len: usize) -> Vec<u8> {
     let mut x = 0x9e3779b97f4a7c15u64;
     (0..len)
         .map(|_| {

@@ -209,6 +209,7 @@ mod tests {
     use tokio::io::AsyncWriteExt;
 
     use super::*;
+    use crate::storage::object::tests::pattern;
 
     fn moto() -> &'static str {
         static ENDPOINT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -267,19 +268,6 @@ mod tests {
 
     async fn read(s: &S3Storage, key: &str) -> Result<Vec<u8>> {
         s.read_all(key).await
-    }
-
-    /// Not compressible, position-dependent bytes, so a misplaced part shows.
-    fn pattern(len: usize) -> Vec<u8> {
-        let mut x = 0x9e3779b97f4a7c15u64;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
     }
 
     /// The storage contract every object store keeps (`object/tests.rs`), on moto;

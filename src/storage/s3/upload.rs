@@ -11,8 +11,9 @@ use object_store::client::HttpRequestBody;
 use object_store::multipart::MultipartStore;
 use object_store::path::Path;
 
-use super::{error, S3Storage};
+use super::S3Storage;
 use crate::error::{Error, ErrorKind, Result};
+use crate::storage::object::Provider;
 
 impl S3Storage {
     /// `Storage::remove_incomplete`: aborts the uploads in `dir` started more than
@@ -36,7 +37,10 @@ impl S3Storage {
             match self.store.abort_multipart(&path, &id).await {
                 Ok(()) => removed += 1,
                 Err(object_store::Error::NotFound { .. }) => {} // finished or aborted meanwhile
-                Err(e) => return Err(error(self.bucket(), &key, "aborting upload of", e)),
+                Err(e) => {
+                    let name = format!("s3://{}/{key}", self.bucket());
+                    return Err(Provider::S3.error(&name, "aborting upload of", e));
+                }
             }
         }
         Ok(removed)

@@ -751,8 +751,12 @@ fn damaged_verify_and_drill_records_are_reported_and_fail_neither_info_nor_metri
         .collect();
     assert_eq!(damaged.len(), 2, "{info:#}");
     assert!(
-        damaged.iter().any(|r| r.ends_with("records/last-drill.json"))
-            && damaged.iter().any(|r| r.ends_with("records/last-verify.json")),
+        damaged
+            .iter()
+            .any(|r| r.ends_with("records/last-drill.json"))
+            && damaged
+                .iter()
+                .any(|r| r.ends_with("records/last-verify.json")),
         "{info:#}"
     );
     assert!(stderr(&out).contains("last-drill.json"), "{}", stderr(&out));
@@ -790,5 +794,8 @@ fn damaged_verify_and_drill_records_are_reported_and_fail_neither_info_nor_metri
     let info = src.info_json();
     assert_eq!(info["last_verify"]["passed"], true, "{info:#}");
     let text = src.ok(&["info"]);
-    assert!(text.contains("last verify: ") && text.contains(" passed, "), "{text}");
+    assert!(
+        text.contains("last verify: ") && text.contains(" passed, "),
+        "{text}"
+    );
 }

@@ -183,7 +183,10 @@ fn render_last_verify(verify: Option<&crate::repo::records::VerifyRecord>) -> St
         if v.passed {
             String::new()
         } else {
-            format!(", {} problem(s): run `pgward verify` to see them", v.problems)
+            format!(
+                ", {} problem(s): run `pgward verify` to see them",
+                v.problems
+            )
         }
     )
 }

@@ -14,7 +14,7 @@ use crate::repo::archive_map::{
 };
 use crate::repo::label::BackupType;
 use crate::repo::manifest::Manifest;
-use crate::repo::records::{DamagedRecord, DrillRecord};
+use crate::repo::records::{DamagedRecord, DrillRecord, VerifyRecord};
 use crate::repo::Repo;
 
 #[derive(Debug, Serialize)]
@@ -37,7 +37,10 @@ pub struct InfoReport {
     pub recoverable_windows: Vec<TimelineWindow>,
     /// The outcome of the stanza's last `pgward drill`, if one ran (and its record reads).
     pub last_drill: Option<DrillRecord>,
-    /// Records that do not read (the last drill's): reported, never `info`'s failure.
+    /// The outcome of the stanza's last `pgward verify`, if one ran (and its record reads).
+    pub last_verify: Option<VerifyRecord>,
+    /// Records that do not read (the last drill's or verify's): reported, never `info`'s
+    /// failure.
     pub damaged_records: Vec<DamagedRecord>,
 }
 
@@ -115,6 +118,7 @@ pub async fn info(repo: &Repo) -> Result<InfoReport> {
     let seg_size = stanza.wal_segment_size;
     let mut damaged_records = Vec::new();
     let last_drill = repo.last_drill_or_damaged(&mut damaged_records).await?;
+    let last_verify = repo.last_verify_or_damaged(&mut damaged_records).await?;
     Ok(InfoReport {
         stanza: repo.stanza.clone(),
         repository: repo.location(),
@@ -133,6 +137,7 @@ pub async fn info(repo: &Repo) -> Result<InfoReport> {
         recoverable_window: recoverable_window(&manifests, &archived, seg_size),
         recoverable_windows: timeline_windows(repo, &manifests, &archived, seg_size).await?,
         last_drill,
+        last_verify,
         damaged_records,
     })
 }

@@ -742,19 +742,29 @@ fn damaged_verify_and_drill_records_are_reported_and_fail_neither_info_nor_metri
     assert!(out.status.success(), "{}", stderr(&out));
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(info["last_drill"], serde_json::Value::Null, "{info:#}");
-    let damaged = info["damaged_records"].as_array().unwrap();
-    assert_eq!(damaged.len(), 1, "{info:#}");
+    assert_eq!(info["last_verify"], serde_json::Value::Null, "{info:#}");
+    let damaged: Vec<&str> = info["damaged_records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["record"].as_str().unwrap())
+        .collect();
+    assert_eq!(damaged.len(), 2, "{info:#}");
     assert!(
-        damaged[0]["record"]
-            .as_str()
-            .unwrap()
-            .ends_with("records/last-drill.json"),
+        damaged
+            .iter()
+            .any(|r| r.ends_with("records/last-drill.json"))
+            && damaged
+                .iter()
+                .any(|r| r.ends_with("records/last-verify.json")),
         "{info:#}"
     );
     assert!(stderr(&out).contains("last-drill.json"), "{}", stderr(&out));
     let text = src.ok(&["info"]);
     assert!(
-        text.contains("DAMAGED record") && text.contains("last-drill.json"),
+        text.contains("DAMAGED record")
+            && text.contains("last-drill.json")
+            && text.contains("last-verify.json"),
         "{text}"
     );
 
@@ -779,6 +789,13 @@ fn damaged_verify_and_drill_records_are_reported_and_fail_neither_info_nor_metri
     assert!(
         text.contains("pgward_records_damaged{stanza=\"main\"} 1\n")
             && text.contains("pgward_verify_last_success{stanza=\"main\"} 1\n"),
+        "{text}"
+    );
+    let info = src.info_json();
+    assert_eq!(info["last_verify"]["passed"], true, "{info:#}");
+    let text = src.ok(&["info"]);
+    assert!(
+        text.contains("last verify: ") && text.contains(" passed, "),
         "{text}"
     );
 }

@@ -121,6 +121,7 @@ fn render_text(r: &InfoReport) -> String {
         None => s.push_str("\nrecoverable window: none (no backup with its WAL archived)\n"),
     }
     s.push_str(&render_last_drill(r.last_drill.as_ref()));
+    s.push_str(&render_last_verify(r.last_verify.as_ref()));
     for d in &r.damaged_records {
         s.push_str(&format!(
             "  DAMAGED record (the next run replaces it): {}\n",
@@ -166,6 +167,28 @@ fn render_last_drill(drill: Option<&crate::repo::records::DrillRecord>) -> Strin
         s.push_str(&format!("  error: {e}\n"));
     }
     s
+}
+
+fn render_last_verify(verify: Option<&crate::repo::records::VerifyRecord>) -> String {
+    let Some(v) = verify else {
+        return "last verify: none (`pgward verify` reads back every stored byte)\n".into();
+    };
+    format!(
+        "last verify: {} {}, {} backup(s) and {} WAL file(s) in {:.1} s{}\n",
+        v.time.format("%Y-%m-%d %H:%M:%S UTC"),
+        if v.passed { "passed" } else { "FAILED" },
+        v.backups,
+        v.wal_segments,
+        v.seconds,
+        if v.passed {
+            String::new()
+        } else {
+            format!(
+                ", {} problem(s): run `pgward verify` to see them",
+                v.problems
+            )
+        }
+    )
 }
 
 /// One line per timeline: a bar from the window's start to its end with each backup's

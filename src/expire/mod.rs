@@ -99,7 +99,8 @@ pub async fn plan(
     let backups = repo.load_backup_headers(Some(&stanza)).await?.backups;
     let pinned = repo.pinned_labels().await?;
     let archived = repo.list_archive().await?;
-    let holds = repo.live_holds(true).await?;
+    // Read only (a dry run writes nothing); execute removes dead readers' holds.
+    let holds = repo.live_holds(false).await?;
     let plan = plan_for(
         &backups.healthy,
         &backups.damaged,
@@ -220,7 +221,10 @@ pub fn plan_for(
     // A held backup keeps its chain, whether or not the hold names it all.
     let mut held: std::collections::BTreeMap<&str, Vec<&Holder>> = Default::default();
     for hold in holds {
-        for named in manifests.iter().filter(|m| hold.scope.holds_backup(&m.label)) {
+        for named in manifests
+            .iter()
+            .filter(|m| hold.scope.holds_backup(&m.label))
+        {
             for m in chain(manifests, &named.label) {
                 let holders = held.entry(m.label.as_str()).or_default();
                 if !holders.contains(&&hold.holder) {
@@ -360,7 +364,7 @@ pub async fn execute(repo: &Repo, plan: &ExpirePlan) -> Result<()> {
     // The manifests are gone (the commit point): a reader that has not read them yet
     // will find them missing and stop; one that has holds them by now, so its hold is
     // in this listing and what it reads stays (the argument is in repo/holds.rs).
-    let holds = repo.live_holds(false).await?;
+    let holds = repo.live_holds(true).await?;
     for (label, bundle) in &plan.bundles {
         let holders: Vec<Holder> = holds
             .iter()
@@ -380,7 +384,10 @@ pub async fn execute(repo: &Repo, plan: &ExpirePlan) -> Result<()> {
     let wal_held_from = held_wal_from(&holds);
     let mut wal_kept = 0;
     for f in &plan.wal {
-        let end = f.name.segment().map(|s| s.start_lsn(plan.wal_segment_size).0 + plan.wal_segment_size);
+        let end = f
+            .name
+            .segment()
+            .map(|s| s.start_lsn(plan.wal_segment_size).0 + plan.wal_segment_size);
         if let (Some(end), Some(from)) = (end, wal_held_from) {
             if end > from.0 {
                 wal_kept += 1;
@@ -581,7 +588,10 @@ mod tests {
         let held: Vec<&str> = plan.held_backups.iter().map(|h| h.label.as_str()).collect();
         assert_eq!(held, [i1, f1]);
         assert_eq!(plan.held_backups[0].held_by[0].pid, 7);
-        assert_eq!(plan.held_backups[1].reason, "more than 1 newer full backup(s)");
+        assert_eq!(
+            plan.held_backups[1].reason,
+            "more than 1 newer full backup(s)"
+        );
         assert_eq!(plan.wal_kept_from, Some(Lsn(1 << 24)));
         assert!(plan.wal_held_by.is_empty(), "f1's own start keeps that WAL");
 

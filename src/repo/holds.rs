@@ -125,8 +125,8 @@ impl Hold {
     /// Whether its reader is gone, on object storage (a local hold's `flock` tells that):
     /// its pid no longer runs on this host, or its heartbeat stopped `STALE_AFTER` ago.
     fn is_dead(&self, now: DateTime<Utc>, this_host: &str, alive: impl Fn(u32) -> bool) -> bool {
-        let silent = now - self.heartbeat
-            > chrono::Duration::from_std(STALE_AFTER).expect("small duration");
+        let silent =
+            now - self.heartbeat > chrono::Duration::from_std(STALE_AFTER).expect("small duration");
         silent || (self.holder.host == this_host && !alive(self.holder.pid))
     }
 }
@@ -285,14 +285,16 @@ impl Repo {
     /// A hold that does not read holds everything: expire keeps too much rather than too
     /// little (a live local hold is always written whole before it can be seen).
     fn decode_hold(&self, what: &str, stored: Vec<u8>) -> Hold {
-        let decoded = object::decode_owned(self.master_key(), Kind::Lock, stored, what)
-            .and_then(|c| {
+        let decoded =
+            object::decode_owned(self.master_key(), Kind::Lock, stored, what).and_then(|c| {
                 let (Contents::Checked(json) | Contents::Legacy(json)) = c;
                 serde_json::from_slice::<Hold>(&json)
                     .map_err(|e| Error::corrupt(format!("{what}: {e}")))
             });
         decoded.unwrap_or_else(|e| {
-            tracing::warn!("hold {what} cannot be read ({e}): expire keeps everything while it is there");
+            tracing::warn!(
+                "hold {what} cannot be read ({e}): expire keeps everything while it is there"
+            );
             Hold {
                 holder: Holder {
                     command: format!("unreadable hold {what}"),
@@ -342,11 +344,7 @@ fn take_local(
         .open(&temp)
         .at("creating hold", &temp)?;
     if !try_lock(&file) {
-        return Err(Error::io(
-            "locking",
-            &temp,
-            std::io::Error::last_os_error(),
-        ));
+        return Err(Error::io("locking", &temp, std::io::Error::last_os_error()));
     }
     if let Some((uid, gid)) = owner {
         std::os::unix::fs::fchown(&file, Some(uid), Some(gid))

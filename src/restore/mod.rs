@@ -69,7 +69,11 @@ pub async fn restore(repo: &Repo, opts: RestoreOptions) -> Result<Restored> {
     restored
 }
 
-async fn restore_selected(repo: &Repo, opts: RestoreOptions, manifest: Manifest) -> Result<Restored> {
+async fn restore_selected(
+    repo: &Repo,
+    opts: RestoreOptions,
+    manifest: Manifest,
+) -> Result<Restored> {
     if !opts.target_unchecked {
         reach::check_reachable(
             repo,

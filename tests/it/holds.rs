@@ -96,6 +96,11 @@ fn expire_keeps_the_chain_a_running_restore_reads_and_ignores_a_killed_ones_hold
             "{plan}"
         );
     }
+    let info = src.ok(&["info"]);
+    assert!(
+        info.contains("held by restore (pid ") && info.contains(&format!(": {f1}, {i1}\n")),
+        "{info}"
+    );
     let out = src.ok(&["--output", "json", "expire", "--retain-full", "1"]);
     let json: serde_json::Value = serde_json::from_str(&out).expect("expire json");
     let held: Vec<&str> = json["held_backups"]
@@ -140,7 +145,7 @@ fn expire_keeps_the_chain_a_running_restore_reads_and_ignores_a_killed_ones_hold
     }
     let plan = src.ok(&["expire", "--retain-full", "1"]);
     assert!(!plan.contains("while restore"), "{plan}");
-    assert_eq!(src.labels(), [f2.clone()]);
+    assert_eq!(src.labels(), std::slice::from_ref(&f2));
     if local {
         let bundles: Vec<String> = std::fs::read_dir(src.repo.join("main/bundles"))
             .unwrap()

@@ -602,6 +602,14 @@ mod tests {
         assert_eq!(plan.wal_kept_from, Some(Lsn(1 << 24)));
         assert_eq!(plan.wal_held_by[0].pid, 8);
 
+        // A verify holds every backup and every WAL file.
+        let mut verify = hold(9, &[], None);
+        verify.scope = crate::repo::holds::HoldScope::everything();
+        let plan = plan_for(&healthy, &[], &[], &[verify], &[], &retention, now);
+        assert!(plan.backups.is_empty());
+        assert_eq!(plan.held_backups.len(), 4);
+        assert_eq!(plan.wal_kept_from, Some(Lsn(0)));
+
         // Without holds, everything but f3 goes.
         let plan = plan_for(&healthy, &[], &[], &[], &[], &retention, now);
         assert_eq!(labels(&plan), [i2, f2, i1, f1]);

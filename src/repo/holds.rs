@@ -504,6 +504,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_backup_leaves_the_orphan_bundles_of_a_held_backup_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bundles = tmp.path().join("main/bundles");
+        std::fs::create_dir_all(&bundles).unwrap();
+        std::fs::create_dir_all(tmp.path().join("main/backups")).unwrap();
+        let (held, free) = ("20261101-000000F", "20261102-000000F");
+        for label in [held, free] {
+            std::fs::write(bundles.join(format!("{label}-0-0.bundle")), b"x").unwrap();
+        }
+        let storage = std::sync::Arc::new(LocalStorage::new(tmp.path()));
+        let repo = Repo::plain_for_tests(storage, "main");
+        // Expire removed both manifests; a restore that read them still holds one.
+        let scope = HoldScope {
+            backups: vec![held.into()],
+            ..Default::default()
+        };
+        let guard = repo.hold("restore", scope).await;
+        let mut orphans = repo.orphan_bundles().await.unwrap();
+        orphans.sort();
+        assert_eq!(orphans.len(), 2);
+        assert_eq!(
+            repo.unheld_orphan_bundles().await.unwrap(),
+            [format!("{free}-0-0.bundle")]
+        );
+        guard.release().await;
+        assert_eq!(repo.unheld_orphan_bundles().await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
     async fn a_reader_of_a_stanza_that_does_not_exist_creates_nothing() {
         let tmp = tempfile::tempdir().unwrap();
         let storage = std::sync::Arc::new(LocalStorage::new(tmp.path()));

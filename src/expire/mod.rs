@@ -442,12 +442,26 @@ fn test_halt_point() {
     }
 }
 
+/// Lets tests start a reader between expire's plan and its removals: with
+/// `PGWARD_TEST_EXPIRE_PAUSE=FILE` (debug builds only), expire creates FILE once it has
+/// planned and goes on when the test removes it.
+async fn test_pause_point() {
+    #[cfg(debug_assertions)]
+    if let Some(marker) = std::env::var_os("PGWARD_TEST_EXPIRE_PAUSE") {
+        let _ = std::fs::write(&marker, b"planned\n");
+        while std::path::Path::new(&marker).exists() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
 /// Plans (and unless `dry_run`, carries out) retention under the stanza's lock.
 pub async fn expire(repo: &Repo, retention: &Retention, dry_run: bool) -> Result<ExpirePlan> {
     let lock = repo.lock("backup").await?;
     let result = async {
         let plan = plan(repo, retention, chrono::Utc::now()).await?;
         if !dry_run {
+            test_pause_point().await;
             execute(repo, &plan).await?;
         }
         Ok(plan)

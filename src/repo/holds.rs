@@ -29,12 +29,13 @@
 //! - the reader read after expire deleted them: it finds a manifest missing and stops
 //!   with "backup B was expired while this restore started; run it again".
 //!
-//! Manifests are never deleted under a reader that loaded them and is still to load more
-//! (expire deletes dependents first, and a reader checks that its whole chain is still
-//! listed after loading the backup it restores). At worst a reader fails cleanly: every
-//! stored byte is checked on every read, so a missing or changed object is an error,
-//! never a silently wrong restore. Bundles kept for a hold whose manifest is gone are
-//! orphans once the hold ends; the next backup removes them.
+//! A restore also checks, after loading the backup it restores, that the rest of its
+//! chain is still listed. In the one interleaving left (expire planned before the hold
+//! and deletes a chain member's manifest after that check, before the restore reads
+//! that manifest's codec) the restore stops naming the backup it cannot read. So at
+//! worst a reader fails cleanly: every stored byte is checked on every read, so a missing
+//! or changed object is an error, never a silently wrong restore. Bundles kept for a hold
+//! whose manifest is gone are orphans once the hold ends; the next backup removes them.
 //!
 //! A hold whose reader is alive but silent for [`STALE_AFTER`] (object storage: a
 //! partitioned host) is treated as dead: that reader then fails on its next read.

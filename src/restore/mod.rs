@@ -274,7 +274,7 @@ async fn load_held(
             format!("backup {gone} was expired while this {command} started"),
         )
         .hint(format!(
-            "run the {command} again: it will choose among the backups that remain"
+            "run the {command} again; `pgward info` lists the backups that remain"
         ))
     };
     let manifest = match repo.load_manifest_of(label, stanza).await {

@@ -49,9 +49,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::lock::{host, pid_alive, HEARTBEAT, STALE_AFTER};
+use super::manifest::Manifest;
 use super::object::{self, Contents, Kind};
+use super::stanza::StanzaInfo;
 use super::Repo;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::pg::Lsn;
 use crate::storage::local::{create_dir_owned, repository_owner};
 use crate::storage::SharedStorage;
@@ -309,6 +311,59 @@ impl Repo {
         })
     }
 
+    /// The reader's side: holds `chain` (the backup to read last, after every backup it
+    /// builds on) and the WAL from `wal_from` for `command`, then reads the backup's
+    /// manifest and checks that the rest of the chain is still listed. A backup an expire
+    /// removed before the hold was seen is named (see the module comment).
+    pub async fn hold_and_load(
+        &self,
+        command: &str,
+        chain: &[String],
+        wal_from: Lsn,
+        stanza: &StanzaInfo,
+    ) -> Result<(Manifest, HoldGuard)> {
+        let scope = HoldScope {
+            backups: chain.to_vec(),
+            every_backup: false,
+            wal_from: Some(wal_from),
+        };
+        let hold = self.hold(command, scope).await;
+        match self.load_held(command, chain, stanza).await {
+            Ok(manifest) => Ok((manifest, hold)),
+            Err(e) => {
+                hold.release().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn load_held(
+        &self,
+        command: &str,
+        chain: &[String],
+        stanza: &StanzaInfo,
+    ) -> Result<Manifest> {
+        let expired = |gone: &str| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!("backup {gone} was expired while this {command} started"),
+            )
+            .hint(format!(
+                "run the {command} again; `pgward info` lists the backups that remain"
+            ))
+        };
+        let label = chain.last().expect("a chain ends with the backup read");
+        let manifest = match self.load_manifest_of(label, stanza).await {
+            Err(e) if e.is_not_found() => return Err(expired(label)),
+            other => other?,
+        };
+        let listed = self.backup_labels().await?;
+        if let Some(gone) = chain.iter().find(|b| !listed.contains(b)) {
+            return Err(expired(gone));
+        }
+        Ok(manifest)
+    }
+
     /// [`Repo::orphan_bundles`] less those a live hold names: bundles that expire kept
     /// for a reader after removing their manifest (see the module comment). Under the
     /// stanza's lock, as removing orphans is.
@@ -531,6 +586,84 @@ mod tests {
         );
         guard.release().await;
         assert_eq!(repo.unheld_orphan_bundles().await.unwrap().len(), 2);
+    }
+
+    /// A backup removed between a restore's choice and its hold: the restore stops,
+    /// naming it, and leaves no hold behind.
+    #[tokio::test]
+    async fn a_backup_expired_before_its_hold_was_written_is_named_and_nothing_is_held() {
+        let tmp = tempfile::tempdir().unwrap();
+        let storage = std::sync::Arc::new(LocalStorage::new(tmp.path()));
+        let repo = Repo::plain_for_tests(storage, "main");
+        let bytes = std::fs::read(format!(
+            "{}/tests/fixtures/format-v3/20261121-124507F.manifest",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let mut m = super::super::manifest::parse_manifest(&bytes).unwrap();
+        m.format_version = super::super::FORMAT_VERSION;
+        let stanza = StanzaInfo {
+            format_version: super::super::FORMAT_VERSION,
+            stanza: "main".into(),
+            system_identifier: m.system_identifier,
+            pg_major: m.pg_major,
+            data_checksums: true,
+            wal_segment_size: m.wal_segment_size,
+            created: m.start_time,
+        };
+        repo.write_stanza_info(&stanza).await.unwrap();
+        let label = m.label.clone();
+        repo.save_manifest(m.clone()).await.unwrap();
+
+        let (loaded, hold) = repo
+            .hold_and_load(
+                "restore",
+                std::slice::from_ref(&label),
+                m.start_lsn,
+                &stanza,
+            )
+            .await
+            .unwrap();
+        assert_eq!(loaded.label, label);
+        assert_eq!(repo.live_holds(false).await.unwrap().len(), 1);
+        hold.release().await;
+
+        // A chain member no longer listed (expired after the choice) is named.
+        let older = "20261120-000000F".to_string();
+        let e = repo
+            .hold_and_load(
+                "drill",
+                &[older.clone(), label.clone()],
+                m.start_lsn,
+                &stanza,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NotFound);
+        assert_eq!(
+            e.message,
+            format!("backup {older} was expired while this drill started")
+        );
+
+        repo.delete_manifest(&label).await.unwrap();
+        let e = repo
+            .hold_and_load(
+                "restore",
+                std::slice::from_ref(&label),
+                m.start_lsn,
+                &stanza,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.message,
+            format!("backup {label} was expired while this restore started")
+        );
+        assert!(
+            e.hint.as_deref().unwrap().contains("run the restore again"),
+            "{e:?}"
+        );
+        assert!(repo.live_holds(false).await.unwrap().is_empty());
     }
 
     #[tokio::test]

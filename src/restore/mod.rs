@@ -21,7 +21,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, ErrorKind, IoContext, Result};
-use crate::repo::holds::{HoldGuard, HoldScope};
+use crate::repo::holds::HoldGuard;
 use crate::repo::manifest::Manifest;
 use crate::repo::Repo;
 use crate::storage::local::{create_dir_durable, sync_dir, sync_filesystem};
@@ -244,48 +244,9 @@ pub async fn select_backup(
             manifest.label
         )));
     }
-    let scope = HoldScope {
-        backups: chain.iter().map(|m| m.label.clone()).collect(),
-        every_backup: false,
-        wal_from: Some(manifest.start_lsn),
-    };
-    let hold = repo.hold(command, scope.clone()).await;
-    match load_held(repo, &manifest.label, &scope, &stanza, command).await {
-        Ok(manifest) => Ok((manifest, hold)),
-        Err(e) => {
-            hold.release().await;
-            Err(e)
-        }
-    }
-}
-
-/// The chosen backup's manifest, read once its hold is written, and a check that the
-/// rest of its chain is still listed: an expire that removed any of it first is named.
-async fn load_held(
-    repo: &Repo,
-    label: &str,
-    scope: &HoldScope,
-    stanza: &crate::repo::stanza::StanzaInfo,
-    command: &str,
-) -> Result<Manifest> {
-    let expired = |gone: &str| {
-        Error::new(
-            ErrorKind::NotFound,
-            format!("backup {gone} was expired while this {command} started"),
-        )
-        .hint(format!(
-            "run the {command} again; `pgward info` lists the backups that remain"
-        ))
-    };
-    let manifest = match repo.load_manifest_of(label, stanza).await {
-        Err(e) if e.is_not_found() => return Err(expired(label)),
-        other => other?,
-    };
-    let listed = repo.backup_labels().await?;
-    if let Some(gone) = scope.backups.iter().find(|b| !listed.contains(b)) {
-        return Err(expired(gone));
-    }
-    Ok(manifest)
+    let chain: Vec<String> = chain.iter().map(|m| m.label.clone()).collect();
+    repo.hold_and_load(command, &chain, manifest.start_lsn, &stanza)
+        .await
 }
 
 /// Where each tablespace goes: its original location unless remapped.

@@ -28,6 +28,8 @@ pub struct InfoReport {
     pub encrypted: bool,
     /// How concurrent backups of the stanza are excluded.
     pub lock: String,
+    /// What running restores, drills and verifies read (expire keeps it).
+    pub holds: Vec<crate::repo::holds::Hold>,
     pub backups: Vec<BackupSummary>,
     /// Backups whose manifest is damaged (or not theirs): listed, never restored.
     pub damaged_backups: Vec<DamagedBackupSummary>,
@@ -128,6 +130,7 @@ pub async fn info(repo: &Repo) -> Result<InfoReport> {
         format_version: stanza.format_version,
         encrypted: repo.is_encrypted(),
         lock: repo.lock_mechanism().await?,
+        holds: repo.live_holds(false).await?,
         backups: manifests
             .iter()
             .map(|m| summarize(m, &manifests, &pinned, &file_counts, &mut problems))

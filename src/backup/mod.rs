@@ -311,7 +311,7 @@ async fn test_pause_point() {
 
 /// Deletes bundles that no manifest references. Safe only under the backup lock.
 async fn remove_orphans(repo: &Repo) -> Result<()> {
-    for bundle in repo.orphan_bundles().await? {
+    for bundle in repo.unheld_orphan_bundles().await? {
         tracing::info!(%bundle, "removing bundle left by an interrupted backup");
         repo.delete_bundle(&bundle).await?;
     }

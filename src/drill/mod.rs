@@ -24,6 +24,7 @@ use serde::Serialize;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::pg::Lsn;
+use crate::repo::holds::HoldGuard;
 use crate::repo::manifest::Manifest;
 use crate::repo::records::{DrillCheck, DrillRecord};
 use crate::repo::Repo;
@@ -97,6 +98,9 @@ pub struct Plan {
     owner: Option<Owner>,
     sql_checks: Vec<String>,
     opts: DrillOptions,
+    /// Keeps expire off the backup and its WAL until the drill ends (the scratch
+    /// server reads the WAL after the restore is done).
+    hold: Option<HoldGuard>,
 }
 
 pub async fn plan(repo: &Repo, opts: DrillOptions) -> Result<Plan> {
@@ -104,7 +108,21 @@ pub async fn plan(repo: &Repo, opts: DrillOptions) -> Result<Plan> {
         DrillTarget::Restore(t) => t.clone(),
         DrillTarget::Random { .. } => RecoveryTarget::EndOfArchive,
     };
-    let backup = crate::restore::select_backup(repo, opts.set.as_deref(), &asked).await?;
+    let (backup, hold) =
+        crate::restore::select_backup(repo, opts.set.as_deref(), &asked, "drill").await?;
+    match plan_held(repo, opts, backup).await {
+        Ok(mut plan) => {
+            plan.hold = Some(hold);
+            Ok(plan)
+        }
+        Err(e) => {
+            hold.release().await;
+            Err(e)
+        }
+    }
+}
+
+async fn plan_held(repo: &Repo, opts: DrillOptions, backup: Manifest) -> Result<Plan> {
     let (target, random) = match opts.target {
         DrillTarget::Restore(ref t) => (t.clone(), None),
         DrillTarget::Random { seed } => {
@@ -132,6 +150,7 @@ pub async fn plan(repo: &Repo, opts: DrillOptions) -> Result<Plan> {
         owner,
         sql_checks,
         opts,
+        hold: None,
     })
 }
 
@@ -140,7 +159,16 @@ impl Plan {
     /// begun, the report says how it went, the record is saved, and a failure comes
     /// back beside the report: a failed check as [`ErrorKind::Corrupt`] (as `verify`'s
     /// problems), anything else with its own kind.
-    pub async fn execute(self, repo: &Repo) -> Result<(DrillReport, Option<Error>)> {
+    pub async fn execute(mut self, repo: &Repo) -> Result<(DrillReport, Option<Error>)> {
+        let hold = self.hold.take();
+        let executed = self.execute_held(repo).await;
+        if let Some(hold) = hold {
+            hold.release().await;
+        }
+        executed
+    }
+
+    async fn execute_held(self, repo: &Repo) -> Result<(DrillReport, Option<Error>)> {
         let scratch = Scratch::create(
             self.opts.scratch.as_deref(),
             &repo.stanza,

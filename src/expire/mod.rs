@@ -3,6 +3,11 @@
 //! before those they depend on (so no listed backup ever lacks its reference), then the
 //! bundles nobody references any more, then WAL older than every retained backup.
 //!
+//! A backup a running restore, drill or verify holds (`repo/holds.rs`) is kept, with its
+//! chain and the WAL the hold names; holds are listed again after the manifests are
+//! removed, and what a hold taken meanwhile names is kept too (the argument is in
+//! `repo/holds.rs`).
+//!
 //! A backup whose manifest is damaged is never removed, nor anything it cannot be proven
 //! not to need: its label's type letter is all that is known of it, so a differential or
 //! incremental keeps every older backup (it builds on some of them), a full keeps none;
@@ -16,6 +21,7 @@ use serde::Serialize;
 use crate::error::Result;
 use crate::pg::{Lsn, WalFileName};
 use crate::repo::archive::ArchivedFile;
+use crate::repo::holds::{held_wal_from, Hold, Holder};
 use crate::repo::label::BackupType;
 use crate::repo::manifest::{chain, DamagedBackup, Manifest};
 use crate::repo::{Repo, ABANDONED_AFTER};
@@ -46,10 +52,26 @@ pub struct ExpirePlan {
     pub wal_files: Vec<String>,
     /// Backups whose manifest is damaged, kept with what depends on them either way.
     pub damaged_backups: Vec<DamagedBackupKept>,
+    /// Backups retention would remove, kept because a running reader holds them.
+    pub held_backups: Vec<HeldBackupKept>,
+    /// Readers whose holds keep WAL older than every retained backup needs.
+    pub wal_held_by: Vec<Holder>,
     #[serde(skip)]
     wal: Vec<ArchivedFile>,
     #[serde(skip)]
-    bundles: Vec<String>,
+    wal_segment_size: u64,
+    /// (label, bundle) of every bundle of the removed backups.
+    #[serde(skip)]
+    bundles: Vec<(String, String)>,
+}
+
+/// A backup kept because a running restore, drill or verify reads it.
+#[derive(Debug, Serialize)]
+pub struct HeldBackupKept {
+    pub label: String,
+    /// Why retention would have removed it.
+    pub reason: String,
+    pub held_by: Vec<Holder>,
 }
 
 /// A backup whose manifest is damaged: kept, and the backups kept because of it.
@@ -77,14 +99,24 @@ pub async fn plan(
     let backups = repo.load_backup_headers(Some(&stanza)).await?.backups;
     let pinned = repo.pinned_labels().await?;
     let archived = repo.list_archive().await?;
+    // Read only (a dry run writes nothing); execute removes dead readers' holds.
+    let holds = repo.live_holds(false).await?;
     let plan = plan_for(
         &backups.healthy,
         &backups.damaged,
         &pinned,
+        &holds,
         &archived,
         retention,
         now,
     );
+    for h in &plan.held_backups {
+        tracing::info!(
+            "backup {} is kept while {} reads it",
+            h.label,
+            describe(&h.held_by)
+        );
+    }
     for d in &plan.damaged_backups {
         tracing::warn!(
             "backup {} has a damaged manifest ({}): expire keeps it{}; \
@@ -106,6 +138,7 @@ pub fn plan_for(
     manifests: &[Manifest],
     damaged: &[DamagedBackup],
     pinned: &[String],
+    holds: &[Hold],
     archived: &[ArchivedFile],
     retention: &Retention,
     now: chrono::DateTime<chrono::Utc>,
@@ -185,7 +218,23 @@ pub fn plan_for(
     for d in damaged {
         protected.extend(kept_for_damaged(manifests, &d.label).map(|m| m.label.as_str()));
     }
+    // A held backup keeps its chain, whether or not the hold names it all.
+    let mut held: std::collections::BTreeMap<&str, Vec<&Holder>> = Default::default();
+    for hold in holds {
+        for named in manifests
+            .iter()
+            .filter(|m| hold.scope.holds_backup(&m.label))
+        {
+            for m in chain(manifests, &named.label) {
+                let holders = held.entry(m.label.as_str()).or_default();
+                if !holders.contains(&&hold.holder) {
+                    holders.push(&hold.holder);
+                }
+            }
+        }
+    }
     let mut removed: Vec<RemovedBackup> = Vec::new();
+    let mut held_backups: Vec<HeldBackupKept> = Vec::new();
     for m in manifests.iter().rev() {
         if protected.contains(m.label.as_str()) {
             continue;
@@ -200,6 +249,14 @@ pub fn plan_for(
             } else {
                 format!("depends on expired backup {root}")
             };
+            if let Some(holders) = held.get(m.label.as_str()) {
+                held_backups.push(HeldBackupKept {
+                    label: m.label.clone(),
+                    reason,
+                    held_by: holders.iter().map(|h| (*h).clone()).collect(),
+                });
+                continue;
+            }
             removed.push(RemovedBackup {
                 label: m.label.clone(),
                 reason,
@@ -214,7 +271,7 @@ pub fn plan_for(
     let bundles = manifests
         .iter()
         .filter(|m| gone.contains(m.label.as_str()))
-        .flat_map(|m| m.bundles.iter().cloned())
+        .flat_map(|m| m.bundles.iter().map(|b| (m.label.clone(), b.clone())))
         .collect();
 
     // WAL: nothing before the oldest retained backup's start is needed by anyone. LSNs
@@ -228,11 +285,23 @@ pub fn plan_for(
             .find(|m| m.label < d.label)
             .map_or(Lsn(0), |m| m.start_lsn)
     });
-    let wal_kept_from = retained
+    let backups_wal_from = retained
         .iter()
         .map(|m| m.start_lsn)
         .chain(damaged_wal_from)
         .min();
+    let wal_held_by: Vec<Holder> = holds
+        .iter()
+        .filter(|h| match (h.scope.wal_from, backups_wal_from) {
+            (Some(held), Some(needed)) => held < needed,
+            _ => false,
+        })
+        .map(|h| h.holder.clone())
+        .collect();
+    let wal_kept_from = match (backups_wal_from, held_wal_from(holds)) {
+        (Some(needed), Some(held)) => Some(needed.min(held)),
+        (needed, _) => needed, // no backups: every WAL file stays anyway
+    };
     let wal: Vec<ArchivedFile> = match (wal_kept_from, retained.first()) {
         (Some(from), Some(any)) => archived
             .iter()
@@ -251,9 +320,21 @@ pub fn plan_for(
         wal_kept_from,
         wal_files: wal.iter().map(|f| f.name.to_string()).collect(),
         damaged_backups,
+        held_backups,
+        wal_held_by,
         wal,
+        wal_segment_size: retained.first().map_or(0, |m| m.wal_segment_size),
         bundles,
     }
+}
+
+/// "restore (pid 7 on host db1, started ...)", joined.
+pub fn describe(holders: &[Holder]) -> String {
+    holders
+        .iter()
+        .map(|h| h.to_string())
+        .collect::<Vec<_>>()
+        .join(" and ")
 }
 
 /// The readable backups a backup with a damaged manifest (`damaged`) may build on, and
@@ -280,14 +361,49 @@ pub async fn execute(repo: &Repo, plan: &ExpirePlan) -> Result<()> {
         repo.delete_manifest(&b.label).await?;
         test_halt_point();
     }
-    for bundle in &plan.bundles {
+    // The manifests are gone (the commit point): a reader that has not read them yet
+    // will find them missing and stop; one that has holds them by now, so its hold is
+    // in this listing and what it reads stays (the argument is in repo/holds.rs).
+    let holds = repo.live_holds(true).await?;
+    for (label, bundle) in &plan.bundles {
+        let holders: Vec<Holder> = holds
+            .iter()
+            .filter(|h| h.scope.holds_backup(label))
+            .map(|h| h.holder.clone())
+            .collect();
+        if !holders.is_empty() {
+            tracing::warn!(
+                "kept bundle {bundle} of expired backup {label}: {} started reading it \
+                 while this expire ran (the next backup removes it)",
+                describe(&holders)
+            );
+            continue;
+        }
         repo.delete_bundle(bundle).await?;
     }
+    let wal_held_from = held_wal_from(&holds);
+    let mut wal_kept = 0;
     for f in &plan.wal {
+        let end = f
+            .name
+            .segment()
+            .map(|s| s.start_lsn(plan.wal_segment_size).0 + plan.wal_segment_size);
+        if let (Some(end), Some(from)) = (end, wal_held_from) {
+            if end > from.0 {
+                wal_kept += 1;
+                continue;
+            }
+        }
         repo.delete_archived(f).await?;
     }
-    if !plan.wal.is_empty() {
-        tracing::info!(files = plan.wal.len(), kept_from = %plan.wal_kept_from.unwrap_or_default(), "expired WAL no retained backup needs");
+    if wal_kept > 0 {
+        tracing::warn!(
+            files = wal_kept,
+            "kept archived WAL that a reader started reading while this expire ran"
+        );
+    }
+    if plan.wal.len() > wal_kept {
+        tracing::info!(files = plan.wal.len() - wal_kept, kept_from = %plan.wal_kept_from.unwrap_or_default(), "expired WAL no retained backup needs");
     }
     remove_abandoned_archive_writes(repo).await
 }
@@ -326,12 +442,26 @@ fn test_halt_point() {
     }
 }
 
+/// Lets tests start a reader between expire's plan and its removals: with
+/// `PGWARD_TEST_EXPIRE_PAUSE=FILE` (debug builds only), expire creates FILE once it has
+/// planned and goes on when the test removes it.
+async fn test_pause_point() {
+    #[cfg(debug_assertions)]
+    if let Some(marker) = std::env::var_os("PGWARD_TEST_EXPIRE_PAUSE") {
+        let _ = std::fs::write(&marker, b"planned\n");
+        while std::path::Path::new(&marker).exists() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
 /// Plans (and unless `dry_run`, carries out) retention under the stanza's lock.
 pub async fn expire(repo: &Repo, retention: &Retention, dry_run: bool) -> Result<ExpirePlan> {
     let lock = repo.lock("backup").await?;
     let result = async {
         let plan = plan(repo, retention, chrono::Utc::now()).await?;
         if !dry_run {
+            test_pause_point().await;
             execute(repo, &plan).await?;
         }
         Ok(plan)
@@ -402,7 +532,7 @@ mod tests {
             backup(i3, Some(i2), 5),
             backup(f3, None, 6),
         ];
-        let plan = plan_for(&healthy, &[damaged(i2)], &[], &[], &retention, now);
+        let plan = plan_for(&healthy, &[damaged(i2)], &[], &[], &[], &retention, now);
         assert_eq!(labels(&plan), Vec::<&str>::new());
         assert_eq!(plan.damaged_backups[0].keeps, [f1, i1, f2, i3]);
         assert_eq!(plan.wal_kept_from, Some(Lsn(1 << 24)));
@@ -416,13 +546,88 @@ mod tests {
             backup(i3, Some(i2), 5),
             backup(f3, None, 6),
         ];
-        let plan = plan_for(&healthy, &[damaged(f2)], &[], &[], &retention, now);
+        let plan = plan_for(&healthy, &[damaged(f2)], &[], &[], &[], &retention, now);
         assert_eq!(labels(&plan), [i1, f1]);
         assert_eq!(plan.damaged_backups[0].keeps, [i2, i3]);
         assert_eq!(plan.wal_kept_from, Some(Lsn(2 << 24)));
         assert!(plan
             .bundles
             .iter()
-            .all(|b| b.starts_with(f1) || b.starts_with(i1)));
+            .all(|(_, b)| b.starts_with(f1) || b.starts_with(i1)));
+    }
+
+    fn hold(pid: u32, backups: &[&str], wal_from: Option<Lsn>) -> Hold {
+        let now = chrono::Utc::now();
+        Hold {
+            holder: Holder {
+                command: "restore".into(),
+                pid,
+                host: "db1".into(),
+                started: now,
+            },
+            heartbeat: now,
+            scope: crate::repo::holds::HoldScope {
+                backups: backups.iter().map(|b| b.to_string()).collect(),
+                every_backup: false,
+                wal_from,
+            },
+        }
+    }
+
+    #[test]
+    fn a_held_backup_keeps_its_chain_and_the_wal_its_hold_names() {
+        let (f1, i1, f2, i2, f3) = (
+            "20261101-000000F",
+            "20261102-000000I",
+            "20261103-000000F",
+            "20261104-000000I",
+            "20261106-000000F",
+        );
+        let healthy = [
+            backup(f1, None, 1),
+            backup(i1, Some(f1), 2),
+            backup(f2, None, 3),
+            backup(i2, Some(f2), 4),
+            backup(f3, None, 6),
+        ];
+        let retention = Retention {
+            full: Some(1),
+            ..Default::default()
+        };
+        let now = chrono::Utc::now();
+        // A restore of i1 names only i1 here: f1 stays with it; f2's chain goes.
+        let holds = [hold(7, &[i1], Some(Lsn(2 << 24)))];
+        let plan = plan_for(&healthy, &[], &[], &holds, &[], &retention, now);
+        assert_eq!(labels(&plan), [i2, f2]);
+        let held: Vec<&str> = plan.held_backups.iter().map(|h| h.label.as_str()).collect();
+        assert_eq!(held, [i1, f1]);
+        assert_eq!(plan.held_backups[0].held_by[0].pid, 7);
+        assert_eq!(
+            plan.held_backups[1].reason,
+            "more than 1 newer full backup(s)"
+        );
+        assert_eq!(plan.wal_kept_from, Some(Lsn(1 << 24)));
+        assert!(plan.wal_held_by.is_empty(), "f1's own start keeps that WAL");
+
+        // A hold of WAL alone (older than any retained backup) keeps that WAL.
+        let holds = [hold(8, &[], Some(Lsn(1 << 24)))];
+        let plan = plan_for(&healthy, &[], &[], &holds, &[], &retention, now);
+        assert_eq!(labels(&plan), [i2, f2, i1, f1]);
+        assert_eq!(plan.wal_kept_from, Some(Lsn(1 << 24)));
+        assert_eq!(plan.wal_held_by[0].pid, 8);
+
+        // A verify holds every backup and every WAL file.
+        let mut verify = hold(9, &[], None);
+        verify.scope = crate::repo::holds::HoldScope::everything();
+        let plan = plan_for(&healthy, &[], &[], &[verify], &[], &retention, now);
+        assert!(plan.backups.is_empty());
+        assert_eq!(plan.held_backups.len(), 4);
+        assert_eq!(plan.wal_kept_from, Some(Lsn(0)));
+
+        // Without holds, everything but f3 goes.
+        let plan = plan_for(&healthy, &[], &[], &[], &[], &retention, now);
+        assert_eq!(labels(&plan), [i2, f2, i1, f1]);
+        assert!(plan.held_backups.is_empty());
+        assert_eq!(plan.wal_kept_from, Some(Lsn(6 << 24)));
     }
 }

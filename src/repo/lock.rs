@@ -26,8 +26,9 @@ use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::storage::local::{create_dir_owned, ensure_private_dir, repository_owner, try_flock};
 use crate::storage::SharedStorage;
 
-const HEARTBEAT: Duration = Duration::from_secs(30);
-const STALE_AFTER: Duration = Duration::from_secs(300);
+pub(super) const HEARTBEAT: Duration = Duration::from_secs(30);
+/// A holder silent this long is taken for dead (locks here, holds in `holds.rs`).
+pub(super) const STALE_AFTER: Duration = Duration::from_secs(300);
 const LOCAL: &str = "flock in the repository";
 
 /// Held while alive; call `release` when done (a crash leaves it to be taken over).
@@ -67,7 +68,7 @@ struct Holder {
     heartbeat: chrono::DateTime<chrono::Utc>,
 }
 
-fn host() -> String {
+pub(super) fn host() -> String {
     hostname::get()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_default()
@@ -260,7 +261,7 @@ pub(super) fn ensure_host_lock_dir(dir: &Path) -> Result<()> {
     ensure_private_dir(dir, what).map_err(hint)
 }
 
-fn pid_alive(pid: u32) -> bool {
+pub(super) fn pid_alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
     unsafe {
         libc::kill(pid as i32, 0) == 0

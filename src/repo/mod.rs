@@ -16,6 +16,7 @@
 //! <stanza>/bundles/<label>-<job>-<seq>.bundle            compressed frames of the backup's files
 //! <stanza>/records/last-drill.json, last-verify.json   outcome of the last drill / verify
 //! <stanza>/lock/                                         flock files (local), lock objects (S3)
+//! <stanza>/lock/holds/<pid>-<random>.hold                what a running restore, drill or verify reads
 //! ```
 
 pub mod archive;
@@ -24,6 +25,7 @@ pub mod archive_map;
 pub mod blockmap;
 pub mod cipher;
 pub mod frames;
+pub mod holds;
 pub mod label;
 pub mod lock;
 pub mod manifest;

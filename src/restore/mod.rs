@@ -21,6 +21,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::repo::holds::HoldGuard;
 use crate::repo::manifest::Manifest;
 use crate::repo::Repo;
 use crate::storage::local::{create_dir_durable, sync_dir, sync_filesystem};
@@ -61,7 +62,18 @@ pub async fn restore(repo: &Repo, opts: RestoreOptions) -> Result<Restored> {
     if let RecoveryTarget::Name(name) = &opts.target {
         target::check_target_name(name)?;
     }
-    let manifest = select_backup(repo, opts.set.as_deref(), &opts.target).await?;
+    let (manifest, hold) =
+        select_backup(repo, opts.set.as_deref(), &opts.target, "restore").await?;
+    let restored = restore_selected(repo, opts, manifest).await;
+    hold.release().await;
+    restored
+}
+
+async fn restore_selected(
+    repo: &Repo,
+    opts: RestoreOptions,
+    manifest: Manifest,
+) -> Result<Restored> {
     if !opts.target_unchecked {
         reach::check_reachable(
             repo,
@@ -110,6 +122,7 @@ pub async fn restore(repo: &Repo, opts: RestoreOptions) -> Result<Restored> {
             }
             return Err(e);
         }
+        test_pause_point().await;
         files::restore_files(repo, &manifest, rest, &opts.pgdata, opts.jobs, false).await?;
     }
 
@@ -131,6 +144,19 @@ pub async fn restore(repo: &Repo, opts: RestoreOptions) -> Result<Restored> {
         files: file_count,
         delta,
     })
+}
+
+/// Lets tests act while a restore is under way: with `PGWARD_TEST_RESTORE_PAUSE=FILE`
+/// (debug builds only), restore creates FILE before it reads any bundle and goes on when
+/// the test removes it: an observable event, not a guessed delay.
+async fn test_pause_point() {
+    #[cfg(debug_assertions)]
+    if let Some(marker) = std::env::var_os("PGWARD_TEST_RESTORE_PAUSE") {
+        let _ = std::fs::write(&marker, b"paused\n");
+        while Path::new(&marker).exists() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// `global/pg_control`, written once everything else is durable: a directory without it
@@ -162,11 +188,16 @@ async fn restore_control_file(
 /// The backup to restore (`set`, else the newest that ends before `target`), refusing
 /// when a damaged manifest is the one asked for, could have been the one chosen, or is
 /// part of the chosen backup's chain. `drill` chooses its backup with it too.
+///
+/// The hold it hands back names the chain and the WAL from the backup's start, for
+/// `command`, and is taken before any manifest of the chain is read: `expire` keeps
+/// them until it is released (`repo/holds.rs` has why no expire can slip in between).
 pub async fn select_backup(
     repo: &Repo,
     set: Option<&str>,
     target: &RecoveryTarget,
-) -> Result<Manifest> {
+    command: &str,
+) -> Result<(Manifest, HoldGuard)> {
     let stanza = repo.stanza_info().await?;
     // Chosen by their header objects (a few KiB each): only the chosen backup's manifest
     // is read whole (at the end), and its chain's are read, checked, for their codecs.
@@ -213,7 +244,9 @@ pub async fn select_backup(
             manifest.label
         )));
     }
-    repo.load_manifest_of(&manifest.label, &stanza).await
+    let chain: Vec<String> = chain.iter().map(|m| m.label.clone()).collect();
+    repo.hold_and_load(command, &chain, manifest.start_lsn, &stanza)
+        .await
 }
 
 /// Where each tablespace goes: its original location unless remapped.

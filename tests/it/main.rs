@@ -15,6 +15,7 @@ mod delta;
 mod drill;
 mod encryption;
 mod expire;
+mod holds;
 mod incremental;
 mod map_drill;
 mod mapped_incr;

@@ -40,6 +40,14 @@ impl Report for Expired {
                 }
             ));
         }
+        for h in &self.plan.held_backups {
+            out.push_str(&format!(
+                "keep backup {} while {} reads it (else: {})\n",
+                h.label,
+                crate::expire::describe(&h.held_by),
+                h.reason
+            ));
+        }
         for b in &self.plan.backups {
             out.push_str(&format!("{expire} backup {}: {}\n", b.label, b.reason));
         }
@@ -50,6 +58,15 @@ impl Report for Expired {
                 .wal_kept_from
                 .map_or("-".to_string(), |l| l.to_string())
         ));
+        if !self.plan.wal_held_by.is_empty() {
+            out.push_str(&format!(
+                "keep archived WAL from {} while {} reads it\n",
+                self.plan
+                    .wal_kept_from
+                    .map_or("-".to_string(), |l| l.to_string()),
+                crate::expire::describe(&self.plan.wal_held_by)
+            ));
+        }
         out
     }
 

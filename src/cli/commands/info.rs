@@ -35,6 +35,14 @@ fn render_text(r: &InfoReport) -> String {
         },
         r.lock
     ));
+    for h in &r.holds {
+        let what = if h.scope.every_backup {
+            "every backup".to_string()
+        } else {
+            h.scope.backups.join(", ")
+        };
+        s.push_str(&format!("held by {}: {what}\n", h.holder));
+    }
     s.push_str(&format!("\nbackups: {}\n", r.backups.len()));
     for b in &r.backups {
         s.push_str(&format!(

@@ -54,6 +54,19 @@ pub fn read_ahead_spans(asked: usize, span: u64) -> usize {
     asked.min((budget() / 4 / span).max(1) as usize)
 }
 
+/// Hands memory freed after a large, short-lived structure (a parsed manifest) back to
+/// the system. The process keeps freed memory for reuse (`main.rs`), but per thread arena:
+/// a manifest parsed on one blocking thread and the next on another would each keep
+/// their arena's share, and the peak would grow with the manifests read one after the
+/// other.
+pub fn release_freed() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free memory to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,6 +12,9 @@ mod backups;
 mod checks;
 mod wal;
 
+#[cfg(test)]
+mod tests;
+
 use serde::Serialize;
 
 use crate::error::{ErrorKind, Result};

@@ -144,10 +144,33 @@ pub(super) async fn check_backups(
     drop(stored);
     problems.extend(map_problems);
 
-    let healthy: HashSet<&str> = out.healthy.iter().map(|b| b.label.as_str()).collect();
-    for b in &out.healthy {
+    problems.extend(reference_problems(&out.healthy, not_stored));
+    if !damaged_frames.is_empty() {
+        let users = readers_of(repo, &out.healthy, &damaged_frames).await?;
+        for (frame, users) in damaged_frames.into_iter().zip(users) {
+            problems.push(Problem {
+                problem: frame.problem,
+                breaks: format!(
+                    "backup{} {} cannot be restored",
+                    if users.len() > 1 { "s" } else { "" },
+                    users.join(", ")
+                ),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Extents into a backup that is not healthy, or into a frame its backup does not store.
+fn reference_problems(
+    healthy: &[Backup],
+    not_stored: BTreeMap<(String, String), (usize, String)>,
+) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let labels: HashSet<&str> = healthy.iter().map(|b| b.label.as_str()).collect();
+    for b in healthy {
         for (from, (extents, first)) in &b.reads_from {
-            if healthy.contains(from.as_str()) {
+            if labels.contains(from.as_str()) {
                 continue;
             }
             problems.push(Problem {
@@ -172,20 +195,7 @@ pub(super) async fn check_backups(
             breaks: format!("backup {label} cannot be restored"),
         });
     }
-    if !damaged_frames.is_empty() {
-        let users = readers_of(repo, &out.healthy, &damaged_frames).await?;
-        for (frame, users) in damaged_frames.into_iter().zip(users) {
-            problems.push(Problem {
-                problem: frame.problem,
-                breaks: format!(
-                    "backup{} {} cannot be restored",
-                    if users.len() > 1 { "s" } else { "" },
-                    users.join(", ")
-                ),
-            });
-        }
-    }
-    Ok(out)
+    problems
 }
 
 fn more(extents: usize) -> String {

@@ -31,6 +31,9 @@ fn main() {
             });
         }
     };
+    if matches!(cli.command, Command::Verify) {
+        pgward::memory::share_arenas(2);
+    }
     let is_archive_get = matches!(cli.command, Command::ArchiveGet { .. });
     end_process_on_panic(is_archive_get);
     let code = match resolve(cli.global.clone()) {

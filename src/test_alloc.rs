@@ -5,12 +5,14 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
+use std::sync::atomic::{AtomicIsize, Ordering};
 
 struct Counting;
 
 thread_local! {
     static LIVE: Cell<isize> = const { Cell::new(0) };
     static PEAK: Cell<isize> = const { Cell::new(0) };
+    static GROUP: Cell<Option<&'static Group>> = const { Cell::new(None) };
 }
 
 fn count(delta: isize) {
@@ -19,6 +21,10 @@ fn count(delta: isize) {
         live.set(now);
         let _ = PEAK.try_with(|peak| peak.set(peak.get().max(now)));
     });
+    if let Ok(Some(group)) = GROUP.try_with(Cell::get) {
+        let now = group.live.fetch_add(delta, Ordering::Relaxed) + delta;
+        group.peak.fetch_max(now, Ordering::Relaxed);
+    }
 }
 
 // SAFETY: every call goes to the system allocator unchanged; only counters are updated.
@@ -55,4 +61,43 @@ pub fn measure<T>(f: impl FnOnce() -> T) -> (T, usize, usize) {
     let peak = PEAK.with(Cell::get) - start;
     let held = LIVE.with(Cell::get) - start;
     (out, peak.max(0) as usize, held.max(0) as usize)
+}
+
+/// Heap bytes held by a group of threads together: a test's own runtime, whose threads
+/// allocate what others free (a manifest parsed on a blocking thread, dropped on a
+/// worker). Threads join it as they start (`tokio::runtime::Builder::on_thread_start`);
+/// what other tests' threads do is not counted.
+pub struct Group {
+    live: AtomicIsize,
+    peak: AtomicIsize,
+}
+
+impl Group {
+    pub const fn new() -> Group {
+        Group {
+            live: AtomicIsize::new(0),
+            peak: AtomicIsize::new(0),
+        }
+    }
+
+    /// Counts the calling thread's allocations and frees in this group from now on.
+    pub fn join(&'static self) {
+        GROUP.set(Some(self));
+    }
+
+    /// Runs `f` and returns its result and the peak of heap bytes the group held above
+    /// what it held before.
+    pub fn measure<T>(&self, f: impl FnOnce() -> T) -> (T, usize) {
+        let start = self.live.load(Ordering::Relaxed);
+        self.peak.store(start, Ordering::Relaxed);
+        let out = f();
+        let peak = self.peak.load(Ordering::Relaxed) - start;
+        (out, peak.max(0) as usize)
+    }
+}
+
+impl Default for Group {
+    fn default() -> Self {
+        Group::new()
+    }
 }

@@ -25,7 +25,7 @@ use crate::pg::datadir::CONTROL_FILE;
 use crate::pipeline::Compression;
 use crate::repo::archive_map::{segments_between, wait_for_archived};
 use crate::repo::label::{new_label, BackupType};
-use crate::repo::manifest::{DamagedBackup, Manifest};
+use crate::repo::manifest::{DamagedBackup, Manifest, PackedFiles};
 use crate::repo::manifest_head::{head_of, same_head};
 use crate::repo::stanza::check_same_cluster;
 use crate::repo::{Repo, FORMAT_VERSION};
@@ -50,14 +50,23 @@ pub struct BackupOptions {
     pub block_map_check: plan::BlockMapCheck,
 }
 
-pub async fn backup(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> Result<Manifest> {
+/// The backup's manifest (its file list packed).
+pub async fn backup(
+    repo: &Repo,
+    conn: &ConnOptions,
+    opts: BackupOptions,
+) -> Result<Manifest<PackedFiles>> {
     let lock = repo.lock("backup").await?;
     let result = backup_locked(repo, conn, opts).await;
     lock.release().await;
     result
 }
 
-async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> Result<Manifest> {
+async fn backup_locked(
+    repo: &Repo,
+    conn: &ConnOptions,
+    opts: BackupOptions,
+) -> Result<Manifest<PackedFiles>> {
     let started = Instant::now();
     let stanza = repo.stanza_info().await?;
     let client = db::connect(conn).await?;
@@ -95,7 +104,7 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
         let Some(header) = &choice.reference else {
             break (choice, None);
         };
-        match repo.load_manifest(&header.label).await {
+        match repo.load_manifest_with::<PackedFiles>(&header.label, &stanza).await {
             Ok(m) if same_head(&head_of(&m), header) => break (choice, Some(m)),
             Ok(m) => {
                 tracing::warn!(label = %m.label, "the header object of backup {} does not match its manifest: choosing from the manifest", m.label);
@@ -131,7 +140,7 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
     if let Some(r) = &reference {
         tracing::info!(reference = %r.label, "{} backup builds on {}", choice.backup_type, r.label);
         if let Some(standby) = &standby {
-            standby.wait_for_replay(&client, r).await?;
+            standby.wait_for_replay(&client, &head_of(r)).await?;
         }
     }
     tracing::info!(%label, pgdata = %pgdata.display(), "starting backup");
@@ -258,7 +267,7 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
         tablespaces: listing.tablespaces,
         annotations: opts.annotations,
         directories: listing.dirs,
-        database_size: copied.files.iter().map(|f| f.size).sum(),
+        database_size: (0..copied.files.len()).map(|i| copied.files.size(i)).sum(),
         stored_size: copied.stored_size,
         bundles: copied.bundles,
         checksum_failures: copied.checksum_failures,

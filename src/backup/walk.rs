@@ -36,7 +36,9 @@ impl SourceFile {
 #[derive(Debug, Default)]
 pub struct DataDirListing {
     pub dirs: Vec<DirEntry>,
-    pub files: Vec<SourceFile>,
+    /// Shared with the pieces copy cuts them into: each file is held once, and the list
+    /// itself is only a pointer a file.
+    pub files: Vec<Arc<SourceFile>>,
     pub tablespaces: Vec<Tablespace>,
 }
 
@@ -52,6 +54,7 @@ pub fn walk_data_dir(pgdata: &Path) -> Result<DataDirListing> {
         listing.dirs.retain(|d| d.path != "pg_wal/summaries");
     }
     listing.files.sort_by(|a, b| a.rel_path.cmp(&b.rel_path));
+    listing.files.shrink_to_fit();
     Ok(listing)
 }
 
@@ -139,7 +142,7 @@ fn walk(root: &Arc<Path>, dir: &Path, rel_dir: &str, out: &mut DataDirListing) -
                     continue;
                 }
             }
-            out.files.push(SourceFile {
+            out.files.push(Arc::new(SourceFile {
                 root: root.clone(),
                 rel_path: rel,
                 size: meta.len(),
@@ -149,7 +152,7 @@ fn walk(root: &Arc<Path>, dir: &Path, rel_dir: &str, out: &mut DataDirListing) -
                     .as_ref()
                     .is_some_and(|r| matches!(r.fork, Fork::Main | Fork::Init)),
                 first_block: relation.map(|r| r.first_block()),
-            });
+            }));
         }
     }
     Ok(())

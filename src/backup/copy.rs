@@ -18,8 +18,7 @@ use crate::pipeline::Compression;
 use crate::progress::Progress;
 use crate::repo::frames::BundleWriter;
 use crate::repo::manifest::{
-    merge_extents, BackupReads, ChecksumFailure, Digest, Extent, FileEntry, Manifest,
-    PackedFiles,
+    merge_extents, BackupReads, ChecksumFailure, Digest, Extent, FileEntry, Manifest, PackedFiles,
 };
 use crate::repo::piece::{piece_size, PIECE_ALIGN};
 use crate::repo::Repo;
@@ -266,18 +265,18 @@ impl Piece {
         let piece = piece_size();
         let count = file.size.div_ceil(piece).max(1);
         (0..count).map(move |i| Piece {
-                file: file.clone(),
-                file_no,
-                alone: count == 1,
-                how: how.clone(),
-                index: i as u32,
-                start: i * piece,
-                end: if i + 1 == count {
-                    file.size
-                } else {
-                    (i + 1) * piece
-                },
-            })
+            file: file.clone(),
+            file_no,
+            alone: count == 1,
+            how: how.clone(),
+            index: i as u32,
+            start: i * piece,
+            end: if i + 1 == count {
+                file.size
+            } else {
+                (i + 1) * piece
+            },
+        })
     }
 
     fn whole(&self) -> bool {

@@ -87,7 +87,7 @@ async fn backup_locked(
     // A damaged manifest must not stop new backups: build only on intact ones, and keep
     // the damaged ones' labels (and bundles) untouched for `verify` to name. Choosing the
     // reference reads each backup's header object (a few KiB), not its manifest; the
-    // reference's own manifest is read whole (its file list is needed) and must read,
+    // reference's own manifest is read whole (its file list is needed, held packed) and must read,
     // check and agree with its header, or the choice is made again without it. So what
     // a backup reads of the repository does not grow with the manifests it holds.
     let timeline = db::current_timeline(&client).await?;
@@ -104,7 +104,10 @@ async fn backup_locked(
         let Some(header) = &choice.reference else {
             break (choice, None);
         };
-        match repo.load_manifest_with::<PackedFiles>(&header.label, &stanza).await {
+        match repo
+            .load_manifest_with::<PackedFiles>(&header.label, &stanza)
+            .await
+        {
             Ok(m) if same_head(&head_of(&m), header) => break (choice, Some(m)),
             Ok(m) => {
                 tracing::warn!(label = %m.label, "the header object of backup {} does not match its manifest: choosing from the manifest", m.label);

@@ -65,8 +65,7 @@ impl PackedFiles {
             .last()
             .is_some_and(|c| c.capacity() - c.len() >= out.len());
         if !fits {
-            self.chunks
-                .push(Vec::with_capacity(CHUNK.max(out.len())));
+            self.chunks.push(Vec::with_capacity(CHUNK.max(out.len())));
         }
         let chunk = self.chunks.len() - 1;
         let last = &mut self.chunks[chunk];
@@ -370,7 +369,10 @@ mod tests {
         let mut sorted = parsed.clone();
         sorted.sort_by_path();
         let paths: Vec<&str> = (0..sorted.len()).map(|i| sorted.path(i)).collect();
-        assert_eq!(paths, ["a", "base/1/2", "base/1/3", "global/pg_control", "é/x"]);
+        assert_eq!(
+            paths,
+            ["a", "base/1/2", "base/1/3", "global/pg_control", "é/x"]
+        );
         let at = sorted.find("base/1/3").unwrap();
         assert_eq!(sorted.size(at), 8192 * 2);
         assert_eq!(

@@ -87,9 +87,10 @@ async fn backup_locked(
     // A damaged manifest must not stop new backups: build only on intact ones, and keep
     // the damaged ones' labels (and bundles) untouched for `verify` to name. Choosing the
     // reference reads each backup's header object (a few KiB), not its manifest; the
-    // reference's own manifest is read whole (its file list is needed, held packed) and must read,
-    // check and agree with its header, or the choice is made again without it. So what
-    // a backup reads of the repository does not grow with the manifests it holds.
+    // reference's own manifest is read whole (its file list is needed, held packed) and
+    // must read, check and agree with its header, or the choice is made again without
+    // it. So what a backup reads of the repository does not grow with the manifests it
+    // holds.
     let timeline = db::current_timeline(&client).await?;
     let mut backups = repo.load_backup_header_objects(&stanza).await?.backups;
     let (choice, reference) = loop {

@@ -393,6 +393,21 @@ mod tests {
     }
 
     #[test]
+    fn a_stored_manifest_read_packed_is_written_back_as_read_whole() {
+        let bytes = include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/format-v1/manifest.json"
+        ));
+        let whole = super::super::parse_manifest(bytes).unwrap();
+        let packed = super::super::parse_manifest_as::<PackedFiles>(bytes).unwrap();
+        assert_eq!(packed.files.len(), whole.files.len());
+        assert_eq!(
+            serde_json::to_string(&packed).unwrap(),
+            serde_json::to_string(&whole).unwrap()
+        );
+    }
+
+    #[test]
     fn format_1_extents_are_upgraded_as_they_are_packed() {
         let json = r#"[{"path": "f", "size": 5, "mtime": 1, "mode": 384, "checksum": null,
             "extents": [{"offset": 0, "length": 5, "backup": "B", "bundle": "b",

@@ -10,7 +10,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use super::plan::{BlockMapCheck, FilePlan, MapPlan};
-use super::walk::SourceFile;
+use super::walk::{Listing, SourceFile};
 use crate::error::{Error, IoContext, Result};
 use crate::pg::page::{is_all_zero, page_lsn, verify_page, PageVerdict, BLCKSZ};
 use crate::pg::Lsn;
@@ -149,17 +149,22 @@ impl CopyResult {
     }
 }
 
+/// Copies files `files` (numbers in `listing`, in path order).
 pub async fn copy_files(
     repo: &Repo,
-    files: Vec<Arc<SourceFile>>,
+    listing: Arc<Listing>,
+    files: Vec<u32>,
     settings: CopySettings,
     progress: Arc<Progress>,
 ) -> Result<CopyResult> {
-    let (mut result, pieces) = plan_copy(files, &settings, &progress);
+    let (mut result, pieces) = plan_copy(&listing, files, &settings, &progress);
     let settings = Arc::new(settings);
     let per_worker = READ_BUFFER as u64 + COMPRESSOR_MEMORY + repo.bundle_upload_memory();
     let workers = (0..crate::memory::workers(settings.jobs, per_worker, 0))
-        .map(|job| Worker::new(repo.clone(), settings.first_bundle + job, settings.clone()))
+        .map(|job| {
+            let slot = settings.first_bundle + job;
+            Worker::new(repo.clone(), slot, settings.clone(), listing.clone())
+        })
         .collect();
     let outputs = crate::workers::run(workers, pieces, progress).await?;
     // Files copied in one piece (nearly all) come as entries; only files cut in pieces
@@ -180,17 +185,19 @@ pub async fn copy_files(
 /// What an incremental takes from its reference unchanged (entries of the new manifest,
 /// packed), and the pieces the workers are to copy, largest first.
 fn plan_copy(
-    files: Vec<Arc<SourceFile>>,
+    listing: &Listing,
+    files: Vec<u32>,
     settings: &CopySettings,
     progress: &Progress,
-) -> (CopyResult, Vec<Piece>) {
+) -> (CopyResult, Vec<Job>) {
     let mut result = CopyResult::default();
     // A piece a file in a full backup; an incremental copies few of them.
     let mut pieces = Vec::with_capacity(match settings.reference {
         None => files.len(),
         Some(_) => 0,
     });
-    for (file_no, file) in files.into_iter().enumerate() {
+    for file_no in files {
+        let file = listing.get(file_no as usize);
         let old = settings.reference.as_ref().and_then(|r| {
             r.file(&file.rel_path)
                 .filter(|old| r.proves_unchanged(&file, old))
@@ -229,7 +236,7 @@ fn plan_copy(
             Some(_) => result.reads.files_mapped += 1,
             None => {}
         }
-        pieces.extend(Piece::cut(file, file_no as u32, how.map(Arc::new)));
+        pieces.extend(Job::cut(file.size, file_no, how.map(Arc::new)));
     }
     if let Some(maps) = &settings.maps {
         if matches!(maps.plan, MapPlan::Mapped(_)) {
@@ -241,11 +248,10 @@ fn plan_copy(
     (result, pieces)
 }
 
-/// A byte range of a source file, copied by one worker as one unit. A full backup holds
-/// one a file until it is copied: kept small.
-struct Piece {
-    file: Arc<SourceFile>,
-    /// The file's place in the list copied: its pieces are joined by it.
+/// A piece as queued: a full backup holds one a file until it is copied, kept small
+/// (the file is a number in the listing).
+struct Job {
+    /// The file's number in the listing: its pieces are joined by it.
     file_no: u32,
     index: u32,
     /// The file's only piece.
@@ -256,27 +262,47 @@ struct Piece {
     end: u64,
 }
 
-impl Piece {
-    fn cut(
-        file: Arc<SourceFile>,
-        file_no: u32,
-        how: Option<Arc<FilePlan>>,
-    ) -> impl Iterator<Item = Piece> {
+impl Job {
+    fn cut(size: u64, file_no: u32, how: Option<Arc<FilePlan>>) -> impl Iterator<Item = Job> {
         let piece = piece_size();
-        let count = file.size.div_ceil(piece).max(1);
-        (0..count).map(move |i| Piece {
-            file: file.clone(),
+        let count = size.div_ceil(piece).max(1);
+        (0..count).map(move |i| Job {
             file_no,
             alone: count == 1,
             how: how.clone(),
             index: i as u32,
             start: i * piece,
             end: if i + 1 == count {
-                file.size
+                size
             } else {
                 (i + 1) * piece
             },
         })
+    }
+}
+
+/// A byte range of a source file, copied by one worker as one unit.
+struct Piece {
+    file: SourceFile,
+    file_no: u32,
+    index: u32,
+    alone: bool,
+    how: Option<Arc<FilePlan>>,
+    start: u64,
+    end: u64,
+}
+
+impl Piece {
+    fn of(job: Job, listing: &Listing) -> Piece {
+        Piece {
+            file: listing.get(job.file_no as usize),
+            file_no: job.file_no,
+            index: job.index,
+            alone: job.alone,
+            how: job.how,
+            start: job.start,
+            end: job.end,
+        }
     }
 
     fn whole(&self) -> bool {
@@ -337,6 +363,7 @@ fn join_pieces(mut pieces: Vec<CopiedPiece>) -> Vec<FileEntry> {
 
 struct Worker {
     settings: Arc<CopySettings>,
+    listing: Arc<Listing>,
     slot: BundleWriter,
     /// Files copied in their one piece, as they go in the manifest.
     whole: PackedFiles,
@@ -348,10 +375,11 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(repo: Repo, job: usize, settings: Arc<CopySettings>) -> Worker {
+    fn new(repo: Repo, job: usize, settings: Arc<CopySettings>, listing: Arc<Listing>) -> Worker {
         let slot = BundleWriter::new(repo, &settings.label, job, settings.compression);
         Worker {
             settings,
+            listing,
             slot,
             whole: PackedFiles::new(),
             copied: Vec::new(),
@@ -363,10 +391,11 @@ impl Worker {
 }
 
 impl crate::workers::Worker for Worker {
-    type Job = Piece;
+    type Job = Job;
     type Output = (CopyResult, Vec<CopiedPiece>);
 
-    fn run(&mut self, piece: Piece) -> Result<u64> {
+    fn run(&mut self, job: Job) -> Result<u64> {
+        let piece = Piece::of(job, &self.listing);
         crate::error::test_panic_point("backup");
         let entry = self.copy_one(&piece)?;
         if piece.alone {
@@ -406,7 +435,7 @@ impl Worker {
     /// Stores one piece of a file, or what changed in it since the reference; None when
     /// the file vanished. Unchanged files never get here (see `copy_files`).
     fn copy_one(&mut self, piece: &Piece) -> Result<Option<FileEntry>> {
-        let file = &*piece.file;
+        let file = &piece.file;
         let reference = self.settings.reference.clone();
         let old = reference
             .as_ref()
@@ -455,7 +484,7 @@ impl Worker {
 
     /// The piece as one frame.
     fn copy_whole(&mut self, piece: &Piece, source: &std::fs::File) -> Result<FileEntry> {
-        let file = &*piece.file;
+        let file = &piece.file;
         let settings = &self.settings;
         let mut frame = self.slot.frame()?;
         let size = read_chunks(
@@ -496,7 +525,7 @@ impl Worker {
         r: &Reference,
         old: &FileEntry,
     ) -> Result<FileEntry> {
-        let file = &*piece.file;
+        let file = &piece.file;
         let settings = &self.settings;
         let old_pages = old.size / BLCKSZ as u64;
         let bundle = &mut self.slot;
@@ -550,7 +579,7 @@ fn page_level_entry(
     r: &Reference,
     old: &FileEntry,
 ) -> Result<FileEntry> {
-    let file = &*piece.file;
+    let file = &piece.file;
     let mut extents = Vec::new();
     let fill = |from: u64, to: u64, extents: &mut Vec<Extent>| {
         extents.extend(old.extents.iter().filter_map(|e| e.slice(from, to)))
@@ -587,7 +616,7 @@ fn read_chunks(
     source: &std::fs::File,
     mut each: impl FnMut(&[u8], u64) -> Result<()>,
 ) -> Result<u64> {
-    let file = &*piece.file;
+    let file = &piece.file;
     let verify_before = settings
         .verify_pages_before
         .filter(|_| file.first_block.is_some());
@@ -758,21 +787,18 @@ mod tests {
             .collect();
         let stored = serde_json::to_vec(&m).unwrap();
         let root: Arc<std::path::Path> = std::path::Path::new("/nonexistent").into();
-        let listing: Vec<Arc<SourceFile>> = m
-            .files
-            .iter()
-            .map(|f| {
-                Arc::new(SourceFile {
-                    root: root.clone(),
-                    rel_path: f.path.clone(),
-                    size: f.size,
-                    mtime: f.mtime,
-                    mode: f.mode,
-                    first_block: Some(0),
-                    page_level: true,
-                })
-            })
-            .collect();
+        let mut listing = Listing::default();
+        for f in &m.files {
+            listing.push(SourceFile {
+                root: root.clone(),
+                rel_path: f.path.clone(),
+                size: f.size,
+                mtime: f.mtime,
+                mode: f.mode,
+                first_block: Some(0),
+                page_level: true,
+            });
+        }
         drop(m);
 
         let progress = Progress::default();
@@ -790,7 +816,7 @@ mod tests {
                 reference: Some(Arc::new(Reference::new(reference))),
                 maps: None,
             };
-            plan_copy(listing.clone(), &settings, &progress)
+            plan_copy(&listing, (0..count as u32).collect(), &settings, &progress)
         });
         assert!(pieces.is_empty(), "every file is unchanged");
         assert_eq!(result.files.len(), count);

@@ -182,7 +182,9 @@ async fn backup_locked(
     let progress = Arc::new(crate::progress::Progress::default());
     let _reporter = crate::progress::Reporter::start(
         "backup",
-        listing.files.iter().map(|f| f.size).sum(),
+        (0..listing.files.len())
+            .map(|i| listing.files.size(i))
+            .sum(),
         listing.files.len() as u64,
         progress.clone(),
     );
@@ -197,18 +199,21 @@ async fn backup_locked(
         maps,
     };
     // pg_control goes last, after every other file, as pg_basebackup does.
-    // (Taken out of the listing in place: a copy of 100,000 entries is megabytes.)
-    let mut others = listing.files;
-    let control: Vec<_> = others
-        .iter()
-        .position(|f| f.rel_path == CONTROL_FILE)
-        .map(|at| others.swap_remove(at))
-        .into_iter()
-        .collect();
-    let mut copied = copy::copy_files(repo, others, settings.clone(), progress.clone()).await?;
+    let files = Arc::new(listing.files);
+    let (control, others): (Vec<u32>, Vec<u32>) =
+        (0..files.len() as u32).partition(|&i| files.path(i as usize) == CONTROL_FILE);
+    let mut copied = copy::copy_files(
+        repo,
+        files.clone(),
+        others,
+        settings.clone(),
+        progress.clone(),
+    )
+    .await?;
     copied.merge(
         copy::copy_files(
             repo,
+            files,
             control,
             copy::CopySettings {
                 jobs: 1,

@@ -25,7 +25,7 @@ use crate::pg::datadir::CONTROL_FILE;
 use crate::pipeline::Compression;
 use crate::repo::archive_map::{segments_between, wait_for_archived};
 use crate::repo::label::{new_label, BackupType};
-use crate::repo::manifest::{DamagedBackup, Manifest};
+use crate::repo::manifest::{DamagedBackup, Manifest, PackedFiles};
 use crate::repo::manifest_head::{head_of, same_head};
 use crate::repo::stanza::check_same_cluster;
 use crate::repo::{Repo, FORMAT_VERSION};
@@ -50,14 +50,23 @@ pub struct BackupOptions {
     pub block_map_check: plan::BlockMapCheck,
 }
 
-pub async fn backup(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> Result<Manifest> {
+/// The backup's manifest (its file list packed).
+pub async fn backup(
+    repo: &Repo,
+    conn: &ConnOptions,
+    opts: BackupOptions,
+) -> Result<Manifest<PackedFiles>> {
     let lock = repo.lock("backup").await?;
     let result = backup_locked(repo, conn, opts).await;
     lock.release().await;
     result
 }
 
-async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> Result<Manifest> {
+async fn backup_locked(
+    repo: &Repo,
+    conn: &ConnOptions,
+    opts: BackupOptions,
+) -> Result<Manifest<PackedFiles>> {
     let started = Instant::now();
     let stanza = repo.stanza_info().await?;
     let client = db::connect(conn).await?;
@@ -78,9 +87,10 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
     // A damaged manifest must not stop new backups: build only on intact ones, and keep
     // the damaged ones' labels (and bundles) untouched for `verify` to name. Choosing the
     // reference reads each backup's header object (a few KiB), not its manifest; the
-    // reference's own manifest is read whole (its file list is needed) and must read,
-    // check and agree with its header, or the choice is made again without it. So what
-    // a backup reads of the repository does not grow with the manifests it holds.
+    // reference's own manifest is read whole (its file list is needed, held packed) and
+    // must read, check and agree with its header, or the choice is made again without
+    // it. So what a backup reads of the repository does not grow with the manifests it
+    // holds.
     let timeline = db::current_timeline(&client).await?;
     let mut backups = repo.load_backup_header_objects(&stanza).await?.backups;
     let (choice, reference) = loop {
@@ -95,7 +105,10 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
         let Some(header) = &choice.reference else {
             break (choice, None);
         };
-        match repo.load_manifest(&header.label).await {
+        match repo
+            .load_manifest_with::<PackedFiles>(&header.label, &stanza)
+            .await
+        {
             Ok(m) if same_head(&head_of(&m), header) => break (choice, Some(m)),
             Ok(m) => {
                 tracing::warn!(label = %m.label, "the header object of backup {} does not match its manifest: choosing from the manifest", m.label);
@@ -131,7 +144,7 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
     if let Some(r) = &reference {
         tracing::info!(reference = %r.label, "{} backup builds on {}", choice.backup_type, r.label);
         if let Some(standby) = &standby {
-            standby.wait_for_replay(&client, r).await?;
+            standby.wait_for_replay(&client, &head_of(r)).await?;
         }
     }
     tracing::info!(%label, pgdata = %pgdata.display(), "starting backup");
@@ -169,7 +182,9 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
     let progress = Arc::new(crate::progress::Progress::default());
     let _reporter = crate::progress::Reporter::start(
         "backup",
-        listing.files.iter().map(|f| f.size).sum(),
+        (0..listing.files.len())
+            .map(|i| listing.files.size(i))
+            .sum(),
         listing.files.len() as u64,
         progress.clone(),
     );
@@ -184,18 +199,21 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
         maps,
     };
     // pg_control goes last, after every other file, as pg_basebackup does.
-    // (Taken out of the listing in place: a copy of 100,000 entries is megabytes.)
-    let mut others = listing.files;
-    let control: Vec<_> = others
-        .iter()
-        .position(|f| f.rel_path == CONTROL_FILE)
-        .map(|at| others.swap_remove(at))
-        .into_iter()
-        .collect();
-    let mut copied = copy::copy_files(repo, others, settings.clone(), progress.clone()).await?;
+    let files = Arc::new(listing.files);
+    let (control, others): (Vec<u32>, Vec<u32>) =
+        (0..files.len() as u32).partition(|&i| files.path(i as usize) == CONTROL_FILE);
+    let mut copied = copy::copy_files(
+        repo,
+        files.clone(),
+        others,
+        settings.clone(),
+        progress.clone(),
+    )
+    .await?;
     copied.merge(
         copy::copy_files(
             repo,
+            files,
             control,
             copy::CopySettings {
                 jobs: 1,
@@ -258,7 +276,7 @@ async fn backup_locked(repo: &Repo, conn: &ConnOptions, opts: BackupOptions) -> 
         tablespaces: listing.tablespaces,
         annotations: opts.annotations,
         directories: listing.dirs,
-        database_size: copied.files.iter().map(|f| f.size).sum(),
+        database_size: (0..copied.files.len()).map(|i| copied.files.size(i)).sum(),
         stored_size: copied.stored_size,
         bundles: copied.bundles,
         checksum_failures: copied.checksum_failures,

@@ -347,9 +347,9 @@ impl Changes {
 
 /// What the copy needs of the maps for an incremental on `reference` starting at
 /// `start` on `timeline`.
-pub async fn map_use(
+pub async fn map_use<F: Sync>(
     repo: &Repo,
-    reference: &Manifest,
+    reference: &Manifest<F>,
     timeline: TimelineId,
     start: Lsn,
     pgdata: &Path,
@@ -393,9 +393,9 @@ fn block_size(pgdata: &Path) -> Result<u32, String> {
 
 /// The plan of an incremental on `reference`, starting at `start` on `timeline`.
 /// Never fails: what cannot be proven is a reason to scan.
-pub async fn plan(
+pub async fn plan<F: Sync>(
     repo: &Repo,
-    reference: &Manifest,
+    reference: &Manifest<F>,
     timeline: TimelineId,
     start: Lsn,
     pgdata: &Path,
@@ -410,9 +410,9 @@ pub async fn plan(
     }
 }
 
-async fn try_plan(
+async fn try_plan<F: Sync>(
     repo: &Repo,
-    reference: &Manifest,
+    reference: &Manifest<F>,
     timeline: TimelineId,
     start: Lsn,
     pgdata: &Path,

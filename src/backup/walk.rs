@@ -33,10 +33,100 @@ impl SourceFile {
     }
 }
 
+/// The files a backup copies, in path order, held compactly: one string of all their
+/// paths and a few numbers a file (about 70 bytes a file; as a `SourceFile` each, with
+/// its own path, it was about 130, held all through a backup of 100,000 files). Copy
+/// makes a `SourceFile` of an entry when it needs one.
+#[derive(Debug, Default)]
+pub struct Listing {
+    roots: Vec<Arc<Path>>,
+    paths: String,
+    entries: Vec<Entry>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    path_start: usize,
+    path_len: u32,
+    root: u32,
+    mode: u32,
+    size: u64,
+    mtime: i64,
+    first_block: Option<u32>,
+    page_level: bool,
+}
+
+impl Listing {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn path_of(&self, e: &Entry) -> &str {
+        &self.paths[e.path_start..e.path_start + e.path_len as usize]
+    }
+
+    /// The path of file `i`, relative to the data directory.
+    pub fn path(&self, i: usize) -> &str {
+        self.path_of(&self.entries[i])
+    }
+
+    pub fn size(&self, i: usize) -> u64 {
+        self.entries[i].size
+    }
+
+    /// File `i`.
+    pub fn get(&self, i: usize) -> SourceFile {
+        let e = &self.entries[i];
+        SourceFile {
+            root: self.roots[e.root as usize].clone(),
+            rel_path: self.path_of(e).to_string(),
+            size: e.size,
+            mtime: e.mtime,
+            mode: e.mode,
+            first_block: e.first_block,
+            page_level: e.page_level,
+        }
+    }
+
+    pub fn push(&mut self, file: SourceFile) {
+        let root = match self.roots.iter().position(|r| *r == file.root) {
+            Some(at) => at,
+            None => {
+                self.roots.push(file.root.clone());
+                self.roots.len() - 1
+            }
+        };
+        self.entries.push(Entry {
+            path_start: self.paths.len(),
+            // Paths are shorter than PATH_MAX.
+            path_len: file.rel_path.len() as u32,
+            root: root as u32,
+            mode: file.mode,
+            size: file.size,
+            mtime: file.mtime,
+            first_block: file.first_block,
+            page_level: file.page_level,
+        });
+        self.paths.push_str(&file.rel_path);
+    }
+
+    fn sort(&mut self) {
+        let mut entries = std::mem::take(&mut self.entries);
+        entries.sort_by(|a, b| self.path_of(a).cmp(self.path_of(b)));
+        entries.shrink_to_fit();
+        self.entries = entries;
+        self.paths.shrink_to_fit();
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct DataDirListing {
     pub dirs: Vec<DirEntry>,
-    pub files: Vec<SourceFile>,
+    pub files: Listing,
     pub tablespaces: Vec<Tablespace>,
 }
 
@@ -51,7 +141,7 @@ pub fn walk_data_dir(pgdata: &Path) -> Result<DataDirListing> {
     if major < 17 {
         listing.dirs.retain(|d| d.path != "pg_wal/summaries");
     }
-    listing.files.sort_by(|a, b| a.rel_path.cmp(&b.rel_path));
+    listing.files.sort();
     Ok(listing)
 }
 
@@ -162,4 +252,42 @@ fn unlogged_relfilenodes(names: &[String]) -> HashSet<u32> {
         .filter_map(|n| n.strip_suffix("_init"))
         .filter_map(|n| n.parse().ok())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listing_gives_back_its_files_in_path_order() {
+        let (a, b): (Arc<Path>, Arc<Path>) = (Path::new("/d").into(), Path::new("/t").into());
+        let mut listing = Listing::default();
+        for (root, path, size) in [
+            (&a, "base/1/x", 1),
+            (&b, "base/1.5", 2),
+            (&a, "PG_VERSION", 3),
+        ] {
+            listing.push(SourceFile {
+                root: root.clone(),
+                rel_path: path.into(),
+                size,
+                mtime: -(size as i64),
+                mode: 0o600,
+                first_block: (size == 1).then_some(7),
+                page_level: size == 1,
+            });
+        }
+        listing.sort();
+        let files: Vec<SourceFile> = (0..listing.len()).map(|i| listing.get(i)).collect();
+        let paths: Vec<&str> = files.iter().map(|f| f.rel_path.as_str()).collect();
+        assert_eq!(paths, ["PG_VERSION", "base/1.5", "base/1/x"]);
+        assert_eq!(files[1].abs_path(), Path::new("/t/base/1.5"));
+        let x = &files[2];
+        assert_eq!(
+            (x.size, x.mtime, x.first_block, x.page_level),
+            (1, -1, Some(7), true)
+        );
+        assert_eq!(listing.path(0), "PG_VERSION");
+        assert_eq!(listing.size(1), 2);
+    }
 }

@@ -20,8 +20,13 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::pg::{Lsn, TimelineId};
 use crate::pipeline::compress::Compression;
 
+mod packed;
+pub use packed::PackedFiles;
+
+/// A backup's manifest. Its file list is a `Vec` unless a command asks for another form
+/// (`PackedFiles`: backup holds whole lists of 100,000 files in a third of the memory).
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Manifest {
+pub struct Manifest<F = Vec<FileEntry>> {
     pub format_version: u32,
     pub label: String,
     #[serde(rename = "type")]
@@ -52,7 +57,7 @@ pub struct Manifest {
     pub tablespaces: Vec<Tablespace>,
     pub annotations: BTreeMap<String, String>,
     pub directories: Vec<DirEntry>,
-    pub files: Vec<FileEntry>,
+    pub files: F,
     /// Sum of file sizes (the cluster's size as backed up).
     pub database_size: u64,
     /// Bytes this backup added to the repository (its bundles).
@@ -324,9 +329,45 @@ pub enum ManifestError {
     Newer(u32),
 }
 
+/// The forms a manifest's file list is held in.
+pub trait FileList: serde::de::DeserializeOwned + Serialize + Send + Sync + 'static {
+    fn count(&self) -> usize;
+    /// The list read from an older format as the current one (see [`upgrade`]).
+    fn upgraded(self) -> Self;
+}
+
+impl FileList for Vec<FileEntry> {
+    fn count(&self) -> usize {
+        self.len()
+    }
+
+    fn upgraded(mut self) -> Self {
+        // Grown by doubling while parsed: up to half of it was room.
+        self.shrink_to_fit();
+        for file in &mut self {
+            upgrade_extents(file);
+        }
+        self
+    }
+}
+
+/// Format 1: every extent was a whole frame.
+fn upgrade_extents(file: &mut FileEntry) {
+    for e in &mut file.extents {
+        if e.frame_length == 0 {
+            e.frame_length = e.length;
+        }
+    }
+}
+
 /// Parses a manifest of any format this build reads, as the current format.
 pub fn parse_manifest(bytes: &[u8]) -> std::result::Result<Manifest, ManifestError> {
-    let manifest: Manifest =
+    parse_manifest_as(bytes)
+}
+
+/// [`parse_manifest`], its file list held as `F`.
+fn parse_manifest_as<F: FileList>(bytes: &[u8]) -> std::result::Result<Manifest<F>, ManifestError> {
+    let manifest: Manifest<F> =
         with_shared_names(|| serde_json::from_slice(bytes)).map_err(ManifestError::Unreadable)?;
     if manifest.format_version > super::FORMAT_VERSION {
         return Err(ManifestError::Newer(manifest.format_version));
@@ -334,9 +375,11 @@ pub fn parse_manifest(bytes: &[u8]) -> std::result::Result<Manifest, ManifestErr
     Ok(upgrade(manifest))
 }
 
-/// [`parse_manifest`] from a reader, as the bytes arrive.
-fn parse_manifest_from(r: &mut dyn std::io::Read) -> std::result::Result<Manifest, ManifestError> {
-    let manifest: Manifest =
+/// [`parse_manifest`] from a reader, as the bytes arrive, its file list held as `F`.
+fn parse_manifest_from<F: FileList>(
+    r: &mut dyn std::io::Read,
+) -> std::result::Result<Manifest<F>, ManifestError> {
+    let manifest: Manifest<F> =
         with_shared_names(|| serde_json::from_reader(r)).map_err(ManifestError::Unreadable)?;
     if manifest.format_version > super::FORMAT_VERSION {
         return Err(ManifestError::Newer(manifest.format_version));
@@ -344,17 +387,9 @@ fn parse_manifest_from(r: &mut dyn std::io::Read) -> std::result::Result<Manifes
     Ok(upgrade(manifest))
 }
 
-/// Reads older formats as the current one. Format 1: every extent was a whole frame.
-fn upgrade(mut m: Manifest) -> Manifest {
-    // Grown by doubling while parsed: up to half of it was room.
-    m.files.shrink_to_fit();
-    for file in &mut m.files {
-        for e in &mut file.extents {
-            if e.frame_length == 0 {
-                e.frame_length = e.length;
-            }
-        }
-    }
+/// Reads older formats as the current one.
+fn upgrade<F: FileList>(mut m: Manifest<F>) -> Manifest<F> {
+    m.files = m.files.upgraded();
     m
 }
 
@@ -422,7 +457,7 @@ pub(super) fn pin_label(contents: Contents, key: &str) -> Result<String> {
 }
 
 /// A manifest must be of the stanza's cluster.
-pub(super) fn check_cluster(m: &Manifest, stanza: &StanzaInfo, key: &str) -> Result<()> {
+pub(super) fn check_cluster<F>(m: &Manifest<F>, stanza: &StanzaInfo, key: &str) -> Result<()> {
     if m.wal_segment_size != stanza.wal_segment_size {
         return Err(damaged(
             key,
@@ -497,15 +532,20 @@ impl Repo {
     /// parse, label); the cluster is checked by the callers, against `stanza.json`. An
     /// unsealed manifest is parsed as it is read, never held whole (`streamed.rs`).
     pub async fn read_manifest(&self, label: &str) -> Result<Manifest> {
+        self.read_manifest_with(label).await
+    }
+
+    /// [`Repo::read_manifest`], its file list held as `F`.
+    pub async fn read_manifest_with<F: FileList>(&self, label: &str) -> Result<Manifest<F>> {
         let key = manifest_key(self, label);
         let parsed = match self
-            .read_streamed(&key, Kind::Manifest, parse_manifest_from)
+            .read_streamed(&key, Kind::Manifest, parse_manifest_from::<F>)
             .await?
         {
             None => return Err(no_such_backup(self, label)),
             Some(Streamed::Parsed(parsed)) => parsed,
             Some(Streamed::Whole(contents)) => {
-                parse_manifest(&self.payload_of(&key, contents).await?)
+                parse_manifest_as(&self.payload_of(&key, contents).await?)
             }
         };
         checked_parse(label, &key, parsed, |m| &m.label)
@@ -605,7 +645,16 @@ impl Repo {
 
     /// `load_manifest` against the stanza info the caller read already.
     pub async fn load_manifest_of(&self, label: &str, stanza: &StanzaInfo) -> Result<Manifest> {
-        let m = self.read_manifest(label).await?;
+        self.load_manifest_with(label, stanza).await
+    }
+
+    /// [`Repo::load_manifest_of`], its file list held as `F`.
+    pub async fn load_manifest_with<F: FileList>(
+        &self,
+        label: &str,
+        stanza: &StanzaInfo,
+    ) -> Result<Manifest<F>> {
+        let m = self.read_manifest_with(label).await?;
         check_cluster(&m, stanza, &manifest_key(self, label))?;
         Ok(m)
     }
@@ -646,7 +695,10 @@ impl Repo {
     /// Writes the backup's header object, then its manifest (streamed: never its whole
     /// JSON in memory) and hands it back: the manifest is the commit point, a header
     /// without one is an unfinished backup's (`manifest_head.rs`).
-    pub async fn save_manifest(&self, manifest: Manifest) -> Result<Manifest> {
+    pub async fn save_manifest<F: FileList + Clone>(
+        &self,
+        manifest: Manifest<F>,
+    ) -> Result<Manifest<F>> {
         self.save_backup_header(&manifest).await?;
         let key = manifest_key(self, &manifest.label);
         let manifest = Arc::new(manifest);
@@ -811,7 +863,7 @@ mod tests {
             super::super::streamed::read_envelope(
                 Kind::Manifest,
                 &stored[..],
-                parse_manifest_from,
+                parse_manifest_from::<Vec<FileEntry>>,
                 "m",
             )
         });

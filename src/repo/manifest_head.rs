@@ -223,7 +223,7 @@ pub(super) fn header_key(repo: &Repo, label: &str) -> String {
 
 /// The manifest without its lists (what a header object holds). Every field is named,
 /// so that a new manifest field cannot be left out of headers unnoticed.
-pub fn head_of(m: &Manifest) -> Manifest {
+pub fn head_of<F>(m: &Manifest<F>) -> Manifest {
     Manifest {
         format_version: m.format_version,
         label: m.label.clone(),
@@ -271,9 +271,12 @@ fn parse_header_object(bytes: &[u8]) -> std::result::Result<(Manifest, usize), M
 
 impl Repo {
     /// Writes the header object of a backup whose manifest is about to be written.
-    pub(super) async fn save_backup_header(&self, manifest: &Manifest) -> Result<()> {
+    pub(super) async fn save_backup_header<F: super::manifest::FileList>(
+        &self,
+        manifest: &Manifest<F>,
+    ) -> Result<()> {
         let header = HeaderObject {
-            file_count: manifest.files.len(),
+            file_count: manifest.files.count(),
             manifest: head_of(manifest),
         };
         self.write_object(

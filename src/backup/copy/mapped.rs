@@ -26,7 +26,7 @@ impl Worker {
         blocks: &[u32],
         rest_from: u64,
     ) -> Result<FileEntry> {
-        let file = &*piece.file;
+        let file = &piece.file;
         let missed = self.cross_check(piece, source, r, blocks, rest_from)?;
         if !missed.is_empty() {
             tracing::warn!(
@@ -99,7 +99,7 @@ impl Worker {
         let Some(maps) = self.settings.maps.clone() else {
             return Ok(Vec::new());
         };
-        let file = &*piece.file;
+        let file = &piece.file;
         // The fraction is of the files the maps make the backup read: one whose maps
         // name nothing (its mtime moved by hint bits or a checkpoint) is not read at
         // all, but in `all` mode.

@@ -8,7 +8,7 @@ use crate::cli::args::{BackupArgs, BackupTypeArg};
 use crate::cli::Resolved;
 use crate::error::Result;
 use crate::repo::label::BackupType;
-use crate::repo::manifest::Manifest;
+use crate::repo::manifest::{Manifest, PackedFiles};
 use crate::units::human_bytes;
 
 pub async fn run(resolved: &Resolved, args: BackupArgs) -> Result<Outcome> {
@@ -39,7 +39,7 @@ pub async fn run(resolved: &Resolved, args: BackupArgs) -> Result<Outcome> {
     Ok(Outcome::report(BackupDone(manifest)))
 }
 
-struct BackupDone(Manifest);
+struct BackupDone(Manifest<PackedFiles>);
 
 impl Report for BackupDone {
     fn text(&self) -> String {

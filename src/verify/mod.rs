@@ -41,8 +41,14 @@ pub struct VerifyReport {
 /// Verifies the stanza and records the outcome, passed or not, for `info` and `metrics`
 /// (a verify that could not finish counts as one problem).
 pub async fn verify(repo: &Repo, jobs: usize) -> Result<VerifyReport> {
+    // Expire keeps every backup and WAL file while this runs: one removed mid-check would
+    // read as damaged.
+    let hold = repo
+        .hold("verify", crate::repo::holds::HoldScope::everything())
+        .await;
     let started = std::time::Instant::now();
     let result = verify_stanza(repo, jobs).await;
+    hold.release().await;
     let record = VerifyRecord {
         time: chrono::Utc::now(),
         passed: matches!(&result, Ok(r) if r.problems.is_empty()),

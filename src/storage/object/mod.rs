@@ -188,11 +188,6 @@ impl ObjectStorage {
         }
     }
 
-    /// Fails now, with the cause, on a wrong bucket, endpoint or credentials.
-    pub(crate) async fn probe(&self) -> Result<()> {
-        self.list("").await.map(|_| ())
-    }
-
     pub(crate) fn full_key(&self, key: &str) -> String {
         match (self.prefix.is_empty(), key.trim_matches('/')) {
             (_, "") => self.prefix.clone(),

@@ -114,7 +114,7 @@ pub(crate) async fn missing_object_is_not_found(s: ObjectStorage) {
     }
 }
 
-pub(crate) async fn missing_bucket_fails_at_open(opened: Result<ObjectStorage>, bucket: &str) {
+pub(crate) async fn missing_bucket_fails_the_first_request_with_a_hint(opened: Result<ObjectStorage>, bucket: &str) {
     let e = opened.expect_err("an error");
     assert_eq!(e.kind, ErrorKind::Config, "{e}");
     assert!(e.to_string().contains(bucket), "{e}");
@@ -231,9 +231,9 @@ macro_rules! contract_tests {
         }
 
         #[tokio::test]
-        async fn missing_bucket_fails_at_open() {
+        async fn missing_bucket_fails_the_first_request_with_a_hint() {
             let b = concat!($prefix, "-no-such-bucket");
-            $crate::storage::object::tests::missing_bucket_fails_at_open(missing(b).await, b).await;
+            $crate::storage::object::tests::missing_bucket_fails_the_first_request_with_a_hint(missing(b).await, b).await;
         }
 
         #[tokio::test]
@@ -348,13 +348,16 @@ mod azure {
         .expect("opening")
     }
 
+    /// Azure opens without a request, as S3 does: a missing container shows at the first.
     async fn missing(container: &str) -> Result<ObjectStorage> {
-        open(
+        let s = open(
             &format!("az://{container}/repo"),
             &options(),
             &Transport::default(),
         )
-        .await
+        .await?;
+        s.list("").await?;
+        Ok(s)
     }
 
     contract_tests!("az");
@@ -364,9 +367,10 @@ mod azure {
         create_container("az-wrong-key").await;
         let mut options = options();
         options.key = Some(KEY.replace('E', "F"));
-        let e = open("az://az-wrong-key/repo", &options, &Transport::default())
+        let s = open("az://az-wrong-key/repo", &options, &Transport::default())
             .await
-            .expect_err("an error");
+            .unwrap();
+        let e = s.list("").await.expect_err("an error");
         assert_eq!(e.kind, ErrorKind::Config, "{e}");
         assert!(e.hint.clone().unwrap().contains("--azure-key"), "{e}");
     }
@@ -454,13 +458,16 @@ mod gcs {
             .expect("opening")
     }
 
+    /// GCS opens without a request, as S3 does: a missing bucket shows at the first.
     async fn missing(bucket: &str) -> Result<ObjectStorage> {
-        open(
+        let s = open(
             &format!("gs://{bucket}/repo"),
             &options(),
             &Transport::default(),
         )
-        .await
+        .await?;
+        s.list("").await?;
+        Ok(s)
     }
 
     contract_tests!("gs");

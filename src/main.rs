@@ -36,6 +36,12 @@ fn main() {
     }
     let is_archive_get = matches!(cli.command, Command::ArchiveGet { .. });
     end_process_on_panic(is_archive_get);
+    if matches!(
+        cli.command,
+        Command::ArchiveGet { .. } | Command::ArchivePush { .. }
+    ) {
+        start_tls_quickly();
+    }
     let code = match resolve(cli.global.clone()) {
         Err(e) => report(&e),
         Ok(resolved) => {
@@ -43,10 +49,16 @@ fn main() {
                 resolved.global.log_level.unwrap_or_default(),
                 resolved.global.log_format.unwrap_or_default(),
             );
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
+            // archive-get fetches one file, its CPU work on a blocking thread: worker
+            // threads would only be started and stopped again, once per segment.
+            let runtime = if is_archive_get {
+                tokio::runtime::Builder::new_current_thread()
+            } else {
+                tokio::runtime::Builder::new_multi_thread()
+            }
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
             match runtime.block_on(run(cli, resolved)) {
                 Ok(()) => 0,
                 // The normal end of archive recovery: not an error worth alarming anyone.
@@ -65,6 +77,17 @@ fn main() {
         code
     };
     std::process::exit(code);
+}
+
+/// PostgreSQL starts archive-get and archive-push once per WAL file, so what a process
+/// pays once is paid per segment. rustls's default provider, aws-lc, seeds its random
+/// generator from CPU jitter at the first TLS handshake: 20-30 ms of CPU, half of a
+/// whole archive-get over HTTPS. ring seeds from the kernel (getrandom), as OpenSSL
+/// does. What it lacks is aws-lc's post-quantum key exchange (X25519MLKEM768), which
+/// the longer commands keep, where the seeding is lost in the run.
+fn start_tls_quickly() {
+    // Fails only when a provider is installed already, which nothing did before main.
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// The exit status a panic ends the process with; see `end_process_on_panic`.

@@ -340,7 +340,7 @@ global_options! {
     /// S3 storage class of new objects, e.g. STANDARD_IA
     s3_storage_class: String, "s3-storage-class", Pgward("PGWARD_S3_STORAGE_CLASS"),
         FILE | COMMAND | WORKER;
-    /// Extra CA certificates (PEM) for the S3 endpoint
+    /// CA certificates (PEM) to trust for the object store, instead of the system's
     s3_ca_file: PathBuf, "s3-ca-file", Pgward("PGWARD_S3_CA_FILE"), FILE | COMMAND | WORKER;
     /// Seconds an S3 request keeps retrying transient failures (5xx, 429, timeouts), with a
     /// warning every 5 s [default: 300]

@@ -79,7 +79,9 @@ impl Repo {
 
     /// Every stored copy of `name` (normally zero or one).
     pub async fn find_archived(&self, name: &WalFileName) -> Result<Vec<ArchivedFile>> {
-        let found = self.archived_in(&archive_subdir(name)).await?;
+        let dir = self.archive_dir_key(&archive_subdir(name));
+        let listing = self.storage.list_starting(&dir, &name.to_string()).await?;
+        let found = parse_listing(&listing);
         Ok(found.into_iter().filter(|f| &f.name == name).collect())
     }
 
@@ -138,7 +140,8 @@ async fn archived_for_get(
         _ => None,
     };
     let dir = format!("{stanza}/archive/{}", archive_subdir(name));
-    let listing = storage.list(&dir).await?;
+    // The `.partial` copy's name starts with the segment's too.
+    let listing = storage.list_starting(&dir, &name.to_string()).await?;
     Ok(parse_listing(&listing)
         .into_iter()
         .filter(|f| &f.name == name || Some(&f.name) == partial.as_ref())

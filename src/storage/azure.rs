@@ -31,7 +31,7 @@ pub struct AzureOptions {
     pub endpoint: Option<String>,
 }
 
-/// Connects to the container `url` names and checks that it can list it.
+/// The container `url` names, configured; nothing is asked of it yet.
 pub async fn open(
     url: &str,
     options: &AzureOptions,
@@ -76,13 +76,14 @@ pub async fn open(
                 .source(e)
                 .hint(Provider::Azure.credentials_hint())
         })?;
-    let storage = ObjectStorage::new(
+    // No request yet, as for S3: a missing container or rejected credentials show at the
+    // first one, with the same hints (archive-get, run once per WAL segment, would
+    // pay a listing for nothing).
+    Ok(ObjectStorage::new(
         Arc::new(store),
         Provider::Azure,
         container,
         prefix,
         transport.read_ahead(),
-    );
-    storage.probe().await?;
-    Ok(storage)
+    ))
 }

@@ -25,7 +25,7 @@ pub struct GcsOptions {
     pub key_file: Option<PathBuf>,
 }
 
-/// Connects to the bucket `url` names and checks that it can list it.
+/// The bucket `url` names, configured; nothing is asked of it yet.
 pub async fn open(url: &str, options: &GcsOptions, transport: &Transport) -> Result<ObjectStorage> {
     let (bucket, prefix) = split_url(url, Provider::Gcs)?;
     // from_env: GOOGLE_SERVICE_ACCOUNT(_PATH), GOOGLE_SERVICE_ACCOUNT_KEY,
@@ -57,13 +57,14 @@ pub async fn open(url: &str, options: &GcsOptions, transport: &Transport) -> Res
                 .source(e)
                 .hint(Provider::Gcs.credentials_hint())
         })?;
-    let storage = ObjectStorage::new(
+    // No request yet, as for S3: a missing bucket or rejected credentials show at the
+    // first one, with the same hints (archive-get, run once per WAL segment, would
+    // pay a listing for nothing).
+    Ok(ObjectStorage::new(
         Arc::new(store),
         Provider::Gcs,
         bucket,
         prefix,
         transport.read_ahead(),
-    );
-    storage.probe().await?;
-    Ok(storage)
+    ))
 }

@@ -583,6 +583,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_narrowed_listing_keeps_the_names_that_start_with_the_string() {
+        let tmp = tempfile::tempdir().unwrap();
+        let storage = LocalStorage::new(tmp.path());
+        for key in [
+            "a/seg-1",
+            "a/seg.partial-2",
+            "a/sex",
+            "a/seg-dir/x",
+            "a/other",
+        ] {
+            storage.put(key, b"x").await.unwrap();
+        }
+        let listing = storage.list_starting("a", "seg").await.unwrap();
+        let files: Vec<&str> = listing.files.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(files, ["seg-1", "seg.partial-2"]);
+        assert_eq!(listing.dirs, ["seg-dir"]);
+        assert!(storage
+            .list_starting("b", "seg")
+            .await
+            .unwrap()
+            .files
+            .is_empty());
+    }
+
+    #[tokio::test]
     async fn a_synced_object_stays_invisible_until_finished_and_dropped_leaves_nothing() {
         let tmp = tempfile::tempdir().unwrap();
         let storage = LocalStorage::new(tmp.path());

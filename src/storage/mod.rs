@@ -68,6 +68,17 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// Files and subdirectories directly under `dir`, sorted by name; a missing dir is empty.
     async fn list(&self, dir: &str) -> Result<Listing>;
 
+    /// `list` narrowed to names that start with `start` (no '/'). Object storage asks the
+    /// service for just those (S3's prefix), so that looking up one WAL name does not
+    /// fetch a directory of 256 segments with their block maps and claims.
+    async fn list_starting(&self, dir: &str, start: &str) -> Result<Listing> {
+        let mut listing = self.list(dir).await?;
+        listing.files.retain(|f| f.name.starts_with(start));
+        listing.dirs.retain(|d| d.starts_with(start));
+        listing.incomplete.retain(|f| f.name.starts_with(start));
+        Ok(listing)
+    }
+
     /// Opens a whole object; `ErrorKind::NotFound` when it is absent.
     async fn read(&self, key: &str) -> Result<Reader>;
 

@@ -471,8 +471,8 @@ fn s3_ip_endpoint_implies_path_style_and_info_writes_nothing() {
 
 /// archive-get (without prefetch) of an unencrypted stanza makes four requests in two
 /// rounds: `stanza.json`, the key file (absent; asked so that a planted plain
-/// stanza.json cannot pass for an encrypted stanza's) and the archive directory's
-/// listing at once (nothing at open), then the segment. A second archive-push on a host does not probe conditional
+/// stanza.json cannot pass for an encrypted stanza's) and the listing of the segment's
+/// names in its archive directory at once (nothing at open), then the segment. A second archive-push on a host does not probe conditional
 /// writes again, and reads `stanza.json` once. A missing bucket still stops recovery
 /// with its hint, never reads as the end of the archive.
 #[test]
@@ -522,6 +522,13 @@ fn s3_archive_get_makes_four_requests_in_two_rounds_and_a_second_push_does_not_p
         requests
             .iter()
             .any(|r| r.contains(&format!("/repo/main/archive/{}/{seg}-", &seg[..16]))),
+        "{requests:#?}"
+    );
+    // The listing asks for the segment's names only, not its whole directory's.
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.contains("list-type=2") && r.contains(&seg)),
         "{requests:#?}"
     );
     assert!(

@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
+use object_store::list::{PaginatedListOptions, PaginatedListStore};
 use object_store::path::Path;
 use object_store::{
     Attributes, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
@@ -160,6 +161,8 @@ impl Provider {
 #[derive(Debug)]
 pub struct ObjectStorage {
     pub(crate) store: Arc<dyn ObjectStore>,
+    /// The same store, for listings by any key prefix (`list_starting`).
+    paged: Arc<dyn PagedStore>,
     pub(crate) provider: Provider,
     /// Bucket or container name.
     pub(crate) bucket: String,
@@ -170,27 +173,27 @@ pub struct ObjectStorage {
     pub(crate) read_ahead: usize,
 }
 
+/// What every provider's store is besides an `ObjectStore`.
+pub(crate) trait PagedStore: PaginatedListStore + std::fmt::Debug {}
+impl<S: PaginatedListStore + std::fmt::Debug> PagedStore for S {}
+
 impl ObjectStorage {
-    pub(crate) fn new(
-        store: Arc<dyn ObjectStore>,
+    pub(crate) fn new<S: ObjectStore + PagedStore>(
+        store: Arc<S>,
         provider: Provider,
         bucket: String,
         prefix: String,
         read_ahead: usize,
     ) -> ObjectStorage {
         ObjectStorage {
-            store,
+            store: store.clone(),
+            paged: store,
             provider,
             bucket,
             prefix,
             attributes: Attributes::new(),
             read_ahead,
         }
-    }
-
-    /// Fails now, with the cause, on a wrong bucket, endpoint or credentials.
-    pub(crate) async fn probe(&self) -> Result<()> {
-        self.list("").await.map(|_| ())
     }
 
     pub(crate) fn full_key(&self, key: &str) -> String {
@@ -306,6 +309,49 @@ impl Storage for ObjectStorage {
         }
         for dir in result.common_prefixes {
             listing.dirs.extend(dir.filename().map(str::to_string));
+        }
+        listing.files.sort_by(|a, b| a.name.cmp(&b.name));
+        listing.dirs.sort();
+        Ok(listing)
+    }
+
+    async fn list_starting(&self, dir: &str, start: &str) -> Result<Listing> {
+        if start.is_empty() || start.contains('/') {
+            return self.list(dir).await; // `start` names no prefix within `dir`
+        }
+        let prefix = match self.full_key(dir) {
+            dir_key if dir_key.is_empty() => start.to_string(),
+            dir_key => format!("{dir_key}/{start}"),
+        };
+        // A prefix that ends inside a name: object_store's listing takes whole path
+        // segments only, its paginated one any string (and follows no tokens itself).
+        let mut listing = Listing::default();
+        let mut page_token = None;
+        loop {
+            let options = PaginatedListOptions {
+                delimiter: Some("/".into()),
+                page_token,
+                ..Default::default()
+            };
+            let page = self
+                .paged
+                .list_paginated(Some(&prefix), options)
+                .await
+                .map_err(|e| self.error("listing", dir, e))?;
+            for object in page.result.objects {
+                listing.files.push(ObjectInfo {
+                    name: object.location.filename().unwrap_or_default().to_string(),
+                    size: object.size,
+                    modified: object.last_modified.timestamp(),
+                });
+            }
+            for dir in page.result.common_prefixes {
+                listing.dirs.extend(dir.filename().map(str::to_string));
+            }
+            match page.page_token {
+                Some(token) => page_token = Some(token),
+                None => break,
+            }
         }
         listing.files.sort_by(|a, b| a.name.cmp(&b.name));
         listing.dirs.sort();

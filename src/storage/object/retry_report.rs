@@ -8,7 +8,7 @@
 //! budget is counted from the first failure of a run of failures, which any success
 //! ends: "until" is when that run's budget ends, close to the call's own.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -58,9 +58,9 @@ impl RetryReporter {
 
 impl HttpConnector for RetryReporter {
     fn connect(&self, options: &ClientOptions) -> object_store::Result<HttpClient> {
-        let inner = ReqwestConnector::default().connect(options)?;
         Ok(HttpClient::new(Reporting {
-            inner,
+            inner: OnceLock::new(),
+            options: options.clone(),
             state: self.0.clone(),
         }))
     }
@@ -68,8 +68,31 @@ impl HttpConnector for RetryReporter {
 
 #[derive(Debug)]
 struct Reporting {
-    inner: HttpClient,
+    /// The HTTP client, built at the first request: building one loads the system's CA
+    /// store (hundreds of files), and opening a store builds clients that may never
+    /// send anything (S3's credential chain is taken from a store built for it; the
+    /// client for ListMultipartUploads serves only cleanups). A short command such as
+    /// archive-get, run once per WAL segment, paid for three.
+    inner: OnceLock<Result<HttpClient, String>>,
+    options: ClientOptions,
     state: Arc<State>,
+}
+
+impl Reporting {
+    fn client(&self) -> Result<&HttpClient, HttpError> {
+        let built = self.inner.get_or_init(|| {
+            ReqwestConnector::default()
+                .connect(&self.options)
+                .map_err(|e| e.to_string())
+        });
+        // Not a transient failure (Unknown is not retried): the same options fail again.
+        built.as_ref().map_err(|why| {
+            HttpError::new(
+                HttpErrorKind::Unknown,
+                std::io::Error::other(format!("building the HTTP client: {why}")),
+            )
+        })
+    }
 }
 
 #[async_trait]
@@ -82,7 +105,7 @@ impl HttpService for Reporting {
             return Err(HttpError::new(HttpErrorKind::Unknown, e));
         }
         let what = format!("{} {uri}", request.method());
-        let result = self.inner.execute(request).await;
+        let result = self.client()?.execute(request).await;
         match &result {
             Ok(r) if r.status().is_server_error() || r.status().as_u16() == 429 => {
                 self.state.failed(&what, &format!("status {}", r.status()))

@@ -96,6 +96,28 @@ pub(crate) async fn put_read_list_delete(s: ObjectStorage, root: ObjectStorage) 
     assert_eq!(root.list("").await.unwrap().dirs, ["repo"]);
     assert_eq!(read(&root, "repo/top").await.unwrap(), b"t");
 
+    // Narrowed listings: names that start with a string, files and directories, one
+    // level down, under the repository's prefix or at the bucket's root.
+    let names = |l: Listing| {
+        let files: Vec<String> = l.files.into_iter().map(|f| f.name).collect();
+        (files, l.dirs)
+    };
+    let listed = |dir: &'static str, start: &'static str| {
+        let s = &s;
+        async move { names(s.list_starting(dir, start).await.unwrap()) }
+    };
+    assert_eq!(listed("a", "o").await, (vec!["one".into()], vec![]));
+    assert_eq!(
+        listed("a", "s").await,
+        (vec![], vec!["sub".into(), "sub2".into()])
+    );
+    assert_eq!(listed("a", "sub2").await, (vec![], vec!["sub2".into()]));
+    assert_eq!(listed("a", "x").await, (vec![], vec![]));
+    assert_eq!(listed("", "to").await, (vec!["top".into()], vec![]));
+    assert_eq!(listed("missing", "o").await, (vec![], vec![]));
+    let at_root = names(root.list_starting("", "rep").await.unwrap());
+    assert_eq!(at_root, (vec![], vec!["repo".into()]));
+
     s.delete("a/one").await.unwrap();
     s.delete("a/one").await.unwrap(); // absent is fine
     assert_eq!(s.list("a").await.unwrap().files.len(), 1);
@@ -114,7 +136,10 @@ pub(crate) async fn missing_object_is_not_found(s: ObjectStorage) {
     }
 }
 
-pub(crate) async fn missing_bucket_fails_at_open(opened: Result<ObjectStorage>, bucket: &str) {
+pub(crate) async fn missing_bucket_fails_the_first_request_with_a_hint(
+    opened: Result<ObjectStorage>,
+    bucket: &str,
+) {
     let e = opened.expect_err("an error");
     assert_eq!(e.kind, ErrorKind::Config, "{e}");
     assert!(e.to_string().contains(bucket), "{e}");
@@ -231,9 +256,13 @@ macro_rules! contract_tests {
         }
 
         #[tokio::test]
-        async fn missing_bucket_fails_at_open() {
+        async fn missing_bucket_fails_the_first_request_with_a_hint() {
             let b = concat!($prefix, "-no-such-bucket");
-            $crate::storage::object::tests::missing_bucket_fails_at_open(missing(b).await, b).await;
+            $crate::storage::object::tests::missing_bucket_fails_the_first_request_with_a_hint(
+                missing(b).await,
+                b,
+            )
+            .await;
         }
 
         #[tokio::test]
@@ -348,13 +377,16 @@ mod azure {
         .expect("opening")
     }
 
+    /// Azure opens without a request, as S3 does: a missing container shows at the first.
     async fn missing(container: &str) -> Result<ObjectStorage> {
-        open(
+        let s = open(
             &format!("az://{container}/repo"),
             &options(),
             &Transport::default(),
         )
-        .await
+        .await?;
+        s.list("").await?;
+        Ok(s)
     }
 
     contract_tests!("az");
@@ -364,9 +396,10 @@ mod azure {
         create_container("az-wrong-key").await;
         let mut options = options();
         options.key = Some(KEY.replace('E', "F"));
-        let e = open("az://az-wrong-key/repo", &options, &Transport::default())
+        let s = open("az://az-wrong-key/repo", &options, &Transport::default())
             .await
-            .expect_err("an error");
+            .unwrap();
+        let e = s.list("").await.expect_err("an error");
         assert_eq!(e.kind, ErrorKind::Config, "{e}");
         assert!(e.hint.clone().unwrap().contains("--azure-key"), "{e}");
     }
@@ -454,13 +487,16 @@ mod gcs {
             .expect("opening")
     }
 
+    /// GCS opens without a request, as S3 does: a missing bucket shows at the first.
     async fn missing(bucket: &str) -> Result<ObjectStorage> {
-        open(
+        let s = open(
             &format!("gs://{bucket}/repo"),
             &options(),
             &Transport::default(),
         )
-        .await
+        .await?;
+        s.list("").await?;
+        Ok(s)
     }
 
     contract_tests!("gs");

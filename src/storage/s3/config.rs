@@ -31,7 +31,7 @@ pub struct S3Options {
     /// Static credentials (`s3-key`/`s3-key-secret`), beating every other source.
     pub access_key: Option<String>,
     pub secret_key: Option<String>,
-    /// Timeouts, retry budget, extra CAs and read-ahead, as for every object store.
+    /// Timeouts, retry budget, trusted CAs and read-ahead, as for every object store.
     pub transport: Transport,
 }
 

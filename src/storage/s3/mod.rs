@@ -15,7 +15,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use object_store::aws::AmazonS3;
 use object_store::client::HttpClient;
-use object_store::{Attribute, ObjectStore};
+use object_store::Attribute;
 
 use super::object::{ObjectStorage, Provider};
 use super::{Listing, ObjectWriter, Reader, Storage};
@@ -69,13 +69,8 @@ impl S3Storage {
         let c = config::connect(url, &options, keys).await?;
         let store = Arc::new(c.store);
         let read_ahead = options.transport.read_ahead();
-        let mut object = ObjectStorage::new(
-            store.clone() as Arc<dyn ObjectStore>,
-            Provider::S3,
-            c.bucket,
-            c.prefix,
-            read_ahead,
-        );
+        let mut object =
+            ObjectStorage::new(store.clone(), Provider::S3, c.bucket, c.prefix, read_ahead);
         if let Some(class) = options.storage_class {
             object
                 .attributes
@@ -158,6 +153,10 @@ impl Storage for S3Storage {
 
     async fn list(&self, dir: &str) -> Result<Listing> {
         self.object.list(dir).await
+    }
+
+    async fn list_starting(&self, dir: &str, start: &str) -> Result<Listing> {
+        self.object.list_starting(dir, start).await
     }
 
     async fn read(&self, key: &str) -> Result<Reader> {

@@ -197,34 +197,31 @@ fn plan_copy(
         Some(_) => 0,
     });
     for file_no in files {
-        let file = listing.get(file_no as usize);
-        let old = settings.reference.as_ref().and_then(|r| {
-            r.file(&file.rel_path)
-                .filter(|old| r.proves_unchanged(&file, old))
-        });
-        if let Some(old) = old {
-            progress.add(file.size);
-            result.files.push(&FileEntry {
-                mode: file.mode,
-                ..old
-            });
+        let Some(reference) = &settings.reference else {
+            // A full backup copies every file.
+            pieces.extend(Job::cut(listing.size(file_no as usize), file_no, None));
             continue;
-        }
-        let how = match (
-            &settings.maps,
-            settings
-                .reference
-                .as_ref()
-                .and_then(|r| r.file(&file.rel_path).map(|old| (r, old))),
-        ) {
+        };
+        let file = listing.get(file_no as usize);
+        let old = match reference.file(&file.rel_path) {
+            Some(mut unchanged) if reference.proves_unchanged(&file, &unchanged) => {
+                progress.add(file.size);
+                unchanged.mode = file.mode;
+                result.files.push(&unchanged);
+                continue;
+            }
+            old => old,
+        };
+        let how = match (&settings.maps, old) {
             // Copied whole by the worker whatever the maps say (see `copy_one`).
-            (Some(_), Some((r, _)))
-                if file.page_level && r.created_since(std::fs::metadata(file.abs_path())) =>
+            (Some(_), Some(_))
+                if file.page_level
+                    && reference.created_since(std::fs::metadata(file.abs_path())) =>
             {
                 result.reads.files_whole += 1;
                 None
             }
-            (Some(maps), Some((_, old))) if file.page_level => {
+            (Some(maps), Some(old)) if file.page_level => {
                 FilePlan::of(&maps.plan, &file.rel_path, file.size, &old)
             }
             _ => None,

@@ -127,7 +127,7 @@ pub struct DirEntry {
     pub mode: u32,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct FileEntry {
     /// Relative to the data directory; tablespace files under `pg_tblspc/<oid>/`.
     pub path: String,

@@ -32,6 +32,9 @@ pub struct PackedFiles {
     /// The backup and bundle names the entries name, by number.
     names: Vec<Name>,
     numbers: HashMap<Name, u32>,
+    /// The numbers of the last backup and bundle names packed: most entries name the
+    /// same ones as the entry before (the same shared string, when parsed).
+    recent: [Option<u32>; 2],
 }
 
 const CHUNK: usize = 256 << 10;
@@ -90,8 +93,8 @@ impl PackedFiles {
         }
         put(out, file.extents.len() as u64);
         for e in &file.extents {
-            let backup = self.number(&e.backup);
-            let bundle = self.number(&e.bundle);
+            let backup = self.number(&e.backup, 0);
+            let bundle = self.number(&e.bundle, 1);
             for v in [
                 e.offset,
                 e.length,
@@ -108,13 +111,22 @@ impl PackedFiles {
         }
     }
 
-    fn number(&mut self, name: &Name) -> u32 {
-        if let Some(n) = self.numbers.get(name) {
-            return *n;
+    fn number(&mut self, name: &Name, recent: usize) -> u32 {
+        if let Some(n) = self.recent[recent] {
+            if std::sync::Arc::ptr_eq(&self.names[n as usize], name) {
+                return n;
+            }
         }
-        let n = self.names.len() as u32;
-        self.names.push(name.clone());
-        self.numbers.insert(name.clone(), n);
+        let n = match self.numbers.get(name) {
+            Some(n) => *n,
+            None => {
+                let n = self.names.len() as u32;
+                self.names.push(name.clone());
+                self.numbers.insert(name.clone(), n);
+                n
+            }
+        };
+        self.recent[recent] = Some(n);
         n
     }
 
@@ -141,20 +153,30 @@ impl PackedFiles {
 
     /// Entry `i`, unpacked.
     pub fn get(&self, i: usize) -> FileEntry {
+        let mut f = FileEntry::default();
+        self.get_into(i, &mut f);
+        f
+    }
+
+    /// Entry `i`, unpacked into `f` (reusing its path's and list's room: the whole list
+    /// is unpacked three times when it is written).
+    fn get_into(&self, i: usize, f: &mut FileEntry) {
         let (b, mut at) = self.entry(i);
-        let path = self.path(i).to_string();
+        f.path.clear();
+        f.path.push_str(self.path(i));
         get_bytes(b, &mut at);
-        let size = get(b, &mut at);
-        let mtime = unzigzag(get(b, &mut at));
-        let mode = get(b, &mut at) as u32;
+        f.size = get(b, &mut at);
+        f.mtime = unzigzag(get(b, &mut at));
+        f.mode = get(b, &mut at) as u32;
         let flags = b[at];
         at += 1;
-        let mut checksum = None;
+        f.checksum = None;
         if flags == HAS_CHECKSUM {
-            checksum = Some(digest(b, &mut at));
+            f.checksum = Some(digest(b, &mut at));
         }
         let count = get(b, &mut at) as usize;
-        let mut extents = Vec::with_capacity(count);
+        let extents = &mut f.extents;
+        extents.clear();
         for _ in 0..count {
             let mut v = [0u64; 8];
             for x in &mut v {
@@ -173,15 +195,7 @@ impl PackedFiles {
             });
         }
         if flags & CHECKSUM_IS_FRAMES != 0 {
-            checksum = Some(extents[0].frame_checksum);
-        }
-        FileEntry {
-            path,
-            size,
-            mtime,
-            mode,
-            checksum,
-            extents,
+            f.checksum = Some(extents[0].frame_checksum);
         }
     }
 
@@ -194,7 +208,9 @@ impl PackedFiles {
     /// their names apart).
     pub fn append(&mut self, other: &PackedFiles) {
         self.starts.reserve(other.len());
-        for f in other.iter() {
+        let mut f = FileEntry::default();
+        for i in 0..other.len() {
+            other.get_into(i, &mut f);
             self.push(&f);
         }
     }
@@ -281,7 +297,9 @@ fn unzigzag(v: u64) -> i64 {
 impl Serialize for PackedFiles {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut seq = s.serialize_seq(Some(self.len()))?;
-        for f in self.iter() {
+        let mut f = FileEntry::default();
+        for i in 0..self.len() {
+            self.get_into(i, &mut f);
             seq.serialize_element(&f)?;
         }
         seq.end()

@@ -104,8 +104,10 @@ fn count_elements<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<usize,
 }
 
 /// A manifest without its lists, and how many files it lists.
-fn parse_head(bytes: &[u8]) -> std::result::Result<(Manifest, usize), ManifestError> {
-    let h: Head = serde_json::from_slice(bytes).map_err(ManifestError::Unreadable)?;
+fn parse_head(
+    stored: &mut dyn std::io::Read,
+) -> std::result::Result<(Manifest, usize), ManifestError> {
+    let h: Head = super::streamed::json_from(stored).map_err(ManifestError::Unreadable)?;
     if h.format_version > super::FORMAT_VERSION {
         return Err(ManifestError::Newer(h.format_version));
     }
@@ -172,7 +174,8 @@ impl Repo {
         use futures::stream::StreamExt;
         let mut out = BackupHeaders::default();
         // A round trip each on object storage: a few at once, in label order. Each read
-        // holds a whole manifest until its head is parsed, hence few.
+        // streams its manifest, but sealed ones (encrypted stanzas) are held whole until
+        // their head is parsed, hence few.
         let mut reads = futures::stream::iter(self.backup_labels().await?)
             .map(|label| async move {
                 let read = self
@@ -438,7 +441,7 @@ mod tests {
             let path = format!("{}/tests/fixtures/{fixture}", env!("CARGO_MANIFEST_DIR"));
             let bytes = std::fs::read(&path).unwrap();
             let full = super::super::manifest::parse_manifest(&bytes).unwrap();
-            let (head, files) = parse_head(&bytes).unwrap();
+            let (head, files) = parse_head(&mut &bytes[..]).unwrap();
             assert_eq!(files, full.files.len(), "{fixture}");
             assert!(files > 0 && !full.directories.is_empty(), "{fixture}");
             let mut expected = serde_json::to_value(&full).unwrap();

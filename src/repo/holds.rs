@@ -594,24 +594,7 @@ mod tests {
     async fn a_backup_expired_before_its_hold_was_written_is_named_and_nothing_is_held() {
         let tmp = tempfile::tempdir().unwrap();
         let storage = std::sync::Arc::new(LocalStorage::new(tmp.path()));
-        let repo = Repo::plain_for_tests(storage, "main");
-        let bytes = std::fs::read(format!(
-            "{}/tests/fixtures/format-v3/20261121-124507F.manifest",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap();
-        let mut m = super::super::manifest::parse_manifest(&bytes).unwrap();
-        m.format_version = super::super::FORMAT_VERSION;
-        let stanza = StanzaInfo {
-            format_version: super::super::FORMAT_VERSION,
-            stanza: "main".into(),
-            system_identifier: m.system_identifier,
-            pg_major: m.pg_major,
-            data_checksums: true,
-            wal_segment_size: m.wal_segment_size,
-            created: m.start_time,
-        };
-        repo.write_stanza_info(&stanza).await.unwrap();
+        let (repo, m, stanza) = Repo::fixture_stanza_for_tests(storage).await;
         let label = m.label.clone();
         repo.save_manifest(m.clone()).await.unwrap();
 

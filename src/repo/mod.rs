@@ -191,6 +191,33 @@ impl Repo {
         Self::for_tests(storage, stanza, Sealing::Plain)
     }
 
+    /// A plain stanza whose stanza.json matches the format-3 fixture's manifest, and that
+    /// manifest as of the current format (not saved), for unit tests that need a backup.
+    #[cfg(test)]
+    pub(crate) async fn fixture_stanza_for_tests(
+        storage: SharedStorage,
+    ) -> (Repo, manifest::Manifest, stanza::StanzaInfo) {
+        let repo = Self::plain_for_tests(storage, "main");
+        let bytes = std::fs::read(format!(
+            "{}/tests/fixtures/format-v3/20261121-124507F.manifest",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let mut m = manifest::parse_manifest(&bytes).unwrap();
+        m.format_version = FORMAT_VERSION;
+        let stanza = stanza::StanzaInfo {
+            format_version: FORMAT_VERSION,
+            stanza: "main".into(),
+            system_identifier: m.system_identifier,
+            pg_major: m.pg_major,
+            data_checksums: true,
+            wal_segment_size: m.wal_segment_size,
+            created: m.start_time,
+        };
+        repo.write_stanza_info(&stanza).await.unwrap();
+        (repo, m, stanza)
+    }
+
     /// A stanza with the given sealing, without a key file, for unit tests.
     #[cfg(test)]
     pub(crate) fn for_tests(storage: SharedStorage, stanza: &str, sealing: Sealing) -> Repo {

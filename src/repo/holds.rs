@@ -48,7 +48,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::lock::{host, pid_alive, HEARTBEAT, STALE_AFTER};
+use super::lock::{host, pid_alive, Heartbeat, STALE_AFTER};
 use super::manifest::Manifest;
 use super::object::{self, Contents, Kind};
 use super::stanza::StanzaInfo;
@@ -56,7 +56,6 @@ use super::Repo;
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::pg::Lsn;
 use crate::storage::local::{create_dir_owned, repository_owner};
-use crate::storage::SharedStorage;
 
 const DIR: &str = "lock/holds";
 const SUFFIX: &str = ".hold";
@@ -139,8 +138,7 @@ impl Hold {
 #[derive(Debug)]
 pub struct HoldGuard {
     local: Option<(File, PathBuf)>,
-    object: Option<(SharedStorage, String)>,
-    heartbeat: Option<tokio::task::JoinHandle<()>>,
+    object: Option<Heartbeat>,
 }
 
 impl HoldGuard {
@@ -148,18 +146,12 @@ impl HoldGuard {
         HoldGuard {
             local: None,
             object: None,
-            heartbeat: None,
         }
     }
 
     pub async fn release(mut self) {
-        if let Some(h) = self.heartbeat.take() {
-            h.abort();
-        }
-        if let Some((storage, key)) = self.object.take() {
-            if let Err(e) = storage.delete(&key).await {
-                tracing::warn!("could not remove hold {key}: {e}");
-            }
+        if let Some(object) = self.object.take() {
+            object.release().await;
         }
         // The local file goes in drop.
     }
@@ -167,9 +159,6 @@ impl HoldGuard {
 
 impl Drop for HoldGuard {
     fn drop(&mut self) {
-        if let Some(h) = self.heartbeat.take() {
-            h.abort();
-        }
         // Unlinked while still locked: an expire never sees it unlocked.
         if let Some((file, path)) = self.local.take() {
             let _ = std::fs::remove_file(&path);
@@ -227,29 +216,21 @@ impl Repo {
             return Ok(HoldGuard {
                 local: Some(path),
                 object: None,
-                heartbeat: None,
             });
         }
         self.storage
             .put(&key, &self.encode_object(&key, Kind::Lock, &hold)?)
             .await?;
-        let (repo, beat_key) = (self.clone(), key.clone());
-        let beat = tokio::spawn(async move {
-            let mut hold = hold;
-            loop {
-                tokio::time::sleep(HEARTBEAT).await;
-                hold.heartbeat = Utc::now();
-                if let Ok(bytes) = repo.encode_object(&beat_key, Kind::Lock, &hold) {
-                    if let Err(e) = repo.storage.put(&beat_key, &bytes).await {
-                        tracing::warn!("could not refresh hold {beat_key}: {e}");
-                    }
-                }
-            }
-        });
+        let encode = move |repo: &Repo, key: &str, now| {
+            let hold = Hold {
+                heartbeat: now,
+                ..hold.clone()
+            };
+            repo.encode_object(key, Kind::Lock, &hold)
+        };
         Ok(HoldGuard {
             local: None,
-            object: Some((self.storage.clone(), key)),
-            heartbeat: Some(beat),
+            object: Some(Heartbeat::start(self, key, encode)),
         })
     }
 
@@ -522,7 +503,7 @@ mod tests {
         let silent = now - stale - chrono::Duration::seconds(1);
         assert!(hold("there", 7, silent).is_dead(now, "here", alive));
         // The heartbeat comes often enough that a live reader never looks stale.
-        assert!(HEARTBEAT * 3 < STALE_AFTER);
+        assert!(super::super::lock::HEARTBEAT * 3 < STALE_AFTER);
     }
 
     #[tokio::test]

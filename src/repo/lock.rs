@@ -35,28 +35,63 @@ const LOCAL: &str = "flock in the repository";
 #[derive(Debug)]
 pub struct StanzaLock {
     _file: Option<File>,
-    object: Option<(SharedStorage, String)>,
-    heartbeat: Option<tokio::task::JoinHandle<()>>,
+    object: Option<Heartbeat>,
 }
 
 impl StanzaLock {
     pub async fn release(mut self) {
-        if let Some(h) = self.heartbeat.take() {
-            h.abort();
-        }
-        if let Some((storage, key)) = self.object.take() {
-            if let Err(e) = storage.delete(&key).await {
-                tracing::warn!("could not remove lock {key}: {e}");
-            }
+        if let Some(object) = self.object.take() {
+            object.release().await;
         }
     }
 }
 
-impl Drop for StanzaLock {
-    fn drop(&mut self) {
-        if let Some(h) = self.heartbeat.take() {
-            h.abort();
+/// An object on object storage that says its holder lives (a stanza lock, a hold):
+/// written again with the time every [`HEARTBEAT`], removed on release. A holder that
+/// dies stops writing it, and others take it for dead after [`STALE_AFTER`].
+#[derive(Debug)]
+pub(super) struct Heartbeat {
+    storage: SharedStorage,
+    key: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Heartbeat {
+    /// Starts refreshing `key` (already written) with what `encode` makes of the time.
+    pub(super) fn start(
+        repo: &Repo,
+        key: String,
+        encode: impl Fn(&Repo, &str, chrono::DateTime<chrono::Utc>) -> Result<Vec<u8>> + Send + 'static,
+    ) -> Heartbeat {
+        let (beating, beat_key) = (repo.clone(), key.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(HEARTBEAT).await;
+                if let Ok(bytes) = encode(&beating, &beat_key, chrono::Utc::now()) {
+                    if let Err(e) = beating.storage.put(&beat_key, &bytes).await {
+                        tracing::warn!("could not refresh {beat_key}: {e}");
+                    }
+                }
+            }
+        });
+        Heartbeat {
+            storage: repo.storage.clone(),
+            key,
+            task,
         }
+    }
+
+    pub(super) async fn release(self) {
+        self.task.abort();
+        if let Err(e) = self.storage.delete(&self.key).await {
+            tracing::warn!("could not remove {}: {e}", self.key);
+        }
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
@@ -118,19 +153,9 @@ impl Repo {
                     return self.flock(dir, purpose, None);
                 }
                 Some(true) => {
-                    let (repo, key2, holder) = (self.clone(), key.clone(), holder.clone());
-                    let beat = tokio::spawn(async move {
-                        loop {
-                            tokio::time::sleep(HEARTBEAT).await;
-                            if let Ok(bytes) = holder(&repo, &key2, chrono::Utc::now()) {
-                                let _ = repo.storage.put(&key2, &bytes).await;
-                            }
-                        }
-                    });
                     return Ok(StanzaLock {
                         _file: None,
-                        object: Some((self.storage.clone(), key)),
-                        heartbeat: Some(beat),
+                        object: Some(Heartbeat::start(self, key, holder)),
                     });
                 }
                 Some(false) => {
@@ -237,7 +262,6 @@ impl Repo {
         Ok(StanzaLock {
             _file: Some(file),
             object: None,
-            heartbeat: None,
         })
     }
 }
